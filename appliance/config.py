@@ -66,12 +66,18 @@ class ServingSettings(BaseModel):
     timeout_s: float = 120.0  # seconds per generation request
     connect_timeout_s: float = 2.0
     max_concurrent: int = 64  # connection pool size
+    connect_retries: int = 2  # retries of a request that failed before it was sent (never after)
+    # vLLM
+    vllm_base_model_name: str | None = None  # the base model's served name; None -> first base under /v1/models
+    allow_runtime_lora_updates: bool = False  # vLLM started with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True
     # embedded engine
     base_model: str | None = None  # path of the base model directory
     max_queue: int = 64  # queued requests before 429
     max_batch_size: int = 8
     max_total_tokens: int = 2048
     max_input_tokens: int = 1024
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto -> cuda when present
+    admin_token: SecretStr | None = None  # bearer token for POST /admin/reload; None -> loopback callers only
 
 
 class GatewaySettings(BaseModel):

@@ -1,0 +1,22 @@
+"""Serving: one Backend interface over the embedded engine, TGI and vLLM.
+
+The engine itself (``appliance.serving.engine``) imports torch and is loaded only by ``appliance serve`` and the
+benchmarks; this package's clients import only httpx.
+"""
+
+from appliance.serving._embedded import EmbeddedBackend
+from appliance.serving._factory import open_backend
+from appliance.serving._published import AdapterSpec, read_embedded_list, read_tgi_list, read_vllm_list
+from appliance.serving._tgi import TGIBackend
+from appliance.serving._vllm import VLLMBackend
+
+__all__ = [
+    "AdapterSpec",
+    "EmbeddedBackend",
+    "TGIBackend",
+    "VLLMBackend",
+    "open_backend",
+    "read_embedded_list",
+    "read_tgi_list",
+    "read_vllm_list",
+]
