@@ -18,7 +18,8 @@ formats. Codes are stable strings: never reuse or rename one.
     ├── KeyUnavailable           KEYS_UNAVAILABLE      503 / 69
     │   ├── VaultSealed          KEYS_VAULT_SEALED     503 / 69
     │   ├── VaultUnreachable     KEYS_VAULT_UNREACHABLE 503 / 69
-    │   └── VaultForbidden       KEYS_VAULT_FORBIDDEN  503 / 77
+    │   ├── VaultForbidden       KEYS_VAULT_FORBIDDEN  503 / 77
+    │   └── KeystoreInsecure     KEYS_KEYSTORE_INSECURE 503 / 77
     ├── StorageUnavailable       STORAGE_UNAVAILABLE   503 / 74
     ├── AuditUnavailable         AUDIT_UNAVAILABLE     503 / 74
     ├── BackendError             BACKEND_ERROR         502 / 69
@@ -151,6 +152,13 @@ class VaultForbidden(KeyUnavailable):
     """Vault/OpenBao refused the operation under the token's policy."""
 
     code = "KEYS_VAULT_FORBIDDEN"
+    exit_code = 77
+
+
+class KeystoreInsecure(KeyUnavailable):
+    """The local keystore file is readable by others, owned by someone else, or not a regular file."""
+
+    code = "KEYS_KEYSTORE_INSECURE"
     exit_code = 77
 
 

@@ -39,11 +39,24 @@ class KeyService(Protocol):
         ...
 
     def sign(self, name: str, data: bytes) -> bytes:
-        """Ed25519 signature of data under the named key (audit checkpoints)."""
+        """Ed25519 signature of data under the named key (audit checkpoints).
+
+        The signature carries the key version: ``b"ed25519:v<N>:<base64 of the 64-byte signature>"``, the same
+        for every implementation, so a signature made before a rotation still verifies (see
+        ``appliance.keys.verify_offline`` for verification with exported public keys only).
+        """
+        ...
+
+    def verify(self, name: str, data: bytes, signature: bytes) -> bool:
+        """Whether signature (from :meth:`sign`, any version) is valid for data; False on a bad or unknown one."""
         ...
 
     def public_key(self, name: str) -> bytes:
         """The raw 32-byte Ed25519 public key of the named signing key (current version)."""
+        ...
+
+    def public_keys(self, name: str) -> dict[int, bytes]:
+        """Every version's raw 32-byte Ed25519 public key of the named signing key, by version number."""
         ...
 
 
