@@ -204,9 +204,9 @@ def test_damaged_keystore_is_a_clear_error(keys: LocalKeyService, settings: Sett
         LocalKeyService(settings.keystore_path).hmac("audit-hmac", b"x")
 
 
-def _rotate_and_wrap(path: str, rounds: int) -> list[tuple[str, bytes, bytes]]:
+def _rotate_and_wrap(path: str, worker: int, rounds: int) -> list[tuple[str, bytes, bytes]]:
     service = LocalKeyService(Path(path))
-    own = f"p{os.getpid()}"
+    own = f"p{worker}"  # not the pid: the pool may run two tasks in one process
     out = []
     for _ in range(rounds):
         service.rotate("shared")
@@ -220,7 +220,7 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
     path = tmp_path / "keystore"
     workers, rounds = 4, 5
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(_rotate_and_wrap, [str(path)] * workers, [rounds] * workers))
+        results = list(pool.map(_rotate_and_wrap, [str(path)] * workers, range(workers), [rounds] * workers))
     service = LocalKeyService(path)
     info = {k.name: k for k in service.status().keys}
     assert info["shared"].latest_version == workers * rounds  # the first rotate creates v1
