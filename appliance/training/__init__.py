@@ -1,0 +1,33 @@
+"""Training: DP-LoRA on a prepared dataset, the privacy-budget ledger, canaries and checkpoints.
+
+``train(config, settings)`` runs one job (see ``TrainingRun`` for its phases); ``Ledger`` is the persistent
+privacy-budget ledger; ``load_privacy_policy`` reads ``policies/privacy.yaml`` (budgets and the approval limits
+the registry enforces). Design notes: ``appliance/training/README.md``.
+"""
+
+from appliance.training._accounting import composed_epsilon, noise_for_epsilon
+from appliance.training._canaries import exposure
+from appliance.training._config import TrainConfig, make_config
+from appliance.training._ledger import Ledger, LedgerEntry, LedgerSummary
+from appliance.training._policy import ApprovalLimits, DatasetBudget, PrivacyPolicy, load_privacy_policy
+from appliance.training._run import StepInfo, TrainingRun, TrainResult, read_metadata, train
+
+__all__ = [
+    "ApprovalLimits",
+    "DatasetBudget",
+    "Ledger",
+    "LedgerEntry",
+    "LedgerSummary",
+    "PrivacyPolicy",
+    "StepInfo",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingRun",
+    "composed_epsilon",
+    "exposure",
+    "load_privacy_policy",
+    "make_config",
+    "noise_for_epsilon",
+    "read_metadata",
+    "train",
+]

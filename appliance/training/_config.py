@@ -1,0 +1,88 @@
+"""TrainConfig: everything one training run needs, validated before anything is charged or written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from appliance.errors import ValidationFailed
+
+__all__ = ["TrainConfig", "make_config"]
+
+
+class TrainConfig(BaseModel):
+    """One training run's inputs and hyperparameters (the CLI's options, one for one)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: Path  # prepared dataset directory (train.jsonl, eval.jsonl, manifest.json)
+    base: Path  # base model directory (any local Hugging Face causal LM)
+    out: Path  # adapter directory, created atomically
+    epsilon: float | None = Field(default=None, gt=0)  # epsilon this run may spend (None only with no_dp)
+    delta: float | None = Field(default=None, gt=0, lt=1e-2)  # None -> the policy's delta for the dataset
+    steps: int = Field(default=100, ge=1, le=1_000_000)  # optimizer (logical-batch) steps
+    batch_size: int = Field(default=16, ge=1)  # expected logical batch (Poisson sampling rate = batch/units)
+    physical_batch_size: int = Field(default=8, ge=1)  # rows per forward/backward pass (memory bound)
+    learning_rate: float = Field(default=2e-3, gt=0, lt=1)
+    max_length: int = Field(default=256, ge=8, le=32_768)  # tokens per record
+    lora_r: int = Field(default=8, ge=1, le=256)
+    lora_alpha: int = Field(default=16, ge=1)
+    lora_dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["all-linear"])
+    privacy_unit: Literal["record", "subject"] = "record"
+    max_records_per_subject: int = Field(default=4, ge=1, le=256)  # subject unit: at most k records per subject
+    max_grad_norm: float = Field(default=1.0, gt=0)  # per-unit clipping bound C
+    canaries: int = Field(default=0, ge=0, le=64)
+    canary_repetitions: list[int] = Field(default_factory=lambda: [1, 4, 16])  # cycled over the canaries
+    canary_candidates: int = Field(default=256, ge=8, le=100_000)  # sampled candidates for the exposure rank
+    checkpoint_every: int = Field(default=50, ge=1)
+    resume: bool = False
+    no_dp: bool = False
+    seed: int = 0
+    trained_by: str = Field(default="cli", min_length=1, max_length=200)
+    eval_max_records: int = Field(default=512, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("target_modules")
+    @classmethod
+    def _modules(cls, value: list[str]) -> list[str]:
+        names = [v.strip() for v in value if v.strip()]
+        if not names:
+            raise ValueError("at least one target module is needed")
+        return names
+
+    @field_validator("canary_repetitions")
+    @classmethod
+    def _reps(cls, value: list[int]) -> list[int]:
+        if not value or any(r < 1 or r > 1000 for r in value):
+            raise ValueError("canary repetitions must be between 1 and 1000")
+        return value
+
+    @model_validator(mode="after")
+    def _dp_needs_epsilon(self) -> TrainConfig:
+        if not self.no_dp and self.epsilon is None:
+            raise ValueError("--epsilon is required unless --no-dp")
+        if self.physical_batch_size > self.batch_size:
+            object.__setattr__(self, "physical_batch_size", self.batch_size)
+        return self
+
+    @property
+    def dp(self) -> bool:
+        return not self.no_dp
+
+    def resume_view(self) -> dict[str, object]:
+        """The fields a resumed run must share with the run it continues."""
+        return self.model_dump(mode="json", exclude={"resume", "out", "dataset", "base", "device", "trained_by"})
+
+
+def make_config(**values: object) -> TrainConfig:
+    """Build a TrainConfig; invalid values are a ValidationFailed naming each field."""
+    try:
+        return TrainConfig.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ValidationFailed(f"invalid training options: {problems}") from exc

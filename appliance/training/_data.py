@@ -1,0 +1,224 @@
+"""Prepared datasets in, privacy units out: reading, tokenising, grouping per subject, collating.
+
+A *privacy unit* is one row of a batch and the thing DP-SGD clips: one record (``record``), or up to
+``max_records_per_subject`` records of one subject packed into one row (``subject``). Each unit carries per-token
+loss weights so that its loss is the mean over its records of each record's mean response-token loss; a unit's
+loss (and so its gradient) depends on that unit alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from appliance.errors import IntakeRejected, IntegrityViolation, NotFound
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = ["PreparedDataset", "Record", "Unit", "UnitDataset", "build_units", "collate", "encode", "read_prepared"]
+
+_NO_TEMPLATE_PROMPT = "### Instruction:\n{instruction}\n### Response:\n"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One training example: the instruction, the response to learn, and the subject's salted digest."""
+
+    instruction: str
+    response: str
+    subject: str | None = None
+
+
+@dataclass(frozen=True)
+class PreparedDataset:
+    """A prepared dataset directory, its verified fingerprint and its records."""
+
+    path: Path
+    fingerprint: str
+    train: list[Record]
+    eval: list[Record]
+
+
+def _fingerprint(path: Path) -> str:
+    digest = hashlib.sha256()
+    for name in ("train.jsonl", "eval.jsonl"):
+        with (path / name).open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_jsonl(path: Path) -> list[Record]:
+    records: list[Record] = []
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except OSError as exc:
+        raise IntakeRejected(f"{path.name}: cannot be read: {exc}") from exc
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise IntakeRejected(f"{path.name} line {number}: not UTF-8") from exc
+        except json.JSONDecodeError as exc:
+            raise IntakeRejected(f"{path.name} line {number}: invalid JSON ({exc.msg})") from exc
+        if not isinstance(obj, dict):
+            raise IntakeRejected(f"{path.name} line {number}: expected a JSON object")
+        for field in ("instruction", "response"):
+            if not isinstance(obj.get(field), str) or not obj[field].strip():
+                raise IntakeRejected(f"{path.name} line {number}: field '{field}' must be a non-empty string")
+        subject = obj.get("subject")
+        if subject is not None and not isinstance(subject, str):
+            raise IntakeRejected(f"{path.name} line {number}: field 'subject' must be a string")
+        records.append(Record(obj["instruction"], obj["response"], subject or None))
+    return records
+
+
+def read_prepared(path: Path) -> PreparedDataset:
+    """Read a prepared dataset, verifying its manifest and fingerprint; errors name the file, line and field."""
+    if not path.is_dir():
+        raise NotFound(f"prepared dataset not found: {path}")
+    manifest_path = path / "manifest.json"
+    for name in ("train.jsonl", "eval.jsonl", "manifest.json"):
+        if not (path / name).is_file():
+            raise IntakeRejected(f"{path} is not a prepared dataset: {name} is missing (run `appliance data prepare`)")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IntakeRejected(f"{manifest_path}: invalid JSON") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("fingerprint"), str):
+        raise IntakeRejected(f"{manifest_path}: field 'fingerprint' is missing")
+    actual = _fingerprint(path)
+    if actual != manifest["fingerprint"]:
+        raise IntegrityViolation(
+            f"prepared dataset {path} does not match its manifest fingerprint (changed after `data prepare`)"
+        )
+    train = _read_jsonl(path / "train.jsonl")
+    evals = _read_jsonl(path / "eval.jsonl")
+    if not train:
+        raise IntakeRejected(f"{path / 'train.jsonl'}: no records")
+    if not evals:
+        raise IntakeRejected(f"{path / 'eval.jsonl'}: no records")
+    return PreparedDataset(path.resolve(), actual, train, evals)
+
+
+# --- tokenising ------------------------------------------------------------------------------------------------
+def prompt_text(tokenizer: PreTrainedTokenizerBase, instruction: str) -> str:
+    """The prompt as the model sees it: the tokenizer's chat template when it has one."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": instruction}], tokenize=False, add_generation_prompt=True
+        )
+        return str(text)
+    return _NO_TEMPLATE_PROMPT.format(instruction=instruction)
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, record: Record, max_length: int) -> tuple[list[int], int]:
+    """Token ids of prompt + response + EOS, at most ``max_length``, and where the response starts.
+
+    A long prompt is cut from the left so that at least half the window is left for the response.
+    """
+    prompt = tokenizer(prompt_text(tokenizer, record.instruction), add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token or ""
+    response = tokenizer(record.response + eos, add_special_tokens=False)["input_ids"]
+    keep_prompt = max(1, min(len(prompt), max_length - min(len(response), max_length // 2)))
+    prompt = prompt[-keep_prompt:]
+    ids = (prompt + response)[:max_length]
+    return list(ids), len(prompt)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One privacy unit: token ids and, per position, the weight of that token as a target."""
+
+    ids: list[int]
+    weights: list[float]
+    records: int
+
+
+def _segment(ids: list[int], start: int) -> list[float]:
+    targets = len(ids) - start
+    return [0.0] * start + [1.0 / targets] * targets if targets > 0 else [0.0] * len(ids)
+
+
+def build_units(
+    tokenizer: PreTrainedTokenizerBase,
+    records: Sequence[Record],
+    *,
+    max_length: int,
+    privacy_unit: str,
+    max_records_per_subject: int,
+    seed: int,
+) -> list[Unit]:
+    """Group records into privacy units. Per subject, at most k records (chosen at random) are kept."""
+    if privacy_unit == "record":
+        groups: list[list[Record]] = [[r] for r in records]
+    else:
+        by_subject: dict[str, list[Record]] = {}
+        singles: list[list[Record]] = []
+        for r in records:
+            if r.subject is None:
+                singles.append([r])  # a record without a subject is its own subject
+            else:
+                by_subject.setdefault(r.subject, []).append(r)
+        rng = random.Random(seed)
+        groups = []
+        for key in sorted(by_subject):
+            recs = by_subject[key]
+            if len(recs) > max_records_per_subject:
+                recs = rng.sample(recs, max_records_per_subject)
+            groups.append(recs)
+        groups.extend(singles)
+    units: list[Unit] = []
+    for group in groups:
+        ids: list[int] = []
+        weights: list[float] = []
+        for rec in group:
+            seg, start = encode(tokenizer, rec, max_length)
+            ids.extend(seg)
+            weights.extend(w / len(group) for w in _segment(seg, start))
+        units.append(Unit(ids, weights, len(group)))
+    return units
+
+
+class UnitDataset:
+    """A map-style dataset of units as tensors (what the DataLoader and Opacus's Poisson sampler index)."""
+
+    def __init__(self, units: Sequence[Unit]) -> None:
+        import torch
+
+        self._items = [
+            (torch.tensor(u.ids, dtype=torch.long), torch.tensor(u.weights, dtype=torch.float32)) for u in units
+        ]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._items[index]
+
+
+def collate(pad_id: int) -> Any:
+    """A collate function padding to the longest unit in the batch: (input_ids, attention_mask, weights)."""
+    import torch
+
+    def _collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        length = max((ids.shape[0] for ids, _ in batch), default=1)
+        input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), length), dtype=torch.long)
+        weights = torch.zeros((len(batch), length), dtype=torch.float32)
+        for row, (ids, w) in enumerate(batch):
+            input_ids[row, : ids.shape[0]] = ids
+            mask[row, : ids.shape[0]] = 1
+            weights[row, : w.shape[0]] = w
+        return input_ids, mask, weights
+
+    return _collate

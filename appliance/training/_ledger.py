@@ -1,0 +1,323 @@
+"""The privacy-budget ledger: a persistent record of every training run, per dataset fingerprint.
+
+SQLite (``settings.ledger_path``) in WAL mode with ``synchronous=FULL``: a commit is on disk when it returns.
+Steps are charged *before* they are taken, one commit per step, so a crash never under-counts: after a
+``SIGKILL`` the ledger holds every step that may have run. A resumed run keeps charging the same row, so steps
+repeated after a resume are counted again (conservative). A run that has not closed (``running``) reserves
+its whole planned charge, so two concurrent runs cannot both fit into the same remaining budget.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from appliance.errors import BudgetExhausted, Conflict, NotFound, StorageUnavailable
+from appliance.training._accounting import Mechanism, composed_epsilon
+from appliance.training._policy import DatasetBudget
+
+__all__ = ["Ledger", "LedgerEntry", "LedgerSummary"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id           TEXT PRIMARY KEY,
+    fingerprint      TEXT NOT NULL,
+    out_path         TEXT NOT NULL,
+    status           TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed', 'refused')),
+    dp               INTEGER NOT NULL,
+    privacy_unit     TEXT NOT NULL,
+    target_epsilon   REAL,
+    delta            REAL,
+    noise_multiplier REAL,
+    sample_rate      REAL,
+    steps_planned    INTEGER NOT NULL,
+    steps_reserved   INTEGER NOT NULL,
+    steps_taken      INTEGER NOT NULL DEFAULT 0,
+    epsilon          REAL,
+    trained_by       TEXT NOT NULL,
+    reason           TEXT,
+    started_at       TEXT NOT NULL,
+    updated_at       TEXT NOT NULL,
+    finished_at      TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_fingerprint ON runs (fingerprint);
+"""
+
+_EPS_TOLERANCE = 1e-9
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One run as the ledger records it."""
+
+    run_id: str
+    fingerprint: str
+    out_path: str
+    status: str
+    dp: bool
+    privacy_unit: str
+    target_epsilon: float | None
+    delta: float | None
+    noise_multiplier: float | None
+    sample_rate: float | None
+    steps_planned: int
+    steps_reserved: int
+    steps_taken: int
+    epsilon: float | None
+    trained_by: str
+    reason: str | None
+    started_at: str
+    updated_at: str
+    finished_at: str | None
+
+    @property
+    def charged_steps(self) -> int:
+        """Steps this run counts against the budget: its reservation while open, what it took once closed."""
+        if self.status == "running":
+            return max(self.steps_taken, self.steps_reserved)
+        return self.steps_taken
+
+    def mechanism(self, steps: int | None = None) -> Mechanism | None:
+        """This run as an RDP mechanism, or None for a run without DP (or refused)."""
+        if not self.dp or self.noise_multiplier is None or self.sample_rate is None:
+            return None
+        return (self.noise_multiplier, self.sample_rate, self.charged_steps if steps is None else steps)
+
+
+@dataclass(frozen=True)
+class LedgerSummary:
+    """The budget position of one dataset."""
+
+    fingerprint: str
+    budget: float
+    delta: float
+    spent: float  # composed epsilon of every closed run and the reservations of open ones
+    runs: int
+
+    @property
+    def remaining(self) -> float:
+        return max(0.0, self.budget - self.spent)
+
+
+class Ledger:
+    """The persistent privacy-budget ledger (one SQLite file)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with self._connect() as db:
+                db.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageUnavailable(f"privacy ledger {path} cannot be opened: {exc}") from exc
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction: the budget check and the write it guards are atomic across processes."""
+        try:
+            with self._connect() as db:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StorageUnavailable(f"privacy ledger {self.path}: {exc}") from exc
+
+    # --- reading -------------------------------------------------------------------------------------------
+    def runs(self, fingerprint: str | None = None) -> list[LedgerEntry]:
+        """Every recorded run (of one dataset when given), oldest first."""
+        try:
+            with self._connect() as db:
+                return self._runs(db, fingerprint)
+        except sqlite3.Error as exc:
+            raise StorageUnavailable(f"privacy ledger {self.path}: {exc}") from exc
+
+    def get(self, run_id: str) -> LedgerEntry:
+        """One run by id (NotFound if the ledger has no such run)."""
+        for entry in self.runs():
+            if entry.run_id == run_id:
+                return entry
+        raise NotFound(f"no run {run_id} in the privacy ledger")
+
+    def open_run_for(self, out_path: str) -> LedgerEntry | None:
+        """The run still open (``running``) that writes to ``out_path``, if any."""
+        open_runs = [e for e in self.runs() if e.out_path == out_path and e.status == "running"]
+        return open_runs[-1] if open_runs else None
+
+    @staticmethod
+    def _runs(db: sqlite3.Connection, fingerprint: str | None) -> list[LedgerEntry]:
+        if fingerprint is None:
+            rows = db.execute("SELECT * FROM runs ORDER BY started_at, rowid").fetchall()
+        else:
+            rows = db.execute(
+                "SELECT * FROM runs WHERE fingerprint = ? ORDER BY started_at, rowid", (fingerprint,)
+            ).fetchall()
+        return [LedgerEntry(**{**dict(row), "dp": bool(row["dp"])}) for row in rows]
+
+    @staticmethod
+    def _history(entries: list[LedgerEntry], exclude: str | None = None) -> list[Mechanism]:
+        out = []
+        for entry in entries:
+            mech = entry.mechanism()
+            if entry.run_id != exclude and mech is not None:
+                out.append(mech)
+        return out
+
+    def spent(self, fingerprint: str, delta: float) -> float:
+        """The composed epsilon charged to a dataset so far (open runs count their reservation)."""
+        return composed_epsilon(self._history(self.runs(fingerprint)), delta)
+
+    def summary(self, fingerprint: str, budget: DatasetBudget) -> LedgerSummary:
+        """A dataset's budget, spend and number of runs."""
+        entries = self.runs(fingerprint)
+        spent = composed_epsilon(self._history(entries), budget.delta)
+        return LedgerSummary(fingerprint, budget.epsilon_budget, budget.delta, spent, len(entries))
+
+    # --- writing -------------------------------------------------------------------------------------------
+    def begin(
+        self,
+        *,
+        run_id: str,
+        fingerprint: str,
+        out_path: str,
+        budget: DatasetBudget,
+        dp: bool,
+        privacy_unit: str,
+        target_epsilon: float | None,
+        noise_multiplier: float | None,
+        sample_rate: float | None,
+        steps: int,
+        trained_by: str,
+    ) -> None:
+        """Record a new run after checking, atomically, that its planned steps fit the remaining budget.
+
+        A run that does not fit is recorded as ``refused`` and :class:`BudgetExhausted` names the remaining budget.
+        """
+        now = _now()
+        with self._transaction() as db:
+            entries = self._runs(db, fingerprint)
+            if any(e.run_id == run_id for e in entries):
+                raise Conflict(f"run {run_id} is already in the privacy ledger")
+            refusal: str | None = None
+            if dp:
+                assert noise_multiplier is not None and sample_rate is not None
+                history = self._history(entries)
+                spent = composed_epsilon(history, budget.delta)
+                after = composed_epsilon([*history, (noise_multiplier, sample_rate, steps)], budget.delta)
+                if after > budget.epsilon_budget + _EPS_TOLERANCE:
+                    remaining = max(0.0, budget.epsilon_budget - spent)
+                    refusal = (
+                        f"dataset {fingerprint[:12]} has epsilon {remaining:.3f} of {budget.epsilon_budget:g} "
+                        f"remaining (spent {spent:.3f} at delta {budget.delta:g}); "
+                        f"this run would bring it to {after:.3f}"
+                    )
+            db.execute(
+                "INSERT INTO runs (run_id, fingerprint, out_path, status, dp, privacy_unit, target_epsilon, delta,"
+                " noise_multiplier, sample_rate, steps_planned, steps_reserved, steps_taken, epsilon, trained_by,"
+                " reason, started_at, updated_at, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,0,?,?,?,?,?,?)",
+                (
+                    run_id,
+                    fingerprint,
+                    out_path,
+                    "refused" if refusal else "running",
+                    int(dp),
+                    privacy_unit,
+                    target_epsilon,
+                    budget.delta if dp else None,
+                    noise_multiplier,
+                    sample_rate,
+                    steps,
+                    0 if refusal else steps,
+                    0.0 if dp else None,
+                    trained_by,
+                    refusal,
+                    now,
+                    now,
+                    now if refusal else None,
+                ),
+            )
+        if refusal:
+            raise BudgetExhausted(f"privacy budget exhausted: {refusal}")
+
+    def reserve_resume(self, run_id: str, budget: DatasetBudget, remaining_steps: int) -> LedgerEntry:
+        """Reopen an interrupted run: reserve the steps still to take on top of those already charged."""
+        with self._transaction() as db:
+            entries = self._runs(db, None)
+            entry = next((e for e in entries if e.run_id == run_id), None)
+            if entry is None:
+                raise NotFound(f"no run {run_id} in the privacy ledger")
+            if entry.status != "running":
+                raise Conflict(f"run {run_id} is {entry.status}; only an interrupted run can be resumed")
+            reserved = entry.steps_taken + remaining_steps
+            mech = entry.mechanism(reserved)
+            if mech is not None:
+                same = [e for e in entries if e.fingerprint == entry.fingerprint]
+                history = self._history(same, exclude=run_id)
+                spent = composed_epsilon(history, budget.delta)
+                after = composed_epsilon([*history, mech], budget.delta)
+                if after > budget.epsilon_budget + _EPS_TOLERANCE:
+                    remaining = max(0.0, budget.epsilon_budget - spent)
+                    raise BudgetExhausted(
+                        f"privacy budget exhausted: resuming run {run_id} needs {remaining_steps} more steps; dataset "
+                        f"{entry.fingerprint[:12]} has epsilon {remaining:.3f} of {budget.epsilon_budget:g} remaining"
+                    )
+            db.execute(
+                "UPDATE runs SET steps_reserved = ?, updated_at = ? WHERE run_id = ?", (reserved, _now(), run_id)
+            )
+        return self.get(run_id)
+
+    def charge_step(self, run_id: str) -> int:
+        """Charge one step before it is taken (durable on return); returns the run's steps charged so far."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT status, steps_taken, noise_multiplier, sample_rate, delta, dp FROM runs WHERE run_id = ?",
+                (run_id,),
+            ).fetchone()
+            if row is None or row["status"] != "running":
+                raise Conflict(f"run {run_id} is not running in the privacy ledger")
+            taken = int(row["steps_taken"]) + 1
+            epsilon = None
+            if row["dp"]:
+                epsilon = composed_epsilon([(row["noise_multiplier"], row["sample_rate"], taken)], row["delta"])
+            db.execute(
+                "UPDATE runs SET steps_taken = ?, epsilon = ?, updated_at = ? WHERE run_id = ?",
+                (taken, epsilon, _now(), run_id),
+            )
+        return taken
+
+    def close(self, run_id: str, *, status: str, reason: str | None = None) -> LedgerEntry:
+        """Close a run as ``finished`` or ``failed``; from then on it counts exactly the steps it took."""
+        if status not in ("finished", "failed"):
+            raise ValueError(f"unknown closing status {status!r}")
+        now = _now()
+        with self._transaction() as db:
+            cur = db.execute(
+                "UPDATE runs SET status = ?, reason = ?, updated_at = ?, finished_at = ? "
+                "WHERE run_id = ? AND status = 'running'",
+                (status, reason, now, now, run_id),
+            )
+            if cur.rowcount != 1:
+                raise Conflict(f"run {run_id} is not running in the privacy ledger")
+        return self.get(run_id)

@@ -1,0 +1,82 @@
+"""``policies/privacy.yaml``: privacy budgets per dataset and the approval limits the registry enforces."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from appliance.errors import ConfigError
+
+__all__ = ["ApprovalLimits", "DatasetBudget", "PrivacyPolicy", "load_privacy_policy"]
+
+_FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
+
+
+class DatasetBudget(BaseModel):
+    """The total epsilon a dataset may spend across all runs, and the delta every run uses."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epsilon_budget: float = Field(gt=0, le=100)  # total epsilon across runs
+    delta: float = Field(gt=0, lt=1e-2)  # per run and for the composed guarantee
+    note: str | None = None
+
+
+class ApprovalLimits(BaseModel):
+    """Limits an adapter must meet before the registry lets it be approved."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_epsilon: float = Field(default=8.0, gt=0)
+    max_canary_exposure: float = Field(default=12.0, gt=0)  # bits
+    require_dp: bool = True
+
+
+class PrivacyPolicy(BaseModel):
+    """The validated contents of ``policies/privacy.yaml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format_version: int = 1
+    default: DatasetBudget
+    datasets: dict[str, DatasetBudget] = Field(default_factory=dict)
+    approval: ApprovalLimits = Field(default_factory=ApprovalLimits)
+    allow_no_dp: bool = False
+
+    @field_validator("datasets")
+    @classmethod
+    def _fingerprints(cls, value: dict[str, DatasetBudget]) -> dict[str, DatasetBudget]:
+        bad = [key for key in value if not _FINGERPRINT.match(key)]
+        if bad:
+            raise ValueError(f"dataset keys must be 64-hex fingerprints: {', '.join(sorted(bad))}")
+        return value
+
+    def budget_for(self, fingerprint: str) -> DatasetBudget:
+        """The budget of one dataset: its override, else the default."""
+        return self.datasets.get(fingerprint, self.default)
+
+
+def load_privacy_policy(path: Path) -> PrivacyPolicy:
+    """Load and validate a privacy policy file; any problem is a ConfigError naming the file and the field."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"privacy policy not found: {path}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"privacy policy unreadable: {path}: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"privacy policy {path}{where}: invalid YAML") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"privacy policy {path}: expected a mapping at the top level")
+    try:
+        return PrivacyPolicy.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        raise ConfigError(f"privacy policy {path}: {problems}") from exc
