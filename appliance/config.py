@@ -56,6 +56,8 @@ class AuditSettings(BaseModel):
     checkpoint_every: int = 1000  # records between signed checkpoints
     checkpoint_interval_s: float = 60.0  # seconds between signed checkpoints when traffic is low
     segment_max_records: int = 100_000  # records per segment file before rolling over
+    # extra top-level event fields a deployment records, by kind; there is no free-text kind
+    extra_fields: dict[str, Literal["identifier", "integer", "number", "boolean"]] = Field(default_factory=dict)
 
 
 class ServingSettings(BaseModel):

@@ -1,0 +1,72 @@
+"""The sink seam: where a writer's chain is stored. Implementations: segment files, PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from appliance.audit._canonical import GENESIS_HASH
+
+__all__ = ["ChainHead", "Recovery", "Sink"]
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What opening a chain had to repair: a torn tail that was cut off (and kept aside for forensics)."""
+
+    location: str  # segment file name or table
+    truncated_bytes: int
+    kept_as: str | None = None  # where the cut-off bytes were preserved
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    """The end of a writer's chain as found in storage: the next record gets ``seq + 1`` and ``prev_hash = hash``."""
+
+    writer_id: str
+    seq: int = 0
+    hash: str = GENESIS_HASH
+    recoveries: tuple[Recovery, ...] = field(default_factory=tuple)
+
+
+class Sink(Protocol):
+    """Durable, append-only storage of one writer's chain.
+
+    ``append`` returns only once every line is on stable storage and raises ``AuditUnavailable`` otherwise; after
+    a failure the writer calls ``recover`` before the next append, so the chain state is always what storage says.
+    """
+
+    description: str
+
+    def open(self, writer_id: str, *, exact: bool = False) -> ChainHead:
+        """Take the chain (the first free lane ``writer_id``, ``writer_id.2``, ... unless ``exact``) and recover it."""
+        ...
+
+    def append(self, lines: Sequence[bytes], first_seq: int) -> None:
+        """Append whole record lines (each ends with a newline) durably, or raise ``AuditUnavailable``."""
+        ...
+
+    def recover(self) -> ChainHead:
+        """Re-read the chain's end after a failed append (cutting a torn tail) and return it."""
+        ...
+
+    def probe(self) -> None:
+        """Raise ``AuditUnavailable`` when the store cannot currently be written (read-only, full, unreachable)."""
+        ...
+
+    def close(self) -> None:
+        """Release the chain (lock, connection)."""
+        ...
+
+
+class ChainReader(Protocol):
+    """Reads stored chains for verification, export and retention."""
+
+    def writers(self) -> list[str]:
+        """Every writer id with a chain in this store."""
+        ...
+
+    def read(self, writer_id: str) -> Iterator[tuple[str, bytes]]:
+        """(location, raw bytes of whole lines) chunks of the writer's chain in order (segments, pages)."""
+        ...

@@ -1,0 +1,344 @@
+"""The chained writer: validates events, sequences them into one hash chain, and group-commits them.
+
+Callers (async ``record`` or threaded ``record_sync``) validate their event in their own thread, then hand its
+canonical body to one writer thread. That thread takes everything queued since its last commit, chains it
+(seq, prev_hash, hash), adds a signed checkpoint when one is due, writes the batch with one ``write`` and one
+``fdatasync`` (or one database commit), and only then acknowledges every caller in the batch at once. Many
+concurrent requests therefore share one fsync, and none is acknowledged before its record is durable.
+
+Fail-closed: when the batch cannot be made durable (or a due checkpoint cannot be signed), every caller in it gets
+``AuditUnavailable`` and the writer re-reads the end of the chain from storage before the next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from appliance.audit._canonical import build_line, canonical_json
+from appliance.audit._checkpoint import checkpoint_body, sign, signed_message
+from appliance.audit._schema import _ExtraCheck, validate_event
+from appliance.audit._sinks._base import ChainHead, Sink
+from appliance.errors import ApplianceError, AuditUnavailable
+from appliance.protocols import AuditReceipt, KeyService
+
+__all__ = ["AuditWriter"]
+
+log = structlog.get_logger("appliance.audit")
+
+_SYSTEM_ACTOR: dict[str, Any] = {
+    "auth_method": "system",
+    "client_id": None,
+    "roles": [],
+    "session_id": None,
+    "subject": "audit",
+}
+
+
+@dataclass
+class _Pending:
+    body: bytes
+    done: asyncio.Future[AuditReceipt] | concurrent.futures.Future[AuditReceipt]
+    loop: asyncio.AbstractEventLoop | None
+    checkpoint: bool = False  # sign right after this record (start, stop)
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+def system_event(type_: str, action: str, details: Mapping[str, Any], status: str = "success") -> bytes:
+    """The canonical body of an event the audit trail records about itself (start, stop, recovery, purge)."""
+    return canonical_json(
+        {
+            "action": action,
+            "actor": _SYSTEM_ACTOR,
+            "adapter": None,
+            "details": dict(sorted(details.items())),
+            "digests": None,
+            "latency_ms": None,
+            "outcome": {"error_class": None, "http_status": None, "status": status},
+            "request_id": None,
+            "route": None,
+            "source": None,
+            "tokens": None,
+            "type": type_,
+        }
+    )
+
+
+class AuditWriter:
+    """One writer's hash chain on a primary sink (plus an optional best-effort secondary). See module docstring."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        keys: KeyService,
+        *,
+        writer_id: str = "node-1",
+        secondary: Sink | None = None,
+        checkpoint_every: int = 1000,
+        checkpoint_interval_s: float = 60.0,
+        extra_fields: Mapping[str, str] | None = None,
+    ) -> None:
+        if checkpoint_every < 1 or checkpoint_interval_s <= 0:
+            raise ValueError("checkpoint_every >= 1 and checkpoint_interval_s > 0")
+        self._sink, self._secondary, self._keys = sink, secondary, keys
+        self._requested_writer_id = writer_id
+        self._checkpoint_every, self._checkpoint_interval_s = checkpoint_every, checkpoint_interval_s
+        self._extras = _ExtraCheck(extra_fields or {})
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._queue: list[_Pending] = []
+        self._idle = True
+        self._closing = False
+        self._closed = True
+        self._thread: threading.Thread | None = None
+        self._head = ChainHead(writer_id)
+        self._checkpointed_seq = 0
+        self._last_checkpoint_at = time.monotonic()
+        self._needs_recovery = False
+        self._secondary_ok = True
+        self.writer_id = writer_id
+
+    # --- life cycle ----------------------------------------------------------------------------------------
+    def start(self) -> AuditWriter:
+        """Take the chain, recover its end, and durably record ``audit.start`` (the start-up write probe)."""
+        head = self._sink.open(self._requested_writer_id)
+        self._head, self.writer_id = head, head.writer_id
+        self._checkpointed_seq = head.seq
+        if self._secondary is not None:
+            try:
+                self._secondary.open(head.writer_id, exact=True)
+            except ApplianceError as exc:
+                self._secondary_failed(exc)
+        self._closed, self._closing = False, False
+        self._thread = threading.Thread(target=self._run, name=f"audit-writer-{self.writer_id}", daemon=True)
+        self._thread.start()
+        try:
+            for recovery in head.recoveries:
+                details = {
+                    "location": recovery.location,
+                    "truncated_bytes": recovery.truncated_bytes,
+                    "kept_as": recovery.kept_as,
+                }
+                self._submit_body_sync(system_event("audit.recovered", "truncate", details))
+            self._submit_body_sync(system_event("audit.start", "start", {"pid": os.getpid()}), checkpoint=True)
+        except BaseException:
+            self._stop_thread()
+            self._sink.close()
+            raise
+        return self
+
+    def close_sync(self) -> None:
+        """Record ``audit.stop`` with a final checkpoint, then release the chain."""
+        if self._closed:
+            return
+        try:
+            self._submit_body_sync(system_event("audit.stop", "stop", {"pid": os.getpid()}), checkpoint=True)
+        except AuditUnavailable:
+            log.warning("audit.stop_not_recorded", writer_id=self.writer_id)
+        finally:
+            self._stop_thread()
+            self._sink.close()
+            if self._secondary is not None:
+                self._secondary.close()
+
+    async def close(self) -> None:
+        """The same as :meth:`close_sync`, off the event loop."""
+        await asyncio.to_thread(self.close_sync)
+
+    def _stop_thread(self) -> None:
+        with self._lock:
+            self._closing = True
+            self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._closed = True
+
+    # --- recording -----------------------------------------------------------------------------------------
+    async def record(self, event: Mapping[str, Any]) -> AuditReceipt:
+        """Record event; returns once it is durable. ``ValidationFailed`` for a bad event, else ``AuditUnavailable``."""
+        body = validate_event(event, self._extras)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[AuditReceipt] = loop.create_future()
+        self._submit(_Pending(body, done, loop))
+        return await done
+
+    def record_sync(self, event: Mapping[str, Any]) -> AuditReceipt:
+        """The same as :meth:`record` for synchronous callers (CLI, training loop)."""
+        return self._submit_body_sync(validate_event(event, self._extras))
+
+    def check_writable(self) -> None:
+        """Raise ``AuditUnavailable`` unless the writer is running and its store can take writes (readiness)."""
+        if self._closed or self._thread is None or not self._thread.is_alive():
+            raise AuditUnavailable("audit writer is not running")
+        self._sink.probe()
+
+    @property
+    def head(self) -> ChainHead:
+        """The last durable position of the chain (seq and hash)."""
+        return self._head
+
+    def _submit_body_sync(self, body: bytes, *, checkpoint: bool = False) -> AuditReceipt:
+        done: concurrent.futures.Future[AuditReceipt] = concurrent.futures.Future()
+        self._submit(_Pending(body, done, None, checkpoint))
+        return done.result()
+
+    def _submit(self, pending: _Pending) -> None:
+        with self._lock:
+            if self._closing or self._closed:
+                raise AuditUnavailable("audit writer is closed")
+            self._queue.append(pending)
+            if self._idle:
+                self._idle = False
+                self._wake.set()
+
+    # --- the writer thread ---------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                batch, self._queue = self._queue, []
+                closing = self._closing
+                if not batch:
+                    self._idle = True
+                    self._wake.clear()
+            if batch:
+                self._commit(batch)
+                continue
+            if closing:
+                return
+            due = self._last_checkpoint_at + self._checkpoint_interval_s - time.monotonic()
+            if due <= 0:
+                self._timed_checkpoint()
+                due = self._checkpoint_interval_s
+            self._wake.wait(timeout=due)
+
+    def _timed_checkpoint(self) -> None:
+        self._last_checkpoint_at = time.monotonic()
+        if self._head.seq > self._checkpointed_seq:
+            try:
+                self._commit([])
+            except Exception:
+                log.warning("audit.checkpoint_failed", writer_id=self.writer_id)
+
+    def _commit(self, batch: Sequence[_Pending]) -> None:
+        try:
+            internal: list[bytes] = []
+            if self._needs_recovery:
+                self._head = self._sink.recover()
+                self._needs_recovery = False
+                for recovery in self._head.recoveries:
+                    details = {
+                        "location": recovery.location,
+                        "truncated_bytes": recovery.truncated_bytes,
+                        "kept_as": recovery.kept_as,
+                    }
+                    internal.append(system_event("audit.recovered", "truncate", details))
+            lines, receipts, head, checkpointed = self._chain(internal, batch)
+            self._sink.append(lines, self._head.seq + 1)
+        except Exception as exc:
+            self._needs_recovery = True
+            error = exc if isinstance(exc, AuditUnavailable) else AuditUnavailable(_reason(exc))
+            log.error("audit.append_failed", writer_id=self.writer_id, error=error.message, records=len(batch))
+            self._settle(batch, None, error)
+            return
+        self._head, self._checkpointed_seq = head, checkpointed
+        if self._secondary is not None:
+            self._replicate(lines, self._head.seq - len(lines) + 1)
+        self._settle(batch, receipts, None)
+
+    def _chain(
+        self, internal: Sequence[bytes], batch: Sequence[_Pending]
+    ) -> tuple[list[bytes], list[AuditReceipt], ChainHead, int]:
+        seq, prev = self._head.seq, self._head.hash
+        writer_id = self.writer_id
+        lines: list[bytes] = []
+        receipts: list[AuditReceipt] = []
+        checkpointed = self._checkpointed_seq
+        for body in internal:
+            seq += 1
+            line, prev = build_line(seq, prev, writer_id, str(uuid.uuid4()), _utc_now(), body)
+            lines.append(line)
+        for pending in batch:
+            seq += 1
+            event_id = str(uuid.uuid4())
+            line, prev = build_line(seq, prev, writer_id, event_id, _utc_now(), pending.body)
+            lines.append(line)
+            receipts.append(AuditReceipt(event_id=event_id, seq=seq, record_hash=prev, writer_id=writer_id))
+            if seq - checkpointed >= self._checkpoint_every or pending.checkpoint:
+                seq, prev = self._checkpoint(lines, seq, prev)
+                checkpointed = seq
+        if not batch and seq > checkpointed:  # the timer's checkpoint
+            seq, prev = self._checkpoint(lines, seq, prev)
+            checkpointed = seq
+        return lines, receipts, ChainHead(writer_id, seq, prev), checkpointed
+
+    def _checkpoint(self, lines: list[bytes], seq: int, prev: str) -> tuple[int, str]:
+        signature = sign(self._keys, signed_message("checkpoint", self.writer_id, seq, prev))
+        body = checkpoint_body(self.writer_id, seq, prev, signature)
+        line, digest = build_line(seq + 1, prev, self.writer_id, str(uuid.uuid4()), _utc_now(), body)
+        lines.append(line)
+        self._last_checkpoint_at = time.monotonic()
+        return seq + 1, digest
+
+    def _replicate(self, lines: Sequence[bytes], first_seq: int) -> None:
+        assert self._secondary is not None
+        try:
+            if not self._secondary_ok:
+                self._secondary.recover()
+            self._secondary.append(lines, first_seq)
+            self._secondary_ok = True
+        except Exception as exc:
+            self._secondary_failed(exc)
+
+    def _secondary_failed(self, exc: BaseException) -> None:
+        self._secondary_ok = False
+        log.warning("audit.secondary_failed", writer_id=self.writer_id, error=type(exc).__name__)
+
+    @staticmethod
+    def _settle(
+        batch: Sequence[_Pending], receipts: Sequence[AuditReceipt] | None, error: AuditUnavailable | None
+    ) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[AuditReceipt], Any]]] = {}
+        for i, pending in enumerate(batch):
+            outcome: Any = error if receipts is None else receipts[i]
+            if pending.loop is None:
+                assert isinstance(pending.done, concurrent.futures.Future)
+                if error is None:
+                    pending.done.set_result(outcome)
+                else:
+                    pending.done.set_exception(AuditUnavailable(error.message))
+            else:
+                assert isinstance(pending.done, asyncio.Future)
+                by_loop.setdefault(pending.loop, []).append((pending.done, outcome))
+        for loop, settled in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody is waiting for these
+                loop.call_soon_threadsafe(_resolve, settled)
+
+
+def _resolve(settled: list[tuple[asyncio.Future[AuditReceipt], Any]]) -> None:
+    for future, outcome in settled:
+        if future.done():
+            continue
+        if isinstance(outcome, AuditUnavailable):
+            future.set_exception(AuditUnavailable(outcome.message))
+        else:
+            future.set_result(outcome)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ApplianceError):
+        return f"audit record not durable: {exc.code}"
+    return f"audit record not durable ({type(exc).__name__})"

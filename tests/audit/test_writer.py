@@ -1,0 +1,193 @@
+"""The chained writer: durable receipts, one chain, group commit, fail-closed validation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from appliance.audit import AuditWriter, open_audit_log
+from appliance.audit._sinks.files import FileStore
+from appliance.audit._verify import verify_chain
+from appliance.config import Settings
+from appliance.errors import AuditUnavailable, ValidationFailed
+from appliance.keys import AUDIT_SIGNING, LocalKeyService
+from tests.audit.conftest import make_event
+
+
+def _records(settings: Settings, writer_id: str = "node-1") -> list[dict[str, object]]:
+    store = FileStore(settings.audit_dir)
+    return [json.loads(line) for _, data in store.read(writer_id) for line in data.splitlines()]
+
+
+def _verify(settings: Settings, keys: LocalKeyService, writer_id: str = "node-1", **kw: object):  # type: ignore[no-untyped-def]
+    store = FileStore(settings.audit_dir)
+    return verify_chain(writer_id, store.read(writer_id), public_keys=keys.public_keys(AUDIT_SIGNING), **kw)  # type: ignore[arg-type]
+
+
+class TestRecord:
+    async def test_receipt_matches_the_stored_record(self, audit_log: AuditWriter, settings: Settings) -> None:
+        """An awaited record is on disk with the receipt's seq, hash and event id, and the caller's fields."""
+        receipt = await audit_log.record(make_event())
+        stored = {r["seq"]: r for r in _records(settings)}[receipt.seq]
+        assert stored["hash"] == receipt.record_hash and stored["event_id"] == receipt.event_id
+        assert stored["writer_id"] == receipt.writer_id == "node-1"
+        assert stored["actor"]["subject"] == "alice" and stored["tokens"] == {"generated": 34, "prompt": 12}
+        assert stored["time"].endswith("Z")
+
+    def test_record_sync_chains_after_start(self, audit_log: AuditWriter, settings: Settings) -> None:
+        """The writer records audit.start and a signed checkpoint first; caller records follow in order."""
+        receipts = [audit_log.record_sync(make_event(request_id=f"r-{i}")) for i in range(5)]
+        assert [r.seq for r in receipts] == [3, 4, 5, 6, 7]
+        types = [r["type"] for r in _records(settings)]
+        assert types[:2] == ["audit.start", "audit.checkpoint"]
+
+    def test_close_signs_the_end(self, settings: Settings, keys: LocalKeyService) -> None:
+        """After close the chain ends with audit.stop and a checkpoint vouching for it, and verifies."""
+        writer = open_audit_log(settings, keys)
+        writer.record_sync(make_event())
+        writer.close_sync()
+        records = _records(settings)
+        assert [r["type"] for r in records[-2:]] == ["audit.stop", "audit.checkpoint"]
+        report = _verify(settings, keys, require_signed_end=True)
+        assert report.ok, report.problems
+        assert report.signed_through == records[-2]["seq"] and report.checkpoints == 2
+
+    def test_reopen_continues_the_chain(self, settings: Settings, keys: LocalKeyService) -> None:
+        """A second writer on the same data dir continues the sequence and the chain verifies end to end."""
+        for _ in range(2):
+            writer = open_audit_log(settings, keys)
+            writer.record_sync(make_event())
+            writer.close_sync()
+        report = _verify(settings, keys, require_signed_end=True)
+        assert report.ok and report.records == 10 and report.last_seq == 10
+
+    def test_checkpoint_every_n_records(self, settings: Settings, keys: LocalKeyService) -> None:
+        """With checkpoint_every=10, a signed checkpoint follows every tenth record."""
+        settings = settings.model_copy(update={"audit": settings.audit.model_copy(update={"checkpoint_every": 10})})
+        writer = open_audit_log(settings, keys)
+        for i in range(30):
+            writer.record_sync(make_event(request_id=f"r-{i}"))
+        writer.close_sync()
+        report = _verify(settings, keys)
+        assert report.ok and report.checkpoints >= 5
+
+    def test_second_process_takes_the_next_lane(self, settings: Settings, keys: LocalKeyService) -> None:
+        """While one writer holds node-1, another opens node-1.2; both chains verify."""
+        first = open_audit_log(settings, keys)
+        second = open_audit_log(settings, keys)
+        try:
+            assert (first.writer_id, second.writer_id) == ("node-1", "node-1.2")
+            second.record_sync(make_event())
+        finally:
+            second.close_sync()
+            first.close_sync()
+        assert _verify(settings, keys, "node-1.2").ok and _verify(settings, keys).ok
+
+
+class TestGroupCommit:
+    async def test_concurrent_records_share_fsyncs(
+        self, audit_log: AuditWriter, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """400 concurrent records are made durable with far fewer than 400 fdatasync calls."""
+        calls = []
+        real = os.fdatasync
+        monkeypatch.setattr(os, "fdatasync", lambda fd: (calls.append(fd), real(fd))[1])
+        receipts = await asyncio.gather(*(audit_log.record(make_event(request_id=f"r-{i}")) for i in range(400)))
+        assert sorted(r.seq for r in receipts) == list(range(3, 403))
+        assert 1 <= len(calls) < 100
+
+    def test_threads_and_tasks_share_one_chain(
+        self, audit_log: AuditWriter, settings: Settings, keys: LocalKeyService
+    ) -> None:
+        """Records from several threads and an event loop interleave into one gap-free verified chain."""
+
+        def worker() -> None:
+            for _ in range(50):
+                audit_log.record_sync(make_event())
+
+        async def tasks() -> None:
+            await asyncio.gather(*(audit_log.record(make_event()) for _ in range(100)))
+
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for t in threads:
+            t.start()
+        asyncio.run(tasks())
+        for t in threads:
+            t.join()
+        report = _verify(settings, keys)
+        assert report.ok and report.records >= 302
+
+
+class TestValidation:
+    @pytest.mark.parametrize(
+        "override",
+        [
+            {"details": {"note": "patient John Smith has diabetes"}},
+            {"action": "Generate text"},
+            {"route": "/v1/generate?prompt=hello"},
+            {"request_id": "id with spaces"},
+            {"prompt": "tell me about the patient"},
+            {"actor": {"subject": "a b", "auth_method": "oidc"}},
+            {"source": {"ip": "not-an-ip"}},
+            {"digests": {"prompt": "not a digest"}},
+            {"seq": 5},
+            {"latency_ms": float("nan")},
+        ],
+    )
+    async def test_free_text_and_bad_fields_are_rejected(self, audit_log: AuditWriter, override: dict) -> None:
+        """An event carrying free text, unknown or writer fields is refused before anything is written."""
+        before = audit_log.head.seq
+        with pytest.raises(ValidationFailed) as info:
+            await audit_log.record(make_event(**override))
+        assert "John" not in str(info.value) and "patient" not in str(info.value)
+        assert audit_log.head.seq == before
+
+    async def test_user_agent_keeps_product_tokens_only(self, audit_log: AuditWriter, settings: Settings) -> None:
+        """A user agent is reduced to its product/version tokens; comments and free text are dropped."""
+        ua = "Mozilla/5.0 (patient Jane Doe; MRN 12345) Firefox/128.0 free text here"
+        receipt = await audit_log.record(make_event(source={"ip": "::1", "user_agent": ua}))
+        stored = {r["seq"]: r for r in _records(settings)}[receipt.seq]
+        assert stored["source"] == {"ip": "::1", "user_agent": "Mozilla/5.0 Firefox/128.0"}
+
+    def test_configured_extra_fields(self, settings: Settings, keys: LocalKeyService) -> None:
+        """A configured extra field of a typed kind is recorded; one of another kind or unconfigured is refused."""
+        audit = settings.audit.model_copy(update={"extra_fields": {"ward": "identifier", "beds": "integer"}})
+        writer = open_audit_log(settings.model_copy(update={"audit": audit}), keys)
+        try:
+            writer.record_sync(make_event(ward="icu-3", beds=4))
+            with pytest.raises(ValidationFailed):
+                writer.record_sync(make_event(ward="intensive care unit"))
+            with pytest.raises(ValidationFailed):
+                writer.record_sync(make_event(floor=3))
+        finally:
+            writer.close_sync()
+        assert any(r.get("ward") == "icu-3" and r.get("beds") == 4 for r in _records(settings))
+
+
+class TestClosed:
+    async def test_record_after_close_fails_closed(self, settings: Settings, keys: LocalKeyService) -> None:
+        """A closed writer refuses records with AuditUnavailable."""
+        writer = open_audit_log(settings, keys)
+        await writer.close()
+        with pytest.raises(AuditUnavailable):
+            await writer.record(make_event())
+        with pytest.raises(AuditUnavailable):
+            writer.check_writable()
+
+    def test_segment_rollover(self, settings: Settings, keys: LocalKeyService) -> None:
+        """Past segment_max_records a new segment named by its first seq starts, and the chain spans both."""
+        audit = settings.audit.model_copy(update={"segment_max_records": 10})
+        settings = settings.model_copy(update={"audit": audit})
+        writer = open_audit_log(settings, keys)
+        for _ in range(25):
+            writer.record_sync(make_event())
+        writer.close_sync()
+        names = [p.name for _, p in FileStore(settings.audit_dir).segments("node-1")]
+        assert len(names) >= 3 and names[0] == "segment-000000000001.jsonl"
+        assert _verify(settings, keys, require_signed_end=True).ok
+        assert oct(Path(settings.audit_dir / "node-1" / names[0]).stat().st_mode & 0o777) == "0o600"
