@@ -7,7 +7,8 @@ formats. Codes are stable strings: never reuse or rename one.
     ApplianceError
     ├── ConfigError              CONFIG_INVALID        500 / 78
     ├── ValidationFailed         VALIDATION_FAILED     422 / 65
-    │   └── IntakeRejected       INTAKE_REJECTED       422 / 65
+    │   ├── IntakeRejected       INTAKE_REJECTED       422 / 65
+    │   └── RequestTooLarge      REQUEST_TOO_LARGE     413 / 65
     ├── NotFound                 NOT_FOUND             404 / 66
     ├── Conflict                 CONFLICT              409 / 65
     ├── PermissionDenied         PERMISSION_DENIED     403 / 77
@@ -21,6 +22,7 @@ formats. Codes are stable strings: never reuse or rename one.
     │   ├── VaultForbidden       KEYS_VAULT_FORBIDDEN  503 / 77
     │   └── KeystoreInsecure     KEYS_KEYSTORE_INSECURE 503 / 77
     ├── StorageUnavailable       STORAGE_UNAVAILABLE   503 / 74
+    │   └── MigrationMismatch    STORAGE_MIGRATION_MISMATCH 503 / 74
     ├── AuditUnavailable         AUDIT_UNAVAILABLE     503 / 74
     ├── BackendError             BACKEND_ERROR         502 / 69
     │   ├── BackendUnavailable   BACKEND_UNAVAILABLE   503 / 69
@@ -72,6 +74,13 @@ class IntakeRejected(ValidationFailed):
     """A dataset record or file is malformed (names the line and field)."""
 
     code = "INTAKE_REJECTED"
+
+
+class RequestTooLarge(ValidationFailed):
+    """A request body exceeds the gateway's size limit."""
+
+    code = "REQUEST_TOO_LARGE"
+    http_status = 413
 
 
 class NotFound(ApplianceError):
@@ -168,6 +177,12 @@ class StorageUnavailable(ApplianceError):
     code = "STORAGE_UNAVAILABLE"
     http_status = 503
     exit_code = 74
+
+
+class MigrationMismatch(StorageUnavailable):
+    """A database is at a schema revision this code does not know (written by a newer version, or unversioned)."""
+
+    code = "STORAGE_MIGRATION_MISMATCH"
 
 
 class AuditUnavailable(ApplianceError):

@@ -1,0 +1,783 @@
+"""The registry service: the only writer of adapter state.
+
+Every state change runs in one database transaction that also records its audit event; the transaction commits
+only after the audit trail confirmed the event is durable, so a refused audit write leaves the registry
+unchanged (fail closed). Files outside the database (encrypted artifacts, decrypted serving copies, backend
+lists) are written before the commit and undone or re-rendered from the committed state when anything fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import structlog
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from appliance.errors import (
+    ApplianceError,
+    AuditUnavailable,
+    Conflict,
+    IntegrityViolation,
+    NotFound,
+    PermissionDenied,
+    PolicyViolation,
+    Unauthenticated,
+    ValidationFailed,
+)
+from appliance.protocols import AuditLog, KeyService
+from appliance.registry._artifacts import ArtifactStore
+from appliance.registry._db import Database
+from appliance.registry._lineage import describe, subject_digest
+from appliance.registry._models import (
+    Adapter,
+    Approval,
+    BaseModel,
+    Dataset,
+    DatasetSubject,
+    Person,
+    PersonRole,
+    Publication,
+    TrainingRun,
+    utcnow,
+)
+from appliance.registry._people import hash_token, new_token, verify_token
+from appliance.registry._policy import ApprovalLimits, load_approval_limits
+from appliance.registry._publish import TARGETS, PublishEntry, Publisher, check_target
+from appliance.registry._rundir import check_name, read_run_dir
+from appliance.registry._types import (
+    ROLES,
+    Actor,
+    AdapterInfo,
+    ApprovalInfo,
+    ErasureItem,
+    ErasurePlan,
+    LineageReport,
+    PublishedAdapter,
+    VerifyResult,
+)
+
+__all__ = ["REQUIRED_APPROVALS", "Registry", "check_subject"]
+
+log = structlog.get_logger("appliance.registry")
+
+REQUIRED_APPROVALS = 2
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+class Registry:
+    """Adapters with provenance, two-person approval, encrypted artifacts, publish and lineage."""
+
+    def __init__(
+        self,
+        db: Database,
+        keys: KeyService,
+        audit: AuditLog,
+        *,
+        artifacts_dir: Path,
+        serving_dir: Path,
+        policies_dir: Path,
+        verify_base_model: bool = True,
+    ) -> None:
+        self.db = db
+        self.keys = keys
+        self.audit = audit
+        self.artifacts = ArtifactStore(artifacts_dir, keys)
+        self.publisher = Publisher(serving_dir)
+        self.policies_dir = Path(policies_dir)
+        self.verify_base_model = verify_base_model
+        self._on_close: list[Any] = []
+
+    # --- registration ----------------------------------------------------------------------------------------
+    def add(self, run_dir: Path, name: str, actor: Actor) -> AdapterInfo:
+        """Register a completed training run's adapter as the next version of ``name`` (status ``staged``)."""
+        check_name(name)
+        run = read_run_dir(run_dir)
+        meta = run.metadata
+        if self.verify_base_model:
+            self._check_base_model(Path(meta.base_model.path), meta.base_model.sha256)
+        sealed = None
+        try:
+            with self.db.session("registering an adapter") as s:
+                dup = s.scalar(select(Adapter).where(Adapter.weights_fingerprint == run.weights_fingerprint))
+                if dup is not None:
+                    raise Conflict(
+                        f"these weights are already registered as {dup.name} v{dup.version} "
+                        f"(fingerprint {run.weights_fingerprint[:16]}...)"
+                    )
+                prior_run = s.scalar(select(TrainingRun).where(TrainingRun.run_id == meta.run_id))
+                if prior_run is not None:
+                    raise Conflict(f"training run {meta.run_id!r} is already registered")
+                version = (s.scalar(select(func.max(Adapter.version)).where(Adapter.name == name)) or 0) + 1
+                sealed = self.artifacts.seal(name, version, run.files)
+                base = s.scalar(select(BaseModel).where(BaseModel.sha256 == meta.base_model.sha256))
+                if base is None:
+                    base = BaseModel(sha256=meta.base_model.sha256, path=meta.base_model.path)
+                    s.add(base)
+                dataset = s.scalar(select(Dataset).where(Dataset.fingerprint == run.dataset.fingerprint))
+                if dataset is None:
+                    dataset = Dataset(
+                        fingerprint=run.dataset.fingerprint,
+                        path=run.dataset.path,
+                        manifest=run.dataset.manifest,
+                        subject_salt=run.dataset.salt,
+                        subjects=[DatasetSubject(digest=d, records=n) for d, n in sorted(run.dataset.subjects.items())],
+                    )
+                    s.add(dataset)
+                dp = meta.dp
+                training_run = TrainingRun(
+                    run_id=meta.run_id,
+                    base_model=base,
+                    dataset=dataset,
+                    trained_by=meta.trained_by,
+                    dp_enabled=dp.enabled,
+                    epsilon=dp.epsilon,
+                    delta=dp.delta,
+                    privacy_unit=dp.privacy_unit,
+                    max_exposure=meta.canaries.max_exposure,
+                    hyperparameters=meta.hyperparameters,
+                    metrics=meta.metrics,
+                    dp=dp.model_dump(),
+                    canaries=meta.canaries.model_dump(),
+                    lora=meta.lora,
+                    started_at=meta.started_at,
+                    finished_at=meta.finished_at,
+                )
+                adapter = Adapter(
+                    name=name,
+                    version=version,
+                    run=training_run,
+                    weights_fingerprint=run.weights_fingerprint,
+                    status="staged",
+                    meta=run.raw_metadata,
+                    artifact_dir=sealed.rel_dir,
+                    key_purpose=sealed.purpose,
+                    wrapped_key=sealed.wrapped_key,
+                    files=sealed.files,
+                    registered_by=actor.subject,
+                )
+                s.add(adapter)
+                s.flush()
+                self._record(
+                    "registry.add",
+                    "add",
+                    actor,
+                    adapter,
+                    details={"run_id": meta.run_id, "dp": dp.enabled, "dataset": run.dataset.fingerprint[:16]},
+                )
+                info = self._info(adapter)
+        except BaseException:
+            if sealed is not None:
+                self.artifacts.remove(sealed.rel_dir)
+            raise
+        log.info("registry.added", adapter=name, version=version, fingerprint=run.weights_fingerprint[:16])
+        return info
+
+    def _check_base_model(self, path: Path, sha256: str) -> None:
+        if not (path / "config.json").is_file():
+            log.warning("registry.base_model_absent", detail="base model directory not present; hash not rechecked")
+            return
+        from appliance.models import model_hash
+
+        actual = model_hash(path)
+        if actual != sha256:
+            raise IntegrityViolation(
+                f"base model at {path} hashes to {actual[:16]}..., but the run recorded {sha256[:16]}..."
+            )
+
+    # --- queries ---------------------------------------------------------------------------------------------
+    def list_adapters(self, name: str | None = None, status: str | None = None) -> list[AdapterInfo]:
+        """Adapters, newest version first within each name."""
+        with self.db.session("listing adapters") as s:
+            query = select(Adapter).options(*self._eager()).order_by(Adapter.name, Adapter.version.desc())
+            if name is not None:
+                query = query.where(Adapter.name == name)
+            if status is not None:
+                query = query.where(Adapter.status == status)
+            return [self._info(a) for a in s.scalars(query)]
+
+    def show(self, name: str, version: int) -> AdapterInfo:
+        """One adapter version with its provenance, approvals and publications."""
+        with self.db.session("reading an adapter") as s:
+            return self._info(self._get(s, name, version))
+
+    def resolve(self, name: str, version: int | Literal["production"]) -> PublishedAdapter:
+        """The published adapter the gateway should route ``(name, version)`` to.
+
+        ``"production"`` means the newest published version of ``name``. Raises NotFound for an unknown name or
+        version, PermissionDenied for a version that exists but is not published (the message says its status).
+        """
+        with self.db.session("resolving an adapter") as s:
+            if version == "production":
+                adapter = s.scalar(
+                    select(Adapter)
+                    .options(*self._eager())
+                    .where(Adapter.name == name, Adapter.status == "production")
+                    .order_by(Adapter.version.desc())
+                    .limit(1)
+                )
+                if adapter is None:
+                    if s.scalar(select(func.count()).select_from(Adapter).where(Adapter.name == name)):
+                        raise NotFound(f"no version of adapter {name!r} is published")
+                    raise NotFound(f"no adapter named {name!r}")
+            else:
+                if not isinstance(version, int) or isinstance(version, bool):
+                    raise ValidationFailed(f"version must be an integer or 'production', not {version!r}")
+                adapter = self._get(s, name, version)
+                if adapter.status != "production":
+                    raise PermissionDenied(f"adapter {name} v{version} is {adapter.status}, not published")
+            return self._published(adapter)
+
+    def published(self) -> list[PublishedAdapter]:
+        """Every adapter in production, by name then version."""
+        with self.db.session("listing published adapters") as s:
+            query = (
+                select(Adapter)
+                .options(*self._eager())
+                .where(Adapter.status == "production")
+                .order_by(Adapter.name, Adapter.version)
+            )
+            return [self._published(a) for a in s.scalars(query)]
+
+    # --- approval --------------------------------------------------------------------------------------------
+    def approval_limits(self) -> ApprovalLimits:
+        """The limits from ``policies/privacy.yaml`` (read on every approval: policy edits apply at once)."""
+        return load_approval_limits(self.policies_dir)
+
+    def approve(self, name: str, version: int, actor: Actor, comment: str | None = None) -> AdapterInfo:
+        """Record ``actor``'s approval; the second distinct approver moves the adapter to ``approved``."""
+        limits = self.approval_limits()
+        with self.db.session("approving an adapter") as s:
+            adapter = self._get(s, name, version)
+            try:
+                if "approver" not in actor.roles:
+                    raise PermissionDenied(f"{actor.subject} does not hold the approver role")
+                if adapter.status != "staged":
+                    raise Conflict(f"adapter {name} v{version} is {adapter.status}; only staged adapters are approved")
+                if actor.subject == adapter.run.trained_by:
+                    raise PolicyViolation(
+                        f"rule two-person-approval: {actor.subject} trained adapter {name} v{version} and cannot "
+                        "approve it"
+                    )
+                if any(a.subject == actor.subject for a in adapter.approvals):
+                    raise Conflict(
+                        f"{actor.subject} already approved adapter {name} v{version}; the next approval must come "
+                        "from a different person"
+                    )
+                self._check_limits(adapter, limits)
+            except (PermissionDenied, Conflict) as exc:
+                self._denied("registry.approve", "approve", actor, adapter, exc)
+                raise
+            approval = Approval(
+                adapter=adapter, subject=actor.subject, role="approver", auth_method=actor.auth_method, comment=comment
+            )
+            s.add(approval)
+            s.flush()
+            approvers = {a.subject for a in adapter.approvals}
+            if len(approvers) >= REQUIRED_APPROVALS:
+                adapter.status = "approved"
+                adapter.updated_at = utcnow()
+            s.flush()
+            self._record(
+                "registry.approve",
+                "approve",
+                actor,
+                adapter,
+                details={"approvals": len(approvers), "status": adapter.status},
+            )
+            return self._info(adapter)
+
+    @staticmethod
+    def _check_limits(adapter: Adapter, limits: ApprovalLimits) -> None:
+        run = adapter.run
+        where = f"adapter {adapter.name} v{adapter.version}"
+        if not run.dp_enabled:
+            if limits.require_dp:
+                raise PolicyViolation(f"rule approval.require_dp: {where} was trained without differential privacy")
+        elif run.epsilon is None or run.epsilon > limits.max_epsilon:
+            raise PolicyViolation(
+                f"rule approval.max_epsilon: {where} spent epsilon {run.epsilon} > the limit {limits.max_epsilon}"
+            )
+        if run.max_exposure is None:
+            raise PolicyViolation(f"rule approval.max_canary_exposure: {where} has no measured canary exposure")
+        if run.max_exposure > limits.max_canary_exposure:
+            raise PolicyViolation(
+                f"rule approval.max_canary_exposure: {where} has canary exposure {run.max_exposure:g} bits > the "
+                f"limit {limits.max_canary_exposure:g}"
+            )
+
+    # --- publish ---------------------------------------------------------------------------------------------
+    def publish(self, name: str, version: int, target: str, actor: Actor) -> PublishedAdapter:
+        """Decrypt an approved adapter into the serving directory and add it to ``target``'s list."""
+        check_target(target)
+        limits = self.approval_limits()
+        with self._serving_change(target) as s:
+            adapter = self._get(s, name, version)
+            if adapter.status not in {"approved", "production"}:
+                raise Conflict(f"adapter {name} v{version} is {adapter.status}; only approved adapters publish")
+            if len({a.subject for a in adapter.approvals}) < REQUIRED_APPROVALS:
+                raise PolicyViolation(f"rule two-person-approval: adapter {name} v{version} lacks two approvals")
+            if any(p.target == target and p.unpublished_at is None for p in adapter.publications):
+                raise Conflict(f"adapter {name} v{version} is already published to {target}")
+            self._check_limits(adapter, limits)  # the policy may have tightened since approval
+            out = self.publisher.adapter_dir(adapter.served_id)
+            self.artifacts.decrypt_to(out, base_model_path=adapter.run.base_model.path, **self._artifact(adapter))
+            s.add(
+                Publication(
+                    adapter=adapter,
+                    target=target,
+                    served_id=adapter.served_id,
+                    path=str(out),
+                    published_by=actor.subject,
+                )
+            )
+            adapter.status = "production"
+            adapter.updated_at = utcnow()
+            s.flush()
+            self.publisher.write(target, self._entries(s, target))
+            self._record("registry.publish", "publish", actor, adapter, details={"target": target})
+            result = self._published(adapter)
+        log.info("registry.published", adapter=name, version=version, target=target)
+        return result
+
+    def unpublish(self, name: str, version: int, actor: Actor, target: str | None = None) -> AdapterInfo:
+        """Remove an adapter from one target's list (or all); with none left it is ``approved`` again."""
+        targets = [check_target(target)] if target else list(TARGETS)
+        with self._serving_change(*targets) as s:
+            adapter = self._get(s, name, version)
+            active = [p for p in adapter.publications if p.unpublished_at is None and p.target in targets]
+            if not active:
+                where = f"to {target}" if target else "anywhere"
+                raise Conflict(f"adapter {name} v{version} is not published {where}")
+            self._end_publications(adapter, active, actor)
+            if adapter.status == "production" and not self._active(adapter):
+                adapter.status = "approved"
+            s.flush()
+            for t in {p.target for p in active}:
+                self.publisher.write(t, self._entries(s, t))
+            self._record(
+                "registry.unpublish", "unpublish", actor, adapter, details={"targets": "|".join(sorted(targets))}
+            )
+            return self._info(adapter)
+
+    def retire(self, name: str, version: int, actor: Actor, reason: str | None = None) -> AdapterInfo:
+        """Retire an adapter for good: unpublished everywhere, never approved or published again."""
+        with self._serving_change(*TARGETS) as s:
+            adapter = self._get(s, name, version)
+            if adapter.status == "retired":
+                raise Conflict(f"adapter {name} v{version} is already retired")
+            active = self._active(adapter)
+            self._end_publications(adapter, active, actor)
+            adapter.status = "retired"
+            adapter.retired_reason = reason
+            adapter.updated_at = utcnow()
+            s.flush()
+            for t in {p.target for p in active}:
+                self.publisher.write(t, self._entries(s, t))
+            self._record("registry.retire", "retire", actor, adapter, details={"unpublished": len(active)})
+            return self._info(adapter)
+
+    @contextlib.contextmanager
+    def _serving_change(self, *targets: str) -> Iterator[Session]:
+        """A transaction that rewrites backend lists; if it fails, the lists are re-rendered from the database.
+
+        Decrypted copies no longer published anywhere are deleted once the change has committed.
+        """
+        try:
+            with self.db.session("changing what is served") as s:
+                yield s
+        except BaseException:
+            with contextlib.suppress(ApplianceError, OSError):
+                self._resync(targets)
+            raise
+        with contextlib.suppress(ApplianceError, OSError):
+            self._resync(())
+
+    def _resync(self, targets: tuple[str, ...]) -> None:
+        with self.db.session("re-rendering backend lists") as s:
+            for t in targets:
+                if self.publisher.list_path(t).exists() or self._entries(s, t):
+                    self.publisher.write(t, self._entries(s, t))
+            live = {p.served_id for p in s.scalars(select(Publication).where(Publication.unpublished_at.is_(None)))}
+        root = self.publisher.serving_dir / "adapters"
+        if root.is_dir():
+            for child in root.iterdir():
+                if child.is_dir() and not child.name.startswith(".") and child.name not in live:
+                    shutil.rmtree(child, ignore_errors=True)
+
+    @staticmethod
+    def _end_publications(adapter: Adapter, publications: list[Publication], actor: Actor) -> None:
+        now = utcnow()
+        for publication in publications:
+            publication.unpublished_at = now
+            publication.unpublished_by = actor.subject
+        adapter.updated_at = now
+
+    @staticmethod
+    def _active(adapter: Adapter) -> list[Publication]:
+        return [p for p in adapter.publications if p.unpublished_at is None]
+
+    def _entries(self, s: Session, target: str) -> list[PublishEntry]:
+        query = (
+            select(Publication)
+            .options(selectinload(Publication.adapter).selectinload(Adapter.run).selectinload(TrainingRun.base_model))
+            .where(Publication.target == target, Publication.unpublished_at.is_(None))
+        )
+        return [
+            PublishEntry(
+                served_id=p.served_id,
+                name=p.adapter.name,
+                version=p.adapter.version,
+                path=p.path,
+                fingerprint=p.adapter.weights_fingerprint,
+                base_model=p.adapter.run.base_model.path,
+            )
+            for p in s.scalars(query)
+        ]
+
+    # --- integrity -------------------------------------------------------------------------------------------
+    def verify(self, name: str | None = None, version: int | None = None) -> list[VerifyResult]:
+        """Decrypt every artifact (or one name / version) and check each file's digest and the fingerprint."""
+        with self.db.session("reading adapters to verify") as s:
+            if version is not None and name is not None:
+                adapters = [self._get(s, name, version)]
+            else:
+                query = select(Adapter).order_by(Adapter.name, Adapter.version)
+                if name is not None:
+                    query = query.where(Adapter.name == name)
+                adapters = list(s.scalars(query))
+                if name is not None and not adapters:
+                    raise NotFound(f"no adapter named {name!r}")
+            work = [(a.name, a.version, self._artifact(a)) for a in adapters]
+        results = []
+        for a_name, a_version, artifact in work:
+            try:
+                count = sum(1 for _ in self.artifacts.open(**artifact))
+            except (IntegrityViolation, OSError) as exc:
+                message = exc.message if isinstance(exc, ApplianceError) else f"unreadable: {exc.strerror}"
+                results.append(VerifyResult(a_name, a_version, ok=False, files=0, error=message))
+            else:
+                results.append(VerifyResult(a_name, a_version, ok=True, files=count))
+        return results
+
+    def rewrap(self, actor: Actor) -> int:
+        """Rewrap every adapter's data key under the newest version of its key encryption key."""
+        with self.db.session("rewrapping data keys") as s:
+            adapters = list(s.scalars(select(Adapter)))
+            for adapter in adapters:
+                adapter.wrapped_key = self.keys.rewrap(adapter.key_purpose, adapter.wrapped_key)
+            s.flush()
+            self._record("registry.rewrap", "rewrap", actor, None, details={"adapters": len(adapters)})
+            return len(adapters)
+
+    # --- lineage ---------------------------------------------------------------------------------------------
+    def lineage(self, subject_id: str, actor: Actor) -> LineageReport:
+        """The datasets, runs and adapters that saw a subject (matched by each dataset's salted digest)."""
+        if not subject_id or not subject_id.strip():
+            raise ValidationFailed("a subject id is required")
+        with self.db.session("tracing a subject's lineage") as s:
+            datasets, runs, adapters = [], [], []
+            for dataset in s.scalars(select(Dataset).where(Dataset.subject_salt.is_not(None)).order_by(Dataset.id)):
+                assert dataset.subject_salt is not None
+                digest = subject_digest(dataset.subject_salt, subject_id)
+                row = s.get(DatasetSubject, (dataset.id, digest))
+                if row is None:
+                    continue
+                datasets.append({"fingerprint": dataset.fingerprint, "path": dataset.path, "records": row.records})
+                for run in s.scalars(
+                    select(TrainingRun).where(TrainingRun.dataset_id == dataset.id).order_by(TrainingRun.id)
+                ):
+                    runs.append(
+                        {
+                            "run_id": run.run_id,
+                            "dataset": dataset.fingerprint,
+                            "trained_by": run.trained_by,
+                            "dp_enabled": run.dp_enabled,
+                            "epsilon": run.epsilon,
+                            "delta": run.delta,
+                            "privacy_unit": run.privacy_unit,
+                            "records": row.records,
+                        }
+                    )
+                    for adapter in s.scalars(select(Adapter).where(Adapter.run_pk == run.id).order_by(Adapter.id)):
+                        adapters.append(
+                            {
+                                "name": adapter.name,
+                                "version": adapter.version,
+                                "status": adapter.status,
+                                "fingerprint": adapter.weights_fingerprint,
+                                "run_id": run.run_id,
+                            }
+                        )
+            self._record(
+                "registry.lineage",
+                "lineage",
+                actor,
+                None,
+                details={"datasets": len(datasets), "runs": len(runs), "adapters": len(adapters)},
+            )
+        return LineageReport(datasets=datasets, runs=runs, adapters=adapters)
+
+    def erasure_plan(self, subject_id: str, actor: Actor) -> ErasurePlan:
+        """What must be re-prepared, retired or retrained to honour an erasure request, with each DP guarantee."""
+        report = self.lineage(subject_id, actor)
+        runs = {r["run_id"]: r for r in report.runs}
+        items: list[ErasureItem] = []
+        for dataset in report.datasets:
+            items.append(
+                ErasureItem(
+                    kind="dataset",
+                    ref=dataset["fingerprint"],
+                    action="re-prepare from source data without the subject's records",
+                    status=None,
+                    guarantee="raw records: no privacy guarantee; delete at source and re-run intake",
+                    records=dataset["records"],
+                )
+            )
+        for adapter in report.adapters:
+            run = runs[adapter["run_id"]]
+            trained = run["records"] != 0
+            if adapter["status"] == "retired":
+                action = "already retired; delete its encrypted artifacts if the erasure requires it"
+            elif not trained:
+                action = "none for the weights (subject only in eval); retrain before the next evaluation report"
+            else:
+                action = "retire, then retrain on the re-prepared dataset"
+            items.append(
+                ErasureItem(
+                    kind="adapter",
+                    ref=f"{adapter['name']}-v{adapter['version']}",
+                    action=action,
+                    status=adapter["status"],
+                    guarantee=describe(
+                        run["dp_enabled"], run["epsilon"], run["delta"], run["privacy_unit"], run["records"]
+                    ),
+                    epsilon=run["epsilon"],
+                    delta=run["delta"],
+                    privacy_unit=run["privacy_unit"],
+                    records=run["records"],
+                )
+            )
+        return ErasurePlan(items=items)
+
+    # --- people (CLI identities) -----------------------------------------------------------------------------
+    def grant(self, subject: str, role: str, actor: Actor, token: str | None = None) -> str | None:
+        """Give ``subject`` a role, creating the person with a new personal token (returned once) if needed.
+
+        Only an admin may grant; the very first grant of ``admin`` on an empty people table bootstraps the
+        first admin (an audit event says so).
+        """
+        check_subject(subject)
+        if role not in ROLES:
+            raise ValidationFailed(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
+        with self.db.session("granting a role") as s:
+            bootstrap = role == "admin" and s.scalar(select(func.count()).select_from(PersonRole)) == 0
+            if not bootstrap and "admin" not in actor.roles:
+                raise PermissionDenied(f"{actor.subject} does not hold the admin role needed to grant roles")
+            person = s.get(Person, subject)
+            issued: str | None = None
+            if person is None:
+                issued = token or new_token()
+                person = Person(subject=subject, token_hash=hash_token(issued), created_by=actor.subject)
+                s.add(person)
+            elif person.disabled_at is not None:
+                raise Conflict(f"{subject} is disabled")
+            if any(r.role == role for r in person.roles):
+                raise Conflict(f"{subject} already holds the {role} role")
+            person.roles.append(PersonRole(role=role, granted_by=actor.subject))
+            s.flush()
+            self._record(
+                "registry.grant",
+                "grant",
+                actor,
+                None,
+                details={"subject": subject, "role": role, "bootstrap": bootstrap, "new_person": issued is not None},
+            )
+        return issued if token is None else None
+
+    def revoke(self, subject: str, role: str, actor: Actor) -> None:
+        """Take a role away from a person (an admin's act)."""
+        if "admin" not in actor.roles:
+            raise PermissionDenied(f"{actor.subject} does not hold the admin role needed to revoke roles")
+        with self.db.session("revoking a role") as s:
+            held = s.get(PersonRole, (subject, role))
+            if held is None:
+                raise NotFound(f"{subject} does not hold the {role} role")
+            s.delete(held)
+            s.flush()
+            self._record("registry.revoke", "revoke", actor, None, details={"subject": subject, "role": role})
+
+    def people(self) -> list[dict[str, Any]]:
+        """Every person with their roles (never their token hash)."""
+        with self.db.session("listing people") as s:
+            return [
+                {
+                    "subject": p.subject,
+                    "roles": sorted(r.role for r in p.roles),
+                    "created_by": p.created_by,
+                    "created_at": _aware(p.created_at).isoformat(),
+                    "disabled": p.disabled_at is not None,
+                }
+                for p in s.scalars(select(Person).options(selectinload(Person.roles)).order_by(Person.subject))
+            ]
+
+    def authenticate(self, subject: str, token: str) -> Actor:
+        """The CLI actor for a person whose personal token matches (constant time; same error for every miss)."""
+        with self.db.session("authenticating a person") as s:
+            person = s.get(Person, subject)
+            stored = person.token_hash if person is not None and person.disabled_at is None else None
+            roles = frozenset(r.role for r in person.roles) if person is not None else frozenset()
+        if not verify_token(stored, token):
+            raise Unauthenticated(f"unknown person or wrong personal token for {subject!r}")
+        return Actor(subject=subject, roles=roles, auth_method="cli")
+
+    # --- plumbing --------------------------------------------------------------------------------------------
+    def _get(self, s: Session, name: str, version: int) -> Adapter:
+        adapter = s.scalar(
+            select(Adapter).options(*self._eager()).where(Adapter.name == name, Adapter.version == version)
+        )
+        if adapter is None:
+            if s.scalar(select(func.count()).select_from(Adapter).where(Adapter.name == name)):
+                raise NotFound(f"adapter {name!r} has no version {version}")
+            raise NotFound(f"no adapter named {name!r}")
+        return adapter
+
+    @staticmethod
+    def _eager() -> list[Any]:
+        return [
+            selectinload(Adapter.approvals),
+            selectinload(Adapter.publications),
+            selectinload(Adapter.run).selectinload(TrainingRun.base_model),
+            selectinload(Adapter.run).selectinload(TrainingRun.dataset),
+        ]
+
+    @staticmethod
+    def _artifact(adapter: Adapter) -> dict[str, Any]:
+        return {
+            "name": adapter.name,
+            "version": adapter.version,
+            "rel_dir": adapter.artifact_dir,
+            "purpose": adapter.key_purpose,
+            "wrapped_key": adapter.wrapped_key,
+            "files": adapter.files,
+            "weights_fingerprint": adapter.weights_fingerprint,
+        }
+
+    def _published(self, adapter: Adapter) -> PublishedAdapter:
+        return PublishedAdapter(
+            name=adapter.name,
+            version=adapter.version,
+            served_id=adapter.served_id,
+            fingerprint=adapter.weights_fingerprint,
+            status=adapter.status,
+            targets=tuple(sorted(p.target for p in self._active(adapter))),
+            base_model=adapter.run.base_model.path,
+        )
+
+    def _info(self, adapter: Adapter) -> AdapterInfo:
+        run = adapter.run
+        return AdapterInfo(
+            name=adapter.name,
+            version=adapter.version,
+            served_id=adapter.served_id,
+            status=adapter.status,
+            weights_fingerprint=adapter.weights_fingerprint,
+            run_id=run.run_id,
+            trained_by=run.trained_by,
+            registered_by=adapter.registered_by,
+            registered_at=_aware(adapter.registered_at),
+            base_model={"path": run.base_model.path, "sha256": run.base_model.sha256},
+            dataset={"fingerprint": run.dataset.fingerprint, "path": run.dataset.path},
+            dp=dict(run.dp),
+            metrics=dict(run.metrics),
+            canaries=dict(run.canaries),
+            hyperparameters=dict(run.hyperparameters),
+            approvals=[
+                ApprovalInfo(a.subject, a.role, a.auth_method, a.comment, _aware(a.approved_at))
+                for a in adapter.approvals
+            ],
+            targets=sorted(p.target for p in self._active(adapter)),
+            retired_reason=adapter.retired_reason,
+        )
+
+    def _event(
+        self,
+        event_type: str,
+        action: str,
+        actor: Actor,
+        adapter: Adapter | None,
+        status: str,
+        error_class: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "type": event_type,
+            "actor": actor.audit(),
+            "source": {"ip": None, "user_agent": None},
+            "action": action,
+            "route": None,
+            "adapter": (
+                {"name": adapter.name, "version": adapter.version, "fingerprint": adapter.weights_fingerprint}
+                if adapter is not None
+                else None
+            ),
+            "outcome": {"status": status, "http_status": None, "error_class": error_class},
+            "tokens": None,
+            "latency_ms": None,
+            "request_id": None,
+            "digests": None,
+            "details": dict(details or {}),
+        }
+
+    def _record(
+        self,
+        event_type: str,
+        action: str,
+        actor: Actor,
+        adapter: Adapter | None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Make the event durable before the transaction commits; AuditUnavailable aborts the change."""
+        event = self._event(event_type, action, actor, adapter, "success", details=details)
+        try:
+            self.audit.record_sync(event)
+        except AuditUnavailable:
+            raise
+        except ApplianceError as exc:
+            raise AuditUnavailable(f"the audit trail refused the {event_type} event: {exc.message}") from exc
+
+    def _denied(self, event_type: str, action: str, actor: Actor, adapter: Adapter, exc: ApplianceError) -> None:
+        """Record a refused operation (best effort: the operation is refused either way)."""
+        event = self._event(event_type, action, actor, adapter, "denied", error_class=exc.code)
+        try:
+            self.audit.record_sync(event)
+        except ApplianceError:
+            log.warning("registry.denial_not_audited", event_type=event_type, code=exc.code)
+
+    def close(self) -> None:
+        """Release the database pool (and anything :func:`open_registry` opened for this registry)."""
+        self.db.dispose()
+        for closer in self._on_close:
+            with contextlib.suppress(Exception):
+                closer()
+
+
+_SUBJECT = re.compile(r"^[A-Za-z0-9_.:@+-]{1,128}$")
+
+
+def check_subject(subject: str) -> str:
+    """A person's subject itself when valid (an identifier the audit trail accepts), else ValidationFailed."""
+    if not isinstance(subject, str) or not _SUBJECT.match(subject):
+        raise ValidationFailed(
+            f"invalid person {subject!r}: use 1-128 of letters, digits and . _ : @ + - (e.g. alice@hospital.example)"
+        )
+    return subject

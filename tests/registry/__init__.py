@@ -1,0 +1,1 @@
+"""Tests of the adapter registry (appliance/registry) and its CLI."""
