@@ -1,0 +1,45 @@
+"""Intake: validate a JSONL dataset, scrub PHI, remove duplicates, split by subject and fingerprint it.
+
+Training accepts only what :func:`prepare` wrote, loaded through :func:`load_prepared` (which verifies the
+fingerprint). See ``README.md`` in this package for the design and the measured scrub recall.
+"""
+
+from __future__ import annotations
+
+from appliance.intake._dedup import deduplicate, normalise
+from appliance.intake._prepare import (
+    PreparedDataset,
+    PreparedRecord,
+    PrepareOptions,
+    PrepareResult,
+    fingerprint_dir,
+    load_prepared,
+    prepare,
+    subject_digest,
+)
+from appliance.intake._schema import Record, read_records
+from appliance.intake._scrub import PLACEHOLDER_TYPES, Scrubber, ScrubReport
+from appliance.intake._scrub_file import scrub_file
+from appliance.intake._synthetic import generate_records, labeled_cases, write_synthetic
+
+__all__ = [
+    "PLACEHOLDER_TYPES",
+    "PrepareOptions",
+    "PrepareResult",
+    "PreparedDataset",
+    "PreparedRecord",
+    "Record",
+    "ScrubReport",
+    "Scrubber",
+    "deduplicate",
+    "fingerprint_dir",
+    "generate_records",
+    "labeled_cases",
+    "load_prepared",
+    "normalise",
+    "prepare",
+    "read_records",
+    "scrub_file",
+    "subject_digest",
+    "write_synthetic",
+]

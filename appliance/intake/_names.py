@@ -1,0 +1,225 @@
+"""Person-name detection without a statistical NER model: a census lexicon plus honorific and context rules.
+
+Why not spaCy/Presidio: Presidio needs a spaCy model, Explosion does not publish its models on PyPI, and the only
+PyPI wheels of ``en_core_web_sm`` are re-uploads by third parties whose provenance we cannot verify. An unverified
+model in a PHI pipeline is a supply-chain risk, and spaCy would add a dozen compiled dependencies. See
+``appliance/intake/README.md`` for the measured recall of what we use instead.
+
+Rules, applied to one record's text (all fields together, so a surname found once is found everywhere):
+
+1. Honorific: ``Dr.|Mr.|Mrs.|Ms.|Miss|Mx.|Prof.`` followed by up to three capitalised tokens or initials.
+2. Context: a trigger (``patient``, ``name:``, ``son``, ``wife``, ``seen by``, ``signed by``...) followed by
+   capitalised tokens that are not common English or clinical words.
+3. Credentials: capitalised tokens followed by ``, MD``/``RN``/``DO``/``NP``/``PA-C``/``PhD``...
+4. Lexicon pair: a census given name followed by a census surname (optionally with a middle initial), and
+   ``Surname, Given``.
+5. Lexicon single: a census given name that is not also a common word (``May``, ``Will``, ``Hope``...).
+6. Propagation: every token found by rules 1-5 is also replaced wherever else it occurs in the record.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from functools import lru_cache
+from importlib import resources
+
+__all__ = ["find_names"]
+
+_TOKEN = r"[A-Z][a-zA-Z]*(?:['’](?!s\b)[A-Za-z]+)?(?:-[A-Z][a-zA-Z]*)?"  # O'Brien, Smith-Jones; not Smith's
+_INITIAL = r"[A-Z]\."
+_NAME_SEQ = rf"(?:{_TOKEN}|{_INITIAL})(?:\s+(?:{_TOKEN}|{_INITIAL})){{0,3}}"
+
+_HONORIFIC = re.compile(rf"\b(?:Dr|Mr|Mrs|Ms|Mx|Prof|Miss|Mister|Doctor|Sir|Madam)\.?\s+(?P<v>{_NAME_SEQ})")
+_TRIGGER = re.compile(
+    r"(?i:\b(?:patient(?:'s)?\s+name|name|named|patient|pt|son|daughter|wife|husband|mother|father|brother|sister"
+    r"|spouse|partner|guardian|caregiver|grandson|granddaughter|grandmother|grandfather|aunt|uncle|niece|nephew"
+    r"|friend|neighbou?r|seen\s+by|referred\s+by|signed\s+by|reviewed\s+by|dictated\s+by|attending|contact"
+    r"|emergency\s+contact|next\s+of\s+kin|nok|cc|surgeon|physician|provider|pcp|nurse|resident|fellow"
+    r"|accompanied\s+by|visited\s+by|spoke\s+with|called|c/o|care\s+of|mrs|mr|ms))"
+    r"\b\s*(?::|,|is|was|=)?\s*(?P<v>" + _NAME_SEQ + ")"
+)
+_CREDENTIAL = re.compile(
+    rf"(?P<v>{_NAME_SEQ}),?\s+(?:MD|M\.D\.|DO|D\.O\.|RN|NP|PA-C|PA|PhD|DNP|CNM|CRNA|LPN|MBBS|FRCP|DDS|PharmD)\b"
+)
+_LAST_FIRST = re.compile(rf"\b(?P<last>{_TOKEN}),\s+(?P<first>{_TOKEN})\b")
+_WORD = re.compile(rf"\b{_TOKEN}\b")
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+# Capitalised words that must not be taken as names even after a trigger: common English function words,
+# clinical section headings and terms that start sentences. Lower-cased.
+_COMMON = _words(
+    """
+a an the and or but if then than that this these those there here he she they we you i it its his her their our
+my your me him them us who whom whose which what when where why how is was were be been being are am has have had
+do does did not no yes on in at to of for from by with without about after before during since until while as
+into onto over under again also very more most less least much many some any all each every both either neither
+other another such same new old first second third last next today tonight tomorrow yesterday now later
+patient patients pt name names son daughter wife husband mother father family contact called care unknown none
+history assessment plan diagnosis diagnoses impression subjective objective exam examination findings results
+medications medication allergies allergy procedure procedures labs lab vitals vital signs chief complaint hpi ros
+admission admitted discharge discharged follow followup follow-up return instructions note notes report summary
+clinic hospital center centre department unit ward room floor service team medical medicine surgery surgical
+emergency urgent primary care nursing pharmacy radiology cardiology oncology neurology pediatrics psychiatry
+denies denied reports reported states stated presents presented complains complained notes noted has had was is
+will may might can could should would must shall please thank thanks hello hi dear regards sincerely
+mg ml kg cm mm bp hr rr spo2 temp iv po prn bid tid qid qd daily weekly monthly
+monday tuesday wednesday thursday friday saturday sunday january february march april may june july august
+september october november december jan feb mar apr jun jul aug sep sept oct nov dec
+type diabetes hypertension asthma copd cancer covid influenza pneumonia sepsis stroke
+male female man woman boy girl adult child infant baby
+mr mrs ms dr doctor nurse provider physician surgeon resident attending
+street st avenue ave road rd drive dr lane ln boulevard blvd court ct suite apt
+yes no ok okay normal abnormal negative positive stable unstable acute chronic mild moderate severe
+left right bilateral upper lower anterior posterior
+"""
+)
+
+# Census given names that are also ordinary words; they count as names only by rules 1-4.
+_AMBIGUOUS_GIVEN = _words(
+    """
+may june april august summer autumn dawn eve will hope faith joy grace charity mercy patience prudence
+honor honour rose iris ivy lily daisy violet ruby pearl jade amber crystal sunny sky rain storm
+mark bill art pat sue don guy chase lane wade dale glen rich bob jack ray max rod mike jean gene
+page major royal king prince earl duke baron judge bishop dean miles frank sterling cash price
+star angel precious destiny tempest chance sonny christian buck carol carrie gay harmony heaven
+lucky misty penny sandy shelby sherry skip tuesday holly berry china virginia georgia carolina
+florida dakota austin houston jackson lincoln madison washington paris london india asia africa
+young white black green brown gray grey long short little small case ward hall wall field hill
+"""
+)
+
+
+@lru_cache(maxsize=1)
+def _lexicon() -> tuple[frozenset[str], frozenset[str]]:
+    """(given names, surnames), upper case, from the bundled census lists."""
+    base = resources.files("appliance.intake") / "data"
+
+    def load(*names: str) -> frozenset[str]:
+        words: set[str] = set()
+        for name in names:
+            text = (base / name).read_text(encoding="utf-8")
+            words.update(_key(w) for w in text.splitlines() if w.strip() and not w.startswith("#"))
+        return frozenset(words)
+
+    return load("first_names.txt", "first_names_extra.txt"), load("surnames.txt")
+
+
+def _key(token: str) -> str:
+    """Lexicon key: upper case without apostrophes (the census spells O'Brien as OBRIEN)."""
+    return token.strip().upper().replace("'", "").replace("’", "")
+
+
+def _tokens(span: str) -> list[str]:
+    return [t for t in re.split(r"\s+", span) if t]
+
+
+def _strip_common(tokens: list[str]) -> list[str]:
+    """Keep the leading run of tokens that could be name parts (stop at a common word)."""
+    kept: list[str] = []
+    for tok in tokens:
+        if tok.rstrip(".").lower() in _COMMON and not re.fullmatch(_INITIAL, tok):
+            break
+        kept.append(tok)
+    while kept and re.fullmatch(_INITIAL, kept[-1]) and len(kept) > 1:
+        kept.pop()  # a trailing initial is more likely a sentence end ("... by Dr. Smith. A")
+    return kept
+
+
+def _lexicon_run(tokens: list[str], given: frozenset[str], surnames: frozenset[str]) -> list[str]:
+    """The leading run of tokens that are lexicon names or initials."""
+    run: list[str] = []
+    for tok in tokens:
+        if not (re.fullmatch(_INITIAL, tok) or _key(tok) in given or _key(tok) in surnames):
+            break
+        run.append(tok)
+    return run
+
+
+def find_names(
+    text: str, known: Iterable[str] = (), *, lexicon_only: bool = False
+) -> tuple[list[tuple[int, int]], set[str]]:
+    """Character spans of person names in ``text`` (may overlap) and the name tokens found.
+
+    ``known`` are tokens already found elsewhere in the same record; they are replaced here too (rule 6).
+    ``lexicon_only`` (for text that was ALL CAPS, where every word looks capitalised): rules 1-3 accept only
+    tokens that are in the lexicon.
+    """
+    given, surnames = _lexicon()
+    spans: list[tuple[int, int]] = []
+    found_tokens: set[str] = set()
+    propagate: set[str] = set(known)
+
+    def add_tokens(start: int, span_text: str, tokens: list[str]) -> None:
+        pos = 0
+        for tok in tokens:
+            idx = span_text.find(tok, pos)
+            if idx < 0:
+                break
+            spans.append((start + idx, start + idx + len(tok)))
+            pos = idx + len(tok)
+            if not re.fullmatch(_INITIAL, tok) and len(tok) > 1:
+                found_tokens.add(tok)
+
+    for pattern in (_HONORIFIC, _TRIGGER, _CREDENTIAL):
+        for m in pattern.finditer(text):
+            value = m.group("v")
+            tokens = _tokens(value)
+            if pattern is _CREDENTIAL:
+                # keep the trailing run of name-like tokens ("... by Jane Smith, MD" -> Jane Smith)
+                tail: list[str] = []
+                for tok in reversed(tokens):
+                    if tok.rstrip(".").lower() in _COMMON:
+                        break
+                    tail.insert(0, tok)
+                tokens = tail[-3:]
+                if lexicon_only:
+                    tokens = [t for t in tokens if _key(t) in given or _key(t) in surnames]
+                offset = value.rfind(tokens[0]) if tokens else 0
+                add_tokens(m.start("v") + offset, value[offset:], tokens)
+                continue
+            tokens = _strip_common(tokens)
+            if lexicon_only:
+                tokens = _lexicon_run(tokens, given, surnames)
+            if tokens and len(tokens[0]) >= 2:
+                add_tokens(m.start("v"), value, tokens)
+
+    for m in _LAST_FIRST.finditer(text):
+        last, first = m.group("last"), m.group("first")
+        if last.isupper() or first.isupper() or _key(first) not in given:
+            continue
+        # "Surname, Given": a known surname, or any non-common word before an unambiguous given name
+        lexical = _key(last) in surnames or first.lower() not in _AMBIGUOUS_GIVEN
+        if lexical and last.lower() not in _COMMON and first.lower() not in _COMMON:
+            add_tokens(m.start("last"), last, [last])
+            add_tokens(m.start("first"), first, [first])
+
+    words = list(_WORD.finditer(text))
+    for i, m in enumerate(words):
+        tok = m.group(0)
+        low = tok.lower()
+        if low in _COMMON or tok.isupper():  # all-caps tokens are acronyms (MA, ER, ICU), not lexicon names
+            continue
+        up = _key(tok)
+        if up in given and i + 1 < len(words):
+            j = i + 1
+            between = text[m.end() : words[j].start()]
+            if re.fullmatch(r"\s+[A-Z]\.\s+", between) or re.fullmatch(r"\s+", between):
+                nxt = words[j].group(0)
+                if _key(nxt) in surnames and nxt.lower() not in _COMMON and not nxt.isupper():
+                    add_tokens(m.start(), tok, [tok])
+                    add_tokens(words[j].start(), nxt, [nxt])
+                    continue
+        if up in given and low not in _AMBIGUOUS_GIVEN and len(tok) > 2:
+            add_tokens(m.start(), tok, [tok])
+
+    propagate |= found_tokens
+    if propagate:
+        alternation = "|".join(re.escape(t) for t in sorted(propagate, key=len, reverse=True))
+        for m in re.finditer(rf"(?<![\w-])(?:{alternation})(?![\w-])", text):
+            spans.append((m.start(), m.end()))
+    return spans, found_tokens

@@ -1,0 +1,507 @@
+"""PHI detection and replacement with typed placeholders (HIPAA Safe Harbor, 45 CFR 164.514(b)(2)).
+
+Each of the 18 Safe Harbor identifiers maps to a placeholder:
+
+==============================================  ===================================================
+Safe Harbor identifier                          placeholder
+==============================================  ===================================================
+(A) names                                       ``[NAME]``
+(B) geographic subdivisions smaller than state  ``[ADDRESS]`` (street, unit, PO box, city, county), ``[ZIP]``
+(C) dates (except year) and ages over 89        ``[DATE]``, ``[AGE]``
+(D) telephone numbers                           ``[PHONE]``
+(E) fax numbers                                 ``[FAX]``
+(F) email addresses                             ``[EMAIL]``
+(G) social security numbers                     ``[SSN]``
+(H) medical record numbers                      ``[MRN]``
+(I) health plan beneficiary numbers             ``[ID]``
+(J) account numbers                             ``[ACCOUNT]`` (incl. Luhn-valid card numbers)
+(K) certificate/license numbers                 ``[LICENSE]``
+(L) vehicle identifiers, serials, plates        ``[VEHICLE]``
+(M) device identifiers and serial numbers       ``[DEVICE]``
+(N) web URLs                                    ``[URL]``
+(O) IP addresses                                ``[IP]``
+(P) biometric identifiers                       not present in text; a labelled identifier becomes ``[ID]``
+(Q) full-face photographs                       not present in text
+(R) any other unique identifying number/code    ``[ID]`` (labelled ids, long digit runs, mixed codes)
+==============================================  ===================================================
+
+Detectors run in a fixed priority order; a later detector never touches text an earlier one matched (an email
+is not also a name, an MRN is not also a phone). Labelled identifiers ("MRN: 123") keep the label and lose the
+value ("MRN: [MRN]"). The report counts replacements per type and never holds a value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from appliance.intake._names import find_names
+
+__all__ = ["PLACEHOLDER_TYPES", "ScrubReport", "Scrubber"]
+
+PLACEHOLDER_TYPES = (
+    "NAME",
+    "DATE",
+    "AGE",
+    "PHONE",
+    "FAX",
+    "EMAIL",
+    "SSN",
+    "MRN",
+    "ID",
+    "ACCOUNT",
+    "LICENSE",
+    "VEHICLE",
+    "DEVICE",
+    "URL",
+    "IP",
+    "ADDRESS",
+    "ZIP",
+)
+
+Span = tuple[int, int, str]  # start, end, placeholder type
+
+# --- building blocks -------------------------------------------------------------------------------------------
+_SEP = r"\s*(?:[:#=]|\bno\.?|\bnumber\b|\bnum\b|\bnbr\b|\bid\b|\bis\b)?\s*(?:[:#=]\s*)?"
+_VALUE = r"(?P<v>(?=[A-Z0-9-]*\d)[A-Z0-9][A-Z0-9-]{2,30}[A-Z0-9])"  # at least one digit, 4-32 chars
+_STATES = (
+    "AL|AK|AZ|AR|CA|CO|CT|DE|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|NE|NV|NH|NJ|NM|NY|NC|ND|OH|OK|"
+    "OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY|DC|PR"
+)
+_STATES_NO_CRED = "|".join(st for st in _STATES.split("|") if st not in ("MD", "PA"))
+_STATE_NAMES = (
+    "Alabama|Alaska|Arizona|Arkansas|California|Colorado|Connecticut|Delaware|Florida|Georgia|Hawaii|Idaho|"
+    "Illinois|Indiana|Iowa|Kansas|Kentucky|Louisiana|Maine|Maryland|Massachusetts|Michigan|Minnesota|Mississippi|"
+    "Missouri|Montana|Nebraska|Nevada|New Hampshire|New Jersey|New Mexico|New York|North Carolina|North Dakota|"
+    "Ohio|Oklahoma|Oregon|Pennsylvania|Rhode Island|South Carolina|South Dakota|Tennessee|Texas|Utah|Vermont|"
+    "Virginia|Washington|West Virginia|Wisconsin|Wyoming|Puerto Rico"
+)
+_MONTH = (
+    r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|(?-i:May)|June?|July?|Aug(?:ust)?|Sep(?:t(?:ember)?)?"
+    r"|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)"
+)
+_ORD = r"(?:st|nd|rd|th)?"
+_STREET_SUFFIX = (
+    r"(?:Street|St|Avenue|Ave|Av|Road|Rd|Boulevard|Blvd|Drive|Dr|Lane|Ln|Court|Ct|Place|Pl|Terrace|Ter|Way"
+    r"|Parkway|Pkwy|Circle|Cir|Highway|Hwy|Square|Sq|Trail|Trl|Plaza|Plz|Alley|Aly|Row|Crescent|Cres|Close"
+    r"|Loop|Pike|Turnpike|Path|Run|Walk|Expressway|Expy|Freeway|Fwy)"
+)
+_UNIT = (
+    r"(?:Apt|Apartment|Suite|Ste|Unit|Room|Rm|Floor|Fl|Bldg|Building|Lot|Space|Spc|#)\.?\s*#?\s*[A-Z0-9][A-Z0-9-]*\b"
+)
+_PHONE_CORE = (
+    r"(?:\+?1[\s.-]?)?(?:\(\d{3}\)\s?|\d{3}[\s.-])\d{3}[\s.-]\d{4}"
+    r"|\+\d{1,3}[\s.-]?\(?\d{1,4}\)?(?:[\s.-]?\d{2,4}){2,4}"
+    r"|\(\d{3}\)\d{3}-?\d{4}"
+)
+_EXT = r"(?:\s*(?:ext\.?|x|extension)\s*\d{1,6})?"
+
+
+@dataclass(frozen=True)
+class _Rule:
+    kind: str
+    pattern: re.Pattern[str]
+    check: Callable[[re.Match[str]], bool] | None = None
+    kind_of: Callable[[str, re.Match[str]], str] | None = None  # refine the type from the surrounding text
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2 == 1:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def _valid_ipv6(m: re.Match[str]) -> bool:
+    try:
+        ipaddress.IPv6Address(m.group("v"))
+    except ValueError:
+        return False
+    return True
+
+
+def _plausible_date(m: re.Match[str]) -> bool:
+    parts = [int(p) for p in re.findall(r"\d+", m.group("v"))]
+    if len(parts) < 2:
+        return False
+    if parts[0] > 31 and len(str(parts[0])) == 4:  # yyyy-mm-dd
+        return 1 <= parts[1] <= 12 and (len(parts) < 3 or 1 <= parts[2] <= 31)
+    a, b = parts[0], parts[1]
+    return 1 <= a <= 31 and 1 <= b <= 31 and (a <= 12 or b <= 12)
+
+
+def _phone_or_fax(text: str, m: re.Match[str]) -> str:
+    window = text[max(0, m.start() - 24) : m.start()].lower()
+    return "FAX" if re.search(r"\bfax|facsimile|\bf:", window) else "PHONE"
+
+
+def _ctx(label: str, kind: str, value: str = _VALUE) -> _Rule:
+    """A labelled identifier: the label stays, the value is replaced."""
+    return _Rule(kind, re.compile(rf"(?i:\b(?:{label}))\b{_SEP}{value}", re.IGNORECASE))
+
+
+def _rules() -> list[_Rule]:
+    ci = re.IGNORECASE
+    date_num = (
+        r"(?P<v>\b(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}(?:[T ]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?"
+        r"|\d{1,2}[-/]\d{1,2}[-/](?:\d{4}|\d{2})|\d{1,2}\.\d{1,2}\.(?:\d{4}|\d{2}))\b)"
+    )
+    date_words = (
+        rf"(?P<v>\b(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*\.?,?\s+)?(?:"
+        rf"{_MONTH}\.?\s+\d{{1,2}}{_ORD}(?:,?\s+(?:\d{{4}}|'\d{{2}}))?"  # March 3, 2024
+        rf"|\d{{1,2}}{_ORD}\s+(?:of\s+)?{_MONTH}\.?(?:,?\s+\d{{4}})?"  # 3rd of March 2024
+        rf"|{_MONTH}\.?,?\s+\d{{4}}"  # March 2024
+        rf"|{_MONTH}-\d{{1,2}}-\d{{2,4}}|\d{{1,2}}-{_MONTH}-\d{{2,4}}"  # 03-Mar-2024
+        rf")\b)"
+    )
+    return [
+        _Rule("EMAIL", re.compile(r"(?P<v>\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b)")),
+        _Rule(
+            "URL",
+            re.compile(
+                r"(?P<v>\b(?:(?:https?|ftp|sftp)://|www\.)[^\s<>\"'()\[\]]+[^\s<>\"'()\[\].,;:!?]"
+                r"|\b(?:[a-z0-9-]+\.)+(?:com|org|net|edu|gov|mil|io|health|care|info|biz|us|uk|ca|de|fr|nl|eu|au)"
+                r"(?:/[^\s<>\"'()\[\]]*[^\s<>\"'()\[\].,;:!?])?\b)",
+                ci,
+            ),
+        ),
+        _Rule(
+            "IP",
+            re.compile(
+                r"(?P<v>(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.]))"
+            ),
+        ),
+        _Rule("IP", re.compile(r"(?P<v>(?<![\w:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:]))"), _valid_ipv6),
+        _Rule("DEVICE", re.compile(r"(?P<v>\b(?:[0-9A-F]{2}[:-]){5}[0-9A-F]{2}\b)", ci)),  # MAC address
+        _Rule("SSN", re.compile(r"(?P<v>\b\d{3}-\d{2}-\d{4}\b|\b\d{3} \d{2} \d{4}\b)")),
+        _ctx(r"ssn|social\s+security(?:\s+(?:number|no|#))?|ss#", "SSN", r"(?P<v>\d{3}[- ]?\d{2}[- ]?\d{4})\b"),
+        _ctx(
+            r"mrn|medical\s+record(?:\s+(?:number|no|#))?|med\s+rec(?:ord)?|record\s+(?:number|no|#)|chart"
+            r"(?:\s+(?:number|no|#))?|hospital\s+(?:number|no|#)|patient\s+(?:id|number|no)|pt\s+(?:id|#)|unit\s+no",
+            "MRN",
+        ),
+        _ctx(
+            r"vin|vehicle\s+identification\s+number|vehicle\s+(?:id|serial)|license\s+plate|licence\s+plate|plate"
+            r"(?:\s+(?:number|no|#))?|registration\s+plate|tag\s+(?:number|no|#)",
+            "VEHICLE",
+            r"(?P<v>(?=[A-Z0-9 -]*\d)[A-Z0-9][A-Z0-9 -]{1,16}[A-Z0-9])\b",
+        ),
+        _Rule(
+            "VEHICLE",
+            re.compile(r"(?P<v>\b(?=[A-HJ-NPR-Z0-9]*[A-HJ-NPR-Z])(?=[A-HJ-NPR-Z0-9]*\d)[A-HJ-NPR-Z0-9]{17}\b)"),
+        ),
+        _ctx(
+            r"serial(?:\s+(?:number|no|#))?|s/n|sn|device\s+(?:id|identifier|serial)|udi|imei|implant\s+(?:id|serial)"
+            r"|pacemaker\s+(?:id|serial)|model\s+(?:and\s+)?serial|lot(?:\s+(?:number|no|#))?|catalog\s+(?:number|no|#)",
+            "DEVICE",
+            r"(?P<v>(?=[A-Z0-9()/-]*\d)[A-Z0-9(][A-Z0-9()/-]{2,60}[A-Z0-9)])",
+        ),
+        _Rule(
+            "ACCOUNT",
+            re.compile(r"(?P<v>\b\d{4}[ -]?\d{4}[ -]?\d{4}[ -]?\d{1,7}\b)"),
+            lambda m: 13 <= len(re.sub(r"\D", "", m.group("v"))) <= 19 and _luhn(re.sub(r"\D", "", m.group("v"))),
+        ),
+        _ctx(
+            r"account|acct|a/c|billing(?:\s+(?:account|number|no|#))?|invoice|bank\s+account|iban|routing"
+            r"|credit\s+card|card",
+            "ACCOUNT",
+        ),
+        _ctx(
+            r"(?:driver'?s?\s+)?licen[cs]e|lic|dl|npi|dea|certificate|cert|board\s+certification|registration"
+            r"|permit|passport",
+            "LICENSE",
+        ),
+        _Rule("LICENSE", re.compile(r"(?P<v>\b[ABFGMPRX][A-Z]\d{7}\b)")),  # DEA registration number format
+        _ctx(
+            r"member(?:\s+id)?|subscriber(?:\s+id)?|beneficiary(?:\s+(?:id|number))?|policy(?:\s+(?:number|no|#))?"
+            r"|group(?:\s+(?:number|no|#))|insurance(?:\s+(?:id|number|no))?|health\s+plan(?:\s+(?:id|number))?"
+            r"|medicare|medicaid|hicn|mbi|employee(?:\s+id)?|badge|claim(?:\s+(?:number|no|#))?|case(?:\s+(?:number|no|#))"
+            r"|identifier|ident|id|fingerprint|biometric(?:\s+id)?|voiceprint|retina\s+scan",
+            "ID",
+        ),
+        _Rule("PHONE", re.compile(rf"(?P<v>(?<![\w+])(?:{_PHONE_CORE}){_EXT})(?!\w)"), kind_of=_phone_or_fax),
+        _ctx(r"phone|tel|telephone|cell|mobile|call|fax|pager|beeper", "PHONE", r"(?P<v>\+?\d{7,15})\b"),
+        _Rule("DATE", re.compile(date_words, ci)),
+        _Rule("DATE", re.compile(date_num), _plausible_date),
+        _ctx(
+            r"dob|d\.o\.b\.?|date\s+of\s+birth|born(?:\s+on)?|on|dated|since|from|until|admitted|discharged|seen"
+            r"|died|deceased|expired",
+            "DATE",
+            r"(?P<v>(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12]\d|3[01])|\d{8})\b",
+        ),
+        _Rule(
+            "AGE",
+            re.compile(
+                r"\b(?P<v>(?:9\d|1[0-4]\d)(?:\.\d)?)(?=\s*-?\s*(?:years?|yrs?|y/?o\b|yo\b|y\.o\.|-year|year-old"
+                r"|years-old|yr-old))",
+                ci,
+            ),
+        ),
+        _Rule("AGE", re.compile(r"(?i:\b(?:aged?|age:|age\s+is))\s*(?P<v>(?:9\d|1[0-4]\d))\b")),
+        _Rule("AGE", re.compile(r"\b(?P<v>(?:9\d|1[0-4]\d))\s*(?:M|F|yo|y)\b")),
+        _Rule(
+            "ADDRESS",
+            re.compile(
+                rf"(?P<v>\b\d{{1,6}}[A-Z]?(?:-\d{{1,5}})?\s+(?:[NSEW]\.?\s+|(?:North|South|East|West)\s+)?"
+                rf"(?:(?:[A-Z][A-Za-z'-]*|\d{{1,4}}{_ORD})\s+){{1,4}}{_STREET_SUFFIX}\b\.?"
+                rf"(?:\s+(?:[NSEW]|NE|NW|SE|SW)\b\.?)?(?:,?\s+{_UNIT})?)"
+            ),
+        ),
+        _Rule(
+            "ADDRESS",
+            re.compile(
+                r"(?<![\w-])(?P<v>(?:[A-Z][a-z]+\s+){1,3}(?:Street|Avenue|Road|Boulevard|Lane|Drive|Court|Terrace"
+                r"|Parkway|Highway)\b)"
+            ),
+        ),
+        _Rule("ADDRESS", re.compile(r"(?P<v>\bP\.?\s?O\.?\s+Box\s+\d+\b|\b(?:Post\s+Office|PO)\s+Box\s+\d+\b)", ci)),
+        _Rule("ADDRESS", re.compile(rf"(?P<v>\b{_UNIT})", 0)),
+        _Rule(
+            "ADDRESS",
+            re.compile(rf"(?P<v>\b[A-Z][a-z]+(?:[ -][A-Z][a-z]+){{0,2}})(?=,?\s+(?:{_STATES})\s+\d{{5}}\b)"),
+        ),
+        _Rule(  # "Springfield, IL." without a ZIP; MD and PA are left out (credentials: "Jane Doe, MD")
+            "ADDRESS",
+            re.compile(rf"(?P<v>\b[A-Z][a-z]+(?:[ -][A-Z][a-z]+){{0,2}})(?=,\s+(?:{_STATES_NO_CRED})\b(?:[,.;]|$))"),
+        ),
+        _Rule(
+            "ADDRESS",
+            re.compile(rf"(?P<v>\b[A-Z][a-z]+(?:[ -][A-Z][a-z]+){{0,2}})(?=,\s+(?:{_STATE_NAMES})\b)"),
+        ),
+        _Rule("ADDRESS", re.compile(r"(?P<v>\b(?:[A-Z][a-z]+\s+){1,2}(?:County|Parish|Borough|Township)\b)")),
+        _Rule(
+            "ADDRESS",
+            re.compile(
+                r"(?i:\b(?:lives\s+in|resides\s+in|resident\s+of|from|moved\s+to|city:?|town:?))\s+"
+                r"(?P<v>[A-Z][a-z]+(?:[ -][A-Z][a-z]+){0,2})(?=,\s+[A-Z])"
+            ),
+        ),
+        _Rule("ZIP", re.compile(rf"(?:\b(?:{_STATES}|{_STATE_NAMES}),?\s+)(?P<v>\d{{5}}(?:-\d{{4}})?)\b")),
+        _ctx(r"zip(?:\s*code)?|postal\s+code|postcode|zip\+4", "ZIP", r"(?P<v>\d{5}(?:-\d{4})?)\b"),
+        # any other unique identifying number: long digit runs and mixed letter+digit codes
+        _Rule("ID", re.compile(r"(?P<v>(?<![\w.])\d{8,}(?![\w.]))")),
+        _Rule(
+            "ID",
+            re.compile(
+                r"(?P<v>(?<![\w-])(?=[A-Z0-9-]*[A-Z])(?=(?:[A-Z-]*\d){5})[A-Z0-9][A-Z0-9-]{5,}[A-Z0-9](?![\w-]))"
+            ),
+        ),
+    ]
+
+
+_COMPILED: list[_Rule] = []
+
+
+def _compiled() -> list[_Rule]:
+    if not _COMPILED:
+        _COMPILED.extend(_rules())
+    return _COMPILED
+
+
+# Metadata keys that say what their value is: the whole value (string or number) becomes that placeholder.
+_KEY_TYPES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(p, re.IGNORECASE), kind)
+    for p, kind in (
+        (
+            r"^(?:patient_?|first_?|last_?|full_?|given_?|family_?|middle_?|sur)?name$|^(?:provider|physician|doctor|nurse)(?:_?name)?$",
+            "NAME",
+        ),
+        (
+            r"^(?:dob|birth_?date|date_?of_?birth|admi(?:t|ssion)_?date|discharge_?date|death_?date|visit_?date)$",
+            "DATE",
+        ),
+        (r"^(?:phone|tel|telephone|mobile|cell)(?:_?(?:number|no))?$", "PHONE"),
+        (r"^fax(?:_?(?:number|no))?$", "FAX"),
+        (r"^e?-?mail(?:_?address)?$", "EMAIL"),
+        (r"^ssn$|^social_?security(?:_?number)?$", "SSN"),
+        (r"^mrn$|^medical_?record(?:_?number)?$|^chart_?(?:number|no)$", "MRN"),
+        (r"^(?:account|acct)(?:_?(?:number|no|id))?$", "ACCOUNT"),
+        (r"^(?:license|licence|npi|dea)(?:_?(?:number|no))?$", "LICENSE"),
+        (r"^(?:vin|plate|license_?plate)$", "VEHICLE"),
+        (r"^(?:serial|device_?id|udi|imei)(?:_?(?:number|no))?$", "DEVICE"),
+        (r"^(?:url|website|homepage)$", "URL"),
+        (r"^(?:ip|ip_?address)$", "IP"),
+        (r"^(?:address|street|street_?address|city|county|town)$", "ADDRESS"),
+        (r"^(?:zip|zip_?code|postal_?code|postcode)$", "ZIP"),
+        (r"^(?:member_?id|policy_?(?:number|id)|insurance_?id|beneficiary_?id|health_?plan_?id)$", "ID"),
+    )
+]
+_LONG_NUMBER = 10_000  # an integer in metadata at or above this is treated as an identifier
+
+
+@dataclass
+class ScrubReport:
+    """Replacement counts per placeholder type (never values) and how many records/fields changed."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    records: int = 0
+    records_changed: int = 0
+
+    def add(self, other: Counter[str]) -> None:
+        self.counts.update(other)
+
+    def as_dict(self) -> dict[str, int]:
+        """Counts for every placeholder type (zeros included), in a stable order."""
+        return {kind: int(self.counts.get(kind, 0)) for kind in PLACEHOLDER_TYPES}
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+_PROBE_KINDS = frozenset({"DATE", "ADDRESS"})  # rules whose patterns depend on letter case
+
+
+def _iter_spans(text: str, probe: str | None = None) -> Iterator[Span]:
+    """Spans of every rule, in priority order; ``probe`` (a word-cased copy of an ALL-CAPS text, same length)
+    is searched too by the rules that depend on letter case."""
+    for rule in _compiled():
+        targets = [text] if probe is None or rule.kind not in _PROBE_KINDS else [text, probe]
+        for target in targets:
+            for m in rule.pattern.finditer(target):
+                if rule.check is not None and not rule.check(m):
+                    continue
+                kind = rule.kind_of(target, m) if rule.kind_of is not None else rule.kind
+                start, end = m.span("v")
+                if end > start:
+                    yield start, end, kind
+
+
+def _select(spans: Iterable[Span]) -> list[Span]:
+    """Keep spans in priority order (the order they arrive), dropping any that overlap one already kept."""
+    kept: list[Span] = []
+    for span in spans:
+        if all(span[1] <= k[0] or span[0] >= k[1] for k in kept):
+            kept.append(span)
+    return sorted(kept)
+
+
+def _merge_names(text: str, spans: list[Span]) -> list[Span]:
+    """Adjacent name tokens become one span ("Jane Q. Smith" -> one [NAME])."""
+    merged: list[Span] = []
+    for span in spans:
+        if merged and span[2] == "NAME" and merged[-1][2] == "NAME":
+            between = text[merged[-1][1] : span[0]]
+            if re.fullmatch(r"\s+|\s*[A-Z]\.\s*|\s+[A-Z]\.?\s+|-", between):
+                merged[-1] = (merged[-1][0], span[1], "NAME")
+                continue
+        merged.append(span)
+    return merged
+
+
+def _apply(text: str, spans: list[Span]) -> tuple[str, Counter[str]]:
+    counts: Counter[str] = Counter()
+    out: list[str] = []
+    pos = 0
+    for start, end, kind in _merge_names(text, spans):
+        out.append(text[pos:start])
+        out.append(f"[{kind}]")
+        counts[kind] += 1
+        pos = end
+    out.append(text[pos:])
+    return "".join(out), counts
+
+
+class Scrubber:
+    """Replaces PHI in text with typed placeholders; one instance can be reused across records (stateless)."""
+
+    def scrub_text(self, text: str, known_names: Iterable[str] = ()) -> tuple[str, Counter[str]]:
+        """``text`` with PHI replaced, and the replacement counts per type."""
+        text, counts, _ = self._scrub(text, known_names)
+        return text, counts
+
+    def _scrub(self, text: str, known_names: Iterable[str]) -> tuple[str, Counter[str], set[str]]:
+        probe = _case_normalised(text)  # same length as text: spans found in it apply to text
+        upper = probe != text
+        spans = list(_iter_spans(text, probe if upper else None))
+        name_spans, tokens = find_names(probe, known_names, lexicon_only=upper)
+        spans.extend((s, e, "NAME") for s, e in sorted(name_spans, key=lambda se: (se[0], -se[1])))
+        new, counts = _apply(text, _select(spans))
+        return new, counts, tokens
+
+    def scrub_fields(self, fields: dict[str, Any]) -> tuple[dict[str, Any], Counter[str]]:
+        """Scrub every string in a record's fields (nested metadata included); names found anywhere are
+        replaced everywhere in the record."""
+        tokens: set[str] = set()
+        for text in _strings(fields):
+            probe = _case_normalised(text)
+            _, found = find_names(probe, lexicon_only=probe != text)
+            tokens |= found
+        counts: Counter[str] = Counter()
+
+        def walk(value: Any, key: str | None = None) -> Any:
+            kind = _key_type(key)
+            scalar = isinstance(value, str | int | float) and not isinstance(value, bool)
+            if kind is not None and scalar and not (isinstance(value, str) and _is_placeholder(value)):
+                counts[kind] += 1
+                return f"[{kind}]"
+            if isinstance(value, str):
+                new, c, _ = self._scrub(value, tokens)
+                counts.update(c)
+                return new
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _LONG_NUMBER and key:
+                counts["ID"] += 1
+                return "[ID]"
+            if isinstance(value, dict):
+                return {k: walk(v, k) for k, v in value.items()}
+            if isinstance(value, list):
+                return [walk(v, key) for v in value]
+            return value
+
+        out = {k: walk(v, None if k in ("instruction", "response") else k) for k, v in fields.items()}
+        return out, counts
+
+
+def _key_type(key: str | None) -> str | None:
+    if not key:
+        return None
+    for pattern, kind in _KEY_TYPES:
+        if pattern.search(key):
+            return kind
+    return None
+
+
+def _is_placeholder(value: str) -> bool:
+    return re.fullmatch(r"\[[A-Z]+\]", value.strip()) is not None
+
+
+def _case_normalised(text: str) -> str:
+    """An ALL-CAPS text in word case ("JOHN SMITH" -> "John Smith"), same length, so name rules apply to it.
+
+    Text that is not mostly upper case is returned unchanged.
+    """
+    letters = [c for c in text if c.isalpha()]
+    if len(letters) < 8 or sum(c.isupper() for c in letters) < 0.6 * len(letters):
+        return text
+
+    def word_case(m: re.Match[str]) -> str:
+        word = m.group(0)
+        if word in _STATE_SET:
+            return word
+        rest = "".join(c.lower() if len(c.lower()) == 1 else c for c in word[1:])
+        return word[0] + rest
+
+    return re.sub(r"[^\W\d_]+", word_case, text)
+
+
+_STATE_SET = frozenset(_STATES.split("|"))
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
