@@ -101,6 +101,16 @@ class GatewaySettings(BaseModel):
     metrics_token: SecretStr | None = None  # bearer token for /metrics; None -> loopback only
 
 
+class IntakeSettings(BaseModel):
+    """Dataset intake: validation limits, deduplication and the train/eval split (`appliance data ...`)."""
+
+    max_record_bytes: int = Field(default=262_144, gt=0)  # bytes per JSONL line
+    eval_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)  # share of records held out, by whole subjects
+    split_seed: int = 0  # the split is a pure function of the input and this seed
+    near_duplicate_threshold: float = Field(default=0.85, gt=0.0, le=1.0)  # MinHash Jaccard; 1.0 disables
+    minhash_num_perm: int = Field(default=128, ge=16, le=1024)  # MinHash permutations
+
+
 class TrainingSettings(BaseModel):
     """Defaults for training runs (each can be overridden on the command line)."""
 
@@ -129,6 +139,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    intake: IntakeSettings = Field(default_factory=IntakeSettings)
 
     _toml_file: Path | None = None
 
