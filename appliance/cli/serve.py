@@ -1,10 +1,82 @@
-"""`appliance serve` (implemented by the serving stage)."""
+"""`appliance serve`: the embedded TGI-protocol engine (base model + the registry's published LoRA adapters)."""
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlparse
+
 import typer
 
+from appliance.cli._common import err_console
+from appliance.errors import ConfigError
 
-def serve(ctx: typer.Context) -> None:
-    """Run the embedded engine (not built yet)."""
-    raise typer.Exit(2)
+
+def serve(
+    ctx: typer.Context,
+    base: Path | None = typer.Option(None, "--base", help="Base model directory (else serving.base_model)."),
+    adapters: str | None = typer.Option(
+        None,
+        "--adapters",
+        help="Published adapters.json (fingerprints checked) or id=path,... (else <data_dir>/serving/embedded/).",
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="Listen address (keep it on loopback behind the gateway)."),
+    port: int | None = typer.Option(None, "--port", help="Listen port (else the port of serving.url)."),
+    max_batch_size: int | None = typer.Option(None, "--max-batch-size", help="Sequences per batch."),
+    max_queue: int | None = typer.Option(None, "--max-queue", help="Waiting requests before 429."),
+) -> None:
+    """Run the embedded engine; SIGHUP or POST /admin/reload re-reads the adapter list."""
+    import uvicorn
+
+    from appliance.cli._common import settings_of
+    from appliance.serving import AdapterSpec, read_embedded_list
+    from appliance.serving._published import embedded_list_path, parse_adapter_pairs
+    from appliance.serving.engine import Engine, Limits, create_app
+
+    settings = settings_of(ctx)
+    cfg = settings.serving
+    base_dir = base or (Path(cfg.base_model) if cfg.base_model else None)
+    if base_dir is None:
+        raise ConfigError("no base model: pass --base DIR or set serving.base_model")
+
+    def source_for(value: str | None) -> tuple[list[AdapterSpec], Callable[[], list[AdapterSpec]]]:
+        if value is None:
+            path = embedded_list_path(settings.serving_dir)
+            return read_embedded_list(path), lambda: read_embedded_list(path)
+        candidate = Path(value)
+        if candidate.suffix == ".json" or candidate.is_file():
+            if not candidate.is_file():
+                raise ConfigError(f"adapter list not found: {candidate}")
+            return read_embedded_list(candidate), lambda: read_embedded_list(candidate)
+        pairs = parse_adapter_pairs(value)
+        err_console.print("warning: adapters given as id=path carry no published fingerprint", highlight=False)
+        return pairs, lambda: pairs
+
+    specs, reload_source = source_for(adapters)
+    listen_port = port if port is not None else (urlparse(cfg.url).port or 8081)
+    admin_token = cfg.admin_token.get_secret_value() if cfg.admin_token else None
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        err_console.print(f"warning: the engine listens on {host}, not loopback; put it behind the gateway only")
+    engine = Engine.start(
+        base_dir,
+        specs,
+        device=cfg.device,
+        limits=Limits(max_input_tokens=cfg.max_input_tokens, max_total_tokens=cfg.max_total_tokens),
+        max_batch_size=max_batch_size or cfg.max_batch_size,
+        max_queue=max_queue if max_queue is not None else cfg.max_queue,
+        adapter_source=reload_source,
+    )
+    app = create_app(engine, admin_token=admin_token, install_sighup=True)
+    err_console.print(
+        f"serving {engine.model_id} with {len(engine.adapters())} adapter(s) on http://{host}:{listen_port}",
+        highlight=False,
+    )
+    try:
+        uvicorn.run(app, host=host, port=listen_port, log_level="warning", access_log=False)
+    finally:
+        engine.close()

@@ -1,0 +1,19 @@
+"""The embedded engine: a base model with several LoRA adapters behind TGI's HTTP API (imports torch)."""
+
+from appliance.serving.engine._app import create_app
+from appliance.serving.engine._engine import Engine, Job
+from appliance.serving.engine._model import ModelRunner, prepare_adapter
+from appliance.serving.engine._protocol import GenerateParameters, Limits
+from appliance.serving.engine._scheduler import Finished, TokenOut
+
+__all__ = [
+    "Engine",
+    "Finished",
+    "GenerateParameters",
+    "Job",
+    "Limits",
+    "ModelRunner",
+    "TokenOut",
+    "create_app",
+    "prepare_adapter",
+]

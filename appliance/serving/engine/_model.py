@@ -1,0 +1,203 @@
+"""The base model, its tokenizer and the LoRA adapters loaded on it (peft multi-adapter).
+
+Adapters load from the registry's published list. Each adapter's weights file is read once into memory, its
+SHA-256 compared (constant time) with the published fingerprint, and the weights are loaded from those same
+bytes, so the file cannot change between the check and the load. A reload is rehearsed first: every new adapter
+is read and checked before anything changes; if one fails, nothing changes.
+
+Used from the scheduler's thread only (forward passes and adapter changes never overlap).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+import torch
+
+from appliance.errors import ConfigError, IntegrityViolation
+from appliance.serving._published import AdapterSpec
+
+log = structlog.get_logger(__name__)
+
+WEIGHTS = "adapter_model.safetensors"
+CONFIG = "adapter_config.json"
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is a ConfigError."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("serving.device = cuda but no CUDA device is available")
+    return torch.device(device)
+
+
+@dataclass(frozen=True)
+class PreparedAdapter:
+    """An adapter read from disk and checked, ready to be put on the model."""
+
+    spec: AdapterSpec
+    fingerprint: str
+    config: Any  # peft.LoraConfig
+    state: dict[str, torch.Tensor]
+
+
+def prepare_adapter(spec: AdapterSpec) -> PreparedAdapter:
+    """Read and check one adapter: fingerprint (when published with one), peft type, weights format."""
+    from peft import LoraConfig, PeftType
+    from safetensors.torch import load as load_safetensors
+
+    weights = spec.path / WEIGHTS
+    try:
+        data = weights.read_bytes()
+        raw_config = json.loads((spec.path / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"adapter {spec.id!r}: cannot read {spec.path} ({type(exc).__name__})") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if spec.fingerprint is not None and not hmac.compare_digest(digest, spec.fingerprint.lower()):
+        raise IntegrityViolation(f"adapter {spec.id!r}: weights fingerprint does not match the published one")
+    if raw_config.get("peft_type") != PeftType.LORA.value:
+        raise ConfigError(f"adapter {spec.id!r}: only LoRA adapters are served (got {raw_config.get('peft_type')})")
+    try:
+        config = LoraConfig.from_pretrained(str(spec.path))
+        state = load_safetensors(data)
+    except Exception as exc:
+        raise ConfigError(f"adapter {spec.id!r}: unreadable adapter files ({type(exc).__name__})") from exc
+    config.inference_mode = True
+    config.task_type = "CAUSAL_LM"
+    return PreparedAdapter(spec=spec, fingerprint=digest, config=config, state=state)
+
+
+class ModelRunner:
+    """Runs forward passes of the base model with any mix of its loaded adapters."""
+
+    def __init__(self, base_dir: Path, *, device: str = "auto", dtype: torch.dtype | None = None) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if not (Path(base_dir) / "config.json").is_file():
+            raise ConfigError(f"{base_dir} is not a Hugging Face model directory (no config.json)")
+        self.device = resolve_device(device)
+        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.base_dir = Path(base_dir)
+        self.model_id = self.base_dir.name
+        self.tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+        model: Any = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=self.dtype)
+        self.base: Any = model
+        self.base.to(self.device)
+        self.base.eval()
+        self.peft: Any = None
+        self._active: str | None = None
+        self.fingerprints: dict[str, str] = {}
+        eos = self.base.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            eos_ids.add(self.tokenizer.eos_token_id)
+        self.eos_ids = frozenset(int(i) for i in eos_ids)
+        self.special_ids = frozenset(int(i) for i in self.tokenizer.all_special_ids)
+        self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids))
+
+    # --- adapters ----------------------------------------------------------------------------------------------
+    def adapter_ids(self) -> set[str]:
+        return set(self.fingerprints)
+
+    def apply(self, prepared: list[PreparedAdapter]) -> dict[str, list[str]]:
+        """Make the loaded set exactly ``prepared``: unload the rest, replace changed fingerprints, add new ones."""
+        from peft import get_peft_model, set_peft_model_state_dict
+
+        wanted = {p.spec.id: p for p in prepared}
+        removed = [a for a in self.fingerprints if a not in wanted or wanted[a].fingerprint != self.fingerprints[a]]
+        added = [a for a in wanted if a not in self.fingerprints or a in removed]
+        for adapter_id in removed:
+            self._delete(adapter_id)
+        for adapter_id in added:
+            item = wanted[adapter_id]
+            if self.peft is None:
+                self.peft = get_peft_model(self.base, item.config, adapter_name=adapter_id)
+                self.peft.eval()
+            else:
+                self.peft.add_adapter(adapter_id, item.config)
+            result = set_peft_model_state_dict(self.peft, item.state, adapter_name=adapter_id)
+            unexpected = list(getattr(result, "unexpected_keys", []) or [])
+            missing = [k for k in getattr(result, "missing_keys", []) or [] if f".{adapter_id}." in k and "lora_" in k]
+            if unexpected or missing:
+                self._delete(adapter_id)
+                raise ConfigError(
+                    f"adapter {adapter_id!r} does not fit the base model "
+                    f"({len(unexpected)} unexpected, {len(missing)} missing weights)"
+                )
+            self.peft.eval()
+            self.fingerprints[adapter_id] = item.fingerprint
+            self._active = None
+        replaced = [a for a in removed if a in wanted]
+        log.info(
+            "engine.adapters_applied",
+            added=sorted(set(added) - set(replaced)),
+            removed=sorted(set(removed) - set(replaced)),
+            replaced=sorted(replaced),
+            loaded=sorted(self.fingerprints),
+        )
+        return {
+            "added": sorted(set(added) - set(replaced)),
+            "removed": sorted(set(removed) - set(replaced)),
+            "replaced": sorted(replaced),
+        }
+
+    def _delete(self, adapter_id: str) -> None:
+        self.fingerprints.pop(adapter_id, None)
+        self._active = None
+        if self.peft is None:
+            return
+        if adapter_id not in self.peft.peft_config:
+            return
+        if len(self.peft.peft_config) == 1:
+            self.base = self.peft.unload()  # removes the LoRA layers; the base weights were never merged
+            self.base.eval()
+            self.peft = None
+            return
+        remaining = [a for a in self.peft.peft_config if a != adapter_id]
+        self.peft.set_adapter(remaining[0])
+        self.peft.delete_adapter(adapter_id)
+
+    # --- forward -----------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: Any,
+        adapters: list[str | None],
+        *,
+        all_logits: bool = False,
+    ) -> torch.Tensor:
+        """Logits [B, T or 1, V] for one step; rows may use different adapters (peft mixed batches)."""
+        kwargs: dict[str, Any] = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            "past_key_values": cache,
+            "use_cache": True,
+            "logits_to_keep": 0 if all_logits else 1,
+        }
+        if self.peft is None:
+            return self.base(**kwargs).logits
+        unique = set(adapters)
+        if unique == {None}:
+            with self.peft.disable_adapter():
+                return self.peft(**kwargs).logits
+        if len(unique) == 1:
+            (only,) = unique
+            if self._active != only:
+                self.peft.set_adapter(only)
+                self._active = only
+            return self.peft(**kwargs).logits
+        return self.peft(**kwargs, adapter_names=[a if a is not None else "__base__" for a in adapters]).logits
+
+    def decode(self, ids: list[int], *, skip_special: bool) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=skip_special))

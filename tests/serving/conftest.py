@@ -1,0 +1,126 @@
+"""Serving fixtures: tiny LoRA adapters made with peft, the embedded engine, and that engine on a loopback port.
+
+Real TGI and vLLM need a GPU and their own binaries, so the clients for them are tested against the embedded
+engine, which speaks the same protocols.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ADAPTER_IDS = ("triage-v1", "notes-v1", "coding-v1")
+
+
+def make_adapter(base: Path, out: Path, seed: int, *, r: int = 4) -> str:
+    """A random-init LoRA adapter (B non-zero, so adapters really differ) saved in peft format; its fingerprint."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    config = LoraConfig(
+        r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"
+    )
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():  # make the adapters' effect large enough to change greedy tokens on a tiny model
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.mul_(20.0)
+    peft_model.save_pretrained(out)
+    return hashlib.sha256((out / "adapter_model.safetensors").read_bytes()).hexdigest()
+
+
+def write_adapter_list(path: Path, adapters: dict[str, tuple[Path, str]]) -> Path:
+    """The embedded adapter list in the registry's publish format (contracts.md)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entries = [
+        {"id": aid, "name": aid.rsplit("-v", 1)[0], "version": 1, "path": str(p), "fingerprint": fp}
+        for aid, (p, fp) in adapters.items()
+    ]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"adapters": entries}), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def lora_adapters(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
+    """Three different LoRA adapters on the tiny model: id -> (directory, fingerprint)."""
+    root = tmp_path_factory.mktemp("adapters")
+    return {aid: (root / aid, make_adapter(tiny_model, root / aid, seed)) for seed, aid in enumerate(ADAPTER_IDS)}
+
+
+@pytest.fixture(scope="session")
+def adapter_list(lora_adapters: dict[str, tuple[Path, str]], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A published embedded adapter list naming the three adapters."""
+    return write_adapter_list(tmp_path_factory.mktemp("serving") / "embedded" / "adapters.json", lora_adapters)
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_model: Path, adapter_list: Path) -> Iterator[Any]:
+    """The embedded engine on the tiny model with the three adapters loaded from the published list."""
+    from appliance.serving import read_embedded_list
+    from appliance.serving.engine import Engine, Limits
+
+    eng = Engine.start(
+        tiny_model,
+        read_embedded_list(adapter_list),
+        device="cpu",
+        limits=Limits(max_input_tokens=256, max_total_tokens=512),
+        max_batch_size=8,
+        max_queue=32,
+        adapter_source=lambda: read_embedded_list(adapter_list),
+    )
+    yield eng
+    eng.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerThread:
+    """uvicorn serving an ASGI app on a free loopback port, in a background thread."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def engine_url(engine: Any) -> Iterator[str]:
+    """The engine's TGI API on a free loopback port (uvicorn in a thread)."""
+    from appliance.serving.engine import create_app
+
+    with ServerThread(create_app(engine)) as server:
+        yield server.url
