@@ -1,0 +1,509 @@
+"""The request flow of ARCHITECTURE.md "One request through the gateway", independent of the HTTP routes:
+
+authenticate -> authorise (policy + the registry's published set) -> rate limits and the extraction detector ->
+``await audit.record(request)`` (raises: 503, nothing reaches the backend) -> backend -> record the outcome
+(status, tokens, latency, HMAC digests of prompt and output) before the final byte -> headers.
+
+Every refusal after the caller could be identified is itself an audit event (``gateway.denied``) and carries
+the audit id back to the client in ``X-Audit-Id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from litestar import Request
+
+from appliance.config import Settings
+from appliance.errors import (
+    ApplianceError,
+    AuditUnavailable,
+    BackendError,
+    BackendValidation,
+    NotFound,
+    PermissionDenied,
+    PolicyViolation,
+    RateLimited,
+    Unauthenticated,
+)
+from appliance.gateway.auth.apikeys import ApiKeyStore
+from appliance.gateway.auth.jwt import JWTValidator
+from appliance.gateway.auth.oidc import OIDCClient
+from appliance.gateway.auth.principal import Principal
+from appliance.gateway.auth.sessions import Session, SessionStore
+from appliance.gateway.breakglass import BreakGlass
+from appliance.gateway.limits import ExtractionDetector, RateLimiter
+from appliance.gateway.metrics import GatewayMetrics
+from appliance.gateway.policy import ADAPTER_NAME, PolicyStore
+from appliance.gateway.ports import AdapterCatalog, AdapterRef, AuditReader, resolve
+from appliance.protocols import AuditLog, Backend, Generation, GenerationParams, KeyService, TokenEvent
+
+log = structlog.get_logger("appliance.gateway")
+
+SESSION_COOKIE = "appliance_session"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+Digest = Callable[[str], str]
+
+
+@dataclass
+class Ctx:
+    """One authenticated, route-authorised request."""
+
+    principal: Principal
+    roles: frozenset[str]
+    route: str  # the policy route name
+    path: str  # the HTTP route template
+    ip: str | None
+    user_agent: str | None
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    session: Session | None = None
+
+    @property
+    def actor(self) -> dict[str, Any]:
+        return self.principal.actor(self.roles)
+
+    @property
+    def source(self) -> dict[str, Any]:
+        return {"ip": self.ip, "user_agent": self.user_agent}
+
+
+def _ua(request: Request[Any, Any, Any]) -> str | None:
+    ua = request.headers.get("user-agent")
+    return ua[:200] if ua else None
+
+
+def _ip(request: Request[Any, Any, Any]) -> str | None:
+    return request.client.host if request.client else None
+
+
+def refusal(exc: ApplianceError, audit_id: str | None = None) -> ApplianceError:
+    """Attach the audit id of the denial record, for the error handler's ``X-Audit-Id``."""
+    if audit_id is not None:
+        exc.audit_id = audit_id  # type: ignore[attr-defined]
+    return exc
+
+
+class Gateway:
+    """Everything a request needs, built once by :func:`appliance.gateway.create_app`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        backend: Backend,
+        audit: AuditLog,
+        catalog: AdapterCatalog,
+        keys: KeyService | None,
+        policy: PolicyStore,
+        apikeys: ApiKeyStore,
+        breakglass: BreakGlass,
+        sessions: SessionStore,
+        jwt: JWTValidator | None,
+        oidc: OIDCClient | None,
+        digest: Digest,
+        audit_reader: AuditReader | None = None,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.audit = audit
+        self.catalog = catalog
+        self.keys = keys
+        self.policy = policy
+        self.apikeys = apikeys
+        self.breakglass = breakglass
+        self.sessions = sessions
+        self.jwt = jwt
+        self.oidc = oidc
+        self.digest = digest
+        self.audit_reader = audit_reader
+        self.limiter = RateLimiter()
+        self.detector = ExtractionDetector()
+        self.metrics = GatewayMetrics()
+        self._served: set[str] = set()
+        self._served_at = 0.0
+        self._audit_ok = True
+
+    # --- audit ----------------------------------------------------------------------------------------------
+    async def record(self, event: dict[str, Any]) -> str:
+        """Make an event durable; AuditUnavailable (503) when it cannot be."""
+        try:
+            receipt = await self.audit.record(event)
+        except AuditUnavailable:
+            self._audit_ok = False
+            self.metrics.audit_failures.inc()
+            log.error("audit.unavailable", event_type=event.get("type"))
+            raise
+        except Exception as exc:  # a foreign error from a sink is still a failure to make it durable
+            self._audit_ok = False
+            self.metrics.audit_failures.inc()
+            log.error("audit.unavailable", event_type=event.get("type"), error_class=type(exc).__name__)
+            raise AuditUnavailable("the audit log cannot record this request") from exc
+        self._audit_ok = True
+        return receipt.event_id
+
+    def event(
+        self,
+        type_: str,
+        *,
+        ctx: Ctx | None = None,
+        actor: Mapping[str, Any] | None = None,
+        source: Mapping[str, Any] | None = None,
+        action: str,
+        route: str | None = None,
+        adapter: AdapterRef | None = None,
+        status: str | None = None,
+        http_status: int | None = None,
+        error_class: str | None = None,
+        tokens: Mapping[str, int] | None = None,
+        latency_ms: float | None = None,
+        digests: Mapping[str, str] | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        d: dict[str, Any] = dict(details or {})
+        if ctx is not None and ctx.principal.breakglass_id:
+            d.update(breakglass=ctx.principal.breakglass_id, review_required=True)
+        return {
+            "type": type_,
+            "actor": dict(actor) if actor is not None else (ctx.actor if ctx else _anonymous()),
+            "source": dict(source) if source is not None else (ctx.source if ctx else {"ip": None, "user_agent": None}),
+            "action": action,
+            "route": route if route is not None else (ctx.path if ctx else None),
+            "adapter": (
+                {"name": adapter.name, "version": adapter.version, "fingerprint": adapter.fingerprint}
+                if adapter
+                else None
+            ),
+            "outcome": {"status": status or "success", "http_status": http_status, "error_class": error_class},
+            "tokens": dict(tokens) if tokens is not None else None,
+            "latency_ms": latency_ms,
+            "request_id": ctx.request_id if ctx else None,
+            "digests": dict(digests) if digests is not None else None,
+            "details": d,
+        }
+
+    async def deny(
+        self,
+        exc: ApplianceError,
+        *,
+        ctx: Ctx | None = None,
+        request: Request[Any, Any, Any] | None = None,
+        path: str | None = None,
+        adapter: AdapterRef | None = None,
+        action: str = "request",
+    ) -> ApplianceError:
+        """Record a refusal and return the error to raise (with its audit id)."""
+        self.metrics.denied.labels(exc.code).inc()
+        if isinstance(exc, RateLimited):
+            kind = "extraction" if "throttled" in exc.message else exc.message.split("(")[-1].split(" per")[0]
+            self.metrics.rate_limited.labels(kind).inc()
+        source = {"ip": _ip(request), "user_agent": _ua(request)} if request is not None else None
+        event = self.event(
+            "gateway.denied",
+            ctx=ctx,
+            source=source,
+            action=action,
+            route=path,
+            adapter=adapter,
+            status="denied" if exc.http_status < 500 else "error",
+            http_status=exc.http_status,
+            error_class=exc.code,
+        )
+        audit_id = await self.record(event)
+        return refusal(exc, audit_id)
+
+    # --- authentication --------------------------------------------------------------------------------------
+    async def authenticate(self, request: Request[Any, Any, Any]) -> tuple[Principal, Session | None]:
+        header = request.headers.get("authorization")
+        if header is not None:
+            scheme, _, credential = header.partition(" ")
+            credential = credential.strip()
+            if scheme.lower() != "bearer" or not credential or len(credential) > 8192:
+                raise Unauthenticated("use 'Authorization: Bearer <token or API key>'")
+            if credential.startswith("apk_"):
+                info = self.apikeys.verify(credential)
+                return (
+                    Principal(
+                        subject=f"apikey:{info.id}",
+                        auth_method="api_key",
+                        scopes=frozenset(info.scopes),
+                        client_id=info.name,
+                        key_id=info.id,
+                    ),
+                    None,
+                )
+            if self.jwt is None:
+                raise Unauthenticated("bearer JWTs are not accepted here (no identity provider configured)")
+            claims = await self.jwt.validate(credential)
+            scope = claims.get("scope", "")
+            scopes = frozenset(scope.split() if isinstance(scope, str) else [str(s) for s in scope or []])
+            groups = claims.get("groups") or []
+            return (
+                Principal(
+                    subject=str(claims["sub"]),
+                    auth_method="jwt",
+                    groups=frozenset(str(g) for g in groups) if isinstance(groups, list) else frozenset(),
+                    scopes=scopes,
+                    client_id=str(claims.get("client_id") or claims.get("azp") or "") or None,
+                ),
+                None,
+            )
+        session = self.session_of(request)
+        if session is None or not session.authenticated:
+            raise Unauthenticated("sign in, or send a bearer token or API key")
+        d = session.data
+        return (
+            Principal(
+                subject=d["subject"],
+                auth_method="oidc",
+                groups=frozenset(d.get("groups", [])),
+                scopes=frozenset(),
+                client_id=self.settings.gateway.oidc_client_id,
+                session_id=session.handle,
+                display_name=d.get("name"),
+            ),
+            session,
+        )
+
+    def session_of(self, request: Request[Any, Any, Any]) -> Session | None:
+        found = self.sessions.get(request.cookies.get(SESSION_COOKIE))
+        return found.session
+
+    def with_breakglass(self, principal: Principal) -> Principal:
+        grants = self.breakglass.active_for(principal.subject)
+        if not grants:
+            return principal
+        self.metrics.breakglass_uses.inc()
+        from dataclasses import replace
+
+        return replace(
+            principal,
+            extra_roles=frozenset(g.role for g in grants),
+            breakglass_id=",".join(sorted(g.id for g in grants)),
+        )
+
+    def roles_of(self, principal: Principal) -> frozenset[str]:
+        return self.policy.current.roles_for(principal.groups, principal.scopes) | principal.extra_roles
+
+    async def require(
+        self, request: Request[Any, Any, Any], route: str, *, csrf: str | None = None, audit_denial: bool = True
+    ) -> Ctx:
+        """Authenticate and check the route against the policy; refusals are audited and raised."""
+        path = request.scope.get("path_template") or request.url.path
+        try:
+            principal, session = await self.authenticate(request)
+        except Unauthenticated as unauth:
+            if audit_denial:
+                raise await self.deny(unauth, request=request, path=path) from None
+            raise
+        principal = self.with_breakglass(principal)
+        roles = self.roles_of(principal)
+        ctx = Ctx(principal, roles, route, path, _ip(request), _ua(request), session=session)
+        if session is not None and request.method not in SAFE_METHODS:
+            token = csrf or request.headers.get("x-csrf-token")
+            if not session.csrf_ok(token):
+                raise await self.deny(PermissionDenied("missing or invalid CSRF token"), ctx=ctx)
+        if not self.policy.current.may_route(roles, route):
+            refused = PolicyViolation(f"your roles do not allow '{route}' (policies/access.yaml)")
+            raise (await self.deny(refused, ctx=ctx)) if audit_denial else refused
+        return ctx
+
+    # --- adapters ---------------------------------------------------------------------------------------------
+    async def visible_adapters(self, ctx: Ctx) -> list[AdapterRef]:
+        policy = self.policy.current
+        return [
+            a
+            for a in await self.catalog.published()
+            if policy.may_adapter(ctx.roles, a.name, a.version, is_production=a.is_production)
+        ]
+
+    async def authorize_adapter(self, ctx: Ctx, name: str, version: str) -> AdapterRef:
+        try:
+            if not ADAPTER_NAME.match(name):
+                raise NotFound("no such adapter (names are lowercase letters, digits, '-' and '_')")
+            ref = resolve(await self.catalog.published(), name, version)
+            if not self.policy.current.may_adapter(ctx.roles, ref.name, ref.version, is_production=ref.is_production):
+                raise PolicyViolation(f"your roles do not allow adapter {ref.name!r} version {ref.version}")
+        except (NotFound, PolicyViolation) as exc:
+            raise await self.deny(exc, ctx=ctx) from None
+        return ref
+
+    async def _ensure_served(self, ref: AdapterRef) -> None:
+        """Refuse an adapter the backend does not serve (TGI would silently run the base model instead)."""
+        now = time.monotonic()
+        if ref.served_id in self._served and now - self._served_at < 5.0:
+            return
+        self._served = set(await self.backend.adapters())
+        self._served_at = now
+        if ref.served_id not in self._served:
+            raise BackendValidation(f"adapter {ref.name!r} version {ref.version} is published but not loaded yet")
+
+    # --- admission ---------------------------------------------------------------------------------------------
+    async def admit(self, ctx: Ctx, ref: AdapterRef, prompt: str, *, wants_logprobs: bool) -> str:
+        """Logprob rights, rate limits, extraction detector, then the durable request record; returns its id."""
+        policy = self.policy.current
+        try:
+            if wants_logprobs and not policy.may_logprobs(ctx.roles):
+                raise PolicyViolation("your roles do not allow logprob-style outputs (details, top_n_tokens)")
+            self.detector.check_throttle(ctx.principal.subject)
+            self.limiter.check(
+                ctx.principal.subject, policy.limit_profile(ctx.roles), ref.served_id, policy.limits.adapter
+            )
+            flag = self.detector.observe(ctx.principal.subject, prompt, policy.limits.extraction)
+            if flag is not None:
+                self.metrics.extraction.labels(flag.reason).inc()
+                log.warning("extraction.suspected", reason=flag.reason, count=flag.count)
+                await self.record(
+                    self.event(
+                        "gateway.extraction_suspected",
+                        ctx=ctx,
+                        action="throttle",
+                        adapter=ref,
+                        status="denied",
+                        http_status=429,
+                        error_class=RateLimited.code,
+                        details={"reason": flag.reason, "count": flag.count, "throttle_s": flag.throttle_s},
+                    )
+                )
+                raise RateLimited("throttled: unusual request pattern (review pending)", retry_after=flag.throttle_s)
+        except (PolicyViolation, RateLimited) as exc:
+            raise await self.deny(exc, ctx=ctx, adapter=ref, action="generate") from None
+        return await self.record(
+            self.event(
+                "gateway.request",
+                ctx=ctx,
+                action="generate",
+                adapter=ref,
+                details={"prompt_chars": len(prompt)},
+            )
+        )
+
+    async def _digest(self, text: str) -> str:
+        return await asyncio.to_thread(self.digest, text)
+
+    async def _outcome(
+        self,
+        ctx: Ctx,
+        ref: AdapterRef,
+        request_audit_id: str,
+        started: float,
+        *,
+        prompt: str,
+        gen: Generation | None,
+        error: ApplianceError | None,
+    ) -> str:
+        latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        digests = {"prompt": await self._digest(prompt), "output": await self._digest(gen.text if gen else "")}
+        tokens = {"prompt": gen.prompt_tokens, "generated": gen.generated_tokens} if gen else None
+        if gen is not None:
+            self.limiter.charge_tokens(ctx.principal.subject, ref.served_id, gen.prompt_tokens + gen.generated_tokens)
+            self.metrics.tokens.labels(ref.name, "prompt").inc(gen.prompt_tokens)
+            self.metrics.tokens.labels(ref.name, "generated").inc(gen.generated_tokens)
+        return await self.record(
+            self.event(
+                "gateway.response",
+                ctx=ctx,
+                action="generate",
+                adapter=ref,
+                status="success" if error is None else "error",
+                http_status=200 if error is None else error.http_status,
+                error_class=None if error is None else error.code,
+                tokens=tokens,
+                latency_ms=latency_ms,
+                digests=digests,
+                details={"request_event": request_audit_id, "finish_reason": gen.finish_reason if gen else None},
+            )
+        )
+
+    # --- generation ----------------------------------------------------------------------------------------------
+    async def generate(
+        self, ctx: Ctx, ref: AdapterRef, prompt: str, params: GenerationParams, audit_id: str
+    ) -> Generation:
+        started = time.perf_counter()
+        try:
+            await self._ensure_served(ref)
+            gen = await self.backend.generate(ref.served_id, prompt, params)
+        except BackendError as exc:
+            await self._outcome(ctx, ref, audit_id, started, prompt=prompt, gen=None, error=exc)
+            raise refusal(exc, audit_id) from None
+        await self._outcome(ctx, ref, audit_id, started, prompt=prompt, gen=gen, error=None)
+        return gen
+
+    async def stream(
+        self, ctx: Ctx, ref: AdapterRef, prompt: str, params: GenerationParams, audit_id: str
+    ) -> AsyncIterator[TokenEvent | ApplianceError]:
+        """Token events; the last one is yielded only after the outcome is durable (else an error is yielded)."""
+        started = time.perf_counter()
+        pieces: list[str] = []
+        try:
+            await self._ensure_served(ref)
+            async for ev in self.backend.stream(ref.served_id, prompt, params):
+                if ev.final is None:
+                    pieces.append(ev.text)
+                    yield ev
+                    continue
+                try:
+                    await self._outcome(ctx, ref, audit_id, started, prompt=prompt, gen=ev.final, error=None)
+                except AuditUnavailable as exc:
+                    yield exc
+                    return
+                yield ev
+                return
+            raise BackendError("the backend ended the stream without a final event")
+        except BackendError as exc:
+            try:
+                await self._outcome(ctx, ref, audit_id, started, prompt=prompt, gen=None, error=exc)
+            except AuditUnavailable as audit_exc:
+                yield audit_exc
+                return
+            yield exc
+
+    # --- health ---------------------------------------------------------------------------------------------------
+    async def readiness(self) -> dict[str, bool]:
+        async def backend_ok() -> bool:
+            try:
+                return bool(await asyncio.wait_for(self.backend.health(), 2.0))
+            except Exception:
+                return False
+
+        def keys_ok() -> bool:
+            if self.keys is None:
+                return False
+            try:
+                self.keys.hmac("audit", b"readiness-probe")
+                return True
+            except Exception:
+                return False
+
+        async def audit_ok() -> bool:
+            probe = getattr(self.audit, "health", None)
+            if probe is None:  # no probe: ready unless the last record failed
+                return self._audit_ok
+            try:
+                result = probe()
+                if asyncio.iscoroutine(result):
+                    result = await asyncio.wait_for(result, 2.0)
+                return bool(result)
+            except Exception:
+                return False
+
+        return {"backend": await backend_ok(), "keys": await asyncio.to_thread(keys_ok), "audit": await audit_ok()}
+
+
+def _anonymous() -> dict[str, Any]:
+    return {"subject": "anonymous", "client_id": None, "auth_method": "none", "session_id": None, "roles": []}
+
+
+def _system() -> dict[str, Any]:
+    return {"subject": "gateway", "client_id": None, "auth_method": "system", "session_id": None, "roles": []}
+
+
+def constant_time_equals(a: str, b: str) -> bool:
+    return hmac.compare_digest(hashlib.sha256(a.encode()).digest(), hashlib.sha256(b.encode()).digest())

@@ -1,0 +1,315 @@
+"""The one factory: ``create_app(settings, *, backend=None, audit=None, registry=None, keys=None)``.
+
+Each neighbour left as ``None`` is opened from settings through its stage's factory (contracts.md); a stage that
+cannot be opened stops start-up (fail closed). Errors are mapped here, once: an ``ApplianceError`` becomes its
+``http_status`` and ``{"error": message, "error_type": code}`` (plus ``Retry-After`` and ``X-Audit-Id``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import structlog
+from litestar import Litestar, Request, Response
+from litestar.contrib.jinja import JinjaTemplateEngine
+from litestar.datastructures import ResponseHeader
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from appliance.config import Settings
+from appliance.errors import ApplianceError, ConfigError, RequestTooLarge, ValidationFailed
+from appliance.gateway._db import GatewayDB, db_path
+from appliance.gateway._service import Gateway
+from appliance.gateway.auth.apikeys import ApiKeyStore
+from appliance.gateway.auth.jwt import JWKSCache, JWKSFetcher, JWTValidator
+from appliance.gateway.auth.oidc import OIDCClient
+from appliance.gateway.auth.sessions import SessionStore
+from appliance.gateway.breakglass import BreakGlass
+from appliance.gateway.policy import PolicyStore, policy_path
+from appliance.gateway.ports import AuditReader, CachedCatalog, RegistryCatalog
+from appliance.gateway.routes import admin, inference, openai, ops, web
+from appliance.protocols import AuditLog, Backend, KeyService
+
+log = structlog.get_logger("appliance.gateway")
+WEB_DIR = Path(__file__).parent / "web"
+SECURITY_HEADERS = [
+    ResponseHeader(name="X-Content-Type-Options", value="nosniff"),
+    ResponseHeader(name="X-Frame-Options", value="DENY"),
+    ResponseHeader(name="Referrer-Policy", value="no-referrer"),
+    ResponseHeader(
+        name="Content-Security-Policy",
+        value="default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "frame-ancestors 'none'; form-action 'self' http: https:; base-uri 'none'",
+    ),
+]
+
+
+def _error_response(exc: ApplianceError) -> Response[Any]:
+    headers: dict[str, str] = {"Cache-Control": "no-store"}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(int(max(1, exc.retry_after)))
+    audit_id = getattr(exc, "audit_id", None)
+    headers["X-Audit-Id"] = audit_id or "-"
+    headers["X-Adapter-Fingerprint"] = "-"
+    if exc.http_status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="appliance"'
+    return Response({"error": exc.message, "error_type": exc.code}, status_code=exc.http_status, headers=headers)
+
+
+def _appliance_error(request: Request[Any, Any, Any], exc: ApplianceError) -> Response[Any]:
+    if exc.http_status >= 500:
+        log.warning("request.failed", error_type=exc.code, status=exc.http_status)
+    return _error_response(exc)
+
+
+def _validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    # Name the fields, never echo the submitted values (they may be prompt text).
+    fields = sorted({str(e.get("key", "body")) for e in (exc.extra or []) if isinstance(e, dict)})
+    where = ", ".join(fields) if fields else "body"
+    return _error_response(ValidationFailed(f"invalid request: check {where}"))
+
+
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    if exc.status_code == 413:
+        return _error_response(RequestTooLarge("request body too large"))
+    if isinstance(exc, NotFoundException):
+        return Response(
+            {"error": "not found", "error_type": "NOT_FOUND"},
+            status_code=404,
+            headers={"X-Audit-Id": "-", "X-Adapter-Fingerprint": "-"},
+        )
+    code = "VALIDATION_FAILED" if exc.status_code in (400, 422) else f"HTTP_{exc.status_code}"
+    detail = exc.detail if exc.status_code < 500 and exc.status_code not in (400, 422) else "bad request"
+    if exc.status_code >= 500:
+        detail = "internal error"
+    return Response(
+        {"error": detail, "error_type": code},
+        status_code=exc.status_code,
+        headers={**(exc.headers or {}), "X-Audit-Id": "-", "X-Adapter-Fingerprint": "-"},
+    )
+
+
+def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.error("request.crashed", error_class=type(exc).__name__)  # the class only: messages may carry input
+    return Response(
+        {"error": "internal error", "error_type": "INTERNAL"},
+        status_code=500,
+        headers={"X-Audit-Id": "-", "X-Adapter-Fingerprint": "-"},
+    )
+
+
+def _metrics_middleware(gateway: Gateway) -> Any:
+    """Count requests by route template and status, and time them to the last byte."""
+
+    def factory(app: ASGIApp) -> ASGIApp:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            started = time.perf_counter()
+            status = [500]
+
+            async def send_wrapper(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                await send(message)
+
+            try:
+                await app(scope, receive, send_wrapper)
+            finally:
+                route = scope.get("path_template") or "unmatched"
+                gateway.metrics.requests.labels(route, str(status[0])).inc()
+                gateway.metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+        return middleware
+
+    return factory
+
+
+def _open_stage(what: str, opener: Callable[[], Any]) -> Any:
+    try:
+        return opener()
+    except ApplianceError:
+        raise
+    except ImportError as exc:
+        raise ConfigError(f"the {what} stage is not installed: {exc}") from exc
+
+
+def _digest_fn(keys: KeyService) -> Callable[[str], str]:
+    """``appliance.audit.digest`` when the audit stage provides it, else HMAC under the key service's audit key."""
+    try:
+        from appliance.audit import digest as audit_digest  # type: ignore[attr-defined]
+
+        return lambda text: str(audit_digest(keys, text))
+    except ImportError:
+        return lambda text: keys.hmac("audit", text.encode("utf-8")).hex()
+
+
+def discovery_jwks_fetcher(issuer: str, *, timeout_s: float = 5.0) -> JWKSFetcher:
+    """Find ``jwks_uri`` through the issuer's discovery document, then fetch the JWKS."""
+
+    async def fetch() -> dict[str, Any]:
+        async with httpx.AsyncClient(timeout=timeout_s) as client:
+            meta = (await client.get(f"{issuer.rstrip('/')}/.well-known/openid-configuration")).json()
+            resp = await client.get(meta["jwks_uri"])
+            resp.raise_for_status()
+            data = resp.json()
+        if not isinstance(data, dict):
+            raise ValueError("JWKS is not an object")
+        return data
+
+    return fetch
+
+
+def _audit_reader(audit: Any) -> AuditReader | None:
+    if all(callable(getattr(audit, n, None)) for n in ("search", "export", "verify")):
+        return audit  # type: ignore[no-any-return]
+    try:
+        from appliance.audit import reader_for  # type: ignore[attr-defined]
+
+        return reader_for(audit)  # type: ignore[no-any-return]
+    except ImportError:
+        return None
+
+
+def create_app(
+    settings: Settings,
+    *,
+    backend: Backend | None = None,
+    audit: AuditLog | None = None,
+    registry: Any = None,
+    keys: KeyService | None = None,
+    jwks_fetcher: JWKSFetcher | None = None,
+    jwt_issuer: str | None = None,
+    audit_reader: AuditReader | None = None,
+    catalog_ttl_s: float = 2.0,
+) -> Litestar:
+    """Build the gateway. Neighbours not given are opened from settings (their stages' factories)."""
+    g = settings.gateway
+    if keys is None:
+        from appliance import keys as keys_stage
+
+        keys = _open_stage("keys", lambda: keys_stage.open_key_service(settings))  # type: ignore[attr-defined]
+    assert keys is not None
+    if audit is None:
+        from appliance import audit as audit_stage
+
+        audit = _open_stage("audit", lambda: audit_stage.open_audit_log(settings, keys=keys))  # type: ignore[attr-defined]
+    if registry is None:
+        from appliance import registry as registry_stage
+
+        registry = _open_stage(
+            "registry",
+            lambda: registry_stage.open_registry(settings, keys=keys, audit=audit),  # type: ignore[attr-defined]
+        )
+    if backend is None:
+        from appliance import serving
+
+        backend = _open_stage("serving", lambda: serving.open_backend(settings))  # type: ignore[attr-defined]
+    assert audit is not None and backend is not None
+
+    policy = PolicyStore(policy_path(settings.policies_dir))
+    db = GatewayDB(db_path(settings.data_dir))
+    issuer = jwt_issuer or g.oidc_issuer
+    validator = None
+    if issuer is not None:
+        fetcher = jwks_fetcher or discovery_jwks_fetcher(issuer)
+        validator = JWTValidator(
+            JWKSCache(fetcher, ttl_s=g.jwks_cache_ttl_s),
+            issuer=issuer,
+            audience=g.jwt_audience,
+            algorithms=g.jwt_algorithms,
+        )
+    oidc = None
+    if g.oidc_issuer and g.oidc_client_id:
+        secret = g.oidc_client_secret.get_secret_value() if g.oidc_client_secret else None
+        oidc = OIDCClient(
+            g.oidc_issuer,
+            g.oidc_client_id,
+            secret,
+            f"{g.public_url.rstrip('/')}/auth/callback",
+            algorithms=g.jwt_algorithms,
+            jwks_ttl_s=g.jwks_cache_ttl_s,
+        )
+    gateway = Gateway(
+        settings,
+        backend=backend,
+        audit=audit,
+        catalog=CachedCatalog(RegistryCatalog(registry), ttl_s=catalog_ttl_s),
+        keys=keys,
+        policy=policy,
+        apikeys=ApiKeyStore(db),
+        breakglass=BreakGlass(db),
+        sessions=SessionStore(idle_timeout_s=g.session_idle_timeout_s, absolute_timeout_s=g.session_absolute_timeout_s),
+        jwt=validator,
+        oidc=oidc,
+        digest=_digest_fn(keys),
+        audit_reader=audit_reader or _audit_reader(audit),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:
+        log.info("gateway.start", policy_sha256=policy.sha256[:16], oidc=oidc is not None, jwt=validator is not None)
+        try:
+            yield
+        finally:
+            for closer in (backend.aclose, audit.close):
+                try:
+                    await closer()
+                except Exception as exc:  # closing must not hide the shutdown
+                    log.warning("gateway.close_failed", error_class=type(exc).__name__)
+            db.close()
+
+    app = Litestar(
+        route_handlers=[
+            inference.inference,
+            inference.inference_stream,
+            openai.chat_completions,
+            openai.completions,
+            openai.models,
+            ops.healthz,
+            ops.readyz,
+            ops.metrics,
+            admin.list_keys,
+            admin.post_key,
+            admin.delete_key,
+            admin.list_grants,
+            admin.post_grant,
+            admin.delete_grant,
+            admin.post_reload,
+            *web.ROUTES,
+            create_static_files_router(path="/static", directories=[WEB_DIR / "static"], include_in_schema=False),
+        ],
+        exception_handlers={
+            ApplianceError: _appliance_error,
+            ValidationException: _validation_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+        template_config=TemplateConfig(directory=WEB_DIR / "templates", engine=JinjaTemplateEngine),
+        openapi_config=OpenAPIConfig(
+            title="Appliance gateway",
+            version="1",
+            path="/schema",
+            render_plugins=[JsonRenderPlugin()],
+            components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
+        ),
+        request_max_body_size=g.max_body_bytes,
+        response_headers=SECURITY_HEADERS,
+        middleware=[_metrics_middleware(gateway)],
+        lifespan=[lifespan],
+        debug=False,
+        logging_config=None,
+    )
+    app.state.gateway = gateway
+    return app

@@ -1,0 +1,1 @@
+"""Authentication: OIDC browser login, bearer JWTs, API keys, server-side sessions."""

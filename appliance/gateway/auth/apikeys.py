@@ -1,0 +1,121 @@
+"""Appliance API keys for services: high-entropy, shown once, stored only as a SHA-256 digest, scoped, expiring.
+
+A key reads ``apk_<id>_<secret>``: ``id`` (12 hex) finds the row, the SHA-256 of the whole key is compared with
+``hmac.compare_digest``. A key with 256 bits of entropy needs no slow hash: nobody can guess one from its digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from appliance.errors import NotFound, Unauthenticated, ValidationFailed
+from appliance.gateway._db import GatewayDB
+
+KEY_FORMAT = re.compile(r"^apk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+SCOPE_FORMAT = re.compile(r"^[A-Za-z0-9_.:*-]{1,64}$")
+NAME_FORMAT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.@-]{0,63}$")
+_DUMMY_DIGEST = hashlib.sha256(b"apk-dummy").hexdigest()
+MAX_TTL_S = 366 * 86_400
+
+
+@dataclass(frozen=True)
+class ApiKeyInfo:
+    """What is known about a key (never its secret)."""
+
+    id: str
+    name: str
+    scopes: tuple[str, ...]
+    created_by: str
+    created_at: float
+    expires_at: float
+    revoked_at: float | None
+
+    def state(self, now: float) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if now >= self.expires_at else "active"
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode("ascii")).hexdigest()
+
+
+class ApiKeyStore:
+    """Create, list, revoke and verify API keys (backed by :class:`GatewayDB`)."""
+
+    def __init__(self, db: GatewayDB, *, clock: Callable[[], float] = time.time) -> None:
+        self.db = db
+        self._clock = clock
+
+    def create(self, name: str, scopes: Iterable[str], *, ttl_s: int, created_by: str) -> tuple[str, ApiKeyInfo]:
+        """A new key: (the key, shown once; its info)."""
+        scope_list = tuple(sorted(set(scopes)))
+        if not NAME_FORMAT.match(name):
+            raise ValidationFailed("key name: 1-64 letters, digits, space, _ . @ -")
+        if not scope_list or not all(SCOPE_FORMAT.match(s) for s in scope_list):
+            raise ValidationFailed("a key needs at least one scope (letters, digits, _ . : * -)")
+        if not 60 <= ttl_s <= MAX_TTL_S:
+            raise ValidationFailed(f"key lifetime must be between 60 s and {MAX_TTL_S} s")
+        key_id = secrets.token_hex(6)
+        key = f"apk_{key_id}_{secrets.token_urlsafe(32)}"
+        now = self._clock()
+        info = ApiKeyInfo(key_id, name, scope_list, created_by, now, now + ttl_s, None)
+        with self.db.cursor(write=True) as cur:
+            cur.execute(
+                "INSERT INTO api_keys (id, name, digest, scopes, created_by, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key_id, name, _digest(key), json.dumps(scope_list), created_by, now, info.expires_at),
+            )
+        return key, info
+
+    def list(self) -> list[ApiKeyInfo]:
+        with self.db.cursor() as cur:
+            rows = cur.execute(
+                "SELECT id, name, scopes, created_by, created_at, expires_at, revoked_at FROM api_keys"
+                " ORDER BY created_at"
+            ).fetchall()
+        return [ApiKeyInfo(r[0], r[1], tuple(json.loads(r[2])), r[3], r[4], r[5], r[6]) for r in rows]
+
+    def get(self, key_id: str) -> ApiKeyInfo:
+        for info in self.list():
+            if info.id == key_id:
+                return info
+        raise NotFound(f"no API key with id {key_id!r}")
+
+    def revoke(self, key_id: str, *, revoked_by: str) -> ApiKeyInfo:
+        with self.db.cursor(write=True) as cur:
+            cur.execute(
+                "UPDATE api_keys SET revoked_at = ?, revoked_by = ? WHERE id = ? AND revoked_at IS NULL",
+                (self._clock(), revoked_by, key_id),
+            )
+            changed = cur.rowcount
+        info = self.get(key_id)
+        if not changed and info.revoked_at is None:  # pragma: no cover - raced
+            raise NotFound(f"no API key with id {key_id!r}")
+        return info
+
+    def verify(self, key: str) -> ApiKeyInfo:
+        """The key's info when it is genuine, active and unexpired; else Unauthenticated (one message)."""
+        match = KEY_FORMAT.match(key)
+        key_id = match.group(1) if match else "000000000000"
+        with self.db.cursor() as cur:
+            row = cur.execute(
+                "SELECT id, name, digest, scopes, created_by, created_at, expires_at, revoked_at"
+                " FROM api_keys WHERE id = ?",
+                (key_id,),
+            ).fetchone()
+        stored = row[2] if row else _DUMMY_DIGEST
+        genuine = hmac.compare_digest(_digest(key if match else "apk-dummy-mismatch"), stored)
+        if not (match and row and genuine):
+            raise Unauthenticated("invalid API key")
+        info = ApiKeyInfo(row[0], row[1], tuple(json.loads(row[3])), row[4], row[5], row[6], row[7])
+        if info.state(self._clock()) != "active":
+            raise Unauthenticated("API key is revoked or expired")
+        return info

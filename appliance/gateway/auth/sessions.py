@@ -1,0 +1,120 @@
+"""Server-side browser sessions: idle logoff, absolute lifetime, a new id at login, a CSRF token per session.
+
+The cookie holds only a random 256-bit id; everything else stays on the server. A session past its idle timeout
+(HIPAA automatic logoff, default 15 min) or its absolute lifetime is deleted when next seen. ``handle`` is a
+short hash of the id, safe to write into the audit log (the id itself never is).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Expiry = Literal["idle", "absolute"]
+
+
+@dataclass
+class Session:
+    id: str
+    created_at: float
+    last_seen: float
+    csrf: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def handle(self) -> str:
+        return hashlib.sha256(self.id.encode()).hexdigest()[:16]
+
+    @property
+    def authenticated(self) -> bool:
+        return "subject" in self.data
+
+    def csrf_ok(self, token: str | None) -> bool:
+        return bool(token) and hmac.compare_digest(self.csrf.encode(), str(token).encode())
+
+
+@dataclass(frozen=True)
+class Lookup:
+    session: Session | None
+    expired: Expiry | None = None
+    expired_subject: str | None = None
+    expired_handle: str | None = None
+
+
+class SessionStore:
+    """In-memory session table (one gateway process; a shared store is the scale-out step)."""
+
+    def __init__(
+        self,
+        *,
+        idle_timeout_s: float,
+        absolute_timeout_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        max_sessions: int = 100_000,
+    ) -> None:
+        self.idle_timeout_s = idle_timeout_s
+        self.absolute_timeout_s = absolute_timeout_s
+        self._clock = clock
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+        self._max = max_sessions
+
+    def create(self, data: dict[str, Any] | None = None) -> Session:
+        now = self._clock()
+        s = Session(secrets.token_urlsafe(32), now, now, secrets.token_urlsafe(32), dict(data or {}))
+        with self._lock:
+            if len(self._sessions) >= self._max:
+                self._purge(now)
+            self._sessions[s.id] = s
+        return s
+
+    def get(self, session_id: str | None, *, touch: bool = True) -> Lookup:
+        if not session_id or len(session_id) > 128:
+            return Lookup(None)
+        now = self._clock()
+        with self._lock:
+            s = self._sessions.get(session_id)
+            if s is None:
+                return Lookup(None)
+            reason: Expiry | None = None
+            if now - s.created_at > self.absolute_timeout_s:
+                reason = "absolute"
+            elif now - s.last_seen > self.idle_timeout_s:
+                reason = "idle"
+            if reason is not None:
+                del self._sessions[session_id]
+                return Lookup(None, reason, s.data.get("subject"), s.handle)
+            if touch:
+                s.last_seen = now
+            return Lookup(s)
+
+    def rotate(self, old: Session | None, data: dict[str, Any]) -> Session:
+        """Session-fixation defence: drop the old id and issue a fresh one (and a fresh CSRF token)."""
+        if old is not None:
+            self.delete(old.id)
+        return self.create(data)
+
+    def delete(self, session_id: str) -> None:
+        with self._lock:
+            self._sessions.pop(session_id, None)
+
+    def _purge(self, now: float) -> None:
+        dead = [
+            k
+            for k, s in self._sessions.items()
+            if now - s.last_seen > self.idle_timeout_s or now - s.created_at > self.absolute_timeout_s
+        ]
+        for k in dead:
+            del self._sessions[k]
+        if len(self._sessions) >= self._max:  # still full: drop the oldest
+            for k in sorted(self._sessions, key=lambda k: self._sessions[k].last_seen)[: self._max // 10]:
+                del self._sessions[k]
+
+    def __len__(self) -> int:
+        return len(self._sessions)

@@ -1,0 +1,32 @@
+"""Helpers the route modules share: the Gateway from app state, the audit/fingerprint headers, SSE framing."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from litestar import Request
+
+from appliance.gateway._service import Gateway
+from appliance.gateway.ports import AdapterRef
+
+
+def gateway_of(request: Request[Any, Any, Any]) -> Gateway:
+    gw = request.app.state.gateway
+    assert isinstance(gw, Gateway)
+    return gw
+
+
+def trace_headers(audit_id: str | None, ref: AdapterRef | None) -> dict[str, str]:
+    return {"X-Audit-Id": audit_id or "-", "X-Adapter-Fingerprint": ref.fingerprint if ref else "-"}
+
+
+def sse(data: Any) -> bytes:
+    return b"data:" + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+
+def error_body(exc: Any) -> dict[str, str]:
+    return {"error": str(getattr(exc, "message", exc)), "error_type": str(getattr(exc, "code", "ERROR"))}
+
+
+FINISH = {"length": "length", "eos_token": "stop", "stop_sequence": "stop"}

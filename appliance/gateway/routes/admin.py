@@ -1,0 +1,217 @@
+"""The admin API: API keys, break-glass grants, policy reload. Every change is an audit event."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from litestar import Request, Response, delete, get, post
+
+from appliance.errors import ConfigError, PolicyViolation
+from appliance.gateway._service import Ctx, Gateway
+from appliance.gateway.auth.apikeys import ApiKeyInfo
+from appliance.gateway.breakglass import Grant
+from appliance.gateway.routes._common import gateway_of
+from appliance.gateway.schemas import ApiKeyCreate, BreakGlassCreate
+
+SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
+SYSTEM_ACTOR: dict[str, Any] = {
+    "subject": "gateway",
+    "client_id": None,
+    "auth_method": "system",
+    "session_id": None,
+    "roles": [],
+}
+
+
+def key_json(info: ApiKeyInfo) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "name": info.name,
+        "scopes": list(info.scopes),
+        "created_by": info.created_by,
+        "created_at": info.created_at,
+        "expires_at": info.expires_at,
+        "state": info.state(time.time()),
+    }
+
+
+def grant_json(g: Grant) -> dict[str, Any]:
+    return {
+        "id": g.id,
+        "subject": g.subject,
+        "role": g.role,
+        "reason": g.reason,
+        "granted_by": g.granted_by,
+        "granted_at": g.granted_at,
+        "expires_at": g.expires_at,
+        "active": g.active(time.time()),
+    }
+
+
+async def create_key(gw: Gateway, ctx: Ctx, name: str, scopes: list[str], ttl_s: int) -> tuple[str, ApiKeyInfo, str]:
+    """Create a key no more powerful than its creator (no scope escalation through keys)."""
+    granted = gw.policy.current.roles_for((), scopes)
+    own = gw.roles_of(ctx.principal) - ctx.principal.extra_roles
+    if not granted:
+        raise await gw.deny(PolicyViolation("these scopes grant no role in the access policy"), ctx=ctx)
+    if not granted <= own:
+        extra = ", ".join(sorted(granted - own))
+        raise await gw.deny(PolicyViolation(f"a key cannot carry roles its creator does not hold: {extra}"), ctx=ctx)
+    key, info = gw.apikeys.create(name, scopes, ttl_s=ttl_s, created_by=ctx.principal.subject)
+    audit_id = await gw.record(
+        gw.event(
+            "admin.apikey.create",
+            ctx=ctx,
+            action="create",
+            details={"key_id": info.id, "scopes": " ".join(info.scopes)},
+        )
+    )
+    return key, info, audit_id
+
+
+async def revoke_key(gw: Gateway, ctx: Ctx, key_id: str) -> tuple[ApiKeyInfo, str]:
+    info = gw.apikeys.revoke(key_id, revoked_by=ctx.principal.subject)
+    audit_id = await gw.record(gw.event("admin.apikey.revoke", ctx=ctx, action="revoke", details={"key_id": key_id}))
+    return info, audit_id
+
+
+async def grant_breakglass(gw: Gateway, ctx: Ctx, body: BreakGlassCreate) -> tuple[Grant, str]:
+    g = gw.breakglass.grant(
+        body.subject,
+        body.role,
+        body.reason,
+        body.duration_s,
+        granted_by=ctx.principal.subject,
+        rules=gw.policy.current.breakglass,
+    )
+    audit_id = await gw.record(
+        gw.event(
+            "admin.breakglass.grant",
+            ctx=ctx,
+            action="grant",
+            details={
+                "grant_id": g.id,
+                "subject": g.subject,
+                "role": g.role,
+                "expires_at": g.expires_at,
+                "reason_chars": len(g.reason),
+                "review_required": True,
+            },
+        )
+    )
+    return g, audit_id
+
+
+async def revoke_breakglass(gw: Gateway, ctx: Ctx, grant_id: str) -> tuple[Grant, str]:
+    g = gw.breakglass.revoke(grant_id, revoked_by=ctx.principal.subject)
+    audit_id = await gw.record(
+        gw.event("admin.breakglass.revoke", ctx=ctx, action="revoke", details={"grant_id": grant_id})
+    )
+    return g, audit_id
+
+
+async def reload_policy(gw: Gateway, ctx: Ctx | None) -> tuple[bool, str, str]:
+    """Reload access.yaml; a bad file keeps the last good policy. Either way an audit event says what happened."""
+    try:
+        old, new = gw.policy.reload()
+    except ConfigError as exc:
+        gw.metrics.policy_reloads.labels("refused").inc()
+        actor = None if ctx else SYSTEM_ACTOR
+        await gw.record(
+            gw.event(
+                "policy.reload",
+                ctx=ctx,
+                actor=actor,
+                action="reload",
+                route="/v1/admin/policy/reload",
+                status="error",
+                http_status=ConfigError.http_status,
+                error_class=ConfigError.code,
+                details={"kept_sha256": gw.policy.sha256[:16]},
+            )
+        )
+        return False, exc.message, gw.policy.sha256
+    gw.metrics.policy_reloads.labels("applied").inc()
+    actor = None if ctx else SYSTEM_ACTOR
+    await gw.record(
+        gw.event(
+            "policy.reload",
+            ctx=ctx,
+            actor=actor,
+            action="reload",
+            route="/v1/admin/policy/reload",
+            details={"old_sha256": old[:16], "new_sha256": new[:16]},
+        )
+    )
+    return True, "policy reloaded", new
+
+
+@get("/v1/admin/keys", summary="List API keys (never their secrets)", tags=["admin"], security=SECURITY)
+async def list_keys(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    gw = gateway_of(request)
+    await gw.require(request, "admin.keys")
+    return {"keys": [key_json(i) for i in gw.apikeys.list()]}
+
+
+@post("/v1/admin/keys", summary="Create an API key (shown once)", tags=["admin"], security=SECURITY, status_code=201)
+async def post_key(request: Request[Any, Any, Any], data: ApiKeyCreate) -> Response[Any]:
+    gw = gateway_of(request)
+    ctx = await gw.require(request, "admin.keys")
+    key, info, audit_id = await create_key(gw, ctx, data.name, data.scopes, data.ttl_s)
+    return Response(
+        {"key": key, **key_json(info)}, status_code=201, headers={"X-Audit-Id": audit_id, "Cache-Control": "no-store"}
+    )
+
+
+@delete("/v1/admin/keys/{key_id:str}", summary="Revoke an API key", tags=["admin"], security=SECURITY, status_code=200)
+async def delete_key(request: Request[Any, Any, Any], key_id: str) -> Response[Any]:
+    gw = gateway_of(request)
+    ctx = await gw.require(request, "admin.keys")
+    info, audit_id = await revoke_key(gw, ctx, key_id)
+    return Response(key_json(info), headers={"X-Audit-Id": audit_id})
+
+
+@get("/v1/admin/breakglass", summary="List break-glass grants", tags=["admin"], security=SECURITY)
+async def list_grants(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    gw = gateway_of(request)
+    await gw.require(request, "admin.breakglass")
+    return {"grants": [grant_json(g) for g in gw.breakglass.list()]}
+
+
+@post(
+    "/v1/admin/breakglass",
+    summary="Grant time-boxed emergency access",
+    tags=["admin"],
+    security=SECURITY,
+    status_code=201,
+)
+async def post_grant(request: Request[Any, Any, Any], data: BreakGlassCreate) -> Response[Any]:
+    gw = gateway_of(request)
+    ctx = await gw.require(request, "admin.breakglass")
+    g, audit_id = await grant_breakglass(gw, ctx, data)
+    return Response(grant_json(g), status_code=201, headers={"X-Audit-Id": audit_id})
+
+
+@delete(
+    "/v1/admin/breakglass/{grant_id:str}",
+    summary="End emergency access now",
+    tags=["admin"],
+    security=SECURITY,
+    status_code=200,
+)
+async def delete_grant(request: Request[Any, Any, Any], grant_id: str) -> Response[Any]:
+    gw = gateway_of(request)
+    ctx = await gw.require(request, "admin.breakglass")
+    g, audit_id = await revoke_breakglass(gw, ctx, grant_id)
+    return Response(grant_json(g), headers={"X-Audit-Id": audit_id})
+
+
+@post(
+    "/v1/admin/policy/reload", summary="Reload policies/access.yaml", tags=["admin"], security=SECURITY, status_code=200
+)
+async def post_reload(request: Request[Any, Any, Any]) -> Response[Any]:
+    gw = gateway_of(request)
+    ctx = await gw.require(request, "admin.policy")
+    ok, message, sha = await reload_policy(gw, ctx)
+    return Response({"applied": ok, "message": message, "sha256": sha}, status_code=200 if ok else 422)

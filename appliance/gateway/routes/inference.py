@@ -1,0 +1,83 @@
+"""``POST /v1/inference/adapter/{name}/{version}`` (TGI body) and its SSE form ``.../stream``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar import Request, Response, post
+from litestar.response import Stream
+
+from appliance.errors import ApplianceError
+from appliance.gateway.routes._common import error_body, gateway_of, sse, trace_headers
+from appliance.gateway.schemas import InferenceRequest, InferenceResponse
+from appliance.protocols import TokenEvent
+
+SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
+
+
+@post(
+    "/v1/inference/adapter/{name:str}/{version:str}",
+    summary="Generate with an adapter",
+    description="`version` is a number or `production`. The gateway picks the backend adapter; clients cannot.",
+    tags=["inference"],
+    security=SECURITY,
+    status_code=200,
+)
+async def inference(request: Request[Any, Any, Any], name: str, version: str, data: InferenceRequest) -> Response[Any]:
+    gw = gateway_of(request)
+    ctx = await gw.require(request, "inference")
+    ref = await gw.authorize_adapter(ctx, name, version)
+    audit_id = await gw.admit(ctx, ref, data.inputs, wants_logprobs=data.parameters.wants_logprobs())
+    gen = await gw.generate(ctx, ref, data.inputs, data.parameters.to_params(), audit_id)
+    body = InferenceResponse(
+        generated_text=gen.text, details=dict(gen.details) if data.parameters.details and gen.details else None
+    )
+    return Response(body.model_dump(exclude_none=True), headers=trace_headers(audit_id, ref))
+
+
+@post(
+    "/v1/inference/adapter/{name:str}/{version:str}/stream",
+    summary="Generate with an adapter, streamed (SSE, TGI's /generate_stream events)",
+    tags=["inference"],
+    security=SECURITY,
+    status_code=200,
+)
+async def inference_stream(request: Request[Any, Any, Any], name: str, version: str, data: InferenceRequest) -> Stream:
+    gw = gateway_of(request)
+    ctx = await gw.require(request, "inference")
+    ref = await gw.authorize_adapter(ctx, name, version)
+    allowed = data.parameters.wants_logprobs()
+    audit_id = await gw.admit(ctx, ref, data.inputs, wants_logprobs=allowed)
+    logprobs_ok = gw.policy.current.may_logprobs(ctx.roles)
+    events = gw.stream(ctx, ref, data.inputs, data.parameters.to_params(), audit_id)
+
+    async def body() -> AsyncIterator[bytes]:
+        async for ev in events:
+            if isinstance(ev, ApplianceError):
+                yield sse(error_body(ev))
+                return
+            yield sse(tgi_event(ev, logprobs_ok))
+
+    return Stream(
+        body(), media_type="text/event-stream", headers={**trace_headers(audit_id, ref), "Cache-Control": "no-store"}
+    )
+
+
+def tgi_event(ev: TokenEvent, logprobs_ok: bool) -> dict[str, Any]:
+    final = ev.final
+    return {
+        "index": ev.index,
+        "token": {
+            "id": ev.token_id,
+            "text": ev.text,
+            "logprob": ev.logprob if logprobs_ok else None,
+            "special": ev.special,
+        },
+        "generated_text": final.text if final else None,
+        "details": (
+            {"finish_reason": final.finish_reason, "generated_tokens": final.generated_tokens, "seed": None}
+            if final
+            else None
+        ),
+    }

@@ -1,0 +1,538 @@
+"""Server-rendered pages: login (OIDC code + PKCE), the analyst console, the compliance pages and the admin page.
+
+Every page needs a live server-side session; an idle or expired one sends the browser to the login page with
+the reason (and an ``auth.logout`` audit event). Every form carries the session's CSRF token.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from litestar import Request, Response, get, post
+from litestar.datastructures import Cookie
+from litestar.enums import RequestEncodingType
+from litestar.params import Body, Parameter
+from litestar.response import Redirect, Stream, Template
+
+from appliance.errors import ApplianceError, PermissionDenied, Unauthenticated, ValidationFailed
+from appliance.gateway._service import SESSION_COOKIE, Ctx, Gateway
+from appliance.gateway.routes import admin as admin_api
+from appliance.gateway.routes._common import error_body, gateway_of, trace_headers
+from appliance.gateway.schemas import MAX_PROMPT_CHARS, BreakGlassCreate, InferenceParameters
+
+FORM = Body(media_type=RequestEncodingType.URL_ENCODED)
+MESSAGES = {
+    "idle": "You were signed out after a period of inactivity.",
+    "absolute": "Your session reached its maximum length. Please sign in again.",
+    "logged_out": "You have signed out.",
+    "login_failed": "Sign-in failed. Please try again.",
+    "expired": "Your session has ended. Please sign in again.",
+}
+PAGES = (
+    ("console", "/console", "Console"),
+    ("audit.search", "/compliance", "Compliance"),
+    ("admin.keys", "/admin", "Admin"),
+)
+
+
+def _cookie(gw: Gateway, value: str, *, max_age: int | None = None) -> Cookie:
+    return Cookie(
+        key=SESSION_COOKIE,
+        value=value,
+        path="/",
+        httponly=True,
+        secure=gw.settings.gateway.secure_cookies,
+        samesite="lax",
+        max_age=max_age,
+    )
+
+
+def _clear_cookie(gw: Gateway) -> Cookie:
+    return _cookie(gw, "", max_age=0)
+
+
+async def _page_ctx(request: Request[Any, Any, Any], route: str, *, csrf: str | None = None) -> Ctx | Redirect:
+    """The session's context for a page, or a redirect to the login page (auditing an idle logoff)."""
+    gw = gateway_of(request)
+    found = gw.sessions.get(request.cookies.get(SESSION_COOKIE))
+    if found.expired is not None:
+        if found.expired_subject:
+            await gw.record(
+                gw.event(
+                    "auth.logout",
+                    actor={
+                        "subject": found.expired_subject,
+                        "client_id": gw.settings.gateway.oidc_client_id,
+                        "auth_method": "oidc",
+                        "session_id": found.expired_handle,
+                        "roles": [],
+                    },
+                    source={"ip": request.client.host if request.client else None, "user_agent": None},
+                    action="logout",
+                    route=request.url.path,
+                    details={"reason": found.expired},
+                )
+            )
+        resp = Redirect(f"/login?m={found.expired}")
+        resp.cookies.append(_clear_cookie(gw))
+        return resp
+    if found.session is None or not found.session.authenticated:
+        return Redirect("/login")
+    return await gw.require(request, route, csrf=csrf)
+
+
+def _nav(gw: Gateway, ctx: Ctx) -> list[dict[str, str]]:
+    policy = gw.policy.current
+    return [{"href": href, "label": label} for route, href, label in PAGES if policy.may_route(ctx.roles, route)]
+
+
+def _render(
+    request: Request[Any, Any, Any], template: str, ctx: Ctx | None, status: int = 200, **values: Any
+) -> Template:
+    gw = gateway_of(request)
+    base: dict[str, Any] = {"user": None, "nav": [], "csrf": "", "roles": []}
+    if ctx is not None and ctx.session is not None:
+        base.update(
+            user=ctx.principal.display_name or ctx.principal.subject,
+            nav=_nav(gw, ctx),
+            csrf=ctx.session.csrf,
+            roles=sorted(ctx.roles),
+            breakglass=ctx.principal.breakglass_id,
+            idle_timeout_s=gw.sessions.idle_timeout_s,
+        )
+    base.update(values)
+    return Template(template_name=template, context=base, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+# --- login / logout -----------------------------------------------------------------------------------------------
+@get("/", include_in_schema=False)
+async def home(request: Request[Any, Any, Any]) -> Any:
+    gw = gateway_of(request)
+    session = gw.session_of(request)
+    if session is None or not session.authenticated:
+        return Redirect("/login")
+    ctx = await _page_ctx(request, "console")
+    if isinstance(ctx, Redirect):
+        return ctx
+    nav = _nav(gw, ctx)
+    return (
+        Redirect(nav[0]["href"])
+        if nav
+        else _render(request, "error.html", ctx, 403, message="No pages for your roles.")
+    )
+
+
+@get("/login", include_in_schema=False)
+async def login_page(request: Request[Any, Any, Any], m: str | None = None) -> Template:
+    gw = gateway_of(request)
+    return _render(
+        request,
+        "login.html",
+        None,
+        message=MESSAGES.get(m or ""),
+        oidc=gw.oidc is not None,
+        demo_idp=gw.settings.environment == "development",
+    )
+
+
+@get("/auth/login", include_in_schema=False)
+async def auth_login(request: Request[Any, Any, Any]) -> Redirect:
+    gw = gateway_of(request)
+    if gw.oidc is None:
+        raise Unauthenticated("browser sign-in is not configured (gateway.oidc_issuer)")
+    start = await gw.oidc.begin()
+    old = gw.session_of(request)
+    pre = gw.sessions.rotate(
+        old, {"oidc": {"state": start.state, "nonce": start.nonce, "verifier": start.code_verifier}}
+    )
+    resp = Redirect(start.url)
+    resp.cookies.append(_cookie(gw, pre.id))
+    return resp
+
+
+@get("/auth/callback", include_in_schema=False)
+async def auth_callback(
+    request: Request[Any, Any, Any],
+    code: str | None = None,
+    oidc_state: Annotated[str | None, Parameter(query="state")] = None,
+    error: str | None = None,
+) -> Redirect:
+    gw = gateway_of(request)
+    pre = gw.session_of(request)
+    flow = pre.data.get("oidc") if pre else None
+    source = {
+        "ip": request.client.host if request.client else None,
+        "user_agent": request.headers.get("user-agent", "")[:200],
+    }
+    if gw.oidc is None or pre is None or not flow or not code or not oidc_state or error:
+        return Redirect("/login?m=login_failed")
+    try:
+        claims = await gw.oidc.finish(
+            code=code,
+            state=oidc_state,
+            expected_state=flow["state"],
+            code_verifier=flow["verifier"],
+            nonce=flow["nonce"],
+        )
+    except Unauthenticated as exc:
+        gw.sessions.delete(pre.id)
+        await gw.record(
+            gw.event(
+                "auth.login",
+                actor={
+                    "subject": "anonymous",
+                    "client_id": gw.oidc.client_id,
+                    "auth_method": "oidc",
+                    "session_id": None,
+                    "roles": [],
+                },
+                source=source,
+                action="login",
+                route="/auth/callback",
+                status="denied",
+                http_status=401,
+                error_class=exc.code,
+            )
+        )
+        resp = Redirect("/login?m=login_failed")
+        resp.cookies.append(_clear_cookie(gw))
+        return resp
+    groups = claims.get("groups") or []
+    data = {
+        "subject": str(claims["sub"]),
+        "name": str(claims.get("name") or claims.get("preferred_username") or claims["sub"])[:120],
+        "groups": [str(g) for g in groups] if isinstance(groups, list) else [],
+    }
+    session = gw.sessions.rotate(pre, data)  # session fixation defence: a new id at login
+    roles = gw.policy.current.roles_for(data["groups"], ())
+    await gw.record(
+        gw.event(
+            "auth.login",
+            actor={
+                "subject": data["subject"],
+                "client_id": gw.oidc.client_id,
+                "auth_method": "oidc",
+                "session_id": session.handle,
+                "roles": sorted(roles),
+            },
+            source=source,
+            action="login",
+            route="/auth/callback",
+        )
+    )
+    resp = Redirect("/")
+    resp.cookies.append(_cookie(gw, session.id))
+    return resp
+
+
+@post("/auth/logout", include_in_schema=False, status_code=303)
+async def auth_logout(request: Request[Any, Any, Any], data: dict[str, str] = FORM) -> Redirect:
+    gw = gateway_of(request)
+    session = gw.session_of(request)
+    if session is not None and session.authenticated:
+        if not session.csrf_ok(data.get("_csrf")):
+            raise PermissionDenied("missing or invalid CSRF token")
+        await gw.record(
+            gw.event(
+                "auth.logout",
+                actor={
+                    "subject": session.data["subject"],
+                    "client_id": gw.settings.gateway.oidc_client_id,
+                    "auth_method": "oidc",
+                    "session_id": session.handle,
+                    "roles": [],
+                },
+                source={"ip": request.client.host if request.client else None, "user_agent": None},
+                action="logout",
+                route="/auth/logout",
+                details={"reason": "user"},
+            )
+        )
+        gw.sessions.delete(session.id)
+    resp = Redirect("/login?m=logged_out", status_code=303)
+    resp.cookies.append(_clear_cookie(gw))
+    return resp
+
+
+# --- analyst console ------------------------------------------------------------------------------------------------
+@get("/console", include_in_schema=False)
+async def console(request: Request[Any, Any, Any]) -> Any:
+    ctx = await _page_ctx(request, "console")
+    if isinstance(ctx, Redirect):
+        return ctx
+    gw = gateway_of(request)
+    adapters = await gw.visible_adapters(ctx)
+    options = []
+    for a in sorted(adapters, key=lambda a: (a.name, a.version)):
+        options.append(
+            {
+                "value": f"{a.name}@{a.version}",
+                "label": f"{a.name} v{a.version}" + (" (production)" if a.is_production else ""),
+            }
+        )
+    return _render(request, "console.html", ctx, adapters=options, max_chars=MAX_PROMPT_CHARS)
+
+
+@post("/console/generate", include_in_schema=False)
+async def console_generate(request: Request[Any, Any, Any], data: dict[str, Any]) -> Any:
+    """The console's streamed answer: ``{"model": "name@version", "prompt": str}`` -> SSE ``{"text": ...}`` events."""
+    gw = gateway_of(request)
+    ctx = await gw.require(request, "console")  # session + CSRF header
+    model, prompt = str(data.get("model", "")), data.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > MAX_PROMPT_CHARS:
+        raise ValidationFailed(f"write a prompt of 1 to {MAX_PROMPT_CHARS} characters")
+    max_new = data.get("max_new_tokens", 128)
+    if not isinstance(max_new, int) or not 1 <= max_new <= 1024:
+        raise ValidationFailed("max_new_tokens must be 1-1024")
+    name, _, version = model.partition("@")
+    ref = await gw.authorize_adapter(ctx, name, version or "production")
+    audit_id = await gw.admit(ctx, ref, prompt, wants_logprobs=False)
+    events = gw.stream(ctx, ref, prompt, InferenceParameters(max_new_tokens=max_new).to_params(), audit_id)
+
+    async def body() -> AsyncIterator[bytes]:
+        async for ev in events:
+            if isinstance(ev, ApplianceError):
+                yield b"data:" + json.dumps(error_body(ev)).encode() + b"\n\n"
+                return
+            payload = {"text": ev.text, "done": ev.final is not None}
+            yield b"data:" + json.dumps(payload).encode() + b"\n\n"
+
+    return Stream(
+        body(), media_type="text/event-stream", headers={**trace_headers(audit_id, ref), "Cache-Control": "no-store"}
+    )
+
+
+# --- compliance -----------------------------------------------------------------------------------------------------
+_FILTER_KEYS = ("since", "until", "actor", "adapter", "outcome")
+_SAFE_FILTER = re.compile(r"^[A-Za-z0-9_.:@+\- ]{0,128}$")
+
+
+def _filters(request: Request[Any, Any, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k in _FILTER_KEYS:
+        v = (request.query_params.get(k) or "").strip()
+        if v:
+            if not _SAFE_FILTER.match(v):
+                raise ValidationFailed(f"filter {k!r} has characters that are not allowed")
+            if k in ("since", "until"):
+                try:
+                    v = datetime.fromisoformat(v).replace(tzinfo=datetime.fromisoformat(v).tzinfo or UTC).isoformat()
+                except ValueError as exc:
+                    raise ValidationFailed(f"filter {k!r} must be an ISO date or time") from exc
+            out[k] = v
+    if out.get("outcome") and out["outcome"] not in ("success", "denied", "error"):
+        raise ValidationFailed("outcome must be success, denied or error")
+    return out
+
+
+@get("/compliance", include_in_schema=False)
+async def compliance(request: Request[Any, Any, Any]) -> Any:
+    ctx = await _page_ctx(request, "audit.search")
+    if isinstance(ctx, Redirect):
+        return ctx
+    gw = gateway_of(request)
+    try:
+        filters = _filters(request)
+    except ValidationFailed as exc:
+        return _render(request, "compliance.html", ctx, 422, error=exc.message, filters={}, rows=None, available=True)
+    reader = gw.audit_reader
+    rows = None
+    if reader is not None and request.query_params.get("search"):
+        rows = await reader.search(filters, 200)
+        await gw.record(gw.event("audit.search", ctx=ctx, action="search", details={k: v for k, v in filters.items()}))
+    return _render(
+        request,
+        "compliance.html",
+        ctx,
+        filters=filters,
+        rows=[_row(r) for r in rows] if rows is not None else None,
+        available=reader is not None,
+        query="&".join(f"{k}={v}" for k, v in filters.items()),
+    )
+
+
+def _row(event: dict[str, Any]) -> dict[str, Any]:
+    actor, adapter, outcome = event.get("actor") or {}, event.get("adapter") or {}, event.get("outcome") or {}
+    return {
+        "time": str(event.get("time", ""))[:23],
+        "type": event.get("type"),
+        "actor": actor.get("subject"),
+        "adapter": f"{adapter.get('name')} v{adapter.get('version')}" if adapter.get("name") else "",
+        "outcome": outcome.get("status"),
+        "http_status": outcome.get("http_status"),
+        "event_id": event.get("event_id"),
+        "breakglass": bool((event.get("details") or {}).get("breakglass")),
+    }
+
+
+@get("/compliance/export", include_in_schema=False)
+async def compliance_export(request: Request[Any, Any, Any], fmt: str = "jsonl") -> Any:
+    ctx = await _page_ctx(request, "audit.export")
+    if isinstance(ctx, Redirect):
+        return ctx
+    gw = gateway_of(request)
+    if fmt not in ("jsonl", "csv"):
+        raise ValidationFailed("format must be jsonl or csv")
+    if gw.audit_reader is None:
+        raise ValidationFailed("this audit store does not support export")
+    filters = _filters(request)
+    data = await gw.audit_reader.export(filters, fmt)
+    audit_id = await gw.record(
+        gw.event("audit.export", ctx=ctx, action="export", details={"format": fmt, "bytes": len(data), **filters})
+    )
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    media = "text/csv" if fmt == "csv" else "application/x-ndjson"
+    return Response(
+        data,
+        media_type=media,
+        headers={
+            "Content-Disposition": f'attachment; filename="audit-{stamp}.{fmt}"',
+            "X-Audit-Id": audit_id,
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+@post("/compliance/verify", include_in_schema=False, status_code=200)
+async def compliance_verify(request: Request[Any, Any, Any], data: dict[str, str] = FORM) -> Any:
+    ctx = await _page_ctx(request, "audit.verify", csrf=data.get("_csrf"))
+    if isinstance(ctx, Redirect):
+        return ctx
+    gw = gateway_of(request)
+    if gw.audit_reader is None:
+        raise ValidationFailed("this audit store does not support verification")
+    result = await gw.audit_reader.verify()
+    await gw.record(gw.event("audit.verify", ctx=ctx, action="verify", details={"ok": bool(result.get("ok"))}))
+    return _render(request, "compliance.html", ctx, filters={}, rows=None, available=True, verify=result)
+
+
+# --- admin ------------------------------------------------------------------------------------------------------------
+async def _admin_page(request: Request[Any, Any, Any], ctx: Ctx, status: int = 200, **values: Any) -> Template:
+    gw = gateway_of(request)
+    policy = gw.policy.current
+    can_keys = policy.may_route(ctx.roles, "admin.keys")
+    can_bg = policy.may_route(ctx.roles, "admin.breakglass")
+    return _render(
+        request,
+        "admin.html",
+        ctx,
+        status,
+        keys=[admin_api.key_json(k) for k in gw.apikeys.list()] if can_keys else None,
+        grants=[admin_api.grant_json(g) for g in gw.breakglass.list()] if can_bg else None,
+        grantable=policy.breakglass.grantable_roles,
+        max_duration_min=policy.breakglass.max_duration_s // 60,
+        **values,
+    )
+
+
+@get("/admin", include_in_schema=False)
+async def admin_page(request: Request[Any, Any, Any]) -> Any:
+    ctx = await _page_ctx(request, "admin.keys")
+    if isinstance(ctx, Redirect):
+        return ctx
+    return await _admin_page(request, ctx)
+
+
+@post("/admin/keys", include_in_schema=False, status_code=200)
+async def admin_create_key(request: Request[Any, Any, Any], data: dict[str, str] = FORM) -> Any:
+    ctx = await _page_ctx(request, "admin.keys", csrf=data.get("_csrf"))
+    if isinstance(ctx, Redirect):
+        return ctx
+    gw = gateway_of(request)
+    try:
+        days = int(data.get("ttl_days", "30") or "30")
+        scopes = [s for s in re.split(r"[\s,]+", data.get("scopes", "")) if s]
+        key, info, _ = await admin_api.create_key(gw, ctx, data.get("name", "").strip(), scopes, days * 86_400)
+    except (ValueError, ApplianceError) as exc:
+        message = exc.message if isinstance(exc, ApplianceError) else "lifetime must be a whole number of days"
+        return await _admin_page(request, ctx, 422, error=message)
+    return await _admin_page(request, ctx, new_key=key, new_key_id=info.id)
+
+
+@post("/admin/keys/{key_id:str}/revoke", include_in_schema=False, status_code=200)
+async def admin_revoke_key(request: Request[Any, Any, Any], key_id: str, data: dict[str, str] = FORM) -> Any:
+    ctx = await _page_ctx(request, "admin.keys", csrf=data.get("_csrf"))
+    if isinstance(ctx, Redirect):
+        return ctx
+    gw = gateway_of(request)
+    try:
+        await admin_api.revoke_key(gw, ctx, key_id)
+    except ApplianceError as exc:
+        return await _admin_page(request, ctx, exc.http_status, error=exc.message)
+    return await _admin_page(request, ctx, notice=f"Key {key_id} revoked.")
+
+
+@post("/admin/breakglass", include_in_schema=False, status_code=200)
+async def admin_breakglass(request: Request[Any, Any, Any], data: dict[str, str] = FORM) -> Any:
+    ctx = await _page_ctx(request, "admin.breakglass", csrf=data.get("_csrf"))
+    if isinstance(ctx, Redirect):
+        return ctx
+    gw = gateway_of(request)
+    try:
+        body = BreakGlassCreate(
+            subject=data.get("subject", "").strip(),
+            role=data.get("role", ""),
+            reason=data.get("reason", ""),
+            duration_s=int(data.get("duration_min", "60") or "60") * 60,
+        )
+        g, _ = await admin_api.grant_breakglass(gw, ctx, body)
+    except (ValueError, ApplianceError) as exc:
+        message = exc.message if isinstance(exc, ApplianceError) else "check the subject, role, reason and duration"
+        return await _admin_page(request, ctx, 422, error=message)
+    return await _admin_page(request, ctx, notice=f"Emergency access {g.id} granted until it expires or is revoked.")
+
+
+@post("/admin/breakglass/{grant_id:str}/revoke", include_in_schema=False, status_code=200)
+async def admin_breakglass_revoke(request: Request[Any, Any, Any], grant_id: str, data: dict[str, str] = FORM) -> Any:
+    ctx = await _page_ctx(request, "admin.breakglass", csrf=data.get("_csrf"))
+    if isinstance(ctx, Redirect):
+        return ctx
+    gw = gateway_of(request)
+    try:
+        await admin_api.revoke_breakglass(gw, ctx, grant_id)
+    except ApplianceError as exc:
+        return await _admin_page(request, ctx, exc.http_status, error=exc.message)
+    return await _admin_page(request, ctx, notice=f"Emergency access {grant_id} ended.")
+
+
+@get("/docs", include_in_schema=False)
+async def docs(request: Request[Any, Any, Any]) -> Template:
+    """A server-rendered API reference from the OpenAPI schema (no scripts from a CDN: the appliance is offline)."""
+    schema = request.app.openapi_schema.to_schema()
+    ops = []
+    for path, item in sorted(schema.get("paths", {}).items()):
+        for method, op in item.items():
+            if method in ("get", "post", "put", "delete", "patch"):
+                ops.append(
+                    {
+                        "method": method.upper(),
+                        "path": path,
+                        "summary": op.get("summary", ""),
+                        "tags": op.get("tags", []),
+                    }
+                )
+    return _render(request, "docs.html", None, ops=ops)
+
+
+ROUTES = [
+    home,
+    login_page,
+    auth_login,
+    auth_callback,
+    auth_logout,
+    console,
+    console_generate,
+    compliance,
+    compliance_export,
+    compliance_verify,
+    admin_page,
+    admin_create_key,
+    admin_revoke_key,
+    admin_breakglass,
+    admin_breakglass_revoke,
+    docs,
+]

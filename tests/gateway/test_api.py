@@ -1,0 +1,163 @@
+"""The API flow: auth -> policy -> limits -> audit -> backend -> outcome, headers and error mapping."""
+
+from __future__ import annotations
+
+import json
+
+from tests.gateway.conftest import Harness
+
+BODY = {"inputs": "synthetic prompt for the test", "parameters": {"max_new_tokens": 4}}
+
+
+def test_inference_answers_with_audit_and_fingerprint_headers(h: Harness) -> None:
+    """A permitted request is answered with X-Audit-Id and X-Adapter-Fingerprint, on the gateway's adapter id."""
+    r = h.client.post("/v1/inference/adapter/triage/production", json=BODY, headers=h.bearer())
+    assert r.status_code == 200, r.text
+    assert r.json()["generated_text"] == "ok ok ok ok"
+    assert r.headers["X-Adapter-Fingerprint"] == "b" * 64
+    req = h.audit.of_type("gateway.request")[-1]
+    resp = h.audit.of_type("gateway.response")[-1]
+    assert r.headers["X-Audit-Id"] == req["event_id"]
+    assert h.backend.calls[-1][0] == "triage-v2"
+    assert resp["outcome"]["status"] == "success" and resp["tokens"] == {"prompt": 5, "generated": 4}
+    assert len(resp["digests"]["prompt"]) == 64 and "synthetic" not in json.dumps(h.audit.events)
+
+
+def test_client_cannot_choose_adapter_id(h: Harness) -> None:
+    """A body that tries to set adapter_id is refused before the backend is called."""
+    body = {"inputs": "x", "parameters": {"adapter_id": "oncology-v1"}}
+    r = h.client.post("/v1/inference/adapter/triage/production", json=body, headers=h.bearer())
+    assert r.status_code == 422 and r.json()["error_type"] == "VALIDATION_FAILED"
+    assert h.backend.calls == []
+
+
+def test_audit_failure_is_503_and_backend_not_called(h: Harness) -> None:
+    """When the request cannot be recorded the answer is 503 and nothing reaches the backend."""
+    h.audit.fail = True
+    r = h.client.post("/v1/inference/adapter/triage/production", json=BODY, headers=h.bearer())
+    assert r.status_code == 503 and r.json()["error_type"] == "AUDIT_UNAVAILABLE"
+    assert h.backend.calls == []
+
+
+def test_adapter_outside_role_is_403_and_audited(h: Harness) -> None:
+    """An analyst asking for an adapter its role does not grant gets 403 and a gateway.denied record."""
+    r = h.client.post("/v1/inference/adapter/oncology/production", json=BODY, headers=h.bearer())
+    assert r.status_code == 403 and r.json()["error_type"] == "POLICY_VIOLATION"
+    denied = h.audit.of_type("gateway.denied")[-1]
+    assert r.headers["X-Audit-Id"] == denied["event_id"] and denied["outcome"]["status"] == "denied"
+
+
+def test_unpublished_version_is_404_with_reason(h: Harness) -> None:
+    """A version that is not published is a 404 that says so."""
+    r = h.client.post("/v1/inference/adapter/triage/7", json=BODY, headers=h.bearer(scope="research"))
+    assert r.status_code == 404 and "not published" in r.json()["error"]
+
+
+def test_published_but_not_loaded_adapter_is_refused(h: Harness) -> None:
+    """An adapter the backend does not serve is refused (TGI would silently run the base model)."""
+    h.backend.served.discard("triage-v2")
+    r = h.client.post("/v1/inference/adapter/triage/production", json=BODY, headers=h.bearer())
+    assert r.status_code == 422 and r.json()["error_type"] == "BACKEND_VALIDATION"
+    assert h.backend.calls == []
+
+
+def test_models_lists_only_permitted(h: Harness) -> None:
+    """GET /v1/models lists what the caller may use and nothing else."""
+    ids = {m["id"] for m in h.client.get("/v1/models", headers=h.bearer()).json()["data"]}
+    assert ids == {"triage@2", "triage@production", "discharge-summary@1", "discharge-summary@production"}
+    research = {m["id"] for m in h.client.get("/v1/models", headers=h.bearer(scope="research")).json()["data"]}
+    assert "oncology@1" in research and "triage@1" in research
+
+
+def test_chat_completions_openai_shape(h: Harness) -> None:
+    """/v1/chat/completions with model name@version answers in the OpenAI shape with usage."""
+    body = {"model": "triage@production", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 3}
+    r = h.client.post("/v1/chat/completions", json=body, headers=h.bearer())
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert data["object"] == "chat.completion" and data["choices"][0]["message"]["content"] == "ok ok ok"
+    assert data["usage"]["completion_tokens"] == 3 and r.headers["X-Adapter-Fingerprint"] == "b" * 64
+
+
+def test_completions_stream_ends_with_done(h: Harness) -> None:
+    """/v1/completions with stream=true sends chunks and ends with [DONE]."""
+    body = {"model": "triage@2", "prompt": "hello", "max_tokens": 2, "stream": True}
+    r = h.client.post("/v1/completions", json=body, headers=h.bearer())
+    assert r.status_code == 200
+    assert r.text.rstrip().endswith("data: [DONE]") and r.text.count("data:") == 3
+
+
+def test_stream_records_outcome_before_final_event(h: Harness) -> None:
+    """The SSE stream's final event carries generated_text, and the outcome record exists once it is sent."""
+    r = h.client.post("/v1/inference/adapter/triage/production/stream", json=BODY, headers=h.bearer())
+    events = [json.loads(line[5:]) for line in r.text.split("\n\n") if line.startswith("data:")]
+    assert events[-1]["generated_text"] == "ok ok ok ok" and events[0]["token"]["logprob"] is None
+    assert h.audit.of_type("gateway.response")[-1]["tokens"]["generated"] == 4
+
+
+def test_stream_audit_failure_replaces_final_event(h: Harness) -> None:
+    """If the outcome cannot be recorded, the final event is replaced by an AUDIT_UNAVAILABLE error event."""
+    gw = h.gateway
+    real = gw.audit.record
+
+    async def fail_on_response(event):  # type: ignore[no-untyped-def]
+        if event["type"] == "gateway.response":
+            from appliance.errors import AuditUnavailable
+
+            raise AuditUnavailable("disk full (test)")
+        return await real(event)
+
+    gw.audit.record = fail_on_response
+    r = h.client.post("/v1/inference/adapter/triage/production/stream", json=BODY, headers=h.bearer())
+    last = json.loads([p for p in r.text.split("\n\n") if p.startswith("data:")][-1][5:])
+    assert last["error_type"] == "AUDIT_UNAVAILABLE" and "generated_text" not in last
+
+
+def test_logprobs_only_for_allowed_roles(h: Harness) -> None:
+    """details/top_n_tokens are refused for analysts and allowed for researchers."""
+    body = {"inputs": "x", "parameters": {"details": True}}
+    r = h.client.post("/v1/inference/adapter/triage/production", json=body, headers=h.bearer())
+    assert r.status_code == 403 and "logprob" in r.json()["error"]
+    r = h.client.post("/v1/inference/adapter/triage/production", json=body, headers=h.bearer(scope="research"))
+    assert r.status_code == 200 and r.json()["details"]["tokens"]
+
+
+def test_rate_limit_429_with_retry_after(h: Harness, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Past the per-principal requests/min the answer is 429 with Retry-After."""
+    gw = h.gateway
+    from appliance.gateway.policy import LimitProfile
+
+    profile = LimitProfile(requests_per_minute=2, tokens_per_minute=10_000)
+    gw.policy.current.limits.profiles["analyst"] = profile  # frozen model, mutable dict: test-only tweak
+    codes = [
+        h.client.post("/v1/inference/adapter/triage/production", json=BODY, headers=h.bearer()).status_code
+        for _ in range(3)
+    ]
+    assert codes == [200, 200, 429]
+    r = h.client.post("/v1/inference/adapter/triage/production", json=BODY, headers=h.bearer())
+    assert int(r.headers["Retry-After"]) >= 1 and r.json()["error_type"] == "RATE_LIMITED"
+
+
+def test_health_and_ready(h: Harness) -> None:
+    """healthz is up; readyz checks the backend and turns 503 when it is down."""
+    assert h.client.get("/healthz").json() == {"status": "ok"}
+    assert h.client.get("/readyz").status_code == 200
+    h.backend.healthy = False
+    r = h.client.get("/readyz")
+    assert r.status_code == 503 and r.json()["checks"]["backend"] is False
+
+
+def test_metrics_not_public(h: Harness) -> None:
+    """/metrics refuses an anonymous non-loopback caller and an analyst, and serves an admin."""
+    assert h.client.get("/metrics").status_code == 403
+    assert h.client.get("/metrics", headers=h.bearer()).status_code == 403
+    h.client.get("/healthz")
+    r = h.client.get("/metrics", headers=h.bearer(scope="admin"))
+    assert r.status_code == 200 and 'appliance_gateway_requests_total{route="/healthz",status="200"}' in r.text
+
+
+def test_openapi_schema_and_docs(h: Harness) -> None:
+    """The OpenAPI schema lists the inference route and the docs page renders it."""
+    schema = h.client.get("/schema/openapi.json").json()
+    assert "/v1/inference/adapter/{name}/{version}" in schema["paths"]
+    assert "/v1/chat/completions" in h.client.get("/docs").text
