@@ -1,8 +1,329 @@
-"""`appliance registry ...` and `appliance erasure ...` (commands are added by the registry stage)."""
+"""`appliance registry ...` and `appliance erasure ...`: thin commands over :class:`appliance.registry.Registry`.
+
+Trust model (appliance/registry/README.md): the CLI runs as the operator on the appliance. ``--actor`` names who
+acts and is recorded; for approvals and role changes it is not enough: the person's personal token (issued by
+``registry grant``, stored only as a scrypt hash) must be given on stdin, by prompt or with ``--token-file``.
+"""
 
 from __future__ import annotations
 
+import getpass
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
 import typer
+from rich.table import Table
+
+from appliance.cli._common import console, settings_of
+from appliance.errors import IntegrityViolation, Unauthenticated, ValidationFailed
 
 app = typer.Typer(no_args_is_help=True)
 erasure_app = typer.Typer(no_args_is_help=True)
+
+_ACTOR_HELP = "Who acts (recorded in the audit trail); default: the invoking user ($SUDO_USER or the login name)."
+_TOKEN_HELP = "File holding the person's token (else read from stdin, or prompted on a terminal)."
+_JSON_HELP = "Print JSON instead of a table."
+
+
+def _default_actor() -> str:
+    return os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+@contextmanager
+def _registry(ctx: typer.Context) -> Iterator[Any]:
+    from appliance.registry import open_registry
+
+    reg = open_registry(settings_of(ctx))
+    try:
+        yield reg
+    finally:
+        reg.close()
+
+
+def _actor(subject: str | None) -> Any:
+    from appliance.registry import Actor
+    from appliance.registry._service import check_subject
+
+    return Actor(subject=check_subject(subject or _default_actor()), roles=frozenset(), auth_method="cli")
+
+
+def _token(token_file: Path | None, subject: str) -> str:
+    if token_file is not None:
+        try:
+            text = token_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValidationFailed(f"cannot read the token file {token_file}: {exc.strerror}") from exc
+    elif sys.stdin.isatty():
+        text = getpass.getpass(f"personal token for {subject}: ")
+    else:
+        text = sys.stdin.readline()
+    token = text.strip()
+    if not token:
+        raise Unauthenticated(f"no personal token given for {subject!r}")
+    return token
+
+
+def _authenticated(reg: Any, subject: str, token_file: Path | None) -> Any:
+    from appliance.registry._service import check_subject
+
+    check_subject(subject)
+    return reg.authenticate(subject, _token(token_file, subject))
+
+
+def _print_json(data: Any) -> None:
+    console.print_json(json.dumps(data, default=str))
+
+
+def _subject_id(subject: str) -> str:
+    """The subject id itself, or one line from stdin for ``-`` (keeps it out of shell history and ps)."""
+    value = sys.stdin.readline().strip() if subject == "-" else subject.strip()
+    if not value:
+        raise ValidationFailed("a subject id is required (--subject ID, or --subject - to read it from stdin)")
+    return value
+
+
+@app.command("list")
+def list_cmd(
+    ctx: typer.Context,
+    name: str | None = typer.Option(None, "--name", help="Only this adapter name."),
+    status: str | None = typer.Option(
+        None, "--status", help="Only this status (staged, approved, production, retired)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
+) -> None:
+    """List adapters with status, approvals and where they are published."""
+    with _registry(ctx) as reg:
+        adapters = reg.list_adapters(name=name, status=status)
+    if as_json:
+        _print_json([a.to_dict() for a in adapters])
+        return
+    table = Table("name", "version", "status", "approvals", "targets", "epsilon", "fingerprint", "trained by")
+    for a in adapters:
+        table.add_row(
+            a.name,
+            str(a.version),
+            a.status,
+            ", ".join(x.subject for x in a.approvals) or "-",
+            ", ".join(a.targets) or "-",
+            "no DP" if not a.dp.get("enabled") else f"{a.dp.get('epsilon'):g}",
+            a.weights_fingerprint[:16],
+            a.trained_by,
+        )
+    console.print(table)
+
+
+@app.command("show")
+def show_cmd(ctx: typer.Context, name: str, version: int) -> None:
+    """Show one adapter version (JSON) with its provenance (base model, dataset, run), approvals, publications."""
+    with _registry(ctx) as reg:
+        info = reg.show(name, version)
+    _print_json(info.to_dict())
+
+
+@app.command("add")
+def add_cmd(
+    ctx: typer.Context,
+    run_dir: Path = typer.Argument(..., help="A completed training run directory (metadata.json, adapter files)."),
+    name: str = typer.Option(..., "--name", help="Adapter name (a-z, 0-9, '-', '_')."),
+    actor: str | None = typer.Option(None, "--actor", help=_ACTOR_HELP),
+) -> None:
+    """Register a trained adapter with its provenance; its files are encrypted into the data directory."""
+    with _registry(ctx) as reg:
+        info = reg.add(run_dir, name, _actor(actor))
+    console.print(f"registered {info.name} v{info.version} ({info.status}), fingerprint {info.weights_fingerprint}")
+
+
+@app.command("approve")
+def approve_cmd(
+    ctx: typer.Context,
+    name: str,
+    version: int,
+    actor: str = typer.Option(..., "--actor", help="The approver (must hold the approver role)."),
+    comment: str | None = typer.Option(None, "--comment", help="Why (kept in the registry, not the audit trail)."),
+    token_file: Path | None = typer.Option(None, "--token-file", help=_TOKEN_HELP),
+) -> None:
+    """Approve an adapter as one of the two required approvers (neither may have trained it)."""
+    with _registry(ctx) as reg:
+        person = _authenticated(reg, actor, token_file)
+        info = reg.approve(name, version, person, comment=comment)
+    console.print(f"{actor} approved {name} v{version}: {len(info.approvals)} of 2 approvals, status {info.status}")
+
+
+@app.command("publish")
+def publish_cmd(
+    ctx: typer.Context,
+    name: str,
+    version: int,
+    target: str | None = typer.Option(None, "--target", help="tgi, vllm or embedded (default: serving.backend)."),
+    actor: str | None = typer.Option(None, "--actor", help=_ACTOR_HELP),
+) -> None:
+    """Decrypt an approved adapter for a backend and add it to that backend's adapter list (atomically)."""
+    settings = settings_of(ctx)
+    with _registry(ctx) as reg:
+        published = reg.publish(name, version, target or settings.serving.backend, _actor(actor))
+    console.print(f"published {published.served_id} to {', '.join(published.targets)} ({published.fingerprint})")
+
+
+@app.command("unpublish")
+def unpublish_cmd(
+    ctx: typer.Context,
+    name: str,
+    version: int,
+    target: str | None = typer.Option(None, "--target", help="One target (default: every target)."),
+    actor: str | None = typer.Option(None, "--actor", help=_ACTOR_HELP),
+) -> None:
+    """Remove an adapter from a backend's list (every backend's by default) and delete its decrypted copy."""
+    with _registry(ctx) as reg:
+        info = reg.unpublish(name, version, _actor(actor), target=target)
+    console.print(f"unpublished {name} v{version}; status {info.status}")
+
+
+@app.command("retire")
+def retire_cmd(
+    ctx: typer.Context,
+    name: str,
+    version: int,
+    reason: str | None = typer.Option(None, "--reason", help="Why (kept in the registry)."),
+    actor: str | None = typer.Option(None, "--actor", help=_ACTOR_HELP),
+) -> None:
+    """Retire an adapter for good (unpublished everywhere; never approved or published again)."""
+    with _registry(ctx) as reg:
+        reg.retire(name, version, _actor(actor), reason=reason)
+    console.print(f"retired {name} v{version}")
+
+
+@app.command("verify")
+def verify_cmd(
+    ctx: typer.Context,
+    name: str | None = typer.Argument(None),
+    version: int | None = typer.Argument(None),
+    as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
+) -> None:
+    """Decrypt every adapter artifact and check each file's digest and the weights fingerprint."""
+    with _registry(ctx) as reg:
+        results = reg.verify(name, version)
+    if as_json:
+        _print_json([r.__dict__ for r in results])
+    else:
+        for r in results:
+            mark = "[green]ok[/]" if r.ok else f"[bold red]FAILED[/]: {r.error}"
+            console.print(f"{r.name} v{r.version}: {mark}", highlight=False)
+    bad = [f"{r.name} v{r.version}" for r in results if not r.ok]
+    if bad:
+        raise IntegrityViolation(f"{len(bad)} adapter artifact(s) failed verification: {', '.join(bad)}")
+
+
+@app.command("lineage")
+def lineage_cmd(
+    ctx: typer.Context,
+    subject: str = typer.Option(..., "--subject", help="The subject id ('-' reads it from stdin)."),
+    actor: str | None = typer.Option(None, "--actor", help=_ACTOR_HELP),
+    as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
+) -> None:
+    """List the datasets, runs and adapters that saw a subject (GDPR Art. 17 / Art. 30)."""
+    with _registry(ctx) as reg:
+        report = reg.lineage(_subject_id(subject), _actor(actor))
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    if not report.found:
+        console.print("no registered dataset holds this subject")
+        return
+    for d in report.datasets:
+        console.print(f"dataset {d['fingerprint']} ({d['records'] if d['records'] is not None else '?'} train records)")
+    for r in report.runs:
+        dp = (
+            f"epsilon {r['epsilon']:g}, delta {r['delta']:g}, {r['privacy_unit']}-level" if r["dp_enabled"] else "no DP"
+        )
+        console.print(f"run {r['run_id']} by {r['trained_by']}: {dp}")
+    for a in report.adapters:
+        console.print(f"adapter {a['name']} v{a['version']} ({a['status']}) {a['fingerprint']}")
+
+
+@app.command("grant")
+def grant_cmd(
+    ctx: typer.Context,
+    person: str = typer.Argument(..., help="Who receives the role (e.g. alice@hospital.example)."),
+    role: str = typer.Option(..., "--role", help="approver or admin."),
+    actor: str | None = typer.Option(None, "--actor", help="The admin granting it (authenticated by token)."),
+    token_file: Path | None = typer.Option(None, "--token-file", help="The admin's token file. " + _TOKEN_HELP),
+) -> None:
+    """Give a person a role; a new person gets a personal token, printed once (only its hash is kept)."""
+    with _registry(ctx) as reg:
+        if reg.needs_bootstrap():
+            if role != "admin":
+                raise ValidationFailed(
+                    "no admin exists yet: grant the admin role first (registry grant WHO --role admin)"
+                )
+            granter = _actor(actor)
+        else:
+            if actor is None:
+                raise Unauthenticated("granting a role needs an admin: pass --actor ADMIN and the admin's token")
+            granter = _authenticated(reg, actor, token_file)
+        issued = reg.grant(person, role, granter)
+    console.print(f"{person} now holds {role}")
+    if issued is not None:
+        console.print(f"personal token for {person} (shown once; give it to them in person): {issued}", highlight=False)
+
+
+@app.command("revoke")
+def revoke_cmd(
+    ctx: typer.Context,
+    person: str,
+    role: str = typer.Option(..., "--role"),
+    actor: str = typer.Option(..., "--actor", help="The admin revoking it (authenticated by token)."),
+    token_file: Path | None = typer.Option(None, "--token-file", help=_TOKEN_HELP),
+) -> None:
+    """Take a role away from a person."""
+    with _registry(ctx) as reg:
+        reg.revoke(person, role, _authenticated(reg, actor, token_file))
+    console.print(f"{person} no longer holds {role}")
+
+
+@app.command("people")
+def people_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=_JSON_HELP)) -> None:
+    """List the people who may approve or administer, with their roles."""
+    with _registry(ctx) as reg:
+        people = reg.people()
+    if as_json:
+        _print_json(people)
+        return
+    table = Table("person", "roles", "created by", "created at")
+    for p in people:
+        table.add_row(p["subject"], ", ".join(p["roles"]), p["created_by"], p["created_at"])
+    console.print(table)
+
+
+@app.command("rewrap")
+def rewrap_cmd(ctx: typer.Context, actor: str | None = typer.Option(None, "--actor", help=_ACTOR_HELP)) -> None:
+    """Rewrap every adapter's data key under the newest version of the artifacts key (after `keys rotate`)."""
+    with _registry(ctx) as reg:
+        count = reg.rewrap(_actor(actor))
+    console.print(f"rewrapped {count} data key(s)")
+
+
+@erasure_app.command("plan")
+def erasure_plan_cmd(
+    ctx: typer.Context,
+    subject: str = typer.Option(..., "--subject", help="The subject id ('-' reads it from stdin)."),
+    actor: str | None = typer.Option(None, "--actor", help=_ACTOR_HELP),
+    as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
+) -> None:
+    """What must be re-prepared, retired or retrained to erase a subject, with the DP guarantee that applied."""
+    with _registry(ctx) as reg:
+        plan = reg.erasure_plan(_subject_id(subject), _actor(actor))
+    if as_json:
+        _print_json(plan.to_dict())
+        return
+    if not plan.items:
+        console.print("no registered dataset holds this subject: nothing to retire or retrain")
+        return
+    for item in plan.items:
+        state = f" [{item.status}]" if item.status else ""
+        console.print(f"{item.kind} {item.ref}{state}: {item.action}", highlight=False)
+        console.print(f"    guarantee: {item.guarantee}", highlight=False)

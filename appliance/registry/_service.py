@@ -604,6 +604,11 @@ class Registry:
             )
         return issued if token is None else None
 
+    def needs_bootstrap(self) -> bool:
+        """Whether no one holds any role yet (the first grant of ``admin`` needs no admin)."""
+        with self.db.session("counting roles") as s:
+            return not s.scalar(select(func.count()).select_from(PersonRole))
+
     def revoke(self, subject: str, role: str, actor: Actor) -> None:
         """Take a role away from a person (an admin's act)."""
         if "admin" not in actor.roles:
