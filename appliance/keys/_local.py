@@ -118,14 +118,11 @@ class LocalKeyService:
         return self._wrap(check_name(purpose), self.unwrap(purpose, wrapped))
 
     def rotate(self, name: str) -> None:
-        """Add a new current version to the named key (creating it when it does not exist yet)."""
-        check_name(name)
+        """Add a new current version to the named key (which must exist)."""
+        self._key(check_name(name), None, create=False)
 
         def mutate(doc: dict[str, Any]) -> None:
-            key = doc["keys"].get(name)
-            if key is None:
-                doc["keys"][name] = {"type": AES, "latest": 1, "versions": {"1": _new_version(AES)}}
-                return
+            key = doc["keys"][name]
             key["latest"] += 1
             key["versions"][str(key["latest"])] = _new_version(key["type"])
 

@@ -166,6 +166,13 @@ def test_key_types_are_not_mixed(keys: LocalKeyService) -> None:
         keys.data_key("audit-signing")
 
 
+def test_rotating_an_unknown_key_is_not_found(keys: LocalKeyService) -> None:
+    """Rotating a key that does not exist is NotFound and creates nothing."""
+    with pytest.raises(NotFound):
+        keys.rotate("nonexistent")
+    assert keys.status().keys == []
+
+
 def test_invalid_names_are_refused(keys: LocalKeyService) -> None:
     """A key name outside [a-z0-9_-] (path tricks, upper case, empty) is a validation error."""
     for bad in ["", "../x", "Audit", "a/b", "x" * 64]:
@@ -218,12 +225,13 @@ def _rotate_and_wrap(path: str, worker: int, rounds: int) -> list[tuple[str, byt
 def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
     """Four processes rotating and creating keys at once leave every version and every key usable."""
     path = tmp_path / "keystore"
+    LocalKeyService(path).data_key("shared")
     workers, rounds = 4, 5
     with ProcessPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(_rotate_and_wrap, [str(path)] * workers, range(workers), [rounds] * workers))
     service = LocalKeyService(path)
     info = {k.name: k for k in service.status().keys}
-    assert info["shared"].latest_version == workers * rounds  # the first rotate creates v1
+    assert info["shared"].latest_version == 1 + workers * rounds
     assert len([n for n in info if n.startswith("p")]) == workers
     for name, plaintext, wrapped in (item for result in results for item in result):
         assert service.unwrap(name, wrapped) == plaintext

@@ -1,0 +1,14 @@
+# appliance-registry: the adapter registry and publisher (registry add/verify/publish).
+# May: make data keys for adapter artifacts, unwrap them to verify or publish, rewrap them after a rotation.
+# May not: touch training checkpoints' keys, sign or HMAC audit records, rotate or create keys, read secrets.
+# Assumes transit at transit/ and the key prefix "appliance" (settings.keys.vault_*).
+
+path "transit/datakey/plaintext/appliance-artifacts" {
+  capabilities = ["update"]
+}
+path "transit/decrypt/appliance-artifacts" {
+  capabilities = ["update"]
+}
+path "transit/rewrap/appliance-artifacts" {
+  capabilities = ["update"]
+}

@@ -1,0 +1,173 @@
+"""policies/vault/*.hcl loaded into a real OpenBao and exercised with an AppRole login per role."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from appliance.config import load_settings
+from appliance.errors import VaultForbidden
+from appliance.keys import ARTIFACTS, AUDIT_HMAC, AUDIT_SIGNING, CHECKPOINTS, open_key_service
+from appliance.keys._vault import VaultKeyService
+from tests.conftest import REPO_ROOT
+from tests.fixtures.openbao import OpenBaoServer
+
+pytestmark = pytest.mark.openbao
+
+POLICY_DIR = REPO_ROOT / "policies" / "vault"
+ROLES = ["gateway", "trainer", "registry", "operator", "auditor"]
+
+
+def provision(server: OpenBaoServer) -> None:
+    """Load every policy as 'appliance-<file stem>' and make an AppRole role of the same name for it."""
+    root = server.client()
+    for path in sorted(POLICY_DIR.glob("*.hcl")):
+        root.sys.create_or_update_acl_policy(name=f"appliance-{path.stem}", policy=path.read_text())
+    if "approle/" not in root.sys.list_auth_methods()["data"]:
+        root.sys.enable_auth_method("approle")
+    for role in ROLES:
+        root.auth.approle.create_or_update_approle(
+            f"appliance-{role}", token_policies=[f"appliance-{role}"], token_ttl="10m", secret_id_ttl="10m"
+        )
+
+
+def login_as(server: OpenBaoServer, role: str, data_dir: Path) -> VaultKeyService:
+    """The key service the appliance opens for a role: AppRole credentials in settings, prefix 'appliance'."""
+    root = server.client()
+    role_id = root.auth.approle.read_role_id(f"appliance-{role}")["data"]["role_id"]
+    secret_id = root.auth.approle.generate_secret_id(f"appliance-{role}")["data"]["secret_id"]
+    settings = load_settings(
+        data_dir=data_dir,
+        keys={"backend": "vault", "vault_addr": server.addr, "vault_role_id": role_id, "vault_secret_id": secret_id},
+    )
+    service = open_key_service(settings)
+    assert isinstance(service, VaultKeyService)
+    return service
+
+
+@dataclass
+class Estate:
+    """The provisioned server, a service per role, and material made by root to operate on."""
+
+    services: dict[str, VaultKeyService]
+    checkpoint_key: bytes
+    artifact_key: bytes
+    signature: bytes
+
+
+@pytest.fixture(scope="module")
+def estate(openbao: OpenBaoServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Estate]:
+    """Policies and roles loaded, the four well-known keys created by root, one AppRole login per role."""
+    provision(openbao)
+    data_dir = tmp_path_factory.mktemp("policy-var")
+    root = VaultKeyService(openbao.client())
+    _, checkpoint_key = root.data_key(CHECKPOINTS)
+    _, artifact_key = root.data_key(ARTIFACTS)
+    root.hmac(AUDIT_HMAC, b"x")
+    signature = root.sign(AUDIT_SIGNING, b"checkpoint")
+    root.put_secret("gateway/session", {"secret": "session-secret"})
+    root.put_secret("registry/db", {"password": "db-password"})
+    yield Estate({role: login_as(openbao, role, data_dir) for role in ROLES}, checkpoint_key, artifact_key, signature)
+
+
+OPERATIONS: dict[str, Callable[[VaultKeyService, Estate], object]] = {
+    "checkpoints.data_key": lambda s, e: s.data_key(CHECKPOINTS),
+    "checkpoints.unwrap": lambda s, e: s.unwrap(CHECKPOINTS, e.checkpoint_key),
+    "artifacts.data_key": lambda s, e: s.data_key(ARTIFACTS),
+    "artifacts.unwrap": lambda s, e: s.unwrap(ARTIFACTS, e.artifact_key),
+    "artifacts.rewrap": lambda s, e: s.rewrap(ARTIFACTS, e.artifact_key),
+    "audit.hmac": lambda s, e: s.hmac(AUDIT_HMAC, b"prompt"),
+    "audit.sign": lambda s, e: s.sign(AUDIT_SIGNING, b"checkpoint"),
+    "audit.verify": lambda s, e: s.verify(AUDIT_SIGNING, b"checkpoint", e.signature),
+    "audit.public_keys": lambda s, e: s.public_keys(AUDIT_SIGNING),
+    "key.rotate": lambda s, e: s.rotate(AUDIT_HMAC),
+    "key.create": lambda s, e: s.create(f"made-{secrets.token_hex(3)}"),
+    "secret.gateway.read": lambda s, e: s.get_secret("gateway/session"),
+    "secret.registry.read": lambda s, e: s.get_secret("registry/db"),
+    "secret.write": lambda s, e: s.put_secret("gateway/session", {"secret": "session-secret"}),
+}
+
+ALLOWED: dict[str, set[str]] = {
+    "gateway": {"audit.hmac", "audit.sign", "audit.verify", "audit.public_keys", "secret.gateway.read"},
+    "trainer": {"checkpoints.data_key", "checkpoints.unwrap"},
+    "registry": {"artifacts.data_key", "artifacts.unwrap", "artifacts.rewrap"},
+    "operator": {"artifacts.rewrap", "audit.public_keys", "key.rotate", "key.create", "secret.write"},
+    "auditor": {"audit.verify", "audit.public_keys"},
+}
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_each_role_gets_exactly_its_operations(estate: Estate, role: str) -> None:
+    """Every role can do what its policy grants and gets VaultForbidden for every other key operation."""
+    service = estate.services[role]
+    allowed, refused = [], []
+    for name, operation in OPERATIONS.items():
+        try:
+            operation(service, estate)
+        except VaultForbidden:
+            refused.append(name)
+        else:
+            allowed.append(name)
+    assert set(allowed) == ALLOWED[role]
+    assert set(refused) == set(OPERATIONS) - ALLOWED[role]
+
+
+def test_gateway_cannot_decrypt_training_checkpoints(estate: Estate) -> None:
+    """The gateway's token cannot unwrap a checkpoint data key, nor an adapter's."""
+    with pytest.raises(VaultForbidden, match="unwrap data key"):
+        estate.services["gateway"].unwrap(CHECKPOINTS, estate.checkpoint_key)
+    with pytest.raises(VaultForbidden):
+        estate.services["gateway"].unwrap(ARTIFACTS, estate.artifact_key)
+
+
+def test_trainer_cannot_sign_audit_checkpoints(estate: Estate) -> None:
+    """The trainer's token cannot sign (or forge) an audit checkpoint."""
+    with pytest.raises(VaultForbidden, match="sign"):
+        estate.services["trainer"].sign(AUDIT_SIGNING, b"forged checkpoint")
+
+
+def test_operator_rotates_but_never_sees_plaintext(estate: Estate) -> None:
+    """The operator can rotate and rewrap, but unwrapping or making a data key is refused."""
+    operator = estate.services["operator"]
+    operator.rotate(ARTIFACTS)
+    rewrapped = operator.rewrap(ARTIFACTS, estate.artifact_key)
+    assert rewrapped != estate.artifact_key
+    with pytest.raises(VaultForbidden):
+        operator.unwrap(ARTIFACTS, rewrapped)
+    with pytest.raises(VaultForbidden):
+        operator.data_key(ARTIFACTS)
+    assert estate.services["registry"].unwrap(ARTIFACTS, rewrapped) == estate.services["registry"].unwrap(
+        ARTIFACTS, estate.artifact_key
+    )
+
+
+def test_operator_status_lists_keys_others_cannot(estate: Estate) -> None:
+    """The operator's status lists the appliance keys; a service's status says it may not list them."""
+    names = {k.name for k in estate.services["operator"].status().keys}
+    assert {CHECKPOINTS, ARTIFACTS, AUDIT_HMAC, AUDIT_SIGNING} <= names
+    gateway_status = estate.services["gateway"].status()
+    assert gateway_status.keys == [] and "may not list" in (gateway_status.detail or "")
+
+
+def test_missing_key_and_no_right_to_create_it_is_a_clear_error(openbao_private: OpenBaoServer, tmp_path: Path) -> None:
+    """A service whose key the operator has not created yet is told so, and nothing is created."""
+    provision(openbao_private)
+    trainer = login_as(openbao_private, "trainer", tmp_path)
+    with pytest.raises(VaultForbidden, match="operator must create it"):
+        trainer.data_key(CHECKPOINTS)
+    keys = VaultKeyService(openbao_private.client()).status().keys
+    assert keys == []
+
+
+def test_every_policy_file_has_a_header_and_is_exercised() -> None:
+    """Each policy file starts with a comment saying what the role may and may not do, and has a test role."""
+    stems = {p.stem for p in POLICY_DIR.glob("*.hcl")}
+    assert stems == set(ROLES)
+    for role in ROLES:
+        text = (POLICY_DIR / f"{role}.hcl").read_text()
+        assert text.startswith(f"# appliance-{role}:")
+        assert "# May:" in text and "# May not:" in text
