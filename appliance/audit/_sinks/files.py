@@ -134,7 +134,7 @@ class FileSink:
         directory = self.root / lane
         try:
             directory.mkdir(exist_ok=True, mode=0o700)
-            fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(directory / ".lock", os.O_RDONLY | os.O_CREAT, 0o600)  # no write access held
         except OSError as exc:
             raise _unavailable("open its lock file", exc) from exc
         try:
@@ -175,7 +175,7 @@ class FileSink:
                     path.unlink()
                     _fsync_dir(self._dir)
         except OSError as exc:
-            raise _unavailable("read its segments", exc) from exc
+            raise _unavailable("recover the end of its chain", exc) from exc
         return ChainHead(self._writer_id, head_seq, head_hash, tuple(recoveries))
 
     def _anchor_head(self) -> tuple[int, str] | None:
@@ -213,10 +213,15 @@ class FileSink:
             n += 1
         fd = os.open(keep, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, torn)
+            view = memoryview(torn)
+            while view:
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
-        finally:
+        except OSError:
             os.close(fd)
+            keep.unlink(missing_ok=True)  # nothing is cut until the torn bytes are safely kept
+            raise
+        os.close(fd)
         fd = os.open(path, os.O_WRONLY)
         try:
             os.ftruncate(fd, good_end)
@@ -227,6 +232,9 @@ class FileSink:
         return Recovery(location=f"{self._writer_id}/{path.name}", truncated_bytes=size - good_end, kept_as=keep.name)
 
     def _open_segment(self, path: Path, *, records: int) -> None:
+        if records >= self.segment_max_records:
+            self._fd, self._segment = None, None  # full: the next append starts a new segment
+            return
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         self._segment, self._segment_records = path, records
 
@@ -264,6 +272,8 @@ class FileSink:
             self._close_segment()
             raise _unavailable("write a record", exc) from exc
         self._segment_records += len(lines)
+        if self._segment_records >= self.segment_max_records:
+            self._close_segment()  # a full segment holds no open write handle; the next batch starts a new one
 
     def probe(self) -> None:
         assert self._dir is not None, "open() first"
