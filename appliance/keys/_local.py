@@ -191,6 +191,14 @@ class LocalKeyService:
         log.info("keys.secret_written", path=path, backend="local")
 
     # --- operator view ---------------------------------------------------------------------------------------
+    def create(self, name: str, key_type: str = AES) -> None:
+        """Create a key ahead of use (operator), of type aes256-gcm96 or ed25519; an existing one is kept."""
+        if key_type not in (AES, ED25519):
+            raise ValidationFailed(f"key type must be {AES!r} or {ED25519!r}, not {key_type!r}")
+        key = self._key(check_name(name), key_type, create=True)
+        if key["type"] != key_type:
+            raise KeyUnavailable(f"key {name!r} already exists as a {key['type']} key")
+
     def status(self) -> KeyServiceStatus:
         """What an operator may see: where the keystore is and each key's type and versions (no material)."""
         doc = self._read() if self._path.exists() else {"keys": {}, "secrets": {}}

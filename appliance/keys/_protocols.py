@@ -30,6 +30,10 @@ class ManagedKeyService(KeyService, SecretStore, Protocol):
 
     backend: str
 
+    def create(self, name: str, key_type: str = "aes256-gcm96") -> None:
+        """Create a key ahead of use: ``aes256-gcm96`` (data keys, HMAC) or ``ed25519`` (signing)."""
+        ...
+
     def status(self) -> KeyServiceStatus:
         """Where the keys are, whether the service is sealed, and each key's versions (never material)."""
         ...
