@@ -1,0 +1,159 @@
+"""Publish output: what TGI, vLLM and the embedded engine read, checked against each one's documented syntax."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from appliance.config import load_settings
+from appliance.errors import AuditUnavailable, ConfigError, Conflict
+from appliance.registry import Registry, open_registry
+from tests.conftest import REPO_ROOT
+from tests.registry.conftest import APPROVERS, OPERATOR, RecordingAudit, RunFactory, snapshot
+
+
+def _approved(registry: Registry, make_run: RunFactory, name: str) -> None:
+    info = registry.add(make_run(), name, OPERATOR)
+    for approver in APPROVERS:
+        registry.approve(name, info.version, approver)
+
+
+def parse_tgi_lora_adapters(value: str) -> list[tuple[str, str | None]]:
+    """TGI's own parser (server/text_generation_server/utils/adapter.py, parse_lora_adapters), restated."""
+    if not value:
+        return []
+    adapters = []
+    for adapter in value.split(","):
+        parts = adapter.strip().split("=")
+        if len(parts) == 1:
+            adapters.append((parts[0], None))
+        elif len(parts) == 2:
+            adapters.append((parts[0], parts[1]))
+        else:
+            raise ValueError(f"Invalid LoRA adapter format: {adapter}")
+    return adapters
+
+
+@dataclass
+class LoRAModulePath:
+    """vLLM's LoRAModulePath (vllm/entrypoints/openai/models/protocol.py): the fields --lora-modules accepts."""
+
+    name: str
+    path: str
+    base_model_name: str | None = None
+
+
+def parse_vllm_lora_module(item: str) -> LoRAModulePath:
+    """vLLM's LoRAParserAction for one --lora-modules value (vllm/entrypoints/openai/cli_args.py), restated."""
+    if "=" in item and "," not in item:
+        name, path = item.split("=")
+        return LoRAModulePath(name, path)
+    return LoRAModulePath(**json.loads(item))
+
+
+def test_backend_lists_match_documented_syntax(registry: Registry, make_run: RunFactory) -> None:
+    """TGI's env line, vLLM's JSON modules and the embedded list parse with each backend's rules and agree."""
+    for name in ("triage", "discharge"):
+        _approved(registry, make_run, name)
+        for target in ("tgi", "vllm", "embedded"):
+            registry.publish(name, 1, target, OPERATOR)
+    serving = registry.publisher.serving_dir
+
+    env = (serving / "tgi" / "lora_adapters.env").read_text()
+    assert env.endswith("\n") and env.count("\n") == 1
+    key, _, value = env.strip().partition("=")
+    assert key == "LORA_ADAPTERS"
+    tgi = parse_tgi_lora_adapters(value)
+    assert [i for i, _ in tgi] == ["discharge-v1", "triage-v1"]
+
+    modules = [
+        parse_vllm_lora_module(json.dumps(m)) for m in json.loads((serving / "vllm" / "lora_modules.json").read_text())
+    ]
+    assert [m.name for m in modules] == ["discharge-v1", "triage-v1"]
+    base = registry.show("triage", 1).base_model["path"]
+    assert all(m.base_model_name == base for m in modules)
+
+    embedded = json.loads((serving / "embedded" / "adapters.json").read_text())["adapters"]
+    assert [(a["id"], a["name"], a["version"]) for a in embedded] == [
+        ("discharge-v1", "discharge", 1),
+        ("triage-v1", "triage", 1),
+    ]
+    assert {a["fingerprint"] for a in embedded} == {p.fingerprint for p in registry.published()}
+
+    for (_, tgi_path), module, entry in zip(tgi, modules, embedded, strict=True):
+        assert tgi_path == module.path == entry["path"]
+        directory = Path(entry["path"])
+        assert directory.is_absolute() and (directory / "adapter_config.json").is_file()
+        assert [p.name for p in directory.glob("*.safetensors")] == ["adapter_model.safetensors"]
+    leftovers = [p for p in serving.rglob(".*")]
+    assert leftovers == [], leftovers
+
+
+def test_published_adapter_loads_with_peft(registry: Registry, make_run: RunFactory, tiny_model: Path) -> None:
+    """The decrypted copy is a working peft adapter whose base path was rewritten to the registered base model."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    _approved(registry, make_run, "triage")
+    published = registry.publish("triage", 1, "embedded", OPERATOR)
+    served = registry.publisher.adapter_dir(published.served_id)
+    config = json.loads((served / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_model)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), served)
+    assert any("lora_A" in n for n, _ in model.named_parameters())
+
+
+def test_publish_twice_to_same_target_refused(registry: Registry, make_run: RunFactory) -> None:
+    """Publishing an adapter already on a target is a Conflict; another target is fine."""
+    _approved(registry, make_run, "triage")
+    registry.publish("triage", 1, "tgi", OPERATOR)
+    with pytest.raises(Conflict, match="already published to tgi"):
+        registry.publish("triage", 1, "tgi", OPERATOR)
+    assert registry.publish("triage", 1, "vllm", OPERATOR).targets == ("tgi", "vllm")
+
+
+def test_audit_refusal_rolls_back_publish(registry: Registry, make_run: RunFactory, audit: RecordingAudit) -> None:
+    """If the audit trail refuses the event, the database, the backend lists and the serving dir are as before."""
+    _approved(registry, make_run, "triage")
+    _approved(registry, make_run, "discharge")
+    registry.publish("triage", 1, "tgi", OPERATOR)
+    env_before = (registry.publisher.serving_dir / "tgi" / "lora_adapters.env").read_bytes()
+    before = snapshot(registry)
+    audit.fail = True
+    with pytest.raises(AuditUnavailable):
+        registry.publish("discharge", 1, "tgi", OPERATOR)
+    with pytest.raises(AuditUnavailable):
+        registry.retire("triage", 1, OPERATOR)
+    assert snapshot(registry) == before
+    assert (registry.publisher.serving_dir / "tgi" / "lora_adapters.env").read_bytes() == env_before
+    assert sorted(p.name for p in (registry.publisher.serving_dir / "adapters").iterdir()) == ["triage-v1"]
+
+
+def test_audit_refusal_rolls_back_add(registry: Registry, make_run: RunFactory, audit: RecordingAudit) -> None:
+    """A registration whose audit event fails leaves no rows and no encrypted files behind."""
+    before = snapshot(registry)
+    audit.fail = True
+    with pytest.raises(AuditUnavailable):
+        registry.add(make_run(), "triage", OPERATOR)
+    assert snapshot(registry) == before
+    assert not any(p.is_file() for p in registry.artifacts.root.rglob("*"))
+
+
+def test_unsafe_serving_path_refused(tmp_path: Path, make_run: RunFactory, keys: object) -> None:
+    """A data directory whose path would break TGI's comma/equals syntax is refused before anything is written."""
+    data_dir = tmp_path / "a,b=c"
+    data_dir.mkdir()
+    settings = load_settings(data_dir=data_dir, policies_dir=REPO_ROOT / "policies")
+    from appliance.keys import open_key_service
+
+    reg = open_registry(settings, keys=open_key_service(settings), audit=RecordingAudit())
+    try:
+        _approved(reg, make_run, "triage")
+        with pytest.raises(ConfigError, match="choose another data_dir"):
+            reg.publish("triage", 1, "tgi", OPERATOR)
+        assert reg.show("triage", 1).status == "approved"
+    finally:
+        reg.close()
