@@ -1,7 +1,228 @@
-"""`appliance data ...` (sub-app; commands are added by its stage)."""
+"""`appliance data check|scrub|prepare|synth`: intake of JSONL datasets (reports counts, never values)."""
 
 from __future__ import annotations
 
+import getpass
+import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from appliance.cli._common import console, settings_of
+from appliance.errors import ApplianceError
+
+if TYPE_CHECKING:
+    from appliance.config import Settings
+    from appliance.protocols import AuditLog
 
 app = typer.Typer(no_args_is_help=True)
+
+_PROGRESS_MIN_BYTES = 4 * 1024 * 1024  # show a progress bar for inputs at least this large
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[Callable[[int], None] | None]:
+    """A progress callback (bytes read) with a rich bar for large files, else None."""
+    size = path.stat().st_size if path.is_file() else 0
+    if size < _PROGRESS_MIN_BYTES:
+        yield None
+        return
+    with Progress(
+        TextColumn("[bold]reading[/] {task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(path.name, total=size)
+        yield lambda done: bar.update(task, completed=done)
+
+
+def _report_table(title: str, counts: dict[str, int]) -> Table:
+    table = Table(title=title, show_lines=False)
+    table.add_column("placeholder")
+    table.add_column("replaced", justify="right")
+    for kind, count in counts.items():
+        if count:
+            table.add_row(f"[{kind}]", str(count), style=None)
+    table.add_row("total", str(sum(counts.values())), style="bold")
+    return table
+
+
+def _actor() -> dict[str, Any]:
+    return {
+        "subject": os.environ.get("SUDO_USER") or getpass.getuser(),
+        "client_id": None,
+        "auth_method": "cli",
+        "session_id": None,
+        "roles": [],
+    }
+
+
+def _event(status: str, details: dict[str, Any], error_class: str | None = None) -> dict[str, Any]:
+    return {
+        "type": "data.prepare",
+        "actor": _actor(),
+        "action": "prepare",
+        "route": None,
+        "adapter": None,
+        "outcome": {"status": status, "http_status": None, "error_class": error_class},
+        "tokens": None,
+        "latency_ms": None,
+        "request_id": None,
+        "digests": None,
+        "details": details,
+    }
+
+
+def open_intake_audit(settings: Settings) -> AuditLog:
+    """The audit log for `data prepare` (the hook: ``appliance.audit.open_audit_log``); raises AuditUnavailable."""
+    from appliance.audit import open_audit_log
+
+    return open_audit_log(settings)
+
+
+@app.command("check")
+def check(
+    ctx: typer.Context,
+    source: Path = typer.Argument(..., help="JSONL file: instruction, response, optional subject_id and metadata."),
+    phi: bool = typer.Option(False, "--phi", help="Also count the PHI the scrubber would replace (slower)."),
+) -> None:
+    """Validate a JSONL dataset; every problem is listed with its line and field."""
+    from appliance.intake import Scrubber, ScrubReport, read_records
+
+    settings = settings_of(ctx)
+    with _reading(source) as progress:
+        records, info = read_records(source, max_record_bytes=settings.intake.max_record_bytes, progress=progress)
+    subjects = {r.subject_id for r in records if r.subject_id is not None}
+    without = sum(1 for r in records if r.subject_id is None)
+    console.print(
+        f"[green]OK[/] {source.name}: {len(records)} records, {len(subjects)} subjects, "
+        f"{without} records without subject_id, {info.bytes} bytes, sha256={info.sha256[:16]}"
+    )
+    if phi:
+        scrubber, report = Scrubber(), ScrubReport(records=len(records))
+        with console.status("scanning for PHI ..."):
+            for rec in records:
+                fields: dict[str, Any] = {"instruction": rec.instruction, "response": rec.response}
+                if rec.metadata is not None:
+                    fields["metadata"] = rec.metadata
+                report.add(scrubber.scrub_fields(fields)[1])
+        console.print(_report_table("PHI found (counts only)", report.as_dict()))
+
+
+@app.command("scrub")
+def scrub(
+    ctx: typer.Context,
+    source: Path = typer.Argument(..., help="JSONL file to scrub."),
+    out: Path = typer.Option(..., "--out", help="Where to write the scrubbed JSONL (must not exist)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output file."),
+    report_path: Path | None = typer.Option(None, "--report", help="Also write the counts per type as JSON here."),
+) -> None:
+    """Write the same records with PHI replaced by typed placeholders; print counts per type (never values)."""
+    from appliance.intake import scrub_file
+
+    settings = settings_of(ctx)
+    with _reading(source) as progress, console.status("scrubbing ..."):
+        report = scrub_file(
+            source, out, max_record_bytes=settings.intake.max_record_bytes, overwrite=force, progress=progress
+        )
+    console.print(
+        _report_table(f"scrub report: {report.records} records, {report.records_changed} changed", report.as_dict())
+    )
+    if report_path is not None:
+        body = {"records": report.records, "records_changed": report.records_changed, "counts": report.as_dict()}
+        report_path.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+    console.print(f"[green]wrote[/] {out}  (subject_id kept; `data prepare` replaces it with a salted digest)")
+
+
+@app.command("prepare")
+def prepare(
+    ctx: typer.Context,
+    source: Path = typer.Argument(..., help="JSONL file to prepare for training."),
+    out: Path = typer.Option(..., "--out", help="Directory for the prepared dataset (must not exist or be empty)."),
+    eval_fraction: float | None = typer.Option(None, "--eval-fraction", help="Share held out (by subject)."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of the train/eval split."),
+    near_threshold: float | None = typer.Option(
+        None, "--near-threshold", help="MinHash Jaccard threshold for near duplicates (1.0 disables)."
+    ),
+) -> None:
+    """Validate, scrub, deduplicate, split by subject, fingerprint; record `data.prepare` in the audit trail."""
+    from appliance.intake import PrepareOptions
+    from appliance.intake import prepare as run_prepare
+
+    settings = settings_of(ctx)
+    cfg = settings.intake
+    options = PrepareOptions(
+        eval_fraction=cfg.eval_fraction if eval_fraction is None else eval_fraction,
+        split_seed=cfg.split_seed if seed is None else seed,
+        near_duplicate_threshold=cfg.near_duplicate_threshold if near_threshold is None else near_threshold,
+        minhash_num_perm=cfg.minhash_num_perm,
+        max_record_bytes=cfg.max_record_bytes,
+    )
+    audit = open_intake_audit(settings)  # fails closed: no audit trail, no prepared dataset
+
+    def record(manifest: dict[str, Any]) -> None:
+        counts = manifest["counts"]
+        details = {
+            "fingerprint": manifest["fingerprint"],
+            "source_sha256": manifest["source"]["sha256"],
+            "subjects": len(manifest["subjects"]["digests"]),
+            **{k: int(v) for k, v in counts.items()},
+            "phi_replaced": int(sum(manifest["scrub_report"].values())),
+        }
+        audit.record_sync(_event("success", details))
+
+    try:
+        with _reading(source) as progress, console.status("preparing ..."):
+            result = run_prepare(source, out, options, progress=progress, before_commit=record)
+    except ApplianceError as exc:
+        if exc.code != "AUDIT_UNAVAILABLE":
+            with suppress(ApplianceError):  # the original error is what the operator needs to see
+                audit.record_sync(_event("error", {"output": out.name[:128] or None}, exc.code))
+        raise
+    finally:
+        close = getattr(audit, "close_sync", None)
+        if callable(close):
+            close()
+    m = result.manifest
+    c = m["counts"]
+    summary = Table(title=f"prepared {out}", show_header=False)
+    summary.add_column("what")
+    summary.add_column("value", justify="right")
+    for label, value in (
+        ("input records", c["input"]),
+        ("exact duplicates removed", c["exact_duplicates"]),
+        ("near duplicates removed", c["near_duplicates"]),
+        ("train records", c["train"]),
+        ("eval records", c["eval"]),
+        ("subjects (salted digests)", len(m["subjects"]["digests"])),
+    ):
+        summary.add_row(label, str(value))
+    console.print(summary)
+    console.print(_report_table("scrub report (counts only)", m["scrub_report"]))
+    console.print(f"[green]fingerprint[/] {result.fingerprint}")
+
+
+@app.command("synth")
+def synth(
+    out: Path = typer.Option(..., "--out", help="Where to write the synthetic JSONL."),
+    records: int = typer.Option(600, "--records", min=10, max=1_000_000, help="About how many records."),
+    seed: int = typer.Option(2024, "--seed", help="Generator seed (the output is a pure function of it)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing file."),
+) -> None:
+    """Write a synthetic clinical dataset with fake PHI (no real patients) for demos and tests."""
+    from appliance.errors import Conflict
+    from appliance.intake import write_synthetic
+
+    if out.exists() and not force:
+        raise Conflict(f"output {out} already exists; pass --force to replace it")
+    n = write_synthetic(out, n=records, seed=seed)
+    console.print(f"[green]wrote[/] {out}: {n} synthetic records (fake PHI, shared subjects, some duplicates)")

@@ -28,7 +28,7 @@ __all__ = ["find_names"]
 
 _TOKEN = r"[A-Z][a-zA-Z]*(?:['’](?!s\b)[A-Za-z]+)?(?:-[A-Z][a-zA-Z]*)?"  # O'Brien, Smith-Jones; not Smith's
 _INITIAL = r"[A-Z]\."
-_NAME_SEQ = rf"(?:{_TOKEN}|{_INITIAL})(?:\s+(?:{_TOKEN}|{_INITIAL})){{0,3}}"
+_NAME_SEQ = rf"(?:{_INITIAL}|{_TOKEN})(?:\s+(?:{_INITIAL}|{_TOKEN})){{0,3}}"
 
 _HONORIFIC = re.compile(rf"\b(?:Dr|Mr|Mrs|Ms|Mx|Prof|Miss|Mister|Doctor|Sir|Madam)\.?\s+(?P<v>{_NAME_SEQ})")
 _TRIGGER = re.compile(

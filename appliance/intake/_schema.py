@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,19 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+
+
+def safe_field_name(name: str) -> str:
+    """The field name when it is safe to print (identifier-shaped, nothing the scrubber would replace)."""
+    from appliance.intake._scrub import Scrubber
+
+    words = name.replace("_", " ")
+    if _FIELD_NAME.match(name) and Scrubber().scrub_text(words)[0] == words:
+        return name
+    return "<name not shown: may hold PHI>"
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
@@ -121,7 +135,8 @@ def _validate(obj: Any, line: int, raw_sha256: str) -> tuple[Record | None, list
         return None, [Problem(line, None, f"expected a JSON object, got {type(obj).__name__}")]
     problems: list[Problem] = []
     for name in sorted(set(obj) - set(ALLOWED_FIELDS)):
-        problems.append(Problem(line, name, "unknown field (allowed: instruction, response, subject_id, metadata)"))
+        allowed = "allowed: instruction, response, subject_id, metadata"
+        problems.append(Problem(line, safe_field_name(name), f"unknown field ({allowed})"))
     texts: dict[str, str] = {}
     for name in ("instruction", "response"):
         if name not in obj:
@@ -237,7 +252,7 @@ def read_records(
         try:
             obj = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant)
         except _DuplicateKey as exc:
-            problems.append(Problem(number, str(exc), "duplicate key in the JSON object"))
+            problems.append(Problem(number, safe_field_name(str(exc)), "duplicate key in the JSON object"))
             continue
         except json.JSONDecodeError as exc:
             problems.append(Problem(number, None, f"not valid JSON ({exc.msg} at column {exc.colno})"))
