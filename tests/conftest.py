@@ -13,6 +13,7 @@ from appliance.config import Settings, load_settings
 pytest_plugins = [
     "tests.fixtures.openbao",
     "tests.fixtures.postgres",
+    "tests.fixtures.oidc",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

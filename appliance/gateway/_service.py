@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -81,7 +82,18 @@ def _ua(request: Request[Any, Any, Any]) -> str | None:
 
 
 def _ip(request: Request[Any, Any, Any]) -> str | None:
-    return request.client.host if request.client else None
+    host = request.client.host if request.client else None
+    try:
+        return str(ipaddress.ip_address(host)) if host else None
+    except ValueError:  # e.g. a unix socket or a test client's placeholder name
+        return None
+
+
+def _attempted_method(request: Request[Any, Any, Any] | None) -> str:
+    header = request.headers.get("authorization", "") if request is not None else ""
+    if not header:
+        return "oidc"
+    return "api_key" if header.partition(" ")[2].strip().startswith("apk_") else "jwt"
 
 
 def refusal(exc: ApplianceError, audit_id: str | None = None) -> ApplianceError:
@@ -208,6 +220,7 @@ class Gateway:
         event = self.event(
             "gateway.denied",
             ctx=ctx,
+            actor=None if ctx is not None else _anonymous(_attempted_method(request)),
             source=source,
             action=action,
             route=path,
@@ -474,31 +487,30 @@ class Gateway:
                 return False
 
         def keys_ok() -> bool:
-            if self.keys is None:
-                return False
             try:
-                self.keys.hmac("audit", b"readiness-probe")
+                self.digest("readiness-probe")  # the audit HMAC key, through the key service
                 return True
             except Exception:
                 return False
 
         async def audit_ok() -> bool:
-            probe = getattr(self.audit, "health", None)
+            probe = getattr(self.audit, "check_writable", None) or getattr(self.audit, "health", None)
             if probe is None:  # no probe: ready unless the last record failed
                 return self._audit_ok
             try:
-                result = probe()
+                result = await asyncio.to_thread(probe)
                 if asyncio.iscoroutine(result):
                     result = await asyncio.wait_for(result, 2.0)
-                return bool(result)
+                return result is None or bool(result)
             except Exception:
                 return False
 
         return {"backend": await backend_ok(), "keys": await asyncio.to_thread(keys_ok), "audit": await audit_ok()}
 
 
-def _anonymous() -> dict[str, Any]:
-    return {"subject": "anonymous", "client_id": None, "auth_method": "none", "session_id": None, "roles": []}
+def _anonymous(method: str = "oidc") -> dict[str, Any]:
+    """The actor of a refused, unauthenticated request: who is unknown, the method is the one attempted."""
+    return {"subject": "anonymous", "client_id": None, "auth_method": method, "session_id": None, "roles": []}
 
 
 def _system() -> dict[str, Any]:

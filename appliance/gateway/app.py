@@ -148,11 +148,11 @@ def _open_stage(what: str, opener: Callable[[], Any]) -> Any:
 def _digest_fn(keys: KeyService) -> Callable[[str], str]:
     """``appliance.audit.digest`` when the audit stage provides it, else HMAC under the key service's audit key."""
     try:
-        from appliance.audit import digest as audit_digest  # type: ignore[attr-defined]
+        from appliance.audit import digest as audit_digest
 
         return lambda text: str(audit_digest(keys, text))
     except ImportError:
-        return lambda text: keys.hmac("audit", text.encode("utf-8")).hex()
+        return lambda text: keys.hmac("audit-hmac", text.encode("utf-8")).hex()
 
 
 def discovery_jwks_fetcher(issuer: str, *, timeout_s: float = 5.0) -> JWKSFetcher:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
 from appliance.errors import NotFound
@@ -98,10 +98,7 @@ def _get(obj: Any, *names: str) -> Any:
 
 def adapter_ref_of(item: Any) -> AdapterRef:
     """Convert the registry's description of a published version into an AdapterRef (attribute or key access)."""
-    state = _get(item, "state", "status", "stage")
-    is_prod = _get(item, "is_production", "production")
-    if is_prod is None:
-        is_prod = str(getattr(state, "value", state)).lower() == "production"
+    is_prod = _get(item, "is_production")
     return AdapterRef(
         name=str(_get(item, "name")),
         version=int(_get(item, "version")),
@@ -122,4 +119,10 @@ class RegistryCatalog:
             result = await result
         else:
             result = await asyncio.to_thread(lambda: list(result))
-        return [adapter_ref_of(item) for item in result]
+        refs = [adapter_ref_of(item) for item in result]
+        if not any(r.is_production for r in refs):  # the registry publishes "production" status for every version
+            newest: dict[str, int] = {}
+            for r in refs:
+                newest[r.name] = max(newest.get(r.name, 0), r.version)
+            refs = [replace(r, is_production=r.version == newest[r.name]) for r in refs]
+        return refs

@@ -64,7 +64,7 @@ async def create_key(gw: Gateway, ctx: Ctx, name: str, scopes: list[str], ttl_s:
             "admin.apikey.create",
             ctx=ctx,
             action="create",
-            details={"key_id": info.id, "scopes": " ".join(info.scopes)},
+            details={"key_id": info.id, "scopes": ",".join(info.scopes)},
         )
     )
     return key, info, audit_id

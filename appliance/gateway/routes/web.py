@@ -20,6 +20,7 @@ from litestar.response import Redirect, Stream, Template
 
 from appliance.errors import ApplianceError, PermissionDenied, Unauthenticated, ValidationFailed
 from appliance.gateway._service import SESSION_COOKIE, Ctx, Gateway
+from appliance.gateway._service import _ip as client_ip
 from appliance.gateway.routes import admin as admin_api
 from appliance.gateway.routes._common import error_body, gateway_of, trace_headers
 from appliance.gateway.schemas import MAX_PROMPT_CHARS, BreakGlassCreate, InferenceParameters
@@ -71,9 +72,9 @@ async def _page_ctx(request: Request[Any, Any, Any], route: str, *, csrf: str | 
                         "session_id": found.expired_handle,
                         "roles": [],
                     },
-                    source={"ip": request.client.host if request.client else None, "user_agent": None},
+                    source={"ip": client_ip(request), "user_agent": None},
                     action="logout",
-                    route=request.url.path,
+                    route=request.scope.get("path_template") or "/login",
                     details={"reason": found.expired},
                 )
             )
@@ -246,7 +247,7 @@ async def auth_logout(request: Request[Any, Any, Any], data: dict[str, str] = FO
                     "session_id": session.handle,
                     "roles": [],
                 },
-                source={"ip": request.client.host if request.client else None, "user_agent": None},
+                source={"ip": client_ip(request), "user_agent": None},
                 action="logout",
                 route="/auth/logout",
                 details={"reason": "user"},
@@ -277,7 +278,7 @@ async def console(request: Request[Any, Any, Any]) -> Any:
     return _render(request, "console.html", ctx, adapters=options, max_chars=MAX_PROMPT_CHARS)
 
 
-@post("/console/generate", include_in_schema=False)
+@post("/console/generate", include_in_schema=False, status_code=200)
 async def console_generate(request: Request[Any, Any, Any], data: dict[str, Any]) -> Any:
     """The console's streamed answer: ``{"model": "name@version", "prompt": str}`` -> SSE ``{"text": ...}`` events."""
     gw = gateway_of(request)
@@ -308,7 +309,7 @@ async def console_generate(request: Request[Any, Any, Any], data: dict[str, Any]
 
 # --- compliance -----------------------------------------------------------------------------------------------------
 _FILTER_KEYS = ("since", "until", "actor", "adapter", "outcome")
-_SAFE_FILTER = re.compile(r"^[A-Za-z0-9_.:@+\- ]{0,128}$")
+_SAFE_FILTER = re.compile(r"^[A-Za-z0-9_.:@+\-]{0,128}$")
 
 
 def _filters(request: Request[Any, Any, Any]) -> dict[str, str]:

@@ -1,0 +1,189 @@
+"""The attack suite: forged and broken credentials, escalation, traversal, injection, oversized bodies, CSRF,
+session fixation. Each attack must be refused with the right status and must never reach the backend."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+
+import pytest
+from joserfc.jwk import RSAKey
+
+from appliance.gateway._service import SESSION_COOKIE
+from tests.gateway.conftest import Harness
+
+URL = "/v1/inference/adapter/triage/production"
+BODY = {"inputs": "hello", "parameters": {"max_new_tokens": 2}}
+
+
+def _b64(data: dict[str, object]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def _post(h: Harness, token: str | None) -> tuple[int, dict[str, str]]:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    r = h.client.post(URL, json=BODY, headers=headers)
+    return r.status_code, r.json()
+
+
+def test_missing_and_garbled_tokens(h: Harness) -> None:
+    """No credential, a garbled token, a wrong scheme and a huge header are all 401 and audited."""
+    assert _post(h, None)[0] == 401
+    assert _post(h, "not-a-jwt")[0] == 401
+    assert _post(h, "a.b.c")[0] == 401
+    r = h.client.post(URL, json=BODY, headers={"Authorization": "Basic dXNlcjpwYXNz"})
+    assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Bearer")
+    assert h.client.post(URL, json=BODY, headers={"Authorization": "Bearer " + "x" * 9000}).status_code == 401
+    assert h.backend.calls == []
+    denied = h.audit.of_type("gateway.denied")
+    assert len(denied) == 5 and all(e["actor"]["subject"] == "anonymous" for e in denied)
+
+
+def test_alg_none_refused(h: Harness) -> None:
+    """An unsigned token (alg: none) is refused before any key is looked up."""
+    now = int(time.time())
+    claims = {"iss": "https://idp.test.invalid", "aud": "appliance", "sub": "x", "exp": now + 60, "scope": "admin"}
+    token = f"{_b64({'alg': 'none', 'kid': h.idp.key.kid})}.{_b64(claims)}."
+    status, body = _post(h, token)
+    assert status == 401 and "algorithm" in body["error"]
+
+
+def test_hs256_signed_with_public_key_refused(h: Harness) -> None:
+    """Key confusion: a token HMAC-signed with the RSA public key as the secret is refused."""
+    public_pem = h.idp.key.as_pem(private=False)
+    now = int(time.time())
+    claims = {"iss": "https://idp.test.invalid", "aud": "appliance", "sub": "x", "exp": now + 60, "scope": "admin"}
+    signing_input = f"{_b64({'alg': 'HS256', 'kid': h.idp.key.kid})}.{_b64(claims)}"
+    mac = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()  # joserfc refuses to do this
+    token = f"{signing_input}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+    status, body = _post(h, token)
+    assert status == 401 and "algorithm" in body["error"]
+
+
+@pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        ({"exp": int(time.time()) - 3600}, "expired"),
+        ({"nbf": int(time.time()) + 3600}, "not yet valid"),
+        ({"iss": "https://evil.invalid"}, "iss"),
+        ({"aud": "someone-else"}, "aud"),
+    ],
+)
+def test_bad_claims_refused(h: Harness, claims: dict[str, object], reason: str) -> None:
+    """Expired, not-yet-valid, wrong-issuer and wrong-audience tokens are 401 with the reason."""
+    status, body = _post(h, h.idp.token(claims))
+    assert status == 401 and reason in body["error"]
+
+
+def test_unknown_kid_refetches_once_then_refuses(h: Harness) -> None:
+    """A token signed by an unknown key makes the gateway refresh the JWKS (once) and then refuse it."""
+    other = RSAKey.generate_key(2048, parameters={"kid": "attacker-key"})
+    assert _post(h, h.idp.token())[0] == 200
+    jwks = h.gateway.jwt.jwks
+    later = time.monotonic() + 11  # past the minimum interval between refreshes
+    jwks._clock = lambda: later
+    before = h.idp.fetches
+    status, body = _post(h, h.idp.token(header={"kid": "attacker-key"}, key=other))
+    assert status == 401 and "unknown key" in body["error"]
+    assert h.idp.fetches == before + 1
+    _post(h, h.idp.token(header={"kid": "attacker-key-2"}, key=other))
+    assert h.idp.fetches == before + 1  # refreshes are rate-limited: random kids cannot hammer the IdP
+
+
+def test_forged_signature_with_known_kid_refused(h: Harness) -> None:
+    """A token claiming the IdP's kid but signed by another key fails signature verification."""
+    other = RSAKey.generate_key(2048, parameters={"kid": h.idp.key.kid})
+    status, body = _post(h, h.idp.token(key=other))
+    assert status == 401 and "signature" in body["error"]
+
+
+def test_scope_escalation_refused(h: Harness) -> None:
+    """An analyst token cannot reach admin routes, and an admin cannot mint a key with roles it lacks."""
+    r = h.client.post("/v1/admin/keys", json={"name": "x", "scopes": ["admin"]}, headers=h.bearer())
+    assert r.status_code == 403
+    r = h.client.post("/v1/admin/keys", json={"name": "x", "scopes": ["research"]}, headers=h.bearer(scope="admin"))
+    assert r.status_code == 403 and "does not hold" in r.json()["error"]
+    r = h.client.post("/v1/admin/keys", json={"name": "svc", "scopes": ["admin"]}, headers=h.bearer(scope="admin"))
+    assert r.status_code == 201
+    key = r.json()["key"]
+    # the API key holds "admin" only: inference is out of its scope
+    r = h.client.post(URL, json=BODY, headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 403
+
+
+@pytest.mark.parametrize("name", ["..%2F..%2Fetc", "%2E%2E", "triage%00", "TRIAGE", "a" * 80])
+def test_adapter_name_traversal_refused(h: Harness, name: str) -> None:
+    """Traversal and malformed adapter names are 404 and never reach the backend."""
+    r = h.client.post(f"/v1/inference/adapter/{name}/1", json=BODY, headers=h.bearer(scope="research"))
+    assert r.status_code == 404
+    assert h.backend.calls == []
+
+
+def test_openai_model_traversal_and_header_injection(h: Harness) -> None:
+    """A model of '../x@1' or one carrying CR/LF is refused and injects no response header."""
+    for model in ["../etc@1", "triage@1\r\nX-Injected: yes", "triage@../1"]:
+        body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+        r = h.client.post("/v1/chat/completions", json=body, headers=h.bearer(scope="research"))
+        assert r.status_code in (404, 422), model
+        assert "x-injected" not in {k.lower() for k in r.headers}
+    assert h.backend.calls == []
+
+
+def test_oversized_body_refused(h: Harness) -> None:
+    """A body over gateway.max_body_bytes is 413 and never parsed or forwarded."""
+    big = {"inputs": "x" * 2_000_000}
+    r = h.client.post(URL, content=json.dumps(big), headers={**h.bearer(), "Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["error_type"] == "REQUEST_TOO_LARGE"
+    assert h.backend.calls == []
+
+
+def _login(h: Harness, groups: list[str]) -> str:
+    session = h.gateway.sessions.create({"subject": "adam", "name": "Adam", "groups": groups})
+    h.client.cookies.set(SESSION_COOKIE, session.id)
+    return str(session.csrf)
+
+
+def test_csrf_required_on_forms_and_session_api(h: Harness) -> None:
+    """With a session cookie, a form or API POST without the session's CSRF token is refused."""
+    csrf = _login(h, ["appliance-admins"])
+    r = h.client.post("/admin/keys", data={"name": "k", "scopes": "admin", "ttl_days": "1"})
+    assert r.status_code == 403
+    r = h.client.post("/admin/keys", data={"name": "k", "scopes": "admin", "ttl_days": "1", "_csrf": "forged"})
+    assert r.status_code == 403
+    assert h.gateway.apikeys.list() == []
+    r = h.client.post("/admin/keys", data={"name": "k", "scopes": "admin", "ttl_days": "1", "_csrf": csrf})
+    assert r.status_code == 200 and "apk_" in r.text
+    csrf = _login(h, ["analysts"])
+    body = {"model": "triage@production", "prompt": "hi"}
+    assert h.client.post("/console/generate", json=body).status_code == 403
+    r = h.client.post("/console/generate", json=body, headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 200 and '"done": true' in r.text
+
+
+def test_session_fixation_and_forged_cookies(h: Harness) -> None:
+    """A cookie the server never issued gets no session; rotating at login invalidates the old id."""
+    h.client.cookies.set(SESSION_COOKIE, "attacker-chosen-session-id")
+    r = h.client.get("/console", follow_redirects=False)
+    assert r.status_code in (302, 303, 307) and r.headers["location"].startswith("/login")
+    store = h.gateway.sessions
+    pre = store.create({"oidc": {"state": "s"}})
+    post = store.rotate(pre, {"subject": "alice", "groups": ["analysts"]})
+    assert post.id != pre.id and post.csrf != pre.csrf
+    assert store.get(pre.id).session is None and store.get(post.id).session is not None
+
+
+def test_revoked_and_expired_api_keys_refused(h: Harness) -> None:
+    """A revoked key, an expired key and a key with a wrong secret are all 401."""
+    key, info = h.gateway.apikeys.create("svc", ["service.inference"], ttl_s=3600, created_by="test")
+    ok = h.client.post(URL, json=BODY, headers={"Authorization": f"Bearer {key}"})
+    assert ok.status_code == 200
+    tampered = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+    assert h.client.post(URL, json=BODY, headers={"Authorization": f"Bearer {tampered}"}).status_code == 401
+    h.gateway.apikeys.revoke(info.id, revoked_by="test")
+    assert h.client.post(URL, json=BODY, headers={"Authorization": f"Bearer {key}"}).status_code == 401
+    key2, _ = h.gateway.apikeys.create("svc2", ["service.inference"], ttl_s=60, created_by="test")
+    h.gateway.apikeys._clock = lambda: time.time() + 120
+    assert h.client.post(URL, json=BODY, headers={"Authorization": f"Bearer {key2}"}).status_code == 401

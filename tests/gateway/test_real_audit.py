@@ -1,0 +1,108 @@
+"""Every event the gateway writes is accepted by the real audit trail (file sink, real local key service), and
+nothing in the trail carries the prompt, the output, a token or a key."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.testing import TestClient
+
+from appliance.config import Settings, load_settings
+from appliance.gateway import create_app
+from appliance.gateway._service import SESSION_COOKIE
+from appliance.testing import FakeBackend, StaticCatalog
+from tests.conftest import REPO_ROOT
+from tests.gateway.conftest import ADAPTERS, ISSUER, IdP
+
+PROMPT = "ZEBRA-PROMPT-MARKER patient note text"
+
+
+@pytest.fixture
+def real(data_dir: Path, idp: IdP, tmp_path: Path) -> Iterator[tuple[TestClient[Any], Settings, Any]]:
+    """A gateway over the real key service and audit writer (backend and catalog are the shipped fakes)."""
+    from appliance.audit import open_audit_log
+    from appliance.keys import open_key_service
+
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "access.yaml").write_text((REPO_ROOT / "policies" / "access.yaml").read_text())
+    settings = load_settings(data_dir=data_dir, policies_dir=policies)
+    keys = open_key_service(settings)
+    audit = open_audit_log(settings, keys=keys)
+    backend = FakeBackend({a.served_id for a in ADAPTERS}, word="ZEBRA-OUTPUT")
+    app = create_app(
+        settings,
+        backend=backend,
+        audit=audit,
+        registry=StaticCatalog(ADAPTERS),
+        keys=keys,
+        jwks_fetcher=idp.fetch,
+        jwt_issuer=ISSUER,
+    )
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        yield client, settings, app.state.gateway
+
+
+def _records(settings: Settings) -> list[dict[str, Any]]:
+    lines = []
+    for seg in sorted((settings.audit_dir).rglob("segment-*.jsonl")):
+        lines += [json.loads(line) for line in seg.read_text().splitlines() if line.strip()]
+    return lines
+
+
+def test_all_gateway_events_accepted_and_phi_free(real: tuple[TestClient[Any], Settings, Any], idp: IdP) -> None:
+    """Requests, denials, throttles, admin changes, break-glass and policy reloads all land in the real trail."""
+    client, settings, gw = real
+    bearer = {"Authorization": f"Bearer {idp.token()}"}
+    admin = {"Authorization": f"Bearer {idp.token({'scope': 'admin', 'sub': 'adam'})}"}
+    body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 3}}
+    assert client.post("/v1/inference/adapter/triage/production", json=body, headers=bearer).status_code == 200
+    r = client.post("/v1/inference/adapter/triage/production/stream", json=body, headers=bearer)
+    assert r.status_code == 200 and "generated_text" in r.text
+    assert client.post("/v1/inference/adapter/oncology/1", json=body, headers=bearer).status_code == 403
+    assert client.post("/v1/inference/adapter/triage/production", json=body).status_code == 401
+    r = client.post("/v1/admin/keys", json={"name": "svc", "scopes": ["admin"]}, headers=admin)
+    assert r.status_code == 201
+    key, key_id = r.json()["key"], r.json()["id"]
+    assert client.delete(f"/v1/admin/keys/{key_id}", headers=admin).status_code == 200
+    grant = {"subject": "alice", "role": "emergency-clinician", "reason": "Mass casualty incident, ED overflow"}
+    r = client.post("/v1/admin/breakglass", json=grant, headers=admin)
+    assert r.status_code == 201, r.text
+    alice = {"Authorization": f"Bearer {idp.token({'sub': 'alice', 'scope': 'none'})}"}
+    r = client.post("/v1/inference/adapter/oncology/production", json=body, headers=alice)
+    assert r.status_code == 200, r.text
+    (settings.policies_dir / "access.yaml").write_text("roles: {broken: {routes: [nope]}}\n")
+    r = client.post("/v1/admin/policy/reload", headers=admin)
+    assert r.status_code == 422 and r.json()["applied"] is False
+    assert client.post("/v1/inference/adapter/triage/production", json=body, headers=bearer).status_code == 200
+    session = gw.sessions.create({"subject": "alice", "name": "Alice", "groups": ["analysts"]})
+    client.cookies.set(SESSION_COOKIE, session.id)
+    r = client.post(
+        "/console/generate",
+        json={"model": "triage@production", "prompt": PROMPT},
+        headers={"X-CSRF-Token": session.csrf},
+    )
+    assert r.status_code == 200 and '"done": true' in r.text
+
+    records = _records(settings)
+    types = {r["type"] for r in records}
+    assert {
+        "gateway.request",
+        "gateway.response",
+        "gateway.denied",
+        "admin.apikey.create",
+        "admin.apikey.revoke",
+        "admin.breakglass.grant",
+        "policy.reload",
+    } <= types
+    flagged = [r for r in records if r["type"] == "gateway.request" and r["details"].get("breakglass")]
+    assert flagged and flagged[0]["details"]["review_required"] is True
+    blob = json.dumps(records)
+    for secret in ("ZEBRA", key, idp.token().split(".")[2], session.id, session.csrf):
+        assert secret not in blob
+    digests = [r["digests"] for r in records if r["type"] == "gateway.response"]
+    assert digests and all(len(d["prompt"]) == 64 for d in digests)
