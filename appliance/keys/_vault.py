@@ -191,17 +191,26 @@ class VaultKeyService:
         return f"{self._prefix}-{check_name(name)}"
 
     def _call(self, operation: str, fn: Callable[[], T]) -> T:
-        """Run one hvac call at the seam; with AppRole, log in again once when the token was refused."""
+        """Run one hvac call at the seam; with AppRole, log in again once when the token itself has expired."""
         try:
             with _seam(operation, self._addr):
                 return fn()
         except VaultForbidden:
-            if self._login is None:
-                raise
+            if self._login is None or self._token_is_valid():
+                raise  # a policy refusal, not an expired token
             with _seam("login (AppRole)", self._addr):
                 self._login(self._client)
+            log.info("keys.vault_relogin", addr=self._addr)
             with _seam(operation, self._addr):
                 return fn()
+
+    def _token_is_valid(self) -> bool:
+        try:
+            with _seam("token lookup", self._addr):
+                self._client.auth.token.lookup_self()
+        except VaultForbidden:
+            return False
+        return True
 
     def _with_key(self, operation: str, name: str, key_type: str | None, fn: Callable[[str], T]) -> T:
         """Run fn(transit name); create the key first when it is missing and ``key_type`` is given."""

@@ -171,3 +171,19 @@ def test_every_policy_file_has_a_header_and_is_exercised() -> None:
         text = (POLICY_DIR / f"{role}.hcl").read_text()
         assert text.startswith(f"# appliance-{role}:")
         assert "# May:" in text and "# May not:" in text
+
+
+def test_approle_logs_in_again_when_its_token_is_revoked(
+    openbao: OpenBaoServer, estate: Estate, tmp_path: Path
+) -> None:
+    """A revoked or expired AppRole token is replaced by a fresh login once; a policy refusal is not retried."""
+    trainer = login_as(openbao, "trainer", tmp_path)
+    first = trainer._client.token
+    trainer.data_key(CHECKPOINTS)
+    with pytest.raises(VaultForbidden):
+        trainer.sign(AUDIT_SIGNING, b"x")
+    assert trainer._client.token == first  # a policy refusal does not log in again
+    openbao.client().auth.token.revoke(first)
+    plaintext, wrapped = trainer.data_key(CHECKPOINTS)
+    assert trainer._client.token != first
+    assert trainer.unwrap(CHECKPOINTS, wrapped) == plaintext
