@@ -75,7 +75,9 @@ class _Metrics:
         self.generated = Histogram(
             "tgi_request_generated_tokens", "Generated tokens per request", registry=r, buckets=(1, 8, 32, 128, 512)
         )
-        self.cancelled = Counter("appliance_engine_cancelled", "Generations cancelled by disconnect", registry=r)
+        self.cancelled = Counter("appliance_engine_disconnects", "Requests whose client went away", registry=r)
+        dropped = Gauge("appliance_engine_cancelled_sequences", "Sequences dropped after a disconnect", registry=r)
+        dropped.set_function(lambda: engine.scheduler.cancelled_total)
         queue = Gauge("tgi_queue_size", "Requests waiting", registry=r)
         batch = Gauge("tgi_batch_current_size", "Sequences in the running batch", registry=r)
         queue.set_function(lambda: engine.scheduler.waiting)

@@ -123,6 +123,7 @@ class Scheduler:
         self._held = False
         self._stop = False
         self.batches_mixed = 0  # steps that ran more than one adapter (metrics)
+        self.cancelled_total = 0  # sequences dropped because their client went away (metrics)
         self.on_step: Callable[[int, int], None] | None = None  # (batch size, waiting) after each step
         self._thread = threading.Thread(target=self._loop, name="engine-scheduler", daemon=True)
         self._thread.start()
@@ -194,9 +195,11 @@ class Scheduler:
                     room = self.max_batch_size - (len(self._batch.seqs) if self._batch else 0)
                     while room > 0 and self._waiting:
                         sub = self._waiting.popleft()
-                        if not sub.cancelled:
-                            admit.append(sub)
-                            room -= 1
+                        if sub.cancelled:
+                            self.cancelled_total += 1
+                            continue
+                        admit.append(sub)
+                        room -= 1
             for fn, future in controls:
                 if future.set_running_or_notify_cancel():
                     try:
@@ -293,6 +296,7 @@ class Scheduler:
         assert batch is not None
         live = [i for i, s in enumerate(batch.seqs) if not s.sub.cancelled]
         if len(live) != len(batch.seqs):
+            self.cancelled_total += len(batch.seqs) - len(live)
             log.info("engine.cancelled", count=len(batch.seqs) - len(live))
             if not live:
                 self._batch = None

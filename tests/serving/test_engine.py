@@ -1,0 +1,146 @@
+"""The engine's batching: mixed-adapter batches, the bounded queue, cancellation on disconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.serving.conftest import ServerThread
+
+pytestmark = pytest.mark.timeout(300)
+
+PROMPTS = [
+    "the patient was",
+    "history of present illness: chest pain radiating to the left arm",
+    "assessment and plan",
+    "blood pressure",
+    "discharge summary for a",
+    "the",
+    "medication list reviewed with the patient and family",
+    "follow up in two weeks",
+]
+
+
+def _reference_tokens(base: Path, adapter_dir: Path | None, prompt: str, max_new_tokens: int) -> list[int]:
+    """Greedy tokens from plain transformers ``generate`` (with peft for an adapter), one request alone."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base)
+    model: Any = AutoModelForCausalLM.from_pretrained(base)
+    if adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, adapter_dir)
+    model.eval()
+    ids = tok(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    return [int(t) for t in out[0, ids.shape[1] :]]
+
+
+async def test_mixed_adapter_batch_matches_one_at_a_time(engine: Any) -> None:
+    """Eight concurrent requests over the base model and three adapters give the tokens each gives alone."""
+    from appliance.serving.engine import GenerateParameters
+
+    adapters = [None, "triage-v1", "notes-v1", "coding-v1", "triage-v1", None, "coding-v1", "notes-v1"]
+    params = GenerateParameters(max_new_tokens=12)
+    jobs = [engine.prepare(p, params, stream=False, adapter=a) for p, a in zip(PROMPTS, adapters, strict=True)]
+    alone = [(await engine.generate(job)).token_ids for job in jobs]
+    mixed_before = engine.scheduler.batches_mixed
+    together = [f.token_ids for f in await asyncio.gather(*(engine.generate(job) for job in jobs))]
+    assert engine.scheduler.batches_mixed > mixed_before  # they really ran as mixed-adapter batches
+    assert together == alone
+    assert len({tuple(t) for t in alone}) > 1
+
+
+def test_engine_matches_plain_transformers_generate(
+    engine: Any, tiny_model: Path, lora_adapters: dict[str, tuple[Path, str]]
+) -> None:
+    """The engine's greedy tokens equal transformers' generate on the same model and adapter."""
+    from appliance.serving.engine import GenerateParameters
+
+    async def run(prompt: str, adapter: str | None) -> list[int]:
+        job = engine.prepare(prompt, GenerateParameters(max_new_tokens=10), stream=False, adapter=adapter)
+        return list((await engine.generate(job)).token_ids)
+
+    for adapter in (None, "triage-v1"):
+        expected = _reference_tokens(tiny_model, lora_adapters[adapter][0] if adapter else None, PROMPTS[1], 10)
+        assert asyncio.run(run(PROMPTS[1], adapter)) == expected
+
+
+@pytest.fixture(scope="module")
+def small_engine(tiny_model: Path, lora_adapters: dict[str, tuple[Path, str]]) -> Iterator[Any]:
+    """An engine with room for one running and one waiting request, served on loopback."""
+    from appliance.serving import AdapterSpec
+    from appliance.serving.engine import Engine, Limits, create_app
+
+    path, fingerprint = lora_adapters["triage-v1"]
+    eng = Engine.start(
+        tiny_model,
+        [AdapterSpec(id="triage-v1", path=path, fingerprint=fingerprint)],
+        device="cpu",
+        limits=Limits(max_input_tokens=256, max_total_tokens=1024),
+        max_batch_size=1,
+        max_queue=1,
+    )
+    with ServerThread(create_app(eng)) as server:
+        yield eng, server.url
+    eng.close()
+
+
+async def _wait_for(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+async def test_full_queue_answers_429_overloaded(small_engine: Any) -> None:
+    """With the queue full, /generate answers 429 and /generate_stream an overloaded SSE event; then both work."""
+    engine, url = small_engine
+    body = {"inputs": "the patient was", "parameters": {"max_new_tokens": 3}}
+    engine.scheduler.hold()
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            first = asyncio.create_task(client.post("/generate", json=body))
+            await _wait_for(lambda: engine.scheduler.waiting == 1)
+            refused = await client.post("/generate", json=body)
+            assert refused.status_code == 429
+            assert refused.json() == {"error": "Model is overloaded", "error_type": "overloaded"}
+            streamed = await client.post("/generate_stream", json=body)
+            assert streamed.status_code == 200
+            assert 'data:{"error":"Model is overloaded","error_type":"overloaded"}' in streamed.text
+            engine.scheduler.release()
+            assert (await first).status_code == 200
+            assert (await client.post("/generate", json=body)).status_code == 200
+    finally:
+        engine.scheduler.release()
+
+
+async def test_disconnect_cancels_generation(small_engine: Any) -> None:
+    """A client that goes away (stream closed, or a request that timed out) stops its generation early."""
+    engine, url = small_engine
+    long = {"inputs": "the patient was", "parameters": {"max_new_tokens": 900}}
+    before = engine.scheduler.cancelled_total
+    async with (
+        httpx.AsyncClient(base_url=url, timeout=30) as client,
+        client.stream("POST", "/generate_stream", json=long) as response,
+    ):
+        async for line in response.aiter_lines():
+            if line.startswith("data:"):
+                break  # one token is enough; leave
+    await _wait_for(lambda: engine.scheduler.cancelled_total > before)
+    await _wait_for(lambda: engine.scheduler.running == 0)
+    before = engine.scheduler.cancelled_total
+    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(30, read=0.3)) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.post("/generate", json=long)
+    await _wait_for(lambda: engine.scheduler.cancelled_total > before)
+    await _wait_for(lambda: engine.scheduler.running == 0)

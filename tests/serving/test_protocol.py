@@ -1,0 +1,140 @@
+"""TGI's HTTP protocol details: validation rules and messages, error bodies, answer shapes, OpenAI routes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _post(url: str, path: str, body: Any) -> httpx.Response:
+    return httpx.post(url + path, json=body, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"temperature": 0}, "`temperature` must be strictly positive"),
+        ({"top_p": 1.0}, "`top_p` must be > 0.0 and < 1.0"),
+        ({"top_p": 0}, "`top_p` must be > 0.0 and < 1.0"),
+        ({"typical_p": 1.5}, "`typical_p` must be > 0.0 and < 1.0"),
+        ({"top_k": 0}, "`top_k` must be strictly positive"),
+        ({"max_new_tokens": 0}, "`max_new_tokens` must be strictly positive"),
+        ({"repetition_penalty": 0}, "`repetition_penalty` must be strictly positive"),
+        ({"frequency_penalty": 3}, "`frequency_penalty` must be >= -2.0 and <= 2.0"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "`stop` supports up to 4 stop sequences. Given: 5"),
+        ({"top_n_tokens": 9}, "`top_n_tokens` must be >= 0 and <= 5. Given: 9"),
+        ({"truncate": 0}, "`truncate` must be strictly positive and less than 256. Given: 0"),
+        ({"best_of": 2}, "`best_of` != 1 is not allowed for this endpoint"),
+        ({"max_new_tokens": 510}, "`inputs` tokens + `max_new_tokens` must be <= 512."),
+        ({"adapter_id": "unknown-v1"}, "adapter 'unknown-v1' is not loaded"),
+        ({"max_new_tokens": "many"}, "Failed to deserialize the JSON body"),
+    ],
+)
+def test_invalid_parameters_get_tgi_validation_errors(
+    engine_url: str, parameters: dict[str, Any], message: str
+) -> None:
+    """Each bad parameter is a 422 ``{"error", "error_type": "validation"}`` with TGI's message."""
+    response = _post(engine_url, "/generate", {"inputs": "the patient was", "parameters": parameters})
+    assert response.status_code == 422
+    body = response.json()
+    assert set(body) == {"error", "error_type"} and body["error_type"] == "validation"
+    assert body["error"].startswith(message)
+
+
+def test_empty_and_too_long_inputs(engine_url: str) -> None:
+    """Empty inputs and inputs over max_input_tokens are refused with TGI's messages."""
+    empty = _post(engine_url, "/generate", {"inputs": "", "parameters": {}})
+    assert empty.status_code == 422 and empty.json()["error"] == "`inputs` cannot be empty"
+    long = _post(engine_url, "/generate", {"inputs": "a b " * 200, "parameters": {"max_new_tokens": 1}})
+    assert long.status_code == 422 and long.json()["error"].startswith("`inputs` must have less than 256 tokens")
+    truncated = _post(
+        engine_url, "/generate", {"inputs": "a b " * 200, "parameters": {"max_new_tokens": 1, "truncate": 8}}
+    )
+    assert truncated.status_code == 200
+    assert truncated.headers["x-prompt-tokens"] == "8"
+
+
+def test_malformed_json_is_a_validation_error(engine_url: str) -> None:
+    """A body that is not JSON gets a TGI-shaped 422, not a stack trace."""
+    response = httpx.post(engine_url + "/generate", content=b"{not json", timeout=30)
+    assert response.status_code == 422
+    assert response.json()["error_type"] == "validation"
+
+
+def test_stream_errors_arrive_as_sse_events(engine_url: str) -> None:
+    """On /generate_stream a validation error is an SSE event after a 200, as TGI sends it."""
+    response = _post(engine_url, "/generate_stream", {"inputs": "x", "parameters": {"top_k": -1}})
+    assert response.status_code == 200
+    events = [json.loads(line[5:]) for line in response.text.splitlines() if line.startswith("data:")]
+    assert events == [{"error": "`top_k` must be strictly positive", "error_type": "validation"}]
+    prefill = _post(engine_url, "/generate_stream", {"inputs": "x", "parameters": {"decoder_input_details": True}})
+    assert "`decoder_input_details` == true is not supported when streaming tokens" in prefill.text
+
+
+def test_generate_answer_shape_and_details(engine_url: str) -> None:
+    """/generate returns an object; POST / a one-element list; details carry prefill, tokens and top tokens."""
+    params = {"max_new_tokens": 4, "details": True, "decoder_input_details": True, "top_n_tokens": 3}
+    body = _post(engine_url, "/generate", {"inputs": "the patient was", "parameters": params}).json()
+    details = body["details"]
+    assert details["finish_reason"] == "length" and details["generated_tokens"] == 4
+    assert details["prefill"][0]["logprob"] is None and all(p["logprob"] <= 0 for p in details["prefill"][1:])
+    assert len(details["tokens"]) == 4 and all(len(top) == 3 for top in details["top_tokens"])
+    assert all(
+        top[0]["logprob"] >= t["logprob"] for top, t in zip(details["top_tokens"], details["tokens"], strict=True)
+    )
+    compat = _post(engine_url, "/", {"inputs": "the patient was", "parameters": {"max_new_tokens": 4}}).json()
+    assert isinstance(compat, list) and compat[0]["generated_text"] == body["generated_text"]
+    assert "details" not in compat[0]
+
+
+def test_return_full_text_and_stop_sequences(engine_url: str) -> None:
+    """return_full_text prepends the prompt; a stop sequence ends generation with finish_reason stop_sequence."""
+    prompt = "the patient was"
+    first = _post(engine_url, "/generate", {"inputs": prompt, "parameters": {"max_new_tokens": 6, "details": True}})
+    tokens = first.json()["details"]["tokens"]
+    stop = next(t["text"] for t in tokens[1:] if t["text"].strip())
+    stopped = _post(
+        engine_url,
+        "/generate",
+        {"inputs": prompt, "parameters": {"max_new_tokens": 6, "details": True, "stop": [stop]}},
+    ).json()
+    assert stopped["details"]["finish_reason"] == "stop_sequence"
+    assert stopped["generated_text"].endswith(stop)
+    full = _post(
+        engine_url, "/generate", {"inputs": prompt, "parameters": {"max_new_tokens": 6, "return_full_text": True}}
+    )
+    assert full.json()["generated_text"] == prompt + first.json()["generated_text"]
+
+
+def test_openai_completions_and_models(engine_url: str) -> None:
+    """/v1/completions selects the adapter by ``model``; streams end with [DONE]; /v1/models lists adapters."""
+    models = httpx.get(engine_url + "/v1/models", timeout=30).json()
+    ids = {m["id"]: m["parent"] for m in models["data"]}
+    assert ids["triage-v1"] == ids["notes-v1"] == ids["coding-v1"] is not None
+    body = {"prompt": "the patient was", "max_tokens": 5, "temperature": 0}
+    base = _post(engine_url, "/v1/completions", body).json()
+    adapted = _post(engine_url, "/v1/completions", {**body, "model": "triage-v1"}).json()
+    assert adapted["model"] == "triage-v1" and adapted["usage"]["completion_tokens"] == 5
+    assert adapted["choices"][0]["text"] != base["choices"][0]["text"]
+    streamed = _post(engine_url, "/v1/completions", {**body, "model": "triage-v1", "stream": True})
+    lines = [line for line in streamed.text.splitlines() if line.startswith("data:")]
+    assert lines[-1] == "data: [DONE]"
+    text = "".join(json.loads(line[5:])["choices"][0]["text"] for line in lines[:-1])
+    assert text == adapted["choices"][0]["text"]
+    unknown = _post(engine_url, "/v1/completions", {**body, "model": "nope-v1"})
+    assert unknown.status_code == 422 and unknown.json()["error_type"] == "validation"
+
+
+def test_info_health_metrics(engine_url: str) -> None:
+    """/info reports the model and limits, /health is 200, /metrics is Prometheus text with TGI's names."""
+    info = httpx.get(engine_url + "/info", timeout=30).json()
+    assert info["model_id"] == "tiny" and info["max_total_tokens"] == 512 and info["max_stop_sequences"] == 4
+    assert httpx.get(engine_url + "/health", timeout=30).status_code == 200
+    metrics = httpx.get(engine_url + "/metrics", timeout=30)
+    assert metrics.status_code == 200
+    assert "tgi_request_count_total" in metrics.text and "appliance_engine_adapters_loaded 3.0" in metrics.text
