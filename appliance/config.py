@@ -99,6 +99,10 @@ class GatewaySettings(BaseModel):
     secure_cookies: bool = True
     max_body_bytes: int = 1_048_576
     metrics_token: SecretStr | None = None  # bearer token for /metrics; None -> loopback only
+    tls_cert_file: str | None = None  # PEM certificate chain; required in production (164.312(e)(1))
+    tls_key_file: str | None = None  # PEM private key (mode 0600)
+    oidc_ca_cert: str | None = None  # CA bundle for the IdP's TLS (None: the system store)
+    catalog_ttl_s: float = 2.0  # seconds the registry's published set is cached (un-publish takes effect within it)
 
 
 class IntakeSettings(BaseModel):
