@@ -1,0 +1,190 @@
+"""The Backend clients (embedded, TGI, vLLM) against the embedded engine, and their error mapping.
+
+Real TGI and vLLM need a GPU and their own server binaries, which cannot run here; both speak the protocol the
+embedded engine implements (TGI's routes, and the OpenAI-compatible routes vLLM serves), so the clients are
+tested against the engine. Answers only a real server gives (424, 503, timeouts) come from httpx.MockTransport.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from appliance.config import Settings
+from appliance.errors import (
+    BackendError,
+    BackendOverloaded,
+    BackendTimeout,
+    BackendUnavailable,
+    BackendValidation,
+    ConfigError,
+)
+from appliance.protocols import Backend, GenerationParams
+from appliance.serving import EmbeddedBackend, TGIBackend, VLLMBackend, open_backend
+from appliance.serving._published import read_tgi_list
+from appliance.serving._tgi import PublishedList
+from tests.serving.conftest import ADAPTER_IDS
+
+pytestmark = pytest.mark.timeout(300)
+
+GREEDY = GenerationParams(max_new_tokens=6)
+
+
+async def test_embedded_backend_generate_stream_health_adapters(engine_url: str) -> None:
+    """EmbeddedBackend generates, streams the same tokens, reports health and the engine's adapters."""
+    backend = EmbeddedBackend(engine_url)
+    try:
+        assert isinstance(backend, Backend)
+        assert await backend.health()
+        assert await backend.adapters() == set(ADAPTER_IDS)
+        whole = await backend.generate("triage-v1", "the patient was", GenerationParams(max_new_tokens=6, details=True))
+        events = [e async for e in backend.stream("triage-v1", "the patient was", GREEDY)]
+        assert whole.generated_tokens == 6 and whole.prompt_tokens > 0 and whole.finish_reason == "length"
+        assert whole.details is not None and len(whole.details["tokens"]) == 6
+        assert [e.token_id for e in events] == [t["id"] for t in whole.details["tokens"]]
+        final = events[-1].final
+        assert final is not None and final.text == whole.text and final.prompt_tokens == whole.prompt_tokens
+        assert all(e.final is None for e in events[:-1])
+        with pytest.raises(BackendValidation, match="not loaded"):
+            await backend.generate("unknown-v1", "the patient was", GREEDY)
+        with pytest.raises(BackendValidation, match="temperature"):
+            await backend.generate(None, "x", GenerationParams(temperature=0.0))
+        with pytest.raises(BackendValidation, match="top_k"):
+            _ = [e async for e in backend.stream(None, "x", GenerationParams(top_k=-3))]
+    finally:
+        await backend.aclose()
+
+
+async def test_tgi_backend_routes_only_published_adapters(engine_url: str, tmp_path: Path) -> None:
+    """TGIBackend refuses an adapter not published to that TGI before sending, and sets adapter_id itself."""
+    env = tmp_path / "lora_adapters.env"
+    env.write_text("LORA_ADAPTERS=triage-v1=/srv/adapters/triage-v1\n", encoding="utf-8")
+    backend = TGIBackend(engine_url, published=PublishedList(env, read_tgi_list))
+    embedded = EmbeddedBackend(engine_url)
+    try:
+        assert await backend.adapters() == {"triage-v1"}
+        with pytest.raises(BackendValidation, match="not published"):
+            await backend.generate("notes-v1", "the patient was", GREEDY)
+        served = await backend.generate("triage-v1", "the patient was", GREEDY)
+        assert served.text == (await embedded.generate("triage-v1", "the patient was", GREEDY)).text
+        # adapter_id smuggled in through extra parameters is overwritten by the adapter argument (base here)
+        smuggled = GenerationParams(max_new_tokens=6, extra={"adapter_id": "notes-v1"})
+        assert (await backend.generate(None, "the patient was", smuggled)).text == (
+            await embedded.generate(None, "the patient was", GREEDY)
+        ).text
+        env.write_text("LORA_ADAPTERS=triage-v1=/a,notes-v1=/b\n", encoding="utf-8")
+        assert await backend.adapters() == {"triage-v1", "notes-v1"}  # re-read when the registry republishes
+    finally:
+        await backend.aclose()
+        await embedded.aclose()
+
+
+async def test_vllm_backend_selects_adapter_by_model(engine_url: str, tmp_path: Path) -> None:
+    """VLLMBackend sends the adapter as ``model``, streams, and lists published adapters the server has."""
+    modules = tmp_path / "lora_modules.json"
+    modules.write_text(
+        json.dumps([{"name": a, "path": f"/srv/{a}", "base_model_name": "tiny"} for a in ("triage-v1", "notes-v1")]),
+        encoding="utf-8",
+    )
+    backend = VLLMBackend(engine_url, published_file=modules)
+    embedded = EmbeddedBackend(engine_url)
+    try:
+        assert await backend.adapters() == {"triage-v1", "notes-v1"}
+        for adapter in (None, "notes-v1"):
+            got = await backend.generate(adapter, "the patient was", GREEDY)
+            expected = await embedded.generate(adapter, "the patient was", GREEDY)
+            assert got.text == expected.text and got.generated_tokens == 6 and got.finish_reason == "length"
+        events = [e async for e in backend.stream("notes-v1", "the patient was", GREEDY)]
+        assert events[-1].final is not None
+        assert events[-1].final.text == "".join(e.text for e in events)
+        assert events[-1].final.generated_tokens == 6
+        with pytest.raises(BackendValidation, match="not published"):
+            await backend.generate("coding-v1", "the patient was", GREEDY)
+        with pytest.raises(ConfigError, match="runtime adapter updates are off"):
+            await backend.load_adapter("triage-v1", Path("/srv/triage-v1"))
+    finally:
+        await backend.aclose()
+        await embedded.aclose()
+
+
+def _mock(handler: object) -> httpx.MockTransport:
+    return httpx.MockTransport(handler)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error", "message"),
+    [
+        (422, {"error": "`top_k` must be strictly positive", "error_type": "validation"}, BackendValidation, "top_k"),
+        (424, {"error": "Request failed during generation", "error_type": "generation"}, BackendError, "generation"),
+        (429, {"error": "Model is overloaded", "error_type": "overloaded"}, BackendOverloaded, "overloaded"),
+        (503, {"error": "unhealthy", "error_type": "unhealthy"}, BackendUnavailable, "unhealthy"),
+        (504, {}, BackendTimeout, "HTTP 504"),
+        (500, {"object": "error", "message": "vLLM internal"}, BackendError, "vLLM internal"),
+    ],
+)
+async def test_http_errors_map_to_backend_errors(status: int, body: dict[str, str], error: type, message: str) -> None:
+    """Each answer a real TGI/vLLM gives on failure becomes the matching BackendError subclass."""
+    transport = _mock(lambda request: httpx.Response(status, json=body, headers={"retry-after": "3"}))
+    backend = TGIBackend("http://tgi.invalid", published=None, transport=transport)
+    with pytest.raises(error, match=message) as info:
+        await backend.generate(None, "x", GREEDY)
+    assert type(info.value) is error
+    if error is BackendOverloaded:
+        assert info.value.retry_after == 3.0
+    await backend.aclose()
+
+
+async def test_stream_error_event_maps_to_backend_error() -> None:
+    """An error event inside a TGI stream (after a 200) becomes a typed error."""
+    sse = b'data:{"error":"Request failed during generation: OOM","error_type":"generation"}\n\n'
+    transport = _mock(lambda request: httpx.Response(200, content=sse, headers={"content-type": "text/event-stream"}))
+    backend = TGIBackend("http://tgi.invalid", published=None, transport=transport)
+    with pytest.raises(BackendError, match="OOM"):
+        _ = [e async for e in backend.stream(None, "x", GREEDY)]
+    await backend.aclose()
+
+
+async def test_retries_only_failures_before_sending() -> None:
+    """A refused connection is retried (the request never left); a read timeout is not (it may be running)."""
+    calls: list[str] = []
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        calls.append("connect")
+        if len(calls) < 3:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200, json={"generated_text": "ok", "details": {"generated_tokens": 1}})
+
+    backend = TGIBackend("http://tgi.invalid", published=None, transport=_mock(flaky), retry_backoff_s=0.0)
+    assert (await backend.generate(None, "x", GREEDY)).text == "ok"
+    assert len(calls) == 3
+    await backend.aclose()
+
+    reads: list[str] = []
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        reads.append("read")
+        raise httpx.ReadTimeout("slow", request=request)
+
+    backend = TGIBackend("http://tgi.invalid", published=None, transport=_mock(slow), retry_backoff_s=0.0)
+    with pytest.raises(BackendTimeout):
+        await backend.generate(None, "x", GREEDY)
+    assert reads == ["read"]
+    await backend.aclose()
+
+    backend = TGIBackend("http://127.0.0.1:9", published=None, retries=1, retry_backoff_s=0.0, connect_timeout_s=0.5)
+    with pytest.raises(BackendUnavailable):
+        await backend.generate(None, "x", GREEDY)
+    assert not await backend.health()
+    await backend.aclose()
+
+
+def test_open_backend_follows_settings(settings: Settings) -> None:
+    """open_backend returns the client the settings name, reading the list the registry publishes for it."""
+    assert isinstance(open_backend(settings), EmbeddedBackend)
+    tgi = settings.model_copy(update={"serving": settings.serving.model_copy(update={"backend": "tgi"})})
+    assert type(open_backend(tgi)) is TGIBackend
+    vllm = settings.model_copy(update={"serving": settings.serving.model_copy(update={"backend": "vllm"})})
+    assert type(open_backend(vllm)) is VLLMBackend
