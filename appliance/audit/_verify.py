@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.audit._canonical import GENESIS_HASH
-from appliance.audit._checkpoint import signed_message, verify_signature
+from appliance.audit._checkpoint import key_fingerprint, signed_message, verify_signature
+from appliance.audit._sinks._base import ChainReader
 
-__all__ = ["ChainReport", "Problem", "VerifyReport", "verify_chain"]
+__all__ = ["ChainReport", "Problem", "VerifyReport", "verify_chain", "verify_store"]
 
 _HASH_TAIL = b',"hash":"'
 _CHECKPOINT_TAIL = b',"type":"audit.checkpoint"'
@@ -92,7 +93,7 @@ class VerifyReport:
 
 def verify_chain(
     writer_id: str,
-    chunks: Iterable[tuple[str, bytes]],
+    chunks: Iterable[tuple[str, bytes]] | Iterable[tuple[str, bytes, int]],
     *,
     public_keys: Mapping[int, bytes],
     start: tuple[int, str] | None = (0, GENESIS_HASH),
@@ -100,7 +101,7 @@ def verify_chain(
     require_signed_end: bool = False,
     collect_hashes: bool = False,
 ) -> ChainReport:
-    """Verify one writer's chain given as (location, bytes of whole lines) chunks in order.
+    """Verify one writer's chain given as (location, bytes of whole lines[, line number of the first]) chunks.
 
     ``start`` is the (seq, hash) the first record must follow (the genesis, or a purge anchor); None accepts any
     start (an export of a range). ``allow_gaps`` accepts sequence gaps (a filtered export, whose record set the
@@ -123,10 +124,12 @@ def verify_chain(
     def problem(kind: str, location: str, line: int | None, seq: int | None, message: str) -> None:
         problems.append(Problem(writer_id, kind, location, line, seq, message))
 
-    for location, data in chunks:
+    for chunk in chunks:
+        location, data = chunk[0], chunk[1]
+        first_line = chunk[2] if len(chunk) > 2 else 1  # type: ignore[misc]
         lines = data.split(b"\n")
         torn = lines.pop()
-        for lineno, line in enumerate(lines, 1):
+        for lineno, line in enumerate(lines, first_line):
             # --- fast path: fixed offsets, one SHA-256 -------------------------------------------------------
             comma = line.find(b",", 7, 30)
             if (
@@ -169,7 +172,8 @@ def verify_chain(
                         location,
                         duplicate[2],
                         seq - 1,
-                        f"the record at line {duplicate[2]} is not in the chain: this one follows line {duplicate[1]}",
+                        f"the record at line {duplicate[2]} is not in the chain "
+                        f"(line {lineno} follows line {duplicate[1]})",
                     )
                 else:
                     problem("chain_break", location, lineno, seq, "prev_hash is not the previous record's hash")
@@ -181,7 +185,7 @@ def verify_chain(
                 hashes.append((seq, stored.decode("ascii", "replace")))
             last_seq, prev, expected_seq, last_line = seq, stored, seq + 1, lineno
         if torn:
-            problem("torn", location, len(lines) + 1, None, f"incomplete last line ({len(torn)} bytes)")
+            problem("torn", location, first_line + len(lines), None, f"incomplete last line ({len(torn)} bytes)")
 
     for first, last, location, lineno in gaps:
         missing = set(range(first, last + 1))
@@ -240,3 +244,34 @@ def _check_checkpoint(
         problem("bad_signature", "checkpoint signature does not verify under the audit public key")
         return
     report.signed_through = signed_seq
+
+
+def verify_store(store: ChainReader, public_keys: Mapping[int, bytes], *, writer_id: str | None = None) -> VerifyReport:
+    """Verify every chain in a live store (or one writer's): anchors, records, checkpoints, and a signed end.
+
+    A chain that no process holds must end with a checkpoint (a writer signs on close and on restart after a
+    crash); one that a writer holds may end with records not yet signed.
+    """
+    report = VerifyReport(key_fingerprint=key_fingerprint(public_keys))
+    for wid in [writer_id] if writer_id else store.writers():
+        start: tuple[int, str] = (0, GENESIS_HASH)
+        anchor = store.anchor(wid)
+        if anchor is not None:
+            start = (anchor.seq, anchor.hash)
+            message = signed_message("anchor", wid, anchor.seq, anchor.hash)
+            if anchor.writer_id != wid or not verify_signature(public_keys, message, anchor.signature):
+                report.problems.append(
+                    Problem(
+                        wid, "bad_signature", "anchor.json", None, anchor.seq, "purge anchor signature does not verify"
+                    )
+                )
+        report.chains.append(
+            verify_chain(
+                wid,
+                store.read(wid),
+                public_keys=public_keys,
+                start=start,
+                require_signed_end=not store.is_active(wid),
+            )
+        )
+    return report

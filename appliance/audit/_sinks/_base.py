@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from appliance.audit._canonical import GENESIS_HASH
 
-__all__ = ["ChainHead", "Recovery", "Sink"]
+if TYPE_CHECKING:
+    from appliance.audit._retention import Anchor
+
+__all__ = ["ChainHead", "ChainReader", "Recovery", "Sink"]
 
 
 @dataclass(frozen=True)
@@ -69,4 +72,12 @@ class ChainReader(Protocol):
 
     def read(self, writer_id: str) -> Iterator[tuple[str, bytes]]:
         """(location, raw bytes of whole lines) chunks of the writer's chain in order (segments, pages)."""
+        ...
+
+    def anchor(self, writer_id: str) -> Anchor | None:
+        """The writer's purge anchor, if its chain was purged."""
+        ...
+
+    def is_active(self, writer_id: str) -> bool:
+        """Whether a writer process holds the chain right now (its end is then not yet signed)."""
         ...

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from appliance.audit._canonical import GENESIS_HASH, record_hash, split_line
+from appliance.audit._retention import Anchor, read_anchor
 from appliance.audit._sinks._base import ChainHead, Recovery
 from appliance.errors import AuditUnavailable
 
@@ -83,6 +84,24 @@ class FileStore:
     def anchor_path(self, writer_id: str) -> Path:
         """Where the writer's purge anchor lives."""
         return self.root / writer_id / "anchor.json"
+
+    def anchor(self, writer_id: str) -> Anchor | None:
+        """The writer's purge anchor, if its chain was purged."""
+        return read_anchor(self.anchor_path(writer_id))
+
+    def is_active(self, writer_id: str) -> bool:
+        """Whether a writer process holds the chain right now (its end is then not yet signed)."""
+        try:
+            fd = os.open(self.root / writer_id / ".lock", os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
 
 
 def _last_record(data: bytes) -> tuple[int, int, str] | None:
@@ -179,9 +198,7 @@ class FileSink:
         return ChainHead(self._writer_id, head_seq, head_hash, tuple(recoveries))
 
     def _anchor_head(self) -> tuple[int, str] | None:
-        from appliance.audit._retention import read_anchor
-
-        anchor = read_anchor(self.store.anchor_path(self._writer_id))
+        anchor = self.store.anchor(self._writer_id)
         return None if anchor is None else (anchor.seq, anchor.hash)
 
     def _recover_segment(self, path: Path) -> tuple[tuple[int, str] | None, Recovery | None]:

@@ -1,0 +1,510 @@
+"""Export a range of the audit trail (JSON lines or CSV) with a signed manifest, and verify an export offline.
+
+An export directory holds ``records.jsonl`` or ``records.csv`` and ``manifest.json``. JSON lines are the stored
+record bytes, verbatim; CSV has one readable column per AU-3 field plus ``record``, the verbatim line, and the
+verifier checks that every readable column still says what the record says. The manifest carries the count, the
+time range, each writer's first/last seq and hash, a digest of every exported record hash, the checkpoint
+signatures, the public keys and their fingerprint, and is itself signed through the key service: an export can be
+verified with nothing but its own files (and the key fingerprint, compared out of band).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from appliance.audit._canonical import HASH_RULE, canonical_json
+from appliance.audit._checkpoint import (
+    AUDIT_SIGNING_KEY,
+    CHECKPOINT_TYPE,
+    decode_public_keys,
+    encode_public_keys,
+    key_fingerprint,
+    sign,
+    verify_signature,
+)
+from appliance.audit._sinks._base import ChainReader
+from appliance.audit._verify import ChainReport, Problem, VerifyReport, verify_chain
+from appliance.errors import Conflict, ValidationFailed
+from appliance.protocols import KeyService
+
+__all__ = ["ExportFilter", "export", "parse_time", "verify_export"]
+
+FORMAT = "appliance-audit-export-v1"
+Format = Literal["jsonl", "csv"]
+
+CSV_COLUMNS = [
+    "writer_id",
+    "seq",
+    "time",
+    "type",
+    "action",
+    "actor_subject",
+    "actor_auth_method",
+    "actor_client_id",
+    "actor_session_id",
+    "actor_roles",
+    "source_ip",
+    "source_user_agent",
+    "route",
+    "adapter_name",
+    "adapter_version",
+    "adapter_fingerprint",
+    "outcome_status",
+    "outcome_http_status",
+    "outcome_error_class",
+    "tokens_prompt",
+    "tokens_generated",
+    "latency_ms",
+    "request_id",
+    "digest_prompt",
+    "digest_output",
+    "details",
+    "event_id",
+    "prev_hash",
+    "hash",
+    "record",
+]
+
+
+def parse_time(text: str) -> str:
+    """An ISO-8601 date or time (naive means UTC) as the log's own format, for range comparisons."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValidationFailed(f"not an ISO-8601 date or time: {text!r}") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+@dataclass(frozen=True)
+class ExportFilter:
+    """Which records to export: a time range (inclusive) and optional actor, adapter and event type."""
+
+    since: str | None = None  # in the log's format (see parse_time)
+    until: str | None = None
+    actor: str | None = None
+    adapter: str | None = None
+    type: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Only a time range: the export is a gap-free slice of each chain."""
+        return self.actor is None and self.adapter is None and self.type is None
+
+    def in_range(self, record: Mapping[str, Any]) -> bool:
+        t = str(record.get("time", ""))
+        return (self.since is None or t >= self.since) and (self.until is None or t <= self.until)
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        if record.get("type") == CHECKPOINT_TYPE:
+            return True  # checkpoints always travel with the records they vouch for
+        actor = (record.get("actor") or {}).get("subject")
+        adapter = (record.get("adapter") or {}).get("name")
+        return (
+            (self.actor is None or actor == self.actor)
+            and (self.adapter is None or adapter == self.adapter)
+            and (self.type is None or record.get("type") == self.type)
+        )
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {
+            "since": self.since,
+            "until": self.until,
+            "actor": self.actor,
+            "adapter": self.adapter,
+            "type": self.type,
+        }
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, list | dict):
+        text = canonical_json(value).decode()
+    else:
+        text = str(value)
+    # Spreadsheet formula injection: a cell must never start with a formula character.
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def csv_row(record: Mapping[str, Any], line: bytes) -> list[str]:
+    """The readable CSV columns of a record, then the verbatim line."""
+    actor = record.get("actor") or {}
+    source = record.get("source") or {}
+    adapter = record.get("adapter") or {}
+    outcome = record.get("outcome") or {}
+    tokens = record.get("tokens") or {}
+    digests = record.get("digests") or {}
+    values = [
+        record.get("writer_id"),
+        record.get("seq"),
+        record.get("time"),
+        record.get("type"),
+        record.get("action"),
+        actor.get("subject"),
+        actor.get("auth_method"),
+        actor.get("client_id"),
+        actor.get("session_id"),
+        actor.get("roles"),
+        source.get("ip"),
+        source.get("user_agent"),
+        record.get("route"),
+        adapter.get("name"),
+        adapter.get("version"),
+        adapter.get("fingerprint"),
+        outcome.get("status"),
+        outcome.get("http_status"),
+        outcome.get("error_class"),
+        tokens.get("prompt"),
+        tokens.get("generated"),
+        record.get("latency_ms"),
+        record.get("request_id"),
+        digests.get("prompt"),
+        digests.get("output"),
+        record.get("details") or None,
+        record.get("event_id"),
+        record.get("prev_hash"),
+        record.get("hash"),
+    ]
+    return [*(_cell(v) for v in values), line.decode("utf-8")]
+
+
+@dataclass
+class _WriterSlice:
+    count: int = 0
+    first_seq: int | None = None
+    first_prev_hash: str | None = None
+    first_hash: str | None = None
+    last_seq: int | None = None
+    last_hash: str | None = None
+    digest: Any = None
+    seqs: list[int] | None = None
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        if self.digest is None:
+            self.digest = hashlib.sha256()
+            self.first_seq, self.first_prev_hash = int(record["seq"]), str(record["prev_hash"])
+            self.first_hash = str(record["hash"])
+        self.count += 1
+        self.last_seq, self.last_hash = int(record["seq"]), str(record["hash"])
+        self.seqs = self.seqs if self.seqs is not None else []
+        self.seqs.append(self.last_seq)
+        self.digest.update(self.last_hash.encode())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "first_seq": self.first_seq,
+            "first_prev_hash": self.first_prev_hash,
+            "first_hash": self.first_hash,
+            "last_seq": self.last_seq,
+            "last_hash": self.last_hash,
+            "records_digest": self.digest.hexdigest() if self.digest is not None else None,
+            "seqs": _ranges(self.seqs or []),
+        }
+
+
+def _manifest_message(manifest: Mapping[str, Any]) -> bytes:
+    body = {k: v for k, v in manifest.items() if k != "signature"}
+    return b"appliance-audit-export:v1:" + hashlib.sha256(canonical_json(body)).hexdigest().encode()
+
+
+def export(
+    store: ChainReader,
+    keys: KeyService,
+    out: Path,
+    *,
+    filters: ExportFilter = ExportFilter(),
+    fmt: Format = "jsonl",
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Write the matching records and a signed manifest into ``out`` (new or empty); returns the manifest."""
+    if fmt not in ("jsonl", "csv"):
+        raise ValidationFailed("export format must be 'jsonl' or 'csv'")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise Conflict(f"export directory {out} exists and is not empty")
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    name = f"records.{fmt}"
+    tmp = out / f".{name}.partial"
+    slices: dict[str, _WriterSlice] = {}
+    checkpoints: list[dict[str, Any]] = []
+    first_time = last_time = None
+
+    writers = store.writers()
+    total = len(writers)
+    with tmp.open("w", encoding="utf-8", newline="") as handle:
+        table = csv.writer(handle, lineterminator="\n") if fmt == "csv" else None
+        if table is not None:
+            table.writerow(CSV_COLUMNS)
+        for done, writer_id in enumerate(writers):
+            for line, record in _records(store, writer_id):
+                if not filters.in_range(record) or not filters.matches(record):
+                    continue
+                if record.get("type") == CHECKPOINT_TYPE:
+                    details = record.get("details") or {}
+                    checkpoints.append({"writer_id": writer_id, "seq": record["seq"], **details})
+                slices.setdefault(writer_id, _WriterSlice()).add(record)
+                first_time = first_time or record.get("time")
+                last_time = record.get("time")
+                if table is not None:
+                    table.writerow(csv_row(record, line))
+                else:
+                    handle.write(line.decode("utf-8") + "\n")
+            if on_progress is not None:
+                on_progress(done + 1, total)
+        handle.flush()
+        os.fsync(handle.fileno())
+    file_digest = _sha256_file(tmp)
+    os.replace(tmp, out / name)
+    public_keys = keys.public_keys(AUDIT_SIGNING_KEY)
+    count = sum(s.count for s in slices.values())
+    first = next(iter(slices.values()), None)
+    last = list(slices.values())[-1] if slices else None
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "appliance_version": _version(),
+        "records_file": name,
+        "records_format": fmt,
+        "records_sha256": file_digest,
+        "hash_rule": HASH_RULE,
+        "filter": filters.as_dict(),
+        "complete": filters.complete,
+        "count": count,
+        "range": {"first_time": first_time, "last_time": last_time},
+        "first_hash": first.first_hash if first else None,
+        "last_hash": last.last_hash if last else None,
+        "writers": {wid: s.as_dict() for wid, s in slices.items()},
+        "checkpoints": checkpoints,
+        "public_keys": {AUDIT_SIGNING_KEY: encode_public_keys(public_keys)},
+        "key_fingerprint": key_fingerprint(public_keys),
+    }
+    manifest["signature"] = sign(keys, _manifest_message(manifest))
+    _write_atomic(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
+    return manifest
+
+
+def _records(store: ChainReader, writer_id: str) -> Iterator[tuple[bytes, dict[str, Any]]]:
+    for _, data in store.read(writer_id):
+        for line in data.split(b"\n"):
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a torn or corrupt line: verify reports it; an export carries only records
+            if isinstance(record, dict):
+                yield line, record
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    with tmp.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("appliance")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+# --- offline verification ----------------------------------------------------------------------------------------
+def verify_export(directory: Path, *, expected_key_fingerprint: str | None = None) -> VerifyReport:
+    """Verify an export with only its own files: manifest signature, file digest, every record, every link."""
+    report = VerifyReport()
+
+    def problem(kind: str, location: str, message: str, line: int | None = None, seq: int | None = None) -> None:
+        report.problems.append(Problem("*", kind, location, line, seq, message))
+
+    try:
+        manifest = json.loads((directory / "manifest.json").read_bytes())
+        assert isinstance(manifest, dict) and manifest.get("format") == FORMAT
+        name = str(manifest["records_file"])
+        fmt = manifest["records_format"]
+        writers_meta: dict[str, Any] = manifest["writers"]
+        public_keys = decode_public_keys(manifest["public_keys"][AUDIT_SIGNING_KEY])
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        problem("manifest", "manifest.json", "missing or not an audit export manifest")
+        return report
+    report.key_fingerprint = key_fingerprint(public_keys)
+    if expected_key_fingerprint is not None and report.key_fingerprint != expected_key_fingerprint:
+        problem(
+            "bad_signature", "manifest.json", f"public key fingerprint {report.key_fingerprint} is not the expected one"
+        )
+    if manifest.get("key_fingerprint") != report.key_fingerprint:
+        problem("manifest", "manifest.json", "key_fingerprint does not match the public keys")
+    if not verify_signature(public_keys, _manifest_message(manifest), str(manifest.get("signature", ""))):
+        problem("bad_signature", "manifest.json", "manifest signature does not verify (the manifest was changed)")
+    path = directory / name
+    if not path.is_file() or "/" in name or name.startswith("."):
+        problem("manifest", name, "records file is missing")
+        return report
+    if _sha256_file(path) != manifest.get("records_sha256"):
+        problem("manifest", name, "records file differs from the one exported (details below)")
+    if fmt == "csv":
+        lines = _csv_lines(path, report)
+    else:
+        lines = [(n, line) for n, line in enumerate(path.read_bytes().split(b"\n"), 1) if line]
+    by_writer: dict[str, list[tuple[int, bytes]]] = {}
+    for number, line in lines:
+        by_writer.setdefault(_writer_of(line), []).append((number, line))
+    for writer_id in sorted(set(writers_meta) | set(by_writer)):
+        meta = writers_meta.get(writer_id)
+        rows = by_writer.get(writer_id, [])
+        if meta is None:
+            problem("inserted", name, f"records of writer {writer_id!r}, which the manifest does not list", rows[0][0])
+            continue
+        start = (int(meta["first_seq"]) - 1, str(meta["first_prev_hash"])) if meta.get("first_seq") else None
+        chain = verify_chain(
+            writer_id,
+            ((name, line + b"\n", number) for number, line in rows),
+            public_keys=public_keys,
+            start=start,
+            allow_gaps=not manifest.get("complete", False),
+            collect_hashes=True,
+        )
+        _compare(chain, meta, name, bool(manifest.get("complete", False)), problem)
+        report.chains.append(chain)
+    if sum(c.records for c in report.chains) != manifest.get("count"):
+        problem(
+            "manifest",
+            name,
+            f"{sum(c.records for c in report.chains)} records, the manifest says {manifest.get('count')}",
+        )
+    return report
+
+
+def _compare(
+    chain: ChainReport, meta: Mapping[str, Any], name: str, complete: bool, problem: Callable[..., None]
+) -> None:
+    """The chain against its manifest entry: exactly which listed records are missing and which are not listed."""
+    listed = _expand(meta.get("seqs") or [])
+    present = [seq for seq, _ in chain.hashes or []]
+    missing = sorted(listed.difference(present))
+    extra = sorted(set(present).difference(listed))
+    last = max(present) if present else 0
+    if complete:  # interior gaps were located line by line; what is left is a cut-off end
+        missing = [seq for seq in missing if seq > last]
+    if missing and missing[0] > last:
+        problem(
+            "missing",
+            name,
+            f"{chain.writer_id}: truncated after seq {last}: {_ranges_text(missing)} missing",
+            None,
+            missing[0],
+        )
+    elif missing:
+        problem(
+            "missing",
+            name,
+            f"{chain.writer_id}: {_ranges_text(missing)} listed in the manifest but missing",
+            None,
+            missing[0],
+        )
+    if extra:
+        problem(
+            "inserted", name, f"{chain.writer_id}: {_ranges_text(extra)} not listed in the manifest", None, extra[0]
+        )
+    digest = hashlib.sha256()
+    for _, record_hash in chain.hashes or []:
+        digest.update(record_hash.encode())
+    if not missing and not extra and chain.ok and digest.hexdigest() != meta.get("records_digest"):
+        problem("manifest", name, f"{chain.writer_id}: the records differ from the ones exported")
+
+
+def _ranges(seqs: list[int]) -> list[list[int]]:
+    """Sorted seqs as [first, last] runs (compact in the manifest)."""
+    runs: list[list[int]] = []
+    for seq in seqs:
+        if runs and seq == runs[-1][1] + 1:
+            runs[-1][1] = seq
+        else:
+            runs.append([seq, seq])
+    return runs
+
+
+def _expand(runs: list[list[int]]) -> set[int]:
+    found: set[int] = set()
+    for first, last in runs:
+        found.update(range(int(first), int(last) + 1))
+    return found
+
+
+def _ranges_text(seqs: list[int]) -> str:
+    text = ", ".join(f"seq {a}" if a == b else f"seq {a}..{b}" for a, b in _ranges(seqs)[:5])
+    return text + (" ..." if len(_ranges(seqs)) > 5 else "")
+
+
+def _writer_of(line: bytes) -> str:
+    start = line.find(b'"writer_id":"')
+    if start < 0:
+        return "?"
+    end = line.find(b'"', start + 13)
+    return line[start + 13 : end].decode("utf-8", "replace")
+
+
+def _csv_lines(path: Path, report: VerifyReport) -> list[tuple[int, bytes]]:
+    """The verbatim record lines of a CSV export, checking that every readable column agrees with its record."""
+    lines: list[tuple[int, bytes]] = []
+    with path.open(encoding="utf-8", newline="") as handle:
+        rows = csv.reader(handle)
+        header = next(rows, None)
+        if header != CSV_COLUMNS:
+            report.problems.append(Problem("*", "malformed", path.name, 1, None, "unexpected CSV header"))
+            return lines
+        for number, row in enumerate(rows, 2):
+            if len(row) != len(CSV_COLUMNS):
+                report.problems.append(Problem("*", "malformed", path.name, number, None, "wrong number of columns"))
+                continue
+            line = row[-1].encode("utf-8")
+            try:
+                record = json.loads(line)
+                expected = csv_row(record, line)
+            except (ValueError, AttributeError, TypeError):
+                lines.append((number, line))  # the chain check reports it
+                continue
+            changed = [col for col, a, b in zip(CSV_COLUMNS, row, expected, strict=True) if a != b]
+            if changed:
+                report.problems.append(
+                    Problem(
+                        str(record.get("writer_id")),
+                        "edited",
+                        path.name,
+                        number,
+                        record.get("seq"),
+                        f"column(s) {', '.join(changed)} differ from the signed record",
+                    )
+                )
+            lines.append((number, line))
+    return lines

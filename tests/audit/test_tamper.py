@@ -1,0 +1,226 @@
+"""Tampering of every kind is detected and located: in the live segment files and in exports (JSON lines, CSV)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from appliance.audit import open_audit_log
+from appliance.audit._checkpoint import signed_message
+from appliance.audit._export import ExportFilter, export, verify_export
+from appliance.audit._sinks.files import FileStore
+from appliance.audit._verify import VerifyReport, verify_store
+from appliance.config import Settings
+from appliance.keys import AUDIT_SIGNING, LocalKeyService
+from tests.audit._tamper import forged_signature, read_lines, rehash, relink_from, write_lines
+from tests.audit.conftest import make_event
+
+
+@pytest.fixture
+def chain(settings: Settings, keys: LocalKeyService) -> Path:
+    """A closed chain of about 70 records with a checkpoint every 10; returns its segment file."""
+    settings = settings.model_copy(update={"audit": settings.audit.model_copy(update={"checkpoint_every": 10})})
+    writer = open_audit_log(settings, keys)
+    for i in range(60):
+        writer.record_sync(
+            make_event(request_id=f"r-{i}", actor={"subject": ["alice", "bob"][i % 2], "auth_method": "jwt"})
+        )
+    writer.close_sync()
+    (path,) = [p for _, p in FileStore(settings.audit_dir).segments("node-1")]
+    return path
+
+
+def _verify(settings: Settings, keys: LocalKeyService) -> VerifyReport:
+    return verify_store(FileStore(settings.audit_dir), keys.public_keys(AUDIT_SIGNING))
+
+
+def _kinds(report: VerifyReport) -> list[tuple[str, int | None, int | None]]:
+    return [(p.kind, p.line, p.seq) for p in report.all_problems]
+
+
+class TestLiveLog:
+    def test_untouched_chain_verifies(self, chain: Path, settings: Settings, keys: LocalKeyService) -> None:
+        """The untouched chain verifies, with checkpoints vouching for every record."""
+        report = _verify(settings, keys)
+        assert report.ok and report.chains[0].checkpoints >= 7
+        assert report.chains[0].signed_through == report.chains[0].last_seq - 1
+
+    def test_edited_field_is_located(self, chain: Path, settings: Settings, keys: LocalKeyService) -> None:
+        """Changing one field of line 20 is reported as 'edited' at exactly that line and seq."""
+        lines = read_lines(chain)
+        lines[19] = lines[19].replace(b'"request_id":"r-', b'"request_id":"x-')
+        write_lines(chain, lines)
+        assert _kinds(_verify(settings, keys)) == [("edited", 20, 20)]
+
+    def test_rehashed_edit_breaks_the_link(self, chain: Path, settings: Settings, keys: LocalKeyService) -> None:
+        """An edit with the record's own hash recomputed breaks the next record's link, which is reported."""
+        lines = read_lines(chain)
+        lines[19] = rehash(lines[19].replace(b'"subject":"alice"', b'"subject":"mallo"'))
+        write_lines(chain, lines)
+        assert _kinds(_verify(settings, keys)) == [("chain_break", 21, 21)]
+
+    def test_rewritten_chain_is_caught_by_checkpoints(
+        self, chain: Path, settings: Settings, keys: LocalKeyService
+    ) -> None:
+        """Re-hashing the whole rest of the chain leaves every later checkpoint vouching for the wrong hashes."""
+        lines = read_lines(chain)
+        lines[19] = lines[19].replace(b'"subject":"alice"', b'"subject":"mallo"')
+        relink_from(lines, 19)
+        write_lines(chain, lines)
+        problems = _verify(settings, keys).all_problems
+        assert problems and {p.kind for p in problems} == {"checkpoint_mismatch"}
+        assert problems[0].seq is not None and problems[0].seq > 20 and problems[0].line == problems[0].seq
+
+    def test_forged_checkpoint_is_located(self, chain: Path, settings: Settings, keys: LocalKeyService) -> None:
+        """A rewritten chain whose checkpoints are re-signed with another key fails at the first checkpoint."""
+        lines = read_lines(chain)
+        lines[19] = lines[19].replace(b'"subject":"alice"', b'"subject":"mallo"')
+        relink_from(lines, 19)
+        for i in range(19, len(lines)):
+            if b'"type":"audit.checkpoint"' in lines[i]:
+                record = json.loads(lines[i])
+                prev = json.loads(lines[i - 1])["hash"]
+                old = record["details"]
+                new_sig = forged_signature(signed_message("checkpoint", "node-1", record["seq"] - 1, prev))
+                lines[i] = lines[i].replace(old["signed_hash"].encode(), prev.encode())
+                lines[i] = lines[i].replace(old["signature"].encode(), new_sig.encode())
+                relink_from(lines, i)
+        write_lines(chain, lines)
+        problems = _verify(settings, keys).all_problems
+        assert problems and {p.kind for p in problems} == {"bad_signature"}
+        assert json.loads(read_lines(chain)[problems[0].line - 1])["type"] == "audit.checkpoint"
+
+    def test_deleted_record_is_located(self, chain: Path, settings: Settings, keys: LocalKeyService) -> None:
+        """Deleting the record with seq 30 is reported as missing seq 30 at the line where it should be."""
+        lines = read_lines(chain)
+        del lines[29]
+        write_lines(chain, lines)
+        assert _kinds(_verify(settings, keys)) == [("missing", 30, 30)]
+
+    def test_reordered_records_are_located(self, chain: Path, settings: Settings, keys: LocalKeyService) -> None:
+        """Swapping two records is reported as a reorder at those lines."""
+        lines = read_lines(chain)
+        lines[29], lines[30] = lines[30], lines[29]
+        write_lines(chain, lines)
+        kinds = _kinds(_verify(settings, keys))
+        assert kinds and {k for k, _, _ in kinds} == {"reordered"} and {line for _, line, _ in kinds} <= {30, 31}
+
+    def test_inserted_record_is_located(self, chain: Path, settings: Settings, keys: LocalKeyService) -> None:
+        """A fabricated record inserted after line 30 (own hash valid) is reported as not being in the chain."""
+        lines = read_lines(chain)
+        fake = rehash(lines[30].replace(b'"request_id":"r-', b'"request_id":"f-'))
+        lines.insert(30, fake)
+        write_lines(chain, lines)
+        kinds = _kinds(_verify(settings, keys))
+        assert ("inserted", 31, 31) in kinds or ("duplicate", 32, 31) in kinds, kinds
+
+    def test_truncated_end_is_reported(self, chain: Path, settings: Settings, keys: LocalKeyService) -> None:
+        """Cutting the last records off a closed chain leaves an unsigned end, which is reported."""
+        lines = read_lines(chain)
+        write_lines(chain, lines[:-5])
+        (problem,) = _verify(settings, keys).all_problems
+        assert problem.kind == "unsigned_tail" and problem.seq == len(lines) - 5
+
+
+@pytest.fixture
+def exported(
+    chain: Path, settings: Settings, keys: LocalKeyService, tmp_path: Path, request: pytest.FixtureRequest
+) -> Path:
+    """A full export of the chain in the format the test is parametrised with."""
+    out = tmp_path / "export"
+    export(FileStore(settings.audit_dir), keys, out, fmt=request.param)
+    return out
+
+
+class TestExport:
+    @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+    def test_round_trip(self, chain: Path, settings: Settings, keys: LocalKeyService, tmp_path: Path, fmt: str) -> None:
+        """An export in either format verifies offline with its own files, and counts what the log holds."""
+        out = tmp_path / "out"
+        manifest = export(FileStore(settings.audit_dir), keys, out, fmt=fmt)  # type: ignore[arg-type]
+        total = len(read_lines(chain))
+        assert manifest["count"] == total and manifest["complete"] is True
+        report = verify_export(out, expected_key_fingerprint=manifest["key_fingerprint"])
+        assert report.ok, [str(p) for p in report.all_problems]
+        assert report.records == total
+
+    @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+    def test_filtered_round_trip(
+        self, chain: Path, settings: Settings, keys: LocalKeyService, tmp_path: Path, fmt: str
+    ) -> None:
+        """A filtered export (one actor) carries that actor's records plus checkpoints and verifies."""
+        out = tmp_path / "out"
+        manifest = export(FileStore(settings.audit_dir), keys, out, filters=ExportFilter(actor="bob"), fmt=fmt)  # type: ignore[arg-type]
+        assert 30 <= manifest["count"] < 45 and manifest["complete"] is False
+        assert verify_export(out).ok
+
+    def test_time_range(self, chain: Path, settings: Settings, keys: LocalKeyService, tmp_path: Path) -> None:
+        """--from/--to select a contiguous slice that verifies as complete."""
+        records = [json.loads(line) for line in read_lines(chain)]
+        since, until = records[10]["time"], records[40]["time"]
+        manifest = export(
+            FileStore(settings.audit_dir), keys, tmp_path / "o", filters=ExportFilter(since=since, until=until)
+        )
+        assert manifest["count"] == 31 and manifest["writers"]["node-1"]["first_seq"] == 11
+        assert verify_export(tmp_path / "o").ok
+
+    @pytest.mark.parametrize("exported", ["jsonl"], indirect=True)
+    @pytest.mark.parametrize(
+        ("tamper", "kind", "line"),
+        [
+            (lambda ls: ls.__setitem__(9, ls[9].replace(b'"request_id":"r-', b'"request_id":"x-')), "edited", 10),
+            (lambda ls: ls.__delitem__(9), "missing", 10),
+            (lambda ls: ls.insert(9, ls.pop(10)), "reordered", None),
+            (lambda ls: ls.insert(10, rehash(ls[9].replace(b'"r-', b'"q-'))), None, None),
+            (lambda ls: ls.__delitem__(slice(-3, None)), "missing", None),
+        ],
+        ids=["edit", "delete", "reorder", "insert", "truncate"],
+    )
+    def test_tampered_jsonl_is_located(self, exported: Path, tamper, kind: str | None, line: int | None) -> None:  # type: ignore[no-untyped-def]
+        """Each kind of tampering with records.jsonl fails verification with a located problem of the right kind."""
+        path = exported / "records.jsonl"
+        lines = read_lines(path)
+        tamper(lines)
+        write_lines(path, lines)
+        report = verify_export(exported)
+        assert not report.ok
+        located = [p for p in report.all_problems if p.kind != "manifest"]
+        assert located, [str(p) for p in report.all_problems]
+        if kind is not None:
+            assert any(p.kind == kind for p in located), [str(p) for p in located]
+        if line is not None:
+            assert any(p.line == line for p in located), [str(p) for p in located]
+        assert all(p.line is not None or p.seq is not None for p in located)
+
+    @pytest.mark.parametrize("exported", ["csv"], indirect=True)
+    def test_tampered_csv_column_is_located(self, exported: Path) -> None:
+        """Changing a readable CSV column (not the record) is reported as edited at that row, naming the column."""
+        path = exported / "records.csv"
+        rows = list(csv.reader(path.open(newline="")))
+        rows[5][rows[0].index("actor_subject")] = "mallory"
+        with path.open("w", newline="") as handle:
+            csv.writer(handle, lineterminator="\n").writerows(rows)
+        problems = [p for p in verify_export(exported).all_problems if p.kind == "edited"]
+        assert len(problems) == 1 and problems[0].line == 6 and "actor_subject" in problems[0].message
+
+    @pytest.mark.parametrize("exported", ["jsonl"], indirect=True)
+    def test_tampered_manifest_fails_its_signature(self, exported: Path) -> None:
+        """Changing the manifest (here its count) breaks its signature."""
+        path = exported / "manifest.json"
+        manifest = json.loads(path.read_text())
+        manifest["count"] -= 1
+        path.write_text(json.dumps(manifest))
+        assert "bad_signature" in {p.kind for p in verify_export(exported).all_problems}
+
+    @pytest.mark.parametrize("exported", ["jsonl"], indirect=True)
+    def test_substituted_key_is_caught_by_the_fingerprint(self, exported: Path) -> None:
+        """An export re-signed under an attacker's key fails when the investigator pins the appliance's fingerprint."""
+        manifest = json.loads((exported / "manifest.json").read_text())
+        expected = manifest["key_fingerprint"]
+        manifest["public_keys"]["audit-signing"] = {"1": "A" * 43 + "="}
+        (exported / "manifest.json").write_text(json.dumps(manifest))
+        problems = verify_export(exported, expected_key_fingerprint=expected).all_problems
+        assert any("fingerprint" in p.message for p in problems)
