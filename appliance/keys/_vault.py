@@ -57,7 +57,7 @@ _REJECTED = re.compile(
 
 
 class _KeyMissing(Exception):
-    """Internal signal: the transit key does not exist (Vault answered 'key not found')."""
+    """Internal signal: the transit key does not exist (Vault answered 'key not found'); never leaves this module."""
 
 
 def _vault_message(exc: BaseException) -> str:
@@ -190,19 +190,27 @@ class VaultKeyService:
     def _transit_name(self, name: str) -> str:
         return f"{self._prefix}-{check_name(name)}"
 
-    def _call(self, operation: str, fn: Callable[[], T]) -> T:
-        """Run one hvac call at the seam; with AppRole, log in again once when the token itself has expired."""
+    def _call(self, operation: str, fn: Callable[[], T], *, signal_missing: bool = False) -> T:
+        """Run one hvac call at the seam; with AppRole, log in again once when the token itself has expired.
+
+        A missing transit key is ``NotFound``, or the internal ``_KeyMissing`` when ``signal_missing`` asks for it.
+        """
         try:
-            with _seam(operation, self._addr):
-                return fn()
-        except VaultForbidden:
-            if self._login is None or self._token_is_valid():
-                raise  # a policy refusal, not an expired token
-            with _seam("login (AppRole)", self._addr):
-                self._login(self._client)
-            log.info("keys.vault_relogin", addr=self._addr)
-            with _seam(operation, self._addr):
-                return fn()
+            try:
+                with _seam(operation, self._addr):
+                    return fn()
+            except VaultForbidden:
+                if self._login is None or self._token_is_valid():
+                    raise  # a policy refusal, not an expired token
+                with _seam("login (AppRole)", self._addr):
+                    self._login(self._client)
+                log.info("keys.vault_relogin", addr=self._addr)
+                with _seam(operation, self._addr):
+                    return fn()
+        except _KeyMissing as exc:
+            if signal_missing:
+                raise
+            raise NotFound(f"Vault/OpenBao: {exc} ({operation})") from None
 
     def _token_is_valid(self) -> bool:
         try:
@@ -216,13 +224,13 @@ class VaultKeyService:
         """Run fn(transit name); create the key first when it is missing and ``key_type`` is given."""
         transit = self._transit_name(name)
         try:
-            return self._call(f"{operation} with key {name!r}", lambda: fn(transit))
+            return self._call(f"{operation} with key {name!r}", lambda: fn(transit), signal_missing=True)
         except _KeyMissing:
             if key_type is None:
                 raise NotFound(f"Vault/OpenBao has no transit key {transit!r} ({operation})") from None
         self._create(name, transit, key_type)
         try:
-            return self._call(f"{operation} with key {name!r}", lambda: fn(transit))
+            return self._call(f"{operation} with key {name!r}", lambda: fn(transit), signal_missing=True)
         except _KeyMissing:
             raise KeyUnavailable(f"transit key {transit!r} is still missing after creating it") from None
 
@@ -248,7 +256,7 @@ class VaultKeyService:
                 f"read transit key {name!r}",
                 lambda: self._client.secrets.transit.read_key(transit, mount_point=self._transit_mount),
             )
-        except (_KeyMissing, NotFound):
+        except NotFound:
             raise NotFound(f"Vault/OpenBao has no transit key {transit!r}") from None
         return dict(response["data"])
 
