@@ -155,11 +155,11 @@ def _digest_fn(keys: KeyService) -> Callable[[str], str]:
         return lambda text: keys.hmac("audit-hmac", text.encode("utf-8")).hex()
 
 
-def discovery_jwks_fetcher(issuer: str, *, timeout_s: float = 5.0) -> JWKSFetcher:
+def discovery_jwks_fetcher(issuer: str, *, timeout_s: float = 5.0, verify: bool | str = True) -> JWKSFetcher:
     """Find ``jwks_uri`` through the issuer's discovery document, then fetch the JWKS."""
 
     async def fetch() -> dict[str, Any]:
-        async with httpx.AsyncClient(timeout=timeout_s) as client:
+        async with httpx.AsyncClient(timeout=timeout_s, verify=verify) as client:
             meta = (await client.get(f"{issuer.rstrip('/')}/.well-known/openid-configuration")).json()
             resp = await client.get(meta["jwks_uri"])
             resp.raise_for_status()
@@ -192,7 +192,7 @@ def create_app(
     jwks_fetcher: JWKSFetcher | None = None,
     jwt_issuer: str | None = None,
     audit_reader: AuditReader | None = None,
-    catalog_ttl_s: float = 2.0,
+    catalog_ttl_s: float | None = None,
 ) -> Litestar:
     """Build the gateway. Neighbours not given are opened from settings (their stages' factories)."""
     g = settings.gateway
@@ -223,7 +223,7 @@ def create_app(
     issuer = jwt_issuer or g.oidc_issuer
     validator = None
     if issuer is not None:
-        fetcher = jwks_fetcher or discovery_jwks_fetcher(issuer)
+        fetcher = jwks_fetcher or discovery_jwks_fetcher(issuer, verify=g.oidc_ca_cert or True)
         validator = JWTValidator(
             JWKSCache(fetcher, ttl_s=g.jwks_cache_ttl_s),
             issuer=issuer,
@@ -240,12 +240,15 @@ def create_app(
             f"{g.public_url.rstrip('/')}/auth/callback",
             algorithms=g.jwt_algorithms,
             jwks_ttl_s=g.jwks_cache_ttl_s,
+            verify=g.oidc_ca_cert or True,
         )
     gateway = Gateway(
         settings,
         backend=backend,
         audit=audit,
-        catalog=CachedCatalog(RegistryCatalog(registry), ttl_s=catalog_ttl_s),
+        catalog=CachedCatalog(
+            RegistryCatalog(registry), ttl_s=g.catalog_ttl_s if catalog_ttl_s is None else catalog_ttl_s
+        ),
         keys=keys,
         policy=policy,
         apikeys=ApiKeyStore(db),
