@@ -360,12 +360,15 @@ def _answer(rng: random.Random, task: str, condition_hint: str) -> str:
 
 
 def generate_records(n: int = 600, seed: int = 2024) -> list[dict[str, object]]:
-    """About ``n`` synthetic records: shared subjects, fake PHI of every type, a few exact and near duplicates."""
+    """``n`` synthetic records: shared subjects, fake PHI of every type, ``n // 40`` exact and as many near
+    duplicates."""
     rng = random.Random(seed)
     f = _Fake(rng)
     records: list[dict[str, object]] = []
     subject_no = 0
-    while len(records) < n:
+    dup_count = max(1, n // 40)
+    base = n - 2 * dup_count
+    while len(records) < base:
         subject_no += 1
         patient, mrn = f.name(), f.mrn()
         age = f.old_age() if rng.random() < 0.15 else str(rng.randint(18, 89))
@@ -380,13 +383,12 @@ def generate_records(n: int = 600, seed: int = 2024) -> list[dict[str, object]]:
             if rng.random() < 0.3:
                 rec["metadata"] = {"source": "synthetic", "ward": rng.choice(["4 West", "ICU", "ED"]), "mrn": mrn}
             records.append(rec)
-    records = records[:n]
-    dup_count = max(1, n // 40)
-    for src in rng.sample(records[: n // 2], k=dup_count):  # exact duplicates (after normalisation)
+    records = records[:base]
+    for src in rng.sample(records[: base // 2], k=dup_count):  # exact duplicates (after normalisation)
         dup = dict(src)
         dup["instruction"] = "  " + str(src["instruction"]).upper() + " "
         records.insert(rng.randint(0, len(records)), dup)
-    for src in rng.sample(records[n // 2 :], k=dup_count):  # near duplicates: one extra clause
+    for src in rng.sample(records[base // 2 :], k=dup_count):  # near duplicates: one extra clause
         near = dict(src)
         near["response"] = str(src["response"]) + " Reviewed."
         records.insert(rng.randint(0, len(records)), near)
