@@ -1,0 +1,112 @@
+"""Adapter integrity and reload: fingerprints checked at load, reload without restart (admin route, SIGHUP)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from appliance.errors import IntegrityViolation
+from appliance.serving import AdapterSpec, read_embedded_list
+from tests.serving.conftest import ServerThread, free_port, write_adapter_list
+
+pytestmark = pytest.mark.timeout(300)
+
+Adapters = dict[str, tuple[Path, str]]
+
+
+def test_start_refuses_an_adapter_whose_fingerprint_differs(tiny_model: Path, lora_adapters: Adapters) -> None:
+    """A published fingerprint that does not match the weights stops the engine from starting."""
+    from appliance.serving.engine import Engine
+
+    path, fingerprint = lora_adapters["triage-v1"]
+    wrong = ("0" if fingerprint[0] != "0" else "1") + fingerprint[1:]
+    with pytest.raises(IntegrityViolation, match="triage-v1"):
+        Engine.start(tiny_model, [AdapterSpec(id="triage-v1", path=path, fingerprint=wrong)], device="cpu")
+
+
+def _models(url: str) -> set[str]:
+    data = httpx.get(url + "/v1/models", timeout=30).json()["data"]
+    return {m["id"] for m in data if m["parent"] is not None}
+
+
+@pytest.fixture
+def reloadable(tiny_model: Path, lora_adapters: Adapters, tmp_path: Path) -> Iterator[tuple[Any, str, Path]]:
+    """An engine started from a list with one adapter, with an admin token, served on loopback."""
+    from appliance.serving.engine import Engine, create_app
+
+    listing = write_adapter_list(tmp_path / "adapters.json", {"triage-v1": lora_adapters["triage-v1"]})
+    engine = Engine.start(
+        tiny_model, read_embedded_list(listing), device="cpu", adapter_source=lambda: read_embedded_list(listing)
+    )
+    with ServerThread(create_app(engine, admin_token="s3cret-admin")) as server:
+        yield engine, server.url, listing
+    engine.close()
+
+
+def test_admin_reload_adds_removes_and_checks_fingerprints(reloadable: Any, lora_adapters: Adapters) -> None:
+    """POST /admin/reload swaps in the published set; a bad fingerprint changes nothing (409)."""
+    _engine, url, listing = reloadable
+    auth = {"authorization": "Bearer s3cret-admin"}
+    assert _models(url) == {"triage-v1"}
+    assert httpx.post(url + "/admin/reload", timeout=30).status_code == 401
+    assert httpx.post(url + "/admin/reload", headers={"authorization": "Bearer nope"}, timeout=30).status_code == 401
+
+    write_adapter_list(listing, {"notes-v1": lora_adapters["notes-v1"], "coding-v1": lora_adapters["coding-v1"]})
+    answer = httpx.post(url + "/admin/reload", headers=auth, timeout=60)
+    assert answer.status_code == 200
+    assert answer.json()["added"] == ["coding-v1", "notes-v1"] and answer.json()["removed"] == ["triage-v1"]
+    assert _models(url) == {"notes-v1", "coding-v1"}
+    gone = httpx.post(url + "/generate", json={"inputs": "x", "parameters": {"adapter_id": "triage-v1"}}, timeout=30)
+    assert gone.status_code == 422  # unloaded means refused, not served by the base model
+
+    path, _fingerprint = lora_adapters["triage-v1"]
+    tampered = {"triage-v1": (path, "f" * 64), "notes-v1": lora_adapters["notes-v1"]}
+    write_adapter_list(listing, tampered)
+    refused = httpx.post(url + "/admin/reload", headers=auth, timeout=60)
+    assert refused.status_code == 409 and refused.json()["error_type"] == "integrity"
+    assert _models(url) == {"notes-v1", "coding-v1"}  # rehearsed first: nothing changed
+    ok = httpx.post(url + "/generate", json={"inputs": "x", "parameters": {"adapter_id": "coding-v1"}}, timeout=30)
+    assert ok.status_code == 200
+
+
+@pytest.mark.slow
+def test_cli_serve_reloads_on_sighup(tiny_model: Path, lora_adapters: Adapters, tmp_path: Path) -> None:
+    """`appliance serve --base --adapters FILE` serves the list and re-reads it on SIGHUP without a restart."""
+    listing = write_adapter_list(tmp_path / "adapters.json", {"triage-v1": lora_adapters["triage-v1"]})
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    env["APPLIANCE_DATA_DIR"] = str(tmp_path / "var")
+    command = [sys.executable, "-m", "appliance", "serve", "--base", str(tiny_model), "--adapters", str(listing)]
+    proc = subprocess.Popen([*command, "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "exited"
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "engine did not become healthy"
+            time.sleep(0.3)
+        assert _models(url) == {"triage-v1"}
+        write_adapter_list(listing, {"triage-v1": lora_adapters["triage-v1"], "notes-v1": lora_adapters["notes-v1"]})
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while _models(url) != {"triage-v1", "notes-v1"}:
+            assert time.monotonic() < deadline, "SIGHUP did not reload the adapters"
+            time.sleep(0.2)
+        assert proc.poll() is None  # same process: reloaded, not restarted
+    finally:
+        proc.terminate()
+        proc.wait(30)
