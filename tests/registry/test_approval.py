@@ -81,7 +81,7 @@ def test_tightened_policy_blocks_publish(registry: Registry, make_run: RunFactor
     policies.mkdir()
     (policies / "privacy.yaml").write_text("approval:\n  max_epsilon: 3.0\n  max_canary_exposure: 12.0\n")
     registry.policies_dir = policies
-    with pytest.raises(PolicyViolation, match="approval.max_epsilon"):
+    with pytest.raises(PolicyViolation, match=r"approval\.max_epsilon"):
         registry.publish("triage", 1, "tgi", OPERATOR)
     assert registry.show("triage", 1).status == "approved"
 
@@ -96,7 +96,7 @@ def test_missing_policy_fails_closed(registry: Registry, make_run: RunFactory, t
         registry.approve("triage", 1, ALICE)
     (tmp_path / "nowhere").mkdir()
     (tmp_path / "nowhere" / "privacy.yaml").write_text("approval:\n  max_epsilon: -1\n")
-    with pytest.raises(ConfigError, match="approval.max_epsilon"):
+    with pytest.raises(ConfigError, match=r"approval\.max_epsilon"):
         registry.approve("triage", 1, ALICE)
 
 

@@ -71,7 +71,7 @@ def test_tampered_artifact_refused(registry: Registry, make_run: RunFactory, dam
     [result] = registry.verify()
     assert not result.ok and "adapter_model.safetensors" in (result.error or "")
     before = snapshot(registry)
-    with pytest.raises(IntegrityViolation, match="adapter_model.safetensors"):
+    with pytest.raises(IntegrityViolation, match=r"adapter_model\.safetensors"):
         registry.publish("triage", 1, "tgi", OPERATOR)
     assert snapshot(registry) == before
     _assert_nothing_served(registry)
