@@ -59,23 +59,26 @@ def show(
             str(s.runs),
             style=style,
         )
-    table = Table(title="Runs")
-    for col in ("run", "dataset", "status", "unit", "DP", "steps", "ε", "by", "started (UTC)"):
-        table.add_column(col, no_wrap=col in ("run", "dataset"))
-    for r in runs:
-        table.add_row(
-            r.run_id,
-            r.fingerprint[:12],
-            r.status,
-            r.privacy_unit,
-            "yes" if r.dp else "[yellow]NO[/]",
-            f"{r.steps_taken}/{r.steps_planned}",
-            "-" if r.epsilon is None else f"{r.epsilon:.3f}",
-            r.trained_by,
-            r.started_at.replace("+00:00", "").replace("T", " "),
-        )
+    tables = []
+    for fp in fingerprints:
+        table = Table(title=f"Runs on dataset {fp[:12]}")
+        for col in ("run", "status", "unit", "DP", "steps", "ε", "by", "started (UTC)"):
+            table.add_column(col, no_wrap=col in ("run", "status"))
+        for r in (r for r in runs if r.fingerprint == fp):
+            table.add_row(
+                r.run_id,
+                r.status,
+                r.privacy_unit,
+                "yes" if r.dp else "[yellow]NO[/]",
+                f"{r.steps_taken}/{r.steps_planned}",
+                "-" if r.epsilon is None else f"{r.epsilon:.3f}",
+                r.trained_by,
+                r.started_at.replace("+00:00", "").replace("T", " "),
+            )
+        tables.append(table)
     if not runs:
         console.print("no runs recorded")
         return
     console.print(budgets)
-    console.print(table)
+    for table in tables:
+        console.print(table)

@@ -6,6 +6,7 @@ composed (epsilon, delta) guarantee is converted once, at the end, which is tigh
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 
 from appliance.errors import ValidationFailed
@@ -29,7 +30,9 @@ def composed_epsilon(history: Iterable[Mechanism], delta: float) -> float:
         total = rdp if total is None else total + rdp
     if total is None:
         return 0.0
-    eps, _ = get_privacy_spent(orders=orders, rdp=total, delta=delta)
+    with warnings.catch_warnings():  # "optimal order is the largest alpha": only for very small epsilons
+        warnings.simplefilter("ignore", UserWarning)
+        eps, _ = get_privacy_spent(orders=orders, rdp=total, delta=delta)
     return float(eps)
 
 
@@ -40,8 +43,9 @@ def noise_for_epsilon(*, epsilon: float, delta: float, sample_rate: float, steps
     if epsilon <= 0:
         raise ValidationFailed(f"epsilon must be positive, got {epsilon}")
     try:
-        return float(
-            get_noise_multiplier(
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            sigma = get_noise_multiplier(
                 target_epsilon=epsilon,
                 target_delta=delta,
                 sample_rate=sample_rate,
@@ -49,8 +53,8 @@ def noise_for_epsilon(*, epsilon: float, delta: float, sample_rate: float, steps
                 accountant="rdp",
                 epsilon_tolerance=0.005,
             )
-        )
     except ValueError as exc:
         raise ValidationFailed(
             f"epsilon {epsilon} is too small for {steps} steps at sample rate {sample_rate:.4g}: {exc}"
         ) from exc
+    return float(sigma)

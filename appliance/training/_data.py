@@ -82,8 +82,28 @@ def _read_jsonl(path: Path) -> list[Record]:
     return records
 
 
+def _intake_loader() -> Any:
+    try:
+        from appliance.intake import load_prepared
+    except ImportError:  # the intake stage is not installed: read the contracts.md format ourselves
+        return None
+    return load_prepared
+
+
 def read_prepared(path: Path) -> PreparedDataset:
-    """Read a prepared dataset, verifying its manifest and fingerprint; errors name the file, line and field."""
+    """Read a prepared dataset, verifying its manifest and fingerprint; errors name the file, line and field.
+
+    Uses ``appliance.intake.load_prepared`` (which also checks counts and subjects) when the intake stage is there.
+    """
+    loader = _intake_loader()
+    if loader is not None:
+        loaded = loader(path)
+        train = [Record(r.instruction, r.response, r.subject or None) for r in loaded.train]
+        evals = [Record(r.instruction, r.response, r.subject or None) for r in loaded.eval]
+        for name, recs in (("train.jsonl", train), ("eval.jsonl", evals)):
+            if not recs:
+                raise IntakeRejected(f"{path / name}: no records")
+        return PreparedDataset(Path(loaded.path), str(loaded.fingerprint), train, evals)
     if not path.is_dir():
         raise NotFound(f"prepared dataset not found: {path}")
     manifest_path = path / "manifest.json"

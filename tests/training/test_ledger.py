@@ -1,0 +1,108 @@
+"""The privacy-budget ledger: composition, refusal with the remaining budget, reservations, charges."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance.errors import BudgetExhausted, Conflict
+from appliance.training import DatasetBudget, Ledger, composed_epsilon
+
+FP = "f0" * 32
+BUDGET = DatasetBudget(epsilon_budget=8.0, delta=1e-5)
+
+
+def _begin(ledger: Ledger, run_id: str, steps: int = 10, sigma: float = 1.0, **kw: Any) -> None:
+    ledger.begin(
+        run_id=run_id,
+        fingerprint=kw.pop("fingerprint", FP),
+        out_path=f"/out/{run_id}",
+        budget=kw.pop("budget", BUDGET),
+        dp=kw.pop("dp", True),
+        privacy_unit="record",
+        target_epsilon=1.0,
+        noise_multiplier=sigma,
+        sample_rate=0.1,
+        steps=steps,
+        trained_by="tester",
+    )
+
+
+class TestLedger:
+    def test_charges_are_durable_and_counted(self, tmp_path: Path) -> None:
+        """Each charged step is in the file at once; a closed run counts exactly the steps it took."""
+        ledger = Ledger(tmp_path / "ledger.db")
+        _begin(ledger, "r1", steps=10)
+        for _ in range(3):
+            ledger.charge_step("r1")
+        reopened = Ledger(tmp_path / "ledger.db").get("r1")
+        assert reopened.steps_taken == 3 and reopened.charged_steps == 10  # open: reserves its plan
+        closed = ledger.close("r1", status="failed", reason="test")
+        assert closed.charged_steps == 3
+        assert closed.epsilon == pytest.approx(composed_epsilon([(1.0, 0.1, 3)], 1e-5))
+
+    def test_refuses_over_budget_with_remaining(self, tmp_path: Path) -> None:
+        """A run whose plan would pass the budget is refused before it starts; the message gives what is left."""
+        ledger = Ledger(tmp_path / "ledger.db")
+        _begin(ledger, "r1", steps=10)
+        spent = ledger.spent(FP, BUDGET.delta)
+        with pytest.raises(BudgetExhausted) as err:
+            _begin(ledger, "r2", steps=2000)
+        assert f"{BUDGET.epsilon_budget - spent:.3f} of 8 remaining" in str(err.value)
+        refused = ledger.get("r2")
+        assert refused.status == "refused" and refused.charged_steps == 0
+        assert ledger.spent(FP, BUDGET.delta) == pytest.approx(spent)
+
+    def test_composes_across_runs(self, tmp_path: Path) -> None:
+        """The dataset's spend is the RDP composition of its runs, and other datasets are separate."""
+        ledger = Ledger(tmp_path / "ledger.db")
+        _begin(ledger, "a", steps=20)
+        _begin(ledger, "b", steps=30, sigma=1.5)
+        _begin(ledger, "c", steps=30, fingerprint="0e" * 32)
+        expected = composed_epsilon([(1.0, 0.1, 20), (1.5, 0.1, 30)], 1e-5)
+        assert ledger.spent(FP, 1e-5) == pytest.approx(expected)
+        assert ledger.summary(FP, BUDGET).remaining == pytest.approx(8.0 - expected)
+
+    def test_no_dp_runs_are_recorded_but_not_composed(self, tmp_path: Path) -> None:
+        """A --no-dp run is in the ledger, marked as such, and adds no epsilon."""
+        ledger = Ledger(tmp_path / "ledger.db")
+        ledger.begin(
+            run_id="plain",
+            fingerprint=FP,
+            out_path="/out/plain",
+            budget=BUDGET,
+            dp=False,
+            privacy_unit="record",
+            target_epsilon=None,
+            noise_multiplier=None,
+            sample_rate=0.1,
+            steps=5,
+            trained_by="tester",
+        )
+        ledger.charge_step("plain")
+        entry = ledger.get("plain")
+        assert entry.dp is False and entry.epsilon is None and entry.steps_taken == 1
+        assert ledger.spent(FP, 1e-5) == 0.0
+
+    def test_resume_reserves_on_top_of_charged_steps(self, tmp_path: Path) -> None:
+        """Resuming reserves the steps still to take on top of those charged, and refuses if that no longer fits."""
+        ledger = Ledger(tmp_path / "ledger.db")
+        _begin(ledger, "r1", steps=10)
+        for _ in range(7):
+            ledger.charge_step("r1")
+        entry = ledger.reserve_resume("r1", BUDGET, remaining_steps=6)  # checkpoint at 4 -> 6 more steps
+        assert entry.steps_reserved == 13 and entry.charged_steps == 13
+        with pytest.raises(BudgetExhausted, match="remaining"):
+            ledger.reserve_resume("r1", BUDGET, remaining_steps=5000)
+
+    def test_closed_run_cannot_be_charged(self, tmp_path: Path) -> None:
+        """Once closed, a run takes no more charges and cannot be resumed."""
+        ledger = Ledger(tmp_path / "ledger.db")
+        _begin(ledger, "r1")
+        ledger.close("r1", status="finished")
+        with pytest.raises(Conflict):
+            ledger.charge_step("r1")
+        with pytest.raises(Conflict):
+            ledger.reserve_resume("r1", BUDGET, 1)
