@@ -1,6 +1,7 @@
 # appliance-registry: the adapter registry and publisher (registry add/verify/publish).
 # May: make data keys for adapter artifacts, unwrap them to verify or publish, rewrap them after a rotation.
-# May not: touch training checkpoints' keys, sign or HMAC audit records, rotate or create keys, read secrets.
+# May not: touch training checkpoints' keys, compute audit digests, rotate or create keys, read secrets.
+# The registry CLI writes audit events, so its AppRole also carries appliance-audit-writer (audit-writer.hcl).
 # Assumes transit at transit/ and the key prefix "appliance" (settings.keys.vault_*).
 
 path "transit/datakey/plaintext/appliance-artifacts" {

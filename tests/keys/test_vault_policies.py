@@ -19,19 +19,30 @@ from tests.fixtures.openbao import OpenBaoServer
 pytestmark = pytest.mark.openbao
 
 POLICY_DIR = REPO_ROOT / "policies" / "vault"
-ROLES = ["gateway", "trainer", "registry", "operator", "auditor"]
+# The deployment: each service's AppRole carries its own policy, plus audit-writer where it writes an audit chain.
+ROLE_POLICIES = {
+    "gateway": ["gateway", "audit-writer"],
+    "trainer": ["trainer", "audit-writer"],
+    "registry": ["registry", "audit-writer"],
+    "operator": ["operator"],
+    "auditor": ["auditor"],
+}
+ROLES = list(ROLE_POLICIES)
 
 
 def provision(server: OpenBaoServer) -> None:
-    """Load every policy as 'appliance-<file stem>' and make an AppRole role of the same name for it."""
+    """Load every policy as 'appliance-<file stem>' and make one AppRole role per service with its policies."""
     root = server.client()
     for path in sorted(POLICY_DIR.glob("*.hcl")):
         root.sys.create_or_update_acl_policy(name=f"appliance-{path.stem}", policy=path.read_text())
     if "approle/" not in root.sys.list_auth_methods()["data"]:
         root.sys.enable_auth_method("approle")
-    for role in ROLES:
+    for role, policies in ROLE_POLICIES.items():
         root.auth.approle.create_or_update_approle(
-            f"appliance-{role}", token_policies=[f"appliance-{role}"], token_ttl="10m", secret_id_ttl="10m"
+            f"appliance-{role}",
+            token_policies=[f"appliance-{p}" for p in policies],
+            token_ttl="10m",
+            secret_id_ttl="10m",
         )
 
 
@@ -91,10 +102,11 @@ OPERATIONS: dict[str, Callable[[VaultKeyService, Estate], object]] = {
     "secret.write": lambda s, e: s.put_secret("gateway/session", {"secret": "session-secret"}),
 }
 
+AUDIT_WRITER = {"audit.sign", "audit.verify", "audit.public_keys"}
 ALLOWED: dict[str, set[str]] = {
-    "gateway": {"audit.hmac", "audit.sign", "audit.verify", "audit.public_keys", "secret.gateway.read"},
-    "trainer": {"checkpoints.data_key", "checkpoints.unwrap"},
-    "registry": {"artifacts.data_key", "artifacts.unwrap", "artifacts.rewrap"},
+    "gateway": {"audit.hmac", "secret.gateway.read"} | AUDIT_WRITER,
+    "trainer": {"checkpoints.data_key", "checkpoints.unwrap"} | AUDIT_WRITER,
+    "registry": {"artifacts.data_key", "artifacts.unwrap", "artifacts.rewrap"} | AUDIT_WRITER,
     "operator": {"artifacts.rewrap", "audit.public_keys", "key.rotate", "key.create", "secret.write"},
     "auditor": {"audit.verify", "audit.public_keys"},
 }
@@ -124,10 +136,24 @@ def test_gateway_cannot_decrypt_training_checkpoints(estate: Estate) -> None:
         estate.services["gateway"].unwrap(ARTIFACTS, estate.artifact_key)
 
 
-def test_trainer_cannot_sign_audit_checkpoints(estate: Estate) -> None:
-    """The trainer's token cannot sign (or forge) an audit checkpoint."""
+def test_services_cannot_use_each_others_keys(estate: Estate) -> None:
+    """The trainer cannot unwrap adapters or compute prompt digests; the registry cannot unwrap checkpoints."""
+    with pytest.raises(VaultForbidden):
+        estate.services["trainer"].unwrap(ARTIFACTS, estate.artifact_key)
+    with pytest.raises(VaultForbidden, match="hmac"):
+        estate.services["trainer"].hmac(AUDIT_HMAC, b"a prompt")
+    with pytest.raises(VaultForbidden):
+        estate.services["registry"].unwrap(CHECKPOINTS, estate.checkpoint_key)
+
+
+def test_trainer_policy_alone_cannot_sign_audit_checkpoints(openbao: OpenBaoServer, estate: Estate) -> None:
+    """trainer.hcl by itself grants no signing: only the separately attached audit-writer policy does."""
+    root = openbao.client()
+    token = root.auth.token.create(policies=["appliance-trainer"], ttl="5m")["auth"]["client_token"]
+    trainer_only = VaultKeyService(openbao.client(token))
+    trainer_only.data_key(CHECKPOINTS)
     with pytest.raises(VaultForbidden, match="sign"):
-        estate.services["trainer"].sign(AUDIT_SIGNING, b"forged checkpoint")
+        trainer_only.sign(AUDIT_SIGNING, b"forged checkpoint")
 
 
 def test_operator_rotates_but_never_sees_plaintext(estate: Estate) -> None:
@@ -164,12 +190,12 @@ def test_missing_key_and_no_right_to_create_it_is_a_clear_error(openbao_private:
 
 
 def test_every_policy_file_has_a_header_and_is_exercised() -> None:
-    """Each policy file starts with a comment saying what the role may and may not do, and has a test role."""
+    """Each policy file starts with a comment saying what the role may and may not do, and a role uses it."""
     stems = {p.stem for p in POLICY_DIR.glob("*.hcl")}
-    assert stems == set(ROLES)
-    for role in ROLES:
-        text = (POLICY_DIR / f"{role}.hcl").read_text()
-        assert text.startswith(f"# appliance-{role}:")
+    assert stems == {p for policies in ROLE_POLICIES.values() for p in policies}
+    for stem in stems:
+        text = (POLICY_DIR / f"{stem}.hcl").read_text()
+        assert text.startswith(f"# appliance-{stem}:")
         assert "# May:" in text and "# May not:" in text
 
 
@@ -181,7 +207,7 @@ def test_approle_logs_in_again_when_its_token_is_revoked(
     first = trainer._client.token
     trainer.data_key(CHECKPOINTS)
     with pytest.raises(VaultForbidden):
-        trainer.sign(AUDIT_SIGNING, b"x")
+        trainer.unwrap(ARTIFACTS, estate.artifact_key)
     assert trainer._client.token == first  # a policy refusal does not log in again
     openbao.client().auth.token.revoke(first)
     plaintext, wrapped = trainer.data_key(CHECKPOINTS)
