@@ -252,8 +252,13 @@ def grant_cmd(
     role: str = typer.Option(..., "--role", help="approver or admin."),
     actor: str | None = typer.Option(None, "--actor", help="The admin granting it (authenticated by token)."),
     token_file: Path | None = typer.Option(None, "--token-file", help="The admin's token file. " + _TOKEN_HELP),
+    token_out: Path | None = typer.Option(
+        None, "--token-out", help="Write a new person's token to this new file (mode 0600) instead of printing it."
+    ),
 ) -> None:
-    """Give a person a role; a new person gets a personal token, printed once (only its hash is kept)."""
+    """Give a person a role; a new person gets a personal token, shown once (only its hash is kept)."""
+    if token_out is not None and token_out.exists():
+        raise ValidationFailed(f"--token-out {token_out} already exists; refusing to overwrite a token file")
     with _registry(ctx) as reg:
         if reg.needs_bootstrap():
             if role != "admin":
@@ -267,8 +272,20 @@ def grant_cmd(
             granter = _authenticated(reg, actor, token_file)
         issued = reg.grant(person, role, granter)
     console.print(f"{person} now holds {role}")
-    if issued is not None:
+    if issued is None:
+        return
+    if token_out is not None:
+        _write_token(token_out, issued)
+        console.print(f"personal token for {person} written to {token_out} (mode 0600)")
+    else:
         console.print(f"personal token for {person} (shown once; give it to them in person): {issued}", highlight=False)
+
+
+def _write_token(path: Path, token: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(token + "\n")
 
 
 @app.command("revoke")

@@ -59,10 +59,27 @@ def test_cli_lifecycle(cli: Cli, make_run: RunFactory, tmp_path: Path, data_dir:
     assert code == 0
     olga = _token(out)
     tokens: dict[str, str] = {}
-    for person in ("alice", "bob"):
-        code, out, err = cli("registry", "grant", person, "--role", "approver", "--actor", "olga", stdin=olga + "\n")
-        assert code == 0, err
-        tokens[person] = _token(out)
+    code, out, err = cli("registry", "grant", "alice", "--role", "approver", "--actor", "olga", stdin=olga + "\n")
+    assert code == 0, err
+    tokens["alice"] = _token(out)
+    olga_file, bob_file = tmp_path / "olga.token", tmp_path / "tokens" / "bob"
+    olga_file.write_text(olga)
+    code, out, err = cli(
+        "registry",
+        "grant",
+        "bob",
+        "--role",
+        "approver",
+        "--actor",
+        "olga",
+        "--token-file",
+        str(olga_file),
+        "--token-out",
+        str(bob_file),
+    )
+    assert code == 0, err
+    assert bob_file.stat().st_mode & 0o777 == 0o600 and "written to" in out
+    tokens["bob"] = bob_file.read_text().strip()
     code, _, err = cli(
         "registry", "grant", "mallory", "--role", "approver", "--actor", "olga", stdin="wrong-token-xxxxxxxxxx\n"
     )
