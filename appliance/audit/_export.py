@@ -242,13 +242,21 @@ def export(
     first_time = last_time = None
 
     writers = store.writers()
-    total = len(writers)
+    total = store.total_bytes()
+    done = 0
+
+    def advanced(size: int) -> None:
+        nonlocal done
+        done += size
+        if on_progress is not None:
+            on_progress(done, max(total, done))
+
     with tmp.open("w", encoding="utf-8", newline="") as handle:
         table = csv.writer(handle, lineterminator="\n") if fmt == "csv" else None
         if table is not None:
             table.writerow(CSV_COLUMNS)
-        for done, writer_id in enumerate(writers):
-            for line, record in _records(store, writer_id):
+        for writer_id in writers:
+            for line, record in _records(store, writer_id, advanced):
                 if not filters.in_range(record) or not filters.matches(record):
                     continue
                 if record.get("type") == CHECKPOINT_TYPE:
@@ -261,8 +269,6 @@ def export(
                     table.writerow(csv_row(record, line))
                 else:
                     handle.write(line.decode("utf-8") + "\n")
-            if on_progress is not None:
-                on_progress(done + 1, total)
         handle.flush()
         os.fsync(handle.fileno())
     file_digest = _sha256_file(tmp)
@@ -295,8 +301,11 @@ def export(
     return manifest
 
 
-def _records(store: ChainReader, writer_id: str) -> Iterator[tuple[bytes, dict[str, Any]]]:
+def _records(
+    store: ChainReader, writer_id: str, advanced: Callable[[int], None]
+) -> Iterator[tuple[bytes, dict[str, Any]]]:
     for _, data in store.read(writer_id):
+        advanced(len(data))
         for line in data.split(b"\n"):
             if not line:
                 continue

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Literal
 
 from appliance.audit._schema import check_extra_fields
-from appliance.audit._sinks._base import Sink
+from appliance.audit._sinks._base import ChainReader, Sink
 from appliance.audit._writer import AuditWriter
 from appliance.config import Settings
 from appliance.errors import ApplianceError, AuditUnavailable, ConfigError, ValidationFailed
 from appliance.protocols import KeyService
 
-__all__ = ["open_audit_log", "open_key_service_for_audit"]
+__all__ = ["open_audit_log", "open_audit_store", "open_key_service_for_audit"]
 
 
 def open_key_service_for_audit(settings: Settings) -> KeyService:
@@ -66,3 +66,16 @@ def open_audit_log(settings: Settings, keys: KeyService | None = None, *, writer
         extra_fields=extra_fields,
     )
     return writer.start()
+
+
+def open_audit_store(settings: Settings) -> ChainReader:
+    """Read access to every chain in the primary store the settings name (verify, export, purge, tail)."""
+    if settings.audit.sink == "file":
+        from appliance.audit._sinks.files import FileStore
+
+        return FileStore(settings.audit_dir)
+    if not settings.audit.database_url:
+        raise ConfigError("audit.sink is 'postgres' but audit.database_url is not set")
+    from appliance.audit._sinks.postgres import PostgresStore
+
+    return PostgresStore(settings.audit.database_url)

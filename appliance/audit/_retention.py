@@ -1,14 +1,74 @@
-"""Retention: purge whole segments older than the policy allows, leaving a signed anchor so the rest verifies."""
+"""Retention: purge whole segments older than the policy allows, leaving a signed anchor so the rest verifies.
+
+``policies/retention.yaml`` sets ``audit.retain_days`` (default six years, HIPAA 164.316(b)(2)); a shorter period
+is refused unless ``below_hipaa_minimum`` gives a reason. A purge verifies the chain first (a tampered log is
+evidence and is never purged), writes ``anchor.json`` (the last purged record's seq and hash, signed through the
+key service) atomically, then deletes the segments. The first remaining record follows the anchor, so
+verification starts there. The writer that runs the purge records an ``audit.purge`` event.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from appliance.errors import IntegrityViolation
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["Anchor", "read_anchor"]
+from appliance.errors import ConfigError, IntegrityViolation
+
+if TYPE_CHECKING:
+    from appliance.audit._sinks.files import FileStore
+    from appliance.protocols import KeyService
+
+__all__ = ["Anchor", "PurgeResult", "RetentionPolicy", "load_retention_policy", "purge_files", "read_anchor"]
+
+HIPAA_MINIMUM_DAYS = 2190
+
+
+class _AuditRetention(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    retain_days: int = Field(default=2192, ge=1)
+    below_hipaa_minimum: str | None = Field(default=None, min_length=10, max_length=200)
+
+    @model_validator(mode="after")
+    def _hipaa(self) -> _AuditRetention:
+        if self.retain_days < HIPAA_MINIMUM_DAYS and not self.below_hipaa_minimum:
+            raise ValueError(
+                f"retain_days {self.retain_days} is below the HIPAA six years ({HIPAA_MINIMUM_DAYS} days); "
+                "set below_hipaa_minimum to the reason to allow it"
+            )
+        return self
+
+
+class RetentionPolicy(BaseModel):
+    """The validated contents of ``policies/retention.yaml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format_version: int = Field(default=1, ge=1, le=1)
+    audit: _AuditRetention = Field(default_factory=_AuditRetention)
+
+
+def load_retention_policy(path: Path) -> RetentionPolicy:
+    """The policy at path (the default six years when the file does not exist); ``ConfigError`` naming the problem."""
+    if not path.exists():
+        return RetentionPolicy()
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return RetentionPolicy.model_validate(data)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML") from exc
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path}: {problems}") from exc
 
 
 @dataclass(frozen=True)
@@ -39,3 +99,99 @@ def read_anchor(path: Path) -> Anchor | None:
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise IntegrityViolation(f"audit anchor {path.name} is malformed") from exc
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    """What a purge dropped from one writer's chain."""
+
+    writer_id: str
+    segments: list[str]
+    through_seq: int | None  # the anchor's seq (None: nothing was old enough)
+    records: int
+
+
+def purge_files(
+    store: FileStore,
+    keys: KeyService,
+    policy: RetentionPolicy,
+    *,
+    now: datetime | None = None,
+    dry_run: bool = False,
+) -> list[PurgeResult]:
+    """Drop, per writer, the oldest whole segments whose newest record is past retention (never the last one)."""
+    from appliance.audit._canonical import parse_line
+    from appliance.audit._checkpoint import AUDIT_SIGNING_KEY, sign, signed_message
+    from appliance.audit._verify import verify_store
+
+    cutoff = (now or datetime.now(UTC)) - timedelta(days=policy.audit.retain_days)
+    cutoff_text = cutoff.isoformat(timespec="microseconds")[:-6] + "Z"
+    results = []
+    for writer_id in store.writers():
+        segments = store.segments(writer_id)
+        old: list[tuple[int, Path, dict[str, Any]]] = []
+        for first_seq, path in segments[:-1]:  # the newest segment stays: the writer appends to it
+            last = _last_line(path)
+            record = parse_line(last) if last else None
+            if record is None or str(record.get("time", "")) >= cutoff_text:
+                break
+            old.append((first_seq, path, record))
+        if not old:
+            results.append(PurgeResult(writer_id, [], None, 0))
+            continue
+        report = verify_store(store, keys.public_keys(AUDIT_SIGNING_KEY), writer_id=writer_id)
+        if not report.ok:
+            raise IntegrityViolation(
+                f"audit chain {writer_id} does not verify ({len(report.all_problems)} problems): not purging evidence; "
+                "run `appliance audit verify`"
+            )
+        last_record = old[-1][2]
+        seq, digest = int(last_record["seq"]), str(last_record["hash"])
+        records = seq - old[0][0] + 1
+        names = [path.name for _, path, _ in old]
+        if not dry_run:
+            anchor = {
+                "format": "appliance-audit-anchor-v1",
+                "writer_id": writer_id,
+                "seq": seq,
+                "hash": digest,
+                "time": last_record.get("time"),
+                "purged_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+                "retain_days": policy.audit.retain_days,
+                "segments": names,
+                "signature": sign(keys, signed_message("anchor", writer_id, seq, digest)),
+            }
+            _write_atomic(store.anchor_path(writer_id), json.dumps(anchor, indent=2).encode() + b"\n")
+            for _, path, _ in old:
+                path.unlink()
+            _fsync_dir(store.root / writer_id)
+        results.append(PurgeResult(writer_id, names, seq, records))
+    return results
+
+
+def _last_line(path: Path) -> bytes | None:
+    with path.open("rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, size - (1 << 16)))
+        lines = handle.read().rstrip(b"\n").split(b"\n")
+    return lines[-1] if lines and lines[-1] else None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

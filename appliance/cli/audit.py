@@ -1,7 +1,253 @@
-"""`appliance audit ...` (sub-app; commands are added by its stage)."""
+"""`appliance audit export|verify|hash|purge|tail`: the audit trail for investigators and operators.
+
+Thin: parse, call ``appliance.audit``, print. ``verify`` exits non-zero (INTEGRITY_VIOLATION, 65) on any problem
+and prints each one with where it is. ``hash`` reads the text from stdin unless given, so a prompt need not appear
+in the shell history or the process list. Export and purge are themselves audit events.
+"""
 
 from __future__ import annotations
 
+import getpass
+import sys
+from pathlib import Path
+from typing import Any
+
 import typer
+from rich.table import Table
+
+from appliance.cli._common import console, err_console, settings_of
 
 app = typer.Typer(no_args_is_help=True)
+
+
+def _operator() -> str:
+    try:
+        return f"os:{getpass.getuser()}"
+    except Exception:  # no passwd entry (containers)
+        return "os:unknown"
+
+
+def _cli_event(type_: str, action: str, details: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": type_,
+        "actor": {"subject": _operator(), "auth_method": "cli", "roles": []},
+        "action": action,
+        "outcome": {"status": "success"},
+        "details": details,
+    }
+
+
+@app.command("export")
+def export_cmd(
+    ctx: typer.Context,
+    out: Path = typer.Option(..., "--out", help="A new (or empty) directory for the records and the manifest."),
+    since: str | None = typer.Option(None, "--from", help="First time, ISO-8601 (UTC when no zone is given)."),
+    until: str | None = typer.Option(None, "--to", help="Last time, ISO-8601 (inclusive)."),
+    actor: str | None = typer.Option(None, "--actor", help="Only this actor subject (checkpoints always travel)."),
+    adapter: str | None = typer.Option(None, "--adapter", help="Only this adapter name."),
+    type_: str | None = typer.Option(None, "--type", help="Only this event type (e.g. gateway.request)."),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl (verbatim records) or csv (readable columns + record)."),
+) -> None:
+    """Export records and a signed manifest that `appliance audit verify DIR` checks offline."""
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+    from appliance.audit import open_audit_log
+    from appliance.audit._export import ExportFilter, export, parse_time
+    from appliance.audit._factory import open_audit_store, open_key_service_for_audit
+    from appliance.errors import ValidationFailed
+
+    if fmt not in ("jsonl", "csv"):
+        raise ValidationFailed("--format must be jsonl or csv")
+    settings = settings_of(ctx)
+    filters = ExportFilter(
+        since=parse_time(since) if since else None,
+        until=parse_time(until) if until else None,
+        actor=actor,
+        adapter=adapter,
+        type=type_,
+    )
+    keys = open_key_service_for_audit(settings)
+    audit = open_audit_log(settings, keys)
+    try:
+        details = {k: v for k, v in filters.as_dict().items() if v is not None and k not in ("since", "until")}
+        audit.record_sync(_cli_event("audit.export", "export", {"format": fmt, **details}))
+    finally:
+        audit.close_sync()
+    store = open_audit_store(settings)
+    columns = (TextColumn("exporting"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task("export", total=None)
+        manifest = export(
+            store,
+            keys,
+            out,
+            filters=filters,
+            fmt=fmt,  # type: ignore[arg-type]
+            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    console.print(
+        f"exported {manifest['count']} records from {len(manifest['writers'])} chain(s) to {out} "
+        f"({manifest['range']['first_time']} .. {manifest['range']['last_time']}); "
+        f"key fingerprint {manifest['key_fingerprint']}",
+        soft_wrap=True,
+    )
+
+
+@app.command("verify")
+def verify_cmd(
+    ctx: typer.Context,
+    directory: Path | None = typer.Argument(None, help="An export directory; without it, the live log."),
+    expect_key: str | None = typer.Option(
+        None, "--expect-key", help="The audit key fingerprint you trust (compare it out of band)."
+    ),
+    writer: str | None = typer.Option(None, "--writer", help="Only this writer's chain (live log)."),
+) -> None:
+    """Check the chain, the checkpoint signatures and the sequence; print what is wrong and where."""
+    from appliance.errors import IntegrityViolation
+
+    if directory is not None:
+        from appliance.audit._export import verify_export
+
+        report = verify_export(directory, expected_key_fingerprint=expect_key)
+    else:
+        from appliance.audit._checkpoint import AUDIT_SIGNING_KEY
+        from appliance.audit._factory import open_audit_store, open_key_service_for_audit
+        from appliance.audit._verify import verify_store
+
+        settings = settings_of(ctx)
+        public_keys = open_key_service_for_audit(settings).public_keys(AUDIT_SIGNING_KEY)
+        report = verify_store(open_audit_store(settings), public_keys, writer_id=writer)
+        if expect_key is not None and report.key_fingerprint != expect_key:
+            raise IntegrityViolation(f"the key service's audit key {report.key_fingerprint} is not {expect_key}")
+    table = Table("chain", "records", "seq", "checkpoints", "signed through", "unsigned tail")
+    for chain in report.chains:
+        seqs = f"{chain.first_seq}..{chain.last_seq}" if chain.records else "-"
+        table.add_row(
+            chain.writer_id,
+            str(chain.records),
+            seqs,
+            str(chain.checkpoints),
+            str(chain.signed_through or "-"),
+            str(chain.unsigned_tail),
+        )
+    console.print(table)
+    console.print(f"audit key fingerprint: {report.key_fingerprint}", soft_wrap=True)
+    problems = report.all_problems
+    for problem in problems[:200]:
+        err_console.print(f"[red]{problem}[/]", highlight=False, soft_wrap=True, markup=True)
+    if len(problems) > 200:
+        err_console.print(f"... and {len(problems) - 200} more")
+    if problems:
+        raise IntegrityViolation(f"{len(problems)} problem(s) in {report.records} records")
+    console.print(f"[green]OK[/]: {report.records} records verified")
+
+
+@app.command("hash")
+def hash_cmd(
+    ctx: typer.Context,
+    text: str | None = typer.Argument(None, help="The text; omit (or '-') to read it from stdin (preferred)."),
+) -> None:
+    """Print the HMAC-SHA256 digest of a text under the audit key, to compare with a record's digests."""
+    from appliance.audit import digest
+    from appliance.audit._factory import open_key_service_for_audit
+
+    if text is None or text == "-":
+        text = sys.stdin.read()
+        if text.endswith("\n"):
+            text = text[:-1]
+    console.print(digest(open_key_service_for_audit(settings_of(ctx)), text), highlight=False, soft_wrap=True)
+
+
+@app.command("purge")
+def purge_cmd(
+    ctx: typer.Context,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be dropped; change nothing."),
+    policy: Path | None = typer.Option(None, "--policy", help="Retention policy (default policies/retention.yaml)."),
+) -> None:
+    """Drop whole segments older than the retention policy, leaving a signed anchor so the rest verifies."""
+    from appliance.audit import open_audit_log
+    from appliance.audit._factory import open_audit_store, open_key_service_for_audit
+    from appliance.audit._retention import load_retention_policy, purge_files
+    from appliance.audit._sinks.files import FileStore
+    from appliance.errors import ConfigError
+
+    settings = settings_of(ctx)
+    retention = load_retention_policy(policy or settings.policies_dir / "retention.yaml")
+    store = open_audit_store(settings)
+    if not isinstance(store, FileStore):
+        raise ConfigError("purge of the PostgreSQL sink is done by the database's own retention jobs (see README)")
+    keys = open_key_service_for_audit(settings)
+    audit = None if dry_run else open_audit_log(settings, keys)
+    try:
+        results = purge_files(store, keys, retention, dry_run=dry_run)
+        for result in results:
+            if audit is not None and result.through_seq is not None:
+                audit.record_sync(
+                    _cli_event(
+                        "audit.purge",
+                        "purge",
+                        {
+                            "chain": result.writer_id,
+                            "through_seq": result.through_seq,
+                            "segments": len(result.segments),
+                            "records": result.records,
+                            "retain_days": retention.audit.retain_days,
+                        },
+                    )
+                )
+    finally:
+        if audit is not None:
+            audit.close_sync()
+    verb = "would drop" if dry_run else "dropped"
+    for result in results:
+        if result.through_seq is None:
+            console.print(f"{result.writer_id}: nothing older than {retention.audit.retain_days} days", soft_wrap=True)
+        else:
+            console.print(
+                f"{result.writer_id}: {verb} {len(result.segments)} segment(s), {result.records} records "
+                f"through seq {result.through_seq}",
+                soft_wrap=True,
+            )
+
+
+@app.command("tail")
+def tail_cmd(
+    ctx: typer.Context,
+    lines: int = typer.Option(20, "-n", "--lines", min=1, max=10_000, help="How many of the newest records."),
+    writer: str | None = typer.Option(None, "--writer", help="Only this writer's chain."),
+    as_json: bool = typer.Option(False, "--json", help="Print the records verbatim, one JSON object a line."),
+) -> None:
+    """Show the newest records (no text is ever in them: prompts and outputs are digests)."""
+    import json
+
+    from appliance.audit._factory import open_audit_store
+
+    store = open_audit_store(settings_of(ctx))
+    table = Table("chain", "seq", "time", "type", "actor", "action", "adapter", "outcome")
+    for wid in [writer] if writer else store.writers():
+        tail: list[bytes] = []
+        for _, data in store.read(wid):
+            tail = (tail + data.split(b"\n"))[-(lines + 1) :]
+        for line in [x for x in tail if x][-lines:]:
+            if as_json:
+                sys.stdout.write(line.decode("utf-8", "replace") + "\n")
+                continue
+            try:
+                r = json.loads(line)
+            except ValueError:
+                table.add_row(wid, "?", "", "[red]unreadable line[/]", "", "", "", "")
+                continue
+            adapter = r.get("adapter") or {}
+            outcome = r.get("outcome") or {}
+            table.add_row(
+                wid,
+                str(r.get("seq")),
+                str(r.get("time")),
+                str(r.get("type")),
+                str((r.get("actor") or {}).get("subject")),
+                str(r.get("action")),
+                f"{adapter.get('name')}-v{adapter.get('version')}" if adapter else "",
+                f"{outcome.get('status')} {outcome.get('http_status') or ''}".strip(),
+            )
+    if not as_json:
+        console.print(table)

@@ -81,3 +81,7 @@ class ChainReader(Protocol):
     def is_active(self, writer_id: str) -> bool:
         """Whether a writer process holds the chain right now (its end is then not yet signed)."""
         ...
+
+    def total_bytes(self) -> int:
+        """The approximate size of every chain (for progress bars)."""
+        ...

@@ -77,9 +77,21 @@ class FileStore:
         return sorted(found)
 
     def read(self, writer_id: str) -> Iterator[tuple[str, bytes]]:
-        """(segment name, its bytes) for each segment of the writer, in order."""
-        for _, path in self.segments(writer_id):
+        """(segment name, its bytes) for each segment of the writer after its purge anchor, in order."""
+        for _, path in self.live_segments(writer_id):
             yield path.name, path.read_bytes()
+
+    def live_segments(self, writer_id: str) -> list[tuple[int, Path]]:
+        """The segments not covered by the purge anchor (one a purge interrupted before deleting it is skipped)."""
+        segments = self.segments(writer_id)
+        anchor = self.anchor(writer_id)
+        if anchor is None:
+            return segments
+        return [s for i, s in enumerate(segments) if i + 1 >= len(segments) or segments[i + 1][0] > anchor.seq + 1]
+
+    def total_bytes(self) -> int:
+        """The size of every live segment of every writer (for progress bars)."""
+        return sum(p.stat().st_size for w in self.writers() for _, p in self.live_segments(w))
 
     def anchor_path(self, writer_id: str) -> Path:
         """Where the writer's purge anchor lives."""
@@ -173,7 +185,7 @@ class FileSink:
         anchor = self._anchor_head()
         if anchor is not None:
             head_seq, head_hash = anchor
-        segments = self.store.segments(self._writer_id)
+        segments = self.store.live_segments(self._writer_id)
         try:
             empty_after: list[tuple[int, Path]] = []
             for first_seq, path in reversed(segments):
