@@ -250,3 +250,26 @@ def test_keys_never_printed_by_the_cli_status(settings: Settings, tmp_path: Path
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "artifacts" in proc.stdout
     assert material not in proc.stdout + proc.stderr
+
+
+def test_concurrent_threads_share_one_keystore(tmp_path: Path) -> None:
+    """Eight threads (half on a shared instance, half on their own) rotating and wrapping lose no version or key."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "keystore"
+    shared = LocalKeyService(path)
+    shared.data_key("shared")
+
+    def work(i: int) -> list[tuple[bytes, bytes]]:
+        service = shared if i % 2 else LocalKeyService(path)
+        out = []
+        for _ in range(5):
+            service.rotate("shared")
+            out.append(service.data_key("shared"))
+        return out
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        pairs = [pair for result in pool.map(work, range(8)) for pair in result]
+    assert {k.name: k.latest_version for k in shared.status().keys}["shared"] == 1 + 8 * 5
+    fresh = LocalKeyService(path)
+    assert all(fresh.unwrap("shared", wrapped) == plaintext for plaintext, wrapped in pairs)
