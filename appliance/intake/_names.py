@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 from importlib import resources
 
-__all__ = ["find_names"]
+__all__ = ["find_names", "propagate_spans"]
 
 _TOKEN = r"[A-Z][a-zA-Z]*(?:['’](?!s\b)[A-Za-z]+)?(?:-[A-Z][a-zA-Z]*)?"  # O'Brien, Smith-Jones; not Smith's
 _INITIAL = r"[A-Z]\."
@@ -218,8 +218,14 @@ def find_names(
             add_tokens(m.start(), tok, [tok])
 
     propagate |= found_tokens
-    if propagate:
-        alternation = "|".join(re.escape(t) for t in sorted(propagate, key=len, reverse=True))
-        for m in re.finditer(rf"(?<![\w-])(?:{alternation})(?![\w-])", text):
-            spans.append((m.start(), m.end()))
+    spans.extend(propagate_spans(text, propagate))
     return spans, found_tokens
+
+
+def propagate_spans(text: str, tokens: Iterable[str]) -> list[tuple[int, int]]:
+    """Every standalone occurrence of the given name tokens in ``text`` (rule 6)."""
+    ordered = sorted(set(tokens), key=len, reverse=True)
+    if not ordered:
+        return []
+    alternation = "|".join(re.escape(t) for t in ordered)
+    return [(m.start(), m.end()) for m in re.finditer(rf"(?<![\w-])(?:{alternation})(?![\w-])", text)]

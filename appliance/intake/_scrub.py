@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.intake._names import find_names
+from appliance.intake._names import find_names, propagate_spans
 
 __all__ = ["PLACEHOLDER_TYPES", "ScrubReport", "Scrubber"]
 
@@ -64,6 +64,7 @@ PLACEHOLDER_TYPES = (
 )
 
 Span = tuple[int, int, str]  # start, end, placeholder type
+_NameHits = tuple[list[tuple[int, int]], set[str]]  # name spans and name tokens found in one text
 
 # --- building blocks -------------------------------------------------------------------------------------------
 _SEP = r"\s*(?:[:#=]|\bno\.?|\bnumber\b|\bnum\b|\bnbr\b|\bid\b|\bis\b)?\s*(?:[:#=]\s*)?"
@@ -419,11 +420,17 @@ class Scrubber:
         text, counts, _ = self._scrub(text, known_names)
         return text, counts
 
-    def _scrub(self, text: str, known_names: Iterable[str]) -> tuple[str, Counter[str], set[str]]:
+    def _scrub(
+        self, text: str, known_names: Iterable[str], found: _NameHits | None = None
+    ) -> tuple[str, Counter[str], set[str]]:
         probe = _case_normalised(text)  # same length as text: spans found in it apply to text
         upper = probe != text
         spans = list(_iter_spans(text, probe if upper else None))
-        name_spans, tokens = find_names(probe, known_names, lexicon_only=upper)
+        if found is None:
+            name_spans, tokens = find_names(probe, known_names, lexicon_only=upper)
+        else:  # names already found in this text; add the record's other names
+            own_spans, tokens = found
+            name_spans = own_spans + propagate_spans(probe, set(known_names) - tokens)
         spans.extend((s, e, "NAME") for s, e in sorted(name_spans, key=lambda se: (se[0], -se[1])))
         new, counts = _apply(text, _select(spans))
         return new, counts, tokens
@@ -432,10 +439,12 @@ class Scrubber:
         """Scrub every string in a record's fields (nested metadata included); names found anywhere are
         replaced everywhere in the record."""
         tokens: set[str] = set()
+        hits: dict[str, _NameHits] = {}
         for text in _strings(fields):
-            probe = _case_normalised(text)
-            _, found = find_names(probe, lexicon_only=probe != text)
-            tokens |= found
+            if text not in hits:
+                probe = _case_normalised(text)
+                hits[text] = find_names(probe, lexicon_only=probe != text)
+                tokens |= hits[text][1]
         counts: Counter[str] = Counter()
 
         def walk(value: Any, key: str | None = None) -> Any:
@@ -445,7 +454,7 @@ class Scrubber:
                 counts[kind] += 1
                 return f"[{kind}]"
             if isinstance(value, str):
-                new, c, _ = self._scrub(value, tokens)
+                new, c, _ = self._scrub(value, tokens, hits.get(value))
                 counts.update(c)
                 return new
             if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _LONG_NUMBER and key:
@@ -474,13 +483,17 @@ def _is_placeholder(value: str) -> bool:
     return re.fullmatch(r"\[[A-Z]+\]", value.strip()) is not None
 
 
+_UPPER = re.compile(r"[^\W\d_a-z]")  # letters that are not ASCII lower case (approximately: upper case)
+_LOWER = re.compile(r"[a-z]")
+
+
 def _case_normalised(text: str) -> str:
     """An ALL-CAPS text in word case ("JOHN SMITH" -> "John Smith"), same length, so name rules apply to it.
 
     Text that is not mostly upper case is returned unchanged.
     """
-    letters = [c for c in text if c.isalpha()]
-    if len(letters) < 8 or sum(c.isupper() for c in letters) < 0.6 * len(letters):
+    upper, lower = len(_UPPER.findall(text)), len(_LOWER.findall(text))
+    if upper + lower < 8 or upper < 0.6 * (upper + lower):
         return text
 
     def word_case(m: re.Match[str]) -> str:
