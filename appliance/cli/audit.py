@@ -169,17 +169,20 @@ def purge_cmd(
     from appliance.audit._factory import open_audit_store, open_key_service_for_audit
     from appliance.audit._retention import load_retention_policy, purge_files
     from appliance.audit._sinks.files import FileStore
-    from appliance.errors import ConfigError
 
     settings = settings_of(ctx)
     retention = load_retention_policy(policy or settings.policies_dir / "retention.yaml")
     store = open_audit_store(settings)
-    if not isinstance(store, FileStore):
-        raise ConfigError("purge of the PostgreSQL sink is done by the database's own retention jobs (see README)")
     keys = open_key_service_for_audit(settings)
     audit = None if dry_run else open_audit_log(settings, keys)
     try:
-        results = purge_files(store, keys, retention, dry_run=dry_run)
+        if isinstance(store, FileStore):
+            results = purge_files(store, keys, retention, dry_run=dry_run)
+        else:
+            from appliance.audit._sinks.postgres import PostgresStore, purge_postgres
+
+            assert isinstance(store, PostgresStore)
+            results = purge_postgres(store, keys, retention.audit.retain_days, dry_run=dry_run)
         for result in results:
             if audit is not None and result.through_seq is not None:
                 audit.record_sync(
