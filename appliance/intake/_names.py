@@ -130,11 +130,18 @@ def _strip_common(tokens: list[str]) -> list[str]:
     return kept
 
 
-def _lexicon_run(tokens: list[str], given: frozenset[str], surnames: frozenset[str]) -> list[str]:
-    """The leading run of tokens that are lexicon names or initials."""
+def _lexicon_run(
+    tokens: list[str], given: frozenset[str], surnames: frozenset[str], *, first_free: bool = False
+) -> list[str]:
+    """The leading run of tokens that are lexicon names or initials (``first_free``: the first token need only
+    be a non-common word, as after an honorific: "DR. IVANOVA")."""
     run: list[str] = []
-    for tok in tokens:
-        if not (re.fullmatch(_INITIAL, tok) or _key(tok) in given or _key(tok) in surnames):
+    for i, tok in enumerate(tokens):
+        known = re.fullmatch(_INITIAL, tok) or _key(tok) in given or _key(tok) in surnames
+        known = known or (first_free and i == 0 and tok.lower() not in _COMMON)
+        # a surname the lexicon lacks, right after a given name or initial ("PATIENT: MEI IVANOVA")
+        follows_given = bool(run) and (_key(run[-1]) in given or re.fullmatch(_INITIAL, run[-1]) is not None)
+        if not (known or (follows_given and tok.lower() not in _COMMON)):
             break
         run.append(tok)
     return run
@@ -184,7 +191,7 @@ def find_names(
                 continue
             tokens = _strip_common(tokens)
             if lexicon_only:
-                tokens = _lexicon_run(tokens, given, surnames)
+                tokens = _lexicon_run(tokens, given, surnames, first_free=pattern is _HONORIFIC)
             if tokens and len(tokens[0]) >= 2:
                 add_tokens(m.start("v"), value, tokens)
 
@@ -210,7 +217,8 @@ def find_names(
             between = text[m.end() : words[j].start()]
             if re.fullmatch(r"\s+[A-Z]\.\s+", between) or re.fullmatch(r"\s+", between):
                 nxt = words[j].group(0)
-                if _key(nxt) in surnames and nxt.lower() not in _COMMON and not nxt.isupper():
+                plausible = _key(nxt) in surnames or (not lexicon_only and low not in _AMBIGUOUS_GIVEN)
+                if plausible and nxt.lower() not in _COMMON and not nxt.isupper():
                     add_tokens(m.start(), tok, [tok])
                     add_tokens(words[j].start(), nxt, [nxt])
                     continue

@@ -91,8 +91,24 @@ _STREET_SUFFIX = (
     r"|Parkway|Pkwy|Circle|Cir|Highway|Hwy|Square|Sq|Trail|Trl|Plaza|Plz|Alley|Aly|Row|Crescent|Cres|Close"
     r"|Loop|Pike|Turnpike|Path|Run|Walk|Expressway|Expy|Freeway|Fwy)"
 )
-_UNIT = (
-    r"(?:Apt|Apartment|Suite|Ste|Unit|Room|Rm|Floor|Fl|Bldg|Building|Lot|Space|Spc|#)\.?\s*#?\s*[A-Z0-9][A-Z0-9-]*\b"
+_UNIT_WORDS = [
+    "Apt",
+    "Apartment",
+    "Suite",
+    "Ste",
+    "Unit",
+    "Room",
+    "Rm",
+    "Floor",
+    "Fl",
+    "Bldg",
+    "Building",
+    "Lot",
+    "Space",
+    "Spc",
+]
+_UNIT = (  # Title or UPPER case ("Apt 4B", "APT 4B"); lower-case "unit 4" in a note is a ward, not an address
+    r"(?:(?:" + "|".join(_UNIT_WORDS + [w.upper() for w in _UNIT_WORDS]) + r")\b|#)\.?\s*#?\s*[A-Z0-9][A-Z0-9-]*\b"
 )
 _PHONE_CORE = (
     r"(?:\+?1[\s.-]?)?(?:\(\d{3}\)\s?|\d{3}[\s.-])\d{3}[\s.-]\d{4}"
@@ -253,7 +269,7 @@ def _rules() -> list[_Rule]:
             "ADDRESS",
             re.compile(
                 rf"(?P<v>\b\d{{1,6}}[A-Z]?(?:-\d{{1,5}})?\s+(?:[NSEW]\.?\s+|(?:North|South|East|West)\s+)?"
-                rf"(?:(?:[A-Z][A-Za-z'-]*|\d{{1,4}}{_ORD})\s+){{1,4}}{_STREET_SUFFIX}\b\.?"
+                rf"(?:(?:[A-Z][A-Za-z'-]*|\d{{1,4}}{_ORD})\s+){{1,4}}(?i:{_STREET_SUFFIX})\b\.?"
                 rf"(?:\s+(?:[NSEW]|NE|NW|SE|SW)\b\.?)?(?:,?\s+{_UNIT})?)"
             ),
         ),
