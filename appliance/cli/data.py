@@ -5,13 +5,13 @@ from __future__ import annotations
 import getpass
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from appliance.cli._common import console, settings_of
@@ -26,23 +26,37 @@ app = typer.Typer(no_args_is_help=True)
 _PROGRESS_MIN_BYTES = 4 * 1024 * 1024  # show a progress bar for inputs at least this large
 
 
+class _Bars:
+    """Progress callbacks: bytes read, then records scrubbed (a rich bar for large inputs, silent otherwise)."""
+
+    def __init__(self, progress: Progress | None, size: int, name: str) -> None:
+        self._progress = progress
+        self._read = progress.add_task(f"reading {name}", total=size) if progress else None
+        self._scrub: TaskID | None = None
+
+    def read(self, done: int) -> None:
+        if self._progress is not None and self._read is not None:
+            self._progress.update(self._read, completed=done)
+
+    def scrubbed(self, done: int, total: int) -> None:
+        if self._progress is None:
+            return
+        if self._scrub is None:
+            self._scrub = self._progress.add_task("scrubbing records", total=total)
+        self._progress.update(self._scrub, completed=done)
+
+
 @contextmanager
-def _reading(path: Path) -> Iterator[Callable[[int], None] | None]:
-    """A progress callback (bytes read) with a rich bar for large files, else None."""
+def _bars(path: Path) -> Iterator[_Bars]:
+    """Progress bars for a large input (at least 4 MiB), or no-op callbacks with a spinner for a small one."""
     size = path.stat().st_size if path.is_file() else 0
     if size < _PROGRESS_MIN_BYTES:
-        yield None
+        with console.status(f"processing {path.name} ..."):
+            yield _Bars(None, size, path.name)
         return
-    with Progress(
-        TextColumn("[bold]reading[/] {task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(path.name, total=size)
-        yield lambda done: bar.update(task, completed=done)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        yield _Bars(progress, size, path.name)
 
 
 def _report_table(title: str, counts: dict[str, int]) -> Table:
@@ -99,8 +113,8 @@ def check(
     from appliance.intake import Scrubber, ScrubReport, read_records
 
     settings = settings_of(ctx)
-    with _reading(source) as progress:
-        records, info = read_records(source, max_record_bytes=settings.intake.max_record_bytes, progress=progress)
+    with _bars(source) as bars:
+        records, info = read_records(source, max_record_bytes=settings.intake.max_record_bytes, progress=bars.read)
     subjects = {r.subject_id for r in records if r.subject_id is not None}
     without = sum(1 for r in records if r.subject_id is None)
     console.print(
@@ -130,9 +144,14 @@ def scrub(
     from appliance.intake import scrub_file
 
     settings = settings_of(ctx)
-    with _reading(source) as progress, console.status("scrubbing ..."):
+    with _bars(source) as bars:
         report = scrub_file(
-            source, out, max_record_bytes=settings.intake.max_record_bytes, overwrite=force, progress=progress
+            source,
+            out,
+            max_record_bytes=settings.intake.max_record_bytes,
+            overwrite=force,
+            progress=bars.read,
+            on_record=bars.scrubbed,
         )
     console.print(
         _report_table(f"scrub report: {report.records} records, {report.records_changed} changed", report.as_dict())
@@ -181,8 +200,10 @@ def prepare(
         audit.record_sync(_event("success", details))
 
     try:
-        with _reading(source) as progress, console.status("preparing ..."):
-            result = run_prepare(source, out, options, progress=progress, before_commit=record)
+        with _bars(source) as bars:
+            result = run_prepare(
+                source, out, options, progress=bars.read, on_record=bars.scrubbed, before_commit=record
+            )
     except ApplianceError as exc:
         if exc.code != "AUDIT_UNAVAILABLE":
             with suppress(ApplianceError):  # the original error is what the operator needs to see

@@ -185,10 +185,12 @@ def prepare(
     *,
     salt: bytes | None = None,
     progress: Callable[[int], None] | None = None,
+    on_record: Callable[[int, int], None] | None = None,
     before_commit: Callable[[dict[str, Any]], None] | None = None,
 ) -> PrepareResult:
     """Prepare ``source`` (JSONL) into the directory ``out``; nothing is left at ``out`` unless it all succeeds.
 
+    ``progress`` gets the bytes read so far; ``on_record`` gets (records scrubbed, total) every 100 records.
     ``salt`` defaults to 32 random bytes (a new salt per dataset); pass one only to reproduce a preparation.
     ``before_commit`` receives the manifest after everything is written and before the rename (e.g. to make an
     audit record durable); if it raises, nothing is published.
@@ -200,10 +202,12 @@ def prepare(
     scrubber = Scrubber()
     report = ScrubReport()
     scrubbed: list[tuple[str, str]] = []
-    for rec in records:
+    for done, rec in enumerate(records, start=1):
         fields, counts = scrubber.scrub_fields({"instruction": rec.instruction, "response": rec.response})
         report.add(counts)
         scrubbed.append((fields["instruction"], fields["response"]))
+        if on_record is not None and (done % 100 == 0 or done == len(records)):
+            on_record(done, len(records))
 
     dedup = deduplicate(scrubbed, near_threshold=opts.near_duplicate_threshold, num_perm=opts.minhash_num_perm)
     kept = [(records[i], scrubbed[i]) for i in dedup.kept]

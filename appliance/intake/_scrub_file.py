@@ -33,6 +33,7 @@ def scrub_file(
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
+    on_record: Callable[[int, int], None] | None = None,
 ) -> ScrubReport:
     """Validate ``source``, write its scrubbed records to ``out`` (temp file + rename) and return the report."""
     if out.exists() and not overwrite:
@@ -43,7 +44,9 @@ def scrub_file(
     scrubber = Scrubber()
     report = ScrubReport(records=len(records))
     lines: list[str] = []
-    for rec in records:
+    for done, rec in enumerate(records, start=1):
+        if on_record is not None and (done % 100 == 0 or done == len(records)):
+            on_record(done, len(records))
         fields: dict[str, Any] = {"instruction": rec.instruction, "response": rec.response}
         if rec.metadata is not None:
             fields["metadata"] = rec.metadata
