@@ -32,6 +32,7 @@ value ("MRN: [MRN]"). The report counts replacements per type and never holds a 
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import re
 from collections import Counter
@@ -181,13 +182,20 @@ def _rules() -> list[_Rule]:
         rf")\b)"
     )
     return [
-        _Rule("EMAIL", re.compile(r"(?P<v>\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b)")),
+        # every quantifier below is bounded (RFC 5321/1035 limits): no pattern may go quadratic on a long line
+        _Rule(
+            "EMAIL",
+            re.compile(
+                r"(?P<v>\b[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24}\b)"
+            ),
+        ),
         _Rule(
             "URL",
             re.compile(
-                r"(?P<v>\b(?:(?:https?|ftp|sftp)://|www\.)[^\s<>\"'()\[\]]+[^\s<>\"'()\[\].,;:!?]"
-                r"|\b(?:[a-z0-9-]+\.)+(?:com|org|net|edu|gov|mil|io|health|care|info|biz|us|uk|ca|de|fr|nl|eu|au)"
-                r"(?:/[^\s<>\"'()\[\]]*[^\s<>\"'()\[\].,;:!?])?\b)",
+                r"(?P<v>\b(?:(?:https?|ftp|sftp)://|www\.)[^\s<>\"'()\[\]]{0,2048}[^\s<>\"'()\[\].,;:!?]"
+                r"|(?<![\w.-])(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.){1,8}"
+                r"(?:com|org|net|edu|gov|mil|io|health|care|info|biz|us|uk|ca|de|fr|nl|eu|au)"
+                r"(?:/[^\s<>\"'()\[\]]{0,2048}[^\s<>\"'()\[\].,;:!?])?\b)",
                 ci,
             ),
         ),
@@ -395,11 +403,15 @@ def _iter_spans(text: str, probe: str | None = None) -> Iterator[Span]:
 
 def _select(spans: Iterable[Span]) -> list[Span]:
     """Keep spans in priority order (the order they arrive), dropping any that overlap one already kept."""
-    kept: list[Span] = []
+    kept: list[Span] = []  # sorted by start, non-overlapping: only the neighbours can overlap a new span
     for span in spans:
-        if all(span[1] <= k[0] or span[0] >= k[1] for k in kept):
-            kept.append(span)
-    return sorted(kept)
+        i = bisect.bisect_left(kept, span)
+        if i > 0 and kept[i - 1][1] > span[0]:
+            continue
+        if i < len(kept) and kept[i][0] < span[1]:
+            continue
+        kept.insert(i, span)
+    return kept
 
 
 def _merge_names(text: str, spans: list[Span]) -> list[Span]:
