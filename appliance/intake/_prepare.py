@@ -159,7 +159,8 @@ def _jsonl(records: list[PreparedRecord]) -> bytes:
 
 
 def _write(path: Path, data: bytes) -> None:
-    with path.open("wb") as fh:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # owner only: derived from patient data
+    with os.fdopen(fd, "wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())

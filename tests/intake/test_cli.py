@@ -67,6 +67,7 @@ def test_synth_check_scrub_prepare(cli: Cli, tmp_path: Path, data_dir: Path) -> 
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["records"] == 120 and report["counts"]["NAME"] > 0
     assert "Patient: [NAME]. MRN: [MRN]." in scrubbed.read_text()
+    assert scrubbed.stat().st_mode & 0o777 == 0o600
 
     out_dir = tmp_path / "prepared"
     code, out, _ = cli("data", "prepare", str(src), "--out", str(out_dir), "--seed", "3")

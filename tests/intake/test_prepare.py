@@ -189,6 +189,13 @@ class TestAtomicOutput:
             prepare(src, out)
         assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
+    def test_output_is_owner_only(self, tmp_path: Path) -> None:
+        """The prepared directory is 0700 and its files 0600 (they are derived from patient data)."""
+        src = _write(tmp_path / "in.jsonl", _records(subjects=3, per_subject=1))
+        out = prepare(src, tmp_path / "out").path
+        assert out.stat().st_mode & 0o777 == 0o700
+        assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o600}
+
     def test_an_empty_output_directory_is_used(self, tmp_path: Path) -> None:
         """An existing empty directory is replaced by the prepared dataset."""
         src = _write(tmp_path / "in.jsonl", _records(subjects=3, per_subject=1))
