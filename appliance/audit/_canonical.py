@@ -5,7 +5,7 @@ A record is one line of UTF-8 JSON with no insignificant whitespace::
     {"seq":N,"prev_hash":"<64 hex>","writer_id":"..","event_id":"..","time":"..",<event fields>,"hash":"<64 hex>"}
 
 The event fields are the validated event's canonical JSON (keys sorted, compact). The hash is
-``SHA-256(line[: line.rindex(b',"hash":"')] + b"}")``: the record exactly as written, without its own hash. The
+``SHA-256(line[: line.rindex(b',"hash":"')])``: every byte of the record as written, up to its own hash. The
 chain: ``prev_hash`` is the previous record's ``hash`` in the same writer's chain (64 zeros for the first record,
 or the purge anchor's hash). Verification never re-serialises JSON; it hashes the stored bytes.
 """
@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 GENESIS_HASH = "0" * 64
-HASH_RULE = "sha256(line[:rindex(',\"hash\":\"')] + '}')"
+HASH_RULE = "sha256(line[:rindex(b',\"hash\":\"')]): every byte before the record's own hash field"
 
 _HASH_TAIL = b',"hash":"'  # 9 bytes, then 64 hex, then '"}'
 _TAIL_LEN = len(_HASH_TAIL) + 64 + 2
@@ -43,9 +43,9 @@ def build_line(seq: int, prev_hash: str, writer_id: str, event_id: str, time: st
     head = (
         f'{{"seq":{seq},"prev_hash":"{prev_hash}","writer_id":"{writer_id}","event_id":"{event_id}","time":"{time}",'
     ).encode()
-    unhashed = head + body[1:]
-    digest = hashlib.sha256(unhashed).hexdigest()
-    return unhashed[:-1] + b',"hash":"' + digest.encode() + b'"}\n', digest
+    hashed = head + body[1:-1]
+    digest = hashlib.sha256(hashed).hexdigest()
+    return hashed + b',"hash":"' + digest.encode() + b'"}\n', digest
 
 
 def split_line(line: bytes) -> tuple[int, str, str, bytes] | None:
@@ -67,7 +67,7 @@ def split_line(line: bytes) -> tuple[int, str, str, bytes] | None:
         return None
     if line[-2:] != b'"}':
         return None
-    return seq, prev_hash, stored, line[:-_TAIL_LEN] + b"}"
+    return seq, prev_hash, stored, line[:-_TAIL_LEN]
 
 
 def record_hash(hashed: bytes) -> str:

@@ -111,6 +111,7 @@ class AuditWriter:
         self._needs_recovery = False
         self._secondary_ok = True
         self.writer_id = writer_id
+        self.stats = {"batches": 0, "records": 0, "failed_batches": 0, "secondary_failures": 0}
 
     # --- life cycle ----------------------------------------------------------------------------------------
     def start(self) -> AuditWriter:
@@ -252,9 +253,12 @@ class AuditWriter:
             self._needs_recovery = True
             error = exc if isinstance(exc, AuditUnavailable) else AuditUnavailable(_reason(exc))
             log.error("audit.append_failed", writer_id=self.writer_id, error=error.message, records=len(batch))
+            self.stats["failed_batches"] += 1
             self._settle(batch, None, error)
             return
         self._head, self._checkpointed_seq = head, checkpointed
+        self.stats["batches"] += 1
+        self.stats["records"] += len(lines)
         if self._secondary is not None:
             self._replicate(lines, self._head.seq - len(lines) + 1)
         self._settle(batch, receipts, None)
@@ -305,6 +309,7 @@ class AuditWriter:
 
     def _secondary_failed(self, exc: BaseException) -> None:
         self._secondary_ok = False
+        self.stats["secondary_failures"] += 1
         log.warning("audit.secondary_failed", writer_id=self.writer_id, error=type(exc).__name__)
 
     @staticmethod

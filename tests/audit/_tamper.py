@@ -23,7 +23,7 @@ def rehash(line: bytes) -> bytes:
     """The line with its hash recomputed over its (changed) content."""
     parts = split_line(line)
     assert parts is not None
-    return parts[3][:-1] + b',"hash":"' + hashlib.sha256(parts[3]).hexdigest().encode() + b'"}'
+    return parts[3] + b',"hash":"' + hashlib.sha256(parts[3]).hexdigest().encode() + b'"}'
 
 
 def stored_hash(line: bytes) -> bytes:
