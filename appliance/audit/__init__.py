@@ -7,13 +7,27 @@ from __future__ import annotations
 
 from appliance.audit._canonical import GENESIS_HASH, HASH_RULE
 from appliance.audit._digest import digest
-from appliance.audit._factory import open_audit_log
+from appliance.audit._export import ExportFilter, export, verify_export
+from appliance.audit._factory import open_audit_log, open_audit_store
+from appliance.audit._reader import StoreReader, reader_for
+from appliance.audit._retention import RetentionPolicy, load_retention_policy
+from appliance.audit._verify import VerifyReport, verify_store
 from appliance.audit._writer import AuditWriter
 
 __all__ = [
     "GENESIS_HASH",
     "HASH_RULE",
     "AuditWriter",
+    "ExportFilter",
+    "RetentionPolicy",
+    "StoreReader",
+    "VerifyReport",
     "digest",
+    "export",
+    "load_retention_policy",
     "open_audit_log",
+    "open_audit_store",
+    "reader_for",
+    "verify_export",
+    "verify_store",
 ]

@@ -94,11 +94,12 @@ class ExportFilter:
     actor: str | None = None
     adapter: str | None = None
     type: str | None = None
+    outcome: str | None = None  # success | denied | error
 
     @property
     def complete(self) -> bool:
         """Only a time range: the export is a gap-free slice of each chain."""
-        return self.actor is None and self.adapter is None and self.type is None
+        return self.actor is None and self.adapter is None and self.type is None and self.outcome is None
 
     def in_range(self, record: Mapping[str, Any]) -> bool:
         t = str(record.get("time", ""))
@@ -113,6 +114,7 @@ class ExportFilter:
             (self.actor is None or actor == self.actor)
             and (self.adapter is None or adapter == self.adapter)
             and (self.type is None or record.get("type") == self.type)
+            and (self.outcome is None or (record.get("outcome") or {}).get("status") == self.outcome)
         )
 
     def as_dict(self) -> dict[str, str | None]:
@@ -122,6 +124,7 @@ class ExportFilter:
             "actor": self.actor,
             "adapter": self.adapter,
             "type": self.type,
+            "outcome": self.outcome,
         }
 
 

@@ -29,7 +29,7 @@ import structlog
 from appliance.audit._canonical import build_line, canonical_json
 from appliance.audit._checkpoint import checkpoint_body, sign, signed_message
 from appliance.audit._schema import _ExtraCheck, validate_event
-from appliance.audit._sinks._base import ChainHead, Sink
+from appliance.audit._sinks._base import ChainHead, ChainReader, Sink
 from appliance.errors import ApplianceError, AuditUnavailable
 from appliance.protocols import AuditReceipt, KeyService
 
@@ -186,6 +186,15 @@ class AuditWriter:
         if self._closed or self._thread is None or not self._thread.is_alive():
             raise AuditUnavailable("audit writer is not running")
         self._sink.probe()
+
+    @property
+    def keys(self) -> KeyService:
+        """The key service the writer signs checkpoints with."""
+        return self._keys
+
+    def store(self) -> ChainReader:
+        """Read access to the primary store this writer appends to."""
+        return self._sink.reader()
 
     @property
     def head(self) -> ChainHead:

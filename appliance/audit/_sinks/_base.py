@@ -62,6 +62,10 @@ class Sink(Protocol):
         """Release the chain (lock, connection)."""
         ...
 
+    def reader(self) -> ChainReader:
+        """Read access to the store this sink writes to."""
+        ...
+
 
 class ChainReader(Protocol):
     """Reads stored chains for verification, export and retention."""

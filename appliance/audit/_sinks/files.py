@@ -317,6 +317,9 @@ class FileSink:
         if not os.access(self._dir, os.W_OK):
             raise AuditUnavailable("audit store is not writable")
 
+    def reader(self) -> FileStore:
+        return self.store
+
     def close(self) -> None:
         self._close_segment()
         if self._lock_fd is not None:

@@ -83,6 +83,7 @@ class PostgresSink:
     """Appends one writer's chain to ``audit_records`` (see the module docstring)."""
 
     def __init__(self, url: str, *, connect_timeout_s: float = 5.0) -> None:
+        self._url = url
         self._conninfo = conninfo(url)
         self._timeout = connect_timeout_s
         self._conn: Any = None
@@ -180,6 +181,9 @@ class PostgresSink:
             raise _unavailable("be reached", exc) from exc
         if row is None or row[0] or row[1] == "on":
             raise AuditUnavailable("audit database is read-only")
+
+    def reader(self) -> PostgresStore:
+        return PostgresStore(self._url)
 
     def close(self) -> None:
         if self._conn is not None:
