@@ -20,7 +20,7 @@ Rules, applied to one record's text (all fields together, so a surname found onc
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from importlib import resources
 
@@ -44,6 +44,19 @@ _CREDENTIAL = re.compile(
 )
 _LAST_FIRST = re.compile(rf"\b(?P<last>{_TOKEN}),\s+(?P<first>{_TOKEN})\b")
 _WORD = re.compile(rf"\b{_TOKEN}\b")
+_INITIAL_SURNAME = re.compile(rf"(?<![\w.])(?P<i>[A-Z]\.?)\s?(?P<v>{_TOKEN})\b")  # "J. Smith", "J Smith"
+# lower-case notes ("pt john smith called"): lexicon tokens after a trigger or before a credential, and lexicon pairs
+_LOWER_TOKEN = r"[a-z][a-z]*(?:['’][a-z]+)?(?:-[a-z]+)?"
+_LOWER_TRIGGER = re.compile(
+    r"\b(?:(?:dr|mr|mrs|ms|mx|prof)\b\.?|(?:miss|doctor|patient(?:'s)?\s+name|name|named|patient|pt|son|daughter"
+    r"|wife|husband|mother|father|brother|sister|spouse|partner|guardian|caregiver|seen\s+by|referred\s+by"
+    r"|signed\s+by|reviewed\s+by|dictated\s+by|contact|next\s+of\s+kin|spoke\s+with|accompanied\s+by"
+    r"|visited\s+by)\b)"
+    rf"\s*(?::|,|=)?\s*(?P<v>{_LOWER_TOKEN}(?:\s+(?:{_LOWER_TOKEN}|[a-z]\.)){{0,2}})"
+)
+_LOWER_CREDENTIAL = re.compile(rf"(?P<v>{_LOWER_TOKEN}(?:\s+{_LOWER_TOKEN}){{0,2}}),?\s+(?:md|m\.d\.|rn|np|phd)\b")
+_LOWER_LAST_FIRST = re.compile(rf"\b(?P<s>{_LOWER_TOKEN}),\s+(?P<g>{_LOWER_TOKEN})\b")
+_LOWER_PAIR = re.compile(rf"\b(?P<g>{_LOWER_TOKEN})\s+(?:[a-z]\.?\s+)?(?P<s>{_LOWER_TOKEN})\b")
 
 
 def _words(text: str) -> frozenset[str]:
@@ -76,6 +89,10 @@ mr mrs ms dr doctor nurse provider physician surgeon resident attending
 street st avenue ave road rd drive dr lane ln boulevard blvd court ct suite apt
 yes no ok okay normal abnormal negative positive stable unstable acute chronic mild moderate severe
 left right bilateral upper lower anterior posterior
+seen evaluated examined treated tolerating tolerated taking takes took started stopped given found feels feeling
+doing well better worse improved improving endorses refused declined agrees understands lives living walks walking
+arrived came went returned remains remained continues continued appears appeared looks looked says said tells told
+alert oriented awake asleep comfortable ambulating ambulatory afebrile stable presenting
 """
 )
 
@@ -147,6 +164,62 @@ def _lexicon_run(
     return run
 
 
+def _lower_case_names(
+    text: str,
+    given: frozenset[str],
+    surnames: frozenset[str],
+    add_tokens: Callable[[int, str, list[str]], None],
+) -> None:
+    """Rules for names written in lower case: stricter, since every word is lower case there."""
+
+    def is_name(tok: str) -> bool:
+        low = tok.lower()
+        return (_key(tok) in given or _key(tok) in surnames) and low not in _COMMON and low not in _AMBIGUOUS_GIVEN
+
+    def in_lexicon(tok: str) -> bool:
+        return (_key(tok) in given or _key(tok) in surnames) and tok.lower() not in _COMMON
+
+    for pattern in (_LOWER_TRIGGER, _LOWER_CREDENTIAL):
+        for m in pattern.finditer(text):
+            value = m.group("v")
+            tokens = _tokens(value)
+            run: list[str] = []
+            if pattern is _LOWER_CREDENTIAL:
+                # next to ", md" the last token is a name part even outside the lexicon ("betty ivanova, md")
+                tokens = tokens[::-1]
+                for i, tok in enumerate(tokens):
+                    if not (in_lexicon(tok) or (i == 0 and tok.lower() not in _COMMON)):
+                        break
+                    run.append(tok)
+            else:
+                for i, tok in enumerate(tokens):
+                    nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
+                    after_given = bool(run) and _key(run[-1]) in given
+                    ok = (
+                        is_name(tok)
+                        # an ambiguous given name ("carol") counts when a lexicon surname follows it
+                        or (i == 0 and _key(tok) in given and _key(nxt) in surnames and nxt.lower() not in _COMMON)
+                        or (i > 0 and in_lexicon(tok))
+                        or (after_given and tok.lower() not in _COMMON and len(tok) > 2)
+                    )
+                    if not ok:
+                        break
+                    run.append(tok)
+            if pattern is _LOWER_CREDENTIAL:
+                run = run[::-1]
+                offset = value.rfind(run[0]) if run else 0
+                add_tokens(m.start("v") + offset, value[offset:], run)
+            else:
+                add_tokens(m.start("v"), value, run)
+    for pattern in (_LOWER_PAIR, _LOWER_LAST_FIRST):
+        for m in pattern.finditer(text):
+            g, sname = m.group("g"), m.group("s")
+            lexical = len(g) > 2 and len(sname) > 2 and _key(g) in given and _key(sname) in surnames
+            if lexical and is_name(g) and sname.lower() not in _COMMON and sname.lower() not in _AMBIGUOUS_GIVEN:
+                add_tokens(m.start("g"), g, [g])
+                add_tokens(m.start("s"), sname, [sname])
+
+
 def find_names(
     text: str, known: Iterable[str] = (), *, lexicon_only: bool = False
 ) -> tuple[list[tuple[int, int]], set[str]]:
@@ -205,6 +278,15 @@ def find_names(
             add_tokens(m.start("last"), last, [last])
             add_tokens(m.start("first"), first, [first])
 
+    for m in _INITIAL_SURNAME.finditer(text):
+        surname = m.group("v")
+        if _key(surname) in surnames and surname.lower() not in _COMMON and not surname.isupper():
+            spans.append((m.start("i"), m.start("i") + len(m.group("i"))))
+            add_tokens(m.start("v"), surname, [surname])
+
+    if not lexicon_only:
+        _lower_case_names(text, given, surnames, add_tokens)
+
     words = list(_WORD.finditer(text))
     for i, m in enumerate(words):
         tok = m.group(0)
@@ -231,9 +313,10 @@ def find_names(
 
 
 def propagate_spans(text: str, tokens: Iterable[str]) -> list[tuple[int, int]]:
-    """Every standalone occurrence of the given name tokens in ``text`` (rule 6)."""
+    """Every standalone occurrence of the given name tokens in ``text``, in any letter case (rule 6)."""
     ordered = sorted(set(tokens), key=len, reverse=True)
     if not ordered:
         return []
     alternation = "|".join(re.escape(t) for t in ordered)
-    return [(m.start(), m.end()) for m in re.finditer(rf"(?<![\w-])(?:{alternation})(?![\w-])", text)]
+    pattern = re.compile(rf"(?<![\w-])(?:{alternation})(?![\w-])", re.IGNORECASE)  # "Smith" also finds "SMITH"
+    return [(m.start(), m.end()) for m in pattern.finditer(text)]

@@ -383,7 +383,7 @@ class ScrubReport:
         return sum(self.counts.values())
 
 
-_PROBE_KINDS = frozenset({"DATE", "ADDRESS"})  # rules whose patterns depend on letter case
+_PROBE_KINDS = frozenset({"DATE", "ADDRESS", "ZIP"})  # rules whose patterns depend on letter case
 
 
 def _iter_spans(text: str, probe: str | None = None) -> Iterator[Span]:
@@ -451,14 +451,12 @@ class Scrubber:
     def _scrub(
         self, text: str, known_names: Iterable[str], found: _NameHits | None = None
     ) -> tuple[str, Counter[str], set[str]]:
-        probe = _case_normalised(text)  # same length as text: spans found in it apply to text
-        upper = probe != text
-        spans = list(_iter_spans(text, probe if upper else None))
+        probe, mode = _case_normalised(text)  # same length as text: spans found in it apply to text
+        spans = list(_iter_spans(text, probe if mode else None))
         if found is None:
-            name_spans, tokens = find_names(probe, known_names, lexicon_only=upper)
-        else:  # names already found in this text; add the record's other names
-            own_spans, tokens = found
-            name_spans = own_spans + propagate_spans(probe, set(known_names) - tokens)
+            found = _find_names(text, probe, mode)
+        own_spans, tokens = found
+        name_spans = own_spans + propagate_spans(text, set(known_names) - tokens)
         spans.extend((s, e, "NAME") for s, e in sorted(name_spans, key=lambda se: (se[0], -se[1])))
         new, counts = _apply(text, _select(spans))
         return new, counts, tokens
@@ -470,8 +468,7 @@ class Scrubber:
         hits: dict[str, _NameHits] = {}
         for text in _strings(fields):
             if text not in hits:
-                probe = _case_normalised(text)
-                hits[text] = find_names(probe, lexicon_only=probe != text)
+                hits[text] = _find_names(text, *_case_normalised(text))
                 tokens |= hits[text][1]
         counts: Counter[str] = Counter()
 
@@ -498,6 +495,18 @@ class Scrubber:
         return out, counts
 
 
+def _find_names(text: str, probe: str, mode: str) -> _NameHits:
+    """Names in a text of any case: ALL-CAPS and lower-case texts are searched in their word-cased copy with the
+    lexicon-only rules; lower-case text also gets the lower-case rules on the original."""
+    if not mode:
+        return find_names(text)
+    spans, tokens = find_names(probe, lexicon_only=True)
+    if mode == "lower":
+        more, lower_tokens = find_names(text)
+        spans, tokens = spans + more, tokens | lower_tokens
+    return spans, tokens
+
+
 def _key_type(key: str | None) -> str | None:
     if not key:
         return None
@@ -515,23 +524,35 @@ _UPPER = re.compile(r"[^\W\d_a-z]")  # letters that are not ASCII lower case (ap
 _LOWER = re.compile(r"[a-z]")
 
 
-def _case_normalised(text: str) -> str:
-    """An ALL-CAPS text in word case ("JOHN SMITH" -> "John Smith"), same length, so name rules apply to it.
+def _case_normalised(text: str) -> tuple[str, str]:
+    """A word-cased copy of an ALL-CAPS or all-lower-case text, same length, and which of the two it was.
 
-    Text that is not mostly upper case is returned unchanged.
+    "JOHN SMITH" / "john smith" -> "John Smith", so the rules written for ordinary case apply to the copy; a
+    state abbreviation after ", " is upper case in the copy ("boston, ma 02115" -> "Boston, MA 02115"). Text in
+    ordinary case is returned unchanged with mode "".
     """
     upper, lower = len(_UPPER.findall(text)), len(_LOWER.findall(text))
-    if upper + lower < 8 or upper < 0.6 * (upper + lower):
-        return text
+    letters = upper + lower
+    if letters < 8:
+        return text, ""
+    if upper >= 0.6 * letters:
+        mode = "upper"
+    elif upper <= 0.005 * letters:
+        mode = "lower"
+    else:
+        return text, ""
+
+    def one(c: str, up: bool) -> str:
+        changed = c.upper() if up else c.lower()
+        return changed if len(changed) == 1 else c
 
     def word_case(m: re.Match[str]) -> str:
         word = m.group(0)
-        if word in _STATE_SET:
-            return word
-        rest = "".join(c.lower() if len(c.lower()) == 1 else c for c in word[1:])
-        return word[0] + rest
+        if word.upper() in _STATE_SET and (mode == "upper" or text[max(0, m.start() - 2) : m.start()] == ", "):
+            return "".join(one(c, True) for c in word)
+        return one(word[0], True) + "".join(one(c, False) for c in word[1:])
 
-    return re.sub(r"[^\W\d_]+", word_case, text)
+    return re.sub(r"[^\W\d_]+", word_case, text), mode
 
 
 _STATE_SET = frozenset(_STATES.split("|"))

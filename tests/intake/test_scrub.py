@@ -225,14 +225,15 @@ def test_recall_counts_by_type_are_reported() -> None:
     assert set(per) == set(PLACEHOLDER_TYPES)
 
 
-class TestAllCaps:
+class TestLetterCase:
     def test_unknown_surname_after_a_known_given_name(self) -> None:
         """In ALL-CAPS text a surname outside the lexicon is caught after a known given name or an honorific."""
         out, _ = Scrubber().scrub_text("PATIENT: MEI IVANOVA. SEEN IN CLINIC BY DR. OYELARAN FOR MIGRAINE.")
         assert out == "PATIENT: [NAME]. SEEN IN CLINIC BY DR. [NAME] FOR MIGRAINE."
 
-    def test_upper_cased_records_scrub_like_the_originals(self) -> None:
-        """Upper-casing a record does not change what the scrubber removes (checked on 80 example records)."""
+    @pytest.mark.parametrize("case", ["upper", "lower"])
+    def test_case_changed_records_scrub_like_the_originals(self, case: str) -> None:
+        """Upper- or lower-casing a record does not change what the scrubber removes (80 example records)."""
         import json
 
         from appliance.intake import normalise
@@ -244,15 +245,38 @@ class TestAllCaps:
             rec = json.loads(line)
             fields = {"instruction": rec["instruction"], "response": rec["response"]}
             plain, _ = scrubber.scrub_fields(fields)
-            upper, _ = scrubber.scrub_fields({k: v.upper() for k, v in fields.items()})
+            changed, _ = scrubber.scrub_fields({k: getattr(v, case)() for k, v in fields.items()})
             for key in fields:
-                assert normalise(upper[key]) == normalise(plain[key])
+                assert normalise(changed[key]) == normalise(plain[key])
+
+    def test_lower_case_names(self) -> None:
+        """Census names written in lower case are caught at >= 95% (measured: 100%) on the labelled sentences."""
+        scrubber = Scrubber()
+        cases = [c for c in labeled_cases(seed=5, per_type=100) if c.kind == "NAME" and c.in_lexicon]
+        hits = 0
+        for case in cases:
+            out, _ = scrubber.scrub_text(case.text.lower())
+            words = set(out.replace(",", " ").replace(".", " ").split())
+            hits += all(part.lower() not in words for part in case.value.split()) and "[NAME]" in out
+        assert hits / len(cases) >= 0.95
+
+    def test_lower_case_structured_identifiers(self) -> None:
+        """A lower-case note loses its dates, street, city and ZIP like a mixed-case one."""
+        out, _ = Scrubber().scrub_text("pt seen may 5, 2024. lives at 12 oak st, apt 4b, boston, ma 02115.")
+        assert out == "pt seen [DATE]. lives at [ADDRESS], [ADDRESS], ma [ZIP]."
 
 
 @pytest.mark.parametrize(
     "line",
-    ["1." * 50_000, "a." * 50_000 + "@b.com", "Ab-" * 33_000, "A-" * 50_000, "John Smith, " * 8_000],
-    ids=["dots", "email-ish", "cap-hyphen", "upper-dash", "many-names"],
+    [
+        "1." * 50_000,
+        "a." * 50_000 + "@b.com",
+        "Ab-" * 33_000,
+        "A-" * 50_000,
+        "John Smith, " * 8_000,
+        "pt john " * 12_500,
+    ],
+    ids=["dots", "email-ish", "cap-hyphen", "upper-dash", "many-names", "lower-case-triggers"],
 )
 def test_long_adversarial_lines_scrub_in_linear_time(line: str) -> None:
     """A 100 KB line built to make regexes backtrack is scrubbed in well under a few seconds (no quadratic rule)."""
