@@ -58,6 +58,7 @@ class AuditSettings(BaseModel):
     segment_max_records: int = 100_000  # records per segment file before rolling over
     # extra top-level event fields a deployment records, by kind; there is no free-text kind
     extra_fields: dict[str, Literal["identifier", "integer", "number", "boolean"]] = Field(default_factory=dict)
+    record_timeout_s: float = 10.0  # seconds a record may wait for durability before AuditUnavailable (hung disk)
 
 
 class ServingSettings(BaseModel):

@@ -56,15 +56,19 @@ def open_audit_log(settings: Settings, keys: KeyService | None = None, *, writer
         raise ConfigError(exc.message) from exc
     if keys is None:
         keys = open_key_service_for_audit(settings)
-    writer = AuditWriter(
-        make_sink(settings, cfg.sink),
-        keys,
-        writer_id=writer_id or cfg.writer_id,
-        secondary=None if cfg.secondary_sink is None else make_sink(settings, cfg.secondary_sink),
-        checkpoint_every=cfg.checkpoint_every,
-        checkpoint_interval_s=cfg.checkpoint_interval_s,
-        extra_fields=extra_fields,
-    )
+    try:
+        writer = AuditWriter(
+            make_sink(settings, cfg.sink),
+            keys,
+            writer_id=writer_id or cfg.writer_id,
+            secondary=None if cfg.secondary_sink is None else make_sink(settings, cfg.secondary_sink),
+            checkpoint_every=cfg.checkpoint_every,
+            checkpoint_interval_s=cfg.checkpoint_interval_s,
+            extra_fields=extra_fields,
+            record_timeout_s=cfg.record_timeout_s,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"invalid audit settings: {exc}") from exc
     return writer.start()
 
 

@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,6 +52,7 @@ class _Pending:
     done: asyncio.Future[AuditReceipt] | concurrent.futures.Future[AuditReceipt]
     loop: asyncio.AbstractEventLoop | None
     checkpoint: bool = False  # sign right after this record (start, stop)
+    since: float = field(default_factory=time.monotonic)  # when it was queued (the watchdog's clock)
 
 
 def _utc_now() -> str:
@@ -91,9 +92,13 @@ class AuditWriter:
         checkpoint_every: int = 1000,
         checkpoint_interval_s: float = 60.0,
         extra_fields: Mapping[str, str] | None = None,
+        record_timeout_s: float = 10.0,
     ) -> None:
-        if checkpoint_every < 1 or checkpoint_interval_s <= 0:
-            raise ValueError("checkpoint_every >= 1 and checkpoint_interval_s > 0")
+        if checkpoint_every < 1 or checkpoint_interval_s <= 0 or record_timeout_s <= 0:
+            raise ValueError("checkpoint_every >= 1, checkpoint_interval_s > 0 and record_timeout_s > 0")
+        self._timeout = record_timeout_s
+        self._inflight: Sequence[_Pending] = ()  # the batch being written (the watchdog's view)
+        self._inflight_since = 0.0
         self._sink, self._secondary, self._keys = sink, secondary, keys
         self._requested_writer_id = writer_id
         self._checkpoint_every, self._checkpoint_interval_s = checkpoint_every, checkpoint_interval_s
@@ -127,6 +132,8 @@ class AuditWriter:
         self._closed, self._closing = False, False
         self._thread = threading.Thread(target=self._run, name=f"audit-writer-{self.writer_id}", daemon=True)
         self._thread.start()
+        watchdog = threading.Thread(target=self._watch, name=f"audit-watchdog-{self.writer_id}", daemon=True)
+        watchdog.start()
         try:
             for recovery in head.recoveries:
                 details = {
@@ -168,6 +175,25 @@ class AuditWriter:
             self._thread.join()
         self._closed = True
 
+    def _watch(self) -> None:
+        """Fail (never acknowledge) records that waited longer than record_timeout_s: a hung disk or database."""
+        period = min(0.25, self._timeout / 4)
+        while not self._closed:
+            time.sleep(period)
+            now = time.monotonic()
+            expired: list[_Pending] = []
+            inflight = self._inflight
+            if inflight and now - self._inflight_since > self._timeout:
+                expired.extend(inflight)
+                self._inflight = ()  # reported once; the writer thread clears it too when the write returns
+            with self._lock:
+                if self._queue and now - self._queue[0].since > self._timeout:
+                    expired.extend(p for p in self._queue if now - p.since > self._timeout)
+                    self._queue = [p for p in self._queue if now - p.since <= self._timeout]
+            if expired:
+                log.error("audit.record_timeout", writer_id=self.writer_id, records=len(expired))
+                self._settle(expired, None, AuditUnavailable(f"audit record not durable within {self._timeout:g} s"))
+
     # --- recording -----------------------------------------------------------------------------------------
     async def record(self, event: Mapping[str, Any]) -> AuditReceipt:
         """Record event; returns once it is durable. ``ValidationFailed`` for a bad event, else ``AuditUnavailable``."""
@@ -175,7 +201,7 @@ class AuditWriter:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[AuditReceipt] = loop.create_future()
         self._submit(_Pending(body, done, loop))
-        return await done
+        return await done  # the watchdog fails it after record_timeout_s if storage hangs
 
     def record_sync(self, event: Mapping[str, Any]) -> AuditReceipt:
         """The same as :meth:`record` for synchronous callers (CLI, training loop)."""
@@ -204,7 +230,7 @@ class AuditWriter:
     def _submit_body_sync(self, body: bytes, *, checkpoint: bool = False) -> AuditReceipt:
         done: concurrent.futures.Future[AuditReceipt] = concurrent.futures.Future()
         self._submit(_Pending(body, done, None, checkpoint))
-        return done.result()
+        return done.result()  # the watchdog fails it after record_timeout_s if storage hangs
 
     def _submit(self, pending: _Pending) -> None:
         with self._lock:
@@ -217,6 +243,17 @@ class AuditWriter:
 
     # --- the writer thread ---------------------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # a bug must not leave callers waiting: fail everything, refuse more
+            log.critical("audit.writer_died", writer_id=self.writer_id, error=type(exc).__name__)
+            with self._lock:
+                self._closing = True
+                batch, self._queue = self._queue, []
+            self._settle(batch, None, AuditUnavailable("audit writer stopped"))
+            raise
+
+    def _loop(self) -> None:
         while True:
             with self._lock:
                 batch, self._queue = self._queue, []
@@ -257,12 +294,14 @@ class AuditWriter:
                     }
                     internal.append(system_event("audit.recovered", "truncate", details))
             lines, receipts, head, checkpointed = self._chain(internal, batch)
+            self._inflight_since, self._inflight = time.monotonic(), batch
             self._sink.append(lines, self._head.seq + 1)
         except Exception as exc:
             self._needs_recovery = True
             error = exc if isinstance(exc, AuditUnavailable) else AuditUnavailable(_reason(exc))
             log.error("audit.append_failed", writer_id=self.writer_id, error=error.message, records=len(batch))
             self.stats["failed_batches"] += 1
+            self._inflight = ()
             self._settle(batch, None, error)
             return
         self._head, self._checkpointed_seq = head, checkpointed
@@ -270,6 +309,7 @@ class AuditWriter:
         self.stats["records"] += len(lines)
         if self._secondary is not None:
             self._replicate(lines, self._head.seq - len(lines) + 1)
+        self._inflight = ()
         self._settle(batch, receipts, None)
 
     def _chain(
@@ -330,10 +370,11 @@ class AuditWriter:
             outcome: Any = error if receipts is None else receipts[i]
             if pending.loop is None:
                 assert isinstance(pending.done, concurrent.futures.Future)
-                if error is None:
-                    pending.done.set_result(outcome)
-                else:
-                    pending.done.set_exception(AuditUnavailable(error.message))
+                with contextlib.suppress(concurrent.futures.InvalidStateError):  # settled by the watchdog
+                    if error is None:
+                        pending.done.set_result(outcome)
+                    else:
+                        pending.done.set_exception(AuditUnavailable(error.message))
             else:
                 assert isinstance(pending.done, asyncio.Future)
                 by_loop.setdefault(pending.loop, []).append((pending.done, outcome))

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,54 @@ class TestClosed:
         assert len(names) >= 3 and names[0] == "segment-000000000001.jsonl"
         assert _verify(settings, keys, require_signed_end=True).ok
         assert oct(Path(settings.audit_dir / "node-1" / names[0]).stat().st_mode & 0o777) == "0o600"
+
+
+class TestTimers:
+    def test_idle_writer_signs_on_interval(self, settings: Settings, keys: LocalKeyService) -> None:
+        """With records since the last checkpoint, an idle writer adds a signed checkpoint after the interval."""
+        audit = settings.audit.model_copy(update={"checkpoint_interval_s": 0.2})
+        writer = open_audit_log(settings.model_copy(update={"audit": audit}), keys)
+        try:
+            receipt = writer.record_sync(make_event())
+            deadline = time.monotonic() + 5
+            while writer.head.seq == receipt.seq and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert writer.head.seq == receipt.seq + 1
+        finally:
+            writer.close_sync()
+        records = _records(settings)
+        checkpoint = {r["seq"]: r for r in records}[receipt.seq + 1]
+        assert checkpoint["type"] == "audit.checkpoint" and checkpoint["details"]["signed_seq"] == receipt.seq
+
+    async def test_hung_disk_times_out_unacknowledged(
+        self, settings: Settings, keys: LocalKeyService, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """When fdatasync hangs (a dying disk, simulated at the OS call), record raises instead of waiting forever."""
+        audit = settings.audit.model_copy(update={"record_timeout_s": 0.3})
+        writer = open_audit_log(settings.model_copy(update={"audit": audit}), keys)
+        real = os.fdatasync
+        monkeypatch.setattr(os, "fdatasync", lambda fd: (time.sleep(1.0), real(fd))[1])
+        try:
+            with pytest.raises(AuditUnavailable, match="not durable within"):
+                await writer.record(make_event())
+            with pytest.raises(AuditUnavailable):
+                writer.record_sync(make_event())
+        finally:
+            monkeypatch.setattr(os, "fdatasync", real)
+        deadline = time.monotonic() + 10
+        while True:  # once the disk answers again, recording resumes by itself
+            try:
+                writer.record_sync(make_event())
+                break
+            except AuditUnavailable:
+                assert time.monotonic() < deadline
+        writer.close_sync()
+        assert _verify(settings, keys, require_signed_end=True).ok
+
+    def test_invalid_settings_are_a_config_error(self, settings: Settings, keys: LocalKeyService) -> None:
+        """A checkpoint interval of zero is refused at open with ConfigError."""
+        from appliance.errors import ConfigError
+
+        audit = settings.audit.model_copy(update={"checkpoint_every": 0})
+        with pytest.raises(ConfigError):
+            open_audit_log(settings.model_copy(update={"audit": audit}), keys)
