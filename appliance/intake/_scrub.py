@@ -486,13 +486,26 @@ class Scrubber:
                 counts["ID"] += 1
                 return "[ID]"
             if isinstance(value, dict):
-                return {k: walk(v, k) for k, v in value.items()}
+                out: dict[str, Any] = {}
+                for k, v in value.items():
+                    out[self._scrub_key(k, tokens, counts, out)] = walk(v, k)
+                return out
             if isinstance(value, list):
                 return [walk(v, key) for v in value]
             return value
 
         out = {k: walk(v, None if k in ("instruction", "response") else k) for k, v in fields.items()}
         return out, counts
+
+    def _scrub_key(self, key: str, tokens: set[str], counts: Counter[str], taken: dict[str, Any]) -> str:
+        """A metadata key can itself be PHI ({"John Smith": ...}): scrub it; keep keys unique ("[NAME]#2")."""
+        new, c, _ = self._scrub(key, tokens)
+        counts.update(c)
+        unique, n = new, 1
+        while unique in taken:
+            n += 1
+            unique = f"{new}#{n}"
+        return unique
 
 
 def _find_names(text: str, probe: str, mode: str) -> _NameHits:

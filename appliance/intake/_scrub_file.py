@@ -2,8 +2,8 @@
 
 ``subject_id`` is kept verbatim: it is the linkage key that ``data prepare`` turns into a salted digest (the
 scrubbed file is an intermediate for review, not a release). ``instruction``, ``response`` and every string in
-``metadata`` are scrubbed; metadata keys that name an identifier (``mrn``, ``dob``, ``phone``...) have their whole
-value replaced.
+``metadata`` are scrubbed, and so are metadata keys (a key can itself be PHI); metadata keys that name an
+identifier (``mrn``, ``dob``, ``phone``...) have their whole value replaced.
 """
 
 from __future__ import annotations

@@ -178,6 +178,13 @@ class TestRecords:
         }
         assert counts == Counter({"PHONE": 2, "MRN": 1, "DATE": 1, "ID": 1})
 
+    def test_metadata_keys_are_scrubbed(self, scrubber: Scrubber) -> None:
+        """A metadata key that is itself PHI is replaced, and keys stay unique."""
+        meta = {"John Smith": "x", "Mary Jones": "y", "ward": "ICU"}
+        out, counts = scrubber.scrub_fields({"instruction": "x", "response": "y", "metadata": meta})
+        assert out["metadata"] == {"[NAME]": "x", "[NAME]#2": "y", "ward": "ICU"}
+        assert counts["NAME"] == 2
+
     def test_all_caps_text(self, scrubber: Scrubber) -> None:
         """ALL-CAPS notes are scrubbed like mixed-case ones (names, month dates, cities) without over-scrubbing."""
         text = (
