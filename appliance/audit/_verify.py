@@ -130,7 +130,7 @@ def verify_chain(
         location, data = chunk[0], chunk[1]
         first_line = chunk[2] if len(chunk) > 2 else 1  # type: ignore[misc]
         view = memoryview(data)
-        find, startswith = data.find, data.startswith
+        find = data.find  # data is bytes or a read-only mmap of a segment (no copy of the file)
         pos, lineno = 0, first_line - 1
         while True:
             # --- fast path: fixed offsets, no copies of the line, one SHA-256 ----------------------------------
@@ -142,10 +142,10 @@ def verify_chain(
             if (
                 comma < 0
                 or nl - begin < 170
-                or not startswith(_HASH_TAIL, nl - 75)
-                or not startswith(b'{"seq":', begin)
-                or not startswith(_PREV, comma)
-                or not startswith(b'"}', nl - 2)
+                or data[nl - 75 : nl - 66] != _HASH_TAIL
+                or data[begin : begin + 7] != b'{"seq":'
+                or data[comma : comma + 14] != _PREV
+                or data[nl - 2 : nl] != b'"}'
             ):
                 problem("malformed", location, lineno, None, "not an audit record line")
                 continue
@@ -188,13 +188,14 @@ def verify_chain(
                 else:
                     problem("chain_break", location, lineno, seq, "prev_hash is not the previous record's hash")
             duplicate = None
-            if startswith(_CHECKPOINT_TAIL, nl - 101):
+            if data[nl - 101 : nl - 75] == _CHECKPOINT_TAIL:
                 line = data[begin:nl]
                 _check_checkpoint(line, seq, record_prev, writer_id, public_keys, report, location, lineno)
                 last_checkpoint_index = count
             if hashes is not None:
                 hashes.append((seq, stored.decode("ascii", "replace")))
             last_seq, prev, expected_seq, last_line = seq, stored, seq + 1, lineno
+        view.release()
         if pos < len(data):
             problem("torn", location, lineno + 1, None, f"incomplete last line ({len(data) - pos} bytes)")
 
@@ -291,9 +292,8 @@ def verify_store(
                 wid, paths, public_keys=public_keys, start=start, require_signed_end=signed_end, workers=n
             )
         else:
-            chain = verify_chain(
-                wid, store.read(wid), public_keys=public_keys, start=start, require_signed_end=signed_end
-            )
+            read = getattr(store, "read_mapped", store.read)
+            chain = verify_chain(wid, read(wid), public_keys=public_keys, start=start, require_signed_end=signed_end)
         report.chains.append(chain)
     return report
 
@@ -311,7 +311,9 @@ def _default_workers(paths: list[Path] | None) -> int:
 
 def _verify_segment(args: tuple[str, Path, dict[int, bytes]]) -> ChainReport:
     writer_id, path, public_keys = args
-    return verify_chain(writer_id, [(path.name, path.read_bytes())], public_keys=public_keys, start=None)
+    from appliance.audit._sinks.files import map_file
+
+    return verify_chain(writer_id, map_file(path), public_keys=public_keys, start=None)
 
 
 def verify_segments(
