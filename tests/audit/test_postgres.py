@@ -164,3 +164,17 @@ def test_purge_leaves_a_verifiable_rest(settings: Settings, keys: LocalKeyServic
     writer.close_sync()
     report = verify_store(store, keys.public_keys(AUDIT_SIGNING))
     assert report.ok and report.chains[0].first_seq == result.through_seq + 1
+
+
+def test_postgres_primary_with_file_secondary(settings: Settings, keys: LocalKeyService, postgres_url: str) -> None:
+    """PostgreSQL primary with a segment-file secondary: after two sessions both hold the same verified chain."""
+    section = {"sink": "postgres", "database_url": postgres_url, "secondary_sink": "file"}
+    both = settings.model_copy(update={"audit": settings.audit.model_copy(update=section)})
+    for _ in range(2):
+        writer = open_audit_log(both, keys)
+        for _ in range(5):
+            writer.record_sync(make_event())
+        writer.close_sync()
+    files, pg = FileStore(settings.audit_dir), PostgresStore(postgres_url)
+    assert b"".join(d for _, d in files.read("node-1")) == b"".join(d for _, d in pg.read("node-1"))
+    assert verify_store(files, keys.public_keys(AUDIT_SIGNING)).ok

@@ -160,6 +160,7 @@ class FileSink:
         self._fd: int | None = None
         self._segment: Path | None = None
         self._segment_records = 0
+        self._head_seq = 0
         self._writer_id = ""
 
     # --- opening -------------------------------------------------------------------------------------------
@@ -223,6 +224,7 @@ class FileSink:
                     _fsync_dir(self._dir)
         except OSError as exc:
             raise _unavailable("recover the end of its chain", exc) from exc
+        self._head_seq = head_seq
         return ChainHead(self._writer_id, head_seq, head_hash, tuple(recoveries))
 
     def _anchor_head(self) -> tuple[int, str] | None:
@@ -304,6 +306,11 @@ class FileSink:
 
     # --- appending -----------------------------------------------------------------------------------------
     def append(self, lines: Sequence[bytes], first_seq: int) -> None:
+        skip = max(0, self._head_seq - first_seq + 1)  # as a secondary, records it already holds
+        if skip:
+            lines, first_seq = lines[skip:], first_seq + skip
+        if not lines:
+            return
         try:
             if self._fd is None or self._segment_records >= self.segment_max_records:
                 self._new_segment(first_seq)
@@ -317,6 +324,7 @@ class FileSink:
             self._close_segment()
             raise _unavailable("write a record", exc) from exc
         self._segment_records += len(lines)
+        self._head_seq = first_seq + len(lines) - 1
         if self._segment_records >= self.segment_max_records:
             self._close_segment()  # a full segment holds no open write handle; the next batch starts a new one
 
