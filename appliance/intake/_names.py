@@ -32,12 +32,17 @@ _NAME_SEQ = rf"(?:{_INITIAL}|{_TOKEN})(?:\s+(?:{_INITIAL}|{_TOKEN})){{0,3}}"
 
 _HONORIFIC = re.compile(rf"\b(?:Dr|Mr|Mrs|Ms|Mx|Prof|Miss|Mister|Doctor|Sir|Madam)\.?\s+(?P<v>{_NAME_SEQ})")
 _TRIGGER = re.compile(
-    r"(?i:\b(?:patient(?:'s)?\s+name|name|named|patient|pt|son|daughter|wife|husband|mother|father|brother|sister"
+    r"(?i:\b(?P<t>patient(?:'s)?\s+name|name|named|patient|pt|son|daughter|wife|husband|mother|father|brother|sister"
     r"|spouse|partner|guardian|caregiver|grandson|granddaughter|grandmother|grandfather|aunt|uncle|niece|nephew"
     r"|friend|neighbou?r|seen\s+by|referred\s+by|signed\s+by|reviewed\s+by|dictated\s+by|attending|contact"
     r"|emergency\s+contact|next\s+of\s+kin|nok|cc|surgeon|physician|provider|pcp|nurse|resident|fellow"
     r"|accompanied\s+by|visited\s+by|spoke\s+with|called|c/o|care\s+of|mrs|mr|ms))"
-    r"\b\s*(?::|,|is|was|=)?\s*(?P<v>" + _NAME_SEQ + ")"
+    r"\b\s*(?P<sep>:|,|=|is|was)?\s*(?P<v>" + _NAME_SEQ + ")"
+)
+# triggers that label a name outright: any non-common capitalised token after them is taken as a name
+_STRONG_TRIGGERS = re.compile(
+    r"(?i)^(?:patient(?:'s)?\s+name|name|named|signed\s+by|reviewed\s+by|dictated\s+by|next\s+of\s+kin|nok|cc"
+    r"|c/o|care\s+of|mrs|mr|ms)$"
 )
 _CREDENTIAL = re.compile(
     rf"(?P<v>{_NAME_SEQ}),?\s+(?:MD|M\.D\.|DO|D\.O\.|RN|NP|PA-C|PA|PhD|DNP|CNM|CRNA|LPN|MBBS|FRCP|DDS|PharmD)\b"
@@ -93,6 +98,10 @@ seen evaluated examined treated tolerating tolerated taking takes took started s
 doing well better worse improved improving endorses refused declined agrees understands lives living walks walking
 arrived came went returned remains remained continues continued appears appeared looks looked says said tells told
 alert oriented awake asleep comfortable ambulating ambulatory afebrile stable presenting
+education practitioner therapy physical internal triage protocol provided verified notified precautions present
+services social work worker management health mental behavioral occupational speech respiratory infectious
+disease diseases intensive critical general practice assistant aide technician coordinator manager director
+administration nutrition dietitian chaplain interpreter transport security registration billing insurance
 """
 )
 
@@ -265,6 +274,14 @@ def find_names(
             tokens = _strip_common(tokens)
             if lexicon_only:
                 tokens = _lexicon_run(tokens, given, surnames, first_free=pattern is _HONORIFIC)
+            elif pattern is _TRIGGER and tokens and not _STRONG_TRIGGERS.match(m.group("t")):
+                # a weak trigger ("patient", "son", "nurse") without ":" or ",": the first token must be a lexicon
+                # name, or two name-like tokens must follow ("Patient Zyntharia Quellbrook", not "Contact Dermatitis")
+                labelled = m.group("sep") in (":", ",", "=")
+                in_lexicon = _key(tokens[0]) in given or _key(tokens[0]) in surnames
+                name_words = [t for t in tokens if not re.fullmatch(_INITIAL, t)]
+                if not (labelled or in_lexicon or len(name_words) >= 2):
+                    tokens = []
             if tokens and len(tokens[0]) >= 2:
                 add_tokens(m.start("v"), value, tokens)
 

@@ -83,6 +83,24 @@ CLEAN = [
 ]
 
 
+# clinical phrases that follow a name trigger word ("patient", "contact", "nurse", "seen by") but hold no name
+AFTER_TRIGGERS = [
+    "Emergency Contact Phone: see chart",
+    "Patient Education Provided",
+    "Contact Precautions In Place",
+    "Patient Name Verified",
+    "Nurse Practitioner Visit",
+    "Primary Care Provider Notified",
+    "Wife Present During Exam",
+    "Provider: Internal Medicine",
+    "Seen by Physical Therapy",
+    "Patient Tylenol allergy noted",
+    "Contact Dermatitis on both hands",
+    "Nurse Triage Protocol",
+    "Spoke with Pharmacy about Warfarin dosing",
+]
+
+
 @pytest.fixture(scope="module")
 def scrubber() -> Scrubber:
     """One scrubber for the module (it is stateless)."""
@@ -113,6 +131,11 @@ class TestEachType:
         out, counts = scrubber.scrub_text(text)
         assert out == text
         assert not counts
+
+    @pytest.mark.parametrize("text", AFTER_TRIGGERS)
+    def test_clinical_phrases_after_trigger_words_are_kept(self, scrubber: Scrubber, text: str) -> None:
+        """A trigger word followed by a clinical term (not a name) leaves the term in place."""
+        assert scrubber.scrub_text(text)[0] == text
 
 
 class TestRecall:
