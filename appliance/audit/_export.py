@@ -254,7 +254,7 @@ def export(
         if on_progress is not None:
             on_progress(done, max(total, done))
 
-    with tmp.open("w", encoding="utf-8", newline="") as handle:
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8", newline="") as handle:
         table = csv.writer(handle, lineterminator="\n") if fmt == "csv" else None
         if table is not None:
             table.writerow(CSV_COLUMNS)
@@ -330,7 +330,7 @@ def _sha256_file(path: Path) -> str:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.partial")
-    with tmp.open("wb") as handle:
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())

@@ -148,14 +148,23 @@ def hash_cmd(
     text: str | None = typer.Argument(None, help="The text; omit (or '-') to read it from stdin (preferred)."),
 ) -> None:
     """Print the HMAC-SHA256 digest of a text under the audit key, to compare with a record's digests."""
-    from appliance.audit import digest
+    from appliance.audit import digest, open_audit_log
     from appliance.audit._factory import open_key_service_for_audit
 
     if text is None or text == "-":
         text = sys.stdin.read()
         if text.endswith("\n"):
             text = text[:-1]
-    console.print(digest(open_key_service_for_audit(settings_of(ctx)), text), highlight=False, soft_wrap=True)
+    settings = settings_of(ctx)
+    keys = open_key_service_for_audit(settings)
+    value = digest(keys, text)
+    # The command is an oracle for the HMAC key: every use is recorded (who, when; never the text or the digest).
+    audit = open_audit_log(settings, keys)
+    try:
+        audit.record_sync(_cli_event("audit.hash", "hash", {}))
+    finally:
+        audit.close_sync()
+    console.print(value, highlight=False, soft_wrap=True)
 
 
 @app.command("purge")
@@ -229,7 +238,7 @@ def tail_cmd(
     table = Table("chain", "seq", "time", "type", "actor", "action", "adapter", "outcome")
     for wid in [writer] if writer else store.writers():
         tail: list[bytes] = []
-        for _, data in store.read(wid):
+        for _, data in _newest_chunks(store, wid, lines):
             tail = (tail + data.split(b"\n"))[-(lines + 1) :]
         for line in [x for x in tail if x][-lines:]:
             if as_json:
@@ -254,3 +263,19 @@ def tail_cmd(
             )
     if not as_json:
         console.print(table)
+
+
+def _newest_chunks(store: Any, writer_id: str, lines: int) -> list[tuple[str, bytes]]:
+    """The last segments holding at least ``lines`` records (segment files), else the whole chain."""
+    segments = getattr(store, "live_segments", None)
+    if segments is None:
+        return list(store.read(writer_id))
+    chosen: list[tuple[str, bytes]] = []
+    count = 0
+    for _, path in reversed(segments(writer_id)):
+        data = path.read_bytes()
+        chosen.insert(0, (path.name, data))
+        count += data.count(b"\n")
+        if count > lines:
+            break
+    return chosen

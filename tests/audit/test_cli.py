@@ -117,5 +117,9 @@ def test_hash_argument_and_purge_dry_run(env: Settings, keys: LocalKeyService) -
     runner = CliRunner()
     result = runner.invoke(app, ["audit", "hash", "some text"])
     assert result.output.strip().splitlines()[-1] == digest(keys, "some text")  # other stages may log first
+    tail = runner.invoke(app, ["audit", "tail", "-n", "3", "--json"]).output
+    hashes = [json.loads(x) for x in tail.splitlines() if x.startswith("{") and '"audit.hash"' in x]
+    assert len(hashes) == 1 and hashes[0]["actor"]["auth_method"] == "cli"  # the oracle's use is accountable
+    assert digest(keys, "some text") not in tail
     purge = runner.invoke(app, ["audit", "purge", "--dry-run"])
     assert purge.exit_code == 0 and "nothing older than 2192 days" in purge.output

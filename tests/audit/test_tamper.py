@@ -146,6 +146,7 @@ class TestExport:
         report = verify_export(out, expected_key_fingerprint=manifest["key_fingerprint"])
         assert report.ok, [str(p) for p in report.all_problems]
         assert report.records == total
+        assert {oct(f.stat().st_mode & 0o777) for f in out.iterdir()} == {"0o600"}
 
     @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
     def test_filtered_round_trip(
