@@ -14,6 +14,7 @@ before its first record is written, so a crash never loses a file that held ackn
 from __future__ import annotations
 
 import contextlib
+import contextlib
 import errno
 import fcntl
 import mmap
@@ -168,7 +169,10 @@ class FileSink:
         if not _WRITER.match(writer_id):
             raise AuditUnavailable(f"invalid audit writer id {writer_id!r}")
         try:
-            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not self.root.is_dir():
+                with contextlib.suppress(FileExistsError):  # another process may create it first
+                    self.root.mkdir(parents=True, mode=0o700)
+                _fsync_dir(self.root.parent)  # the new directory's entry survives a crash
         except OSError as exc:
             raise _unavailable("create its directory", exc) from exc
         lanes = [writer_id] if exact else [writer_id] + [f"{writer_id}.{n}" for n in range(2, _MAX_LANES + 1)]
@@ -181,7 +185,10 @@ class FileSink:
     def _try_lock(self, lane: str) -> bool:
         directory = self.root / lane
         try:
-            directory.mkdir(exist_ok=True, mode=0o700)
+            if not directory.is_dir():
+                with contextlib.suppress(FileExistsError):
+                    directory.mkdir(mode=0o700)
+                _fsync_dir(self.root)
             fd = os.open(directory / ".lock", os.O_RDONLY | os.O_CREAT, 0o600)  # no write access held
         except OSError as exc:
             raise _unavailable("open its lock file", exc) from exc
