@@ -14,7 +14,6 @@ before its first record is written, so a crash never loses a file that held ackn
 from __future__ import annotations
 
 import contextlib
-import contextlib
 import errno
 import fcntl
 import mmap
