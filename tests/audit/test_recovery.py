@@ -126,3 +126,25 @@ def test_garbage_after_power_loss_is_cut(settings: Settings, keys: LocalKeyServi
         "node-1", FileStore(settings.audit_dir).read("node-1"), public_keys=keys.public_keys(AUDIT_SIGNING)
     )
     assert report.ok, report.problems
+
+
+def test_crash_between_rotation_and_first_record(settings: Settings, keys: LocalKeyService) -> None:
+    """An empty segment left by a crash right after rotation is reused when it is next, removed otherwise."""
+    from appliance.audit._sinks.files import segment_name
+
+    settings = settings.model_copy(update={"audit": settings.audit.model_copy(update={"segment_max_records": 4})})
+    writer = open_audit_log(settings, keys)
+    writer.record_sync(make_event())
+    writer.close_sync()  # start, checkpoint, event, stop | checkpoint: seq 1-4 then 5
+    store = FileStore(settings.audit_dir)
+    head = max(_stored(settings))
+    directory = settings.audit_dir / "node-1"
+    (directory / segment_name(head + 1)).touch()  # created and fsynced, then the crash
+    (directory / segment_name(head + 50)).touch()  # an impossible orphan
+    writer = open_audit_log(settings, keys)
+    writer.close_sync()
+    names = [p.name for _, p in store.segments("node-1")]
+    assert segment_name(head + 1) in names and segment_name(head + 50) not in names
+    assert (directory / segment_name(head + 1)).stat().st_size > 0
+    report = verify_chain("node-1", store.read("node-1"), public_keys=keys.public_keys(AUDIT_SIGNING))
+    assert report.ok, report.problems
