@@ -17,6 +17,7 @@ import binascii
 import contextlib
 import re
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -160,6 +161,8 @@ class VaultKeyService:
             raise ConfigError(f"keys.vault_addr must be an http(s) URL, got {keys.vault_addr!r}")
         if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "::1", "localhost"):
             log.warning("keys.vault_plaintext_http", addr=keys.vault_addr)
+        if keys.vault_ca_cert is not None and not Path(keys.vault_ca_cert).is_file():
+            raise ConfigError(f"keys.vault_ca_cert names no readable file: {keys.vault_ca_cert}")
         verify: bool | str = keys.vault_ca_cert or True
         client = hvac.Client(url=keys.vault_addr, verify=verify, timeout=keys.vault_timeout_s)
         login: Callable[[hvac.Client], None] | None = None

@@ -188,11 +188,17 @@ def test_operator_status_shows_versions_not_material(vault: VaultKeyService) -> 
 
 
 def test_missing_vault_settings_are_config_errors(data_dir: Path) -> None:
-    """The vault backend without an address or without credentials refuses to start, naming the field."""
+    """The vault backend without an address, credentials or a CA file it names refuses to start, naming the field."""
     with pytest.raises(ConfigError, match="vault_addr"):
         open_key_service(load_settings(data_dir=data_dir, keys={"backend": "vault"}))
     with pytest.raises(ConfigError, match="vault_token"):
         open_key_service(vault_settings(data_dir, "http://127.0.0.1:1"))
+    with pytest.raises(ConfigError, match="vault_ca_cert"):
+        open_key_service(
+            vault_settings(data_dir, "https://127.0.0.1:1", "t", vault_ca_cert=str(data_dir / "no-ca.pem"))
+        )
+    with pytest.raises(ConfigError, match="http"):
+        open_key_service(vault_settings(data_dir, "ftp://vault", "t"))
 
 
 def test_bad_token_is_forbidden_at_open(openbao: OpenBaoServer, data_dir: Path) -> None:
