@@ -5,6 +5,12 @@ SHA-256 compared (constant time) with the published fingerprint, and the weights
 bytes, so the file cannot change between the check and the load. A reload is rehearsed first: every new adapter
 is read and checked before anything changes; if one fails, nothing changes.
 
+Mixed-adapter batches: peft's ``adapter_names=`` loops over the adapters of a batch in every LoRA layer, which
+costs one pair of small matmuls per adapter. When every loaded adapter is plain LoRA, the runner instead keeps
+each layer's adapters stacked (``A`` [n+1, r, in], ``B`` [n+1, out, r] with the scaling folded in, slot 0 zeros for
+the base model) and computes the whole batch with one gather and two batched matmuls, whatever the number of
+adapters (the BGMV idea of Punica/S-LoRA). peft's path stays the fall-back (e.g. DoRA adapters).
+
 Used from the scheduler's thread only (forward passes and adapter changes never overlap).
 """
 
@@ -74,6 +80,34 @@ def prepare_adapter(spec: AdapterSpec) -> PreparedAdapter:
     return PreparedAdapter(spec=spec, fingerprint=digest, config=config, state=state)
 
 
+class _Routing:
+    """Which stacked slot each row of the current forward pass uses (None: peft's own forward)."""
+
+    def __init__(self) -> None:
+        self.slots: tuple[int, ...] | None = None
+        self.index: torch.Tensor | None = None
+
+
+def _gathered_forward(module: Any, routing: _Routing) -> Any:
+    """A LoRA Linear forward that serves rows of different adapters with one gather and two batched matmuls."""
+    peft_forward = type(module).forward
+
+    def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if routing.index is None or x.dim() != 3:
+            return peft_forward(module, x, *args, **kwargs)
+        result = module.base_layer(x, *args, **kwargs)
+        cache = module._appliance_cache
+        if cache is None or cache[0] != routing.slots:
+            stack_a, stack_b = module._appliance_stacks
+            a = stack_a.index_select(0, routing.index).transpose(1, 2)  # [B, in, r]
+            b = stack_b.index_select(0, routing.index).transpose(1, 2)  # [B, r, out]
+            cache = module._appliance_cache = (routing.slots, a, b)
+        _, a, b = cache
+        return result + torch.bmm(torch.bmm(x.to(a.dtype), a), b).to(result.dtype)
+
+    return forward
+
+
 class ModelRunner:
     """Runs forward passes of the base model with any mix of its loaded adapters."""
 
@@ -93,6 +127,9 @@ class ModelRunner:
         self.base.eval()
         self.peft: Any = None
         self._active: str | None = None
+        self._routing = _Routing()
+        self._slots: dict[str, int] = {}  # adapter id -> slot in the stacked weights (0 = base model)
+        self._gathered = False  # the stacked fast path is ready for the loaded set
         self.fingerprints: dict[str, str] = {}
         eos = self.base.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -134,6 +171,7 @@ class ModelRunner:
             self.peft.eval()
             self.fingerprints[adapter_id] = item.fingerprint
             self._active = None
+        self._restack()
         replaced = [a for a in removed if a in wanted]
         log.info(
             "engine.adapters_applied",
@@ -163,6 +201,39 @@ class ModelRunner:
         remaining = [a for a in self.peft.peft_config if a != adapter_id]
         self.peft.set_adapter(remaining[0])
         self.peft.delete_adapter(adapter_id)
+
+    def _restack(self) -> None:
+        """Rebuild every LoRA layer's stacked weights for the loaded adapters (after any change)."""
+        from peft.tuners.lora.layer import Linear as LoraLinear
+
+        self._gathered = False
+        self._slots = {a: i + 1 for i, a in enumerate(sorted(self.fingerprints))}
+        if self.peft is None or not self._slots:
+            return
+        layers: list[Any] = [m for m in self.peft.modules() if isinstance(m, LoraLinear)]
+        if any(getattr(m, "lora_variant", None) for m in layers) or any(
+            getattr(m, "fan_in_fan_out", False) for m in layers
+        ):
+            log.info("engine.mixed_batches", path="peft")  # variants (DoRA...) keep peft's own path
+            return
+        n = len(self._slots) + 1
+        for module in layers:
+            present = [a for a in self._slots if a in module.lora_A]
+            rank = max((module.r[a] for a in present), default=1)
+            weight = module.base_layer.weight
+            stack_a = torch.zeros((n, rank, module.in_features), dtype=weight.dtype, device=weight.device)
+            stack_b = torch.zeros((n, module.out_features, rank), dtype=weight.dtype, device=weight.device)
+            with torch.no_grad():
+                for adapter in present:
+                    slot, r = self._slots[adapter], module.r[adapter]
+                    stack_a[slot, :r] = module.lora_A[adapter].weight
+                    stack_b[slot, :, :r] = module.lora_B[adapter].weight * module.scaling[adapter]
+            module._appliance_stacks = (stack_a, stack_b)
+            module._appliance_cache = None
+            if not getattr(module, "_appliance_wrapped", False):
+                module.forward = _gathered_forward(module, self._routing)
+                module._appliance_wrapped = True
+        self._gathered = True
 
     # --- forward -----------------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -197,6 +268,14 @@ class ModelRunner:
                 self.peft.set_adapter(only)
                 self._active = only
             return self.peft(**kwargs).logits
+        if self._gathered:
+            slots = tuple(self._slots[a] if a is not None else 0 for a in adapters)
+            self._routing.slots = slots
+            self._routing.index = torch.tensor(slots, device=self.device)
+            try:
+                return self.peft(**kwargs).logits
+            finally:
+                self._routing.slots, self._routing.index = None, None
         return self.peft(**kwargs, adapter_names=[a if a is not None else "__base__" for a in adapters]).logits
 
     def decode(self, ids: list[int], *, skip_special: bool) -> str:
