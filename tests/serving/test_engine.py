@@ -144,3 +144,28 @@ async def test_disconnect_cancels_generation(small_engine: Any) -> None:
             await client.post("/generate", json=long)
     await _wait_for(lambda: engine.scheduler.cancelled_total > before)
     await _wait_for(lambda: engine.scheduler.running == 0)
+
+
+def test_stacked_lora_path_matches_peft_mixed_batches(engine: Any) -> None:
+    """The stacked-weights mixed-batch path gives peft's ``adapter_names=`` logits (same math, one gather)."""
+    import torch
+    from transformers import DynamicCache
+
+    runner = engine.runner
+    adapters = [None, "triage-v1", "notes-v1", "coding-v1"]
+
+    def compare() -> float:
+        ids = torch.tensor([runner.tokenizer("the patient was")["input_ids"]] * len(adapters))
+        mask = torch.ones_like(ids)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        fast = runner.forward(ids, mask, positions, DynamicCache(), adapters, all_logits=True)
+        assert runner._gathered
+        runner._gathered = False
+        try:
+            slow = runner.forward(ids, mask, positions, DynamicCache(), adapters, all_logits=True)
+        finally:
+            runner._gathered = True
+        assert not torch.allclose(fast[0], fast[1])  # the adapters change the logits
+        return float((fast - slow).abs().max())
+
+    assert engine.scheduler.control(compare).result(timeout=60) < 1e-4

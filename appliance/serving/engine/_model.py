@@ -205,14 +205,18 @@ class ModelRunner:
     def _restack(self) -> None:
         """Rebuild every LoRA layer's stacked weights for the loaded adapters (after any change)."""
         from peft.tuners.lora.layer import Linear as LoraLinear
+        from peft.tuners.lora.layer import LoraLayer
 
         self._gathered = False
         self._slots = {a: i + 1 for i, a in enumerate(sorted(self.fingerprints))}
         if self.peft is None or not self._slots:
             return
         layers: list[Any] = [m for m in self.peft.modules() if isinstance(m, LoraLinear)]
-        if any(getattr(m, "lora_variant", None) for m in layers) or any(
-            getattr(m, "fan_in_fan_out", False) for m in layers
+        others = [m for m in self.peft.modules() if isinstance(m, LoraLayer) and not isinstance(m, LoraLinear)]
+        if (
+            others
+            or any(getattr(m, "lora_variant", None) for m in layers)
+            or any(getattr(m, "fan_in_fan_out", False) for m in layers)
         ):
             log.info("engine.mixed_batches", path="peft")  # variants (DoRA...) keep peft's own path
             return
@@ -262,13 +266,7 @@ class ModelRunner:
         if unique == {None}:
             with self.peft.disable_adapter():
                 return self.peft(**kwargs).logits
-        if len(unique) == 1:
-            (only,) = unique
-            if self._active != only:
-                self.peft.set_adapter(only)
-                self._active = only
-            return self.peft(**kwargs).logits
-        if self._gathered:
+        if self._gathered:  # any mix of adapters, one adapter alone included: measured faster than peft's path
             slots = tuple(self._slots[a] if a is not None else 0 for a in adapters)
             self._routing.slots = slots
             self._routing.index = torch.tensor(slots, device=self.device)
@@ -276,6 +274,12 @@ class ModelRunner:
                 return self.peft(**kwargs).logits
             finally:
                 self._routing.slots, self._routing.index = None, None
+        if len(unique) == 1:
+            (only,) = unique
+            if self._active != only:
+                self.peft.set_adapter(only)
+                self._active = only
+            return self.peft(**kwargs).logits
         return self.peft(**kwargs, adapter_names=[a if a is not None else "__base__" for a in adapters]).logits
 
     def decode(self, ids: list[int], *, skip_special: bool) -> str:
