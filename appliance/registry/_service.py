@@ -9,6 +9,8 @@ lists) are written before the commit and undone or re-rendered from the committe
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import re
 import shutil
 from collections.abc import Iterator, Mapping
@@ -28,6 +30,7 @@ from appliance.errors import (
     NotFound,
     PermissionDenied,
     PolicyViolation,
+    StorageUnavailable,
     Unauthenticated,
     ValidationFailed,
 )
@@ -257,7 +260,7 @@ class Registry:
         """Record ``actor``'s approval; the second distinct approver moves the adapter to ``approved``."""
         limits = self.approval_limits()
         with self.db.session("approving an adapter") as s:
-            adapter = self._get(s, name, version)
+            adapter = self._get(s, name, version, lock=True)
             try:
                 if "approver" not in actor.roles:
                     raise PermissionDenied(f"{actor.subject} does not hold the approver role")
@@ -321,7 +324,7 @@ class Registry:
         check_target(target)
         limits = self.approval_limits()
         with self._serving_change(target) as s:
-            adapter = self._get(s, name, version)
+            adapter = self._get(s, name, version, lock=True)
             if adapter.status not in {"approved", "production"}:
                 raise Conflict(f"adapter {name} v{version} is {adapter.status}; only approved adapters publish")
             if len({a.subject for a in adapter.approvals}) < REQUIRED_APPROVALS:
@@ -353,7 +356,7 @@ class Registry:
         """Remove an adapter from one target's list (or all); with none left it is ``approved`` again."""
         targets = [check_target(target)] if target else list(TARGETS)
         with self._serving_change(*targets) as s:
-            adapter = self._get(s, name, version)
+            adapter = self._get(s, name, version, lock=True)
             active = [p for p in adapter.publications if p.unpublished_at is None and p.target in targets]
             if not active:
                 where = f"to {target}" if target else "anywhere"
@@ -372,7 +375,7 @@ class Registry:
     def retire(self, name: str, version: int, actor: Actor, reason: str | None = None) -> AdapterInfo:
         """Retire an adapter for good: unpublished everywhere, never approved or published again."""
         with self._serving_change(*TARGETS) as s:
-            adapter = self._get(s, name, version)
+            adapter = self._get(s, name, version, lock=True)
             if adapter.status == "retired":
                 raise Conflict(f"adapter {name} v{version} is already retired")
             active = self._active(adapter)
@@ -392,15 +395,32 @@ class Registry:
 
         Decrypted copies no longer published anywhere are deleted once the change has committed.
         """
-        try:
-            with self.db.session("changing what is served") as s:
-                yield s
-        except BaseException:
+        with self._publish_lock():
+            try:
+                with self.db.session("changing what is served") as s:
+                    yield s
+            except BaseException:
+                with contextlib.suppress(ApplianceError, OSError):
+                    self._resync(targets)
+                raise
             with contextlib.suppress(ApplianceError, OSError):
-                self._resync(targets)
-            raise
-        with contextlib.suppress(ApplianceError, OSError):
-            self._resync(())
+                self._resync(())
+
+    @contextlib.contextmanager
+    def _publish_lock(self) -> Iterator[None]:
+        """One serving change at a time on this host: a list rendered by one transaction must not be overwritten
+        by another that could not see it (an exclusive flock on ``<serving_dir>/.publish.lock``)."""
+        root = self.publisher.serving_dir
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(root / ".publish.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot lock the serving directory {root}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def _resync(self, targets: tuple[str, ...]) -> None:
         with self.db.session("re-rendering backend lists") as s:
@@ -646,10 +666,10 @@ class Registry:
         return Actor(subject=subject, roles=roles, auth_method="cli")
 
     # --- plumbing --------------------------------------------------------------------------------------------
-    def _get(self, s: Session, name: str, version: int) -> Adapter:
-        adapter = s.scalar(
-            select(Adapter).options(*self._eager()).where(Adapter.name == name, Adapter.version == version)
-        )
+    def _get(self, s: Session, name: str, version: int, *, lock: bool = False) -> Adapter:
+        """The adapter row; ``lock`` takes a row lock (PostgreSQL) so concurrent changes to it serialise."""
+        query = select(Adapter).options(*self._eager()).where(Adapter.name == name, Adapter.version == version)
+        adapter = s.scalar(query.with_for_update() if lock else query)
         if adapter is None:
             if s.scalar(select(func.count()).select_from(Adapter).where(Adapter.name == name)):
                 raise NotFound(f"adapter {name!r} has no version {version}")

@@ -102,3 +102,49 @@ def test_open_registry_default_services(settings: Settings, make_run: RunFactory
         reg.close()
     assert settings.keystore_path.is_file()
     assert any(settings.audit_dir.rglob("*"))
+
+
+@pytest.mark.postgres
+def test_concurrent_approvals_and_publishes(postgres_url: str, data_dir: Path, make_run: RunFactory) -> None:
+    """Two approvals and two publishes racing from threads on PostgreSQL all land: approved, both listed."""
+    import threading
+
+    from appliance.config import load_settings
+    from appliance.keys import open_key_service
+    from tests.conftest import REPO_ROOT
+    from tests.registry.conftest import RecordingAudit
+
+    settings = load_settings(
+        data_dir=data_dir, policies_dir=REPO_ROOT / "policies", registry={"database_url": postgres_url}
+    )
+    reg = open_registry(settings, keys=open_key_service(settings), audit=RecordingAudit())
+    try:
+        for name in ("a", "b"):
+            reg.add(make_run(), name, OPERATOR)
+        errors: list[BaseException] = []
+
+        def race(calls: list[tuple[object, ...]]) -> None:
+            barrier = threading.Barrier(len(calls))
+
+            def run(fn: object, *args: object) -> None:
+                barrier.wait()
+                try:
+                    fn(*args)  # type: ignore[operator]
+                except BaseException as exc:  # surfaced below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=run, args=call) for call in calls]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+        for name in ("a", "b"):
+            race([(reg.approve, name, 1, APPROVERS[0]), (reg.approve, name, 1, APPROVERS[1])])
+        race([(reg.publish, "a", 1, "tgi", OPERATOR), (reg.publish, "b", 1, "tgi", OPERATOR)])
+        assert errors == []
+        assert [a.status for a in reg.list_adapters()] == ["production", "production"]
+        env = (settings.serving_dir / "tgi" / "lora_adapters.env").read_text()
+        assert "a-v1=" in env and "b-v1=" in env
+    finally:
+        reg.close()
