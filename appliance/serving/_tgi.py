@@ -27,7 +27,7 @@ from appliance.serving._errors import (
     transport_error,
 )
 from appliance.serving._published import AdapterSpec
-from appliance.serving._wire import generation_from_tgi, sse_data, tgi_parameters, token_event_from_tgi
+from appliance.serving._wire import generation_from_tgi, json_of, sse_data, tgi_parameters, token_event_from_tgi
 
 log = structlog.get_logger(__name__)
 
@@ -112,7 +112,7 @@ class TGIBackend:
         response = await self._post("/generate", body)
         if response.status_code != 200:
             raise error_for_response(response.status_code, response.content, response.headers)
-        payload = response.json()
+        payload = json_of(response)
         if isinstance(payload, list):  # POST / answers a one-element list; /generate an object
             payload = payload[0]
         return generation_from_tgi(payload, response.headers, params.details)
@@ -155,7 +155,7 @@ class TGIBackend:
         response = await self._get("/v1/models")
         if response.status_code != 200:
             raise error_for_response(response.status_code, response.content, response.headers)
-        data = response.json().get("data", [])
+        data = json_of(response).get("data", [])
         return {str(m["id"]) for m in data if m.get("parent") is not None}
 
     async def _check_routable(self, adapter: str | None) -> None:

@@ -19,7 +19,7 @@ from appliance.protocols import Generation, GenerationParams, TokenEvent
 from appliance.serving._errors import error_for_payload, error_for_response, translate_transport_errors
 from appliance.serving._published import AdapterSpec, read_vllm_list
 from appliance.serving._tgi import PublishedList, TGIBackend
-from appliance.serving._wire import openai_parameters, sse_data
+from appliance.serving._wire import json_of, openai_parameters, sse_data
 
 log = structlog.get_logger(__name__)
 
@@ -72,7 +72,7 @@ class VLLMBackend(TGIBackend):
         response = await self._post("/v1/completions", body)
         if response.status_code != 200:
             raise error_for_response(response.status_code, response.content, response.headers)
-        payload = response.json()
+        payload = json_of(response)
         choice = (payload.get("choices") or [{}])[0]
         usage = payload.get("usage") or {}
         details = None
@@ -192,7 +192,7 @@ class VLLMBackend(TGIBackend):
             response = await self._get("/v1/models")
             if response.status_code != 200:
                 raise error_for_response(response.status_code, response.content, response.headers)
-            bases = [m for m in response.json().get("data", []) if m.get("parent") is None]
+            bases = [m for m in json_of(response).get("data", []) if m.get("parent") is None]
             if not bases:
                 raise BackendError("the backend lists no base model under /v1/models")
             self._base_model_name = str(bases[0]["id"])

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from appliance.errors import BackendError
 from appliance.protocols import Generation, GenerationParams, TokenEvent
 
 _FINISH = {"length", "eos_token", "stop_sequence"}
@@ -50,6 +51,14 @@ def openai_parameters(params: GenerationParams) -> dict[str, Any]:
     return body
 
 
+def json_of(response: httpx.Response) -> Any:
+    """The JSON body of a backend answer; a malformed one is a BackendError."""
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise BackendError("the backend answered malformed JSON") from exc
+
+
 def generation_from_tgi(payload: Mapping[str, Any], headers: Mapping[str, str], want_details: bool) -> Generation:
     """A Generation from TGI's ``/generate`` answer (``details`` requested) and its ``x-*`` headers."""
     details = payload.get("details") or {}
@@ -75,7 +84,10 @@ async def sse_data(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
             return
         if not data:
             continue
-        parsed = json.loads(data)
+        try:
+            parsed = json.loads(data)
+        except ValueError as exc:
+            raise BackendError("the backend sent a malformed event") from exc
         if isinstance(parsed, dict):
             yield parsed
 

@@ -188,3 +188,18 @@ def test_open_backend_follows_settings(settings: Settings) -> None:
     assert type(open_backend(tgi)) is TGIBackend
     vllm = settings.model_copy(update={"serving": settings.serving.model_copy(update={"backend": "vllm"})})
     assert type(open_backend(vllm)) is VLLMBackend
+
+
+async def test_malformed_answers_are_backend_errors() -> None:
+    """A body or SSE event that is not JSON becomes a BackendError, never a foreign exception."""
+    transport = _mock(lambda request: httpx.Response(200, content=b"<html>proxy error</html>"))
+    backend = TGIBackend("http://tgi.invalid", published=None, transport=transport)
+    with pytest.raises(BackendError, match="malformed JSON"):
+        await backend.generate(None, "x", GREEDY)
+    await backend.aclose()
+    broken = b"data:{not json\n\n"
+    transport = _mock(lambda request: httpx.Response(200, content=broken))
+    backend = TGIBackend("http://tgi.invalid", published=None, transport=transport)
+    with pytest.raises(BackendError, match="malformed event"):
+        _ = [e async for e in backend.stream(None, "x", GREEDY)]
+    await backend.aclose()
