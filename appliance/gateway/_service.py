@@ -306,9 +306,15 @@ class Gateway:
         return self.policy.current.roles_for(principal.groups, principal.scopes) | principal.extra_roles
 
     async def require(
-        self, request: Request[Any, Any, Any], route: str, *, csrf: str | None = None, audit_denial: bool = True
+        self,
+        request: Request[Any, Any, Any],
+        route: str | None,
+        *,
+        csrf: str | None = None,
+        audit_denial: bool = True,
     ) -> Ctx:
-        """Authenticate and check the route against the policy; refusals are audited and raised."""
+        """Authenticate and check the route against the policy (None: any signed-in principal); refusals are
+        audited and raised."""
         path = request.scope.get("path_template") or request.url.path
         try:
             principal, session = await self.authenticate(request)
@@ -318,12 +324,12 @@ class Gateway:
             raise
         principal = self.with_breakglass(principal)
         roles = self.roles_of(principal)
-        ctx = Ctx(principal, roles, route, path, _ip(request), _ua(request), session=session)
+        ctx = Ctx(principal, roles, route or "page", path, _ip(request), _ua(request), session=session)
         if session is not None and request.method not in SAFE_METHODS:
             token = csrf or request.headers.get("x-csrf-token")
             if not session.csrf_ok(token):
                 raise await self.deny(PermissionDenied("missing or invalid CSRF token"), ctx=ctx)
-        if not self.policy.current.may_route(roles, route):
+        if route is not None and not self.policy.current.may_route(roles, route):
             refused = PolicyViolation(f"your roles do not allow '{route}' (policies/access.yaml)")
             raise (await self.deny(refused, ctx=ctx)) if audit_denial else refused
         return ctx

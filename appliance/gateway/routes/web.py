@@ -56,7 +56,9 @@ def _clear_cookie(gw: Gateway) -> Cookie:
     return _cookie(gw, "", max_age=0)
 
 
-async def _page_ctx(request: Request[Any, Any, Any], route: str, *, csrf: str | None = None) -> Ctx | Redirect:
+async def _page_ctx(
+    request: Request[Any, Any, Any], route: str | None, *, csrf: str | None = None
+) -> Ctx | Redirect | Template:
     """The session's context for a page, or a redirect to the login page (auditing an idle logoff)."""
     gw = gateway_of(request)
     found = gw.sessions.get(request.cookies.get(SESSION_COOKIE))
@@ -83,7 +85,12 @@ async def _page_ctx(request: Request[Any, Any, Any], route: str, *, csrf: str | 
         return resp
     if found.session is None or not found.session.authenticated:
         return Redirect("/login")
-    return await gw.require(request, route, csrf=csrf)
+    try:
+        return await gw.require(request, route, csrf=csrf)
+    except PermissionDenied as exc:  # already audited by require(); an HTML page says why
+        denied = _render(request, "error.html", None, exc.http_status, message=exc.message)
+        denied.headers["X-Audit-Id"] = getattr(exc, "audit_id", None) or "-"
+        return denied
 
 
 def _nav(gw: Gateway, ctx: Ctx) -> list[dict[str, str]]:
@@ -106,18 +113,21 @@ def _render(
             idle_timeout_s=gw.sessions.idle_timeout_s,
         )
     base.update(values)
-    return Template(template_name=template, context=base, status_code=status, headers={"Cache-Control": "no-store"})
+    return Template(
+        template_name=template,
+        context=base,
+        status_code=status,
+        headers={"Cache-Control": "no-store"},
+        media_type="text/html; charset=utf-8",
+    )
 
 
 # --- login / logout -----------------------------------------------------------------------------------------------
 @get("/", include_in_schema=False)
 async def home(request: Request[Any, Any, Any]) -> Any:
     gw = gateway_of(request)
-    session = gw.session_of(request)
-    if session is None or not session.authenticated:
-        return Redirect("/login")
-    ctx = await _page_ctx(request, "console")
-    if isinstance(ctx, Redirect):
+    ctx = await _page_ctx(request, None)
+    if not isinstance(ctx, Ctx):
         return ctx
     nav = _nav(gw, ctx)
     return (
@@ -263,7 +273,7 @@ async def auth_logout(request: Request[Any, Any, Any], data: dict[str, str] = FO
 @get("/console", include_in_schema=False)
 async def console(request: Request[Any, Any, Any]) -> Any:
     ctx = await _page_ctx(request, "console")
-    if isinstance(ctx, Redirect):
+    if not isinstance(ctx, Ctx):
         return ctx
     gw = gateway_of(request)
     adapters = await gw.visible_adapters(ctx)
@@ -333,7 +343,7 @@ def _filters(request: Request[Any, Any, Any]) -> dict[str, str]:
 @get("/compliance", include_in_schema=False)
 async def compliance(request: Request[Any, Any, Any]) -> Any:
     ctx = await _page_ctx(request, "audit.search")
-    if isinstance(ctx, Redirect):
+    if not isinstance(ctx, Ctx):
         return ctx
     gw = gateway_of(request)
     try:
@@ -373,7 +383,7 @@ def _row(event: dict[str, Any]) -> dict[str, Any]:
 @get("/compliance/export", include_in_schema=False)
 async def compliance_export(request: Request[Any, Any, Any], fmt: str = "jsonl") -> Any:
     ctx = await _page_ctx(request, "audit.export")
-    if isinstance(ctx, Redirect):
+    if not isinstance(ctx, Ctx):
         return ctx
     gw = gateway_of(request)
     if fmt not in ("jsonl", "csv"):
@@ -401,7 +411,7 @@ async def compliance_export(request: Request[Any, Any, Any], fmt: str = "jsonl")
 @post("/compliance/verify", include_in_schema=False, status_code=200)
 async def compliance_verify(request: Request[Any, Any, Any], data: dict[str, str] = FORM) -> Any:
     ctx = await _page_ctx(request, "audit.verify", csrf=data.get("_csrf"))
-    if isinstance(ctx, Redirect):
+    if not isinstance(ctx, Ctx):
         return ctx
     gw = gateway_of(request)
     if gw.audit_reader is None:
@@ -433,7 +443,7 @@ async def _admin_page(request: Request[Any, Any, Any], ctx: Ctx, status: int = 2
 @get("/admin", include_in_schema=False)
 async def admin_page(request: Request[Any, Any, Any]) -> Any:
     ctx = await _page_ctx(request, "admin.keys")
-    if isinstance(ctx, Redirect):
+    if not isinstance(ctx, Ctx):
         return ctx
     return await _admin_page(request, ctx)
 
@@ -441,7 +451,7 @@ async def admin_page(request: Request[Any, Any, Any]) -> Any:
 @post("/admin/keys", include_in_schema=False, status_code=200)
 async def admin_create_key(request: Request[Any, Any, Any], data: dict[str, str] = FORM) -> Any:
     ctx = await _page_ctx(request, "admin.keys", csrf=data.get("_csrf"))
-    if isinstance(ctx, Redirect):
+    if not isinstance(ctx, Ctx):
         return ctx
     gw = gateway_of(request)
     try:
@@ -457,7 +467,7 @@ async def admin_create_key(request: Request[Any, Any, Any], data: dict[str, str]
 @post("/admin/keys/{key_id:str}/revoke", include_in_schema=False, status_code=200)
 async def admin_revoke_key(request: Request[Any, Any, Any], key_id: str, data: dict[str, str] = FORM) -> Any:
     ctx = await _page_ctx(request, "admin.keys", csrf=data.get("_csrf"))
-    if isinstance(ctx, Redirect):
+    if not isinstance(ctx, Ctx):
         return ctx
     gw = gateway_of(request)
     try:
@@ -470,7 +480,7 @@ async def admin_revoke_key(request: Request[Any, Any, Any], key_id: str, data: d
 @post("/admin/breakglass", include_in_schema=False, status_code=200)
 async def admin_breakglass(request: Request[Any, Any, Any], data: dict[str, str] = FORM) -> Any:
     ctx = await _page_ctx(request, "admin.breakglass", csrf=data.get("_csrf"))
-    if isinstance(ctx, Redirect):
+    if not isinstance(ctx, Ctx):
         return ctx
     gw = gateway_of(request)
     try:
@@ -490,7 +500,7 @@ async def admin_breakglass(request: Request[Any, Any, Any], data: dict[str, str]
 @post("/admin/breakglass/{grant_id:str}/revoke", include_in_schema=False, status_code=200)
 async def admin_breakglass_revoke(request: Request[Any, Any, Any], grant_id: str, data: dict[str, str] = FORM) -> Any:
     ctx = await _page_ctx(request, "admin.breakglass", csrf=data.get("_csrf"))
-    if isinstance(ctx, Redirect):
+    if not isinstance(ctx, Ctx):
         return ctx
     gw = gateway_of(request)
     try:
