@@ -27,7 +27,6 @@ import structlog
 from appliance.config import Settings, load_settings
 from tests.conftest import REPO_ROOT
 from tests.fixtures.oidc import WEB_CLIENT_ID, WEB_CLIENT_SECRET, OIDCProvider
-from tests.registry.conftest import lora_template  # noqa: F401 - a session fixture (peft LoRA on the tiny model)
 
 IDLE_S = 6  # the session idle timeout for this module (seconds)
 PROMPT_MARKER = "QUOKKA-PROMPT-7731"
@@ -116,6 +115,23 @@ def _run_dir(root: Path, lora: Path, tiny_model: Path, n: int) -> Path:
     }
     (run / "metadata.json").write_text(json.dumps(metadata))
     return run
+
+
+@pytest.fixture(scope="module")
+def lora_template(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA adapter on the tiny model written by peft's save_pretrained (the published runs' template)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+    )
+    out = tmp_path_factory.mktemp("lora") / "template"
+    peft_model.save_pretrained(out)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -330,7 +346,7 @@ def test_browser_admin_creates_key_and_grants_breakglass(stack: Stack, browser: 
     page.click("form[action='/admin/breakglass'] button[type=submit]")
     assert "Emergency access" in page.locator("[role=status]").first.inner_text()
     page.screenshot(path=str(artifacts_dir / "gateway-admin.png"), full_page=True)
-    grant = [g for g in stack.gateway.breakglass.list() if g.subject == "alice"][0]
+    grant = next(g for g in stack.gateway.breakglass.list() if g.subject == "alice")
     assert 0 < grant.expires_at - time.time() <= 300
     stack.gateway.breakglass.revoke(grant.id, revoked_by="test")
     context.close()
