@@ -80,6 +80,7 @@ class ServingSettings(BaseModel):
     max_total_tokens: int = 2048
     max_input_tokens: int = 1024
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto -> cuda when present
+    torch_threads: int = 0  # CPU threads for the engine's forward passes; 0 -> torch's default
     admin_token: SecretStr | None = None  # bearer token for POST /admin/reload; None -> loopback callers only
 
 

@@ -25,6 +25,7 @@ def serve(
     port: int | None = typer.Option(None, "--port", help="Listen port (else the port of serving.url)."),
     max_batch_size: int | None = typer.Option(None, "--max-batch-size", help="Sequences per batch."),
     max_queue: int | None = typer.Option(None, "--max-queue", help="Waiting requests before 429."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads for forward passes (else serving)."),
 ) -> None:
     """Run the embedded engine; SIGHUP or POST /admin/reload re-reads the adapter list."""
     import uvicorn
@@ -62,6 +63,11 @@ def serve(
         loopback = host == "localhost"
     if not loopback:
         err_console.print(f"warning: the engine listens on {host}, not loopback; put it behind the gateway only")
+    torch_threads = threads if threads is not None else cfg.torch_threads
+    if torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(torch_threads)
     engine = Engine.start(
         base_dir,
         specs,

@@ -87,7 +87,9 @@ def test_cli_serve_reloads_on_sighup(tiny_model: Path, lora_adapters: Adapters, 
     env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
     env["APPLIANCE_DATA_DIR"] = str(tmp_path / "var")
     command = [sys.executable, "-m", "appliance", "serve", "--base", str(tiny_model), "--adapters", str(listing)]
-    proc = subprocess.Popen([*command, "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*command, "--port", str(port), "--threads", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
