@@ -352,6 +352,35 @@ def test_browser_admin_creates_key_and_grants_breakglass(stack: Stack, browser: 
     context.close()
 
 
+@pytest.mark.browser
+def test_browser_compliance_search_export_verify(stack: Stack, browser: Any, artifacts_dir: Path) -> None:
+    """Carol searches the real audit trail by actor and outcome, exports it as JSON lines and verifies the chain."""
+    context = browser.new_context(accept_downloads=True)
+    page = context.new_page()
+    _login(page, stack, "carol")
+    assert page.url.endswith("/compliance")
+    page.fill("#actor", "svc-triage")
+    page.select_option("#outcome", "denied")
+    page.click("form.filters button[type=submit]")
+    rows = page.locator("[data-testid=results] tbody tr")
+    assert rows.count() >= 1 and "svc-triage" in rows.first.inner_text()
+    page.screenshot(path=str(artifacts_dir / "gateway-compliance-search.png"), full_page=True)
+    with page.expect_download() as info:
+        page.get_by_test_id("export-jsonl").click()
+    exported = Path(info.value.path()).read_text()
+    lines = [json.loads(line) for line in exported.splitlines() if line.strip()]
+    records = [r for r in lines if r["type"] != "audit.checkpoint"]  # signed checkpoints travel with an export
+    assert records and all(r["actor"]["subject"] == "svc-triage" for r in records)
+    assert all(r["outcome"]["status"] == "denied" for r in records) and PROMPT_MARKER not in exported
+    (artifacts_dir / "gateway-audit-export.jsonl").write_text(exported)
+    page.click("form[action='/compliance/verify'] button[type=submit]")
+    assert "Chain intact" in page.get_by_test_id("verify-result").inner_text()
+    page.screenshot(path=str(artifacts_dir / "gateway-compliance-verify.png"), full_page=True)
+    types = {r["type"] for r in _records(stack.settings)}
+    assert {"audit.search", "audit.export", "audit.verify"} <= types
+    context.close()
+
+
 def test_logs_hold_no_tokens_keys_or_prompts(stack: Stack) -> None:
     """Across the whole module, no log line carries a token, a key, a session cookie or the prompt text."""
     text = stack.log_path.read_text(encoding="utf-8", errors="replace")
