@@ -18,7 +18,7 @@ CACHE_DIR = Path(os.environ.get("APPLIANCE_ANSIBLE_ROOT_CACHE", "/var/tmp/applia
 
 # What the roles install on a real host, preinstalled so that converge needs no network and apt tasks report ok.
 PACKAGES = (
-    "python3 python3-apt python3-venv python3-cryptography systemd systemd-sysv dbus libpam-systemd "
+    "python3 python3-apt python3-venv python3-packaging python3-cryptography systemd systemd-sysv dbus libpam-systemd "
     "openssh-server sudo auditd audispd-plugins chrony unattended-upgrades nftables cryptsetup-bin "
     "cryptsetup tlog podman runc iproute2 ca-certificates procps curl"
 ).split()
