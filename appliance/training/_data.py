@@ -144,15 +144,18 @@ def prompt_text(tokenizer: PreTrainedTokenizerBase, instruction: str) -> str:
 def encode(tokenizer: PreTrainedTokenizerBase, record: Record, max_length: int) -> tuple[list[int], int]:
     """Token ids of prompt + response + EOS, at most ``max_length``, and where the response starts.
 
-    A long prompt is cut from the left so that at least half the window is left for the response.
+    A long prompt loses its middle (its head holds the task, its tail the end of the note and the chat template's
+    assistant header) so that at least half the window is left for the response.
     """
     prompt = tokenizer(prompt_text(tokenizer, record.instruction), add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token or ""
     response = tokenizer(record.response + eos, add_special_tokens=False)["input_ids"]
-    keep_prompt = max(1, min(len(prompt), max_length - min(len(response), max_length // 2)))
-    prompt = prompt[-keep_prompt:]
-    ids = (prompt + response)[:max_length]
-    return list(ids), len(prompt)
+    budget = max(2, max_length - min(len(response), max_length // 2))
+    if len(prompt) > budget:
+        head = budget // 2
+        prompt = prompt[:head] + prompt[len(prompt) - (budget - head) :]
+    ids = (list(prompt) + list(response))[:max_length]
+    return ids, len(prompt)
 
 
 @dataclass(frozen=True)

@@ -103,12 +103,17 @@ class TestUnits:
             assert sum(u.weights) == pytest.approx(1.0)
 
     def test_truncation_keeps_the_response(self) -> None:
-        """A prompt longer than the window is cut from the left so response tokens remain."""
-        recs = [Record("x" * 500, "the answer", None)]
-        (unit,) = build_units(
-            _WordTokenizer(), recs, max_length=32, privacy_unit="record", max_records_per_subject=1, seed=0
-        )  # type: ignore[arg-type]
-        assert len(unit.ids) <= 32 and sum(unit.weights) == pytest.approx(1.0)
+        """A prompt longer than the window loses its middle; its head, its tail and the response remain."""
+        recs = [Record("TASK" + "x" * 500 + "END", "the answer", None)]
+        tok = _WordTokenizer()
+        (unit,) = build_units(tok, recs, max_length=64, privacy_unit="record", max_records_per_subject=1, seed=0)  # type: ignore[arg-type]
+        assert len(unit.ids) <= 64 and sum(unit.weights) == pytest.approx(1.0)
+        head = tok("### Instruction:\nTASK")["input_ids"]
+        assert unit.ids[: len(head)] == head
+        answer = tok("the answer$")["input_ids"]
+        assert unit.ids[-len(answer) :] == answer
+        tail = tok("END\n### Response:\n")["input_ids"]
+        assert unit.ids[-len(answer) - len(tail) : -len(answer)] == tail
 
 
 def test_write_prepared_fixture_matches_contract(tmp_path: Path) -> None:
