@@ -169,3 +169,27 @@ def test_stacked_lora_path_matches_peft_mixed_batches(engine: Any) -> None:
         return float((fast - slow).abs().max())
 
     assert engine.scheduler.control(compare).result(timeout=60) < 1e-4
+
+
+async def test_failed_forward_pass_is_a_424_and_the_engine_goes_on(
+    small_engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forward pass that raises fails its request with TGI's 424 generation error; the next request works."""
+    engine, url = small_engine
+    real = engine.runner.forward
+    calls = {"n": 0}
+
+    def failing_once(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine.runner, "forward", failing_once)
+    body = {"inputs": "the patient was", "parameters": {"max_new_tokens": 3}}
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        failed = await client.post("/generate", json=body)
+        assert failed.status_code == 424
+        assert failed.json() == {"error": "generation failed (RuntimeError)", "error_type": "generation"}
+        assert (await client.post("/generate", json=body)).status_code == 200
+    assert engine.healthy()

@@ -206,18 +206,21 @@ class Scheduler:
                         future.set_result(fn())
                     except BaseException as exc:
                         future.set_exception(exc)
-            try:
-                if admit:
+            if admit:
+                try:
                     self._admit(admit)
-                if self._batch is not None:
+                except Exception as exc:  # a failed prefill fails the new requests; the running batch goes on
+                    log.error("engine.prefill_failed", error=type(exc).__name__)
+                    for sub in admit:
+                        sub.emit("error", exc)
+            if self._batch is not None:
+                try:
                     self._step()
-            except Exception as exc:  # a failed forward pass fails the requests in it, not the engine
-                log.error("engine.step_failed", error=type(exc).__name__)
-                subs = {id(seq.sub): seq.sub for seq in self._all_seqs()}
-                subs.update({id(sub): sub for sub in admit})
-                for sub in subs.values():
-                    sub.emit("error", exc)
-                self._batch = None
+                except Exception as exc:  # a failed decode step fails the requests in it, not the engine
+                    log.error("engine.step_failed", error=type(exc).__name__)
+                    for seq in self._all_seqs():
+                        seq.sub.emit("error", exc)
+                    self._batch = None
             self._running = len(self._batch.seqs) if self._batch else 0
             if self.on_step is not None:
                 self.on_step(self._running, len(self._waiting))
