@@ -138,3 +138,11 @@ def test_info_health_metrics(engine_url: str) -> None:
     metrics = httpx.get(engine_url + "/metrics", timeout=30)
     assert metrics.status_code == 200
     assert "tgi_request_count_total" in metrics.text and "appliance_engine_adapters_loaded 3.0" in metrics.text
+
+
+def test_tokenize_route(engine_url: str) -> None:
+    """/tokenize returns TGI's tokens with character offsets that rebuild the input."""
+    tokens = _post(engine_url, "/tokenize", {"inputs": "the patient was"}).json()
+    assert tokens and all(set(t) == {"id", "text", "start", "stop"} for t in tokens)
+    assert "".join(t["text"] for t in tokens) == "the patient was"
+    assert _post(engine_url, "/tokenize", {"inputs": ""}).status_code == 422

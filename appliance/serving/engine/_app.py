@@ -1,10 +1,10 @@
 """The engine's ASGI app (Litestar): TGI's HTTP API, its OpenAI-compatible routes, health, info and metrics.
 
 Routes: POST ``/`` (``stream`` selects SSE), ``/generate``, ``/generate_stream``, ``/v1/completions``,
-``/v1/chat/completions``; GET ``/info``, ``/health``, ``/metrics``, ``/v1/models``; POST ``/admin/reload``
-(bearer token from settings, else loopback callers only). Errors are TGI's ``{"error", "error_type"}`` with 422
-(validation), 424 (generation), 429 (overloaded); on SSE routes they arrive as an event after the 200, as TGI
-sends them. A client that disconnects cancels its generation.
+``/v1/chat/completions``, ``/tokenize``; GET ``/info``, ``/health``, ``/metrics``, ``/v1/models``;
+POST ``/admin/reload`` (bearer token from settings, else loopback callers only). Errors are TGI's
+``{"error", "error_type"}`` with 422 (validation), 424 (generation), 429 (overloaded); on SSE routes they arrive
+as an event after the 200, as TGI sends them. A client that disconnects cancels its generation.
 """
 
 from __future__ import annotations
@@ -506,6 +506,19 @@ def create_app(engine: Engine, *, admin_token: str | None = None, install_sighup
 
         return await _record(work())  # type: ignore[no-any-return]
 
+    @post("/tokenize", status_code=200)
+    async def tokenize(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
+        req = parse(GenerateRequest, await _json_body(request))
+        if not req.inputs:
+            raise BackendValidation("`inputs` cannot be empty")
+        enc = engine.runner.tokenizer(
+            req.inputs, add_special_tokens=req.add_special_tokens, return_offsets_mapping=True
+        )
+        return [
+            {"id": int(i), "text": req.inputs[start:stop], "start": int(start), "stop": int(stop)}
+            for i, (start, stop) in zip(enc["input_ids"], enc["offset_mapping"], strict=True)
+        ]
+
     # --- information -----------------------------------------------------------------------------------------
     @get("/info", sync_to_thread=False)
     def info() -> dict[str, Any]:
@@ -613,6 +626,7 @@ def create_app(engine: Engine, *, admin_token: str | None = None, install_sighup
             generate_stream,
             completions,
             chat_completions,
+            tokenize,
             info,
             health,
             models,
