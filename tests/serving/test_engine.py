@@ -193,3 +193,24 @@ async def test_failed_forward_pass_is_a_424_and_the_engine_goes_on(
         assert failed.json() == {"error": "generation failed (RuntimeError)", "error_type": "generation"}
         assert (await client.post("/generate", json=body)).status_code == 200
     assert engine.healthy()
+
+
+async def test_requests_joining_a_running_batch_keep_their_tokens(engine: Any) -> None:
+    """Requests admitted while a batch runs (caches merged, then rows dropped) give the tokens they give alone."""
+    from appliance.serving.engine import GenerateParameters
+
+    specs = [
+        (PROMPTS[1], "triage-v1", 40),
+        (PROMPTS[5], None, 6),
+        (PROMPTS[6], "notes-v1", 20),
+        (PROMPTS[3], "coding-v1", 9),
+    ]
+    jobs = [engine.prepare(p, GenerateParameters(max_new_tokens=n), stream=False, adapter=a) for p, a, n in specs]
+    alone = [(await engine.generate(job)).token_ids for job in jobs]
+    first = asyncio.create_task(engine.generate(jobs[0]))
+    await _wait_for(lambda: engine.scheduler.running >= 1)
+    await asyncio.sleep(0.01)  # a few decode steps in
+    assert not first.done()  # the others join a batch that is running
+    later = [asyncio.create_task(engine.generate(job)) for job in jobs[1:]]
+    results = [(await first).token_ids] + [(await task).token_ids for task in later]
+    assert results == alone
