@@ -203,3 +203,28 @@ async def test_malformed_answers_are_backend_errors() -> None:
     with pytest.raises(BackendError, match="malformed event"):
         _ = [e async for e in backend.stream(None, "x", GREEDY)]
     await backend.aclose()
+
+
+async def test_local_backend_matches_the_http_engine(engine: object, engine_url: str) -> None:
+    """The in-process LocalBackend answers as the engine does over HTTP (same tokens, same refusals)."""
+    from appliance.serving.engine import LocalBackend
+
+    local = LocalBackend(engine)  # type: ignore[arg-type]
+    remote = EmbeddedBackend(engine_url)
+    try:
+        assert isinstance(local, Backend)
+        assert await local.health() and await local.adapters() == set(ADAPTER_IDS)
+        params = GenerationParams(max_new_tokens=6, details=True)
+        mine = await local.generate("notes-v1", "the patient was", params)
+        theirs = await remote.generate("notes-v1", "the patient was", params)
+        assert (mine.text, mine.generated_tokens, mine.prompt_tokens) == (
+            theirs.text,
+            theirs.generated_tokens,
+            theirs.prompt_tokens,
+        )
+        events = [e async for e in local.stream("notes-v1", "the patient was", GREEDY)]
+        assert events[-1].final is not None and events[-1].final.text == mine.text
+        with pytest.raises(BackendValidation, match="not loaded"):
+            await local.generate("unknown-v1", "x", GREEDY)
+    finally:
+        await remote.aclose()

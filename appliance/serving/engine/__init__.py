@@ -2,6 +2,7 @@
 
 from appliance.serving.engine._app import create_app
 from appliance.serving.engine._engine import Engine, Job
+from appliance.serving.engine._local import LocalBackend
 from appliance.serving.engine._model import ModelRunner, prepare_adapter
 from appliance.serving.engine._protocol import GenerateParameters, Limits
 from appliance.serving.engine._scheduler import Finished, TokenOut
@@ -12,6 +13,7 @@ __all__ = [
     "GenerateParameters",
     "Job",
     "Limits",
+    "LocalBackend",
     "ModelRunner",
     "TokenOut",
     "create_app",
