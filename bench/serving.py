@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import logging
+import shutil
 import statistics
 import sys
 import tempfile
@@ -257,6 +258,7 @@ def main() -> None:
     print(f"    ratio mixed/one            {results['ratio_load_mixed_vs_same']:.2f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
