@@ -404,9 +404,6 @@ class Gateway:
             )
         )
 
-    async def _digest(self, text: str) -> str:
-        return await asyncio.to_thread(self.digest, text)
-
     async def _outcome(
         self,
         ctx: Ctx,
@@ -419,7 +416,9 @@ class Gateway:
         error: ApplianceError | None,
     ) -> str:
         latency_ms = round((time.perf_counter() - started) * 1000, 3)
-        digests = {"prompt": await self._digest(prompt), "output": await self._digest(gen.text if gen else "")}
+        output = gen.text if gen else ""
+        prompt_digest, output_digest = await asyncio.to_thread(lambda: (self.digest(prompt), self.digest(output)))
+        digests = {"prompt": prompt_digest, "output": output_digest}
         tokens = {"prompt": gen.prompt_tokens, "generated": gen.generated_tokens} if gen else None
         if gen is not None:
             self.limiter.charge_tokens(ctx.principal.subject, ref.served_id, gen.prompt_tokens + gen.generated_tokens)

@@ -38,9 +38,11 @@ _COLUMNS = "id, subject, role, reason, granted_by, granted_at, expires_at, revok
 class BreakGlass:
     """Grants, lookups and revocations of emergency access."""
 
-    def __init__(self, db: GatewayDB, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, db: GatewayDB, *, clock: Callable[[], float] = time.time, cache_s: float = 1.0) -> None:
         self.db = db
         self._clock = clock
+        self.cache_s = cache_s  # grants made by another process (the CLI) are seen within this many seconds
+        self._active: tuple[float, dict[str, list[Grant]]] | None = None
 
     def grant(
         self, subject: str, role: str, reason: str, duration_s: int, *, granted_by: str, rules: BreakGlassRules
@@ -59,6 +61,7 @@ class BreakGlass:
         if not subject or len(subject) > 255:
             raise ValidationFailed("subject must be 1-255 characters")
         now = self._clock()
+        self._active = None
         g = Grant(f"bg_{secrets.token_hex(8)}", subject, role, reason, granted_by, now, now + duration_s, None)
         with self.db.cursor(write=True) as cur:
             cur.execute(
@@ -68,13 +71,20 @@ class BreakGlass:
         return g
 
     def active_for(self, subject: str) -> list[Grant]:
+        """The subject's grants in force now (all active grants are read at most once per ``cache_s``)."""
         now = self._clock()
-        with self.db.cursor() as cur:
-            rows = cur.execute(
-                f"SELECT {_COLUMNS} FROM breakglass WHERE subject = ? AND expires_at > ? AND revoked_at IS NULL",  # noqa: S608
-                (subject, now),
-            ).fetchall()
-        return [Grant(*r) for r in rows]
+        if self._active is None or now - self._active[0] >= self.cache_s:
+            with self.db.cursor() as cur:
+                rows = cur.execute(
+                    f"SELECT {_COLUMNS} FROM breakglass WHERE expires_at > ? AND revoked_at IS NULL",  # noqa: S608
+                    (now,),
+                ).fetchall()
+            table: dict[str, list[Grant]] = {}
+            for r in rows:
+                g = Grant(*r)
+                table.setdefault(g.subject, []).append(g)
+            self._active = (now, table)
+        return [g for g in self._active[1].get(subject, []) if g.active(now)]
 
     def list(self, *, limit: int = 200) -> list[Grant]:
         with self.db.cursor() as cur:
@@ -85,6 +95,7 @@ class BreakGlass:
         return [Grant(*r) for r in rows]
 
     def revoke(self, grant_id: str, *, revoked_by: str) -> Grant:
+        self._active = None
         with self.db.cursor(write=True) as cur:
             cur.execute(
                 "UPDATE breakglass SET revoked_at = ?, revoked_by = ? WHERE id = ? AND revoked_at IS NULL",

@@ -41,7 +41,7 @@ def test_keys_create_list_revoke(env: Path) -> None:
     r = runner.invoke(app, ["keys", "create", "lab-system", "--scope", "service.inference", "--days", "7", "--json"])
     assert r.exit_code == 0, r.output
     created = _json(r.output)
-    store = ApiKeyStore(GatewayDB(db_path(env)))
+    store = ApiKeyStore(GatewayDB(db_path(env)), cache_s=0.0)  # a running gateway sees CLI changes within cache_s
     assert store.verify(created["key"]).id == created["id"]
     listed = runner.invoke(app, ["keys", "list", "--json"])
     assert created["id"] in listed.output and created["key"] not in listed.output

@@ -48,11 +48,18 @@ def _digest(key: str) -> str:
 
 
 class ApiKeyStore:
-    """Create, list, revoke and verify API keys (backed by :class:`GatewayDB`)."""
+    """Create, list, revoke and verify API keys (backed by :class:`GatewayDB`).
 
-    def __init__(self, db: GatewayDB, *, clock: Callable[[], float] = time.time) -> None:
+    A verified key is remembered for ``cache_s`` seconds (keyed by its digest) so the hot path does not query
+    SQLite on every request; a revocation through this store (the admin API) clears the cache at once, one
+    through another process (the CLI) takes effect within ``cache_s``.
+    """
+
+    def __init__(self, db: GatewayDB, *, clock: Callable[[], float] = time.time, cache_s: float = 1.0) -> None:
         self.db = db
         self._clock = clock
+        self.cache_s = cache_s
+        self._cache: dict[str, tuple[float, ApiKeyInfo]] = {}
 
     def create(self, name: str, scopes: Iterable[str], *, ttl_s: int, created_by: str) -> tuple[str, ApiKeyInfo]:
         """A new key: (the key, shown once; its info)."""
@@ -90,6 +97,7 @@ class ApiKeyStore:
         raise NotFound(f"no API key with id {key_id!r}")
 
     def revoke(self, key_id: str, *, revoked_by: str) -> ApiKeyInfo:
+        self._cache.clear()
         with self.db.cursor(write=True) as cur:
             cur.execute(
                 "UPDATE api_keys SET revoked_at = ?, revoked_by = ? WHERE id = ? AND revoked_at IS NULL",
@@ -104,6 +112,11 @@ class ApiKeyStore:
     def verify(self, key: str) -> ApiKeyInfo:
         """The key's info when it is genuine, active and unexpired; else Unauthenticated (one message)."""
         match = KEY_FORMAT.match(key)
+        digest = _digest(key if match else "apk-dummy-mismatch")
+        now = self._clock()
+        cached = self._cache.get(digest)
+        if cached is not None and now - cached[0] < self.cache_s and cached[1].state(now) == "active":
+            return cached[1]
         key_id = match.group(1) if match else "000000000000"
         with self.db.cursor() as cur:
             row = cur.execute(
@@ -112,10 +125,13 @@ class ApiKeyStore:
                 (key_id,),
             ).fetchone()
         stored = row[2] if row else _DUMMY_DIGEST
-        genuine = hmac.compare_digest(_digest(key if match else "apk-dummy-mismatch"), stored)
+        genuine = hmac.compare_digest(digest, stored)
         if not (match and row and genuine):
             raise Unauthenticated("invalid API key")
         info = ApiKeyInfo(row[0], row[1], tuple(json.loads(row[3])), row[4], row[5], row[6], row[7])
-        if info.state(self._clock()) != "active":
+        if info.state(now) != "active":
             raise Unauthenticated("API key is revoked or expired")
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (now, info)
         return info

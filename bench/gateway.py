@@ -1,0 +1,393 @@
+"""Gateway overhead on loopback: the gateway (API-key auth + access policy + limits + durable, hash-chained audit
+of every request and outcome, real local key service for the HMAC digests) in front of a fast stub TGI-protocol
+backend, compared with (a) the stub directly and (b) the LiteLLM proxy (master key) in front of the same stub.
+
+One load generator (aiohttp, keep-alive) sends the same OpenAI chat request to each target at the same
+concurrency. Prints throughput ratios and the latency the gateway adds (p50/p99). LiteLLM runs from its own venv
+(bench/.venv-litellm, created on first use: its pins clash with ours).
+
+    .venv/bin/python bench/gateway.py [--concurrency 64] [--requests 3000] [--skip-litellm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+LITELLM_VENV = ROOT / "bench" / ".venv-litellm"
+LITELLM_VERSION = "1.106.2"
+RESULTS = ROOT / "bench" / "results"
+MASTER_KEY = "sk-bench-master-key-loopback-only"
+CHAT = {"model": "triage@production", "messages": [{"role": "user", "content": "benchmark prompt"}], "max_tokens": 8}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- the stub backend: a minimal HTTP/1.1 keep-alive server speaking TGI's /generate and OpenAI chat ------------------
+_GEN = json.dumps(
+    {
+        "generated_text": " ok ok ok ok ok ok ok ok",
+        "details": {"finish_reason": "length", "generated_tokens": 8, "input_length": 3, "prefill": [], "tokens": []},
+    }
+).encode()
+_CHAT = json.dumps(
+    {
+        "id": "chatcmpl-stub",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "triage",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": " ok ok ok ok ok ok ok ok"},
+                "finish_reason": "length",
+            }
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 8, "total_tokens": 11},
+    }
+).encode()
+_MODELS = json.dumps({"object": "list", "data": [{"id": "triage-v1", "object": "model", "parent": "base"}]}).encode()
+
+
+def _response(body: bytes, status: str = "200 OK") -> bytes:
+    head = f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\nx-prompt-tokens: 3\r\n\r\n"
+    return head.encode() + body
+
+
+async def _stub_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            line, *headers = head.decode("latin-1").split("\r\n")
+            method, path, _ = line.split(" ", 2)
+            length = 0
+            for h in headers:
+                if h.lower().startswith("content-length:"):
+                    length = int(h.split(":", 1)[1])
+            if length:
+                await reader.readexactly(length)
+            if path.startswith("/generate"):
+                writer.write(_response(_GEN))
+            elif path.endswith("/chat/completions"):
+                writer.write(_response(_CHAT))
+            elif path.endswith("/models"):
+                writer.write(_response(_MODELS))
+            elif path in ("/health", "/info"):
+                writer.write(_response(b"{}"))
+            else:
+                writer.write(_response(b'{"error":"not found"}', "404 Not Found"))
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+def run_stub(port: int) -> None:
+    import uvloop
+
+    async def main() -> None:
+        server = await asyncio.start_server(_stub_conn, "127.0.0.1", port, backlog=1024)
+        async with server:
+            await server.serve_forever()
+
+    uvloop.run(main())
+
+
+# --- the gateway process ------------------------------------------------------------------------------------------------
+def run_gateway(port: int, stub_port: int, data_dir: Path, key_file: Path) -> None:
+    import logging
+
+    import structlog
+    import uvicorn
+
+    from appliance.audit import open_audit_log
+    from appliance.config import load_settings
+    from appliance.gateway import AdapterRef, create_app
+    from appliance.gateway._db import GatewayDB, db_path
+    from appliance.gateway.auth.apikeys import ApiKeyStore
+    from appliance.keys import open_key_service
+    from appliance.serving import TGIBackend
+    from appliance.testing import StaticCatalog
+
+    logging.basicConfig(level=logging.WARNING)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    settings = load_settings(data_dir=data_dir, policies_dir=ROOT / "policies")
+    keys = open_key_service(settings)
+    audit = open_audit_log(settings, keys=keys)
+    key, _ = ApiKeyStore(GatewayDB(db_path(data_dir))).create(
+        "bench", ["service.inference"], ttl_s=3600, created_by="bench"
+    )
+    key_file.write_text(key)
+    backend = TGIBackend(f"http://127.0.0.1:{stub_port}", published=None, max_connections=128, retries=0)
+    # The published set: a fixed catalog (the registry's own read path is cached by the gateway in any case).
+    catalog = StaticCatalog([AdapterRef("triage", 1, "f" * 64, is_production=True)])
+    app = create_app(settings, backend=backend, audit=audit, registry=catalog, keys=keys)
+    # Limits sized for a load test, not for an analyst: the bench measures the path, not the 429s.
+    policy = app.state.gateway.policy.current
+    from appliance.gateway.policy import AdapterLimits, ExtractionRules, LimitProfile
+
+    policy.limits.profiles["service"] = LimitProfile(requests_per_minute=10_000_000, tokens_per_minute=10**9)
+    object.__setattr__(policy.limits, "adapter", AdapterLimits(requests_per_minute=10_000_000, tokens_per_minute=10**9))
+    object.__setattr__(
+        policy.limits, "extraction", ExtractionRules(burst_max_requests=10_000_000, distinct_max_prompts=10_000_000)
+    )
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        backlog=2048,
+    )
+
+
+# --- LiteLLM -------------------------------------------------------------------------------------------------------------
+def ensure_litellm() -> Path | str:
+    """The LiteLLM binary in its own venv (created when missing); a reason string when it cannot be installed."""
+    binary = LITELLM_VENV / "bin" / "litellm"
+    if binary.exists():
+        return binary
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+        subprocess.run(
+            [str(LITELLM_VENV / "bin" / "pip"), "install", "-q", f"litellm[proxy]=={LITELLM_VERSION}"],
+            check=True,
+            capture_output=True,
+            timeout=900,
+        )
+    except (subprocess.SubprocessError, OSError) as exc:
+        return f"litellm[proxy]=={LITELLM_VERSION} could not be installed: {exc}"
+    return binary
+
+
+def start_litellm(binary: Path, port: int, stub_port: int, work: Path) -> subprocess.Popen[bytes]:
+    config = work / "litellm.yaml"
+    config.write_text(
+        "model_list:\n"
+        "  - model_name: triage@production\n"
+        "    litellm_params:\n"
+        "      model: openai/triage\n"
+        f"      api_base: http://127.0.0.1:{stub_port}/v1\n"
+        "      api_key: stub\n"
+        "litellm_settings:\n"
+        "  telemetry: false\n"
+        "  drop_params: true\n"
+        "general_settings:\n"
+        f"  master_key: {MASTER_KEY}\n"
+    )
+    env = {
+        **os.environ,
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_LOG": "ERROR",
+        "LITELLM_TELEMETRY": "False",
+        "NO_DOCS": "True",
+    }
+    env.pop("DATABASE_URL", None)
+    log = (work / "litellm.log").open("wb")
+    return subprocess.Popen(
+        [str(binary), "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+# --- load generator ------------------------------------------------------------------------------------------------------
+async def wait_ready(url: str, headers: dict[str, str], timeout_s: float = 120) -> None:
+    import aiohttp
+
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.post(url, json=CHAT, headers=headers) as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.3)
+    raise RuntimeError(f"{url} did not become ready")
+
+
+async def load(url: str, headers: dict[str, str], concurrency: int, requests: int) -> dict[str, Any]:
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    remaining = requests
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            nonlocal remaining, errors
+            while remaining > 0:
+                remaining -= 1
+                t0 = time.perf_counter()
+                async with session.post(url, json=CHAT, headers=headers) as r:
+                    await r.read()
+                    if r.status != 200:
+                        errors += 1
+                latencies.append(time.perf_counter() - t0)
+
+        warm = min(200, requests // 5)
+        remaining = warm
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        latencies.clear()
+        errors = 0
+        remaining = requests
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    latencies.sort()
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "throughput_rps": len(latencies) / elapsed,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--skip-litellm", action="store_true")
+    parser.add_argument("--role", choices=["stub", "gateway"], help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--stub-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--key-file", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role == "stub":
+        run_stub(args.port)
+        return 0
+    if args.role == "gateway":
+        run_gateway(args.port, args.stub_port, args.data_dir, args.key_file)
+        return 0
+
+    work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    stub_port, gw_port, llm_port = free_port(), free_port(), free_port()
+    me = [sys.executable, str(Path(__file__).resolve())]
+    try:
+        procs.append(subprocess.Popen([*me, "--role", "stub", "--port", str(stub_port)], start_new_session=True))
+        key_file = work / "key"
+        procs.append(
+            subprocess.Popen(
+                [
+                    *me,
+                    "--role",
+                    "gateway",
+                    "--port",
+                    str(gw_port),
+                    "--stub-port",
+                    str(stub_port),
+                    "--data-dir",
+                    str(work / "var"),
+                    "--key-file",
+                    str(key_file),
+                ],
+                start_new_session=True,
+            )
+        )
+        litellm_note = "skipped (--skip-litellm)"
+        if not args.skip_litellm:
+            binary = ensure_litellm()
+            if isinstance(binary, str):
+                litellm_note = binary
+            else:
+                procs.append(start_litellm(binary, llm_port, stub_port, work))
+                litellm_note = f"litellm[proxy] {LITELLM_VERSION}, 1 worker, master key, no database"
+        deadline = time.monotonic() + 60
+        while not key_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        key = key_file.read_text()
+        targets = {
+            "direct": (f"http://127.0.0.1:{stub_port}/v1/chat/completions", {}),
+            "gateway": (f"http://127.0.0.1:{gw_port}/v1/chat/completions", {"Authorization": f"Bearer {key}"}),
+        }
+        if len(procs) == 3:
+            targets["litellm"] = (
+                f"http://127.0.0.1:{llm_port}/v1/chat/completions",
+                {"Authorization": f"Bearer {MASTER_KEY}"},
+            )
+        results: dict[str, Any] = {}
+        for name, (url, headers) in targets.items():
+            asyncio.run(wait_ready(url, headers))
+            results[name] = asyncio.run(load(url, headers, args.concurrency, args.requests))
+            one = asyncio.run(load(url, headers, 1, max(200, args.requests // 10)))
+            results[name]["c1_p50_ms"], results[name]["c1_p99_ms"] = one["p50_ms"], one["p99_ms"]
+            print(f"{name:8s} {json.dumps({k: round(v, 3) for k, v in results[name].items()})}", flush=True)
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        shutil.rmtree(work, ignore_errors=True)
+
+    d, g = results["direct"], results["gateway"]
+    summary: dict[str, Any] = {
+        "concurrency": args.concurrency,
+        "requests": args.requests,
+        "machine": f"{platform.machine()} {os.cpu_count()} cpu",
+        "litellm": litellm_note,
+        "results": results,
+        "gateway_vs_direct_throughput": g["throughput_rps"] / d["throughput_rps"],
+        "added_p50_ms": g["p50_ms"] - d["p50_ms"],
+        "added_p99_ms": g["p99_ms"] - d["p99_ms"],
+        "added_p50_ms_c1": g["c1_p50_ms"] - d["c1_p50_ms"],
+        "added_p99_ms_c1": g["c1_p99_ms"] - d["c1_p99_ms"],
+    }
+    if "litellm" in results:
+        summary["gateway_vs_litellm_throughput"] = g["throughput_rps"] / results["litellm"]["throughput_rps"]
+        summary["litellm_added_p50_ms"] = results["litellm"]["p50_ms"] - d["p50_ms"]
+    print(
+        f"\ngateway/direct throughput {summary['gateway_vs_direct_throughput']:.2f}x"
+        + (
+            f"; gateway/LiteLLM {summary['gateway_vs_litellm_throughput']:.2f}x (target >= 3x)"
+            if "litellm" in results
+            else ""
+        )
+    )
+    print(
+        f"added latency at {args.concurrency} concurrent: p50 {summary['added_p50_ms']:.2f} ms (target <= 1), "
+        f"p99 {summary['added_p99_ms']:.2f} ms (target <= 5); at 1 concurrent: p50 {summary['added_p50_ms_c1']:.2f} ms, "
+        f"p99 {summary['added_p99_ms_c1']:.2f} ms"
+    )
+    print(f"LiteLLM: {litellm_note}")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "gateway.json").write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
