@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -41,7 +42,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-# --- the stub backend: a minimal HTTP/1.1 keep-alive server speaking TGI's /generate and OpenAI chat ------------------
+# --- the stub backend: a minimal HTTP/1.1 keep-alive server speaking TGI's /generate and OpenAI chat ---------------
 _GEN = json.dumps(
     {
         "generated_text": " ok ok ok ok ok ok ok ok",
@@ -68,7 +69,10 @@ _MODELS = json.dumps({"object": "list", "data": [{"id": "triage-v1", "object": "
 
 
 def _response(body: bytes, status: str = "200 OK") -> bytes:
-    head = f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\nx-prompt-tokens: 3\r\n\r\n"
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nx-prompt-tokens: 3\r\n\r\n"
+    )
     return head.encode() + body
 
 
@@ -77,7 +81,7 @@ async def _stub_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
             line, *headers = head.decode("latin-1").split("\r\n")
-            method, path, _ = line.split(" ", 2)
+            _, path, _ = line.split(" ", 2)
             length = 0
             for h in headers:
                 if h.lower().startswith("content-length:"):
@@ -112,8 +116,8 @@ def run_stub(port: int) -> None:
     uvloop.run(main())
 
 
-# --- the gateway process ------------------------------------------------------------------------------------------------
-def run_gateway(port: int, stub_port: int, data_dir: Path, key_file: Path) -> None:
+# --- the gateway process -------------------------------------------------------------------------------------------
+def run_gateway(port: int, stub_port: int, data_dir: Path, key_file: Path, audit_kind: str = "durable") -> None:
     import logging
 
     import structlog
@@ -132,7 +136,12 @@ def run_gateway(port: int, stub_port: int, data_dir: Path, key_file: Path) -> No
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     settings = load_settings(data_dir=data_dir, policies_dir=ROOT / "policies")
     keys = open_key_service(settings)
-    audit = open_audit_log(settings, keys=keys)
+    if audit_kind == "durable":
+        audit = open_audit_log(settings, keys=keys)
+    else:  # diagnostic only: what the durable trail costs
+        from appliance.testing import MemoryAuditLog
+
+        audit = MemoryAuditLog()  # type: ignore[assignment]
     key, _ = ApiKeyStore(GatewayDB(db_path(data_dir))).create(
         "bench", ["service.inference"], ttl_s=3600, created_by="bench"
     )
@@ -162,7 +171,7 @@ def run_gateway(port: int, stub_port: int, data_dir: Path, key_file: Path) -> No
     )
 
 
-# --- LiteLLM -------------------------------------------------------------------------------------------------------------
+# --- LiteLLM -------------------------------------------------------------------------------------------------------
 def ensure_litellm() -> Path | str:
     """The LiteLLM binary in its own venv (created when missing); a reason string when it cannot be installed."""
     binary = LITELLM_VENV / "bin" / "litellm"
@@ -214,7 +223,7 @@ def start_litellm(binary: Path, port: int, stub_port: int, work: Path) -> subpro
     )
 
 
-# --- load generator ------------------------------------------------------------------------------------------------------
+# --- load generator ------------------------------------------------------------------------------------------------
 async def wait_ready(url: str, headers: dict[str, str], timeout_s: float = 120) -> None:
     import aiohttp
 
@@ -275,6 +284,12 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--skip-litellm", action="store_true")
+    parser.add_argument(
+        "--gateway-audit",
+        choices=["durable", "memory"],
+        default="durable",
+        help="memory: a diagnostic run without the durable audit trail (not the product)",
+    )
     parser.add_argument("--role", choices=["stub", "gateway"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--stub-port", type=int, help=argparse.SUPPRESS)
@@ -285,7 +300,7 @@ def main() -> int:
         run_stub(args.port)
         return 0
     if args.role == "gateway":
-        run_gateway(args.port, args.stub_port, args.data_dir, args.key_file)
+        run_gateway(args.port, args.stub_port, args.data_dir, args.key_file, args.gateway_audit)
         return 0
 
     work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
@@ -309,6 +324,8 @@ def main() -> int:
                     str(work / "var"),
                     "--key-file",
                     str(key_file),
+                    "--gateway-audit",
+                    args.gateway_audit,
                 ],
                 start_new_session=True,
             )
@@ -343,10 +360,8 @@ def main() -> int:
             print(f"{name:8s} {json.dumps({k: round(v, 3) for k, v in results[name].items()})}", flush=True)
     finally:
         for p in procs:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         for p in procs:
             try:
                 p.wait(10)
@@ -360,6 +375,7 @@ def main() -> int:
         "requests": args.requests,
         "machine": f"{platform.machine()} {os.cpu_count()} cpu",
         "litellm": litellm_note,
+        "gateway_audit": args.gateway_audit,
         "results": results,
         "gateway_vs_direct_throughput": g["throughput_rps"] / d["throughput_rps"],
         "added_p50_ms": g["p50_ms"] - d["p50_ms"],
@@ -380,7 +396,8 @@ def main() -> int:
     )
     print(
         f"added latency at {args.concurrency} concurrent: p50 {summary['added_p50_ms']:.2f} ms (target <= 1), "
-        f"p99 {summary['added_p99_ms']:.2f} ms (target <= 5); at 1 concurrent: p50 {summary['added_p50_ms_c1']:.2f} ms, "
+        f"p99 {summary['added_p99_ms']:.2f} ms (target <= 5); "
+        f"at 1 concurrent: p50 {summary['added_p50_ms_c1']:.2f} ms, "
         f"p99 {summary['added_p99_ms_c1']:.2f} ms"
     )
     print(f"LiteLLM: {litellm_note}")
