@@ -17,11 +17,33 @@ SUITE = "bookworm"
 CACHE_DIR = Path(os.environ.get("APPLIANCE_ANSIBLE_ROOT_CACHE", "/var/tmp/appliance-ansible-roots"))
 
 # What the roles install on a real host, preinstalled so that converge needs no network and apt tasks report ok.
-PACKAGES = (
-    "python3 python3-apt python3-venv python3-packaging python3-cryptography systemd systemd-sysv dbus libpam-systemd "
-    "openssh-server sudo auditd audispd-plugins chrony unattended-upgrades nftables cryptsetup-bin "
-    "cryptsetup tlog podman runc iproute2 ca-certificates procps curl"
-).split()
+PACKAGES = [
+    "python3",
+    "python3-apt",
+    "python3-venv",
+    "python3-packaging",
+    "python3-cryptography",
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "libpam-systemd",
+    "openssh-server",
+    "sudo",
+    "auditd",
+    "audispd-plugins",
+    "chrony",
+    "unattended-upgrades",
+    "nftables",
+    "cryptsetup-bin",
+    "cryptsetup",
+    "tlog",
+    "podman",
+    "runc",
+    "iproute2",
+    "ca-certificates",
+    "procps",
+    "curl",
+]
 
 
 def _mirror() -> str:
@@ -76,7 +98,9 @@ def ensure_root(log: Path | None = None) -> Path:
             # No daemons start inside the chroot while packages install.
             (work / "usr/sbin/policy-rc.d").write_text("#!/bin/sh\nexit 101\n")
             (work / "usr/sbin/policy-rc.d").chmod(0o755)
-            subprocess.run(["chroot", str(work), "apt-get", "update", "-qq"], check=True, env=env, stdout=out, stderr=out)
+            subprocess.run(
+                ["chroot", str(work), "apt-get", "update", "-qq"], check=True, env=env, stdout=out, stderr=out
+            )
             subprocess.run(
                 ["chroot", str(work), "apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES],
                 check=True,

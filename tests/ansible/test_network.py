@@ -84,10 +84,42 @@ def netns(converged: Converged, tmp_path_factory: pytest.TempPathFactory) -> Ite
         for ns in (wa, gpu):
             _ns(ns, "link", "set", "u0", "up")
         try:
-            _ns(wa, "link", "add", "vlan42", "type", "vxlan", "id", "42", "local", "192.168.77.1", "remote",
-                "192.168.77.2", "dstport", "4789", "dev", "u0")
-            _ns(gpu, "link", "add", "vlan42", "type", "vxlan", "id", "42", "local", "192.168.77.2", "remote",
-                "192.168.77.1", "dstport", "4789", "dev", "u0")
+            _ns(
+                wa,
+                "link",
+                "add",
+                "vlan42",
+                "type",
+                "vxlan",
+                "id",
+                "42",
+                "local",
+                "192.168.77.1",
+                "remote",
+                "192.168.77.2",
+                "dstport",
+                "4789",
+                "dev",
+                "u0",
+            )
+            _ns(
+                gpu,
+                "link",
+                "add",
+                "vlan42",
+                "type",
+                "vxlan",
+                "id",
+                "42",
+                "local",
+                "192.168.77.2",
+                "remote",
+                "192.168.77.1",
+                "dstport",
+                "4789",
+                "dev",
+                "u0",
+            )
         except subprocess.CalledProcessError as exc:
             pytest.skip(f"VXLAN is not available in this kernel: {exc.stderr.decode().strip()}")
         _ns(wa, "link", "set", "vlan42", "netns", h)
