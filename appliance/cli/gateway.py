@@ -47,14 +47,14 @@ def run(
     from appliance.gateway import create_app
 
     settings = settings_of(ctx)
-    configure_logging(settings.log_level)
-    log = structlog.get_logger("appliance.gateway")
     g = settings.gateway
     tls = bool(g.tls_cert_file and g.tls_key_file)
     if settings.environment == "production" and not tls:
         raise ConfigError("production requires gateway.tls_cert_file and gateway.tls_key_file (164.312(e)(1))")
     if settings.environment == "production" and not g.secure_cookies:
         raise ConfigError("production requires gateway.secure_cookies = true")
+    configure_logging(settings.log_level)
+    log = structlog.get_logger("appliance.gateway")
     if not tls:
         log.warning("gateway.plaintext_http", reason="development environment: no TLS configured")
     app = create_app(settings)

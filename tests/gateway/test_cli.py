@@ -68,3 +68,10 @@ def test_check_policy_reports_problems(env: Path, tmp_path: Path) -> None:
     bad.write_text("version: 1\nroles:\n  a:\n    groups: [g]\n    routes: [teleport]\n")
     r = runner.invoke(app, ["gateway", "check-policy", str(bad)])
     assert r.exit_code != 0 and "routes" in str(r.exception)
+
+
+def test_run_refuses_production_without_tls(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`appliance gateway run` in production without a TLS certificate and key stops with CONFIG_INVALID."""
+    monkeypatch.setenv("APPLIANCE_ENVIRONMENT", "production")
+    r = CliRunner().invoke(app, ["gateway", "run"])
+    assert r.exit_code != 0 and "tls_cert_file" in str(r.exception)
