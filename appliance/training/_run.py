@@ -34,6 +34,7 @@ from appliance.errors import (
     ValidationFailed,
 )
 from appliance.protocols import AuditLog, KeyService
+from appliance.training._accounting import composed_epsilon
 from appliance.training._canaries import Canary, make_canaries, measure_exposures
 from appliance.training._checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from appliance.training._config import TrainConfig
@@ -423,10 +424,11 @@ class TrainingRun:
             self._fit_plain()
 
     def _epsilon(self) -> float | None:
-        if self._engine is None:
+        """Epsilon of the steps taken so far (the same RDP computation the ledger makes, cached per step)."""
+        if not self.config.dp or self.s.noise_multiplier is None or self.s.sample_rate is None:
             return None
         assert self.s.delta is not None
-        return float(self._engine.accountant.get_epsilon(delta=self.s.delta))
+        return composed_epsilon([(self.s.noise_multiplier, self.s.sample_rate, self.s.step)], self.s.delta)
 
     def _after_step(self, loss: float) -> None:
         self.s.step += 1
