@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -115,3 +116,116 @@ def breakglass(
         bg.revoke(grant.id, revoked_by="audit-failure")
         raise
     console.print(f"[red]emergency access[/] {grant.id}: {subject} holds {role} for {minutes} min (flagged for review)")
+
+
+DEMO_ACCOUNTS = {
+    "alice": {"name": "Alice Analyst (demo)", "groups": ["analysts"]},
+    "carol": {"name": "Carol Compliance (demo)", "groups": ["compliance"]},
+    "adam": {"name": "Adam Admin (demo)", "groups": ["appliance-admins"]},
+}
+
+
+def _start_demo_idp(port: int, gateway_url: str, client_secret: str, log_path: Path) -> Any:
+    """The LOCAL DEMO identity provider (npm oidc-provider; any password is accepted). Never for production."""
+    import json
+    import os
+    import shutil
+    import subprocess
+
+    from appliance.errors import ConfigError
+
+    idp_dir = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "oidc_provider"
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None or not (idp_dir / "server.mjs").is_file():
+        raise ConfigError("the demo identity provider needs node, npm and tests/fixtures/oidc_provider")
+    if not (idp_dir / "node_modules" / "oidc-provider").is_dir():
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=idp_dir, check=True, capture_output=True)
+    config = {
+        "audience": "appliance",
+        "scopes": "inference service.inference",
+        "accounts": DEMO_ACCOUNTS,
+        "clients": [
+            {
+                "client_id": "appliance-demo",
+                "client_secret": client_secret,
+                "redirect_uris": [f"{gateway_url}/auth/callback"],
+                "grant_types": ["authorization_code"],
+                "response_types": ["code"],
+                "token_endpoint_auth_method": "client_secret_basic",
+            }
+        ],
+    }
+    env = {**os.environ, "OIDC_PORT": str(port), "OIDC_CONFIG": json.dumps(config)}
+    return subprocess.Popen(
+        [node, "server.mjs"], cwd=idp_dir, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT
+    )
+
+
+@app.command("demo")
+def demo(
+    ctx: typer.Context,
+    adapter: str = typer.Option("triage", help="The adapter the printed curl command calls."),
+    version: str = typer.Option("production", help="Its version (a number or production)."),
+    port: int = typer.Option(8443, help="Gateway port (loopback)."),
+    idp_port: int = typer.Option(8444, help="Demo identity provider port (loopback)."),
+) -> None:
+    """Run the gateway with a LOCAL DEMO identity provider, a demo API key and a ready curl command (development)."""
+    import secrets
+    import time
+
+    import httpx
+    import uvicorn
+
+    from appliance.config import load_settings
+    from appliance.errors import ConfigError
+    from appliance.gateway import create_app
+    from appliance.gateway._db import GatewayDB, db_path
+    from appliance.gateway.auth.apikeys import ApiKeyStore
+
+    base = settings_of(ctx)
+    if base.environment == "production":
+        raise ConfigError("`gateway demo` runs a demo identity provider and is refused in production")
+    gateway_url, issuer = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{idp_port}"
+    client_secret = secrets.token_urlsafe(24)
+    base.data_dir.mkdir(parents=True, exist_ok=True)
+    idp = _start_demo_idp(idp_port, gateway_url, client_secret, base.data_dir / "demo-idp.log")
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(f"{issuer}/.well-known/openid-configuration", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            raise ConfigError(f"the demo identity provider did not start (see {base.data_dir / 'demo-idp.log'})")
+        overrides = base.model_dump()
+        overrides["gateway"].update(
+            oidc_issuer=issuer,
+            oidc_client_id="appliance-demo",
+            oidc_client_secret=client_secret,
+            public_url=gateway_url,
+            secure_cookies=False,
+            host="127.0.0.1",
+            port=port,
+        )
+        settings = load_settings(**overrides)
+        key, info = ApiKeyStore(GatewayDB(db_path(settings.data_dir))).create(
+            "demo-service", ["service.inference"], ttl_s=86_400, created_by="gateway-demo"
+        )
+        from appliance.cli.keys import _audit
+
+        _audit(ctx, "admin.apikey.create", "create", {"key_id": info.id, "scopes": "service.inference"})
+        app_ = create_app(settings)
+        console.print("\n[bold red]LOCAL DEMO identity provider[/] (accepts any password; never for production)")
+        console.print(
+            f"  sign in at [bold]{gateway_url}/login[/] as alice (analyst), carol (compliance) or adam (admin)"
+        )
+        console.print(f"  demo API key {info.id} (scope service.inference, 24 h): ready curl command:\n")
+        body = '{"inputs": "Triage: 67-year-old with chest pain.", "parameters": {"max_new_tokens": 32}}'
+        typer.echo(
+            f"curl -s -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
+            f"-d '{body}' {gateway_url}/v1/inference/adapter/{adapter}/{version}\n"
+        )
+        uvicorn.run(app_, host="127.0.0.1", port=port, access_log=False, log_level="warning", server_header=False)
+    finally:
+        idp.terminate()
