@@ -146,7 +146,8 @@ def run_gateway(port: int, stub_port: int, data_dir: Path, key_file: Path, audit
         "bench", ["service.inference"], ttl_s=3600, created_by="bench"
     )
     key_file.write_text(key)
-    backend = TGIBackend(f"http://127.0.0.1:{stub_port}", published=None, max_connections=128, retries=0)
+    pool = int(os.environ.get("BENCH_BACKEND_POOL", "16"))  # httpcore's pool bookkeeping grows with its size
+    backend = TGIBackend(f"http://127.0.0.1:{stub_port}", published=None, max_connections=pool, retries=0)
     # The published set: a fixed catalog (the registry's own read path is cached by the gateway in any case).
     catalog = StaticCatalog([AdapterRef("triage", 1, "f" * 64, is_production=True)])
     app = create_app(settings, backend=backend, audit=audit, registry=catalog, keys=keys)
