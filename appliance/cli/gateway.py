@@ -38,9 +38,8 @@ def run(
     ctx: typer.Context,
     host: str | None = typer.Option(None, help="Listen address (default: gateway.host)."),
     port: int | None = typer.Option(None, help="Listen port (default: gateway.port)."),
-    workers: int = typer.Option(1, min=1, max=64, help="uvicorn worker processes (1: limits are per process)."),
 ) -> None:
-    """Run the gateway (uvicorn). Production requires TLS (gateway.tls_cert_file / tls_key_file)."""
+    """Run the gateway (uvicorn, one process: sessions and limits live in it). Production requires TLS."""
     import structlog
     import uvicorn
 
@@ -69,7 +68,6 @@ def run(
         log_level=settings.log_level.lower(),
         server_header=False,
         proxy_headers=False,
-        workers=None if workers == 1 else workers,
     )
 
 
