@@ -12,7 +12,19 @@ from pathlib import Path
 
 import typer
 
-from appliance.cli import audit, config_cmd, data, gateway, keys, ledger, models, registry, serve, train
+from appliance.cli import (
+    audit,
+    config_cmd,
+    data,
+    gateway,
+    keys,
+    keyservice,
+    ledger,
+    models,
+    registry,
+    serve,
+    train,
+)
 from appliance.cli._common import err_console
 from appliance.errors import ApplianceError
 
@@ -42,6 +54,7 @@ app.add_typer(registry.erasure_app, name="erasure", help="GDPR erasure planning.
 app.command("serve", help="Run the embedded TGI-protocol inference engine.")(serve.serve)
 app.add_typer(gateway.app, name="gateway", help="Run the gateway.")
 app.add_typer(keys.app, name="keys", help="Appliance API keys for services.")
+app.add_typer(keyservice.app, name="keyservice", help="Key service: status, create, rotate, public keys, secrets.")
 app.add_typer(audit.app, name="audit", help="The audit trail: export, verify, hash, purge.")
 
 
