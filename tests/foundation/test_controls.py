@@ -59,3 +59,15 @@ def test_tests_exist() -> None:
             if not path.is_file() or (func and func not in _test_functions(path)):
                 missing.append(f"{control['id']}: {test_id}")
     assert not missing, missing
+
+
+def test_rendered_mapping_is_current() -> None:
+    """hipaa.md and gdpr.md are exactly what scripts/compliance_docs.py renders from controls.yaml."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compliance_docs", ROOT / "scripts" / "compliance_docs.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    stale = [p.name for p, text in module.rendered().items() if not p.is_file() or p.read_text("utf-8") != text]
+    assert not stale, f"run: .venv/bin/python scripts/compliance_docs.py ({stale} out of date)"
