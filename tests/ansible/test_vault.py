@@ -172,7 +172,9 @@ def test_gateway_approle_can_do_nothing_more(bao: Bao) -> None:
     assert _denied(lambda: t.decrypt_data("appliance-artifacts", ciphertext="vault:v1:AAAA"))
     assert _denied(lambda: t.create_key("appliance-new"))
     assert _denied(lambda: t.rotate_key("appliance-audit-signing"))
-    assert _denied(lambda: gw.secrets.kv.v2.read_secret_version(path="appliance/registry/db"))
+    assert _denied(
+        lambda: gw.secrets.kv.v2.read_secret_version(path="appliance/registry/db", raise_on_deleted_version=True)
+    )
     assert _denied(lambda: gw.sys.list_acl_policies())
     assert _denied(lambda: gw.sys.disable_audit_device("file"))
     assert _denied(lambda: gw.auth.approle.generate_secret_id("appliance-registry"))
