@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from appliance.errors import ConfigError
+from appliance.policy_files import parse_yaml_mapping, validation_problems
 
 ADAPTER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
@@ -174,19 +174,11 @@ class AccessPolicy(_Strict):
 
 def parse_policy(text: str, source: str = "<policy>") -> AccessPolicy:
     """Parse and validate a policy document; every problem is listed in one ConfigError."""
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{source}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the policy must be a mapping with a 'roles' key")
+    raw = parse_yaml_mapping(text, source)
     try:
         return AccessPolicy.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{source}: invalid access policy: {problems}") from exc
+        raise ConfigError(f"{source}: invalid access policy: {validation_problems(exc)}") from exc
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from appliance.errors import ConfigError
+from appliance.policy_files import read_yaml_mapping, validation_problems
 
 __all__ = ["ApprovalLimits", "load_approval_limits"]
 
@@ -30,21 +30,11 @@ class ApprovalLimits(BaseModel):
 def load_approval_limits(policies_dir: Path) -> ApprovalLimits:
     """The ``approval`` section of ``<policies_dir>/privacy.yaml``; a ConfigError names the file and field."""
     path = Path(policies_dir) / "privacy.yaml"
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"privacy policy not found: {path} (approvals are refused without limits)") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"privacy policy {path}{where}: invalid YAML") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"privacy policy unreadable: {path}: {exc}") from exc
-    section = data.get("approval") if isinstance(data, dict) else None
+    data = read_yaml_mapping(path, "privacy policy", missing_hint=" (approvals are refused without limits)")
+    section = data.get("approval")
     if not isinstance(section, dict):
         raise ConfigError(f"privacy policy {path}: no 'approval' section (approvals are refused without limits)")
     try:
         return ApprovalLimits.model_validate(section)
     except ValidationError as exc:
-        problems = "; ".join(f"approval.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"privacy policy {path}: {problems}") from exc
+        raise ConfigError(f"privacy policy {path}: {validation_problems(exc, prefix='approval.')}") from exc

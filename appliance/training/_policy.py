@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from appliance.errors import ConfigError
+from appliance.policy_files import read_yaml_mapping, validation_problems
 
 __all__ = ["ApprovalLimits", "DatasetBudget", "PrivacyPolicy", "load_privacy_policy"]
 
@@ -61,22 +61,8 @@ class PrivacyPolicy(BaseModel):
 
 def load_privacy_policy(path: Path) -> PrivacyPolicy:
     """Load and validate a privacy policy file; any problem is a ConfigError naming the file and the field."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise ConfigError(f"privacy policy not found: {path}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"privacy policy unreadable: {path}: {exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"privacy policy {path}{where}: invalid YAML") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"privacy policy {path}: expected a mapping at the top level")
+    data = read_yaml_mapping(path, "privacy policy")
     try:
         return PrivacyPolicy.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
-        raise ConfigError(f"privacy policy {path}: {problems}") from exc
+        raise ConfigError(f"privacy policy {path}: {validation_problems(exc)}") from exc
