@@ -1,7 +1,7 @@
 """Serving: one Backend interface over the embedded engine, TGI and vLLM.
 
 The engine itself (``appliance.serving.engine``) imports torch and is loaded only by ``appliance serve`` and the
-benchmarks; this package's clients import only httpx.
+benchmarks; this package's clients import only aiohttp.
 """
 
 from appliance.serving._embedded import EmbeddedBackend

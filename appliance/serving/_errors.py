@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any
 
-import httpx
+import aiohttp
 
 from appliance.errors import (
     BackendError,
@@ -73,24 +73,24 @@ def error_for_response(status: int, body: bytes, headers: Mapping[str, str] | No
     return error
 
 
-def transport_error(exc: httpx.TransportError, what: str) -> BackendError:
+def transport_error(exc: BaseException, what: str) -> BackendError:
     """BackendUnavailable for connection failures, BackendTimeout for a backend that stopped answering."""
-    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return BackendUnavailable(f"{what}: backend not reachable in time")
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, TimeoutError):  # aiohttp's read timeouts are TimeoutErrors too
         return BackendTimeout(f"{what}: backend did not answer in time")
     return BackendUnavailable(f"{what}: backend unreachable ({type(exc).__name__})")
 
 
 @contextmanager
 def translate_transport_errors(what: str) -> Iterator[None]:
-    """Turn httpx transport failures inside the block into our errors, keeping the cause."""
+    """Turn aiohttp transport failures inside the block into our errors, keeping the cause."""
     try:
         yield
-    except httpx.TransportError as exc:
+    except (aiohttp.ClientError, TimeoutError) as exc:
         raise transport_error(exc, what) from exc
 
 
 def is_unsent_failure(exc: BaseException) -> bool:
     """True for failures that happened before the request left this process (safe to retry)."""
-    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+    return isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)

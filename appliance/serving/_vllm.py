@@ -16,10 +16,10 @@ import structlog
 
 from appliance.errors import BackendError, BackendValidation, ConfigError
 from appliance.protocols import Generation, GenerationParams, TokenEvent
-from appliance.serving._errors import error_for_payload, error_for_response, translate_transport_errors
+from appliance.serving._errors import error_for_payload, error_for_response
 from appliance.serving._published import AdapterSpec, read_vllm_list
 from appliance.serving._tgi import PublishedList, TGIBackend
-from appliance.serving._wire import json_of, openai_parameters, sse_data
+from appliance.serving._wire import openai_parameters, sse_data
 
 log = structlog.get_logger(__name__)
 
@@ -69,10 +69,7 @@ class VLLMBackend(TGIBackend):
         await self._check_routable(adapter)
         body = {"model": await self._model_for(adapter), "prompt": prompt, "stream": False}
         body.update(openai_parameters(params))
-        response = await self._post("/v1/completions", body)
-        if response.status_code != 200:
-            raise error_for_response(response.status_code, response.content, response.headers)
-        payload = json_of(response)
+        payload = (await self._post("/v1/completions", body)).json()
         choice = (payload.get("choices") or [{}])[0]
         usage = payload.get("usage") or {}
         details = None
@@ -91,40 +88,37 @@ class VLLMBackend(TGIBackend):
         body: dict[str, Any] = {"model": await self._model_for(adapter), "prompt": prompt, "stream": True}
         body.update(openai_parameters(params))
         body["stream_options"] = {"include_usage": True}
-        request = self._client.build_request("POST", "/v1/completions", json=body)
-        response = await self._send(request, stream=True)
-        try:
-            if response.status_code != 200:
-                raise error_for_response(response.status_code, await response.aread(), response.headers)
+        async with self._http.stream("POST", "/v1/completions", body) as response:
+            if response.status != 200:
+                raise error_for_response(response.status, await response.read(), response.headers)
             pending: TokenEvent | None = None
             text: list[str] = []
             finish = "length"
             usage: Mapping[str, Any] = {}
             index = 0
-            with translate_transport_errors("v1/completions"):
-                async for payload in sse_data(response):
-                    if payload.get("error") is not None or payload.get("object") == "error":
-                        raise error_for_payload(payload)
-                    if payload.get("usage"):
-                        usage = payload["usage"]
-                    for choice in payload.get("choices") or []:
-                        if choice.get("finish_reason"):
-                            finish = _finish_reason(choice)
-                        piece = str(choice.get("text") or "")
-                        if not piece and not choice.get("finish_reason"):
-                            continue
-                        if pending is not None:
-                            yield pending
-                        logprobs = _token_logprobs(choice)
-                        index += 1
-                        text.append(piece)
-                        pending = TokenEvent(
-                            index=index,
-                            token_id=0,
-                            text=piece,
-                            logprob=logprobs[0] if logprobs else None,
-                            special=False,
-                        )
+            async for payload in sse_data(response.lines()):
+                if payload.get("error") is not None or payload.get("object") == "error":
+                    raise error_for_payload(payload)
+                if payload.get("usage"):
+                    usage = payload["usage"]
+                for choice in payload.get("choices") or []:
+                    if choice.get("finish_reason"):
+                        finish = _finish_reason(choice)
+                    piece = str(choice.get("text") or "")
+                    if not piece and not choice.get("finish_reason"):
+                        continue
+                    if pending is not None:
+                        yield pending
+                    logprobs = _token_logprobs(choice)
+                    index += 1
+                    text.append(piece)
+                    pending = TokenEvent(
+                        index=index,
+                        token_id=0,
+                        text=piece,
+                        logprob=logprobs[0] if logprobs else None,
+                        special=False,
+                    )
             final = Generation(
                 text="".join(text),
                 generated_tokens=int(usage.get("completion_tokens", index)),
@@ -134,8 +128,6 @@ class VLLMBackend(TGIBackend):
             )
             last = pending or TokenEvent(index=0, token_id=0, text="", logprob=None, special=False)
             yield TokenEvent(last.index, last.token_id, last.text, last.logprob, last.special, final=final)
-        finally:
-            await response.aclose()
 
     async def adapters(self) -> set[str]:
         served = await self._served_adapters()
@@ -149,17 +141,13 @@ class VLLMBackend(TGIBackend):
         self._require_runtime()
         if self._published is not None and name not in self._published.ids():
             raise BackendValidation(f"adapter {name!r} is not published to this backend")
-        response = await self._post("/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
-        if response.status_code != 200:
-            raise error_for_response(response.status_code, response.content, response.headers)
+        await self._post("/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
         log.info("vllm.adapter_loaded", adapter=name)
 
     async def unload_adapter(self, name: str) -> None:
         """Unload an adapter from the running vLLM."""
         self._require_runtime()
-        response = await self._post("/v1/unload_lora_adapter", {"lora_name": name})
-        if response.status_code != 200:
-            raise error_for_response(response.status_code, response.content, response.headers)
+        await self._post("/v1/unload_lora_adapter", {"lora_name": name})
         log.info("vllm.adapter_unloaded", adapter=name)
 
     async def sync(self) -> tuple[set[str], set[str]]:
@@ -189,10 +177,7 @@ class VLLMBackend(TGIBackend):
         if adapter is not None:
             return adapter
         if self._base_model_name is None:
-            response = await self._get("/v1/models")
-            if response.status_code != 200:
-                raise error_for_response(response.status_code, response.content, response.headers)
-            bases = [m for m in json_of(response).get("data", []) if m.get("parent") is None]
+            bases = [m for m in (await self._get("/v1/models")).json().get("data", []) if m.get("parent") is None]
             if not bases:
                 raise BackendError("the backend lists no base model under /v1/models")
             self._base_model_name = str(bases[0]["id"])

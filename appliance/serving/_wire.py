@@ -6,8 +6,6 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import httpx
-
 from appliance.errors import BackendError
 from appliance.protocols import Generation, GenerationParams, TokenEvent
 
@@ -51,14 +49,6 @@ def openai_parameters(params: GenerationParams) -> dict[str, Any]:
     return body
 
 
-def json_of(response: httpx.Response) -> Any:
-    """The JSON body of a backend answer; a malformed one is a BackendError."""
-    try:
-        return response.json()
-    except ValueError as exc:
-        raise BackendError("the backend answered malformed JSON") from exc
-
-
 def generation_from_tgi(payload: Mapping[str, Any], headers: Mapping[str, str], want_details: bool) -> Generation:
     """A Generation from TGI's ``/generate`` answer (``details`` requested) and its ``x-*`` headers."""
     details = payload.get("details") or {}
@@ -74,9 +64,9 @@ def generation_from_tgi(payload: Mapping[str, Any], headers: Mapping[str, str], 
     )
 
 
-async def sse_data(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+async def sse_data(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
     """The JSON payloads of ``data:`` lines, ending at ``[DONE]`` or at the end of the body."""
-    async for line in response.aiter_lines():
+    async for line in lines:
         if not line.startswith("data:"):
             continue
         data = line[5:].strip()

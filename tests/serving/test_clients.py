@@ -2,16 +2,21 @@
 
 Real TGI and vLLM need a GPU and their own server binaries, which cannot run here; both speak the protocol the
 embedded engine implements (TGI's routes, and the OpenAI-compatible routes vLLM serves), so the clients are
-tested against the engine. Answers only a real server gives (424, 503, timeouts) come from httpx.MockTransport.
+tested against the engine. Answers the engine does not give on demand (424, 503, slow or malformed answers) come
+from a small real HTTP server on loopback (``answering``) that replies as a failing TGI or vLLM would.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx
 import pytest
+from aiohttp import web
 
 from appliance.config import Settings
 from appliance.errors import (
@@ -110,8 +115,43 @@ async def test_vllm_backend_selects_adapter_by_model(engine_url: str, tmp_path: 
         await embedded.aclose()
 
 
-def _mock(handler: object) -> httpx.MockTransport:
-    return httpx.MockTransport(handler)  # type: ignore[arg-type]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@asynccontextmanager
+async def answering(handler: Handler, port: int | None = None) -> AsyncIterator[str]:
+    """A real HTTP server on loopback whose every route answers with handler; yields its base URL."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = port or _free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+def _json(status: int, body: object, headers: dict[str, str] | None = None) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response(body, status=status, headers=headers)
+
+    return handler
+
+
+def _raw(body: bytes, content_type: str = "text/event-stream") -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type=content_type)
+
+    return handler
 
 
 @pytest.mark.parametrize(
@@ -127,52 +167,57 @@ def _mock(handler: object) -> httpx.MockTransport:
 )
 async def test_http_errors_map_to_backend_errors(status: int, body: dict[str, str], error: type, message: str) -> None:
     """Each answer a real TGI/vLLM gives on failure becomes the matching BackendError subclass."""
-    transport = _mock(lambda request: httpx.Response(status, json=body, headers={"retry-after": "3"}))
-    backend = TGIBackend("http://tgi.invalid", published=None, transport=transport)
-    with pytest.raises(error, match=message) as info:
-        await backend.generate(None, "x", GREEDY)
+    async with answering(_json(status, body, {"retry-after": "3"})) as url:
+        backend = TGIBackend(url, published=None)
+        with pytest.raises(error, match=message) as info:
+            await backend.generate(None, "x", GREEDY)
+        await backend.aclose()
     assert type(info.value) is error
     if error is BackendOverloaded:
         assert info.value.retry_after == 3.0
-    await backend.aclose()
 
 
 async def test_stream_error_event_maps_to_backend_error() -> None:
     """An error event inside a TGI stream (after a 200) becomes a typed error."""
     sse = b'data:{"error":"Request failed during generation: OOM","error_type":"generation"}\n\n'
-    transport = _mock(lambda request: httpx.Response(200, content=sse, headers={"content-type": "text/event-stream"}))
-    backend = TGIBackend("http://tgi.invalid", published=None, transport=transport)
-    with pytest.raises(BackendError, match="OOM"):
-        _ = [e async for e in backend.stream(None, "x", GREEDY)]
-    await backend.aclose()
+    async with answering(_raw(sse)) as url:
+        backend = TGIBackend(url, published=None)
+        with pytest.raises(BackendError, match="OOM"):
+            _ = [e async for e in backend.stream(None, "x", GREEDY)]
+        await backend.aclose()
 
 
 async def test_retries_only_failures_before_sending() -> None:
     """A refused connection is retried (the request never left); a read timeout is not (it may be running)."""
-    calls: list[str] = []
+    served: list[str] = []
 
-    def flaky(request: httpx.Request) -> httpx.Response:
-        calls.append("connect")
-        if len(calls) < 3:
-            raise httpx.ConnectError("refused", request=request)
-        return httpx.Response(200, json={"generated_text": "ok", "details": {"generated_tokens": 1}})
+    async def ok(request: web.Request) -> web.Response:
+        served.append(request.path)
+        return web.json_response({"generated_text": "ok", "details": {"generated_tokens": 1}})
 
-    backend = TGIBackend("http://tgi.invalid", published=None, transport=_mock(flaky), retry_backoff_s=0.0)
-    assert (await backend.generate(None, "x", GREEDY)).text == "ok"
-    assert len(calls) == 3
+    # Nothing listens on the port at first: the first attempts are refused, the server comes up during the back-off.
+    port = _free_port()
+    backend = TGIBackend(f"http://127.0.0.1:{port}", published=None, retries=20, retry_backoff_s=0.02)
+    attempt = asyncio.ensure_future(backend.generate(None, "x", GREEDY))
+    await asyncio.sleep(0.1)
+    assert not attempt.done()  # still retrying a refused connection
+    async with answering(ok, port=port):
+        assert (await asyncio.wait_for(attempt, 30)).text == "ok"
     await backend.aclose()
+    assert served == ["/generate"]  # sent exactly once
 
-    reads: list[str] = []
+    async def slow(request: web.Request) -> web.Response:
+        served.append(request.path)
+        await asyncio.sleep(2)
+        return web.json_response({"generated_text": "late"})
 
-    def slow(request: httpx.Request) -> httpx.Response:
-        reads.append("read")
-        raise httpx.ReadTimeout("slow", request=request)
-
-    backend = TGIBackend("http://tgi.invalid", published=None, transport=_mock(slow), retry_backoff_s=0.0)
-    with pytest.raises(BackendTimeout):
-        await backend.generate(None, "x", GREEDY)
-    assert reads == ["read"]
-    await backend.aclose()
+    served.clear()
+    async with answering(slow) as url:
+        backend = TGIBackend(url, published=None, timeout_s=0.3, retries=3, retry_backoff_s=0.0)
+        with pytest.raises(BackendTimeout):
+            await backend.generate(None, "x", GREEDY)
+        await backend.aclose()
+    assert served == ["/generate"]  # a read timeout is never retried
 
     backend = TGIBackend("http://127.0.0.1:9", published=None, retries=1, retry_backoff_s=0.0, connect_timeout_s=0.5)
     with pytest.raises(BackendUnavailable):
@@ -192,17 +237,16 @@ def test_open_backend_follows_settings(settings: Settings) -> None:
 
 async def test_malformed_answers_are_backend_errors() -> None:
     """A body or SSE event that is not JSON becomes a BackendError, never a foreign exception."""
-    transport = _mock(lambda request: httpx.Response(200, content=b"<html>proxy error</html>"))
-    backend = TGIBackend("http://tgi.invalid", published=None, transport=transport)
-    with pytest.raises(BackendError, match="malformed JSON"):
-        await backend.generate(None, "x", GREEDY)
-    await backend.aclose()
-    broken = b"data:{not json\n\n"
-    transport = _mock(lambda request: httpx.Response(200, content=broken))
-    backend = TGIBackend("http://tgi.invalid", published=None, transport=transport)
-    with pytest.raises(BackendError, match="malformed event"):
-        _ = [e async for e in backend.stream(None, "x", GREEDY)]
-    await backend.aclose()
+    async with answering(_raw(b"<html>proxy error</html>", "text/html")) as url:
+        backend = TGIBackend(url, published=None)
+        with pytest.raises(BackendError, match="malformed JSON"):
+            await backend.generate(None, "x", GREEDY)
+        await backend.aclose()
+    async with answering(_raw(b"data:{not json\n\n")) as url:
+        backend = TGIBackend(url, published=None)
+        with pytest.raises(BackendError, match="malformed event"):
+            _ = [e async for e in backend.stream(None, "x", GREEDY)]
+        await backend.aclose()
 
 
 async def test_local_backend_matches_the_http_engine(engine: object, engine_url: str) -> None:
