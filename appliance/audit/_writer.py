@@ -18,7 +18,6 @@ import contextlib
 import os
 import threading
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from appliance.audit._checkpoint import checkpoint_body, sign, signed_message
 from appliance.audit._schema import _ExtraCheck, validate_event
 from appliance.audit._sinks._base import ChainHead, ChainReader, Sink
 from appliance.errors import ApplianceError, AuditUnavailable
+from appliance.ids import random_uuid
 from appliance.protocols import AuditReceipt, KeyService
 
 __all__ = ["AuditWriter"]
@@ -322,11 +322,11 @@ class AuditWriter:
         checkpointed = self._checkpointed_seq
         for body in internal:
             seq += 1
-            line, prev = build_line(seq, prev, writer_id, str(uuid.uuid4()), _utc_now(), body)
+            line, prev = build_line(seq, prev, writer_id, str(random_uuid()), _utc_now(), body)
             lines.append(line)
         for pending in batch:
             seq += 1
-            event_id = str(uuid.uuid4())
+            event_id = str(random_uuid())
             line, prev = build_line(seq, prev, writer_id, event_id, _utc_now(), pending.body)
             lines.append(line)
             receipts.append(AuditReceipt(event_id=event_id, seq=seq, record_hash=prev, writer_id=writer_id))
@@ -341,7 +341,7 @@ class AuditWriter:
     def _checkpoint(self, lines: list[bytes], seq: int, prev: str) -> tuple[int, str]:
         signature = sign(self._keys, signed_message("checkpoint", self.writer_id, seq, prev))
         body = checkpoint_body(self.writer_id, seq, prev, signature)
-        line, digest = build_line(seq + 1, prev, self.writer_id, str(uuid.uuid4()), _utc_now(), body)
+        line, digest = build_line(seq + 1, prev, self.writer_id, str(random_uuid()), _utc_now(), body)
         lines.append(line)
         self._last_checkpoint_at = time.monotonic()
         return seq + 1, digest

@@ -15,7 +15,6 @@ import hashlib
 import hmac
 import ipaddress
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +44,7 @@ from appliance.gateway.limits import ExtractionDetector, RateLimiter
 from appliance.gateway.metrics import GatewayMetrics
 from appliance.gateway.policy import ADAPTER_NAME, PolicyStore
 from appliance.gateway.ports import AdapterCatalog, AdapterRef, AuditReader, resolve
+from appliance.ids import random_uuid
 from appliance.protocols import AuditLog, Backend, Generation, GenerationParams, KeyService, TokenEvent
 
 log = structlog.get_logger("appliance.gateway")
@@ -64,7 +64,7 @@ class Ctx:
     path: str  # the HTTP route template
     ip: str | None
     user_agent: str | None
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    request_id: str = field(default_factory=lambda: random_uuid().hex)
     session: Session | None = None
 
     @property
@@ -121,6 +121,7 @@ class Gateway:
         jwt: JWTValidator | None,
         oidc: OIDCClient | None,
         digest: Digest,
+        digest_inline: bool = False,
         audit_reader: AuditReader | None = None,
     ) -> None:
         self.settings = settings
@@ -135,6 +136,8 @@ class Gateway:
         self.jwt = jwt
         self.oidc = oidc
         self.digest = digest
+        # True when the digest is an in-memory HMAC (local keystore): computed on the loop, no thread hop.
+        self.digest_inline = digest_inline
         self.audit_reader = audit_reader
         self.limiter = RateLimiter()
         self.detector = ExtractionDetector()
@@ -417,8 +420,11 @@ class Gateway:
     ) -> str:
         latency_ms = round((time.perf_counter() - started) * 1000, 3)
         output = gen.text if gen else ""
-        prompt_digest, output_digest = await asyncio.to_thread(lambda: (self.digest(prompt), self.digest(output)))
-        digests = {"prompt": prompt_digest, "output": output_digest}
+        if self.digest_inline:
+            digests = {"prompt": self.digest(prompt), "output": self.digest(output)}
+        else:  # a network call (Vault transit): off the event loop
+            prompt_digest, output_digest = await asyncio.to_thread(lambda: (self.digest(prompt), self.digest(output)))
+            digests = {"prompt": prompt_digest, "output": output_digest}
         tokens = {"prompt": gen.prompt_tokens, "generated": gen.generated_tokens} if gen else None
         if gen is not None:
             self.limiter.charge_tokens(ctx.principal.subject, ref.served_id, gen.prompt_tokens + gen.generated_tokens)

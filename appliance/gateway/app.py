@@ -257,6 +257,7 @@ def create_app(
         jwt=validator,
         oidc=oidc,
         digest=_digest_fn(keys),
+        digest_inline=getattr(keys, "backend", None) == "local",  # Vault's HMAC is a network call
         audit_reader=audit_reader or _audit_reader(audit),
     )
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +14,7 @@ from appliance.gateway._service import Ctx, Gateway
 from appliance.gateway.ports import AdapterRef
 from appliance.gateway.routes._common import FINISH, error_body, gateway_of, sse, trace_headers
 from appliance.gateway.schemas import ChatCompletionRequest, CompletionRequest, render_chat
+from appliance.ids import random_uuid
 
 SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
 
@@ -35,7 +35,7 @@ async def _complete(
     prompt = render_chat(data.messages) if isinstance(data, ChatCompletionRequest) else data.prompt
     audit_id = await gw.admit(ctx, ref, prompt, wants_logprobs=data.wants_logprobs())
     params = data.to_params()
-    rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+    rid = f"{'chatcmpl' if chat else 'cmpl'}-{random_uuid().hex}"
     created = int(time.time())
     model = f"{ref.name}@{ref.version}"
     headers = trace_headers(audit_id, ref)
