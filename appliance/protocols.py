@@ -6,7 +6,7 @@ tests live in ``appliance/testing``; every seam is also tested against its real 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -70,6 +70,18 @@ class AuditReceipt:
     writer_id: str
 
 
+@dataclass(frozen=True)
+class WrittenRecord:
+    """A record the audit store has accepted into the chain (written, not yet known to be on stable storage).
+
+    ``durable`` resolves to the receipt once the record is on stable storage, or raises ``AuditUnavailable``;
+    whoever holds a WrittenRecord must await it before answering anything that depends on the record.
+    """
+
+    receipt: AuditReceipt
+    durable: Awaitable[AuditReceipt]
+
+
 @runtime_checkable
 class AuditLog(Protocol):
     """The durable, hash-chained, PHI-free audit trail.
@@ -79,6 +91,12 @@ class AuditLog(Protocol):
     """
 
     async def record(self, event: Mapping[str, Any]) -> AuditReceipt: ...
+
+    async def record_ahead(self, event: Mapping[str, Any]) -> WrittenRecord:
+        """Return once the record is written into the chain (the store took it: not full, not read-only), with
+        its sync still running; ``AuditUnavailable`` when the store refuses it. Lets a caller overlap the sync
+        with work that answers nothing yet (the gateway's backend call)."""
+        ...
 
     def record_sync(self, event: Mapping[str, Any]) -> AuditReceipt:
         """The same as :meth:`record` for synchronous callers (CLI, training loop)."""

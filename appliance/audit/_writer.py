@@ -6,6 +6,10 @@ canonical body to one writer thread. That thread takes everything queued since i
 ``fdatasync`` (or one database commit), and only then acknowledges every caller in the batch at once. Many
 concurrent requests therefore share one fsync, and none is acknowledged before its record is durable.
 
+``record_ahead`` is the one exception, and it acknowledges twice: once the batch is written (the store took it:
+the caller may start work that answers nothing yet, such as the gateway's backend call), and again once it is
+durable (the caller must wait for that before answering). The sync thus overlaps the caller's work.
+
 Fail-closed: when the batch cannot be made durable (or a due checkpoint cannot be signed), every caller in it gets
 ``AuditUnavailable`` and the writer re-reads the end of the chain from storage before the next batch.
 """
@@ -31,7 +35,7 @@ from appliance.audit._schema import _ExtraCheck, validate_event
 from appliance.audit._sinks._base import ChainHead, ChainReader, Sink
 from appliance.errors import ApplianceError, AuditUnavailable
 from appliance.ids import random_uuid
-from appliance.protocols import AuditReceipt, KeyService
+from appliance.protocols import AuditReceipt, KeyService, WrittenRecord
 
 __all__ = ["AuditWriter"]
 
@@ -53,6 +57,7 @@ class _Pending:
     loop: asyncio.AbstractEventLoop | None
     checkpoint: bool = False  # sign right after this record (start, stop)
     since: float = field(default_factory=time.monotonic)  # when it was queued (the watchdog's clock)
+    written: asyncio.Future[AuditReceipt] | None = None  # record_ahead: settled once the batch is written
 
 
 def _utc_now() -> str:
@@ -203,6 +208,16 @@ class AuditWriter:
         self._submit(_Pending(body, done, loop))
         return await done  # the watchdog fails it after record_timeout_s if storage hangs
 
+    async def record_ahead(self, event: Mapping[str, Any]) -> WrittenRecord:
+        """Record event; returns once it is written into the chain, with its durability still to be awaited."""
+        body = validate_event(event, self._extras)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[AuditReceipt] = loop.create_future()
+        written: asyncio.Future[AuditReceipt] = loop.create_future()
+        done.add_done_callback(_retrieved)  # a caller that gave up early must not leave an unretrieved error
+        self._submit(_Pending(body, done, loop, written=written))
+        return WrittenRecord(await written, done)
+
     def record_sync(self, event: Mapping[str, Any]) -> AuditReceipt:
         """The same as :meth:`record` for synchronous callers (CLI, training loop)."""
         return self._submit_body_sync(validate_event(event, self._extras))
@@ -295,7 +310,10 @@ class AuditWriter:
                     internal.append(system_event("audit.recovered", "truncate", details))
             lines, receipts, head, checkpointed = self._chain(internal, batch)
             self._inflight_since, self._inflight = time.monotonic(), batch
-            self._sink.append(lines, self._head.seq + 1)
+            self._sink.write(lines, self._head.seq + 1)
+            if any(p.written is not None for p in batch):
+                self._settle_written(batch, receipts)
+            self._sink.sync()
         except Exception as exc:
             self._needs_recovery = True
             error = exc if isinstance(exc, AuditUnavailable) else AuditUnavailable(_reason(exc))
@@ -362,12 +380,25 @@ class AuditWriter:
         log.warning("audit.secondary_failed", writer_id=self.writer_id, error=type(exc).__name__)
 
     @staticmethod
+    def _settle_written(batch: Sequence[_Pending], receipts: Sequence[AuditReceipt]) -> None:
+        """Tell record_ahead callers their record is written (their durability is settled by _settle)."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[AuditReceipt], Any]]] = {}
+        for pending, receipt in zip(batch, receipts, strict=True):
+            if pending.written is not None and pending.loop is not None:
+                by_loop.setdefault(pending.loop, []).append((pending.written, receipt))
+        for loop, settled in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody is waiting for these
+                loop.call_soon_threadsafe(_resolve, settled)
+
+    @staticmethod
     def _settle(
         batch: Sequence[_Pending], receipts: Sequence[AuditReceipt] | None, error: AuditUnavailable | None
     ) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[AuditReceipt], Any]]] = {}
         for i, pending in enumerate(batch):
             outcome: Any = error if receipts is None else receipts[i]
+            if pending.written is not None and pending.loop is not None and error is not None:
+                by_loop.setdefault(pending.loop, []).append((pending.written, outcome))  # not written (or too late)
             if pending.loop is None:
                 assert isinstance(pending.done, concurrent.futures.Future)
                 with contextlib.suppress(concurrent.futures.InvalidStateError):  # settled by the watchdog
@@ -381,6 +412,11 @@ class AuditWriter:
         for loop, settled in by_loop.items():
             with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody is waiting for these
                 loop.call_soon_threadsafe(_resolve, settled)
+
+
+def _retrieved(future: asyncio.Future[AuditReceipt]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _resolve(settled: list[tuple[asyncio.Future[AuditReceipt], Any]]) -> None:

@@ -15,9 +15,9 @@ import hashlib
 import hmac
 import ipaddress
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from litestar import Request
@@ -32,6 +32,7 @@ from appliance.errors import (
     PermissionDenied,
     PolicyViolation,
     RateLimited,
+    StateStoreUnavailable,
     Unauthenticated,
 )
 from appliance.gateway.auth.apikeys import ApiKeyStore
@@ -40,18 +41,28 @@ from appliance.gateway.auth.oidc import OIDCClient
 from appliance.gateway.auth.principal import Principal
 from appliance.gateway.auth.sessions import Session, SessionStore
 from appliance.gateway.breakglass import BreakGlass
-from appliance.gateway.limits import ExtractionDetector, RateLimiter
+from appliance.gateway.limits import LimitStore, MemoryLimitStore
 from appliance.gateway.metrics import GatewayMetrics
 from appliance.gateway.policy import ADAPTER_NAME, PolicyStore
 from appliance.gateway.ports import AdapterCatalog, AdapterRef, AuditReader, resolve
+from appliance.gateway.state import State
 from appliance.ids import random_uuid
-from appliance.protocols import AuditLog, Backend, Generation, GenerationParams, KeyService, TokenEvent
+from appliance.protocols import (
+    AuditLog,
+    Backend,
+    Generation,
+    GenerationParams,
+    KeyService,
+    TokenEvent,
+    WrittenRecord,
+)
 
 log = structlog.get_logger("appliance.gateway")
 
 SESSION_COOKIE = "appliance_session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 Digest = Callable[[str], str]
+T = TypeVar("T")
 
 
 @dataclass
@@ -123,6 +134,7 @@ class Gateway:
         digest: Digest,
         digest_inline: bool = False,
         audit_reader: AuditReader | None = None,
+        state: State | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend
@@ -139,8 +151,8 @@ class Gateway:
         # True when the digest is an in-memory HMAC (local keystore): computed on the loop, no thread hop.
         self.digest_inline = digest_inline
         self.audit_reader = audit_reader
-        self.limiter = RateLimiter()
-        self.detector = ExtractionDetector()
+        self.state = state  # None: this process's memory (limits); sessions is then a memory store too
+        self.limits: LimitStore = state.limits if state is not None else MemoryLimitStore()
         self.metrics = GatewayMetrics()
         self._served: set[str] = set()
         self._served_at = 0.0
@@ -149,20 +161,32 @@ class Gateway:
     # --- audit ----------------------------------------------------------------------------------------------
     async def record(self, event: dict[str, Any]) -> str:
         """Make an event durable; AuditUnavailable (503) when it cannot be."""
+        receipt = await self._audited(self.audit.record(event), str(event.get("type")))
+        return receipt.event_id
+
+    async def record_ahead(self, event: dict[str, Any]) -> WrittenRecord:
+        """Write an event into the chain (its sync still running); AuditUnavailable (503) when the store refuses."""
+        return await self._audited(self.audit.record_ahead(event), str(event.get("type")))
+
+    async def durable(self, written: WrittenRecord, event_type: str = "gateway.request") -> None:
+        """Wait until a record from :meth:`record_ahead` is on stable storage; AuditUnavailable (503) if not."""
+        await self._audited(written.durable, event_type)
+
+    async def _audited(self, pending: Awaitable[T], event_type: str) -> T:
         try:
-            receipt = await self.audit.record(event)
+            result = await pending
         except AuditUnavailable:
             self._audit_ok = False
             self.metrics.audit_failures.inc()
-            log.error("audit.unavailable", event_type=event.get("type"))
+            log.error("audit.unavailable", event_type=event_type)
             raise
         except Exception as exc:  # a foreign error from a sink is still a failure to make it durable
             self._audit_ok = False
             self.metrics.audit_failures.inc()
-            log.error("audit.unavailable", event_type=event.get("type"), error_class=type(exc).__name__)
+            log.error("audit.unavailable", event_type=event_type, error_class=type(exc).__name__)
             raise AuditUnavailable("the audit log cannot record this request") from exc
         self._audit_ok = True
-        return receipt.event_id
+        return result
 
     def event(
         self,
@@ -271,7 +295,7 @@ class Gateway:
                 ),
                 None,
             )
-        session = self.session_of(request)
+        session = await self.session_of(request)
         if session is None or not session.authenticated:
             raise Unauthenticated("sign in, or send a bearer token or API key")
         d = session.data
@@ -288,8 +312,8 @@ class Gateway:
             session,
         )
 
-    def session_of(self, request: Request[Any, Any, Any]) -> Session | None:
-        found = self.sessions.get(request.cookies.get(SESSION_COOKIE))
+    async def session_of(self, request: Request[Any, Any, Any]) -> Session | None:
+        found = await self.sessions.get(request.cookies.get(SESSION_COOKIE))
         return found.session
 
     def with_breakglass(self, principal: Principal) -> Principal:
@@ -321,7 +345,7 @@ class Gateway:
         path = request.scope.get("path_template") or request.url.path
         try:
             principal, session = await self.authenticate(request)
-        except Unauthenticated as unauth:
+        except (Unauthenticated, StateStoreUnavailable) as unauth:
             if audit_denial:
                 raise await self.deny(unauth, request=request, path=path) from None
             raise
@@ -368,17 +392,24 @@ class Gateway:
             raise BackendValidation(f"adapter {ref.name!r} version {ref.version} is published but not loaded yet")
 
     # --- admission ---------------------------------------------------------------------------------------------
-    async def admit(self, ctx: Ctx, ref: AdapterRef, prompt: str, *, wants_logprobs: bool) -> str:
-        """Logprob rights, rate limits, extraction detector, then the durable request record; returns its id."""
+    async def admit(self, ctx: Ctx, ref: AdapterRef, prompt: str, *, wants_logprobs: bool) -> WrittenRecord:
+        """Logprob rights, rate limits, extraction detector, then the request record, written into the chain.
+
+        The backend may be called once this returns; the record's sync runs meanwhile, and :meth:`generate` and
+        :meth:`stream` wait for it (:meth:`durable`) before they answer anything.
+        """
         policy = self.policy.current
         try:
             if wants_logprobs and not policy.may_logprobs(ctx.roles):
                 raise PolicyViolation("your roles do not allow logprob-style outputs (details, top_n_tokens)")
-            self.detector.check_throttle(ctx.principal.subject)
-            self.limiter.check(
-                ctx.principal.subject, policy.limit_profile(ctx.roles), ref.served_id, policy.limits.adapter
+            flag = await self.limits.admit(  # throttle, buckets, detector: one step (one round trip to Redis)
+                ctx.principal.subject,
+                policy.limit_profile(ctx.roles),
+                ref.served_id,
+                policy.limits.adapter,
+                prompt,
+                policy.limits.extraction,
             )
-            flag = self.detector.observe(ctx.principal.subject, prompt, policy.limits.extraction)
             if flag is not None:
                 self.metrics.extraction.labels(flag.reason).inc()
                 log.warning("extraction.suspected", reason=flag.reason, count=flag.count)
@@ -395,9 +426,9 @@ class Gateway:
                     )
                 )
                 raise RateLimited("throttled: unusual request pattern (review pending)", retry_after=flag.throttle_s)
-        except (PolicyViolation, RateLimited) as exc:
+        except (PolicyViolation, RateLimited, StateStoreUnavailable) as exc:
             raise await self.deny(exc, ctx=ctx, adapter=ref, action="generate") from None
-        return await self.record(
+        return await self.record_ahead(
             self.event(
                 "gateway.request",
                 ctx=ctx,
@@ -427,7 +458,9 @@ class Gateway:
             digests = {"prompt": prompt_digest, "output": output_digest}
         tokens = {"prompt": gen.prompt_tokens, "generated": gen.generated_tokens} if gen else None
         if gen is not None:
-            self.limiter.charge_tokens(ctx.principal.subject, ref.served_id, gen.prompt_tokens + gen.generated_tokens)
+            await self.limits.charge_tokens(
+                ctx.principal.subject, ref.served_id, gen.prompt_tokens + gen.generated_tokens
+            )
             self.metrics.tokens.labels(ref.name, "prompt").inc(gen.prompt_tokens)
             self.metrics.tokens.labels(ref.name, "generated").inc(gen.generated_tokens)
         return await self.record(
@@ -448,41 +481,49 @@ class Gateway:
 
     # --- generation ----------------------------------------------------------------------------------------------
     async def generate(
-        self, ctx: Ctx, ref: AdapterRef, prompt: str, params: GenerationParams, audit_id: str
+        self, ctx: Ctx, ref: AdapterRef, prompt: str, params: GenerationParams, admitted: WrittenRecord
     ) -> Generation:
+        """The backend's answer, returned only once the request and outcome records are durable."""
+        audit_id = admitted.receipt.event_id
         started = time.perf_counter()
         try:
             await self._ensure_served(ref)
             gen = await self.backend.generate(ref.served_id, prompt, params)
         except BackendError as exc:
+            await self.durable(admitted)
             await self._outcome(ctx, ref, audit_id, started, prompt=prompt, gen=None, error=exc)
             raise refusal(exc, audit_id) from None
+        await self.durable(admitted)
         await self._outcome(ctx, ref, audit_id, started, prompt=prompt, gen=gen, error=None)
         return gen
 
     async def stream(
-        self, ctx: Ctx, ref: AdapterRef, prompt: str, params: GenerationParams, audit_id: str
+        self, ctx: Ctx, ref: AdapterRef, prompt: str, params: GenerationParams, admitted: WrittenRecord
     ) -> AsyncIterator[TokenEvent | ApplianceError]:
-        """Token events; the last one is yielded only after the outcome is durable (else an error is yielded)."""
+        """Token events, the first once the request record is durable, the last once the outcome is (else an
+        error is yielded in their place)."""
+        audit_id = admitted.receipt.event_id
         started = time.perf_counter()
-        pieces: list[str] = []
+        first = True
         try:
             await self._ensure_served(ref)
             async for ev in self.backend.stream(ref.served_id, prompt, params):
-                if ev.final is None:
-                    pieces.append(ev.text)
-                    yield ev
-                    continue
                 try:
-                    await self._outcome(ctx, ref, audit_id, started, prompt=prompt, gen=ev.final, error=None)
+                    if first:
+                        await self.durable(admitted)
+                        first = False
+                    if ev.final is not None:
+                        await self._outcome(ctx, ref, audit_id, started, prompt=prompt, gen=ev.final, error=None)
                 except AuditUnavailable as exc:
                     yield exc
                     return
                 yield ev
-                return
+                if ev.final is not None:
+                    return
             raise BackendError("the backend ended the stream without a final event")
         except BackendError as exc:
             try:
+                await self.durable(admitted)
                 await self._outcome(ctx, ref, audit_id, started, prompt=prompt, gen=None, error=exc)
             except AuditUnavailable as audit_exc:
                 yield audit_exc
@@ -516,7 +557,12 @@ class Gateway:
             except Exception:
                 return False
 
-        return {"backend": await backend_ok(), "keys": await asyncio.to_thread(keys_ok), "audit": await audit_ok()}
+        return {
+            "backend": await backend_ok(),
+            "keys": await asyncio.to_thread(keys_ok),
+            "audit": await audit_ok(),
+            "state": await self.state.ping() if self.state is not None else True,  # the shared store answers
+        }
 
 
 def _anonymous(method: str = "oidc") -> dict[str, Any]:

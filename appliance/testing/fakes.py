@@ -17,7 +17,7 @@ from typing import Any
 
 from appliance.errors import AuditUnavailable, BackendUnavailable, BackendValidation, KeyUnavailable
 from appliance.gateway.ports import AdapterRef
-from appliance.protocols import AuditReceipt, Generation, GenerationParams, TokenEvent
+from appliance.protocols import AuditReceipt, Generation, GenerationParams, TokenEvent, WrittenRecord
 
 
 class FakeBackend:
@@ -143,6 +143,13 @@ class MemoryAuditLog:
 
     async def record(self, event: Mapping[str, Any]) -> AuditReceipt:
         return self.record_sync(event)
+
+    async def record_ahead(self, event: Mapping[str, Any]) -> WrittenRecord:
+        """Written and durable at once (``fail`` refuses it before it is written)."""
+        receipt = self.record_sync(event)
+        durable: asyncio.Future[AuditReceipt] = asyncio.get_running_loop().create_future()
+        durable.set_result(receipt)
+        return WrittenRecord(receipt, durable)
 
     async def close(self) -> None:
         return None

@@ -90,6 +90,59 @@ class TestRecord:
         assert _verify(settings, keys, "node-1.2").ok and _verify(settings, keys).ok
 
 
+class TestRecordAhead:
+    async def test_written_is_acknowledged_before_the_sync(
+        self, audit_log: AuditWriter, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """record_ahead returns once the line is written, while its fdatasync still runs; durable waits for it."""
+        release = threading.Event()
+        syncing = threading.Event()
+        real = os.fdatasync
+
+        def slow_sync(fd: int) -> None:
+            syncing.set()
+            release.wait(10)
+            real(fd)
+
+        monkeypatch.setattr(os, "fdatasync", slow_sync)
+        written = await asyncio.wait_for(audit_log.record_ahead(make_event(request_id="r-ahead")), 10)
+        assert syncing.is_set()  # the sync had started, not finished, when the caller was told "written"
+        durable = asyncio.ensure_future(written.durable)
+        await asyncio.sleep(0.05)
+        assert not durable.done()
+        stored = {r["seq"]: r for r in _records(settings)}[written.receipt.seq]  # in the file, not yet synced
+        assert stored["event_id"] == written.receipt.event_id and stored["request_id"] == "r-ahead"
+        release.set()
+        assert await asyncio.wait_for(durable, 10) == written.receipt
+
+    async def test_failed_sync_fails_durable_and_the_chain_recovers(
+        self, audit_log: AuditWriter, settings: Settings, keys: LocalKeyService, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A sync that fails (EIO at fdatasync) after the write: written succeeded, durable raises AuditUnavailable,
+        and the next record continues a verifiable chain."""
+        real = os.fdatasync
+
+        def broken(fd: int) -> None:
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(os, "fdatasync", broken)
+        written = await audit_log.record_ahead(make_event())
+        with pytest.raises(AuditUnavailable):
+            await written.durable
+        monkeypatch.setattr(os, "fdatasync", real)
+        receipt = await audit_log.record(make_event())
+        assert receipt.seq > written.receipt.seq
+        audit_log.close_sync()
+        assert _verify(settings, keys, require_signed_end=True).ok
+
+    async def test_refused_when_the_store_cannot_take_it(self, settings: Settings, keys: LocalKeyService) -> None:
+        """A closed writer refuses record_ahead with AuditUnavailable before anything is written."""
+        writer = open_audit_log(settings, keys)
+        writer.close_sync()
+        with pytest.raises(AuditUnavailable):
+            await writer.record_ahead(make_event())
+
+
 class TestGroupCommit:
     async def test_concurrent_records_share_fsyncs(
         self, audit_log: AuditWriter, monkeypatch: pytest.MonkeyPatch

@@ -39,6 +39,31 @@ def test_audit_failure_is_503_and_backend_not_called(h: Harness) -> None:
     assert h.backend.calls == []
 
 
+def test_request_record_that_does_not_become_durable_withholds_the_answer(h: Harness) -> None:
+    """The backend may run while the request record syncs; if the sync fails, the answer is 503 (and no text)."""
+    import asyncio
+
+    from appliance.errors import AuditUnavailable
+    from appliance.protocols import WrittenRecord
+
+    gw = h.gateway
+    real = gw.audit.record_ahead
+
+    async def sync_fails(event):  # type: ignore[no-untyped-def]
+        written = await real(event)
+        failed = asyncio.get_running_loop().create_future()
+        failed.set_exception(AuditUnavailable("fdatasync failed (test)"))
+        return WrittenRecord(written.receipt, failed)
+
+    gw.audit.record_ahead = sync_fails
+    r = h.client.post("/v1/inference/adapter/triage/production", json=BODY, headers=h.bearer())
+    assert r.status_code == 503 and r.json()["error_type"] == "AUDIT_UNAVAILABLE"
+    assert "ok" not in r.text and len(h.backend.calls) == 1  # it ran; nothing of it was answered
+    r = h.client.post("/v1/inference/adapter/triage/production/stream", json=BODY, headers=h.bearer())
+    events = [json.loads(p[5:]) for p in r.text.split("\n\n") if p.startswith("data:")]
+    assert [e.get("error_type") for e in events] == ["AUDIT_UNAVAILABLE"]  # not one token before it
+
+
 def test_adapter_outside_role_is_403_and_audited(h: Harness) -> None:
     """An analyst asking for an adapter its role does not grant gets 403 and a gateway.denied record."""
     r = h.client.post("/v1/inference/adapter/oncology/production", json=BODY, headers=h.bearer())

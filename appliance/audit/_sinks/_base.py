@@ -50,6 +50,14 @@ class Sink(Protocol):
         """Append whole record lines (each ends with a newline) durably, or raise ``AuditUnavailable``."""
         ...
 
+    def write(self, lines: Sequence[bytes], first_seq: int) -> None:
+        """The first half of ``append``: the store takes the lines (written, maybe not yet on stable storage)."""
+        ...
+
+    def sync(self) -> None:
+        """The second half of ``append``: what ``write`` took is on stable storage, or ``AuditUnavailable``."""
+        ...
+
     def recover(self) -> ChainHead:
         """Re-read the chain's end after a failed append (cutting a torn tail) and return it."""
         ...

@@ -158,6 +158,7 @@ class FileSink:
         self._dir: Path | None = None
         self._lock_fd: int | None = None
         self._fd: int | None = None
+        self._unsynced = False  # written lines not yet fdatasync'd
         self._segment: Path | None = None
         self._segment_records = 0
         self._head_seq = 0
@@ -293,6 +294,7 @@ class FileSink:
 
     def _new_segment(self, first_seq: int) -> None:
         assert self._dir is not None
+        self.sync()  # the old segment's last lines first
         self._close_segment()
         path = self._dir / segment_name(first_seq)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
@@ -308,10 +310,14 @@ class FileSink:
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
-        self._fd, self._segment = None, None
+        self._fd, self._segment, self._unsynced = None, None, False
 
     # --- appending -----------------------------------------------------------------------------------------
     def append(self, lines: Sequence[bytes], first_seq: int) -> None:
+        self.write(lines, first_seq)
+        self.sync()
+
+    def write(self, lines: Sequence[bytes], first_seq: int) -> None:
         skip = max(0, self._head_seq - first_seq + 1)  # as a secondary, records it already holds
         if skip:
             lines, first_seq = lines[skip:], first_seq + skip
@@ -325,12 +331,22 @@ class FileSink:
             while view:
                 written = os.write(self._fd, view)
                 view = view[written:]
+        except OSError as exc:
+            self._close_segment()
+            raise _unavailable("write a record", exc) from exc
+        self._unsynced = True
+        self._segment_records += len(lines)
+        self._head_seq = first_seq + len(lines) - 1
+
+    def sync(self) -> None:
+        if not self._unsynced or self._fd is None:
+            return
+        try:
             os.fdatasync(self._fd)
         except OSError as exc:
             self._close_segment()
             raise _unavailable("write a record", exc) from exc
-        self._segment_records += len(lines)
-        self._head_seq = first_seq + len(lines) - 1
+        self._unsynced = False
         if self._segment_records >= self.segment_max_records:
             self._close_segment()  # a full segment holds no open write handle; the next batch starts a new one
 

@@ -155,6 +155,12 @@ class PostgresSink:
             raise _unavailable("commit a record", exc) from exc
         self._head_seq = rows[-1][1]
 
+    def write(self, lines: Sequence[bytes], first_seq: int) -> None:
+        self.append(lines, first_seq)  # a database takes rows only by committing them: written is durable
+
+    def sync(self) -> None:
+        return None
+
     def recover(self) -> ChainHead:
         import psycopg
 

@@ -28,12 +28,12 @@ async def inference(request: Request[Any, Any, Any], name: str, version: str, da
     gw = gateway_of(request)
     ctx = await gw.require(request, "inference")
     ref = await gw.authorize_adapter(ctx, name, version)
-    audit_id = await gw.admit(ctx, ref, data.inputs, wants_logprobs=data.parameters.wants_logprobs())
-    gen = await gw.generate(ctx, ref, data.inputs, data.parameters.to_params(), audit_id)
+    admitted = await gw.admit(ctx, ref, data.inputs, wants_logprobs=data.parameters.wants_logprobs())
+    gen = await gw.generate(ctx, ref, data.inputs, data.parameters.to_params(), admitted)
     body = InferenceResponse(
         generated_text=gen.text, details=dict(gen.details) if data.parameters.details and gen.details else None
     )
-    return Response(body.model_dump(exclude_none=True), headers=trace_headers(audit_id, ref))
+    return Response(body.model_dump(exclude_none=True), headers=trace_headers(admitted.receipt.event_id, ref))
 
 
 @post(
@@ -48,9 +48,9 @@ async def inference_stream(request: Request[Any, Any, Any], name: str, version: 
     ctx = await gw.require(request, "inference")
     ref = await gw.authorize_adapter(ctx, name, version)
     allowed = data.parameters.wants_logprobs()
-    audit_id = await gw.admit(ctx, ref, data.inputs, wants_logprobs=allowed)
+    admitted = await gw.admit(ctx, ref, data.inputs, wants_logprobs=allowed)
     logprobs_ok = gw.policy.current.may_logprobs(ctx.roles)
-    events = gw.stream(ctx, ref, data.inputs, data.parameters.to_params(), audit_id)
+    events = gw.stream(ctx, ref, data.inputs, data.parameters.to_params(), admitted)
 
     async def body() -> AsyncIterator[bytes]:
         async for ev in events:
@@ -60,7 +60,9 @@ async def inference_stream(request: Request[Any, Any, Any], name: str, version: 
             yield sse(tgi_event(ev, logprobs_ok))
 
     return Stream(
-        body(), media_type="text/event-stream", headers={**trace_headers(audit_id, ref), "Cache-Control": "no-store"}
+        body(),
+        media_type="text/event-stream",
+        headers={**trace_headers(admitted.receipt.event_id, ref), "Cache-Control": "no-store"},
     )
 
 

@@ -33,14 +33,14 @@ async def _complete(
     ctx = await gw.require(request, "openai")
     ref = await _resolve_model(gw, ctx, data.model)
     prompt = render_chat(data.messages) if isinstance(data, ChatCompletionRequest) else data.prompt
-    audit_id = await gw.admit(ctx, ref, prompt, wants_logprobs=data.wants_logprobs())
+    admitted = await gw.admit(ctx, ref, prompt, wants_logprobs=data.wants_logprobs())
     params = data.to_params()
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{random_uuid().hex}"
     created = int(time.time())
     model = f"{ref.name}@{ref.version}"
-    headers = trace_headers(audit_id, ref)
+    headers = trace_headers(admitted.receipt.event_id, ref)
     if not data.stream:
-        gen = await gw.generate(ctx, ref, prompt, params, audit_id)
+        gen = await gw.generate(ctx, ref, prompt, params, admitted)
         finish = FINISH.get(gen.finish_reason, "stop")
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
         if data.wants_logprobs() and gen.details:
@@ -58,7 +58,7 @@ async def _complete(
         body = {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice], "usage": usage}
         return Response(body, headers=headers)
 
-    events = gw.stream(ctx, ref, prompt, params, audit_id)
+    events = gw.stream(ctx, ref, prompt, params, admitted)
     obj = "chat.completion.chunk" if chat else "text_completion"
 
     async def body_stream() -> AsyncIterator[bytes]:

@@ -61,7 +61,7 @@ async def _page_ctx(
 ) -> Ctx | Redirect | Template:
     """The session's context for a page, or a redirect to the login page (auditing an idle logoff)."""
     gw = gateway_of(request)
-    found = gw.sessions.get(request.cookies.get(SESSION_COOKIE))
+    found = await gw.sessions.get(request.cookies.get(SESSION_COOKIE))
     if found.expired is not None:
         if found.expired_subject:
             await gw.record(
@@ -156,8 +156,8 @@ async def auth_login(request: Request[Any, Any, Any]) -> Redirect:
     if gw.oidc is None:
         raise Unauthenticated("browser sign-in is not configured (gateway.oidc_issuer)")
     start = await gw.oidc.begin()
-    old = gw.session_of(request)
-    pre = gw.sessions.rotate(
+    old = await gw.session_of(request)
+    pre = await gw.sessions.rotate(
         old, {"oidc": {"state": start.state, "nonce": start.nonce, "verifier": start.code_verifier}}
     )
     resp = Redirect(start.url)
@@ -173,7 +173,7 @@ async def auth_callback(
     error: str | None = None,
 ) -> Redirect:
     gw = gateway_of(request)
-    pre = gw.session_of(request)
+    pre = await gw.session_of(request)
     flow = pre.data.get("oidc") if pre else None
     source = {
         "ip": request.client.host if request.client else None,
@@ -190,7 +190,7 @@ async def auth_callback(
             nonce=flow["nonce"],
         )
     except Unauthenticated as exc:
-        gw.sessions.delete(pre.id)
+        await gw.sessions.delete(pre.id)
         await gw.record(
             gw.event(
                 "auth.login",
@@ -218,7 +218,7 @@ async def auth_callback(
         "name": str(claims.get("name") or claims.get("preferred_username") or claims["sub"])[:120],
         "groups": [str(g) for g in groups] if isinstance(groups, list) else [],
     }
-    session = gw.sessions.rotate(pre, data)  # session fixation defence: a new id at login
+    session = await gw.sessions.rotate(pre, data)  # session fixation defence: a new id at login
     roles = gw.policy.current.roles_for(data["groups"], ())
     await gw.record(
         gw.event(
@@ -243,7 +243,7 @@ async def auth_callback(
 @post("/auth/logout", include_in_schema=False, status_code=303)
 async def auth_logout(request: Request[Any, Any, Any], data: dict[str, str] = FORM) -> Redirect:
     gw = gateway_of(request)
-    session = gw.session_of(request)
+    session = await gw.session_of(request)
     if session is not None and session.authenticated:
         if not session.csrf_ok(data.get("_csrf")):
             raise PermissionDenied("missing or invalid CSRF token")
@@ -263,7 +263,7 @@ async def auth_logout(request: Request[Any, Any, Any], data: dict[str, str] = FO
                 details={"reason": "user"},
             )
         )
-        gw.sessions.delete(session.id)
+        await gw.sessions.delete(session.id)
     resp = Redirect("/login?m=logged_out", status_code=303)
     resp.cookies.append(_clear_cookie(gw))
     return resp
@@ -301,8 +301,8 @@ async def console_generate(request: Request[Any, Any, Any], data: dict[str, Any]
         raise ValidationFailed("max_new_tokens must be 1-1024")
     name, _, version = model.partition("@")
     ref = await gw.authorize_adapter(ctx, name, version or "production")
-    audit_id = await gw.admit(ctx, ref, prompt, wants_logprobs=False)
-    events = gw.stream(ctx, ref, prompt, InferenceParameters(max_new_tokens=max_new).to_params(), audit_id)
+    admitted = await gw.admit(ctx, ref, prompt, wants_logprobs=False)
+    events = gw.stream(ctx, ref, prompt, InferenceParameters(max_new_tokens=max_new).to_params(), admitted)
 
     async def body() -> AsyncIterator[bytes]:
         async for ev in events:
@@ -313,7 +313,9 @@ async def console_generate(request: Request[Any, Any, Any], data: dict[str, Any]
             yield b"data:" + json.dumps(payload).encode() + b"\n\n"
 
     return Stream(
-        body(), media_type="text/event-stream", headers={**trace_headers(audit_id, ref), "Cache-Control": "no-store"}
+        body(),
+        media_type="text/event-stream",
+        headers={**trace_headers(admitted.receipt.event_id, ref), "Cache-Control": "no-store"},
     )
 
 
