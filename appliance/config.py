@@ -105,6 +105,13 @@ class GatewaySettings(BaseModel):
     tls_key_file: str | None = None  # PEM private key (mode 0600)
     oidc_ca_cert: str | None = None  # CA bundle for the IdP's TLS (None: the system store)
     catalog_ttl_s: float = 2.0  # seconds the registry's published set is cached (un-publish takes effect within it)
+    # Where rate limits, the extraction detector and browser sessions live: "memory" (this process; one gateway)
+    # or "redis" (shared by every gateway behind the load balancer; unreachable -> requests refused with 503).
+    state_store: Literal["memory", "redis"] = "memory"
+    redis_url: SecretStr | None = None  # redis://[user:password@]host:6379/0 or rediss:// (TLS); may hold a password
+    redis_ca_cert: str | None = None  # CA bundle for rediss:// (None: the system store)
+    redis_timeout_s: float = Field(default=1.0, gt=0, le=30)  # seconds per Redis call (connect and answer)
+    redis_key_prefix: str = Field(default="appliance:gw:", pattern=r"^[A-Za-z0-9:_.-]{1,64}$")
 
 
 class IntakeSettings(BaseModel):

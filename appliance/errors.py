@@ -22,7 +22,8 @@ formats. Codes are stable strings: never reuse or rename one.
     │   ├── VaultForbidden       KEYS_VAULT_FORBIDDEN  503 / 77
     │   └── KeystoreInsecure     KEYS_KEYSTORE_INSECURE 503 / 77
     ├── StorageUnavailable       STORAGE_UNAVAILABLE   503 / 74
-    │   └── MigrationMismatch    STORAGE_MIGRATION_MISMATCH 503 / 74
+    │   ├── MigrationMismatch    STORAGE_MIGRATION_MISMATCH 503 / 74
+    │   └── StateStoreUnavailable STORAGE_STATE_UNAVAILABLE 503 / 74
     ├── AuditUnavailable         AUDIT_UNAVAILABLE     503 / 74
     ├── BackendError             BACKEND_ERROR         502 / 69
     │   ├── BackendUnavailable   BACKEND_UNAVAILABLE   503 / 69
@@ -183,6 +184,12 @@ class MigrationMismatch(StorageUnavailable):
     """A database is at a schema revision this code does not know (written by a newer version, or unversioned)."""
 
     code = "STORAGE_MIGRATION_MISMATCH"
+
+
+class StateStoreUnavailable(StorageUnavailable):
+    """The gateways' shared state store (Redis: rate limits, extraction detector, sessions) cannot be reached."""
+
+    code = "STORAGE_STATE_UNAVAILABLE"
 
 
 class AuditUnavailable(ApplianceError):

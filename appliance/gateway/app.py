@@ -33,11 +33,11 @@ from appliance.gateway._service import Gateway
 from appliance.gateway.auth.apikeys import ApiKeyStore
 from appliance.gateway.auth.jwt import JWKSCache, JWKSFetcher, JWTValidator
 from appliance.gateway.auth.oidc import OIDCClient
-from appliance.gateway.auth.sessions import SessionStore
 from appliance.gateway.breakglass import BreakGlass
 from appliance.gateway.policy import PolicyStore, policy_path
 from appliance.gateway.ports import AuditReader, CachedCatalog, RegistryCatalog
 from appliance.gateway.routes import admin, inference, openai, ops, web
+from appliance.gateway.state import State, open_state
 from appliance.protocols import AuditLog, Backend, KeyService
 
 log = structlog.get_logger("appliance.gateway")
@@ -193,6 +193,7 @@ def create_app(
     jwt_issuer: str | None = None,
     audit_reader: AuditReader | None = None,
     catalog_ttl_s: float | None = None,
+    state: State | None = None,
 ) -> Litestar:
     """Build the gateway. Neighbours not given are opened from settings (their stages' factories)."""
     g = settings.gateway
@@ -218,6 +219,8 @@ def create_app(
         backend = _open_stage("serving", lambda: serving.open_backend(settings))  # type: ignore[attr-defined]
     assert audit is not None and backend is not None
 
+    # gateway.state_store: rate limits, the extraction detector and sessions in this process or a shared Redis
+    store = state if state is not None else open_state(settings, keys)
     policy = PolicyStore(policy_path(settings.policies_dir))
     db = GatewayDB(db_path(settings.data_dir))
     issuer = jwt_issuer or g.oidc_issuer
@@ -253,21 +256,28 @@ def create_app(
         policy=policy,
         apikeys=ApiKeyStore(db),
         breakglass=BreakGlass(db),
-        sessions=SessionStore(idle_timeout_s=g.session_idle_timeout_s, absolute_timeout_s=g.session_absolute_timeout_s),
+        sessions=store.sessions,
         jwt=validator,
         oidc=oidc,
         digest=_digest_fn(keys),
         digest_inline=getattr(keys, "backend", None) == "local",  # Vault's HMAC is a network call
         audit_reader=audit_reader or _audit_reader(audit),
+        state=store,
     )
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:
-        log.info("gateway.start", policy_sha256=policy.sha256[:16], oidc=oidc is not None, jwt=validator is not None)
+        log.info(
+            "gateway.start",
+            policy_sha256=policy.sha256[:16],
+            oidc=oidc is not None,
+            jwt=validator is not None,
+            state_store=g.state_store,
+        )
         try:
             yield
         finally:
-            for closer in (backend.aclose, audit.close):
+            for closer in (backend.aclose, audit.close, store.aclose):
                 try:
                     await closer()
                 except Exception as exc:  # closing must not hide the shutdown

@@ -1,4 +1,7 @@
-"""Rate limits and a simple extraction detector (in memory, per gateway process).
+"""Rate limits and a simple extraction detector, behind one async seam (:class:`LimitStore`).
+
+Two stores: :class:`MemoryLimitStore` (this process; the default, one gateway) and
+``appliance.gateway.state_redis.RedisLimitStore`` (shared by every gateway: Lua scripts, one round trip).
 
 Limits are token buckets refilled continuously: ``requests_per_minute`` and ``tokens_per_minute`` (prompt +
 generated) per principal and per adapter. A request needs one request token and a non-negative token balance;
@@ -6,7 +9,8 @@ the generation's real token count is charged afterwards (the balance may go nega
 request wait). A refusal is :class:`~appliance.errors.RateLimited` carrying the seconds until it would pass.
 
 The extraction detector flags a principal that sends a burst of requests or very many distinct prompts within a
-window, and throttles it for ``throttle_s``; the caller writes the audit event and counts the metric.
+window, and throttles it for ``throttle_s``; the caller writes the audit event and counts the metric. Prompts are
+fingerprinted with a keyed BLAKE2b (16 bytes); the text itself is never kept.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from appliance.errors import RateLimited
 from appliance.gateway.policy import AdapterLimits, ExtractionRules, LimitProfile
@@ -66,23 +71,33 @@ class RateLimiter:
         return b
 
     def check(self, principal: str, profile: LimitProfile, adapter: str, adapter_limits: AdapterLimits) -> None:
-        """Take one request from each request bucket, or raise RateLimited (taking nothing)."""
+        """Take one request from each request bucket, or raise RateLimited (taking nothing).
+
+        A token bucket needs a non-negative balance (generations are charged afterwards). Plain locals, no lists:
+        this runs on every request of a benchmarked gateway.
+        """
         now = self._clock()
-        pairs = [
-            ("principal.requests", self._bucket("pr", principal, profile.requests_per_minute, now), 1.0),
-            ("principal.tokens", self._bucket("pt", principal, profile.tokens_per_minute, now), 0.0),
-            ("adapter.requests", self._bucket("ar", adapter, adapter_limits.requests_per_minute, now), 1.0),
-            ("adapter.tokens", self._bucket("at", adapter, adapter_limits.tokens_per_minute, now), 0.0),
-        ]
-        waits = [
-            (kind, b.wait_for(need) if need else (b.wait_for(0.0) if b.level < 0 else 0.0)) for kind, b, need in pairs
-        ]
-        blocked = [(kind, w) for kind, w in waits if w > 0]
-        if blocked:
-            kind, wait = max(blocked, key=lambda kw: kw[1])
-            raise RateLimited(f"rate limit reached ({kind.replace('.', ' ')} per minute)", retry_after=_ceil(wait))
-        for _, b, need in pairs:
-            b.level -= need
+        pr = self._bucket("pr", principal, profile.requests_per_minute, now)
+        pt = self._bucket("pt", principal, profile.tokens_per_minute, now)
+        ar = self._bucket("ar", adapter, adapter_limits.requests_per_minute, now)
+        at = self._bucket("at", adapter, adapter_limits.tokens_per_minute, now)
+        kind, wait = "", 0.0
+        w = pr.wait_for(1.0)
+        if w > wait:
+            kind, wait = "principal.requests", w
+        w = pt.wait_for(0.0)
+        if w > wait:
+            kind, wait = "principal.tokens", w
+        w = ar.wait_for(1.0)
+        if w > wait:
+            kind, wait = "adapter.requests", w
+        w = at.wait_for(0.0)
+        if w > wait:
+            kind, wait = "adapter.tokens", w
+        if wait > 0:
+            raise rate_limited(kind, wait)
+        pr.level -= 1.0
+        ar.level -= 1.0
 
     def charge_tokens(self, principal: str, adapter: str, tokens: int) -> None:
         """Charge a finished generation's prompt + generated tokens."""
@@ -96,6 +111,25 @@ class RateLimiter:
 
 def _ceil(seconds: float) -> float:
     return float(max(1, math.ceil(seconds)))
+
+
+def rate_limited(kind: str, wait: float) -> RateLimited:
+    """The refusal for a full bucket (``kind`` as in :class:`LimitDecision`), the same from every store."""
+    return RateLimited(f"rate limit reached ({kind.replace('.', ' ')} per minute)", retry_after=_ceil(wait))
+
+
+def throttled(wait: float) -> RateLimited:
+    """The refusal for a principal the extraction detector flagged."""
+    return RateLimited(THROTTLED, retry_after=_ceil(wait))
+
+
+THROTTLED = "throttled: unusual request pattern (review pending)"
+
+
+def prompt_fingerprint(salt: bytes, prompt: str) -> bytes:
+    """A keyed 16-byte BLAKE2b of the prompt: equal prompts match, the text cannot be read back or guessed
+    without the salt (which never leaves the gateway: per process in memory, from the key service for Redis)."""
+    return hashlib.blake2b(prompt.encode("utf-8", "replace"), key=salt, digest_size=16).digest()
 
 
 @dataclass
@@ -129,7 +163,7 @@ class ExtractionDetector:
     def check_throttle(self, principal: str) -> None:
         wait = self.throttled_for(principal)
         if wait > 0:
-            raise RateLimited("throttled: unusual request pattern (review pending)", retry_after=_ceil(wait))
+            raise throttled(wait)
 
     def observe(self, principal: str, prompt: str, rules: ExtractionRules) -> ExtractionFlag | None:
         """Record one request; returns a flag when this request tips the principal over a threshold."""
@@ -142,7 +176,7 @@ class ExtractionDetector:
         a.recent.append(now)
         while a.recent and now - a.recent[0] > rules.burst_window_s:
             a.recent.popleft()
-        fp = hashlib.blake2b(prompt.encode("utf-8", "replace"), key=self._salt, digest_size=16).digest()
+        fp = prompt_fingerprint(self._salt, prompt)
         a.prompts[fp] = now
         a.prompts.move_to_end(fp)
         while a.prompts and now - next(iter(a.prompts.values())) > rules.distinct_window_s:
@@ -161,3 +195,49 @@ class ExtractionDetector:
             a.recent.clear()
             a.prompts.clear()
         return flag
+
+
+class LimitStore(Protocol):
+    """Where the limits and the detector keep their state. ``admit`` is one step (one Redis round trip): the
+    throttle check, then the buckets (RateLimited, taking nothing), then the detector's observation."""
+
+    async def admit(
+        self,
+        principal: str,
+        profile: LimitProfile,
+        adapter: str,
+        adapter_limits: AdapterLimits,
+        prompt: str,
+        rules: ExtractionRules,
+    ) -> ExtractionFlag | None:
+        """Raise RateLimited (or StateStoreUnavailable); else return a flag when this request tips the principal
+        over an extraction threshold (it is throttled from now on; the caller audits and refuses it)."""
+        ...
+
+    async def charge_tokens(self, principal: str, adapter: str, tokens: int) -> None:
+        """Charge a finished generation's tokens; never raises (the next admission fails closed instead)."""
+        ...
+
+
+class MemoryLimitStore:
+    """The in-process store: a :class:`RateLimiter` and an :class:`ExtractionDetector` (one gateway)."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limiter = RateLimiter(clock=clock)
+        self.detector = ExtractionDetector(clock=clock)
+
+    async def admit(
+        self,
+        principal: str,
+        profile: LimitProfile,
+        adapter: str,
+        adapter_limits: AdapterLimits,
+        prompt: str,
+        rules: ExtractionRules,
+    ) -> ExtractionFlag | None:
+        self.detector.check_throttle(principal)
+        self.limiter.check(principal, profile, adapter, adapter_limits)
+        return self.detector.observe(principal, prompt, rules)
+
+    async def charge_tokens(self, principal: str, adapter: str, tokens: int) -> None:
+        self.limiter.charge_tokens(principal, adapter, tokens)

@@ -141,7 +141,9 @@ def test_oversized_body_refused(h: Harness) -> None:
 
 
 def _login(h: Harness, groups: list[str]) -> str:
-    session = h.gateway.sessions.create({"subject": "adam", "name": "Adam", "groups": groups})
+    session = h.client.blocking_portal.call(
+        h.gateway.sessions.create, {"subject": "adam", "name": "Adam", "groups": groups}
+    )
     h.client.cookies.set(SESSION_COOKIE, session.id)
     return str(session.csrf)
 
@@ -168,11 +170,11 @@ def test_session_fixation_and_forged_cookies(h: Harness) -> None:
     h.client.cookies.set(SESSION_COOKIE, "attacker-chosen-session-id")
     r = h.client.get("/console", follow_redirects=False)
     assert r.status_code in (302, 303, 307) and r.headers["location"].startswith("/login")
-    store = h.gateway.sessions
-    pre = store.create({"oidc": {"state": "s"}})
-    post = store.rotate(pre, {"subject": "alice", "groups": ["analysts"]})
+    store, call = h.gateway.sessions, h.client.blocking_portal.call
+    pre = call(store.create, {"oidc": {"state": "s"}})
+    post = call(store.rotate, pre, {"subject": "alice", "groups": ["analysts"]})
     assert post.id != pre.id and post.csrf != pre.csrf
-    assert store.get(pre.id).session is None and store.get(post.id).session is not None
+    assert call(store.get, pre.id).session is None and call(store.get, post.id).session is not None
 
 
 def test_revoked_and_expired_api_keys_refused(h: Harness) -> None:

@@ -247,7 +247,7 @@ def test_service_token_from_real_idp(stack: Stack) -> None:
 def test_readyz_checks_real_stages(stack: Stack) -> None:
     """readyz reports the real engine, audit writer and key service as ready."""
     r = httpx.get(f"{stack.url}/readyz", timeout=10)
-    assert r.status_code == 200 and r.json()["checks"] == {"backend": True, "keys": True, "audit": True}
+    assert r.status_code == 200 and r.json()["checks"] == {"backend": True, "keys": True, "audit": True, "state": True}
 
 
 # --- browser ----------------------------------------------------------------------------------------------------------

@@ -79,7 +79,9 @@ def test_all_gateway_events_accepted_and_phi_free(real: tuple[TestClient[Any], S
     r = client.post("/v1/admin/policy/reload", headers=admin)
     assert r.status_code == 422 and r.json()["applied"] is False
     assert client.post("/v1/inference/adapter/triage/production", json=body, headers=bearer).status_code == 200
-    session = gw.sessions.create({"subject": "alice", "name": "Alice", "groups": ["analysts"]})
+    session = client.blocking_portal.call(
+        gw.sessions.create, {"subject": "alice", "name": "Alice", "groups": ["analysts"]}
+    )
     client.cookies.set(SESSION_COOKIE, session.id)
     r = client.post(
         "/console/generate",

@@ -3,6 +3,10 @@
 The cookie holds only a random 256-bit id; everything else stays on the server. A session past its idle timeout
 (HIPAA automatic logoff, default 15 min) or its absolute lifetime is deleted when next seen. ``handle`` is a
 short hash of the id, safe to write into the audit log (the id itself never is).
+
+Two stores behind one async seam (:class:`SessionStore`): :class:`MemorySessionStore` (this process; the default,
+one gateway) and ``appliance.gateway.state_redis.RedisSessionStore`` (shared by every gateway, so a session made
+on one is valid on the next; the idle timeout is the key's TTL).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 Expiry = Literal["idle", "absolute"]
 
@@ -47,8 +51,29 @@ class Lookup:
     expired_handle: str | None = None
 
 
-class SessionStore:
-    """In-memory session table (one gateway process; a shared store is the scale-out step)."""
+class SessionStore(Protocol):
+    """Server-side sessions. Every method may raise StateStoreUnavailable (a shared store that cannot be reached)."""
+
+    idle_timeout_s: float
+    absolute_timeout_s: float
+
+    async def create(self, data: dict[str, Any] | None = None) -> Session:
+        """A new session with a fresh random id and CSRF token."""
+        ...
+
+    async def get(self, session_id: str | None, *, touch: bool = True) -> Lookup:
+        """The live session (its idle clock restarted when ``touch``), or why it ended (deleted as it is seen)."""
+        ...
+
+    async def rotate(self, old: Session | None, data: dict[str, Any]) -> Session:
+        """Session-fixation defence: drop the old id and issue a fresh one (and a fresh CSRF token)."""
+        ...
+
+    async def delete(self, session_id: str) -> None: ...
+
+
+class MemorySessionStore:
+    """In-memory session table (one gateway process)."""
 
     def __init__(
         self,
@@ -65,7 +90,7 @@ class SessionStore:
         self._lock = threading.Lock()
         self._max = max_sessions
 
-    def create(self, data: dict[str, Any] | None = None) -> Session:
+    async def create(self, data: dict[str, Any] | None = None) -> Session:
         now = self._clock()
         s = Session(secrets.token_urlsafe(32), now, now, secrets.token_urlsafe(32), dict(data or {}))
         with self._lock:
@@ -74,7 +99,7 @@ class SessionStore:
             self._sessions[s.id] = s
         return s
 
-    def get(self, session_id: str | None, *, touch: bool = True) -> Lookup:
+    async def get(self, session_id: str | None, *, touch: bool = True) -> Lookup:
         if not session_id or len(session_id) > 128:
             return Lookup(None)
         now = self._clock()
@@ -94,13 +119,13 @@ class SessionStore:
                 s.last_seen = now
             return Lookup(s)
 
-    def rotate(self, old: Session | None, data: dict[str, Any]) -> Session:
+    async def rotate(self, old: Session | None, data: dict[str, Any]) -> Session:
         """Session-fixation defence: drop the old id and issue a fresh one (and a fresh CSRF token)."""
         if old is not None:
-            self.delete(old.id)
-        return self.create(data)
+            await self.delete(old.id)
+        return await self.create(data)
 
-    def delete(self, session_id: str) -> None:
+    async def delete(self, session_id: str) -> None:
         with self._lock:
             self._sessions.pop(session_id, None)
 
