@@ -1,4 +1,4 @@
-"""Shared fixtures. Stage-specific servers (OpenBao, PostgreSQL, the OIDC provider) live in tests/fixtures/."""
+"""Shared fixtures. Stage-specific servers (OpenBao, PostgreSQL, Redis, the OIDC provider) live in tests/fixtures/."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ pytest_plugins = [
     "tests.fixtures.openbao",
     "tests.fixtures.postgres",
     "tests.fixtures.oidc",
+    "tests.fixtures.redisd",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
