@@ -39,7 +39,8 @@ def run(
     host: str | None = typer.Option(None, help="Listen address (default: gateway.host)."),
     port: int | None = typer.Option(None, help="Listen port (default: gateway.port)."),
 ) -> None:
-    """Run the gateway (uvicorn, one process: sessions and limits live in it). Production requires TLS."""
+    """Run the gateway (uvicorn, one process; several gateways share limits and sessions through
+    gateway.state_store = "redis"). Production requires TLS (and rediss:// with a password to Redis)."""
     import structlog
     import uvicorn
 
