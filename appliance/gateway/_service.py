@@ -11,6 +11,7 @@ the audit id back to the client in ``X-Audit-Id``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -93,7 +94,11 @@ def _ua(request: Request[Any, Any, Any]) -> str | None:
 
 
 def _ip(request: Request[Any, Any, Any]) -> str | None:
-    host = request.client.host if request.client else None
+    return _canonical_ip(request.client.host) if request.client else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_ip(host: str) -> str | None:
     try:
         return str(ipaddress.ip_address(host)) if host else None
     except ValueError:  # e.g. a unix socket or a test client's placeholder name

@@ -242,7 +242,10 @@ class LocalKeyService:
             raise IntegrityViolation(f"wrapped data key for {name!r} is not valid base64") from None
 
     def _key(self, name: str, key_type: str | None, *, create: bool, any_type: bool = False) -> dict[str, Any]:
-        key = self._read().get("keys", {}).get(name) if self._path.exists() else None
+        try:
+            key = self._read().get("keys", {}).get(name)
+        except NotFound:  # no keystore yet
+            key = None
         if key is None:
             if not create or key_type is None:
                 raise NotFound(f"no key named {name!r} in the local keystore")
