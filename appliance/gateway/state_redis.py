@@ -46,7 +46,7 @@ from urllib.parse import urlsplit
 import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -201,7 +201,8 @@ def unavailable(op: str, exc: BaseException) -> StateStoreUnavailable:
 
 
 def connect(g: GatewaySettings) -> Redis:
-    """A Redis client from gateway settings: short timeouts, one retry (a stale pooled connection), no backoff."""
+    """A Redis client from gateway settings: short timeouts, one retry (a stale pooled connection), no backoff,
+    and a bounded pool that makes a request wait (up to the timeout) for a free connection rather than fail."""
     if g.redis_url is None:
         raise ConfigError("gateway.state_store = 'redis' needs gateway.redis_url")
     url = g.redis_url.get_secret_value()
@@ -212,8 +213,10 @@ def connect(g: GatewaySettings) -> Redis:
     if scheme == "rediss" and g.redis_ca_cert:
         tls["ssl_ca_certs"] = g.redis_ca_cert
     try:
-        return Redis.from_url(
+        pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=g.redis_max_connections,
+            timeout=g.redis_timeout_s,
             socket_timeout=g.redis_timeout_s,
             socket_connect_timeout=g.redis_timeout_s,
             retry=Retry(NoBackoff(), 1),
@@ -222,6 +225,7 @@ def connect(g: GatewaySettings) -> Redis:
         )
     except ValueError:  # the message may quote the URL
         raise ConfigError("gateway.redis_url is not a valid Redis URL") from None
+    return Redis.from_pool(pool)
 
 
 class RedisLimitStore:

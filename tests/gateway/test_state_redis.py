@@ -15,13 +15,13 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
-from appliance.config import Settings
+from appliance.config import GatewaySettings, Settings
 from appliance.errors import ConfigError, RateLimited, StateStoreUnavailable
 from appliance.gateway._service import SESSION_COOKIE
 from appliance.gateway.limits import LimitStore, MemoryLimitStore
 from appliance.gateway.policy import AdapterLimits, ExtractionRules, LimitProfile
 from appliance.gateway.state import check_production, fingerprint_salt
-from appliance.gateway.state_redis import RedisLimitStore
+from appliance.gateway.state_redis import RedisLimitStore, connect
 from appliance.testing import FakeKeyService
 from tests.fixtures.redisd import RedisServer, start_redis
 from tests.gateway.conftest import Harness
@@ -213,9 +213,11 @@ async def test_token_bucket_refills_and_charges_on_both_stores(limit_store: tupl
 
 
 async def test_concurrent_admissions_from_two_gateways_are_atomic(redis_server: RedisServer, redis_prefix: str) -> None:
-    """40 concurrent admissions through two clients against a budget of 15: exactly 15 pass."""
+    """40 concurrent admissions through two gateways' clients (2 pooled connections each: the rest wait, none
+    fails) against a budget of 15: exactly 15 pass, 25 are rate limited."""
     clock, salt = Clock(), fingerprint_salt(FakeKeyService())
-    clients = [Redis.from_url(redis_server.url()) for _ in range(2)]
+    g = GatewaySettings(state_store="redis", redis_url=SecretStr(redis_server.url()), redis_max_connections=2)
+    clients = [connect(g) for _ in range(2)]
     stores = [RedisLimitStore(c, prefix=redis_prefix, salt=salt, clock=clock) for c in clients]
     profile, rules = (
         LimitProfile(requests_per_minute=15, tokens_per_minute=10**6),
