@@ -5,6 +5,7 @@ prompt text and no session secret. The in-memory store passes the same limiter t
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -346,6 +347,7 @@ def test_redis_down_is_503_audited_not_ready_and_recovers(
         assert server.password not in blob and "redis://" not in blob
     finally:
         server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
 
 
 def test_redis_holds_no_prompt_text_or_session_secrets(
