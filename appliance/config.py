@@ -100,6 +100,9 @@ class GatewaySettings(BaseModel):
     session_absolute_timeout_s: int = 28_800
     secure_cookies: bool = True
     max_body_bytes: int = 1_048_576
+    # Gateway processes on this host (uvicorn workers, one audit lane each). More than one needs the shared
+    # state store (redis): with "memory" each process would keep its own limits and sessions.
+    workers: int = Field(default=1, ge=1, le=64)
     metrics_token: SecretStr | None = None  # bearer token for /metrics; None -> loopback only
     tls_cert_file: str | None = None  # PEM certificate chain; required in production (164.312(e)(1))
     tls_key_file: str | None = None  # PEM private key (mode 0600)

@@ -224,6 +224,22 @@ def start_litellm(binary: Path, port: int, stub_port: int, work: Path) -> subpro
     )
 
 
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system, all threads) used so far by the processes of one process group."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid:  # fields after "comm": state ppid pgrp ... utime(12) stime(13)
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
 # --- load generator ------------------------------------------------------------------------------------------------
 async def wait_ready(url: str, headers: dict[str, str], timeout_s: float = 120) -> None:
     import aiohttp
@@ -401,7 +417,9 @@ def main() -> int:
             "direct": (f"http://127.0.0.1:{stub_port}/v1/chat/completions", {}),
             "gateway": (f"http://127.0.0.1:{gw_port}/v1/chat/completions", {"Authorization": f"Bearer {key}"}),
         }
+        pgid = {"direct": procs[0].pid, "gateway": procs[1].pid}
         if len(procs) == 3:
+            pgid["litellm"] = procs[2].pid
             targets["litellm"] = (
                 f"http://127.0.0.1:{llm_port}/v1/chat/completions",
                 {"Authorization": f"Bearer {MASTER_KEY}"},
@@ -409,7 +427,10 @@ def main() -> int:
         results: dict[str, Any] = {}
         for name, (url, headers) in targets.items():
             asyncio.run(wait_ready(url, headers))
+            cpu0 = group_cpu_s(pgid[name])
             results[name] = asyncio.run(load(url, headers, args.concurrency, args.requests))
+            # the target's own CPU per request (the stub's share is in "direct"); less noisy than wall time
+            results[name]["cpu_us_per_request"] = (group_cpu_s(pgid[name]) - cpu0) / args.requests * 1e6
             one = asyncio.run(load(url, headers, 1, max(200, args.requests // 10)))
             results[name]["c1_p50_ms"], results[name]["c1_p99_ms"] = one["p50_ms"], one["p99_ms"]
             print(f"{name:8s} {json.dumps({k: round(v, 3) for k, v in results[name].items()})}", flush=True)

@@ -38,29 +38,50 @@ def run(
     ctx: typer.Context,
     host: str | None = typer.Option(None, help="Listen address (default: gateway.host)."),
     port: int | None = typer.Option(None, help="Listen port (default: gateway.port)."),
+    workers: int | None = typer.Option(None, min=1, max=64, help="Gateway processes (default: gateway.workers)."),
 ) -> None:
-    """Run the gateway (uvicorn, one process; several gateways share limits and sessions through
-    gateway.state_store = "redis"). Production requires TLS (and rediss:// with a password to Redis)."""
+    """Run the gateway (uvicorn). Several processes, here or on other hosts, share limits and sessions through
+    gateway.state_store = "redis". Production requires TLS (and rediss:// with a password to Redis)."""
+    import os
+
     import structlog
     import uvicorn
 
     from appliance.errors import ConfigError
-    from appliance.gateway import create_app
 
     settings = settings_of(ctx)
     g = settings.gateway
+    processes = workers or g.workers
     tls = bool(g.tls_cert_file and g.tls_key_file)
     if settings.environment == "production" and not tls:
         raise ConfigError("production requires gateway.tls_cert_file and gateway.tls_key_file (164.312(e)(1))")
     if settings.environment == "production" and not g.secure_cookies:
         raise ConfigError("production requires gateway.secure_cookies = true")
+    if processes > 1 and g.state_store != "redis":
+        raise ConfigError(
+            f"{processes} gateway processes need gateway.state_store = 'redis': with 'memory' each process would "
+            "keep its own rate limits and sessions"
+        )
     configure_logging(settings.log_level)
     log = structlog.get_logger("appliance.gateway")
     if not tls:
         log.warning("gateway.plaintext_http", reason="development environment: no TLS configured")
-    app = create_app(settings)
+    target: Any
+    if processes > 1:
+        # Each worker is a fresh interpreter: it loads the same settings (the config file through the
+        # environment, APPLIANCE_* as inherited) and opens its own audit lane, backend pool and store client.
+        config_file = (ctx.find_root().obj or {}).get("config_file")
+        if config_file is not None:
+            os.environ["APPLIANCE_CONFIG"] = str(Path(config_file).resolve())
+        target = "appliance.cli.gateway:worker_app"
+    else:
+        from appliance.gateway import create_app
+
+        target = create_app(settings)
     uvicorn.run(
-        app,
+        target,
+        factory=processes > 1,
+        workers=processes if processes > 1 else None,
         host=host or g.host,
         port=port or g.port,
         ssl_certfile=g.tls_cert_file if tls else None,
@@ -70,6 +91,16 @@ def run(
         server_header=False,
         proxy_headers=False,
     )
+
+
+def worker_app() -> Any:
+    """The app of one gateway worker process (``gateway run --workers N``): settings from the environment."""
+    from appliance.config import load_settings
+    from appliance.gateway import create_app
+
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)
 
 
 @app.command("check-policy")

@@ -9,6 +9,8 @@ tables without a revision) is refused with a migration-mismatch error rather tha
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ __all__ = ["VERSION_TABLE", "Database", "translate_errors"]
 
 VERSION_TABLE = "registry_alembic_version"  # not "alembic_version": the audit sink may share a PostgreSQL database
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+_MIGRATION_LOCK = 0x7265676D6967  # PostgreSQL advisory lock key of registry migrations ("regmig")
 
 
 @contextlib.contextmanager
@@ -100,10 +103,21 @@ class Database:
             return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
 
     def migrate(self) -> None:
-        """Bring the schema to the newest revision, or refuse a database this code does not understand."""
+        """Bring the schema to the newest revision, or refuse a database this code does not understand.
+
+        One process migrates at a time (gateway workers start together; a CLI command may start beside them): a
+        lock file beside a SQLite database, a transaction-scoped advisory lock on PostgreSQL. Whoever waited then
+        finds the schema at the head and has nothing to do.
+        """
         script = ScriptDirectory.from_config(_alembic_config(None))
         known = {rev.revision for rev in script.walk_revisions()}
-        with translate_errors("migrating the registry schema"), self.engine.begin() as conn:
+        with (
+            translate_errors("migrating the registry schema"),
+            self._sqlite_migration_lock(),
+            self.engine.begin() as conn,
+        ):
+            if self.dialect == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")  # released at commit
             current = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
             if current is not None and current not in known:
                 raise MigrationMismatch(
@@ -120,6 +134,22 @@ class Database:
                     )
             if current != script.get_current_head():
                 command.upgrade(_alembic_config(conn), "head")
+
+    @contextlib.contextmanager
+    def _sqlite_migration_lock(self) -> Iterator[None]:
+        path = self.url.removeprefix("sqlite:///") if self.dialect == "sqlite" else ""
+        if not path or path == ":memory:":
+            yield
+            return
+        try:
+            fd = os.open(f"{path}.migrate.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StorageUnavailable(f"registry migration lock cannot be opened: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     @contextlib.contextmanager
     def session(self, what: str) -> Iterator[Session]:

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +19,8 @@ from appliance.cli import app
 from appliance.gateway._db import GatewayDB, db_path
 from appliance.gateway.auth.apikeys import ApiKeyStore
 from tests.conftest import REPO_ROOT
+from tests.fixtures.oidc import free_port
+from tests.fixtures.redisd import RedisServer
 
 
 @pytest.fixture
@@ -75,3 +83,70 @@ def test_run_refuses_production_without_tls(env: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("APPLIANCE_ENVIRONMENT", "production")
     r = CliRunner().invoke(app, ["gateway", "run"])
     assert r.exit_code != 0 and "tls_cert_file" in str(r.exception)
+
+
+def test_run_refuses_several_workers_on_the_memory_store(env: Path) -> None:
+    """`gateway run --workers 2` without the shared state store stops with CONFIG_INVALID (limits would split)."""
+    r = CliRunner().invoke(app, ["gateway", "run", "--workers", "2"])
+    assert r.exit_code != 0 and "state_store" in str(r.exception)
+
+
+@pytest.mark.redis
+def test_run_with_workers_on_redis(env: Path, tmp_path: Path, redis_server: RedisServer, redis_prefix: str) -> None:
+    """`gateway run --workers 2` on Redis: two processes answer on one port, each on its own audit lane, and both
+    lanes are closed with a signed end when the parent is stopped."""
+    port = free_port()
+    config = tmp_path / "appliance.toml"
+    config.write_text(
+        f'data_dir = "{env}"\npolicies_dir = "{REPO_ROOT / "policies"}"\n'
+        f'[gateway]\nstate_store = "redis"\nredis_key_prefix = "{redis_prefix}"\n'
+    )
+    proc_env = {**os.environ, "APPLIANCE_GATEWAY__REDIS_URL": redis_server.url()}  # the secret stays out of the file
+    for name in ("APPLIANCE_DATA_DIR", "APPLIANCE_POLICIES_DIR"):
+        proc_env.pop(name, None)
+    log = (tmp_path / "gateway.log").open("wb")
+    cli = [str(Path(sys.executable).parent / "appliance"), "--config", str(config)]
+    proc = subprocess.Popen(
+        [*cli, "gateway", "run", "--workers", "2", "--host", "127.0.0.1", "--port", str(port)],
+        env=proc_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        lanes: set[str] = set()
+        while time.monotonic() < deadline and len(lanes) < 2:
+            time.sleep(0.5)
+            assert proc.poll() is None, (tmp_path / "gateway.log").read_text()[-3000:]
+            lanes = {p.parent.name for p in (env / "audit").rglob("segment-*.jsonl")}
+        assert lanes == {"node-1", "node-1.2"}, lanes
+        answered = 0
+        while time.monotonic() < deadline and answered < 20:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                    answered += r.status == 200
+            except OSError:
+                time.sleep(0.3)
+        assert answered == 20
+    finally:
+        proc.terminate()  # the supervisor stops its workers, each closing its audit lane
+        try:
+            proc.wait(60)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+    for lane in ("node-1", "node-1.2"):  # each worker closed its lane: audit.stop, then a signed checkpoint
+        assert _types_of(env, lane)[-2:] == ["audit.stop", "audit.checkpoint"], (
+            lane,
+            _types_of(env, lane),
+            (tmp_path / "gateway.log").read_text()[-4000:],
+        )
+
+
+def _types_of(data_dir: Path, lane: str) -> list[str]:
+    lines = [
+        line
+        for seg in sorted((data_dir / "audit" / lane).glob("segment-*.jsonl"))
+        for line in seg.read_text().splitlines()
+    ]
+    return [json.loads(line)["type"] for line in lines if line.strip()]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -35,6 +39,27 @@ def test_migrates_once_and_reopens(any_settings: Settings, make_run: RunFactory)
         assert again.db.current() == head and [a.name for a in again.list_adapters()] == ["triage"]
     finally:
         again.close()
+
+
+def _open_database(url: str, start: Any) -> str:
+    start.wait(30)
+    Database(url).engine.dispose()
+    return "ok"
+
+
+def test_processes_starting_together_migrate_once(any_settings: Settings) -> None:
+    """Four processes open a fresh database at the same moment (gateway workers do): all succeed, one migrates."""
+    url = any_settings.registry_url
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager, ProcessPoolExecutor(4, mp_context=ctx) as pool:
+        start = manager.Event()
+        results = [pool.submit(_open_database, url, start) for _ in range(4)]
+        time.sleep(2)  # let every process reach the barrier (spawned interpreters import first)
+        start.set()
+        assert [r.result(120) for r in results] == ["ok"] * 4
+    db = Database(url, migrate=False)
+    assert db.current() == db.head()
+    db.engine.dispose()
 
 
 def test_unknown_revision_refused(any_settings: Settings) -> None:
