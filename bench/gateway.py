@@ -117,7 +117,46 @@ def run_stub(port: int) -> None:
 
 
 # --- the gateway process -------------------------------------------------------------------------------------------
-def run_gateway(port: int, stub_port: int, data_dir: Path, key_file: Path, audit_kind: str = "durable") -> None:
+def make_key(data_dir: Path, key_file: Path) -> None:
+    """An API key with the service scope, written to key_file (for a set of gateway processes sharing data_dir)."""
+    from appliance.gateway._db import GatewayDB, db_path
+    from appliance.gateway.auth.apikeys import ApiKeyStore
+
+    key, _ = ApiKeyStore(GatewayDB(db_path(data_dir))).create(
+        "bench", ["service.inference"], ttl_s=3600, created_by="bench"
+    )
+    key_file.write_text(key)
+
+
+_NO_DISK = ("--save", "", "--appendonly", "no", "--dir")  # no persistence; the directory follows
+
+
+def start_redis(work: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A private redis-server on loopback with a random password (the shared state store of scale-out gateways)."""
+    import secrets
+
+    port, password = free_port(), secrets.token_urlsafe(18)
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--requirepass", password, *_NO_DISK, str(work)],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return proc, f"redis://:{password}@127.0.0.1:{port}/0"
+        time.sleep(0.1)
+    raise RuntimeError("redis-server did not start")
+
+
+def run_gateway(
+    port: int,
+    stub_port: int,
+    data_dir: Path,
+    key_file: Path,
+    audit_kind: str = "durable",
+    redis_url: str | None = None,
+) -> None:
     import logging
 
     import structlog
@@ -126,15 +165,16 @@ def run_gateway(port: int, stub_port: int, data_dir: Path, key_file: Path, audit
     from appliance.audit import open_audit_log
     from appliance.config import load_settings
     from appliance.gateway import AdapterRef, create_app
-    from appliance.gateway._db import GatewayDB, db_path
-    from appliance.gateway.auth.apikeys import ApiKeyStore
     from appliance.keys import open_key_service
     from appliance.serving import TGIBackend
     from appliance.testing import StaticCatalog
 
     logging.basicConfig(level=logging.WARNING)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    settings = load_settings(data_dir=data_dir, policies_dir=ROOT / "policies")
+    gateway: dict[str, Any] = {}
+    if redis_url:  # one of several processes on one port (SO_REUSEPORT), limits and sessions in Redis
+        gateway = {"state_store": "redis", "redis_url": redis_url}
+    settings = load_settings(data_dir=data_dir, policies_dir=ROOT / "policies", gateway=gateway)
     keys = open_key_service(settings)
     if audit_kind == "durable":
         audit = open_audit_log(settings, keys=keys)
@@ -142,10 +182,8 @@ def run_gateway(port: int, stub_port: int, data_dir: Path, key_file: Path, audit
         from appliance.testing import MemoryAuditLog
 
         audit = MemoryAuditLog()  # type: ignore[assignment]
-    key, _ = ApiKeyStore(GatewayDB(db_path(data_dir))).create(
-        "bench", ["service.inference"], ttl_s=3600, created_by="bench"
-    )
-    key_file.write_text(key)
+    if not redis_url:
+        make_key(data_dir, key_file)
     pool = int(os.environ.get("BENCH_BACKEND_POOL", "16"))  # httpcore's pool bookkeeping grows with its size
     backend = TGIBackend(f"http://127.0.0.1:{stub_port}", published=None, max_connections=pool, retries=0)
     # The published set: a fixed catalog (the registry's own read path is cached by the gateway in any case).
@@ -160,16 +198,12 @@ def run_gateway(port: int, stub_port: int, data_dir: Path, key_file: Path, audit
     object.__setattr__(
         policy.limits, "extraction", ExtractionRules(burst_max_requests=10_000_000, distinct_max_prompts=10_000_000)
     )
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        access_log=False,
-        loop="uvloop",
-        http="httptools",
-        backlog=2048,
-    )
+    config = uvicorn.Config(app, log_level="warning", access_log=False, loop="uvloop", http="httptools", backlog=2048)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # the kernel spreads connections over the set
+    sock.bind(("127.0.0.1", port))
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 # --- LiteLLM -------------------------------------------------------------------------------------------------------
@@ -361,6 +395,13 @@ def main() -> int:
         default="durable",
         help="memory: a diagnostic run without the durable audit trail (not the product)",
     )
+    parser.add_argument(
+        "--gateway-workers",
+        type=int,
+        default=0,
+        help="also measure N gateway processes on one port sharing a Redis state store (scale-out; 0: skip)",
+    )
+    parser.add_argument("--redis-url", help=argparse.SUPPRESS)
     parser.add_argument("--role", choices=["stub", "gateway"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--stub-port", type=int, help=argparse.SUPPRESS)
@@ -371,7 +412,7 @@ def main() -> int:
         run_stub(args.port)
         return 0
     if args.role == "gateway":
-        run_gateway(args.port, args.stub_port, args.data_dir, args.key_file, args.gateway_audit)
+        run_gateway(args.port, args.stub_port, args.data_dir, args.key_file, args.gateway_audit, args.redis_url)
         return 0
 
     work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
@@ -381,33 +422,30 @@ def main() -> int:
     try:
         procs.append(subprocess.Popen([*me, "--role", "stub", "--port", str(stub_port)], start_new_session=True))
         key_file = work / "key"
-        procs.append(
-            subprocess.Popen(
-                [
-                    *me,
-                    "--role",
-                    "gateway",
-                    "--port",
-                    str(gw_port),
-                    "--stub-port",
-                    str(stub_port),
-                    "--data-dir",
-                    str(work / "var"),
-                    "--key-file",
-                    str(key_file),
-                    "--gateway-audit",
-                    args.gateway_audit,
-                ],
-                start_new_session=True,
-            )
-        )
+
+        def gateway(port: int, data_dir: Path, redis_url: str | None = None) -> subprocess.Popen[bytes]:
+            argv = [*me, "--role", "gateway", "--port", str(port), "--stub-port", str(stub_port)]
+            argv += ["--data-dir", str(data_dir), "--key-file", str(key_file), "--gateway-audit", args.gateway_audit]
+            return subprocess.Popen([*argv, "--redis-url", redis_url] if redis_url else argv, start_new_session=True)
+
+        procs.append(gateway(gw_port, work / "var"))
+        scale_port, scale_key, scale_pids = free_port(), "", []
+        if args.gateway_workers:
+            redis, redis_url = start_redis(work)
+            procs.append(redis)
+            make_key(work / "var-scale", work / "scale-key")
+            scale_key = (work / "scale-key").read_text()
+            for _ in range(args.gateway_workers):
+                procs.append(gateway(scale_port, work / "var-scale", redis_url))
+                scale_pids.append(procs[-1].pid)
         litellm_note = "skipped (--skip-litellm)"
         if not args.skip_litellm:
             binary = ensure_litellm()
             if isinstance(binary, str):
                 litellm_note = binary
             else:
-                procs.append(start_litellm(binary, llm_port, stub_port, work))
+                llm = start_litellm(binary, llm_port, stub_port, work)
+                procs.append(llm)
                 litellm_note = f"litellm[proxy] {LITELLM_VERSION}, 1 worker, master key, no database"
         deadline = time.monotonic() + 60
         while not key_file.exists() and time.monotonic() < deadline:
@@ -417,9 +455,16 @@ def main() -> int:
             "direct": (f"http://127.0.0.1:{stub_port}/v1/chat/completions", {}),
             "gateway": (f"http://127.0.0.1:{gw_port}/v1/chat/completions", {"Authorization": f"Bearer {key}"}),
         }
-        pgid = {"direct": procs[0].pid, "gateway": procs[1].pid}
-        if len(procs) == 3:
-            pgid["litellm"] = procs[2].pid
+        pgids = {"direct": [procs[0].pid], "gateway": [procs[1].pid]}
+        if scale_pids:
+            name = f"gateway_x{len(scale_pids)}_redis"
+            pgids[name] = scale_pids
+            targets[name] = (
+                f"http://127.0.0.1:{scale_port}/v1/chat/completions",
+                {"Authorization": f"Bearer {scale_key}"},
+            )
+        if "llm" in locals():
+            pgids["litellm"] = [llm.pid]
             targets["litellm"] = (
                 f"http://127.0.0.1:{llm_port}/v1/chat/completions",
                 {"Authorization": f"Bearer {MASTER_KEY}"},
@@ -427,10 +472,11 @@ def main() -> int:
         results: dict[str, Any] = {}
         for name, (url, headers) in targets.items():
             asyncio.run(wait_ready(url, headers))
-            cpu0 = group_cpu_s(pgid[name])
+            cpu0 = sum(group_cpu_s(g) for g in pgids[name])
             results[name] = asyncio.run(load(url, headers, args.concurrency, args.requests))
             # the target's own CPU per request (the stub's share is in "direct"); less noisy than wall time
-            results[name]["cpu_us_per_request"] = (group_cpu_s(pgid[name]) - cpu0) / args.requests * 1e6
+            cpu = sum(group_cpu_s(g) for g in pgids[name]) - cpu0
+            results[name]["cpu_us_per_request"] = cpu / args.requests * 1e6
             one = asyncio.run(load(url, headers, 1, max(200, args.requests // 10)))
             results[name]["c1_p50_ms"], results[name]["c1_p99_ms"] = one["p50_ms"], one["p99_ms"]
             print(f"{name:8s} {json.dumps({k: round(v, 3) for k, v in results[name].items()})}", flush=True)
@@ -490,6 +536,14 @@ def main() -> int:
         f"p99 +{summary['saturated_added_p99_ms']:.1f} ms; 1 in flight: p50 +{summary['added_p50_ms_c1']:.2f} ms, "
         f"p99 +{summary['added_p99_ms_c1']:.2f} ms"
     )
+    scaled = [n for n in results if n.startswith("gateway_x")]
+    for name in scaled:
+        summary[f"{name}_vs_gateway_throughput"] = results[name]["throughput_rps"] / g["throughput_rps"]
+        print(
+            f"{name}: {results[name]['throughput_rps']:.0f} req/s = "
+            f"{summary[f'{name}_vs_gateway_throughput']:.2f}x one process on the memory store "
+            f"(CPU per request {results[name]['cpu_us_per_request']:.0f} us vs {g['cpu_us_per_request']:.0f} us)"
+        )
     print(f"LiteLLM: {litellm_note}")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "gateway.json").write_text(json.dumps(summary, indent=2))
