@@ -164,10 +164,10 @@ def _start_demo_idp(port: int, gateway_url: str, client_secret: str, log_path: P
 
     from appliance.errors import ConfigError
 
-    idp_dir = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "oidc_provider"
+    idp_dir = Path(__file__).resolve().parents[2] / "examples" / "demo-idp"
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None or not (idp_dir / "server.mjs").is_file():
-        raise ConfigError("the demo identity provider needs node, npm and tests/fixtures/oidc_provider")
+        raise ConfigError("the demo identity provider needs node, npm and examples/demo-idp (a source checkout)")
     if not (idp_dir / "node_modules" / "oidc-provider").is_dir():
         subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=idp_dir, check=True, capture_output=True)
     config = {
@@ -187,8 +187,22 @@ def _start_demo_idp(port: int, gateway_url: str, client_secret: str, log_path: P
     }
     env = {**os.environ, "OIDC_PORT": str(port), "OIDC_CONFIG": json.dumps(config)}
     return subprocess.Popen(
-        [node, "server.mjs"], cwd=idp_dir, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT
+        [node, "server.mjs"],
+        cwd=idp_dir,
+        env=env,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        preexec_fn=_die_with_parent,  # prctl only, between fork and exec
     )
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the demo process dies, even by SIGKILL (Linux prctl)."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 @app.command("demo")

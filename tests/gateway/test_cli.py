@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -150,3 +151,29 @@ def _types_of(data_dir: Path, lane: str) -> list[str]:
         for line in seg.read_text().splitlines()
     ]
     return [json.loads(line)["type"] for line in lines if line.strip()]
+
+
+def test_demo_idp_ends_with_the_demo(tmp_path: Path) -> None:
+    """The demo's identity provider (a node process) does not outlive a demo killed with SIGKILL."""
+    script = (
+        "import sys, time; from pathlib import Path; from appliance.cli.gateway import _start_demo_idp; "
+        "p = _start_demo_idp(int(sys.argv[1]), 'http://127.0.0.1:9', 'demo-secret', Path(sys.argv[2])); "
+        "print(p.pid, flush=True); time.sleep(120)"
+    )
+    demo = subprocess.Popen(
+        [sys.executable, "-c", script, str(free_port()), str(tmp_path / "idp.log")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert demo.stdout is not None
+        node_pid = int(demo.stdout.readline())
+        assert Path(f"/proc/{node_pid}").exists()
+    finally:
+        demo.kill()
+        demo.wait(30)
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{node_pid}").exists() and time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(node_pid, os.WNOHANG)  # not our child; only in case the kernel re-parented it to us
+        time.sleep(0.1)
+    status = Path(f"/proc/{node_pid}/status")
+    assert not status.exists() or "State:\tZ" in status.read_text(), "the demo IdP outlived the demo"
