@@ -44,6 +44,15 @@ test: venv system-deps
 	$(BIN)/mypy
 	$(BIN)/pytest
 
+# The air-gapped install set of ansible/roles/appliance (ansible/README.md, step 0), on a connected machine: the
+# appliance wheel and ansible/files/wheelhouse, binary wheels of its dependencies for CPython 3.11 on Debian 12
+# (x86_64) with torch's CPU build (GPU sites: ansible/scripts/wheelhouse.py --cuda-torch).
+.PHONY: wheelhouse
+wheelhouse: venv
+	rm -f ansible/files/appliance-*.whl
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w ansible/files .
+	$(BIN)/python ansible/scripts/wheelhouse.py --out ansible/files/wheelhouse
+
 demo: venv
 	bash scripts/demo.sh
 
