@@ -2,6 +2,9 @@
 
 The cache is keyed by a hash of the package list and the suite, so a changed list builds a new root and repeated
 runs (and concurrent sessions, through a lock) reuse the same one. Every test run works on a copy.
+
+Beside it, the offline wheelhouse the appliance role installs from (ansible/scripts/wheelhouse.py, what an operator
+runs on a connected machine), keyed by pyproject.toml's content.
 """
 
 from __future__ import annotations
@@ -11,10 +14,16 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 SUITE = "bookworm"
 CACHE_DIR = Path(os.environ.get("APPLIANCE_ANSIBLE_ROOT_CACHE", "/var/tmp/appliance-ansible-roots"))
+REPO = Path(__file__).resolve().parents[2]
+WHEELHOUSE_SCRIPT = REPO / "ansible" / "scripts" / "wheelhouse.py"
+# Wheelhouses of other pyproject.toml versions unused for this long are removed when a new one is built.
+WHEELHOUSE_MAX_IDLE_S = 7 * 86_400
 
 # What the roles install on a real host, preinstalled so that converge needs no network and apt tasks report ok.
 PACKAGES = [
@@ -126,3 +135,45 @@ def copy_root(src: Path, dest: Path) -> Path:
     """A private copy of the cached root for one test run."""
     subprocess.run(["cp", "-a", "--reflink=auto", str(src), str(dest)], check=True)
     return dest
+
+
+def wheelhouse_key(pyproject: Path = REPO / "pyproject.toml") -> str:
+    """A short hash of pyproject.toml's content (the dependencies) and of the script that downloads them."""
+    blob = pyproject.read_bytes() + b"\0" + WHEELHOUSE_SCRIPT.read_bytes() + b"\0v1"
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def ensure_wheelhouse(log: Path | None = None) -> Path:
+    """The cached offline wheelhouse of the appliance's runtime dependencies (built on first use).
+
+    Built with ansible/scripts/wheelhouse.py, which takes torch alone first and refuses a CUDA build (this
+    machine's pip configuration finds torch==2.13.0+cpu in /opt/wheels). Never modify it: the role copies it.
+    """
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    key = wheelhouse_key()
+    final = CACHE_DIR / f"wheelhouse-{key}"
+    with open(CACHE_DIR / ".wheelhouse.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / "SHA256SUMS").is_file():
+            os.utime(final / "SHA256SUMS")  # in use: keeps it from being pruned
+            return final
+        out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            rc = subprocess.run(
+                [sys.executable, str(WHEELHOUSE_SCRIPT), "--out", str(final)],
+                stdout=out,
+                stderr=out,
+                timeout=1800,
+            ).returncode
+        finally:
+            if log:
+                out.close()  # type: ignore[union-attr]
+        if rc != 0:
+            tail = log.read_text(errors="replace")[-3000:] if log else ""
+            raise RuntimeError(f"{WHEELHOUSE_SCRIPT.name} failed (rc {rc}):\n{tail}")
+        for old in CACHE_DIR.glob("wheelhouse-*"):
+            sums = old / "SHA256SUMS"
+            idle = time.time() - sums.stat().st_mtime if sums.exists() else WHEELHOUSE_MAX_IDLE_S + 1
+            if old != final and idle > WHEELHOUSE_MAX_IDLE_S:
+                shutil.rmtree(old, ignore_errors=True)
+        return final

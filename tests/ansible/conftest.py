@@ -1,8 +1,10 @@
 """Fixtures of the provisioning tests: one converged Debian root per session, shared by every check.
 
 `converged` copies the cached debootstrap root (tests/ansible/_rootfs.py), attaches loop devices for the LUKS
-volumes, builds the appliance wheel and runs the Molecule scenario `single-node` (converge, idempotence, check,
-verify) over the chroot connection once; the LUKS, network, vault and unit tests then look at that root.
+volumes, builds the appliance wheel, takes the cached offline wheelhouse of its dependencies (built on first use
+with ansible/scripts/wheelhouse.py), makes a self-signed TLS certificate for the gateway and runs the Molecule
+scenario `single-node` (converge, idempotence, check, verify) over the chroot connection once; the LUKS, network,
+vault and unit tests then look at that root.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -51,9 +55,50 @@ def free_port() -> int:
     raise RuntimeError("no pair of free ports")
 
 
+def gateway_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate (and its key) for the gateway's TLS, valid for 127.0.0.1 and localhost."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "molecule gateway (test only)")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "gateway.pem", directory / "gateway.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
 def ansible_env(**extra: str) -> dict[str, str]:
-    """Environment for ansible/molecule subprocesses: the venv's tools first, no user config."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "MOLECULE_"))}
+    """Environment for ansible/molecule subprocesses: the venv's tools first, no user config.
+
+    No PIP_* variables either: the chroot connection hands the environment to the target, whose pip must see only
+    the role's --no-index --find-links (as on an air-gapped host), not this machine's pip settings.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "MOLECULE_", "PIP_"))}
     env["PATH"] = f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}"
     env["ANSIBLE_CONFIG"] = str(ANSIBLE_DIR / "ansible.cfg")
     env["ANSIBLE_NOCOLOR"] = "1"
@@ -103,7 +148,13 @@ def converged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Converged]:
     """The single-node scenario converged (with idempotence, check and verify) into a private copy of the root."""
     _require_root_tools()
     work = tmp_path_factory.mktemp("ansible")
-    cached = _rootfs.ensure_root(log=work / "debootstrap.log")
+    # The wheelhouse (network) is fetched while debootstrap builds the root, on a first run.
+    pool = ThreadPoolExecutor(max_workers=1)
+    wheelhouse_job = pool.submit(_rootfs.ensure_wheelhouse, log=work / "wheelhouse.log")
+    try:
+        cached = _rootfs.ensure_root(log=work / "debootstrap.log")
+    finally:
+        pool.shutdown(wait=True)
     root = _rootfs.copy_root(cached, work / "root")
     loops: dict[str, str] = {}
     try:
@@ -123,12 +174,17 @@ def converged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Converged]:
             capture_output=True,
         )
         wheel = next(wheels.glob("appliance-*.whl"))
+        wheelhouse = wheelhouse_job.result()
+        tls_cert, tls_key = gateway_certificate(work)
         port = free_port()
         env = ansible_env(
             MOLECULE_CHROOT=str(root),
             MOLECULE_BAO_BINARY=str(bao_artifact()),
             MOLECULE_VAULT_PORT=str(port),
             MOLECULE_APPLIANCE_WHEEL=str(wheel),
+            MOLECULE_APPLIANCE_WHEELHOUSE=str(wheelhouse),
+            MOLECULE_GATEWAY_TLS_CERT=str(tls_cert),
+            MOLECULE_GATEWAY_TLS_KEY=str(tls_key),
             ANSIBLE_GATHERING="smart",
             ANSIBLE_CACHE_PLUGIN="jsonfile",
             ANSIBLE_CACHE_PLUGIN_CONNECTION=str(work / "facts"),

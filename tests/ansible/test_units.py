@@ -1,12 +1,14 @@
 """The appliance role's units: systemd-analyze verify, then a real boot of the converged root with
 systemd-nspawn -b (private network, so the host's firewall is untouched), where systemd applies each unit's
-sandbox and starts it.
+sandbox, starts the gateway and the embedded engine, and a probe inside the container asks both over loopback.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -15,20 +17,77 @@ from tests.ansible.conftest import Converged
 pytestmark = [pytest.mark.ansible, pytest.mark.slow]
 
 UNITS = ("appliance-gateway.service", "appliance-engine.service")
-PROBE = """[Unit]
-Description=Record how the appliance units started, then power off (test only)
+# Where the role puts things (ansible/roles/appliance, molecule group_vars).
+VENV = "/opt/appliance/venv"
+BASE_MODEL = "/srv/appliance/models/base"
+GATEWAY_URL = "https://127.0.0.1:8443/healthz"
+GATEWAY_CA = "/etc/appliance/gateway.pem"  # the self-signed test certificate is its own CA
+ENGINE_URL = "http://127.0.0.1:8081/health"
+READY_TIMEOUT_S = 240  # both services answering, from the probe's start (torch imports on a loaded CI machine)
+BOOT_TIMEOUT_S = READY_TIMEOUT_S + 180
+
+PROBE_UNIT = """[Unit]
+Description=Wait for the appliance units to answer, record their state, then power off (test only)
 After=appliance-gateway.service appliance-engine.service multi-user.target
 
 [Service]
 Type=oneshot
-ExecStartPre=/bin/sleep 3
-ExecStart=/bin/sh -c 'systemctl show -p Id,ExecMainCode,ExecMainStatus,NoNewPrivileges,ProtectSystem,PrivateTmp,\
-CapabilityBoundingSet,User {units} > /var/tmp/probe.txt; \
-systemd-analyze security --no-pager {units} >> /var/tmp/probe-security.txt 2>&1; true'
-ExecStartPost=/bin/systemctl poweroff --no-block
+TimeoutStartSec={timeout}
+ExecStart=/usr/bin/python3 /usr/local/sbin/molecule-probe {timeout_s}
+ExecStopPost=/bin/systemctl poweroff --no-block
 
 [Install]
 WantedBy=multi-user.target
+"""
+
+# Runs inside the container as root, with the root's own python3 (stdlib only).
+PROBE_SCRIPT = r"""
+import json, ssl, subprocess, sys, time, urllib.error, urllib.request
+
+UNITS = {units!r}
+TARGETS = {{"gateway": {gateway_url!r}, "engine": {engine_url!r}}}
+TLS = ssl.create_default_context(cafile={gateway_ca!r})  # verifies the certificate and 127.0.0.1 against it
+deadline = time.monotonic() + float(sys.argv[1])
+answers = {{name: {{"status": None, "error": "not asked yet"}} for name in TARGETS}}
+started = time.monotonic()
+while time.monotonic() < deadline and any(a["status"] != 200 for a in answers.values()):
+    for name, url in TARGETS.items():
+        if answers[name]["status"] == 200:
+            continue
+        try:
+            context = TLS if url.startswith("https") else None
+            with urllib.request.urlopen(url, timeout=5, context=context) as response:
+                body = response.read(200).decode(errors="replace")
+                answers[name] = {{"status": response.status, "body": body, "after_s": time.monotonic() - started}}
+        except urllib.error.HTTPError as exc:
+            answers[name] = {{"status": exc.code, "error": str(exc)}}
+        except Exception as exc:  # refused while starting, TLS errors, timeouts
+            answers[name] = {{"status": None, "error": f"{{type(exc).__name__}}: {{exc}}"}}
+    time.sleep(1)
+props = "Id,ActiveState,SubState,NRestarts,ExecMainCode,ExecMainStatus,User,NoNewPrivileges,ProtectSystem,"
+props += "PrivateTmp,CapabilityBoundingSet,ReadWritePaths"
+show = subprocess.run(["systemctl", "show", "-p", props, *UNITS], capture_output=True, text=True).stdout
+units = {{}}
+for block in show.split("\n\n"):
+    values = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+    if "Id" in values:
+        units[values["Id"]] = values
+security = subprocess.run(
+    ["systemd-analyze", "security", "--no-pager", *UNITS], capture_output=True, text=True
+)
+journal = subprocess.run(
+    ["journalctl", "--no-pager", "-o", "short-monotonic", "-n", "300", *[f"--unit={{u}}" for u in UNITS]],
+    capture_output=True,
+    text=True,
+)
+result = {{
+    "answers": answers,
+    "units": units,
+    "security": security.stdout + security.stderr,
+    "journal": journal.stdout[-20000:],
+}}
+with open("/var/tmp/probe.json", "w") as out:
+    json.dump(result, out, indent=1)
 """
 
 
@@ -44,50 +103,93 @@ def test_units_pass_systemd_analyze_verify(converged: Converged) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_units_start_sandboxed_in_nspawn(converged: Converged) -> None:
-    """Booted with systemd-nspawn -b, systemd sets up each unit's sandbox and execs it as the appliance user.
+def _bootstrap_base_model(root: Path) -> None:
+    """The tiny random base model for the embedded engine, written by the installed venv as the service user."""
+    if (root / BASE_MODEL.lstrip("/") / "config.json").is_file():
+        return
+    result = subprocess.run(
+        [
+            "chroot",
+            "--userspec=appliance:appliance",
+            str(root),
+            "/usr/bin/env",
+            "-i",
+            "PATH=/usr/bin:/bin",
+            "HOME=/srv/appliance",
+            "HF_HUB_OFFLINE=1",
+            "TRANSFORMERS_OFFLINE=1",
+            f"{VENV}/bin/appliance",
+            "models",
+            "bootstrap",
+            "tiny",
+            "--out",
+            BASE_MODEL,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
-    The venv holds the wheel without its dependencies (the offline wheelhouse is GBs), so the programs exit after
-    the exec; what this proves is that the sandbox (user, namespaces, ReadWritePaths, capabilities) starts.
-    """
-    if shutil.which("systemd-nspawn") is None:
-        pytest.fail("systemd-nspawn is missing: install systemd-container (scripts/system-deps.sh)")
-    root = converged.root
+
+def _install_probe(root: Path) -> None:
     units = " ".join(UNITS)
-    (root / "etc/systemd/system/molecule-probe.service").write_text(PROBE.format(units=units))
+    script = PROBE_SCRIPT.format(
+        units=list(UNITS), gateway_url=GATEWAY_URL, engine_url=ENGINE_URL, gateway_ca=GATEWAY_CA
+    )
+    (root / "usr/local/sbin/molecule-probe").write_text(script)
+    (root / "etc/systemd/system/molecule-probe.service").write_text(
+        PROBE_UNIT.format(units=units, timeout=READY_TIMEOUT_S + 60, timeout_s=READY_TIMEOUT_S)
+    )
     wants = root / "etc/systemd/system/multi-user.target.wants"
     wants.mkdir(exist_ok=True)
     link = wants / "molecule-probe.service"
-    if not link.exists():
+    if not link.is_symlink():
         link.symlink_to("/etc/systemd/system/molecule-probe.service")
     # No network in the container: do not wait two minutes for network-online.target.
     wait_online = root / "etc/systemd/system/systemd-networkd-wait-online.service"
     if not wait_online.is_symlink():
         wait_online.symlink_to("/dev/null")
+    (root / "var/tmp/probe.json").unlink(missing_ok=True)
+
+
+def test_units_run_sandboxed_and_answer_in_nspawn(converged: Converged) -> None:
+    """Booted with systemd-nspawn -b, the gateway (TLS, production settings) and the embedded engine (a tiny base
+    model) run in their sandbox as the appliance user and answer over loopback inside the container.
+
+    The venv was installed offline from the wheelhouse (--no-index). A probe unit waits until both answer (or a
+    timeout), then records the HTTP status of the gateway's /healthz and the engine's /health and what systemd
+    shows for each unit; both must be active/running without a restart, with their sandbox in place.
+    """
+    if shutil.which("systemd-nspawn") is None:
+        pytest.fail("systemd-nspawn is missing: install systemd-container (scripts/system-deps.sh)")
+    root = converged.root
+    _bootstrap_base_model(root)
+    _install_probe(root)
     boot = subprocess.run(
         ["systemd-nspawn", "--register=no", "--keep-unit", "--private-network", "-q", "-b", "-D", str(root)],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=BOOT_TIMEOUT_S,
         stdin=subprocess.DEVNULL,
     )
-    probe = root / "var/tmp/probe.txt"
+    probe = root / "var/tmp/probe.json"
     if not probe.exists():
         pytest.fail(f"the container did not reach the probe (rc {boot.returncode}): {boot.stdout[-3000:]}")
-    blocks = [b for b in probe.read_text().split("\n\n") if b.strip()]
-    shown = {}
-    for block in blocks:
-        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
-        shown[props["Id"]] = props
+    found = json.loads(probe.read_text())
+    journal = found["journal"][-6000:]
+    answers = found["answers"]
+    assert answers["gateway"]["status"] == 200, f"gateway {GATEWAY_URL}: {answers['gateway']}\n{journal}"
+    assert answers["engine"]["status"] == 200, f"engine {ENGINE_URL}: {answers['engine']}\n{journal}"
+    assert json.loads(answers["gateway"]["body"]) == {"status": "ok"}
     for unit in UNITS:
-        props = shown[unit]
-        # systemd's own set-up failures (namespaces, capabilities, user, paths) are exit statuses 200-245.
-        status = int(props["ExecMainStatus"] or 0)
-        assert not 200 <= status <= 245, f"{unit}: systemd could not set up the sandbox (status {status})"
+        props = found["units"][unit]
+        assert (props["ActiveState"], props["SubState"]) == ("active", "running"), f"{unit}: {props}\n{journal}"
+        assert props["NRestarts"] == "0", f"{unit} restarted: {props}\n{journal}"
         assert props["User"] == "appliance"
         assert props["NoNewPrivileges"] == "yes"
         assert props["ProtectSystem"] == "strict"
         assert props["PrivateTmp"] == "yes"
         assert props["CapabilityBoundingSet"] == ""
-    security = (root / "var/tmp/probe-security.txt").read_text()
-    assert "Overall exposure level" in security
+        assert props["ReadWritePaths"].split() == ["/srv/appliance"]
+    assert "Overall exposure level" in found["security"]
