@@ -198,6 +198,9 @@ def run_gateway(
     object.__setattr__(
         policy.limits, "extraction", ExtractionRules(burst_max_requests=10_000_000, distinct_max_prompts=10_000_000)
     )
+    from appliance.cli.gateway import freeze_startup_heap
+
+    freeze_startup_heap()  # as `appliance gateway run` does
     config = uvicorn.Config(app, log_level="warning", access_log=False, loop="uvloop", http="httptools", backlog=2048)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

