@@ -48,6 +48,7 @@ PACKAGES = [
     "tlog",
     "podman",
     "runc",
+    "redis-server",
     "iproute2",
     "ca-certificates",
     "procps",
