@@ -27,10 +27,14 @@ def test_single_node_converge_idempotence_check_verify(converged: Converged) -> 
 
 
 def test_no_secret_reaches_the_log(converged: Converged) -> None:
-    """The test passphrases, the LUKS recovery passphrases and the gateway's TLS key never appear in Molecule's
-    output."""
+    """The test passphrases, the LUKS recovery passphrases, the gateway's Redis password and the TLS key never appear
+    in Molecule's output."""
     out = converged.output()
-    for secret in ("molecule-models-passphrase-0001", "molecule-audit-recovery-000001"):
+    for secret in (
+        "molecule-models-passphrase-0001",
+        "molecule-audit-recovery-000001",
+        "molecule-redis-password-0000000001",
+    ):
         assert secret not in out
     key_pem = Path(converged.env["MOLECULE_GATEWAY_TLS_KEY"]).read_text()
     key_lines = [line for line in key_pem.splitlines() if line and not line.startswith("-----")]

@@ -125,10 +125,11 @@ def netns(converged: Converged, tmp_path_factory: pytest.TempPathFactory) -> Ite
         _ns(wa, "link", "set", "vlan42", "netns", h)
         _ns(h, "addr", "add", "10.42.0.1/24", "dev", "vlan42")
         _ns(gpu, "addr", "add", "10.42.0.2/24", "dev", "vlan42")
+        _ns(gpu, "addr", "add", "10.42.0.3/24", "dev", "vlan42")  # a second gateway host (network_redis_clients)
         for ns in (h, gpu):
             _ns(ns, "link", "set", "vlan42", "up")
         specs = {
-            h: ["0.0.0.0:22", "0.0.0.0:8443", "0.0.0.0:8080", "0.0.0.0:8200"],
+            h: ["0.0.0.0:22", "0.0.0.0:8443", "0.0.0.0:8080", "0.0.0.0:8200", "0.0.0.0:6380"],
             lan: ["10.10.0.2:8443", "10.10.0.2:9999"],
             gpu: ["10.42.0.2:8080"],
         }
@@ -159,7 +160,7 @@ def _probe(ns: str, src: str, dst: str, port: int) -> str:
     return out.stdout.strip() or out.stderr.strip()
 
 
-# (from namespace, source address, destination, port, expected) for the single-node host (gateway+gpu+vault).
+# (from namespace, source address, destination, port, expected) for the single-node host (gateway+gpu+vault+redis).
 MATRIX = [
     ("lan", "10.10.0.2", "10.10.0.1", 8443, "pass"),  # gateway HTTPS from the hospital LAN
     ("lan", "10.10.0.2", "10.10.0.1", 22, "blocked"),  # SSH only from the bastion
@@ -171,6 +172,9 @@ MATRIX = [
     ("gpu", "10.42.0.2", "10.42.0.1", 8200, "pass"),  # Vault on the VLAN
     ("gpu", "10.42.0.2", "10.42.0.1", 22, "blocked"),  # no SSH from the VLAN
     ("gpu", "10.42.0.2", "10.42.0.1", 8443, "blocked"),  # the gateway port is for the LAN interface only
+    ("gpu", "10.42.0.3", "10.42.0.1", 6380, "pass"),  # Redis (TLS) from a gateway host on the VLAN
+    ("gpu", "10.42.0.2", "10.42.0.1", 6380, "blocked"),  # ... but not from a GPU node
+    ("lan", "10.10.0.2", "10.10.0.1", 6380, "blocked"),  # ... nor from the hospital LAN
     ("host", "10.10.0.1", "10.10.0.2", 8443, "pass"),  # egress allow-list: the IdP
     ("host", "10.10.0.1", "10.10.0.2", 9999, "blocked"),  # anything else out is dropped
     ("host", "10.42.0.1", "10.42.0.2", 8080, "pass"),  # the VLAN peers

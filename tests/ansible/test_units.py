@@ -1,6 +1,7 @@
 """The appliance role's units: systemd-analyze verify, then a real boot of the converged root with
 systemd-nspawn -b (private network, so the host's firewall is untouched), where systemd applies each unit's
-sandbox, starts the gateway and the embedded engine, and a probe inside the container asks both over loopback.
+sandbox, starts the gateway, the embedded engine and the redis role's Redis, and a probe inside the container asks
+them over loopback.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +25,10 @@ BASE_MODEL = "/srv/appliance/models/base"
 GATEWAY_URL = "https://127.0.0.1:8443/healthz"
 GATEWAY_CA = "/etc/appliance/gateway.pem"  # the self-signed test certificate is its own CA
 ENGINE_URL = "http://127.0.0.1:8081/health"
+# The redis role's server (group redis; molecule binds it to loopback): Debian's unit with the role's drop-in.
+REDIS_UNIT = "redis-server.service"
+REDIS_ADDR = ("127.0.0.1", 6380)
+REDIS_CA = "/etc/appliance-redis/tls/ca.pem"
 READY_TIMEOUT_S = 240  # both services answering, from the probe's start (torch imports on a loaded CI machine)
 BOOT_TIMEOUT_S = READY_TIMEOUT_S + 180
 
@@ -45,6 +51,7 @@ PROBE_SCRIPT = r"""
 import json, ssl, subprocess, sys, time, urllib.error, urllib.request
 
 UNITS = {units!r}
+REDIS_UNIT, REDIS_ADDR, REDIS_CA = {redis_unit!r}, {redis_addr!r}, {redis_ca!r}
 TARGETS = {{"gateway": {gateway_url!r}, "engine": {engine_url!r}}}
 TLS = ssl.create_default_context(cafile={gateway_ca!r})  # verifies the certificate and 127.0.0.1 against it
 deadline = time.monotonic() + float(sys.argv[1])
@@ -64,9 +71,21 @@ while time.monotonic() < deadline and any(a["status"] != 200 for a in answers.va
         except Exception as exc:  # refused while starting, TLS errors, timeouts
             answers[name] = {{"status": None, "error": f"{{type(exc).__name__}}: {{exc}}"}}
     time.sleep(1)
+# Redis: a verified TLS handshake, then PING without logging in (the answer must be NOAUTH).
+import socket
+redis_answer, redis_deadline = "not asked yet", time.monotonic() + 30
+while not redis_answer.startswith("-") and time.monotonic() < redis_deadline:
+    try:
+        with socket.create_connection(REDIS_ADDR, timeout=5) as raw:
+            with ssl.create_default_context(cafile=REDIS_CA).wrap_socket(raw, server_hostname=REDIS_ADDR[0]) as tls:
+                tls.sendall(b"PING\r\n")
+                redis_answer = tls.recv(200).decode(errors="replace")
+    except Exception as exc:
+        redis_answer = f"{{type(exc).__name__}}: {{exc}}"
+        time.sleep(1)
 props = "Id,ActiveState,SubState,NRestarts,ExecMainCode,ExecMainStatus,User,NoNewPrivileges,ProtectSystem,"
-props += "PrivateTmp,CapabilityBoundingSet,ReadWritePaths"
-show = subprocess.run(["systemctl", "show", "-p", props, *UNITS], capture_output=True, text=True).stdout
+props += "PrivateTmp,CapabilityBoundingSet,ReadWritePaths,UMask,LimitCORE,PrivateIPC,ExecStart"
+show = subprocess.run(["systemctl", "show", "-p", props, *UNITS, REDIS_UNIT], capture_output=True, text=True).stdout
 units = {{}}
 for block in show.split("\n\n"):
     values = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
@@ -80,9 +99,16 @@ journal = subprocess.run(
     capture_output=True,
     text=True,
 )
+redis_journal = subprocess.run(
+    ["journalctl", "--no-pager", "-o", "short-monotonic", "-n", "100", f"--unit={{REDIS_UNIT}}"],
+    capture_output=True,
+    text=True,
+)
 result = {{
     "answers": answers,
     "units": units,
+    "redis_answer": redis_answer,
+    "redis_journal": redis_journal.stdout[-6000:],
     "security": security.stdout + security.stderr,
     "journal": journal.stdout[-20000:],
 }}
@@ -135,7 +161,13 @@ def _bootstrap_base_model(root: Path) -> None:
 def _install_probe(root: Path) -> None:
     units = " ".join(UNITS)
     script = PROBE_SCRIPT.format(
-        units=list(UNITS), gateway_url=GATEWAY_URL, engine_url=ENGINE_URL, gateway_ca=GATEWAY_CA
+        units=list(UNITS),
+        gateway_url=GATEWAY_URL,
+        engine_url=ENGINE_URL,
+        gateway_ca=GATEWAY_CA,
+        redis_unit=REDIS_UNIT,
+        redis_addr=REDIS_ADDR,
+        redis_ca=REDIS_CA,
     )
     (root / "usr/local/sbin/molecule-probe").write_text(script)
     (root / "etc/systemd/system/molecule-probe.service").write_text(
@@ -153,14 +185,10 @@ def _install_probe(root: Path) -> None:
     (root / "var/tmp/probe.json").unlink(missing_ok=True)
 
 
-def test_units_run_sandboxed_and_answer_in_nspawn(converged: Converged) -> None:
-    """Booted with systemd-nspawn -b, the gateway (TLS, production settings) and the embedded engine (a tiny base
-    model) run in their sandbox as the appliance user and answer over loopback inside the container.
-
-    The venv was installed offline from the wheelhouse (--no-index). A probe unit waits until both answer (or a
-    timeout), then records the HTTP status of the gateway's /healthz and the engine's /health and what systemd
-    shows for each unit; both must be active/running without a restart, with their sandbox in place.
-    """
+@pytest.fixture(scope="module")
+def booted(converged: Converged) -> dict[str, Any]:
+    """The converged root booted once with systemd-nspawn -b (private network) until the probe powers it off: what
+    the probe recorded (answers, units, Redis's answer, journals)."""
     if shutil.which("systemd-nspawn") is None:
         pytest.fail("systemd-nspawn is missing: install systemd-container (scripts/system-deps.sh)")
     root = converged.root
@@ -176,7 +204,19 @@ def test_units_run_sandboxed_and_answer_in_nspawn(converged: Converged) -> None:
     probe = root / "var/tmp/probe.json"
     if not probe.exists():
         pytest.fail(f"the container did not reach the probe (rc {boot.returncode}): {boot.stdout[-3000:]}")
-    found = json.loads(probe.read_text())
+    found: dict[str, Any] = json.loads(probe.read_text())
+    return found
+
+
+def test_units_run_sandboxed_and_answer_in_nspawn(booted: dict[str, Any]) -> None:
+    """Booted with systemd-nspawn -b, the gateway (TLS, production settings) and the embedded engine (a tiny base
+    model) run in their sandbox as the appliance user and answer over loopback inside the container.
+
+    The venv was installed offline from the wheelhouse (--no-index). A probe unit waits until both answer (or a
+    timeout), then records the HTTP status of the gateway's /healthz and the engine's /health and what systemd
+    shows for each unit; both must be active/running without a restart, with their sandbox in place.
+    """
+    found = booted
     journal = found["journal"][-6000:]
     answers = found["answers"]
     assert answers["gateway"]["status"] == 200, f"gateway {GATEWAY_URL}: {answers['gateway']}\n{journal}"
@@ -193,3 +233,20 @@ def test_units_run_sandboxed_and_answer_in_nspawn(converged: Converged) -> None:
         assert props["CapabilityBoundingSet"] == ""
         assert props["ReadWritePaths"].split() == ["/srv/appliance"]
     assert "Overall exposure level" in found["security"]
+
+
+def test_redis_runs_with_the_roles_drop_in_in_nspawn(booted: dict[str, Any]) -> None:
+    """In the same boot, Debian's redis-server unit runs the role's configuration through the role's drop-in: active
+    without a restart, as redis, its configuration directory not writable (ReadWritePaths only the data and run
+    directories), no core dumps, umask 0077, a private IPC namespace; a TLS client verified against the CA gets
+    NOAUTH to a PING without logging in."""
+    props = booted["units"][REDIS_UNIT]
+    journal = booted["redis_journal"]
+    assert (props["ActiveState"], props["SubState"]) == ("active", "running"), f"{props}\n{journal}"
+    assert props["NRestarts"] == "0", f"{props}\n{journal}"
+    assert props["User"] == "redis"
+    assert "/etc/appliance-redis/redis.conf" in props["ExecStart"]
+    assert sorted(props["ReadWritePaths"].split()) == ["-/run/redis", "-/var/lib/redis"], props["ReadWritePaths"]
+    assert (props["UMask"], props["LimitCORE"], props["PrivateIPC"]) == ("0077", "0", "yes"), props
+    assert (props["ProtectSystem"], props["CapabilityBoundingSet"]) == ("strict", ""), props
+    assert booted["redis_answer"].startswith("-NOAUTH"), f"{booted['redis_answer']}\n{journal}"
