@@ -47,6 +47,21 @@ def translate_errors(what: str) -> Iterator[None]:
         raise StorageUnavailable(f"{what}: registry database error ({type(exc).__name__})") from exc
 
 
+@contextlib.contextmanager
+def exclusive_file_lock(path: Path, refusal: str) -> Iterator[None]:
+    """Hold an exclusive flock on path (created 0600) for the block, waiting for other processes; a lock file
+    that cannot be opened is StorageUnavailable(``refusal: <reason>``)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StorageUnavailable(f"{refusal}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def _short(exc: DBAPIError) -> str:
     """The driver's first line, without the SQL statement or parameters (they can carry identifiers)."""
     text = str(exc.orig) if exc.orig is not None else type(exc).__name__
@@ -141,15 +156,8 @@ class Database:
         if not path or path == ":memory:":
             yield
             return
-        try:
-            fd = os.open(f"{path}.migrate.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise StorageUnavailable(f"registry migration lock cannot be opened: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with exclusive_file_lock(Path(f"{path}.migrate.lock"), "registry migration lock cannot be opened"):
             yield
-        finally:
-            os.close(fd)  # closing releases the lock
 
     @contextlib.contextmanager
     def session(self, what: str) -> Iterator[Session]:

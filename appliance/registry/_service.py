@@ -9,8 +9,6 @@ lists) are written before the commit and undone or re-rendered from the committe
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import re
 import shutil
 from collections.abc import Iterator, Mapping
@@ -36,7 +34,7 @@ from appliance.errors import (
 )
 from appliance.protocols import AuditLog, KeyService
 from appliance.registry._artifacts import ArtifactStore
-from appliance.registry._db import Database
+from appliance.registry._db import Database, exclusive_file_lock
 from appliance.registry._lineage import describe, subject_digest
 from appliance.registry._models import (
     Adapter,
@@ -413,14 +411,10 @@ class Registry:
         root = self.publisher.serving_dir
         try:
             root.mkdir(parents=True, exist_ok=True)
-            fd = os.open(root / ".publish.lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise StorageUnavailable(f"cannot lock the serving directory {root}: {exc.strerror}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with exclusive_file_lock(root / ".publish.lock", f"cannot lock the serving directory {root}"):
             yield
-        finally:
-            os.close(fd)
 
     def _resync(self, targets: tuple[str, ...]) -> None:
         with self.db.session("re-rendering backend lists") as s:
