@@ -386,9 +386,7 @@ class AuditWriter:
         for pending, receipt in zip(batch, receipts, strict=True):
             if pending.written is not None and pending.loop is not None:
                 by_loop.setdefault(pending.loop, []).append((pending.written, receipt))
-        for loop, settled in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody is waiting for these
-                loop.call_soon_threadsafe(_resolve, settled)
+        _post(by_loop)
 
     @staticmethod
     def _settle(
@@ -409,9 +407,14 @@ class AuditWriter:
             else:
                 assert isinstance(pending.done, asyncio.Future)
                 by_loop.setdefault(pending.loop, []).append((pending.done, outcome))
-        for loop, settled in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody is waiting for these
-                loop.call_soon_threadsafe(_resolve, settled)
+        _post(by_loop)
+
+
+def _post(by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[AuditReceipt], Any]]]) -> None:
+    """Settle futures on their own event loops (one wake-up per loop)."""
+    for loop, settled in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody is waiting for these
+            loop.call_soon_threadsafe(_resolve, settled)
 
 
 def _retrieved(future: asyncio.Future[AuditReceipt]) -> None:

@@ -108,8 +108,6 @@ class BackendHTTP:
                 headers=self._headers,
                 trust_env=False,
                 read_bufsize=_READ_BUFSIZE,
-                raise_for_status=False,
-                auto_decompress=True,
             )
             self._loop = loop
         return self._session
