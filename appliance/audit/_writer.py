@@ -218,6 +218,8 @@ class AuditWriter:
                 if self._queue and now - self._queue[0].since > self._timeout:
                     expired.extend(p for p in self._queue if now - p.since > self._timeout)
                     self._queue = [p for p in self._queue if now - p.since <= self._timeout]
+                if self._unsynced and now - self._unsynced[0].since > period:  # its loop did not sync it (closed?)
+                    self._wake_writer()
                 if self._unsynced and now - self._unsynced[0].since > self._timeout:  # the thread is stuck
                     expired.extend(p for p in self._unsynced if now - p.since > self._timeout)
                     self._unsynced = [p for p in self._unsynced if now - p.since <= self._timeout]
@@ -385,7 +387,8 @@ class AuditWriter:
             log.critical("audit.writer_died", writer_id=self.writer_id, error=type(exc).__name__)
             with self._lock:
                 self._closing = True
-                batch, self._queue = self._queue, []
+                batch, self._queue = [*self._queue, *self._unsynced], []
+                self._unsynced = []
             self._settle(batch, None, AuditUnavailable("audit writer stopped"))
             raise
 
@@ -446,7 +449,8 @@ class AuditWriter:
             self._inflight = ()
             self._failed(synced, exc)
             return
-        self._head = tail
+        if tail.seq > self._head.seq:  # the loop and the writer thread may finish their syncs in either order
+            self._head = tail
         self._inflight = ()
         with self._lock:
             self.stats["batches"] += 1

@@ -180,6 +180,20 @@ class TestInline:
         assert audit_log.head.seq == outcome.receipt.seq and len(syncs) == 1
         assert await request.durable == request.receipt and await outcome.durable == outcome.receipt
 
+    def test_a_record_whose_loop_closed_before_its_sync_is_synced_by_the_writer_thread(
+        self, audit_log: AuditWriter
+    ) -> None:
+        """An event loop that ends right after record_ahead never runs its deferred sync; the writer thread does."""
+
+        async def write_and_leave() -> int:
+            return (await audit_log.record_ahead(make_event(request_id="r-orphan"))).receipt.seq
+
+        seq = asyncio.run(write_and_leave())
+        deadline = time.monotonic() + 5
+        while audit_log.head.seq < seq and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert audit_log.head.seq >= seq
+
     async def test_busy_writer_thread_takes_the_loops_records_without_blocking_it(
         self, audit_log: AuditWriter, monkeypatch: pytest.MonkeyPatch
     ) -> None:
