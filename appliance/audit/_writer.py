@@ -1,24 +1,17 @@
 """The chained writer: validates events, sequences them into one hash chain, and group-commits them.
 
-Two ways into the chain, one order:
+Callers (async ``record`` or threaded ``record_sync``) validate their event in their own thread, then hand its
+canonical body to one writer thread. That thread takes everything queued since its last commit, chains it
+(seq, prev_hash, hash), adds a signed checkpoint when one is due, writes the batch with one ``write`` and one
+``fdatasync`` (or one database commit), and only then acknowledges every caller in the batch at once. Many
+concurrent requests therefore share one fsync, and none is acknowledged before its record is durable.
 
-* **Inline** (the common case, on a store whose writes are cheap local appends: segment files). The caller's
-  thread (the gateway's event loop) chains its record and writes it under the writer's lock: a ``write`` of one
-  line into the page cache, no thread hand-off. The writer thread then makes everything written since its last
-  sync durable with one ``fdatasync`` and acknowledges those records at once (one wake-up per event loop).
-* **Queued** (a store whose writes are remote, such as PostgreSQL; records that must be followed by a signed
-  checkpoint; the first record after a failure). The record is handed to the writer thread, which takes
-  everything queued, recovers the chain's end if the last write or sync failed, chains the batch, adds a signed
-  checkpoint when one is due, and writes and syncs it while inline writes wait in the queue behind it.
+``record_ahead`` is the one exception, and it acknowledges twice: once the batch is written (the store took it:
+the caller may start work that answers nothing yet, such as the gateway's backend call), and again once it is
+durable (the caller must wait for that before answering). The sync thus overlaps the caller's work.
 
-Either way nobody is told a record is durable before the sync that covers it has returned, and many concurrent
-records share one sync. ``record_ahead`` returns as soon as its record is written (the caller may start work that
-answers nothing yet, such as the gateway's backend call) with its durability still to be awaited; ``record``
-waits for both.
-
-Fail-closed: when a write or sync fails (or a due checkpoint cannot be signed), every record not yet durable gets
-``AuditUnavailable``; further records take the queued path, which re-reads the end of the chain from storage
-before it writes again.
+Fail-closed: when the batch cannot be made durable (or a due checkpoint cannot be signed), every caller in it gets
+``AuditUnavailable`` and the writer re-reads the end of the chain from storage before the next batch.
 """
 
 from __future__ import annotations
@@ -29,7 +22,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -48,12 +41,6 @@ __all__ = ["AuditWriter"]
 
 log = structlog.get_logger("appliance.audit")
 
-# A record_ahead's sync waits this long for company: a backend that answers within it gets the request and the
-# outcome record made durable by one fdatasync; a slower one has the request's sync overlap its generation.
-AHEAD_SYNC_DELAY_S = 0.002
-# Up to this many records a turn, an event loop syncs them itself (no thread wake-ups); more go to the writer thread.
-LOOP_SYNC_MAX_RECORDS = 4
-
 _SYSTEM_ACTOR: dict[str, Any] = {
     "auth_method": "system",
     "client_id": None,
@@ -70,8 +57,7 @@ class _Pending:
     loop: asyncio.AbstractEventLoop | None
     checkpoint: bool = False  # sign right after this record (start, stop)
     since: float = field(default_factory=time.monotonic)  # when it was queued (the watchdog's clock)
-    written: asyncio.Future[AuditReceipt] | None = None  # queued record_ahead: settled once the batch is written
-    receipt: AuditReceipt | None = None  # written inline: its place in the chain, awaiting the next sync
+    written: asyncio.Future[AuditReceipt] | None = None  # record_ahead: settled once the batch is written
 
 
 def _utc_now() -> str:
@@ -122,22 +108,14 @@ class AuditWriter:
         self._requested_writer_id = writer_id
         self._checkpoint_every, self._checkpoint_interval_s = checkpoint_every, checkpoint_interval_s
         self._extras = _ExtraCheck(extra_fields or {})
-        self._lock = threading.Lock()  # the queue, the chain's tail and inline writes
-        self._sync_lock = threading.Lock()  # storage maintenance (sync, batch write, rotation, recovery, close)
-        self._flush_scheduled: set[asyncio.AbstractEventLoop] = set()  # loops with a sync due at their next turn
-        self._flush_later: set[asyncio.AbstractEventLoop] = set()  # loops with a deferred sync timer
+        self._lock = threading.Lock()
         self._wake = threading.Event()
         self._queue: list[_Pending] = []
         self._idle = True
         self._closing = False
         self._closed = True
         self._thread: threading.Thread | None = None
-        self._head = ChainHead(writer_id)  # the end of the chain on stable storage
-        self._tail = self._head  # the end of the chain as written (inline writes run ahead of the sync)
-        self._unsynced: list[_Pending] = []  # written inline, not yet covered by a sync
-        self._unreplicated: list[bytes] = []  # their lines, for the secondary (when there is one)
-        self._diverted = False  # the writer thread is writing a queued batch: inline writes queue behind it
-        self._inline = sink.inline_writes
+        self._head = ChainHead(writer_id)
         self._checkpointed_seq = 0
         self._last_checkpoint_at = time.monotonic()
         self._needs_recovery = False
@@ -149,7 +127,7 @@ class AuditWriter:
     def start(self) -> AuditWriter:
         """Take the chain, recover its end, and durably record ``audit.start`` (the start-up write probe)."""
         head = self._sink.open(self._requested_writer_id)
-        self._head, self._tail, self.writer_id = head, head, head.writer_id
+        self._head, self.writer_id = head, head.writer_id
         self._checkpointed_seq = head.seq
         if self._secondary is not None:
             try:
@@ -186,10 +164,9 @@ class AuditWriter:
             log.warning("audit.stop_not_recorded", writer_id=self.writer_id)
         finally:
             self._stop_thread()
-            with self._sync_lock:
-                self._sink.close()
-                if self._secondary is not None:
-                    self._secondary.close()
+            self._sink.close()
+            if self._secondary is not None:
+                self._secondary.close()
 
     async def close(self) -> None:
         """The same as :meth:`close_sync`, off the event loop."""
@@ -218,11 +195,6 @@ class AuditWriter:
                 if self._queue and now - self._queue[0].since > self._timeout:
                     expired.extend(p for p in self._queue if now - p.since > self._timeout)
                     self._queue = [p for p in self._queue if now - p.since <= self._timeout]
-                if self._unsynced and now - self._unsynced[0].since > period:  # its loop did not sync it (closed?)
-                    self._wake_writer()
-                if self._unsynced and now - self._unsynced[0].since > self._timeout:  # the thread is stuck
-                    expired.extend(p for p in self._unsynced if now - p.since > self._timeout)
-                    self._unsynced = [p for p in self._unsynced if now - p.since <= self._timeout]
             if expired:
                 log.error("audit.record_timeout", writer_id=self.writer_id, records=len(expired))
                 self._settle(expired, None, AuditUnavailable(f"audit record not durable within {self._timeout:g} s"))
@@ -233,9 +205,7 @@ class AuditWriter:
         body = validate_event(event, self._extras)
         loop = asyncio.get_running_loop()
         done: asyncio.Future[AuditReceipt] = loop.create_future()
-        pending = _Pending(body, done, loop)
-        if self._write_inline(pending) is None:
-            self._submit(pending)
+        self._submit(_Pending(body, done, loop))
         return await done  # the watchdog fails it after record_timeout_s if storage hangs
 
     async def record_ahead(self, event: Mapping[str, Any]) -> WrittenRecord:
@@ -245,9 +215,6 @@ class AuditWriter:
         done: asyncio.Future[AuditReceipt] = loop.create_future()
         written: asyncio.Future[AuditReceipt] = loop.create_future()
         done.add_done_callback(_retrieved)  # a caller that gave up early must not leave an unretrieved error
-        receipt = self._write_inline(_Pending(body, done, loop), sync_within_s=AHEAD_SYNC_DELAY_S)
-        if receipt is not None:
-            return WrittenRecord(receipt, _Durability(done, lambda: self._schedule_flush(loop, 0.0)))
         self._submit(_Pending(body, done, loop, written=written))
         return WrittenRecord(await written, done)
 
@@ -277,107 +244,17 @@ class AuditWriter:
 
     def _submit_body_sync(self, body: bytes, *, checkpoint: bool = False) -> AuditReceipt:
         done: concurrent.futures.Future[AuditReceipt] = concurrent.futures.Future()
-        pending = _Pending(body, done, None, checkpoint)
-        if checkpoint or self._write_inline(pending) is None:
-            self._submit(pending)
+        self._submit(_Pending(body, done, None, checkpoint))
         return done.result()  # the watchdog fails it after record_timeout_s if storage hangs
-
-    def _write_inline(self, pending: _Pending, *, sync_within_s: float = 0.0) -> AuditReceipt | None:
-        """Chain and write the record on the caller's thread; None when it must be queued instead.
-
-        An event loop's records are synced on that loop after ``sync_within_s`` (sooner when their durability
-        is awaited), other callers' by the writer thread at once.
-
-        Queued when the store's writes are not cheap local appends, when anything is queued or being written by
-        the writer thread (order), after a failure (the chain's end must be re-read first), when a signed
-        checkpoint is due, or when the segment is full. A write that fails here raises ``AuditUnavailable``.
-        """
-        if not self._inline:
-            return None
-        with self._lock:
-            if self._closing or self._closed:
-                raise AuditUnavailable("audit writer is closed")
-            tail = self._tail
-            if (
-                self._queue
-                or self._diverted
-                or self._needs_recovery
-                or tail.seq + 1 - self._checkpointed_seq >= self._checkpoint_every
-                or not self._sink.has_room(1)
-            ):
-                return None
-            seq, event_id = tail.seq + 1, str(random_uuid())
-            line, digest = build_line(seq, tail.hash, tail.writer_id, event_id, _utc_now(), pending.body)
-            try:
-                self._sink.write([line], seq)
-            except Exception as exc:
-                self._needs_recovery = True
-                error = exc if isinstance(exc, AuditUnavailable) else AuditUnavailable(_reason(exc))
-                log.error("audit.append_failed", writer_id=self.writer_id, error=error.message, records=1)
-                self.stats["failed_batches"] += 1
-                raise error from None
-            self._tail = ChainHead(tail.writer_id, seq, digest)
-            pending.receipt = AuditReceipt(event_id=event_id, seq=seq, record_hash=digest, writer_id=tail.writer_id)
-            self._unsynced.append(pending)
-            if self._secondary is not None:
-                self._unreplicated.append(line)
-            if pending.loop is None:
-                self._wake_writer()
-        if pending.loop is not None:
-            self._schedule_flush(pending.loop, sync_within_s)
-        return pending.receipt
-
-    def _schedule_flush(self, loop: asyncio.AbstractEventLoop, delay_s: float) -> None:
-        """Sync on ``loop`` at its next turn (``delay_s`` 0: at most one pending per loop) or after ``delay_s``."""
-        if delay_s > 0:
-            if loop not in self._flush_later:
-                self._flush_later.add(loop)
-                loop.call_later(delay_s, self._flush_deferred, loop)
-        elif loop not in self._flush_scheduled:
-            self._flush_scheduled.add(loop)
-            loop.call_soon(self._flush, loop)
-
-    def _flush_deferred(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._flush_later.discard(loop)
-        self._flush(loop)
-
-    def _wake_writer(self) -> None:
-        """Wake the writer thread (called with ``_lock`` held)."""
-        if self._idle:
-            self._idle = False
-            self._wake.set()
-
-    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        """On the caller's event loop, once per turn: sync what was written inline and acknowledge it.
-
-        A few records (a lightly loaded gateway) are synced right here, as Redis does with ``appendfsync always``:
-        the loop blocks for one fdatasync and no thread wake-up stands between a record and its answer. More than
-        ``LOOP_SYNC_MAX_RECORDS`` (a busy loop, which should go on serving while the disk syncs), or a writer
-        thread busy with storage, and the records are left to the writer thread instead.
-        """
-        self._flush_scheduled.discard(loop)
-        if not self._unsynced:
-            return
-        if len(self._unsynced) > LOOP_SYNC_MAX_RECORDS or not self._sync_lock.acquire(blocking=False):
-            with self._lock:
-                self._wake_writer()
-            return
-        try:
-            with self._lock:
-                synced, self._unsynced = self._unsynced, []
-                lines, self._unreplicated = self._unreplicated, []
-                tail = self._tail
-            if synced:
-                self._sync(synced, lines, tail, watched=False)
-        finally:
-            self._sync_lock.release()
 
     def _submit(self, pending: _Pending) -> None:
         with self._lock:
             if self._closing or self._closed:
                 raise AuditUnavailable("audit writer is closed")
             self._queue.append(pending)
-            self._wake_writer()
+            if self._idle:
+                self._idle = False
+                self._wake.set()
 
     # --- the writer thread ---------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -387,8 +264,7 @@ class AuditWriter:
             log.critical("audit.writer_died", writer_id=self.writer_id, error=type(exc).__name__)
             with self._lock:
                 self._closing = True
-                batch, self._queue = [*self._queue, *self._unsynced], []
-                self._unsynced = []
+                batch, self._queue = self._queue, []
             self._settle(batch, None, AuditUnavailable("audit writer stopped"))
             raise
 
@@ -396,20 +272,12 @@ class AuditWriter:
         while True:
             with self._lock:
                 batch, self._queue = self._queue, []
-                synced, self._unsynced = self._unsynced, []
-                lines, self._unreplicated = self._unreplicated, []
-                tail, closing = self._tail, self._closing
-                if batch:
-                    self._diverted = True  # inline writes queue behind the batch until it is written
-                elif not synced:
+                closing = self._closing
+                if not batch:
                     self._idle = True
                     self._wake.clear()
-            if batch or synced:
-                with self._sync_lock:
-                    if synced:
-                        self._sync(synced, lines, tail, watched=True)
-                    if batch:
-                        self._commit(batch)
+            if batch:
+                self._commit(batch)
                 continue
             if closing:
                 return
@@ -421,61 +289,17 @@ class AuditWriter:
 
     def _timed_checkpoint(self) -> None:
         self._last_checkpoint_at = time.monotonic()
-        with self._lock:
-            if self._tail.seq <= self._checkpointed_seq or self._queue or self._unsynced:
-                return  # nothing to vouch for, or records to write first (the next turn of the loop)
-            self._diverted = True
-        try:
-            with self._sync_lock:
+        if self._head.seq > self._checkpointed_seq:
+            try:
                 self._commit([])
-        except Exception:
-            log.warning("audit.checkpoint_failed", writer_id=self.writer_id)
-
-    def _sync(self, synced: Sequence[_Pending], lines: Sequence[bytes], tail: ChainHead, *, watched: bool) -> None:
-        """Make records written inline durable (one sync for all of them) and acknowledge them.
-
-        Called with ``_sync_lock`` held, by the writer thread (``watched``: the watchdog sees it) or on an event
-        loop (which the watchdog could not unblock anyway; records older than record_timeout_s still fail).
-        """
-        if watched:
-            self._inflight_since, self._inflight = time.monotonic(), synced
-        try:
-            self._sink.sync()
-        except Exception as exc:
-            with self._lock:  # what was written before the failure is suspect too (fsync errors are reported once)
-                self._needs_recovery = True
-                synced, self._unsynced = [*synced, *self._unsynced], []
-                self._unreplicated = []
-            self._inflight = ()
-            self._failed(synced, exc)
-            return
-        if tail.seq > self._head.seq:  # the loop and the writer thread may finish their syncs in either order
-            self._head = tail
-        self._inflight = ()
-        with self._lock:
-            self.stats["batches"] += 1
-            self.stats["records"] += len(synced)
-        if lines:
-            self._replicate(lines, tail.seq - len(lines) + 1)
-        deadline = time.monotonic() - self._timeout
-        late = [p for p in synced if p.since < deadline]
-        if late:  # the watchdog has failed (or is failing) these: never acknowledge them late
-            self._settle(late, None, AuditUnavailable(f"audit record not durable within {self._timeout:g} s"))
-            synced = [p for p in synced if p.since >= deadline]
-        self._settle(synced, [p.receipt for p in synced if p.receipt is not None], None)
-
-    def _failed(self, batch: Sequence[_Pending], exc: Exception) -> None:
-        error = exc if isinstance(exc, AuditUnavailable) else AuditUnavailable(_reason(exc))
-        log.error("audit.append_failed", writer_id=self.writer_id, error=error.message, records=len(batch))
-        self.stats["failed_batches"] += 1
-        self._settle(batch, None, error)
+            except Exception:
+                log.warning("audit.checkpoint_failed", writer_id=self.writer_id)
 
     def _commit(self, batch: Sequence[_Pending]) -> None:
-        """Write and sync a queued batch (the thread has diverted inline writes; this ends the diversion)."""
         try:
             internal: list[bytes] = []
             if self._needs_recovery:
-                self._head = self._tail = self._sink.recover()
+                self._head = self._sink.recover()
                 self._needs_recovery = False
                 for recovery in self._head.recoveries:
                     details = {
@@ -486,30 +310,30 @@ class AuditWriter:
                     internal.append(system_event("audit.recovered", "truncate", details))
             lines, receipts, head, checkpointed = self._chain(internal, batch)
             self._inflight_since, self._inflight = time.monotonic(), batch
-            self._sink.write(lines, self._tail.seq + 1)
+            self._sink.write(lines, self._head.seq + 1)
             if any(p.written is not None for p in batch):
                 self._settle_written(batch, receipts)
             self._sink.sync()
         except Exception as exc:
-            with self._lock:
-                self._needs_recovery, self._diverted = True, False
+            self._needs_recovery = True
+            error = exc if isinstance(exc, AuditUnavailable) else AuditUnavailable(_reason(exc))
+            log.error("audit.append_failed", writer_id=self.writer_id, error=error.message, records=len(batch))
+            self.stats["failed_batches"] += 1
             self._inflight = ()
-            self._failed(batch, exc)
+            self._settle(batch, None, error)
             return
-        with self._lock:
-            self._head = self._tail = head
-            self._checkpointed_seq, self._diverted = checkpointed, False
+        self._head, self._checkpointed_seq = head, checkpointed
         self.stats["batches"] += 1
         self.stats["records"] += len(lines)
         if self._secondary is not None:
-            self._replicate(lines, head.seq - len(lines) + 1)
+            self._replicate(lines, self._head.seq - len(lines) + 1)
         self._inflight = ()
         self._settle(batch, receipts, None)
 
     def _chain(
         self, internal: Sequence[bytes], batch: Sequence[_Pending]
     ) -> tuple[list[bytes], list[AuditReceipt], ChainHead, int]:
-        seq, prev = self._tail.seq, self._tail.hash
+        seq, prev = self._head.seq, self._head.hash
         writer_id = self.writer_id
         lines: list[bytes] = []
         receipts: list[AuditReceipt] = []
@@ -587,32 +411,10 @@ class AuditWriter:
 
 
 def _post(by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[AuditReceipt], Any]]]) -> None:
-    """Settle futures on their own event loops: at once on this thread's loop, else one wake-up per loop."""
-    try:
-        current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-    except RuntimeError:
-        current = None
+    """Settle futures on their own event loops (one wake-up per loop)."""
     for loop, settled in by_loop.items():
-        if loop is current:
-            _resolve(settled)
-            continue
         with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody is waiting for these
             loop.call_soon_threadsafe(_resolve, settled)
-
-
-class _Durability:
-    """``WrittenRecord.durable`` for a record written inline: awaiting it (any number of times) brings its sync
-    forward to the loop's next turn."""
-
-    __slots__ = ("_future", "_hurry")
-
-    def __init__(self, future: asyncio.Future[AuditReceipt], hurry: Callable[[], None]) -> None:
-        self._future, self._hurry = future, hurry
-
-    def __await__(self) -> Generator[Any, None, AuditReceipt]:
-        if not self._future.done():
-            self._hurry()
-        return self._future.__await__()
 
 
 def _retrieved(future: asyncio.Future[AuditReceipt]) -> None:

@@ -447,15 +447,13 @@ class Gateway:
         self,
         ctx: Ctx,
         ref: AdapterRef,
-        admitted: WrittenRecord,
+        request_audit_id: str,
         started: float,
         *,
         prompt: str,
         gen: Generation | None,
         error: ApplianceError | None,
-    ) -> None:
-        """Write the outcome record, then wait until it and the request record are durable (AuditUnavailable,
-        503, if either is not). Written together, one sync usually covers both."""
+    ) -> str:
         latency_ms = round((time.perf_counter() - started) * 1000, 3)
         output = gen.text if gen else ""
         if self.digest_inline:
@@ -470,7 +468,7 @@ class Gateway:
             )
             self.metrics.tokens.labels(ref.name, "prompt").inc(gen.prompt_tokens)
             self.metrics.tokens.labels(ref.name, "generated").inc(gen.generated_tokens)
-        outcome = await self.record_ahead(
+        return await self.record(
             self.event(
                 "gateway.response",
                 ctx=ctx,
@@ -482,14 +480,9 @@ class Gateway:
                 tokens=tokens,
                 latency_ms=latency_ms,
                 digests=digests,
-                details={
-                    "request_event": admitted.receipt.event_id,
-                    "finish_reason": gen.finish_reason if gen else None,
-                },
+                details={"request_event": request_audit_id, "finish_reason": gen.finish_reason if gen else None},
             )
         )
-        await self.durable(admitted)
-        await self.durable(outcome, "gateway.response")
 
     # --- generation ----------------------------------------------------------------------------------------------
     async def generate(
@@ -502,9 +495,11 @@ class Gateway:
             await self._ensure_served(ref)
             gen = await self.backend.generate(ref.served_id, prompt, params)
         except BackendError as exc:
-            await self._outcome(ctx, ref, admitted, started, prompt=prompt, gen=None, error=exc)
+            await self.durable(admitted)
+            await self._outcome(ctx, ref, audit_id, started, prompt=prompt, gen=None, error=exc)
             raise refusal(exc, audit_id) from None
-        await self._outcome(ctx, ref, admitted, started, prompt=prompt, gen=gen, error=None)
+        await self.durable(admitted)
+        await self._outcome(ctx, ref, audit_id, started, prompt=prompt, gen=gen, error=None)
         return gen
 
     async def stream(
@@ -512,6 +507,7 @@ class Gateway:
     ) -> AsyncIterator[TokenEvent | ApplianceError]:
         """Token events, the first once the request record is durable, the last once the outcome is (else an
         error is yielded in their place)."""
+        audit_id = admitted.receipt.event_id
         started = time.perf_counter()
         first = True
         try:
@@ -522,7 +518,7 @@ class Gateway:
                         await self.durable(admitted)
                         first = False
                     if ev.final is not None:
-                        await self._outcome(ctx, ref, admitted, started, prompt=prompt, gen=ev.final, error=None)
+                        await self._outcome(ctx, ref, audit_id, started, prompt=prompt, gen=ev.final, error=None)
                 except AuditUnavailable as exc:
                     yield exc
                     return
@@ -532,7 +528,8 @@ class Gateway:
             raise BackendError("the backend ended the stream without a final event")
         except BackendError as exc:
             try:
-                await self._outcome(ctx, ref, admitted, started, prompt=prompt, gen=None, error=exc)
+                await self.durable(admitted)
+                await self._outcome(ctx, ref, audit_id, started, prompt=prompt, gen=None, error=exc)
             except AuditUnavailable as audit_exc:
                 yield audit_exc
                 return

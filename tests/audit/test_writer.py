@@ -94,18 +94,26 @@ class TestRecordAhead:
     async def test_written_is_acknowledged_before_the_sync(
         self, audit_log: AuditWriter, settings: Settings, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """record_ahead returns once the line is in the file, before any fdatasync; durable resolves only after
-        one, which runs on the caller's own event loop thread (no hand-off to the writer thread)."""
-        syncs: list[str] = []
+        """record_ahead returns once the line is written, while its fdatasync still runs; durable waits for it."""
+        release = threading.Event()
+        syncing = threading.Event()
         real = os.fdatasync
-        monkeypatch.setattr(os, "fdatasync", lambda fd: (syncs.append(threading.current_thread().name), real(fd))[1])
-        written = await audit_log.record_ahead(make_event(request_id="r-ahead"))
-        assert syncs == [] and not asyncio.ensure_future(written.durable).done()
+
+        def slow_sync(fd: int) -> None:
+            syncing.set()
+            release.wait(10)
+            real(fd)
+
+        monkeypatch.setattr(os, "fdatasync", slow_sync)
+        written = await asyncio.wait_for(audit_log.record_ahead(make_event(request_id="r-ahead")), 10)
+        assert await asyncio.to_thread(syncing.wait, 10)  # the sync runs (and is held) while the caller goes on
+        durable = asyncio.ensure_future(written.durable)
+        await asyncio.sleep(0.05)
+        assert not durable.done()
         stored = {r["seq"]: r for r in _records(settings)}[written.receipt.seq]  # in the file, not yet synced
         assert stored["event_id"] == written.receipt.event_id and stored["request_id"] == "r-ahead"
-        assert await asyncio.wait_for(written.durable, 10) == written.receipt
-        assert syncs == [threading.current_thread().name]
-        assert audit_log.head.seq == written.receipt.seq
+        release.set()
+        assert await asyncio.wait_for(durable, 10) == written.receipt
 
     async def test_failed_sync_fails_durable_and_the_chain_recovers(
         self, audit_log: AuditWriter, settings: Settings, keys: LocalKeyService, monkeypatch: pytest.MonkeyPatch
@@ -133,156 +141,6 @@ class TestRecordAhead:
         writer.close_sync()
         with pytest.raises(AuditUnavailable):
             await writer.record_ahead(make_event())
-
-
-class TestInline:
-    """Records written on the caller's thread (segment files), made durable by the writer thread's syncs."""
-
-    async def test_a_few_records_are_synced_on_the_loop_many_by_the_writer_thread(
-        self, audit_log: AuditWriter, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        """Records written in one turn of the loop share one fdatasync: on the loop itself for a few (no thread
-        wake-up), on the writer thread for many (the loop goes on while the disk syncs)."""
-        import appliance.audit._writer as writer_module
-
-        syncs: list[str] = []
-        real = os.fdatasync
-        monkeypatch.setattr(os, "fdatasync", lambda fd: (syncs.append(threading.current_thread().name), real(fd))[1])
-
-        async def turn(n: int) -> None:
-            written = await asyncio.gather(*(audit_log.record(make_event(request_id=f"r-{i}")) for i in range(n)))
-            assert len({r.seq for r in written}) == n
-
-        await turn(writer_module.LOOP_SYNC_MAX_RECORDS)
-        assert syncs == [threading.current_thread().name]
-        syncs.clear()
-        await turn(50)
-        assert syncs and len(syncs) < 10 and all(name.startswith("audit-writer") for name in syncs)
-
-    async def test_ahead_sync_waits_for_company_then_runs_unasked(
-        self, audit_log: AuditWriter, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        """A record_ahead's sync is deferred (a record written meanwhile shares it), and runs by itself when
-        nobody awaits its durability."""
-        import appliance.audit._writer as writer_module
-
-        monkeypatch.setattr(writer_module, "AHEAD_SYNC_DELAY_S", 0.3)
-        syncs: list[int] = []
-        real = os.fdatasync
-        monkeypatch.setattr(os, "fdatasync", lambda fd: (syncs.append(fd), real(fd))[1])
-        request = await audit_log.record_ahead(make_event(request_id="r-request"))
-        await asyncio.sleep(0)
-        assert syncs == []  # deferred: the outcome may still join it
-        outcome = await audit_log.record_ahead(make_event(request_id="r-outcome"))
-        deadline = time.monotonic() + 5
-        while audit_log.head.seq < outcome.receipt.seq and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        assert audit_log.head.seq == outcome.receipt.seq and len(syncs) == 1
-        assert await request.durable == request.receipt and await outcome.durable == outcome.receipt
-
-    def test_a_record_whose_loop_closed_before_its_sync_is_synced_by_the_writer_thread(
-        self, audit_log: AuditWriter
-    ) -> None:
-        """An event loop that ends right after record_ahead never runs its deferred sync; the writer thread does."""
-
-        async def write_and_leave() -> int:
-            return (await audit_log.record_ahead(make_event(request_id="r-orphan"))).receipt.seq
-
-        seq = asyncio.run(write_and_leave())
-        deadline = time.monotonic() + 5
-        while audit_log.head.seq < seq and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert audit_log.head.seq >= seq
-
-    async def test_busy_writer_thread_takes_the_loops_records_without_blocking_it(
-        self, audit_log: AuditWriter, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        """While the writer thread is held inside a sync (for another thread's record), the loop is not blocked:
-        its record is written, left to the writer thread, and acknowledged only by a sync that began after it."""
-        release, held = threading.Event(), threading.Event()
-        started: list[tuple[str, int]] = []  # (thread, tail seq) at each fdatasync's start
-        real = os.fdatasync
-
-        def sync(fd: int) -> None:
-            name = threading.current_thread().name
-            started.append((name, audit_log._tail.seq))
-            if name.startswith("audit-writer") and not held.is_set():
-                held.set()
-                release.wait(10)
-            real(fd)
-
-        monkeypatch.setattr(os, "fdatasync", sync)
-        other = asyncio.get_running_loop().run_in_executor(None, audit_log.record_sync, make_event(request_id="r-t"))
-        assert await asyncio.to_thread(held.wait, 10)
-        written = await audit_log.record_ahead(make_event(request_id="r-loop"))
-        durable = asyncio.ensure_future(written.durable)
-        await asyncio.sleep(0.05)  # the loop turns (its flush finds the writer busy) and is not blocked
-        assert not durable.done()
-        release.set()
-        assert await asyncio.wait_for(durable, 10) == written.receipt
-        await asyncio.wait_for(other, 10)
-        assert all(name.startswith("audit-writer") for name, _ in started)
-        assert started[-1][1] >= written.receipt.seq  # a later sync covered it
-
-    async def test_failed_write_fails_that_record_and_the_chain_recovers(
-        self, audit_log: AuditWriter, settings: Settings, keys: LocalKeyService, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        """A write that fails on the caller's thread (EIO) raises AuditUnavailable to that caller; the next record
-        takes the queued path, which re-reads the chain's end, and the chain verifies with its signed end."""
-        real = os.write
-
-        def broken(fd: int, data: bytes) -> int:
-            raise OSError(5, "Input/output error")
-
-        monkeypatch.setattr(os, "write", broken)
-        with pytest.raises(AuditUnavailable):
-            await audit_log.record_ahead(make_event(request_id="r-lost"))
-        monkeypatch.setattr(os, "write", real)
-        receipt = await audit_log.record(make_event(request_id="r-after"))
-        audit_log.close_sync()
-        assert all(r.get("request_id") != "r-lost" for r in _records(settings))
-        assert {r["seq"]: r for r in _records(settings)}[receipt.seq]["request_id"] == "r-after"
-        assert _verify(settings, keys, require_signed_end=True).ok
-
-    async def test_concurrent_records_across_segment_rollovers(self, settings: Settings, keys: LocalKeyService) -> None:
-        """Many concurrent records with small segments and frequent checkpoints: inline writes stop where a
-        segment is full or a checkpoint is due and resume after; every receipt is stored and the chain verifies."""
-        audit = settings.audit.model_copy(update={"segment_max_records": 7, "checkpoint_every": 25})
-        settings = settings.model_copy(update={"audit": audit})
-        writer = open_audit_log(settings, keys)
-        receipts = await asyncio.gather(*(writer.record(make_event(request_id=f"r-{i}")) for i in range(300)))
-        writer.close_sync()
-        stored = {r["seq"]: r for r in _records(settings)}
-        assert all(stored[r.seq]["event_id"] == r.event_id for r in receipts)
-        assert len({r.seq for r in receipts}) == 300
-        report = _verify(settings, keys, require_signed_end=True)
-        assert report.ok, report.problems
-        assert report.checkpoints >= 300 // 25
-        assert len(FileStore(settings.audit_dir).segments("node-1")) >= 3  # a queued batch may overfill one
-
-    def test_a_store_with_remote_writes_is_never_written_inline(
-        self, settings: Settings, keys: LocalKeyService
-    ) -> None:
-        """A sink that is not a local append (PostgreSQL) gets every record through the writer thread."""
-        from appliance.audit._sinks.files import FileSink
-
-        writers: set[str] = set()
-
-        class RemoteLike(FileSink):
-            inline_writes = False
-
-            def write(self, lines, first_seq):  # type: ignore[no-untyped-def]
-                writers.add(threading.current_thread().name)
-                super().write(lines, first_seq)
-
-        sink = RemoteLike(settings.audit_dir)
-        writer = AuditWriter(sink, keys).start()
-        try:
-            writer.record_sync(make_event())
-            asyncio.run(writer.record(make_event()))
-        finally:
-            writer.close_sync()
-        assert writers == {"audit-writer-node-1"}
 
 
 class TestGroupCommit:

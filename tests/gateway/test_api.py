@@ -123,7 +123,7 @@ def test_stream_records_outcome_before_final_event(h: Harness) -> None:
 def test_stream_audit_failure_replaces_final_event(h: Harness) -> None:
     """If the outcome cannot be recorded, the final event is replaced by an AUDIT_UNAVAILABLE error event."""
     gw = h.gateway
-    real = gw.audit.record_ahead
+    real = gw.audit.record
 
     async def fail_on_response(event):  # type: ignore[no-untyped-def]
         if event["type"] == "gateway.response":
@@ -132,7 +132,7 @@ def test_stream_audit_failure_replaces_final_event(h: Harness) -> None:
             raise AuditUnavailable("disk full (test)")
         return await real(event)
 
-    gw.audit.record_ahead = fail_on_response
+    gw.audit.record = fail_on_response
     r = h.client.post("/v1/inference/adapter/triage/production/stream", json=BODY, headers=h.bearer())
     last = json.loads([p for p in r.text.split("\n\n") if p.startswith("data:")][-1][5:])
     assert last["error_type"] == "AUDIT_UNAVAILABLE" and "generated_text" not in last

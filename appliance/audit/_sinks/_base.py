@@ -41,7 +41,6 @@ class Sink(Protocol):
     """
 
     description: str
-    inline_writes: bool  # ``write`` is a cheap local append that may run on the writer's caller's thread
 
     def open(self, writer_id: str, *, exact: bool = False) -> ChainHead:
         """Take the chain (the first free lane ``writer_id``, ``writer_id.2``, ... unless ``exact``) and recover it."""
@@ -57,10 +56,6 @@ class Sink(Protocol):
 
     def sync(self) -> None:
         """The second half of ``append``: what ``write`` took is on stable storage, or ``AuditUnavailable``."""
-        ...
-
-    def has_room(self, count: int) -> bool:
-        """Whether ``count`` more lines can be written inline now (no new segment, file or connection needed)."""
         ...
 
     def recover(self) -> ChainHead:

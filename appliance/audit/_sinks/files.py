@@ -9,11 +9,6 @@ Layout under the audit directory::
 
 Each batch is one ``write`` and one ``fdatasync``; a new segment is ``fsync``-ed together with its directory
 before its first record is written, so a crash never loses a file that held acknowledged records.
-
-Writes are cheap local appends (``inline_writes``): the writer may ``write`` from its caller's thread while its
-own thread runs ``sync``. Neither closes the segment handle on failure (a concurrent caller could otherwise write
-into whatever reused the descriptor); ``recover`` does, and the writer calls it only with no write under way.
-A ``sync`` covers every ``write`` that returned before it began (generation counters, not a flag).
 """
 
 from __future__ import annotations
@@ -155,8 +150,6 @@ def _last_record(data: bytes) -> tuple[int, int, str] | None:
 class FileSink:
     """Appends one writer's chain to segment files (see the module docstring)."""
 
-    inline_writes = True
-
     def __init__(self, root: Path, *, segment_max_records: int = 100_000) -> None:
         self.store = FileStore(root)
         self.root = root
@@ -165,8 +158,7 @@ class FileSink:
         self._dir: Path | None = None
         self._lock_fd: int | None = None
         self._fd: int | None = None
-        self._written_gen = 0  # writes that returned
-        self._synced_gen = 0  # of those, the ones a returned fdatasync covers
+        self._unsynced = False  # written lines not yet fdatasync'd
         self._segment: Path | None = None
         self._segment_records = 0
         self._head_seq = 0
@@ -212,7 +204,6 @@ class FileSink:
         """Find the chain's end, cutting off (and keeping aside) a torn tail; open the last segment for appends."""
         assert self._dir is not None, "open() first"
         self._close_segment()
-        self._synced_gen = self._written_gen  # from here on storage says what the chain holds
         recoveries: list[Recovery] = []
         head_seq, head_hash = 0, GENESIS_HASH
         anchor = self._anchor_head()
@@ -318,21 +309,13 @@ class FileSink:
     def _close_segment(self) -> None:
         if self._fd is not None:
             with contextlib.suppress(OSError):
-                if self._synced_gen != self._written_gen:
-                    os.fdatasync(self._fd)  # best effort; a sync that follows fails unless this succeeded
-                    self._synced_gen = self._written_gen
-            with contextlib.suppress(OSError):
                 os.close(self._fd)
-        self._fd, self._segment = None, None
+        self._fd, self._segment, self._unsynced = None, None, False
 
     # --- appending -----------------------------------------------------------------------------------------
     def append(self, lines: Sequence[bytes], first_seq: int) -> None:
         self.write(lines, first_seq)
         self.sync()
-
-    def has_room(self, count: int) -> bool:
-        """Whether ``count`` lines fit the open segment (a write that would start a new one is not inline)."""
-        return self._fd is not None and self._segment_records + count <= self.segment_max_records
 
     def write(self, lines: Sequence[bytes], first_seq: int) -> None:
         skip = max(0, self._head_seq - first_seq + 1)  # as a secondary, records it already holds
@@ -343,34 +326,29 @@ class FileSink:
         try:
             if self._fd is None or self._segment_records >= self.segment_max_records:
                 self._new_segment(first_seq)
-        except OSError as exc:
-            raise _unavailable("start a segment", exc) from exc
-        assert self._fd is not None
-        try:
+            assert self._fd is not None
             view = memoryview(b"".join(lines))
             while view:
                 written = os.write(self._fd, view)
                 view = view[written:]
         except OSError as exc:
+            self._close_segment()
             raise _unavailable("write a record", exc) from exc
-        finally:
-            self._written_gen += 1  # even a failed write may have landed in part: the next sync must not skip
+        self._unsynced = True
         self._segment_records += len(lines)
         self._head_seq = first_seq + len(lines) - 1
 
     def sync(self) -> None:
-        generation, fd = self._written_gen, self._fd
-        if generation == self._synced_gen:
+        if not self._unsynced or self._fd is None:
             return
-        if fd is None:
-            raise AuditUnavailable("audit store lost its segment with records not yet on stable storage")
         try:
-            os.fdatasync(fd)
+            os.fdatasync(self._fd)
         except OSError as exc:
+            self._close_segment()
             raise _unavailable("write a record", exc) from exc
-        self._synced_gen = max(self._synced_gen, generation)
-        if self._segment_records >= self.segment_max_records and self._written_gen == generation:
-            self._close_segment()  # full (so no inline write can use it): the next batch starts a new segment
+        self._unsynced = False
+        if self._segment_records >= self.segment_max_records:
+            self._close_segment()  # a full segment holds no open write handle; the next batch starts a new one
 
     def probe(self) -> None:
         assert self._dir is not None, "open() first"

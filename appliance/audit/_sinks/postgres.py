@@ -82,8 +82,6 @@ def _time_of(line: bytes) -> str:
 class PostgresSink:
     """Appends one writer's chain to ``audit_records`` (see the module docstring)."""
 
-    inline_writes = False  # a commit is a network round trip: the writer's own thread makes it
-
     def __init__(self, url: str, *, connect_timeout_s: float = 5.0) -> None:
         self._url = url
         self._conninfo = conninfo(url)
@@ -162,9 +160,6 @@ class PostgresSink:
 
     def sync(self) -> None:
         return None
-
-    def has_room(self, count: int) -> bool:
-        return False
 
     def recover(self) -> ChainHead:
         import psycopg
