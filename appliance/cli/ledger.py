@@ -1,8 +1,12 @@
-"""`appliance ledger show`: the privacy budget of each dataset and every run charged to it."""
+"""`appliance ledger show`: the privacy budget of each dataset and every run charged to it.
+`appliance ledger abandon RUN`: close a run that will not be resumed, releasing the steps it reserved."""
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
+import shutil
 
 import typer
 
@@ -82,3 +86,57 @@ def show(
     console.print(budgets)
     for table in tables:
         console.print(table)
+
+
+@app.command("abandon")
+def abandon(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., help="The open run (see `ledger show`)."),
+    actor: str | None = typer.Option(
+        None, "--actor", help="Who abandons it (recorded in the audit trail); default: $SUDO_USER or the login name."
+    ),
+    yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+) -> None:
+    """Close an interrupted run that will not be resumed: it then counts only the steps it took.
+
+    An interrupted run keeps its whole plan reserved until `train --resume` finishes it; this releases the rest.
+    Its checkpoint and canary secrets are deleted (it can no longer be resumed). Safe against a run that is still
+    alive: each step is charged before it runs, so such a run is refused at its next step.
+    """
+    from appliance.audit import open_audit_log
+    from appliance.errors import Conflict
+    from appliance.registry._service import check_subject
+    from appliance.training import Ledger, load_privacy_policy
+    from appliance.training._hooks import TrainingAudit
+
+    settings = settings_of(ctx)
+    subject = check_subject(actor or os.environ.get("SUDO_USER") or getpass.getuser())
+    ledger = Ledger(settings.ledger_path)
+    entry = ledger.get(run_id)
+    if entry.status != "running":
+        raise Conflict(f"run {run_id} is {entry.status}, not an open run: nothing to abandon")
+    budget = load_privacy_policy(settings.policies_dir / "privacy.yaml").budget_for(entry.fingerprint)
+    before = ledger.summary(entry.fingerprint, budget)
+    released = max(0, entry.steps_reserved - entry.steps_taken)
+    console.print(
+        f"run {run_id} on dataset {entry.fingerprint[:12]}: {entry.steps_taken} of {entry.steps_planned} steps "
+        f"taken, {released} reserved steps to release"
+    )
+    if not yes and not typer.confirm("Abandon it (no resume afterwards)?", default=False):
+        raise typer.Exit(1)
+    log = open_audit_log(settings)  # opened first: nothing changes when the audit trail cannot record it
+    try:
+        closed = ledger.close(run_id, status="failed", reason="abandoned")
+        shutil.rmtree(settings.runs_dir / run_id, ignore_errors=True)  # checkpoint and canary secrets
+        TrainingAudit(log, subject).record(
+            "training.abandoned",
+            status="success",
+            details={"run_id": run_id, "steps_taken": closed.steps_taken, "steps_released": released},
+        )
+    finally:
+        log.close_sync()
+    after = ledger.summary(entry.fingerprint, budget)
+    console.print(
+        f"abandoned: dataset {entry.fingerprint[:12]} spent epsilon {before.spent:.3f} -> {after.spent:.3f} "
+        f"(remaining {after.remaining:.3f} of {after.budget:g})"
+    )
