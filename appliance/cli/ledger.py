@@ -127,11 +127,22 @@ def abandon(
     log = open_audit_log(settings)  # opened first: nothing changes when the audit trail cannot record it
     try:
         closed = ledger.close(run_id, status="failed", reason="abandoned")
-        shutil.rmtree(settings.runs_dir / run_id, ignore_errors=True)  # checkpoint and canary secrets
+        run_dir, deleted = settings.runs_dir / run_id, True
+        try:
+            if run_dir.exists():
+                shutil.rmtree(run_dir)  # its checkpoint and the canary secrets
+        except OSError as exc:
+            deleted = False
+            console.print(f"[red]could not delete {run_dir} ({exc.strerror}): delete it by hand, it holds secrets[/]")
         TrainingAudit(log, subject).record(
             "training.abandoned",
             status="success",
-            details={"run_id": run_id, "steps_taken": closed.steps_taken, "steps_released": released},
+            details={
+                "run_id": run_id,
+                "steps_taken": closed.steps_taken,
+                "steps_released": released,
+                "run_dir_deleted": deleted,
+            },
         )
     finally:
         log.close_sync()

@@ -68,7 +68,7 @@ def test_abandon_releases_the_reservation_and_deletes_the_checkpoint(env: Path) 
     assert not (env / "runs" / "run-1").exists()
     (record,) = [r for r in _audit_records(env) if r["type"] == "training.abandoned"]
     assert record["actor"]["subject"] == "bob@hospital.example"  # type: ignore[index]
-    assert record["details"] == {"run_id": "run-1", "steps_released": 37, "steps_taken": 3}
+    assert record["details"] == {"run_dir_deleted": True, "run_id": "run-1", "steps_released": 37, "steps_taken": 3}
 
 
 def test_a_run_still_alive_is_stopped_at_its_next_step(env: Path) -> None:
