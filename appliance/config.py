@@ -113,6 +113,9 @@ class GatewaySettings(BaseModel):
     state_store: Literal["memory", "redis"] = "memory"
     redis_url: SecretStr | None = None  # redis://[user:password@]host:6379/0 or rediss:// (TLS); may hold a password
     redis_ca_cert: str | None = None  # CA bundle for rediss:// (None: the system store)
+    # Client certificate and key (PEM paths) for a Redis that requires them (tls-auth-clients): both or neither.
+    redis_client_cert: str | None = None
+    redis_client_key: str | None = None
     redis_timeout_s: float = Field(default=1.0, gt=0, le=30)  # seconds per Redis call (connect, pool wait, answer)
     redis_max_connections: int = Field(default=32, ge=1, le=1024)  # per gateway; more requests wait for one
     redis_key_prefix: str = Field(default="appliance:gw:", pattern=r"^[A-Za-z0-9:_.-]{1,64}$")

@@ -212,6 +212,12 @@ def connect(g: GatewaySettings) -> Redis:
     tls: dict[str, Any] = {}
     if scheme == "rediss" and g.redis_ca_cert:
         tls["ssl_ca_certs"] = g.redis_ca_cert
+    if (g.redis_client_cert is None) != (g.redis_client_key is None):
+        raise ConfigError("set gateway.redis_client_cert and gateway.redis_client_key together, or neither")
+    if g.redis_client_cert is not None:
+        if scheme != "rediss":
+            raise ConfigError("a Redis client certificate needs a rediss:// (TLS) gateway.redis_url")
+        tls["ssl_certfile"], tls["ssl_keyfile"] = g.redis_client_cert, g.redis_client_key
     try:
         pool = BlockingConnectionPool.from_url(
             url,

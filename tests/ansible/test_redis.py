@@ -146,7 +146,8 @@ def _free_port() -> int:
 
 
 def _pki(directory: Path) -> dict[str, Path]:
-    """A throwaway CA, a server certificate it signed for 127.0.0.1, and an unrelated CA (test only)."""
+    """A throwaway CA, a server and a client certificate it signed, and an unrelated CA with a client certificate
+    of its own (test only)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -203,6 +204,27 @@ def _pki(directory: Path) -> dict[str, Path]:
         .sign(ca_key, hashes.SHA256())
     )
 
+    def client(
+        cn: str, issuer_key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate
+    ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name(cn))
+            .issuer_name(issuer.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(issuer_key, hashes.SHA256())
+        )
+        return key, cert
+
+    client_key, client_cert = client("gateway-1 (test only)", ca_key, ca_cert)
+    stranger_key, stranger_cert = client("stranger (test only)", other_key, other_cert)
+
     def pem(cert: x509.Certificate) -> bytes:
         return cert.public_bytes(serialization.Encoding.PEM)
 
@@ -217,6 +239,10 @@ def _pki(directory: Path) -> dict[str, Path]:
         "ca.pem": pem(ca_cert),
         "other-ca.pem": pem(other_cert),
         "other-ca.key": key_pem(other_key),
+        "client.pem": pem(client_cert),
+        "client.key": key_pem(client_key),
+        "stranger.pem": pem(stranger_cert),
+        "stranger.key": key_pem(stranger_key),
     }
     paths = {}
     for file_name, content in files.items():
@@ -233,6 +259,10 @@ class Server:
     password: str = field(repr=False)  # never shown in a failure report
     ca: Path
     other_ca: Path
+    client_cert: Path  # issued by the CA (mutual TLS is on in this test)
+    client_key: Path
+    stranger_cert: Path  # issued by the other CA
+    stranger_key: Path
     config: Path
     acl: Path
     check_script: Path
@@ -250,6 +280,8 @@ class Server:
             "port": self.port,
             "ssl": True,
             "ssl_ca_certs": str(self.ca),
+            "ssl_certfile": str(self.client_cert),
+            "ssl_keyfile": str(self.client_key),
             "username": USER,
             "password": self.password,
             "socket_timeout": 5,
@@ -298,12 +330,17 @@ def server() -> Iterator[Server]:
             "redis_tls_cert_src": str(pki["server.pem"]),
             "redis_tls_key_src": str(pki["server.key"]),
             "redis_tls_ca_src": str(pki["ca.pem"]),
+            "redis_tls_auth_clients": True,
             "redis_gateway_password": password,
             "redis_maxmemory": MAXMEMORY,
             "appliance_state_store": "redis",
             "appliance_gateway_workers": 2,
             "appliance_redis_host": "127.0.0.1",
             "appliance_redis_ca_cert": str(config_dir / "tls/ca.pem"),
+            "appliance_redis_client_cert_src": str(pki["client.pem"]),
+            "appliance_redis_client_key_src": str(pki["client.key"]),
+            "appliance_redis_client_cert": str(pki["client.pem"]),  # where the role would install them
+            "appliance_redis_client_key": str(pki["client.key"]),
             "appliance_data_dir": str(work / "appliance"),
             "appliance_settings": {
                 "environment": "production",
@@ -352,6 +389,10 @@ def server() -> Iterator[Server]:
             password=password,
             ca=config_dir / "tls/ca.pem",
             other_ca=pki["other-ca.pem"],
+            client_cert=pki["client.pem"],
+            client_key=pki["client.key"],
+            stranger_cert=pki["stranger.pem"],
+            stranger_key=pki["stranger.key"],
             config=config_dir / "redis.conf",
             acl=config_dir / "users.acl",
             check_script=out / "redis-check",
@@ -398,6 +439,7 @@ def test_rendered_configuration_is_tls_only_and_hardened(server: Server) -> None
     assert directives["save"] == '""' and directives["appendonly"] == "no"
     assert directives["enable-debug-command"] == "no" and directives["enable-module-command"] == "no"
     assert directives["aclfile"] == str(server.acl)
+    assert directives["tls-auth-clients"] == "yes"  # redis_tls_auth_clients: true in this test
     acl = server.acl.read_text()
     in_clear = server.password in acl
     assert not in_clear, "the ACL file holds the password in clear"
@@ -454,6 +496,15 @@ def test_tls_is_verified_against_the_ca(server: Server) -> None:
     ):
         wrong.wrap_socket(raw, server_hostname="127.0.0.1")
     assert _refused(lambda: server.client(ssl_ca_certs=str(server.other_ca)).ping()) == "ConnectionError"
+    assert server.client().ping() is True
+
+
+def test_mutual_tls_refuses_a_client_without_a_certificate_of_the_ca(server: Server) -> None:
+    """With redis_tls_auth_clients the right password is not enough: no client certificate, or one issued by
+    another CA, and the handshake fails; the CA's client certificate is accepted."""
+    assert _refused(lambda: server.client(ssl_certfile=None, ssl_keyfile=None).ping()) == "ConnectionError"
+    stranger = {"ssl_certfile": str(server.stranger_cert), "ssl_keyfile": str(server.stranger_key)}
+    assert _refused(lambda: server.client(**stranger).ping()) == "ConnectionError"
     assert server.client().ping() is True
 
 
@@ -536,6 +587,7 @@ def test_appliance_role_writes_the_store_settings(server: Server, settings) -> N
     g = settings.gateway
     assert (g.state_store, g.workers, g.redis_key_prefix) == ("redis", 2, PREFIX)
     assert g.redis_ca_cert == str(server.ca)
+    assert (g.redis_client_cert, g.redis_client_key) == (str(server.client_cert), str(server.client_key))
     assert set(server.env) == {"APPLIANCE_GATEWAY__REDIS_URL"}
     url = urlsplit(g.redis_url.get_secret_value())
     assert (url.scheme, url.hostname, url.port, url.path) == ("rediss", "127.0.0.1", server.port, "/0")

@@ -403,3 +403,28 @@ def test_production_requires_tls_and_password_to_redis(settings: Settings, tmp_p
             check_production(s)
         assert "SECRET" not in str(exc.value) and "10.0.0.5" not in str(exc.value)
     check_production(redis_settings(prod, tmp_path / "ok", "rediss://gw:pw@10.0.0.5:6380/0", "p:"))
+
+
+@pytest.mark.parametrize(
+    ("url", "client", "problem"),
+    [
+        ("rediss://gw:pw-SECRET@10.0.0.5:6380/0", {"redis_client_cert": "/etc/appliance/c.pem"}, "together"),
+        ("rediss://gw:pw-SECRET@10.0.0.5:6380/0", {"redis_client_key": "/etc/appliance/c.key"}, "together"),
+        (
+            "redis://gw:pw-SECRET@10.0.0.5:6379/0",
+            {"redis_client_cert": "/etc/appliance/c.pem", "redis_client_key": "/etc/appliance/c.key"},
+            "rediss://",
+        ),
+    ],
+)
+def test_client_certificate_settings_are_checked(
+    settings: Settings, tmp_path: Path, url: str, client: dict[str, str], problem: str
+) -> None:
+    """A client certificate without its key (or the reverse), or one for a plaintext URL, is a configuration error
+    at start-up that quotes no secret (mutual TLS itself runs against the real server in tests/ansible)."""
+    from appliance.gateway.state_redis import connect
+
+    s = redis_settings(settings, tmp_path / "s", url, "p:", **client)
+    with pytest.raises(ConfigError, match=problem) as exc:
+        connect(s.gateway)
+    assert "SECRET" not in str(exc.value)
