@@ -38,6 +38,8 @@ redis = pytest.importorskip("redis")
 from redis.backoff import NoBackoff  # noqa: E402
 from redis.retry import Retry  # noqa: E402
 
+from tests.fixtures.processes import stop_process
+
 REDIS_SERVER = Path("/usr/bin/redis-server")
 ROLES = ANSIBLE_DIR / "roles"
 PREFIX = "appliance:gw:"  # the role's default redis_gateway_key_prefix (and gateway.redis_key_prefix's)
@@ -404,13 +406,8 @@ def server() -> Iterator[Server]:
             as_redis=as_redis,
         )
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            stop_process(proc)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.ansible.conftest import Converged
+from tests.fixtures.processes import stop_process
 
 pytestmark = [pytest.mark.ansible, pytest.mark.openbao, pytest.mark.slow]
 
@@ -85,12 +86,7 @@ def bao(converged: Converged) -> Iterator[Bao]:
         ]
         yield Bao(addr=addr, ca=ca, root_token=root_token, configure_runs=runs)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server, timeout_s=20)
         log.close()
 
 
