@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import os
 from pathlib import Path
 
 import typer
@@ -11,6 +13,11 @@ from appliance.config import Settings, load_settings
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+def invoking_user() -> str:
+    """Who runs the command: the user behind sudo, else the login name (what the audit trail records as actor)."""
+    return os.environ.get("SUDO_USER") or getpass.getuser()
 
 
 def settings_of(ctx: typer.Context) -> Settings:

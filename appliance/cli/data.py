@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -14,7 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from appliance.cli._common import console, settings_of
+from appliance.cli._common import console, invoking_user, settings_of
 from appliance.errors import ApplianceError
 
 if TYPE_CHECKING:
@@ -72,7 +70,7 @@ def _report_table(title: str, counts: dict[str, int]) -> Table:
 
 def _actor() -> dict[str, Any]:
     return {
-        "subject": os.environ.get("SUDO_USER") or getpass.getuser(),
+        "subject": invoking_user(),
         "client_id": None,
         "auth_method": "cli",
         "session_id": None,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import getpass
 import json
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -21,7 +20,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from appliance.cli._common import console, settings_of
+from appliance.cli._common import console, invoking_user, settings_of
 from appliance.errors import ApplianceError, ValidationFailed
 
 app = typer.Typer(no_args_is_help=True)
@@ -39,7 +38,7 @@ def _event(action: str, status: str, details: dict[str, Any], error: str | None 
     return {
         "type": f"keys.{action}",
         "actor": {
-            "subject": os.environ.get("SUDO_USER") or getpass.getuser(),
+            "subject": invoking_user(),
             "client_id": None,
             "auth_method": "cli",
             "session_id": None,

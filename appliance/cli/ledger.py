@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
 import shutil
 
 import typer
 
-from appliance.cli._common import console, settings_of
+from appliance.cli._common import console, invoking_user, settings_of
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -110,7 +108,7 @@ def abandon(
     from appliance.training._hooks import TrainingAudit
 
     settings = settings_of(ctx)
-    subject = check_subject(actor or os.environ.get("SUDO_USER") or getpass.getuser())
+    subject = check_subject(actor or invoking_user())
     ledger = Ledger(settings.ledger_path)
     entry = ledger.get(run_id)
     if entry.status != "running":

@@ -19,7 +19,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from appliance.cli._common import console, settings_of
+from appliance.cli._common import console, invoking_user, settings_of
 from appliance.errors import IntegrityViolation, Unauthenticated, ValidationFailed
 
 app = typer.Typer(no_args_is_help=True)
@@ -28,10 +28,6 @@ erasure_app = typer.Typer(no_args_is_help=True)
 _ACTOR_HELP = "Who acts (recorded in the audit trail); default: the invoking user ($SUDO_USER or the login name)."
 _TOKEN_HELP = "File holding the person's token (else read from stdin, or prompted on a terminal)."
 _JSON_HELP = "Print JSON instead of a table."
-
-
-def _default_actor() -> str:
-    return os.environ.get("SUDO_USER") or getpass.getuser()
 
 
 @contextmanager
@@ -49,7 +45,7 @@ def _actor(subject: str | None) -> Any:
     from appliance.registry import Actor
     from appliance.registry._service import check_subject
 
-    return Actor(subject=check_subject(subject or _default_actor()), roles=frozenset(), auth_method="cli")
+    return Actor(subject=check_subject(subject or invoking_user()), roles=frozenset(), auth_method="cli")
 
 
 def _token(token_file: Path | None, subject: str) -> str:
