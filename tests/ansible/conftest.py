@@ -56,7 +56,8 @@ def free_port() -> int:
 
 
 def gateway_certificate(directory: Path) -> tuple[Path, Path]:
-    """A self-signed certificate (and its key) for the gateway's TLS, valid for 127.0.0.1 and localhost."""
+    """A self-signed certificate (and its key) for the gateway's TLS, valid for 127.0.0.1 and localhost; also the
+    test CA of Redis's TLS and the gateway's client certificate to Redis (mutual TLS)."""
     import ipaddress
 
     from cryptography import x509
@@ -80,7 +81,9 @@ def gateway_certificate(directory: Path) -> tuple[Path, Path]:
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = directory / "gateway.pem", directory / "gateway.key"

@@ -31,14 +31,13 @@ from pathlib import Path
 import pytest
 
 from tests.ansible.conftest import ANSIBLE_DIR, BIN, ansible_env
+from tests.fixtures.processes import stop_process
 
 pytestmark = [pytest.mark.ansible, pytest.mark.redis]
 
 redis = pytest.importorskip("redis")
 from redis.backoff import NoBackoff  # noqa: E402
 from redis.retry import Retry  # noqa: E402
-
-from tests.fixtures.processes import stop_process
 
 REDIS_SERVER = Path("/usr/bin/redis-server")
 ROLES = ANSIBLE_DIR / "roles"

@@ -1,7 +1,7 @@
 """The appliance role's units: systemd-analyze verify, then a real boot of the converged root with
 systemd-nspawn -b (private network, so the host's firewall is untouched), where systemd applies each unit's
-sandbox, starts the gateway, the embedded engine and the redis role's Redis, and a probe inside the container asks
-them over loopback.
+sandbox, starts the gateway (two processes sharing their state in Redis over mutual TLS), the embedded engine and
+the redis role's Redis, and a probe inside the container asks them over loopback.
 """
 
 from __future__ import annotations
@@ -23,12 +23,15 @@ UNITS = ("appliance-gateway.service", "appliance-engine.service")
 VENV = "/opt/appliance/venv"
 BASE_MODEL = "/srv/appliance/models/base"
 GATEWAY_URL = "https://127.0.0.1:8443/healthz"
+READY_URL = "https://127.0.0.1:8443/readyz"  # backend, audit, keys and the shared state store (Redis)
 GATEWAY_CA = "/etc/appliance/gateway.pem"  # the self-signed test certificate is its own CA
 ENGINE_URL = "http://127.0.0.1:8081/health"
 # The redis role's server (group redis; molecule binds it to loopback): Debian's unit with the role's drop-in.
 REDIS_UNIT = "redis-server.service"
 REDIS_ADDR = ("127.0.0.1", 6380)
 REDIS_CA = "/etc/appliance-redis/tls/ca.pem"
+# The gateway's client certificate to Redis (redis_tls_auth_clients: true in molecule), installed by the role.
+REDIS_CLIENT = ("/etc/appliance/redis-client.pem", "/etc/appliance/redis-client.key")
 READY_TIMEOUT_S = 240  # both services answering, from the probe's start (torch imports on a loaded CI machine)
 BOOT_TIMEOUT_S = READY_TIMEOUT_S + 180
 
@@ -39,7 +42,7 @@ After=appliance-gateway.service appliance-engine.service multi-user.target
 [Service]
 Type=oneshot
 TimeoutStartSec={timeout}
-ExecStart=/usr/bin/python3 /usr/local/sbin/molecule-probe {timeout_s}
+ExecStart=/bin/sh -c "/usr/bin/python3 /usr/local/sbin/molecule-probe {timeout_s} 2>/var/tmp/probe.err"
 ExecStopPost=/bin/systemctl poweroff --no-block
 
 [Install]
@@ -51,8 +54,8 @@ PROBE_SCRIPT = r"""
 import json, ssl, subprocess, sys, time, urllib.error, urllib.request
 
 UNITS = {units!r}
-REDIS_UNIT, REDIS_ADDR, REDIS_CA = {redis_unit!r}, {redis_addr!r}, {redis_ca!r}
-TARGETS = {{"gateway": {gateway_url!r}, "engine": {engine_url!r}}}
+REDIS_UNIT, REDIS_ADDR, REDIS_CA, REDIS_CLIENT = {redis_unit!r}, {redis_addr!r}, {redis_ca!r}, {redis_client!r}
+TARGETS = {{"gateway": {gateway_url!r}, "engine": {engine_url!r}, "ready": {ready_url!r}}}
 TLS = ssl.create_default_context(cafile={gateway_ca!r})  # verifies the certificate and 127.0.0.1 against it
 deadline = time.monotonic() + float(sys.argv[1])
 answers = {{name: {{"status": None, "error": "not asked yet"}} for name in TARGETS}}
@@ -71,18 +74,49 @@ while time.monotonic() < deadline and any(a["status"] != 200 for a in answers.va
         except Exception as exc:  # refused while starting, TLS errors, timeouts
             answers[name] = {{"status": None, "error": f"{{type(exc).__name__}}: {{exc}}"}}
     time.sleep(1)
-# Redis: a verified TLS handshake, then PING without logging in (the answer must be NOAUTH).
+# Every gateway process is ready (the kernel spreads connections over both): ask a few more times.
+ready_again = []
+for _ in range(8):
+    try:
+        with urllib.request.urlopen(TARGETS["ready"], timeout=5, context=TLS) as response:
+            ready_again.append(response.status)
+    except urllib.error.HTTPError as exc:
+        ready_again.append(exc.code)
+    except Exception as exc:
+        ready_again.append(type(exc).__name__)
+# Redis: a verified TLS handshake with the gateway's client certificate, then PING without logging in (the answer
+# must be NOAUTH); the same without a client certificate must not get an answer at all.
 import socket
-redis_answer, redis_deadline = "not asked yet", time.monotonic() + 30
-while not redis_answer.startswith("-") and time.monotonic() < redis_deadline:
+def redis_ping(client_cert):
+    context = ssl.create_default_context(cafile=REDIS_CA)
+    if client_cert:
+        context.load_cert_chain(*client_cert)
     try:
         with socket.create_connection(REDIS_ADDR, timeout=5) as raw:
-            with ssl.create_default_context(cafile=REDIS_CA).wrap_socket(raw, server_hostname=REDIS_ADDR[0]) as tls:
+            with context.wrap_socket(raw, server_hostname=REDIS_ADDR[0]) as tls:
                 tls.sendall(b"PING\r\n")
-                redis_answer = tls.recv(200).decode(errors="replace")
+                return tls.recv(200).decode(errors="replace") or "closed without an answer"
     except Exception as exc:
-        redis_answer = f"{{type(exc).__name__}}: {{exc}}"
+        return f"{{type(exc).__name__}}: {{exc}}"
+redis_answer, redis_deadline = "not asked yet", time.monotonic() + 30
+while not redis_answer.startswith("-") and time.monotonic() < redis_deadline:
+    redis_answer = redis_ping(REDIS_CLIENT)
+    if not redis_answer.startswith("-"):
         time.sleep(1)
+redis_without_certificate = redis_ping(None)
+# The gateway's worker processes: children of its main process started by multiprocessing's spawn.
+import os
+main_pid = subprocess.run(
+    ["systemctl", "show", "-p", "MainPID", "--value", "appliance-gateway.service"], capture_output=True, text=True
+).stdout.strip()
+gateway_workers = 0
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        with open(f"/proc/{{pid}}/stat") as stat, open(f"/proc/{{pid}}/cmdline", "rb") as cmdline:
+            ppid = stat.read().rsplit(")", 1)[1].split()[1]
+            gateway_workers += ppid == main_pid and b"spawn_main" in cmdline.read()
+    except OSError:
+        continue
 props = "Id,ActiveState,SubState,NRestarts,ExecMainCode,ExecMainStatus,User,NoNewPrivileges,ProtectSystem,"
 props += "PrivateTmp,CapabilityBoundingSet,ReadWritePaths,UMask,LimitCORE,PrivateIPC,ExecStart"
 show = subprocess.run(["systemctl", "show", "-p", props, *UNITS, REDIS_UNIT], capture_output=True, text=True).stdout
@@ -107,7 +141,10 @@ redis_journal = subprocess.run(
 result = {{
     "answers": answers,
     "units": units,
+    "ready_again": ready_again,
+    "gateway_workers": gateway_workers,
     "redis_answer": redis_answer,
+    "redis_without_certificate": redis_without_certificate,
     "redis_journal": redis_journal.stdout[-6000:],
     "security": security.stdout + security.stderr,
     "journal": journal.stdout[-20000:],
@@ -168,6 +205,8 @@ def _install_probe(root: Path) -> None:
         redis_unit=REDIS_UNIT,
         redis_addr=REDIS_ADDR,
         redis_ca=REDIS_CA,
+        redis_client=REDIS_CLIENT,
+        ready_url=READY_URL,
     )
     (root / "usr/local/sbin/molecule-probe").write_text(script)
     (root / "etc/systemd/system/molecule-probe.service").write_text(
@@ -183,6 +222,7 @@ def _install_probe(root: Path) -> None:
     if not wait_online.is_symlink():
         wait_online.symlink_to("/dev/null")
     (root / "var/tmp/probe.json").unlink(missing_ok=True)
+    (root / "var/tmp/probe.err").unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +243,9 @@ def booted(converged: Converged) -> dict[str, Any]:
     )
     probe = root / "var/tmp/probe.json"
     if not probe.exists():
+        error = root / "var/tmp/probe.err"
+        if error.exists():
+            pytest.fail(f"the probe failed in the container: {error.read_text()[-3000:]}")
         pytest.fail(f"the container did not reach the probe (rc {boot.returncode}): {boot.stdout[-3000:]}")
     found: dict[str, Any] = json.loads(probe.read_text())
     return found
@@ -222,6 +265,7 @@ def test_units_run_sandboxed_and_answer_in_nspawn(booted: dict[str, Any]) -> Non
     assert answers["gateway"]["status"] == 200, f"gateway {GATEWAY_URL}: {answers['gateway']}\n{journal}"
     assert answers["engine"]["status"] == 200, f"engine {ENGINE_URL}: {answers['engine']}\n{journal}"
     assert json.loads(answers["gateway"]["body"]) == {"status": "ok"}
+    assert answers["ready"]["status"] == 200, f"gateway {READY_URL}: {answers['ready']}\n{journal}"
     for unit in UNITS:
         props = found["units"][unit]
         assert (props["ActiveState"], props["SubState"]) == ("active", "running"), f"{unit}: {props}\n{journal}"
@@ -250,3 +294,17 @@ def test_redis_runs_with_the_roles_drop_in_in_nspawn(booted: dict[str, Any]) -> 
     assert (props["UMask"], props["LimitCORE"], props["PrivateIPC"]) == ("0077", "0", "yes"), props
     assert (props["ProtectSystem"], props["CapabilityBoundingSet"]) == ("strict", ""), props
     assert booted["redis_answer"].startswith("-NOAUTH"), f"{booted['redis_answer']}\n{journal}"
+    assert not booted["redis_without_certificate"].startswith(("-", "+")), booted["redis_without_certificate"]
+
+
+def test_gateway_processes_share_their_state_in_redis_in_nspawn(booted: dict[str, Any]) -> None:
+    """The scale-out branch of the appliance role (appliance_state_store: redis, two gateway processes, the
+    client certificate for Redis's mutual TLS) runs as the role set it up: the gateway unit's main process has two
+    worker processes, and every answer to /readyz (which pings the shared store over rediss:// with the certificate)
+    is 200 with the state check true."""
+    journal = booted["journal"][-6000:]
+    ready = booted["answers"]["ready"]
+    assert ready["status"] == 200, f"{ready}\n{journal}"
+    assert json.loads(ready["body"])["checks"]["state"] is True, ready
+    assert booted["ready_again"] == [200] * 8, f"{booted['ready_again']}\n{journal}"
+    assert booted["gateway_workers"] == 2, f"{booted['gateway_workers']} worker processes\n{journal}"
