@@ -122,6 +122,17 @@ def test_adapter_name_traversal_refused(h: Harness, name: str) -> None:
     assert h.backend.calls == []
 
 
+@pytest.mark.parametrize("version", ["\u00b2", "\u0661", "\uff11"])
+def test_non_ascii_digit_versions_are_404_not_500(h: Harness, version: str) -> None:
+    """A version of Unicode digits ('²', Arabic-Indic or full-width 1) is a 404, never a crash or another version."""
+    r = h.client.post(f"/v1/inference/adapter/triage/{version}", json=BODY, headers=h.bearer(scope="research"))
+    assert r.status_code == 404 and r.json()["error_type"] == "NOT_FOUND"
+    assert r.headers["X-Audit-Id"] == h.audit.of_type("gateway.denied")[-1]["event_id"]
+    body = {"model": f"triage@{version}", "messages": [{"role": "user", "content": "hi"}]}
+    assert h.client.post("/v1/chat/completions", json=body, headers=h.bearer(scope="research")).status_code == 404
+    assert h.backend.calls == []
+
+
 def test_openai_model_traversal_and_header_injection(h: Harness) -> None:
     """A model of '../x@1' or one carrying CR/LF is refused and injects no response header."""
     for model in ["../etc@1", "triage@1\r\nX-Injected: yes", "triage@../1"]:
