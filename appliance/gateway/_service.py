@@ -288,7 +288,10 @@ class Gateway:
                 raise Unauthenticated("bearer JWTs are not accepted here (no identity provider configured)")
             claims = await self.jwt.validate(credential)
             scope = claims.get("scope", "")
-            scopes = frozenset(scope.split() if isinstance(scope, str) else [str(s) for s in scope or []])
+            # a space-separated string (RFC 8693) or a list; any other shape grants no scope
+            scopes = frozenset(
+                scope.split() if isinstance(scope, str) else [str(s) for s in scope] if isinstance(scope, list) else ()
+            )
             groups = claims.get("groups") or []
             return (
                 Principal(

@@ -63,6 +63,23 @@ def test_hs256_signed_with_public_key_refused(h: Harness) -> None:
     assert status == 401 and "algorithm" in body["error"]
 
 
+def test_deeply_nested_token_header_is_401_not_500(h: Harness) -> None:
+    """A token header nested past the JSON parser's recursion limit is refused as malformed, not a crash."""
+    header = b'{"alg":"RS256","kid":"k","x":' + b"[" * 2000 + b"]" * 2000 + b"}"
+    token = f"{base64.urlsafe_b64encode(header).rstrip(b'=').decode()}.{_b64({'sub': 'x'})}.c2ln"
+    status, body = _post(h, token)
+    assert status == 401 and "malformed" in body["error"]
+    assert h.audit.of_type("gateway.denied")[-1]["actor"]["subject"] == "anonymous"
+
+
+@pytest.mark.parametrize("scope", [5, {"admin": True}, None])
+def test_odd_scope_claim_grants_nothing_and_is_no_crash(h: Harness, scope: object) -> None:
+    """A scope claim that is neither a string nor a list grants no scope (403 by policy), never a 500."""
+    status, body = _post(h, h.idp.token({"scope": scope}))
+    assert status == 403 and body["error_type"] == "POLICY_VIOLATION"
+    assert h.backend.calls == []
+
+
 @pytest.mark.parametrize(
     ("claims", "reason"),
     [
