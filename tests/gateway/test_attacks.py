@@ -131,6 +131,17 @@ def test_scope_escalation_refused(h: Harness) -> None:
     assert r.status_code == 403
 
 
+def test_refused_breakglass_grant_is_audited(h: Harness) -> None:
+    """An admin trying to grant a role that is not grantable (here: admin) is refused and the refusal audited."""
+    grant = {"subject": "mallory", "role": "admin", "reason": "need admin for the weekend, thanks"}
+    r = h.client.post("/v1/admin/breakglass", json=grant, headers=h.bearer(scope="admin", sub="adam"))
+    assert r.status_code == 403 and r.json()["error_type"] == "POLICY_VIOLATION"
+    denied = h.audit.of_type("gateway.denied")[-1]
+    assert r.headers["X-Audit-Id"] == denied["event_id"]
+    assert denied["actor"]["subject"] == "adam" and denied["action"] == "grant"
+    assert h.gateway.breakglass.list() == []
+
+
 @pytest.mark.parametrize("name", ["..%2F..%2Fetc", "%2E%2E", "triage%00", "TRIAGE", "a" * 80])
 def test_adapter_name_traversal_refused(h: Harness, name: str) -> None:
     """Traversal and malformed adapter names are 404 and never reach the backend."""

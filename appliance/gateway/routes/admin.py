@@ -7,7 +7,7 @@ from typing import Any
 
 from litestar import Request, Response, delete, get, post
 
-from appliance.errors import ConfigError, PolicyViolation
+from appliance.errors import ConfigError, PolicyViolation, ValidationFailed
 from appliance.gateway._service import Ctx, Gateway
 from appliance.gateway.auth.apikeys import ApiKeyInfo
 from appliance.gateway.breakglass import Grant
@@ -77,14 +77,17 @@ async def revoke_key(gw: Gateway, ctx: Ctx, key_id: str) -> tuple[ApiKeyInfo, st
 
 
 async def grant_breakglass(gw: Gateway, ctx: Ctx, body: BreakGlassCreate) -> tuple[Grant, str]:
-    g = gw.breakglass.grant(
-        body.subject,
-        body.role,
-        body.reason,
-        body.duration_s,
-        granted_by=ctx.principal.subject,
-        rules=gw.policy.current.breakglass,
-    )
+    try:
+        g = gw.breakglass.grant(
+            body.subject,
+            body.role,
+            body.reason,
+            body.duration_s,
+            granted_by=ctx.principal.subject,
+            rules=gw.policy.current.breakglass,
+        )
+    except (PolicyViolation, ValidationFailed) as exc:  # a refused elevation is itself an audit event
+        raise await gw.deny(exc, ctx=ctx, action="grant") from None
     audit_id = await gw.record(
         gw.event(
             "admin.breakglass.grant",
