@@ -40,7 +40,7 @@ from appliance.gateway.auth.apikeys import ApiKeyStore
 from appliance.gateway.auth.jwt import JWTValidator
 from appliance.gateway.auth.oidc import OIDCClient
 from appliance.gateway.auth.principal import Principal
-from appliance.gateway.auth.sessions import Session, SessionStore
+from appliance.gateway.auth.sessions import Lookup, Session, SessionStore
 from appliance.gateway.breakglass import BreakGlass
 from appliance.gateway.limits import LimitStore, MemoryLimitStore
 from appliance.gateway.metrics import GatewayMetrics
@@ -320,9 +320,32 @@ class Gateway:
             session,
         )
 
-    async def session_of(self, request: Request[Any, Any, Any]) -> Session | None:
+    async def lookup_session(self, request: Request[Any, Any, Any]) -> Lookup:
+        """The request's session, or why it ended. An idle or absolute expiry is an ``auth.logout`` event here,
+        whichever request sees it first (a page, the console's API call, a logout): the store deletes it as it
+        reports it, so no later request could."""
         found = await self.sessions.get(request.cookies.get(SESSION_COOKIE))
-        return found.session
+        if found.expired is not None and found.expired_subject:
+            await self.record(
+                self.event(
+                    "auth.logout",
+                    actor={
+                        "subject": found.expired_subject,
+                        "client_id": self.settings.gateway.oidc_client_id,
+                        "auth_method": "oidc",
+                        "session_id": found.expired_handle,
+                        "roles": [],
+                    },
+                    source={"ip": _ip(request), "user_agent": None},
+                    action="logout",
+                    route=request.scope.get("path_template") or "/login",
+                    details={"reason": found.expired},
+                )
+            )
+        return found
+
+    async def session_of(self, request: Request[Any, Any, Any]) -> Session | None:
+        return (await self.lookup_session(request)).session
 
     def with_breakglass(self, principal: Principal) -> Principal:
         grants = self.breakglass.active_for(principal.subject)

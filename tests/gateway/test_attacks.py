@@ -216,6 +216,23 @@ def test_session_fixation_and_forged_cookies(h: Harness) -> None:
     assert call(store.get, pre.id).session is None and call(store.get, post.id).session is not None
 
 
+def test_idle_logoff_first_seen_by_the_console_api_is_audited(h: Harness) -> None:
+    """A session that went idle is an auth.logout (reason idle) even when the console's API call, not a page,
+    is the first request to see it (the store deletes it then, so no later page could record it)."""
+    csrf = _login(h, ["analysts"])
+    store = h.gateway.sessions
+    store._clock = lambda: time.monotonic() + store.idle_timeout_s + 60
+    body = {"model": "triage@production", "prompt": "typed for a long time"}
+    r = h.client.post("/console/generate", json=body, headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 401
+    logouts = h.audit.of_type("auth.logout")
+    assert len(logouts) == 1 and logouts[0]["details"]["reason"] == "idle"
+    assert logouts[0]["actor"]["subject"] == "adam" and logouts[0]["route"] == "/console/generate"
+    r = h.client.get("/console", follow_redirects=False)
+    assert r.headers["location"] == "/login" and len(h.audit.of_type("auth.logout")) == 1
+    assert h.backend.calls == []
+
+
 def test_revoked_and_expired_api_keys_refused(h: Harness) -> None:
     """A revoked key, an expired key and a key with a wrong secret are all 401."""
     key, info = h.gateway.apikeys.create("svc", ["service.inference"], ttl_s=3600, created_by="test")

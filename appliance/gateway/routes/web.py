@@ -61,25 +61,8 @@ async def _page_ctx(
 ) -> Ctx | Redirect | Template:
     """The session's context for a page, or a redirect to the login page (auditing an idle logoff)."""
     gw = gateway_of(request)
-    found = await gw.sessions.get(request.cookies.get(SESSION_COOKIE))
+    found = await gw.lookup_session(request)  # an ended session is audited (auth.logout) there
     if found.expired is not None:
-        if found.expired_subject:
-            await gw.record(
-                gw.event(
-                    "auth.logout",
-                    actor={
-                        "subject": found.expired_subject,
-                        "client_id": gw.settings.gateway.oidc_client_id,
-                        "auth_method": "oidc",
-                        "session_id": found.expired_handle,
-                        "roles": [],
-                    },
-                    source={"ip": client_ip(request), "user_agent": None},
-                    action="logout",
-                    route=request.scope.get("path_template") or "/login",
-                    details={"reason": found.expired},
-                )
-            )
         resp = Redirect(f"/login?m={found.expired}")
         resp.cookies.append(_clear_cookie(gw))
         return resp
