@@ -186,3 +186,24 @@ def test_openapi_schema_and_docs(h: Harness) -> None:
     schema = h.client.get("/schema/openapi.json").json()
     assert "/v1/inference/adapter/{name}/{version}" in schema["paths"]
     assert "/v1/chat/completions" in h.client.get("/docs").text
+
+
+def test_compliance_export_links_keep_time_filters(h: Harness) -> None:
+    """The page's export links carry its filters percent-encoded: a time's '+00:00' is not read back as a space."""
+    import html
+    import re
+
+    from appliance.gateway._service import SESSION_COOKIE
+
+    session = h.client.blocking_portal.call(
+        h.gateway.sessions.create, {"subject": "carol", "name": "Carol", "groups": ["compliance"]}
+    )
+    h.client.cookies.set(SESSION_COOKIE, session.id)
+    page = h.client.get("/compliance?search=1&since=2020-01-01&outcome=success")
+    links = [html.unescape(u) for u in re.findall(r'href="(/compliance/export[^"]*)"', page.text)]
+    assert len(links) == 2
+    for link in links:
+        r = h.client.get(link)
+        assert r.status_code == 200, r.text
+    exports = h.audit.of_type("audit.export")
+    assert exports[-1]["details"]["since"] == "2020-01-01T00:00:00+00:00"

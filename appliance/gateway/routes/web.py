@@ -11,6 +11,7 @@ import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import Cookie
@@ -347,7 +348,7 @@ async def compliance(request: Request[Any, Any, Any]) -> Any:
         filters=filters,
         rows=[_row(r) for r in rows] if rows is not None else None,
         available=reader is not None,
-        query="&".join(f"{k}={v}" for k, v in filters.items()),
+        query=urlencode(filters),  # percent-encoded: a time's '+' (UTC offset) must not arrive as a space
     )
 
 
