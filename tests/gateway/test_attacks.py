@@ -204,6 +204,18 @@ def test_csrf_required_on_forms_and_session_api(h: Harness) -> None:
     assert r.status_code == 200 and '"done": true' in r.text
 
 
+def test_forged_logout_is_refused_and_audited(h: Harness) -> None:
+    """A sign-out POST without the session's CSRF token keeps the session and is a gateway.denied record."""
+    csrf = _login(h, ["analysts"])
+    r = h.client.post("/auth/logout", data={"_csrf": "forged"}, follow_redirects=False)
+    assert r.status_code == 403
+    denied = h.audit.of_type("gateway.denied")[-1]
+    assert r.headers["X-Audit-Id"] == denied["event_id"] and denied["actor"]["subject"] == "adam"
+    assert h.client.get("/console").status_code == 200  # still signed in
+    r = h.client.post("/auth/logout", data={"_csrf": csrf}, follow_redirects=False)
+    assert r.status_code == 303 and h.audit.of_type("auth.logout")[-1]["details"]["reason"] == "user"
+
+
 def test_session_fixation_and_forged_cookies(h: Harness) -> None:
     """A cookie the server never issued gets no session; rotating at login invalidates the old id."""
     h.client.cookies.set(SESSION_COOKIE, "attacker-chosen-session-id")
