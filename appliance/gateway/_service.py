@@ -62,6 +62,7 @@ log = structlog.get_logger("appliance.gateway")
 
 SESSION_COOKIE = "appliance_session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CLIENT_CLOSED = "CLIENT_CLOSED"  # the outcome's error_class when the client left a stream before its end
 Digest = Callable[[str], str]
 T = TypeVar("T")
 
@@ -162,6 +163,7 @@ class Gateway:
         self._served: set[str] = set()
         self._served_at = 0.0
         self._audit_ok = True
+        self._background: set[asyncio.Future[str]] = set()  # outcomes of streams their clients left
 
     # --- audit ----------------------------------------------------------------------------------------------
     async def record(self, event: dict[str, Any]) -> str:
@@ -479,6 +481,7 @@ class Gateway:
         prompt: str,
         gen: Generation | None,
         error: ApplianceError | None,
+        closed: bool = False,
     ) -> str:
         latency_ms = round((time.perf_counter() - started) * 1000, 3)
         output = gen.text if gen else ""
@@ -500,9 +503,9 @@ class Gateway:
                 ctx=ctx,
                 action="generate",
                 adapter=ref,
-                status="success" if error is None else "error",
-                http_status=200 if error is None else error.http_status,
-                error_class=None if error is None else error.code,
+                status="success" if error is None and not closed else "error",
+                http_status=(499 if closed else 200) if error is None else error.http_status,  # 499: client closed
+                error_class=(CLIENT_CLOSED if closed else None) if error is None else error.code,
                 tokens=tokens,
                 latency_ms=latency_ms,
                 digests=digests,
@@ -532,10 +535,13 @@ class Gateway:
         self, ctx: Ctx, ref: AdapterRef, prompt: str, params: GenerationParams, admitted: WrittenRecord
     ) -> AsyncIterator[TokenEvent | ApplianceError]:
         """Token events, the first once the request record is durable, the last once the outcome is (else an
-        error is yielded in their place)."""
+        error is yielded in their place). A client that leaves mid-stream still gets an outcome record (what it
+        was sent, CLIENT_CLOSED) and is charged the tokens it was sent."""
         audit_id = admitted.receipt.event_id
         started = time.perf_counter()
         first = True
+        sent: list[str] = []  # the text the client has been given
+        settled = False  # an outcome is recorded (or cannot be): nothing is left to record on the way out
         try:
             await self._ensure_served(ref)
             async for ev in self.backend.stream(ref.served_id, prompt, params):
@@ -544,15 +550,19 @@ class Gateway:
                         await self.durable(admitted)
                         first = False
                     if ev.final is not None:
+                        settled = True
                         await self._outcome(ctx, ref, audit_id, started, prompt=prompt, gen=ev.final, error=None)
                 except AuditUnavailable as exc:
+                    settled = True
                     yield exc
                     return
+                sent.append(ev.text)
                 yield ev
                 if ev.final is not None:
                     return
             raise BackendError("the backend ended the stream without a final event")
         except BackendError as exc:
+            settled = True
             try:
                 await self.durable(admitted)
                 await self._outcome(ctx, ref, audit_id, started, prompt=prompt, gen=None, error=exc)
@@ -560,6 +570,19 @@ class Gateway:
                 yield audit_exc
                 return
             yield exc
+        except (GeneratorExit, asyncio.CancelledError):
+            if not settled:  # the client went away: a task, since a cancelled request's own awaits are cancelled
+                gen = Generation("".join(sent), len(sent), 0, "client_closed")  # prompt tokens: only the final knows
+                left = self._outcome(ctx, ref, audit_id, started, prompt=prompt, gen=gen, error=None, closed=True)
+                task = asyncio.ensure_future(left)
+                self._background.add(task)
+                task.add_done_callback(self._forget)
+            raise
+
+    def _forget(self, task: asyncio.Future[str]) -> None:
+        self._background.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: an audit failure is already logged and counted by _audited()
 
     # --- health ---------------------------------------------------------------------------------------------------
     async def readiness(self) -> dict[str, bool]:
