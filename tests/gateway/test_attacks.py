@@ -245,6 +245,25 @@ def test_idle_logoff_first_seen_by_the_console_api_is_audited(h: Harness) -> Non
     assert h.backend.calls == []
 
 
+def test_a_flood_of_started_sign_ins_does_not_end_signed_in_sessions() -> None:
+    """Pre-login sessions (anyone can start one with GET /auth/login) are evicted before signed-in ones when the
+    in-memory table is full, so an unauthenticated flood cannot log users off."""
+    import asyncio
+
+    from appliance.gateway.auth.sessions import MemorySessionStore
+
+    async def run() -> tuple[list[bool], int]:
+        store = MemorySessionStore(idle_timeout_s=900, absolute_timeout_s=3600, max_sessions=20)
+        users = [await store.create({"subject": f"user-{i}", "groups": ["analysts"]}) for i in range(5)]
+        for _ in range(100):
+            await store.create({"oidc": {"state": "s", "nonce": "n", "verifier": "v"}})
+        alive = [(await store.get(u.id)).session is not None for u in users]
+        return alive, len(store)
+
+    alive, size = asyncio.run(run())
+    assert alive == [True] * 5 and size <= 20
+
+
 def test_revoked_and_expired_api_keys_refused(h: Harness) -> None:
     """A revoked key, an expired key and a key with a wrong secret are all 401."""
     key, info = h.gateway.apikeys.create("svc", ["service.inference"], ttl_s=3600, created_by="test")
