@@ -245,6 +245,25 @@ def test_idle_logoff_first_seen_by_the_console_api_is_audited(h: Harness) -> Non
     assert h.backend.calls == []
 
 
+def test_sign_in_link_does_not_end_a_signed_in_session(h: Harness) -> None:
+    """GET /auth/login (a link any site can make a browser follow) leaves a signed-in session alone; without one
+    it starts the login with a fresh pre-login session."""
+    from appliance.gateway.auth.oidc import LoginStart
+
+    class FakeOIDC:
+        async def begin(self) -> LoginStart:
+            return LoginStart("https://idp.test.invalid/authorize?state=s", "s", "n", "v")
+
+    h.gateway.oidc = FakeOIDC()
+    _login(h, ["analysts"])
+    r = h.client.get("/auth/login", follow_redirects=False)
+    assert r.status_code in (302, 303, 307) and r.headers["location"] == "/"
+    assert h.client.get("/console").status_code == 200  # still signed in
+    h.client.cookies.clear()
+    r = h.client.get("/auth/login", follow_redirects=False)
+    assert r.headers["location"].startswith("https://idp.test.invalid/") and SESSION_COOKIE in r.cookies
+
+
 def test_a_flood_of_started_sign_ins_does_not_end_signed_in_sessions() -> None:
     """Pre-login sessions (anyone can start one with GET /auth/login) are evicted before signed-in ones when the
     in-memory table is full, so an unauthenticated flood cannot log users off."""

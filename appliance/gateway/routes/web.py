@@ -139,8 +139,10 @@ async def auth_login(request: Request[Any, Any, Any]) -> Redirect:
     gw = gateway_of(request)
     if gw.oidc is None:
         raise Unauthenticated("browser sign-in is not configured (gateway.oidc_issuer)")
-    start = await gw.oidc.begin()
     old = await gw.session_of(request)
+    if old is not None and old.authenticated:  # signed in: a GET (a link from any site) must not end the session
+        return Redirect("/")
+    start = await gw.oidc.begin()
     pre = await gw.sessions.rotate(
         old, {"oidc": {"state": start.state, "nonce": start.nonce, "verifier": start.code_verifier}}
     )
