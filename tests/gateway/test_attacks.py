@@ -142,6 +142,26 @@ def test_refused_breakglass_grant_is_audited(h: Harness) -> None:
     assert h.gateway.breakglass.list() == []
 
 
+def test_breakglass_grant_that_cannot_be_audited_is_not_in_force(h: Harness) -> None:
+    """If the grant's audit record cannot be written the answer is 503 and the elevation is revoked at once."""
+    from appliance.errors import AuditUnavailable
+
+    real = h.gateway.audit.record
+
+    async def refuse_grants(event):  # type: ignore[no-untyped-def]
+        if event["type"] == "admin.breakglass.grant":
+            raise AuditUnavailable("disk full (test)")
+        return await real(event)
+
+    h.gateway.audit.record = refuse_grants
+    grant = {"subject": "alice", "role": "emergency-clinician", "reason": "Mass casualty incident, ED overflow"}
+    r = h.client.post("/v1/admin/breakglass", json=grant, headers=h.bearer(scope="admin", sub="adam"))
+    assert r.status_code == 503 and r.json()["error_type"] == "AUDIT_UNAVAILABLE"
+    assert h.gateway.breakglass.active_for("alice") == []
+    r = h.client.post("/v1/inference/adapter/oncology/production", json=BODY, headers=h.bearer(sub="alice"))
+    assert r.status_code == 403
+
+
 @pytest.mark.parametrize("name", ["..%2F..%2Fetc", "%2E%2E", "triage%00", "TRIAGE", "a" * 80])
 def test_adapter_name_traversal_refused(h: Harness, name: str) -> None:
     """Traversal and malformed adapter names are 404 and never reach the backend."""

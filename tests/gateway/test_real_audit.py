@@ -108,3 +108,19 @@ def test_all_gateway_events_accepted_and_phi_free(real: tuple[TestClient[Any], S
         assert secret not in blob
     digests = [r["digests"] for r in records if r["type"] == "gateway.response"]
     assert digests and all(len(d["prompt"]) == 64 for d in digests)
+
+
+def test_breakglass_subject_the_trail_cannot_hold_is_refused(
+    real: tuple[TestClient[Any], Settings, Any], idp: IdP
+) -> None:
+    """A grant for a subject the audit trail cannot record (a space, over 128 characters) is refused (422, audited)
+    instead of being stored in force while its audit record fails."""
+    client, settings, gw = real
+    admin = {"Authorization": f"Bearer {idp.token({'scope': 'admin', 'sub': 'adam'})}"}
+    for subject in ("Dr Alice", "a" * 200):
+        grant = {"subject": subject, "role": "emergency-clinician", "reason": "Mass casualty incident, ED overflow"}
+        r = client.post("/v1/admin/breakglass", json=grant, headers=admin)
+        assert r.status_code == 422 and r.json()["error_type"] == "VALIDATION_FAILED", r.text
+    assert gw.breakglass.list() == []
+    denied = [r for r in _records(settings) if r["type"] == "gateway.denied"]
+    assert len(denied) == 2 and all(r["action"] == "grant" for r in denied)

@@ -7,7 +7,7 @@ from typing import Any
 
 from litestar import Request, Response, delete, get, post
 
-from appliance.errors import ConfigError, PolicyViolation, ValidationFailed
+from appliance.errors import AuditUnavailable, ConfigError, PolicyViolation, ValidationFailed
 from appliance.gateway._service import Ctx, Gateway
 from appliance.gateway.auth.apikeys import ApiKeyInfo
 from appliance.gateway.breakglass import Grant
@@ -88,21 +88,25 @@ async def grant_breakglass(gw: Gateway, ctx: Ctx, body: BreakGlassCreate) -> tup
         )
     except (PolicyViolation, ValidationFailed) as exc:  # a refused elevation is itself an audit event
         raise await gw.deny(exc, ctx=ctx, action="grant") from None
-    audit_id = await gw.record(
-        gw.event(
-            "admin.breakglass.grant",
-            ctx=ctx,
-            action="grant",
-            details={
-                "grant_id": g.id,
-                "subject": g.subject,
-                "role": g.role,
-                "expires_at": g.expires_at,
-                "reason_chars": len(g.reason),
-                "review_required": True,
-            },
+    try:
+        audit_id = await gw.record(
+            gw.event(
+                "admin.breakglass.grant",
+                ctx=ctx,
+                action="grant",
+                details={
+                    "grant_id": g.id,
+                    "subject": g.subject,
+                    "role": g.role,
+                    "expires_at": g.expires_at,
+                    "reason_chars": len(g.reason),
+                    "review_required": True,
+                },
+            )
         )
-    )
+    except AuditUnavailable:  # an elevation that could not be audited must not stay in force
+        gw.breakglass.revoke(g.id, revoked_by=SYSTEM_ACTOR["subject"])
+        raise
     return g, audit_id
 
 
