@@ -124,3 +124,16 @@ def test_breakglass_subject_the_trail_cannot_hold_is_refused(
     assert gw.breakglass.list() == []
     denied = [r for r in _records(settings) if r["type"] == "gateway.denied"]
     assert len(denied) == 2 and all(r["action"] == "grant" for r in denied)
+
+
+def test_api_key_name_the_trail_cannot_hold_is_refused(real: tuple[TestClient[Any], Settings, Any], idp: IdP) -> None:
+    """A key's name is its client_id in every audit record: a name the trail refuses (a space) would make every
+    audited request with the key a 503, so it is refused at creation; an accepted name works end to end."""
+    client, _, gw = real
+    admin = {"Authorization": f"Bearer {idp.token({'scope': 'admin', 'sub': 'adam'})}"}
+    r = client.post("/v1/admin/keys", json={"name": "lab feed", "scopes": ["admin"]}, headers=admin)
+    assert r.status_code == 422 and gw.apikeys.list() == []
+    r = client.post("/v1/admin/keys", json={"name": "lab-feed", "scopes": ["admin"]}, headers=admin)
+    assert r.status_code == 201
+    key = {"Authorization": f"Bearer {r.json()['key']}"}
+    assert client.post("/v1/admin/policy/reload", headers=key).status_code == 200
