@@ -137,3 +137,19 @@ def test_api_key_name_the_trail_cannot_hold_is_refused(real: tuple[TestClient[An
     assert r.status_code == 201
     key = {"Authorization": f"Bearer {r.json()['key']}"}
     assert client.post("/v1/admin/policy/reload", headers=key).status_code == 200
+
+
+def test_policy_with_role_names_the_trail_cannot_hold_is_refused(
+    real: tuple[TestClient[Any], Settings, Any], idp: IdP
+) -> None:
+    """Role names are written into every audit record (actor.roles): a policy naming a role the trail refuses
+    (a space) is an invalid reload, and the last good policy keeps serving instead of every request failing."""
+    client, settings, _ = real
+    admin = {"Authorization": f"Bearer {idp.token({'scope': 'admin', 'sub': 'adam'})}"}
+    path = settings.policies_dir / "access.yaml"
+    path.write_text(path.read_text().replace("  analyst:\n", "  clinical analyst:\n"))
+    r = client.post("/v1/admin/policy/reload", headers=admin)
+    assert r.status_code == 422 and r.json()["applied"] is False and "role name" in r.json()["message"]
+    body = {"inputs": "hello", "parameters": {"max_new_tokens": 2}}
+    bearer = {"Authorization": f"Bearer {idp.token()}"}
+    assert client.post("/v1/inference/adapter/triage/production", json=body, headers=bearer).status_code == 200
