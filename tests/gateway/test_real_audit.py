@@ -153,3 +153,18 @@ def test_policy_with_role_names_the_trail_cannot_hold_is_refused(
     body = {"inputs": "hello", "parameters": {"max_new_tokens": 2}}
     bearer = {"Authorization": f"Bearer {idp.token()}"}
     assert client.post("/v1/inference/adapter/triage/production", json=body, headers=bearer).status_code == 200
+
+
+@pytest.mark.parametrize("query", ["since=0001-01-01T00:00:00%2B01:00", "until=9999-12-31T23:59:59-01:00"])
+def test_compliance_time_outside_utc_range_is_422_not_500(
+    real: tuple[TestClient[Any], Settings, Any], query: str
+) -> None:
+    """A search or export time whose UTC equivalent does not exist is refused as a bad filter, not a crash."""
+    client, _, gw = real
+    session = client.blocking_portal.call(gw.sessions.create, {"subject": "carol", "groups": ["compliance"]})
+    client.cookies.set(SESSION_COOKIE, session.id)
+    assert client.get(f"/compliance?search=1&{query}").status_code == 422
+    r = client.get(f"/compliance/export?fmt=csv&{query}")
+    assert r.status_code == 422 and r.json()["error_type"] == "VALIDATION_FAILED"
+    r = client.get("/compliance/export?fmt=csv&since=2020-01-01T02:00:00%2B02:00")
+    assert r.status_code == 200

@@ -317,9 +317,10 @@ def _filters(request: Request[Any, Any, Any]) -> dict[str, str]:
             if not _SAFE_FILTER.match(v):
                 raise ValidationFailed(f"filter {k!r} has characters that are not allowed")
             if k in ("since", "until"):
-                try:
-                    v = datetime.fromisoformat(v).replace(tzinfo=datetime.fromisoformat(v).tzinfo or UTC).isoformat()
-                except ValueError as exc:
+                try:  # in UTC (a time with no offset is UTC); one that UTC cannot hold is refused, not a 500
+                    t = datetime.fromisoformat(v)
+                    v = (t if t.tzinfo else t.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+                except (ValueError, OverflowError) as exc:
                     raise ValidationFailed(f"filter {k!r} must be an ISO date or time") from exc
             out[k] = v
     if out.get("outcome") and out["outcome"] not in ("success", "denied", "error"):
