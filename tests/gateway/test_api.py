@@ -247,6 +247,15 @@ def test_metrics_not_public(h: Harness) -> None:
     assert r.status_code == 200 and 'appliance_gateway_requests_total{route="/healthz",status="200"}' in r.text
 
 
+def test_https_only_headers(make_harness, settings) -> None:  # type: ignore[no-untyped-def]
+    """With secure cookies (HTTPS, required in production) every answer carries HSTS besides the other headers."""
+    r = make_harness().client.get("/healthz")
+    assert r.headers["Strict-Transport-Security"] == "max-age=31536000"
+    assert r.headers["X-Frame-Options"] == "DENY" and "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
+    plain = settings.model_copy(update={"gateway": settings.gateway.model_copy(update={"secure_cookies": False})})
+    assert "Strict-Transport-Security" not in make_harness(plain).client.get("/healthz").headers
+
+
 def test_openapi_schema_and_docs(h: Harness) -> None:
     """The OpenAPI schema lists the inference route and the docs page renders it."""
     schema = h.client.get("/schema/openapi.json").json()
