@@ -236,6 +236,24 @@ def test_forged_logout_is_refused_and_audited(h: Harness) -> None:
     assert r.status_code == 303 and h.audit.of_type("auth.logout")[-1]["details"]["reason"] == "user"
 
 
+def test_sign_out_also_ends_the_idp_session(h: Harness) -> None:
+    """Signing out ends the gateway session and sends the browser to the IdP's end-session endpoint (RP-initiated
+    logout), so the next "Sign in" on a shared workstation asks for a password instead of reusing the IdP session."""
+    from appliance.gateway.auth.oidc import OIDCClient
+
+    oidc = OIDCClient("https://idp.test.invalid", "web", None, "http://127.0.0.1:8443/auth/callback")
+    oidc._meta = {"issuer": "https://idp.test.invalid", "end_session_endpoint": "https://idp.test.invalid/session/end"}
+    oidc._meta_at = time.monotonic()
+    h.gateway.oidc = oidc
+    csrf = _login(h, ["analysts"])
+    r = h.client.post("/auth/logout", data={"_csrf": csrf}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == (
+        "https://idp.test.invalid/session/end?client_id=web&post_logout_redirect_uri=http%3A%2F%2F127.0.0.1%3A8443%2Flogin"
+    )
+    assert h.client.get("/console", follow_redirects=False).headers["location"] == "/login"
+    assert h.audit.of_type("auth.logout")[-1]["details"]["reason"] == "user"
+
+
 def test_session_fixation_and_forged_cookies(h: Harness) -> None:
     """A cookie the server never issued gets no session; rotating at login invalidates the old id."""
     h.client.cookies.set(SESSION_COOKIE, "attacker-chosen-session-id")

@@ -249,6 +249,17 @@ async def auth_logout(request: Request[Any, Any, Any], data: dict[str, str] = FO
             )
         )
         await gw.sessions.delete(session.id)
+        if gw.oidc is not None:  # end the IdP's session too, or the next "Sign in" on this browser (a shared
+            # workstation) comes straight back as the same user without a password
+            try:
+                await gw.oidc.metadata()
+                idp_logout = gw.oidc.end_session_url(f"{gw.settings.gateway.public_url.rstrip('/')}/login")
+            except Unauthenticated:  # IdP unreachable: signed out here at least
+                idp_logout = None
+            if idp_logout is not None:
+                resp = Redirect(idp_logout, status_code=303)
+                resp.cookies.append(_clear_cookie(gw))
+                return resp
     resp = Redirect("/login?m=logged_out", status_code=303)
     resp.cookies.append(_clear_cookie(gw))
     return resp
