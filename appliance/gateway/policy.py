@@ -209,6 +209,7 @@ class PolicyStore:
             if path is None:
                 raise ConfigError("no access policy: give a path or a policy")
             self._current = self._load(path)
+        self._previous = self._current
 
     @staticmethod
     def _load(path: Path) -> LoadedPolicy:
@@ -232,8 +233,13 @@ class PolicyStore:
         if self.path is None:
             raise ConfigError("this policy was not loaded from a file")
         old = self._current.sha256
+        self._previous = self._current
         self._current = self._load(self.path)
         return old, self._current.sha256
+
+    def undo_reload(self) -> None:
+        """Put back the policy the last :meth:`reload` replaced (its audit record could not be written)."""
+        self._current = self._previous
 
 
 def policy_path(policies_dir: Path) -> Path:

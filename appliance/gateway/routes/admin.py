@@ -139,18 +139,22 @@ async def reload_policy(gw: Gateway, ctx: Ctx | None) -> tuple[bool, str, str]:
             )
         )
         return False, exc.message, gw.policy.sha256
-    gw.metrics.policy_reloads.labels("applied").inc()
     actor = None if ctx else SYSTEM_ACTOR
-    await gw.record(
-        gw.event(
-            "policy.reload",
-            ctx=ctx,
-            actor=actor,
-            action="reload",
-            route="/v1/admin/policy/reload",
-            details={"old_sha256": old[:16], "new_sha256": new[:16]},
+    try:
+        await gw.record(
+            gw.event(
+                "policy.reload",
+                ctx=ctx,
+                actor=actor,
+                action="reload",
+                route="/v1/admin/policy/reload",
+                details={"old_sha256": old[:16], "new_sha256": new[:16]},
+            )
         )
-    )
+    except AuditUnavailable:  # a policy change that could not be audited is not applied
+        gw.policy.undo_reload()
+        raise
+    gw.metrics.policy_reloads.labels("applied").inc()
     return True, "policy reloaded", new
 
 
