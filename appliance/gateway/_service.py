@@ -40,7 +40,7 @@ from appliance.gateway.auth.apikeys import ApiKeyStore
 from appliance.gateway.auth.jwt import JWTValidator
 from appliance.gateway.auth.oidc import OIDCClient
 from appliance.gateway.auth.principal import Principal
-from appliance.gateway.auth.sessions import Session, SessionStore
+from appliance.gateway.auth.sessions import Lookup, Session, SessionStore
 from appliance.gateway.breakglass import BreakGlass
 from appliance.gateway.limits import LimitStore, MemoryLimitStore
 from appliance.gateway.metrics import GatewayMetrics
@@ -62,6 +62,7 @@ log = structlog.get_logger("appliance.gateway")
 
 SESSION_COOKIE = "appliance_session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CLIENT_CLOSED = "CLIENT_CLOSED"  # the outcome's error_class when the client left a stream before its end
 Digest = Callable[[str], str]
 T = TypeVar("T")
 
@@ -162,6 +163,7 @@ class Gateway:
         self._served: set[str] = set()
         self._served_at = 0.0
         self._audit_ok = True
+        self._background: set[asyncio.Future[str]] = set()  # outcomes of streams their clients left
 
     # --- audit ----------------------------------------------------------------------------------------------
     async def record(self, event: dict[str, Any]) -> str:
@@ -288,7 +290,10 @@ class Gateway:
                 raise Unauthenticated("bearer JWTs are not accepted here (no identity provider configured)")
             claims = await self.jwt.validate(credential)
             scope = claims.get("scope", "")
-            scopes = frozenset(scope.split() if isinstance(scope, str) else [str(s) for s in scope or []])
+            # a space-separated string (RFC 8693) or a list; any other shape grants no scope
+            scopes = frozenset(
+                scope.split() if isinstance(scope, str) else [str(s) for s in scope] if isinstance(scope, list) else ()
+            )
             groups = claims.get("groups") or []
             return (
                 Principal(
@@ -317,9 +322,32 @@ class Gateway:
             session,
         )
 
-    async def session_of(self, request: Request[Any, Any, Any]) -> Session | None:
+    async def lookup_session(self, request: Request[Any, Any, Any]) -> Lookup:
+        """The request's session, or why it ended. An idle or absolute expiry is an ``auth.logout`` event here,
+        whichever request sees it first (a page, the console's API call, a logout): the store deletes it as it
+        reports it, so no later request could."""
         found = await self.sessions.get(request.cookies.get(SESSION_COOKIE))
-        return found.session
+        if found.expired is not None and found.expired_subject:
+            await self.record(
+                self.event(
+                    "auth.logout",
+                    actor={
+                        "subject": found.expired_subject,
+                        "client_id": self.settings.gateway.oidc_client_id,
+                        "auth_method": "oidc",
+                        "session_id": found.expired_handle,
+                        "roles": [],
+                    },
+                    source={"ip": _ip(request), "user_agent": None},
+                    action="logout",
+                    route=request.scope.get("path_template") or "/login",
+                    details={"reason": found.expired},
+                )
+            )
+        return found
+
+    async def session_of(self, request: Request[Any, Any, Any]) -> Session | None:
+        return (await self.lookup_session(request)).session
 
     def with_breakglass(self, principal: Principal) -> Principal:
         grants = self.breakglass.active_for(principal.subject)
@@ -453,6 +481,7 @@ class Gateway:
         prompt: str,
         gen: Generation | None,
         error: ApplianceError | None,
+        closed: bool = False,
     ) -> str:
         latency_ms = round((time.perf_counter() - started) * 1000, 3)
         output = gen.text if gen else ""
@@ -474,9 +503,9 @@ class Gateway:
                 ctx=ctx,
                 action="generate",
                 adapter=ref,
-                status="success" if error is None else "error",
-                http_status=200 if error is None else error.http_status,
-                error_class=None if error is None else error.code,
+                status="success" if error is None and not closed else "error",
+                http_status=(499 if closed else 200) if error is None else error.http_status,  # 499: client closed
+                error_class=(CLIENT_CLOSED if closed else None) if error is None else error.code,
                 tokens=tokens,
                 latency_ms=latency_ms,
                 digests=digests,
@@ -506,10 +535,13 @@ class Gateway:
         self, ctx: Ctx, ref: AdapterRef, prompt: str, params: GenerationParams, admitted: WrittenRecord
     ) -> AsyncIterator[TokenEvent | ApplianceError]:
         """Token events, the first once the request record is durable, the last once the outcome is (else an
-        error is yielded in their place)."""
+        error is yielded in their place). A client that leaves mid-stream still gets an outcome record (what it
+        was sent, CLIENT_CLOSED) and is charged the tokens it was sent."""
         audit_id = admitted.receipt.event_id
         started = time.perf_counter()
         first = True
+        sent: list[str] = []  # the text the client has been given
+        settled = False  # an outcome is recorded (or cannot be): nothing is left to record on the way out
         try:
             await self._ensure_served(ref)
             async for ev in self.backend.stream(ref.served_id, prompt, params):
@@ -518,15 +550,19 @@ class Gateway:
                         await self.durable(admitted)
                         first = False
                     if ev.final is not None:
+                        settled = True
                         await self._outcome(ctx, ref, audit_id, started, prompt=prompt, gen=ev.final, error=None)
                 except AuditUnavailable as exc:
+                    settled = True
                     yield exc
                     return
+                sent.append(ev.text)
                 yield ev
                 if ev.final is not None:
                     return
             raise BackendError("the backend ended the stream without a final event")
         except BackendError as exc:
+            settled = True
             try:
                 await self.durable(admitted)
                 await self._outcome(ctx, ref, audit_id, started, prompt=prompt, gen=None, error=exc)
@@ -534,6 +570,19 @@ class Gateway:
                 yield audit_exc
                 return
             yield exc
+        except (GeneratorExit, asyncio.CancelledError):
+            if not settled:  # the client went away: a task, since a cancelled request's own awaits are cancelled
+                gen = Generation("".join(sent), len(sent), 0, "client_closed")  # prompt tokens: only the final knows
+                left = self._outcome(ctx, ref, audit_id, started, prompt=prompt, gen=gen, error=None, closed=True)
+                task = asyncio.ensure_future(left)
+                self._background.add(task)
+                task.add_done_callback(self._forget)
+            raise
+
+    def _forget(self, task: asyncio.Future[str]) -> None:
+        self._background.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: an audit failure is already logged and counted by _audited()
 
     # --- health ---------------------------------------------------------------------------------------------------
     async def readiness(self) -> dict[str, bool]:

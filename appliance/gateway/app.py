@@ -17,7 +17,7 @@ import httpx
 import structlog
 from litestar import Litestar, Request, Response
 from litestar.contrib.jinja import JinjaTemplateEngine
-from litestar.datastructures import ResponseHeader
+from litestar.datastructures import MutableScopeHeaders, ResponseHeader
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
@@ -52,6 +52,14 @@ SECURITY_HEADERS = [
         "frame-ancestors 'none'; form-action 'self' http: https:; base-uri 'none'",
     ),
 ]
+HSTS = "max-age=31536000"
+
+
+async def _hsts(message: Message, scope: Scope) -> None:
+    """Served over HTTPS (gateway.secure_cookies, required in production): browsers must not fall back to HTTP.
+    A before-send hook of this app, not a response header (those are resolved once per handler, for every app)."""
+    if message["type"] == "http.response.start":
+        MutableScopeHeaders.from_message(message)["Strict-Transport-Security"] = HSTS
 
 
 def _error_response(exc: ApplianceError) -> Response[Any]:
@@ -320,6 +328,7 @@ def create_app(
         ),
         request_max_body_size=g.max_body_bytes,
         response_headers=SECURITY_HEADERS,
+        before_send=[_hsts] if g.secure_cookies else [],
         middleware=[_metrics_middleware(gateway)],
         lifespan=[lifespan],
         debug=False,

@@ -7,6 +7,7 @@ Every request that uses a grant is audited with ``details.breakglass`` and ``det
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -33,6 +34,8 @@ class Grant:
 
 
 _COLUMNS = "id, subject, role, reason, granted_by, granted_at, expires_at, revoked_at"
+# The audit trail's identifier (appliance/audit/_schema.py Ident): a grant for any other subject could not be audited.
+SUBJECT_FORMAT = re.compile(r"^[A-Za-z0-9_.:@/+=|#~-]{1,128}$")
 
 
 class BreakGlass:
@@ -58,8 +61,8 @@ class BreakGlass:
             raise ValidationFailed("the reason must be at most 500 characters")
         if not 60 <= duration_s <= rules.max_duration_s:
             raise ValidationFailed(f"duration must be between 60 and {rules.max_duration_s} seconds")
-        if not subject or len(subject) > 255:
-            raise ValidationFailed("subject must be 1-255 characters")
+        if not SUBJECT_FORMAT.match(subject):
+            raise ValidationFailed("subject must be 1-128 letters, digits or _ . : @ / + = | # ~ - (the IdP's 'sub')")
         now = self._clock()
         self._active = None
         g = Grant(f"bg_{secrets.token_hex(8)}", subject, role, reason, granted_by, now, now + duration_s, None)

@@ -52,7 +52,8 @@ class LimitDecision:
 
 
 class RateLimiter:
-    """Token buckets keyed by (kind, key); sized from the policy on first use and resized when it changes."""
+    """Token buckets keyed by (kind, key); sized from the policy on first use and resized (balance kept) when the
+    principal's profile changes."""
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic, max_keys: int = 100_000) -> None:
         self._clock = clock
@@ -61,13 +62,15 @@ class RateLimiter:
 
     def _bucket(self, kind: str, key: str, per_minute: int, now: float) -> _Bucket:
         b = self._buckets.get((kind, key))
-        if b is None or b.capacity != per_minute:
+        if b is None:
             if len(self._buckets) >= self._max_keys:
                 self._buckets.clear()  # bounded memory; a reset only ever lets a caller through sooner
             b = _Bucket(float(per_minute), per_minute / 60.0, float(per_minute), now)
             self._buckets[(kind, key)] = b
         else:
             b.refill(now)
+            if b.capacity != per_minute:  # another profile: resized, its balance (or debt) kept, never refilled
+                b.capacity, b.rate, b.level = float(per_minute), per_minute / 60.0, min(b.level, float(per_minute))
         return b
 
     def check(self, principal: str, profile: LimitProfile, adapter: str, adapter_limits: AdapterLimits) -> None:

@@ -20,6 +20,8 @@ from appliance.errors import ConfigError
 from appliance.policy_files import parse_yaml_mapping, validation_problems
 
 ADAPTER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# Role names are written into every audit record (actor.roles): the trail's identifier (appliance/audit/_schema.py).
+ROLE_NAME = re.compile(r"^[A-Za-z0-9_.:@/+=|#~-]{1,128}$")
 
 # Routes a role may be granted. The gateway checks every request against one of these names.
 Route = Literal[
@@ -131,6 +133,14 @@ class AccessPolicy(_Strict):
     limits: Limits = Field(default_factory=lambda: Limits())
     breakglass: BreakGlassRules = Field(default_factory=lambda: BreakGlassRules())
 
+    @field_validator("roles")
+    @classmethod
+    def _role_names(cls, value: dict[str, RoleRule]) -> dict[str, RoleRule]:
+        bad = sorted(name for name in value if not ROLE_NAME.match(name))
+        if bad:
+            raise ValueError(f"role name(s) {bad} must be 1-128 letters, digits or _ . : @ / + = | # ~ -")
+        return value
+
     @model_validator(mode="after")
     def _references(self) -> AccessPolicy:
         for name, role in self.roles.items():
@@ -199,6 +209,7 @@ class PolicyStore:
             if path is None:
                 raise ConfigError("no access policy: give a path or a policy")
             self._current = self._load(path)
+        self._previous = self._current
 
     @staticmethod
     def _load(path: Path) -> LoadedPolicy:
@@ -222,8 +233,13 @@ class PolicyStore:
         if self.path is None:
             raise ConfigError("this policy was not loaded from a file")
         old = self._current.sha256
+        self._previous = self._current
         self._current = self._load(self.path)
         return old, self._current.sha256
+
+    def undo_reload(self) -> None:
+        """Put back the policy the last :meth:`reload` replaced (its audit record could not be written)."""
+        self._current = self._previous
 
 
 def policy_path(policies_dir: Path) -> Path:

@@ -55,7 +55,7 @@ def resolve(published: Iterable[AdapterRef], name: str, version: str) -> Adapter
         if not prod:
             raise NotFound(f"adapter {name!r} has no production version")
         return max(prod, key=lambda a: a.version)
-    if not version.isdigit() or len(version) > 9:
+    if not (version.isascii() and version.isdigit()) or len(version) > 9:  # str.isdigit() also takes '²', '١'
         raise NotFound("version must be a number or 'production'")
     for a in matching:
         if a.version == int(version):

@@ -83,10 +83,12 @@ for i = 1, 4 do
   local cap = tonumber(ARGV[i + 1])
   local b = redis.call('HMGET', KEYS[i + 1], 'l', 's', 'c')
   local level = tonumber(b[1])
-  if level == nil or tonumber(b[3]) ~= cap then
+  if level == nil then
     level = cap
   else
-    level = math.min(cap, level + math.max(0, now - tonumber(b[2])) * cap / 60)
+    -- refilled at the rate it was sized for; another profile resizes it, balance (or debt) kept, never refilled
+    local old = tonumber(b[3]) or cap
+    level = math.min(cap, old, level + math.max(0, now - tonumber(b[2])) * old / 60)
   end
   levels[i] = level
   local w = (needs[i] - level) * 60 / cap

@@ -120,6 +120,72 @@ def test_stream_records_outcome_before_final_event(h: Harness) -> None:
     assert h.audit.of_type("gateway.response")[-1]["tokens"]["generated"] == 4
 
 
+def _leave_after_first_chunk(h: Harness, path: str, payload: dict[str, object]) -> int:
+    """POST over raw ASGI and disconnect once the first body chunk arrives (a client closing the stream)."""
+    import asyncio
+
+    body = json.dumps(payload).encode()
+    chunks: list[bytes] = []
+
+    async def run() -> None:
+        first, asked = asyncio.Event(), [False]
+
+        async def receive() -> dict[str, object]:
+            if not asked[0]:
+                asked[0] = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await first.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, object]) -> None:
+            if message["type"] == "http.response.body" and message.get("body"):
+                chunks.append(message["body"])  # type: ignore[arg-type]
+                first.set()
+
+        headers = [
+            (b"host", b"127.0.0.1"),
+            (b"content-type", b"application/json"),
+            (b"authorization", f"Bearer {h.idp.token()}".encode()),
+        ]
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": headers,
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 80),
+        }
+        await h.app(scope, receive, send)  # type: ignore[arg-type]
+        for _ in range(200):  # the outcome of a stream its client left is recorded by a task
+            if h.audit.of_type("gateway.response"):
+                break
+            await asyncio.sleep(0.01)
+
+    h.client.blocking_portal.call(run)
+    return len(chunks)
+
+
+def test_stream_the_client_leaves_still_has_an_outcome_and_is_charged(h: Harness) -> None:
+    """A client that closes a stream before its final event cannot skip the outcome record or the token budget."""
+    h.backend.delay_s = 0.02
+    payload = {"inputs": "hello", "parameters": {"max_new_tokens": 40}}
+    sent = _leave_after_first_chunk(h, "/v1/inference/adapter/triage/production/stream", payload)
+    assert 1 <= sent < 40
+    request, responses = h.audit.of_type("gateway.request")[-1], h.audit.of_type("gateway.response")
+    assert len(responses) == 1 and responses[0]["details"]["request_event"] == request["event_id"]
+    outcome = responses[0]["outcome"]
+    assert outcome == {"status": "error", "http_status": 499, "error_class": "CLIENT_CLOSED"}
+    assert 1 <= responses[0]["tokens"]["generated"] < 40 and len(responses[0]["digests"]["output"]) == 64
+    bucket = h.gateway.limits.limiter._buckets[("pt", "svc-1")]
+    assert bucket.level < bucket.capacity  # the tokens it was sent are charged
+
+
 def test_stream_audit_failure_replaces_final_event(h: Harness) -> None:
     """If the outcome cannot be recorded, the final event is replaced by an AUDIT_UNAVAILABLE error event."""
     gw = h.gateway
@@ -181,8 +247,38 @@ def test_metrics_not_public(h: Harness) -> None:
     assert r.status_code == 200 and 'appliance_gateway_requests_total{route="/healthz",status="200"}' in r.text
 
 
+def test_https_only_headers(make_harness, settings) -> None:  # type: ignore[no-untyped-def]
+    """With secure cookies (HTTPS, required in production) every answer carries HSTS besides the other headers."""
+    r = make_harness().client.get("/healthz")
+    assert r.headers["Strict-Transport-Security"] == "max-age=31536000"
+    assert r.headers["X-Frame-Options"] == "DENY" and "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
+    plain = settings.model_copy(update={"gateway": settings.gateway.model_copy(update={"secure_cookies": False})})
+    assert "Strict-Transport-Security" not in make_harness(plain).client.get("/healthz").headers
+
+
 def test_openapi_schema_and_docs(h: Harness) -> None:
     """The OpenAPI schema lists the inference route and the docs page renders it."""
     schema = h.client.get("/schema/openapi.json").json()
     assert "/v1/inference/adapter/{name}/{version}" in schema["paths"]
     assert "/v1/chat/completions" in h.client.get("/docs").text
+
+
+def test_compliance_export_links_keep_time_filters(h: Harness) -> None:
+    """The page's export links carry its filters percent-encoded: a time's '+00:00' is not read back as a space."""
+    import html
+    import re
+
+    from appliance.gateway._service import SESSION_COOKIE
+
+    session = h.client.blocking_portal.call(
+        h.gateway.sessions.create, {"subject": "carol", "name": "Carol", "groups": ["compliance"]}
+    )
+    h.client.cookies.set(SESSION_COOKIE, session.id)
+    page = h.client.get("/compliance?search=1&since=2020-01-01&outcome=success")
+    links = [html.unescape(u) for u in re.findall(r'href="(/compliance/export[^"]*)"', page.text)]
+    assert len(links) == 2
+    for link in links:
+        r = h.client.get(link)
+        assert r.status_code == 200, r.text
+    exports = h.audit.of_type("audit.export")
+    assert exports[-1]["details"]["since"] == "2020-01-01T00:00:00+00:00"

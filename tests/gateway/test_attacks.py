@@ -63,6 +63,23 @@ def test_hs256_signed_with_public_key_refused(h: Harness) -> None:
     assert status == 401 and "algorithm" in body["error"]
 
 
+def test_deeply_nested_token_header_is_401_not_500(h: Harness) -> None:
+    """A token header nested past the JSON parser's recursion limit is refused as malformed, not a crash."""
+    header = b'{"alg":"RS256","kid":"k","x":' + b"[" * 2000 + b"]" * 2000 + b"}"
+    token = f"{base64.urlsafe_b64encode(header).rstrip(b'=').decode()}.{_b64({'sub': 'x'})}.c2ln"
+    status, body = _post(h, token)
+    assert status == 401 and "malformed" in body["error"]
+    assert h.audit.of_type("gateway.denied")[-1]["actor"]["subject"] == "anonymous"
+
+
+@pytest.mark.parametrize("scope", [5, {"admin": True}, None])
+def test_odd_scope_claim_grants_nothing_and_is_no_crash(h: Harness, scope: object) -> None:
+    """A scope claim that is neither a string nor a list grants no scope (403 by policy), never a 500."""
+    status, body = _post(h, h.idp.token({"scope": scope}))
+    assert status == 403 and body["error_type"] == "POLICY_VIOLATION"
+    assert h.backend.calls == []
+
+
 @pytest.mark.parametrize(
     ("claims", "reason"),
     [
@@ -114,11 +131,53 @@ def test_scope_escalation_refused(h: Harness) -> None:
     assert r.status_code == 403
 
 
+def test_refused_breakglass_grant_is_audited(h: Harness) -> None:
+    """An admin trying to grant a role that is not grantable (here: admin) is refused and the refusal audited."""
+    grant = {"subject": "mallory", "role": "admin", "reason": "need admin for the weekend, thanks"}
+    r = h.client.post("/v1/admin/breakglass", json=grant, headers=h.bearer(scope="admin", sub="adam"))
+    assert r.status_code == 403 and r.json()["error_type"] == "POLICY_VIOLATION"
+    denied = h.audit.of_type("gateway.denied")[-1]
+    assert r.headers["X-Audit-Id"] == denied["event_id"]
+    assert denied["actor"]["subject"] == "adam" and denied["action"] == "grant"
+    assert h.gateway.breakglass.list() == []
+
+
+def test_breakglass_grant_that_cannot_be_audited_is_not_in_force(h: Harness) -> None:
+    """If the grant's audit record cannot be written the answer is 503 and the elevation is revoked at once."""
+    from appliance.errors import AuditUnavailable
+
+    real = h.gateway.audit.record
+
+    async def refuse_grants(event):  # type: ignore[no-untyped-def]
+        if event["type"] == "admin.breakglass.grant":
+            raise AuditUnavailable("disk full (test)")
+        return await real(event)
+
+    h.gateway.audit.record = refuse_grants
+    grant = {"subject": "alice", "role": "emergency-clinician", "reason": "Mass casualty incident, ED overflow"}
+    r = h.client.post("/v1/admin/breakglass", json=grant, headers=h.bearer(scope="admin", sub="adam"))
+    assert r.status_code == 503 and r.json()["error_type"] == "AUDIT_UNAVAILABLE"
+    assert h.gateway.breakglass.active_for("alice") == []
+    r = h.client.post("/v1/inference/adapter/oncology/production", json=BODY, headers=h.bearer(sub="alice"))
+    assert r.status_code == 403
+
+
 @pytest.mark.parametrize("name", ["..%2F..%2Fetc", "%2E%2E", "triage%00", "TRIAGE", "a" * 80])
 def test_adapter_name_traversal_refused(h: Harness, name: str) -> None:
     """Traversal and malformed adapter names are 404 and never reach the backend."""
     r = h.client.post(f"/v1/inference/adapter/{name}/1", json=BODY, headers=h.bearer(scope="research"))
     assert r.status_code == 404
+    assert h.backend.calls == []
+
+
+@pytest.mark.parametrize("version", ["\u00b2", "\u0661", "\uff11"])
+def test_non_ascii_digit_versions_are_404_not_500(h: Harness, version: str) -> None:
+    """A version of Unicode digits ('²', Arabic-Indic or full-width 1) is a 404, never a crash or another version."""
+    r = h.client.post(f"/v1/inference/adapter/triage/{version}", json=BODY, headers=h.bearer(scope="research"))
+    assert r.status_code == 404 and r.json()["error_type"] == "NOT_FOUND"
+    assert r.headers["X-Audit-Id"] == h.audit.of_type("gateway.denied")[-1]["event_id"]
+    body = {"model": f"triage@{version}", "messages": [{"role": "user", "content": "hi"}]}
+    assert h.client.post("/v1/chat/completions", json=body, headers=h.bearer(scope="research")).status_code == 404
     assert h.backend.calls == []
 
 
@@ -165,6 +224,36 @@ def test_csrf_required_on_forms_and_session_api(h: Harness) -> None:
     assert r.status_code == 200 and '"done": true' in r.text
 
 
+def test_forged_logout_is_refused_and_audited(h: Harness) -> None:
+    """A sign-out POST without the session's CSRF token keeps the session and is a gateway.denied record."""
+    csrf = _login(h, ["analysts"])
+    r = h.client.post("/auth/logout", data={"_csrf": "forged"}, follow_redirects=False)
+    assert r.status_code == 403
+    denied = h.audit.of_type("gateway.denied")[-1]
+    assert r.headers["X-Audit-Id"] == denied["event_id"] and denied["actor"]["subject"] == "adam"
+    assert h.client.get("/console").status_code == 200  # still signed in
+    r = h.client.post("/auth/logout", data={"_csrf": csrf}, follow_redirects=False)
+    assert r.status_code == 303 and h.audit.of_type("auth.logout")[-1]["details"]["reason"] == "user"
+
+
+def test_sign_out_also_ends_the_idp_session(h: Harness) -> None:
+    """Signing out ends the gateway session and sends the browser to the IdP's end-session endpoint (RP-initiated
+    logout), so the next "Sign in" on a shared workstation asks for a password instead of reusing the IdP session."""
+    from appliance.gateway.auth.oidc import OIDCClient
+
+    oidc = OIDCClient("https://idp.test.invalid", "web", None, "http://127.0.0.1:8443/auth/callback")
+    oidc._meta = {"issuer": "https://idp.test.invalid", "end_session_endpoint": "https://idp.test.invalid/session/end"}
+    oidc._meta_at = time.monotonic()
+    h.gateway.oidc = oidc
+    csrf = _login(h, ["analysts"])
+    r = h.client.post("/auth/logout", data={"_csrf": csrf}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == (
+        "https://idp.test.invalid/session/end?client_id=web&post_logout_redirect_uri=http%3A%2F%2F127.0.0.1%3A8443%2Flogin"
+    )
+    assert h.client.get("/console", follow_redirects=False).headers["location"] == "/login"
+    assert h.audit.of_type("auth.logout")[-1]["details"]["reason"] == "user"
+
+
 def test_session_fixation_and_forged_cookies(h: Harness) -> None:
     """A cookie the server never issued gets no session; rotating at login invalidates the old id."""
     h.client.cookies.set(SESSION_COOKIE, "attacker-chosen-session-id")
@@ -175,6 +264,61 @@ def test_session_fixation_and_forged_cookies(h: Harness) -> None:
     post = call(store.rotate, pre, {"subject": "alice", "groups": ["analysts"]})
     assert post.id != pre.id and post.csrf != pre.csrf
     assert call(store.get, pre.id).session is None and call(store.get, post.id).session is not None
+
+
+def test_idle_logoff_first_seen_by_the_console_api_is_audited(h: Harness) -> None:
+    """A session that went idle is an auth.logout (reason idle) even when the console's API call, not a page,
+    is the first request to see it (the store deletes it then, so no later page could record it)."""
+    csrf = _login(h, ["analysts"])
+    store = h.gateway.sessions
+    store._clock = lambda: time.monotonic() + store.idle_timeout_s + 60
+    body = {"model": "triage@production", "prompt": "typed for a long time"}
+    r = h.client.post("/console/generate", json=body, headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 401
+    logouts = h.audit.of_type("auth.logout")
+    assert len(logouts) == 1 and logouts[0]["details"]["reason"] == "idle"
+    assert logouts[0]["actor"]["subject"] == "adam" and logouts[0]["route"] == "/console/generate"
+    r = h.client.get("/console", follow_redirects=False)
+    assert r.headers["location"] == "/login" and len(h.audit.of_type("auth.logout")) == 1
+    assert h.backend.calls == []
+
+
+def test_sign_in_link_does_not_end_a_signed_in_session(h: Harness) -> None:
+    """GET /auth/login (a link any site can make a browser follow) leaves a signed-in session alone; without one
+    it starts the login with a fresh pre-login session."""
+    from appliance.gateway.auth.oidc import LoginStart
+
+    class FakeOIDC:
+        async def begin(self) -> LoginStart:
+            return LoginStart("https://idp.test.invalid/authorize?state=s", "s", "n", "v")
+
+    h.gateway.oidc = FakeOIDC()
+    _login(h, ["analysts"])
+    r = h.client.get("/auth/login", follow_redirects=False)
+    assert r.status_code in (302, 303, 307) and r.headers["location"] == "/"
+    assert h.client.get("/console").status_code == 200  # still signed in
+    h.client.cookies.clear()
+    r = h.client.get("/auth/login", follow_redirects=False)
+    assert r.headers["location"].startswith("https://idp.test.invalid/") and SESSION_COOKIE in r.cookies
+
+
+def test_a_flood_of_started_sign_ins_does_not_end_signed_in_sessions() -> None:
+    """Pre-login sessions (anyone can start one with GET /auth/login) are evicted before signed-in ones when the
+    in-memory table is full, so an unauthenticated flood cannot log users off."""
+    import asyncio
+
+    from appliance.gateway.auth.sessions import MemorySessionStore
+
+    async def run() -> tuple[list[bool], int]:
+        store = MemorySessionStore(idle_timeout_s=900, absolute_timeout_s=3600, max_sessions=20)
+        users = [await store.create({"subject": f"user-{i}", "groups": ["analysts"]}) for i in range(5)]
+        for _ in range(100):
+            await store.create({"oidc": {"state": "s", "nonce": "n", "verifier": "v"}})
+        alive = [(await store.get(u.id)).session is not None for u in users]
+        return alive, len(store)
+
+    alive, size = asyncio.run(run())
+    assert alive == [True] * 5 and size <= 20
 
 
 def test_revoked_and_expired_api_keys_refused(h: Harness) -> None:

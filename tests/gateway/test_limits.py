@@ -85,3 +85,29 @@ def test_invalid_policy_refused_last_good_kept(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="line"):
         store.reload()
     assert store.sha256 == before
+
+
+def test_policy_reload_that_cannot_be_audited_is_not_applied(h: Harness, tmp_path: Path) -> None:
+    """A valid reload whose policy.reload record cannot be written is a 503 and the old policy stays in force."""
+    from appliance.errors import AuditUnavailable
+
+    path = tmp_path / "access.yaml"
+    path.write_text((REPO_ROOT / "policies" / "access.yaml").read_text())
+    gw = h.gateway
+    gw.policy = PolicyStore(path)
+    before = gw.policy.sha256
+    path.write_text(path.read_text().replace("scopes: [inference]", "scopes: [inference, admin]"))
+    real = gw.audit.record
+
+    async def refuse_reloads(event):  # type: ignore[no-untyped-def]
+        if event["type"] == "policy.reload":
+            raise AuditUnavailable("disk full (test)")
+        return await real(event)
+
+    gw.audit.record = refuse_reloads
+    r = h.client.post("/v1/admin/policy/reload", headers=h.bearer(scope="admin"))
+    assert r.status_code == 503 and r.json()["error_type"] == "AUDIT_UNAVAILABLE"
+    assert gw.policy.sha256 == before and "admin" not in gw.policy.current.roles["analyst"].scopes
+    gw.audit.record = real
+    r = h.client.post("/v1/admin/policy/reload", headers=h.bearer(scope="admin"))
+    assert r.status_code == 200 and r.json()["applied"] is True and gw.policy.sha256 != before

@@ -108,3 +108,63 @@ def test_all_gateway_events_accepted_and_phi_free(real: tuple[TestClient[Any], S
         assert secret not in blob
     digests = [r["digests"] for r in records if r["type"] == "gateway.response"]
     assert digests and all(len(d["prompt"]) == 64 for d in digests)
+
+
+def test_breakglass_subject_the_trail_cannot_hold_is_refused(
+    real: tuple[TestClient[Any], Settings, Any], idp: IdP
+) -> None:
+    """A grant for a subject the audit trail cannot record (a space, over 128 characters) is refused (422, audited)
+    instead of being stored in force while its audit record fails."""
+    client, settings, gw = real
+    admin = {"Authorization": f"Bearer {idp.token({'scope': 'admin', 'sub': 'adam'})}"}
+    for subject in ("Dr Alice", "a" * 200):
+        grant = {"subject": subject, "role": "emergency-clinician", "reason": "Mass casualty incident, ED overflow"}
+        r = client.post("/v1/admin/breakglass", json=grant, headers=admin)
+        assert r.status_code == 422 and r.json()["error_type"] == "VALIDATION_FAILED", r.text
+    assert gw.breakglass.list() == []
+    denied = [r for r in _records(settings) if r["type"] == "gateway.denied"]
+    assert len(denied) == 2 and all(r["action"] == "grant" for r in denied)
+
+
+def test_api_key_name_the_trail_cannot_hold_is_refused(real: tuple[TestClient[Any], Settings, Any], idp: IdP) -> None:
+    """A key's name is its client_id in every audit record: a name the trail refuses (a space) would make every
+    audited request with the key a 503, so it is refused at creation; an accepted name works end to end."""
+    client, _, gw = real
+    admin = {"Authorization": f"Bearer {idp.token({'scope': 'admin', 'sub': 'adam'})}"}
+    r = client.post("/v1/admin/keys", json={"name": "lab feed", "scopes": ["admin"]}, headers=admin)
+    assert r.status_code == 422 and gw.apikeys.list() == []
+    r = client.post("/v1/admin/keys", json={"name": "lab-feed", "scopes": ["admin"]}, headers=admin)
+    assert r.status_code == 201
+    key = {"Authorization": f"Bearer {r.json()['key']}"}
+    assert client.post("/v1/admin/policy/reload", headers=key).status_code == 200
+
+
+def test_policy_with_role_names_the_trail_cannot_hold_is_refused(
+    real: tuple[TestClient[Any], Settings, Any], idp: IdP
+) -> None:
+    """Role names are written into every audit record (actor.roles): a policy naming a role the trail refuses
+    (a space) is an invalid reload, and the last good policy keeps serving instead of every request failing."""
+    client, settings, _ = real
+    admin = {"Authorization": f"Bearer {idp.token({'scope': 'admin', 'sub': 'adam'})}"}
+    path = settings.policies_dir / "access.yaml"
+    path.write_text(path.read_text().replace("  analyst:\n", "  clinical analyst:\n"))
+    r = client.post("/v1/admin/policy/reload", headers=admin)
+    assert r.status_code == 422 and r.json()["applied"] is False and "role name" in r.json()["message"]
+    body = {"inputs": "hello", "parameters": {"max_new_tokens": 2}}
+    bearer = {"Authorization": f"Bearer {idp.token()}"}
+    assert client.post("/v1/inference/adapter/triage/production", json=body, headers=bearer).status_code == 200
+
+
+@pytest.mark.parametrize("query", ["since=0001-01-01T00:00:00%2B01:00", "until=9999-12-31T23:59:59-01:00"])
+def test_compliance_time_outside_utc_range_is_422_not_500(
+    real: tuple[TestClient[Any], Settings, Any], query: str
+) -> None:
+    """A search or export time whose UTC equivalent does not exist is refused as a bad filter, not a crash."""
+    client, _, gw = real
+    session = client.blocking_portal.call(gw.sessions.create, {"subject": "carol", "groups": ["compliance"]})
+    client.cookies.set(SESSION_COOKIE, session.id)
+    assert client.get(f"/compliance?search=1&{query}").status_code == 422
+    r = client.get(f"/compliance/export?fmt=csv&{query}")
+    assert r.status_code == 422 and r.json()["error_type"] == "VALIDATION_FAILED"
+    r = client.get("/compliance/export?fmt=csv&since=2020-01-01T02:00:00%2B02:00")
+    assert r.status_code == 200

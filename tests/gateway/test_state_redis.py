@@ -114,7 +114,9 @@ def test_two_gateways_enforce_one_combined_request_limit(pair: tuple[Harness, Ha
     assert len(b.audit.of_type("gateway.denied")) == 1
 
 
-def test_adapter_limit_and_token_charge_are_shared(make_pair: Callable[..., tuple[Harness, Harness]]) -> None:
+def test_adapter_limit_and_token_charge_are_shared(
+    make_pair: Callable[..., tuple[Harness, Harness]], redis_prefix: str
+) -> None:
     """The per-adapter bucket counts every principal on every gateway; tokens charged on A make B refuse."""
     a, b = make_pair()
     set_limits((a, b), "adapter", AdapterLimits(requests_per_minute=3, tokens_per_minute=10**6))
@@ -122,7 +124,7 @@ def test_adapter_limit_and_token_charge_are_shared(make_pair: Callable[..., tupl
     r = post(b, "svc-4")
     assert codes == [200, 200, 200] and r.status_code == 429 and "adapter requests" in r.json()["error"]
 
-    c, d = make_pair()
+    c, d = make_pair(redis_key_prefix=f"{redis_prefix}t:")  # own keys: a larger limit does not refill a bucket
     set_limits((c, d), "adapter", AdapterLimits())
     set_profile((c, d), tokens_per_minute=10)
     big = {"inputs": "one two three", "parameters": {"max_new_tokens": 8}}  # 3 prompt + 8 generated > 10
@@ -211,6 +213,28 @@ async def test_token_bucket_refills_and_charges_on_both_stores(limit_store: tupl
     assert flags[:2] == [None, None] and flags[2] is not None and flags[2].reason == "distinct_prompts"
     with pytest.raises(RateLimited, match="throttled"):
         await store.admit("q", profile, "a", adapter, "prompt 0", distinct)
+
+
+async def test_switching_limit_profiles_does_not_refill_the_buckets(limit_store: tuple[LimitStore, Clock]) -> None:
+    """A principal whose profile changes between requests (bearer tokens with other scopes, a policy reload) keeps
+    its balance: alternating two profiles must not hand out a full bucket, or a forgiven token debt, each time."""
+    store, _clock = limit_store  # the clock stands still: nothing refills by time
+    rules = ExtractionRules(burst_max_requests=1000, distinct_max_prompts=1000)
+    small, large = (LimitProfile(requests_per_minute=n, tokens_per_minute=1000) for n in (2, 3))
+    admitted = 0
+    for i in range(20):
+        try:
+            await store.admit("p", small if i % 2 else large, "a", AdapterLimits(), "x", rules)
+            admitted += 1
+        except RateLimited:
+            pass
+    assert admitted == 3  # the larger bucket once, never refilled by a switch
+    await store.admit("q", small, "a", AdapterLimits(), "x", rules)
+    await store.charge_tokens("q", "a", 5000)  # 4,000 tokens over a 1,000/min budget
+    with pytest.raises(RateLimited, match="tokens"):
+        await store.admit(
+            "q", LimitProfile(requests_per_minute=5, tokens_per_minute=2000), "a", AdapterLimits(), "x", rules
+        )
 
 
 async def test_concurrent_admissions_from_two_gateways_are_atomic(redis_server: RedisServer, redis_prefix: str) -> None:

@@ -20,7 +20,8 @@ from appliance.gateway._db import GatewayDB
 
 KEY_FORMAT = re.compile(r"^apk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 SCOPE_FORMAT = re.compile(r"^[A-Za-z0-9_.:*-]{1,64}$")
-NAME_FORMAT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.@-]{0,63}$")
+# The name is the key's client_id in audit records: an identifier the trail accepts (no space).
+NAME_FORMAT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 _DUMMY_DIGEST = hashlib.sha256(b"apk-dummy").hexdigest()
 MAX_TTL_S = 366 * 86_400
 
@@ -65,7 +66,7 @@ class ApiKeyStore:
         """A new key: (the key, shown once; its info)."""
         scope_list = tuple(sorted(set(scopes)))
         if not NAME_FORMAT.match(name):
-            raise ValidationFailed("key name: 1-64 letters, digits, space, _ . @ -")
+            raise ValidationFailed("key name: 1-64 letters, digits, _ . @ - (no spaces)")
         if not scope_list or not all(SCOPE_FORMAT.match(s) for s in scope_list):
             raise ValidationFailed("a key needs at least one scope (letters, digits, _ . : * -)")
         if not 60 <= ttl_s <= MAX_TTL_S:

@@ -127,7 +127,7 @@ class JWTValidator:
             raise Unauthenticated("malformed bearer token")
         try:
             header = _b64json(parts[0])
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: a deeply nested header (json.loads)
             raise Unauthenticated("malformed bearer token") from exc
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self.algorithms:

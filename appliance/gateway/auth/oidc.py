@@ -13,6 +13,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 from authlib.integrations.httpx_client import AsyncOAuth2Client
@@ -119,6 +120,10 @@ class OIDCClient:
         return await self._validator.validate(id_token, audience=self.client_id, nonce=nonce)
 
     def end_session_url(self, post_logout_redirect_uri: str) -> str | None:
+        """RP-initiated logout: the IdP's end-session URL sending the browser back to ``post_logout_redirect_uri``
+        (None when the IdP has no end_session_endpoint or discovery has not run)."""
         if self._meta and self._meta.get("end_session_endpoint"):
-            return str(self._meta["end_session_endpoint"])
+            endpoint = str(self._meta["end_session_endpoint"])
+            query = urlencode({"client_id": self.client_id, "post_logout_redirect_uri": post_logout_redirect_uri})
+            return f"{endpoint}{'&' if '?' in endpoint else '?'}{query}"
         return None

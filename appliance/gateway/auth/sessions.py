@@ -137,8 +137,10 @@ class MemorySessionStore:
         ]
         for k in dead:
             del self._sessions[k]
-        if len(self._sessions) >= self._max:  # still full: drop the oldest
-            for k in sorted(self._sessions, key=lambda k: self._sessions[k].last_seen)[: self._max // 10]:
+        if len(self._sessions) >= self._max:  # still full: drop the oldest, sign-ins not yet completed first
+            # (anyone can start a sign-in: a flood of them must not push signed-in users out)
+            order = sorted(self._sessions, key=lambda k: (self._sessions[k].authenticated, self._sessions[k].last_seen))
+            for k in order[: max(1, self._max // 10)]:
                 del self._sessions[k]
 
     def __len__(self) -> int:

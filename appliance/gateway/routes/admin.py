@@ -7,7 +7,7 @@ from typing import Any
 
 from litestar import Request, Response, delete, get, post
 
-from appliance.errors import ConfigError, PolicyViolation
+from appliance.errors import AuditUnavailable, ConfigError, PolicyViolation, ValidationFailed
 from appliance.gateway._service import Ctx, Gateway
 from appliance.gateway.auth.apikeys import ApiKeyInfo
 from appliance.gateway.breakglass import Grant
@@ -77,29 +77,36 @@ async def revoke_key(gw: Gateway, ctx: Ctx, key_id: str) -> tuple[ApiKeyInfo, st
 
 
 async def grant_breakglass(gw: Gateway, ctx: Ctx, body: BreakGlassCreate) -> tuple[Grant, str]:
-    g = gw.breakglass.grant(
-        body.subject,
-        body.role,
-        body.reason,
-        body.duration_s,
-        granted_by=ctx.principal.subject,
-        rules=gw.policy.current.breakglass,
-    )
-    audit_id = await gw.record(
-        gw.event(
-            "admin.breakglass.grant",
-            ctx=ctx,
-            action="grant",
-            details={
-                "grant_id": g.id,
-                "subject": g.subject,
-                "role": g.role,
-                "expires_at": g.expires_at,
-                "reason_chars": len(g.reason),
-                "review_required": True,
-            },
+    try:
+        g = gw.breakglass.grant(
+            body.subject,
+            body.role,
+            body.reason,
+            body.duration_s,
+            granted_by=ctx.principal.subject,
+            rules=gw.policy.current.breakglass,
         )
-    )
+    except (PolicyViolation, ValidationFailed) as exc:  # a refused elevation is itself an audit event
+        raise await gw.deny(exc, ctx=ctx, action="grant") from None
+    try:
+        audit_id = await gw.record(
+            gw.event(
+                "admin.breakglass.grant",
+                ctx=ctx,
+                action="grant",
+                details={
+                    "grant_id": g.id,
+                    "subject": g.subject,
+                    "role": g.role,
+                    "expires_at": g.expires_at,
+                    "reason_chars": len(g.reason),
+                    "review_required": True,
+                },
+            )
+        )
+    except AuditUnavailable:  # an elevation that could not be audited must not stay in force
+        gw.breakglass.revoke(g.id, revoked_by=SYSTEM_ACTOR["subject"])
+        raise
     return g, audit_id
 
 
@@ -132,18 +139,22 @@ async def reload_policy(gw: Gateway, ctx: Ctx | None) -> tuple[bool, str, str]:
             )
         )
         return False, exc.message, gw.policy.sha256
-    gw.metrics.policy_reloads.labels("applied").inc()
     actor = None if ctx else SYSTEM_ACTOR
-    await gw.record(
-        gw.event(
-            "policy.reload",
-            ctx=ctx,
-            actor=actor,
-            action="reload",
-            route="/v1/admin/policy/reload",
-            details={"old_sha256": old[:16], "new_sha256": new[:16]},
+    try:
+        await gw.record(
+            gw.event(
+                "policy.reload",
+                ctx=ctx,
+                actor=actor,
+                action="reload",
+                route="/v1/admin/policy/reload",
+                details={"old_sha256": old[:16], "new_sha256": new[:16]},
+            )
         )
-    )
+    except AuditUnavailable:  # a policy change that could not be audited is not applied
+        gw.policy.undo_reload()
+        raise
+    gw.metrics.policy_reloads.labels("applied").inc()
     return True, "policy reloaded", new
 
 

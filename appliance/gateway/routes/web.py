@@ -11,6 +11,7 @@ import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import Cookie
@@ -61,25 +62,8 @@ async def _page_ctx(
 ) -> Ctx | Redirect | Template:
     """The session's context for a page, or a redirect to the login page (auditing an idle logoff)."""
     gw = gateway_of(request)
-    found = await gw.sessions.get(request.cookies.get(SESSION_COOKIE))
+    found = await gw.lookup_session(request)  # an ended session is audited (auth.logout) there
     if found.expired is not None:
-        if found.expired_subject:
-            await gw.record(
-                gw.event(
-                    "auth.logout",
-                    actor={
-                        "subject": found.expired_subject,
-                        "client_id": gw.settings.gateway.oidc_client_id,
-                        "auth_method": "oidc",
-                        "session_id": found.expired_handle,
-                        "roles": [],
-                    },
-                    source={"ip": client_ip(request), "user_agent": None},
-                    action="logout",
-                    route=request.scope.get("path_template") or "/login",
-                    details={"reason": found.expired},
-                )
-            )
         resp = Redirect(f"/login?m={found.expired}")
         resp.cookies.append(_clear_cookie(gw))
         return resp
@@ -155,8 +139,10 @@ async def auth_login(request: Request[Any, Any, Any]) -> Redirect:
     gw = gateway_of(request)
     if gw.oidc is None:
         raise Unauthenticated("browser sign-in is not configured (gateway.oidc_issuer)")
-    start = await gw.oidc.begin()
     old = await gw.session_of(request)
+    if old is not None and old.authenticated:  # signed in: a GET (a link from any site) must not end the session
+        return Redirect("/")
+    start = await gw.oidc.begin()
     pre = await gw.sessions.rotate(
         old, {"oidc": {"state": start.state, "nonce": start.nonce, "verifier": start.code_verifier}}
     )
@@ -245,8 +231,7 @@ async def auth_logout(request: Request[Any, Any, Any], data: dict[str, str] = FO
     gw = gateway_of(request)
     session = await gw.session_of(request)
     if session is not None and session.authenticated:
-        if not session.csrf_ok(data.get("_csrf")):
-            raise PermissionDenied("missing or invalid CSRF token")
+        await gw.require(request, None, csrf=data.get("_csrf"))  # a forged sign-out is refused and audited
         await gw.record(
             gw.event(
                 "auth.logout",
@@ -264,6 +249,17 @@ async def auth_logout(request: Request[Any, Any, Any], data: dict[str, str] = FO
             )
         )
         await gw.sessions.delete(session.id)
+        if gw.oidc is not None:  # end the IdP's session too, or the next "Sign in" on this browser (a shared
+            # workstation) comes straight back as the same user without a password
+            try:
+                await gw.oidc.metadata()
+                idp_logout = gw.oidc.end_session_url(f"{gw.settings.gateway.public_url.rstrip('/')}/login")
+            except Unauthenticated:  # IdP unreachable: signed out here at least
+                idp_logout = None
+            if idp_logout is not None:
+                resp = Redirect(idp_logout, status_code=303)
+                resp.cookies.append(_clear_cookie(gw))
+                return resp
     resp = Redirect("/login?m=logged_out", status_code=303)
     resp.cookies.append(_clear_cookie(gw))
     return resp
@@ -332,9 +328,10 @@ def _filters(request: Request[Any, Any, Any]) -> dict[str, str]:
             if not _SAFE_FILTER.match(v):
                 raise ValidationFailed(f"filter {k!r} has characters that are not allowed")
             if k in ("since", "until"):
-                try:
-                    v = datetime.fromisoformat(v).replace(tzinfo=datetime.fromisoformat(v).tzinfo or UTC).isoformat()
-                except ValueError as exc:
+                try:  # in UTC (a time with no offset is UTC); one that UTC cannot hold is refused, not a 500
+                    t = datetime.fromisoformat(v)
+                    v = (t if t.tzinfo else t.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+                except (ValueError, OverflowError) as exc:
                     raise ValidationFailed(f"filter {k!r} must be an ISO date or time") from exc
             out[k] = v
     if out.get("outcome") and out["outcome"] not in ("success", "denied", "error"):
@@ -364,7 +361,7 @@ async def compliance(request: Request[Any, Any, Any]) -> Any:
         filters=filters,
         rows=[_row(r) for r in rows] if rows is not None else None,
         available=reader is not None,
-        query="&".join(f"{k}={v}" for k, v in filters.items()),
+        query=urlencode(filters),  # percent-encoded: a time's '+' (UTC offset) must not arrive as a space
     )
 
 
