@@ -14,6 +14,7 @@ from appliance.audit._export import ExportFilter, export, verify_export
 from appliance.audit._sinks.files import FileStore
 from appliance.audit._verify import VerifyReport, verify_store
 from appliance.config import Settings
+from appliance.errors import IntegrityViolation
 from appliance.keys import AUDIT_SIGNING, LocalKeyService
 from tests.audit._tamper import forged_signature, read_lines, rehash, relink_from, write_lines
 from tests.audit.conftest import make_event
@@ -167,6 +168,20 @@ class TestExport:
         )
         assert manifest["count"] == 31 and manifest["writers"]["node-1"]["first_seq"] == 11
         assert verify_export(tmp_path / "o").ok
+
+    @pytest.mark.parametrize("filters", [ExportFilter(actor="mallo"), ExportFilter()], ids=["filtered", "all"])
+    def test_tampered_store_is_never_signed_as_an_export(
+        self, chain: Path, settings: Settings, keys: LocalKeyService, tmp_path: Path, filters: ExportFilter
+    ) -> None:
+        """A re-hashed edit in the live log is refused at export: a filtered export would carry the forged record
+        without the broken link after it, and the appliance's signed manifest would vouch for it."""
+        lines = read_lines(chain)
+        lines[19] = rehash(lines[19].replace(b'"subject":"alice"', b'"subject":"mallo"'))
+        write_lines(chain, lines)
+        out = tmp_path / "out"
+        with pytest.raises(IntegrityViolation, match="does not verify"):
+            export(FileStore(settings.audit_dir), keys, out, filters=filters)
+        assert not (out / "manifest.json").exists() and not (out / "records.jsonl").exists()
 
     @pytest.mark.parametrize("exported", ["jsonl"], indirect=True)
     @pytest.mark.parametrize(
