@@ -166,6 +166,38 @@ def test_purge_leaves_a_verifiable_rest(settings: Settings, keys: LocalKeyServic
     assert report.ok and report.chains[0].first_seq == result.through_seq + 1
 
 
+def test_purge_never_drops_records_within_retention(
+    settings: Settings, keys: LocalKeyService, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the prefix of records older than the period goes: a later record with an old time (a clock set back)
+    does not take the recent records before it along, and the count is what was deleted."""
+    from datetime import UTC, datetime
+
+    from appliance.audit import _writer
+    from appliance.audit._sinks.postgres import purge_postgres
+
+    clock = {"now": "2019-01-01T00:00:00.000000Z"}
+    real = _writer._utc_now
+    monkeypatch.setattr(_writer, "_utc_now", lambda: clock["now"] or real())
+    writer = open_audit_log(_pg_settings(settings, postgres_url), keys)
+    for _ in range(5):  # old: seq 1..7 (start, its checkpoint, five events)
+        writer.record_sync(make_event())
+    clock["now"] = ""
+    for _ in range(5):  # recent: seq 8..12
+        writer.record_sync(make_event())
+    clock["now"] = "2019-06-01T00:00:00.000000Z"
+    for _ in range(5):  # the clock set back: seq 13..17 look old again
+        writer.record_sync(make_event())
+    clock["now"] = ""
+    writer.close_sync()
+    store = PostgresStore(postgres_url)
+    (result,) = purge_postgres(store, keys, 2192, now=datetime.now(UTC))
+    assert (result.through_seq, result.records) == (7, 7)
+    with psycopg.connect(conninfo(postgres_url), autocommit=True) as conn:
+        assert conn.execute("SELECT min(seq) FROM audit_records").fetchone()[0] == 8
+    assert verify_store(store, keys.public_keys(AUDIT_SIGNING)).ok
+
+
 def test_postgres_primary_with_file_secondary(settings: Settings, keys: LocalKeyService, postgres_url: str) -> None:
     """PostgreSQL primary with a segment-file secondary: after two sessions both hold the same verified chain."""
     section = {"sink": "postgres", "database_url": postgres_url, "secondary_sink": "file"}

@@ -261,7 +261,8 @@ class PostgresStore:
 
 
 def purge_postgres(store: PostgresStore, keys: Any, retain_days: int, *, now: Any = None, dry_run: bool = False) -> Any:
-    """Drop, per writer, the records older than retention (never the newest), behind a signed anchor row."""
+    """Drop, per writer, the records before the first one within retention (never the newest), behind a signed anchor
+    row. Record times need not grow (a clock set back), so an old time after a recent record drops nothing past it."""
     from datetime import UTC, datetime, timedelta
 
     from appliance.audit._checkpoint import AUDIT_SIGNING_KEY, sign, signed_message
@@ -273,11 +274,12 @@ def purge_postgres(store: PostgresStore, keys: Any, retain_days: int, *, now: An
     cutoff = cutoff[:-6] + "Z"
     results = []
     for writer_id in store.writers():
-        with store._connect() as conn:
+        with store._connect() as conn:  # the records before the first one within the period (times need not grow)
             row = conn.execute(
-                "SELECT max(seq), count(*) FROM audit_records WHERE writer_id = %s AND time < %s "
-                "AND seq < (SELECT max(seq) FROM audit_records WHERE writer_id = %s)",
-                (writer_id, cutoff, writer_id),
+                "SELECT max(seq), count(*) FROM audit_records WHERE writer_id = %s AND seq < LEAST("
+                "(SELECT min(seq) FROM audit_records WHERE writer_id = %s AND time >= %s), "
+                "(SELECT max(seq) FROM audit_records WHERE writer_id = %s))",
+                (writer_id, writer_id, cutoff, writer_id),
             ).fetchone()
         through, count = (int(row[0]), int(row[1])) if row and row[0] is not None else (None, 0)
         if through is None:
