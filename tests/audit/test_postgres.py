@@ -67,7 +67,7 @@ def test_two_writers_take_two_lanes(settings: Settings, keys: LocalKeyService, p
 def test_table_is_append_only_and_tampering_is_located(
     settings: Settings, keys: LocalKeyService, postgres_url: str
 ) -> None:
-    """UPDATE and DELETE are refused by the trigger; a superuser edit past it is found by verify, with its seq."""
+    """UPDATE, DELETE and TRUNCATE are refused by triggers; a superuser edit past them is found by verify (with seq)."""
     writer = open_audit_log(_pg_settings(settings, postgres_url), keys)
     for _ in range(10):
         writer.record_sync(make_event())
@@ -76,6 +76,7 @@ def test_table_is_append_only_and_tampering_is_located(
         for statement in (
             "UPDATE audit_records SET time = 'x' WHERE seq = 5",
             "DELETE FROM audit_records WHERE seq = 5",
+            "TRUNCATE audit_records",  # statement level: a row trigger does not see it
         ):
             with pytest.raises(psycopg.errors.RaiseException):
                 conn.execute(statement)

@@ -2,8 +2,8 @@
 
 Each batch is one transaction (``COPY`` of the lines, then ``COMMIT``): acknowledged only after the commit, which
 is durable with PostgreSQL's default ``synchronous_commit``. A writer holds a session advisory lock on its chain,
-so two processes can never fork one chain (a second takes the next lane, as with segment files). A trigger makes
-the table append-only: UPDATE is refused, and DELETE only inside a purge (``appliance.audit_purge = on``).
+so two processes can never fork one chain (a second takes the next lane, as with segment files). Triggers make the
+table append-only: UPDATE and TRUNCATE are refused, and DELETE only inside a purge (``appliance.audit_purge = on``).
 The stored line is byte-for-byte what the file sink writes, so the same verifier and export work on both.
 """
 
@@ -53,6 +53,10 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'audit_records_append_only') THEN
         CREATE TRIGGER audit_records_append_only BEFORE UPDATE OR DELETE ON audit_records
             FOR EACH ROW EXECUTE FUNCTION audit_records_append_only();
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'audit_records_no_truncate') THEN
+        CREATE TRIGGER audit_records_no_truncate BEFORE TRUNCATE ON audit_records
+            FOR EACH STATEMENT EXECUTE FUNCTION audit_records_append_only();
     END IF;
 END $$;
 """
