@@ -201,6 +201,15 @@ class TestValidation:
         assert "John" not in str(info.value) and "patient" not in str(info.value)
         assert audit_log.head.seq == before
 
+    @pytest.mark.parametrize("type_", ["audit.checkpoint", "audit.start", "audit.stop", "audit.recovered"])
+    async def test_writer_event_types_are_refused(self, audit_log: AuditWriter, type_: str) -> None:
+        """Only the writer records checkpoints, start, stop and recovery: a caller's would pass for one (and an
+        unsigned 'checkpoint' makes the whole chain fail verification, so purge and export refuse it)."""
+        before = audit_log.head.seq
+        with pytest.raises(ValidationFailed):
+            await audit_log.record(make_event(type=type_))
+        assert audit_log.head.seq == before
+
     async def test_user_agent_keeps_product_tokens_only(self, audit_log: AuditWriter, settings: Settings) -> None:
         """A user agent is reduced to its product/version tokens; comments and free text are dropped."""
         ua = "Mozilla/5.0 (patient Jane Doe; MRN 12345) Firefox/128.0 free text here"
