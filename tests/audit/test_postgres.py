@@ -199,6 +199,29 @@ def test_purge_never_drops_records_within_retention(
     assert verify_store(store, keys.public_keys(AUDIT_SIGNING)).ok
 
 
+def test_purge_reads_times_from_the_verified_lines(
+    settings: Settings, keys: LocalKeyService, postgres_url: str
+) -> None:
+    """The time column is a copy outside the hashed line: set back by someone past the trigger, it must not make a
+    purge drop recent records behind a validly signed anchor (the lines, and so verify, are untouched)."""
+    from datetime import UTC, datetime
+
+    from appliance.audit._sinks.postgres import purge_postgres
+
+    writer = open_audit_log(_pg_settings(settings, postgres_url), keys)
+    for _ in range(10):
+        writer.record_sync(make_event())
+    writer.close_sync()
+    with psycopg.connect(conninfo(postgres_url), autocommit=True) as conn:
+        conn.execute("ALTER TABLE audit_records DISABLE TRIGGER audit_records_append_only")
+        conn.execute("UPDATE audit_records SET time = '2019-01-01T00:00:00.000000Z'")
+        conn.execute("ALTER TABLE audit_records ENABLE TRIGGER audit_records_append_only")
+    store = PostgresStore(postgres_url)
+    assert verify_store(store, keys.public_keys(AUDIT_SIGNING)).ok
+    (result,) = purge_postgres(store, keys, 2192, now=datetime.now(UTC))
+    assert result.through_seq is None and store.anchor("node-1") is None
+
+
 def test_postgres_primary_with_file_secondary(settings: Settings, keys: LocalKeyService, postgres_url: str) -> None:
     """PostgreSQL primary with a segment-file secondary: after two sessions both hold the same verified chain."""
     section = {"sink": "postgres", "database_url": postgres_url, "secondary_sink": "file"}

@@ -278,10 +278,13 @@ def purge_postgres(store: PostgresStore, keys: Any, retain_days: int, *, now: An
     cutoff = cutoff[:-6] + "Z"
     results = []
     for writer_id in store.writers():
-        with store._connect() as conn:  # the records before the first one within the period (times need not grow)
+        # The records before the first one within the period (times need not grow), by the time in the hashed line:
+        # the time column is an unverified copy. A line without a time counts as within the period.
+        with store._connect() as conn:
             row = conn.execute(
                 "SELECT max(seq), count(*) FROM audit_records WHERE writer_id = %s AND seq < LEAST("
-                "(SELECT min(seq) FROM audit_records WHERE writer_id = %s AND time >= %s), "
+                "(SELECT min(seq) FROM audit_records WHERE writer_id = %s "
+                "AND (substring(convert_from(line, 'UTF8') from '\"time\":\"([0-9TZ:.-]*)') >= %s) IS NOT FALSE), "
                 "(SELECT max(seq) FROM audit_records WHERE writer_id = %s))",
                 (writer_id, writer_id, cutoff, writer_id),
             ).fetchone()
