@@ -118,6 +118,34 @@ class TestLiveLog:
         kinds = _kinds(_verify(settings, keys))
         assert ("inserted", 31, 31) in kinds or ("duplicate", 32, 31) in kinds, kinds
 
+    def test_incomplete_last_line_is_torn(self, chain: Path, settings: Settings, keys: LocalKeyService) -> None:
+        """On a chain no process holds, an incomplete last line is reported as torn."""
+        with chain.open("ab") as handle:
+            handle.write(read_lines(chain)[5][:100])
+        assert [p.kind for p in _verify(settings, keys).all_problems] == ["torn"]
+
+    @pytest.mark.parametrize("workers", [1, 2])
+    def test_append_in_flight_is_not_torn_while_held(
+        self, settings: Settings, keys: LocalKeyService, workers: int
+    ) -> None:
+        """While a writer holds the chain, an incomplete last line is its append in flight (verify under load read
+        one mid-write and failed the live log, and so the export), not damage."""
+        settings = settings.model_copy(update={"audit": settings.audit.model_copy(update={"segment_max_records": 10})})
+        writer = open_audit_log(settings, keys)
+        try:
+            for _ in range(15):
+                writer.record_sync(make_event())
+            store = FileStore(settings.audit_dir)
+            newest = store.segments("node-1")[-1][1]
+            whole = newest.read_bytes()
+            with newest.open("ab") as handle:
+                handle.write(whole[:100])  # what a reader sees while write() copies the batch in
+            report = verify_store(store, keys.public_keys(AUDIT_SIGNING), workers=workers)
+            assert report.ok, [str(p) for p in report.all_problems]
+            newest.write_bytes(whole)
+        finally:
+            writer.close_sync()
+
     def test_truncated_end_is_reported(self, chain: Path, settings: Settings, keys: LocalKeyService) -> None:
         """Cutting the last records off a closed chain leaves an unsigned end, which is reported."""
         lines = read_lines(chain)
