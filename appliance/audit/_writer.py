@@ -159,7 +159,7 @@ class AuditWriter:
         if self._closed:
             return
         try:
-            self._submit_body_sync(system_event("audit.stop", "stop", {"pid": os.getpid()}), checkpoint=True)
+            self._submit_body_sync(system_event("audit.stop", "stop", {"pid": os.getpid()}), checkpoint=True, last=True)
         except AuditUnavailable:
             log.warning("audit.stop_not_recorded", writer_id=self.writer_id)
         finally:
@@ -242,16 +242,17 @@ class AuditWriter:
         """The last durable position of the chain (seq and hash)."""
         return self._head
 
-    def _submit_body_sync(self, body: bytes, *, checkpoint: bool = False) -> AuditReceipt:
+    def _submit_body_sync(self, body: bytes, *, checkpoint: bool = False, last: bool = False) -> AuditReceipt:
         done: concurrent.futures.Future[AuditReceipt] = concurrent.futures.Future()
-        self._submit(_Pending(body, done, None, checkpoint))
+        self._submit(_Pending(body, done, None, checkpoint), last=last)
         return done.result()  # the watchdog fails it after record_timeout_s if storage hangs
 
-    def _submit(self, pending: _Pending) -> None:
+    def _submit(self, pending: _Pending, *, last: bool = False) -> None:
         with self._lock:
             if self._closing or self._closed:
                 raise AuditUnavailable("audit writer is closed")
             self._queue.append(pending)
+            self._closing = last  # nothing is queued after audit.stop: its checkpoint must end the chain
             if self._idle:
                 self._idle = False
                 self._wake.set()

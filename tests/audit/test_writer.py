@@ -58,6 +58,32 @@ class TestRecord:
         assert report.ok, report.problems
         assert report.signed_through == records[-2]["seq"] and report.checkpoints == 2
 
+    def test_close_under_load_still_ends_signed(self, settings: Settings, keys: LocalKeyService) -> None:
+        """Records still arriving while the log closes are refused or come before audit.stop: its checkpoint ends
+        the chain (records after it left a closed chain with an unsigned tail, which verify reports)."""
+        writer = open_audit_log(settings, keys)
+        started = threading.Barrier(5)
+
+        def flood() -> None:
+            started.wait()
+            try:
+                while True:
+                    writer.record_sync(make_event())
+            except AuditUnavailable:
+                return
+
+        threads = [threading.Thread(target=flood) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        started.wait()
+        time.sleep(0.2)
+        writer.close_sync()
+        for thread in threads:
+            thread.join()
+        assert [r["type"] for r in _records(settings)[-2:]] == ["audit.stop", "audit.checkpoint"]
+        report = _verify(settings, keys, require_signed_end=True)
+        assert report.ok, report.problems
+
     def test_reopen_continues_the_chain(self, settings: Settings, keys: LocalKeyService) -> None:
         """A second writer on the same data dir continues the sequence and the chain verifies end to end."""
         for _ in range(2):
