@@ -147,6 +147,8 @@ class AuditWriter:
                     "kept_as": recovery.kept_as,
                 }
                 self._submit_body_sync(system_event("audit.recovered", "truncate", details))
+            if not head.clean_end:  # no audit.stop at the end: the last writer crashed, or the end was cut off
+                self._submit_body_sync(system_event("audit.recovered", "resume", {"last_seq": head.seq}))
             self._submit_body_sync(system_event("audit.start", "start", {"pid": os.getpid()}), checkpoint=True)
         except BaseException:
             self._stop_thread()

@@ -222,6 +222,30 @@ def test_purge_reads_times_from_the_verified_lines(
     assert result.through_seq is None and store.anchor("node-1") is None
 
 
+def test_end_without_stop_is_recorded_on_the_next_start(
+    settings: Settings, keys: LocalKeyService, postgres_url: str
+) -> None:
+    """Rows cut off the end (past the trigger) leave a chain without audit.stop: the next writer records it."""
+    import json
+
+    pg = _pg_settings(settings, postgres_url)
+    for _ in range(2):
+        writer = open_audit_log(pg, keys)
+        for _ in range(5):
+            writer.record_sync(make_event())
+        writer.close_sync()
+    with psycopg.connect(conninfo(postgres_url), autocommit=True) as conn:
+        conn.execute("ALTER TABLE audit_records DISABLE TRIGGER audit_records_append_only")
+        conn.execute("DELETE FROM audit_records WHERE seq > 15")
+        conn.execute("ALTER TABLE audit_records ENABLE TRIGGER audit_records_append_only")
+    writer = open_audit_log(pg, keys)
+    writer.close_sync()
+    with psycopg.connect(conninfo(postgres_url), autocommit=True) as conn:
+        records = [json.loads(bytes(r[0])) for r in conn.execute("SELECT line FROM audit_records ORDER BY seq")]
+    resumed = [(r["action"], r["details"]) for r in records if r["type"] == "audit.recovered"]
+    assert resumed == [("resume", {"last_seq": 15})]
+
+
 def test_postgres_primary_with_file_secondary(settings: Settings, keys: LocalKeyService, postgres_url: str) -> None:
     """PostgreSQL primary with a segment-file secondary: after two sessions both hold the same verified chain."""
     section = {"sink": "postgres", "database_url": postgres_url, "secondary_sink": "file"}

@@ -16,7 +16,7 @@ from typing import Any
 
 from appliance.audit._canonical import GENESIS_HASH
 from appliance.audit._retention import Anchor
-from appliance.audit._sinks._base import ChainHead
+from appliance.audit._sinks._base import ChainHead, stopped_cleanly
 from appliance.errors import AuditUnavailable
 
 __all__ = ["PostgresSink", "PostgresStore", "conninfo"]
@@ -120,17 +120,18 @@ class PostgresSink:
         import psycopg
 
         try:
-            row = self._conn.execute(
-                "SELECT seq, line FROM audit_records WHERE writer_id = %s ORDER BY seq DESC LIMIT 1",
+            rows = self._conn.execute(
+                "SELECT seq, line FROM audit_records WHERE writer_id = %s ORDER BY seq DESC LIMIT 2",
                 (self._writer_id,),
-            ).fetchone()
+            ).fetchall()
             anchor = PostgresStore.anchor_of(self._conn, self._writer_id)
         except psycopg.Error as exc:
             raise _unavailable("read the end of its chain", exc) from exc
-        if row is not None:
-            line = bytes(row[1])
-            self._head_seq = int(row[0])
-            return ChainHead(self._writer_id, self._head_seq, line[-66:-2].decode("ascii"))
+        if rows:
+            line = bytes(rows[0][1])
+            self._head_seq = int(rows[0][0])
+            clean = len(rows) == 2 and stopped_cleanly(bytes(rows[1][1]), line)
+            return ChainHead(self._writer_id, self._head_seq, line[-66:-2].decode("ascii"), clean_end=clean)
         if anchor is not None:
             self._head_seq = anchor.seq
             return ChainHead(self._writer_id, anchor.seq, anchor.hash)
