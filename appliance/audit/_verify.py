@@ -282,7 +282,11 @@ def verify_store(
     verified in parallel processes (``workers``, default: one per CPU when there is more than 32 MiB).
     """
     report = VerifyReport(key_fingerprint=key_fingerprint(public_keys))
-    for wid in [writer_id] if writer_id else store.writers():
+    writers = store.writers()
+    if writer_id and writer_id not in writers:  # a mistyped or deleted chain must not verify as "OK: 0 records"
+        report.problems.append(Problem(writer_id, "missing", "(store)", None, None, "no chain with this writer id"))
+        return report
+    for wid in [writer_id] if writer_id else writers:
         start: tuple[int, str] = (0, GENESIS_HASH)
         anchor = store.anchor(wid)
         if anchor is not None:

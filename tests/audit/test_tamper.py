@@ -118,6 +118,16 @@ class TestLiveLog:
         kinds = _kinds(_verify(settings, keys))
         assert ("inserted", 31, 31) in kinds or ("duplicate", 32, 31) in kinds, kinds
 
+    def test_deleted_chain_named_in_verify_is_missing(
+        self, chain: Path, settings: Settings, keys: LocalKeyService
+    ) -> None:
+        """Verifying one writer's chain that is not in the store is a problem, not 'OK: 0 records'."""
+        for path in chain.parent.iterdir():
+            path.unlink()
+        chain.parent.rmdir()
+        report = verify_store(FileStore(settings.audit_dir), keys.public_keys(AUDIT_SIGNING), writer_id="node-1")
+        assert [p.kind for p in report.all_problems] == ["missing"]
+
     def test_incomplete_last_line_is_torn(self, chain: Path, settings: Settings, keys: LocalKeyService) -> None:
         """On a chain no process holds, an incomplete last line is reported as torn."""
         with chain.open("ab") as handle:
