@@ -49,6 +49,7 @@ RESERVED_FIELDS = frozenset({"seq", "prev_hash", "hash", "writer_id", "event_id"
 RESERVED_TYPES = frozenset({"audit.checkpoint", "audit.start", "audit.stop", "audit.recovered"})
 
 _UA_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,39}/[A-Za-z0-9][A-Za-z0-9._-]{0,39}")
+_SCOPE_ID = re.compile(r"[A-Za-z0-9_.-]{1,32}")  # an IPv6 zone: an interface name or number
 _MAX_DETAILS = 32
 
 
@@ -78,9 +79,13 @@ class Source(_Strict):
         if value is None:
             return None
         try:
-            return str(ipaddress.ip_address(value))
+            address = ipaddress.ip_address(value)
         except ValueError:
             raise ValueError("not an IP address") from None
+        scope = getattr(address, "scope_id", None)  # ip_address takes any text after '%' as the IPv6 zone
+        if scope is not None and not _SCOPE_ID.fullmatch(scope):
+            raise ValueError("not an IP address")
+        return str(address)
 
     @field_validator("user_agent")
     @classmethod

@@ -214,6 +214,7 @@ class TestValidation:
             {"prompt": "tell me about the patient"},
             {"actor": {"subject": "a b", "auth_method": "oidc"}},
             {"source": {"ip": "not-an-ip"}},
+            {"source": {"ip": "fe80::1%patient John Smith has diabetes"}},  # any text passes as an IPv6 zone
             {"digests": {"prompt": "not a digest"}},
             {"seq": 5},
             {"latency_ms": float("nan")},
