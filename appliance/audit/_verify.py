@@ -250,6 +250,8 @@ def _check_checkpoint(
         details = record["details"]
         signed_seq, signed_hash, signature = int(details["signed_seq"]), details["signed_hash"], details["signature"]
         record_writer = record["writer_id"]
+        if not isinstance(signed_hash, str):  # an edited record's JSON types are not the writer's
+            raise TypeError("signed_hash")
     except (ValueError, KeyError, TypeError):
         problem("malformed", "checkpoint record without signed_seq/signed_hash/signature")
         return

@@ -94,6 +94,19 @@ class TestLiveLog:
         assert problems and {p.kind for p in problems} == {"bad_signature"}
         assert json.loads(read_lines(chain)[problems[0].line - 1])["type"] == "audit.checkpoint"
 
+    def test_checkpoint_with_wrong_field_types_is_located(
+        self, chain: Path, settings: Settings, keys: LocalKeyService
+    ) -> None:
+        """A checkpoint whose signed_hash is not a string is a located problem, not a crash of verify."""
+        lines = read_lines(chain)
+        i = next(n for n, line in enumerate(lines) if n > 5 and b'"type":"audit.checkpoint"' in line)
+        signed = json.loads(lines[i])["details"]["signed_hash"]
+        lines[i] = lines[i].replace(f'"signed_hash":"{signed}"'.encode(), b'"signed_hash":5')
+        relink_from(lines, i)
+        write_lines(chain, lines)
+        kinds = {p.kind for p in _verify(settings, keys).all_problems}
+        assert "malformed" in kinds
+
     def test_deleted_record_is_located(self, chain: Path, settings: Settings, keys: LocalKeyService) -> None:
         """Deleting the record with seq 30 is reported as missing seq 30 at the line where it should be."""
         lines = read_lines(chain)
