@@ -31,8 +31,8 @@ from appliance.audit._checkpoint import (
     verify_signature,
 )
 from appliance.audit._sinks._base import ChainReader
-from appliance.audit._verify import ChainReport, Problem, VerifyReport, verify_chain
-from appliance.errors import Conflict, ValidationFailed
+from appliance.audit._verify import ChainReport, Problem, VerifyReport, verify_chain, verify_store
+from appliance.errors import Conflict, IntegrityViolation, ValidationFailed
 from appliance.protocols import KeyService
 
 __all__ = ["ExportFilter", "export", "parse_time", "verify_export"]
@@ -231,12 +231,23 @@ def export(
     filters: ExportFilter = ExportFilter(),
     fmt: Format = "jsonl",
     on_progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
-    """Write the matching records and a signed manifest into ``out`` (new or empty); returns the manifest."""
+    """Write the matching records and a signed manifest into ``out`` (new or empty); returns the manifest.
+
+    The store is verified first: a filtered or time-range export cannot show a broken link or a checkpoint
+    mismatch outside what it carries, so signing records from a chain that does not verify would vouch for them.
+    """
     if fmt not in ("jsonl", "csv"):
         raise ValidationFailed("export format must be 'jsonl' or 'csv'")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise Conflict(f"export directory {out} exists and is not empty")
+    checked = verify_store(store, keys.public_keys(AUDIT_SIGNING_KEY), workers=workers)
+    if not checked.ok:
+        raise IntegrityViolation(
+            f"the audit trail does not verify ({len(checked.all_problems)} problems): not signing an export of it; "
+            "run `appliance audit verify`"
+        )
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     name = f"records.{fmt}"
     tmp = out / f".{name}.partial"

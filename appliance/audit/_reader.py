@@ -77,7 +77,7 @@ class StoreReader:
             raise ValidationFailed("format must be jsonl or csv")
         with tempfile.TemporaryDirectory(prefix="audit-export-") as tmp:
             out = Path(tmp) / "export"
-            export(self._store, self._keys, out, filters=_filter(filters), fmt=fmt)  # type: ignore[arg-type]
+            export(self._store, self._keys, out, filters=_filter(filters), fmt=fmt, workers=1)  # type: ignore[arg-type]
             return (out / f"records.{fmt}").read_bytes()
 
     def verify_sync(self) -> dict[str, Any]:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["Anchor", "PurgeResult", "RetentionPolicy", "load_retention_policy", "purge_files", "read_anchor"]
 
 HIPAA_MINIMUM_DAYS = 2190
+_TIME = b'"time":"'
 
 
 class _AuditRetention(BaseModel):
@@ -119,7 +120,7 @@ def purge_files(
     now: datetime | None = None,
     dry_run: bool = False,
 ) -> list[PurgeResult]:
-    """Drop, per writer, the oldest whole segments whose newest record is past retention (never the last one)."""
+    """Drop, per writer, the oldest whole segments whose every record is past retention (never the last one)."""
     from appliance.audit._canonical import parse_line
     from appliance.audit._checkpoint import AUDIT_SIGNING_KEY, sign, signed_message
     from appliance.audit._verify import verify_store
@@ -133,7 +134,8 @@ def purge_files(
         for first_seq, path in segments[:-1]:  # the newest segment stays: the writer appends to it
             last = _last_line(path)
             record = parse_line(last) if last else None
-            if record is None or str(record.get("time", "")) >= cutoff_text:
+            newest = _newest_time(path)  # not the last line's: times need not grow (a clock set back)
+            if record is None or newest is None or newest >= cutoff_text:
                 break
             old.append((first_seq, path, record))
         if not old:
@@ -175,6 +177,20 @@ def _last_line(path: Path) -> bytes | None:
         handle.seek(max(0, size - (1 << 16)))
         lines = handle.read().rstrip(b"\n").split(b"\n")
     return lines[-1] if lines and lines[-1] else None
+
+
+def _newest_time(path: Path) -> str | None:
+    """The newest record time in a segment; None when a line has no time (verification reports it)."""
+    newest = ""
+    for line in path.read_bytes().split(b"\n"):
+        if not line:
+            continue
+        start = line.find(_TIME)  # the head's time comes before any event field
+        if start < 0:
+            return None
+        start += len(_TIME)
+        newest = max(newest, line[start : line.find(b'"', start)].decode("ascii", "replace"))
+    return newest or None
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -22,6 +22,7 @@ from appliance.errors import ValidationFailed
 
 __all__ = [
     "RESERVED_FIELDS",
+    "RESERVED_TYPES",
     "AuditEvent",
     "FieldKind",
     "check_extra_fields",
@@ -44,8 +45,11 @@ FieldKind = Literal["identifier", "integer", "number", "boolean"]
 
 # Names the writer adds; an event or a configured extra field may not use them.
 RESERVED_FIELDS = frozenset({"seq", "prev_hash", "hash", "writer_id", "event_id", "time"})
+# Types only the writer records: a caller's would pass for its own (an unsigned "checkpoint" fails verification).
+RESERVED_TYPES = frozenset({"audit.checkpoint", "audit.start", "audit.stop", "audit.recovered"})
 
 _UA_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,39}/[A-Za-z0-9][A-Za-z0-9._-]{0,39}")
+_SCOPE_ID = re.compile(r"[A-Za-z0-9_.-]{1,32}")  # an IPv6 zone: an interface name or number
 _MAX_DETAILS = 32
 
 
@@ -75,9 +79,13 @@ class Source(_Strict):
         if value is None:
             return None
         try:
-            return str(ipaddress.ip_address(value))
+            address = ipaddress.ip_address(value)
         except ValueError:
             raise ValueError("not an IP address") from None
+        scope = getattr(address, "scope_id", None)  # ip_address takes any text after '%' as the IPv6 zone
+        if scope is not None and not _SCOPE_ID.fullmatch(scope):
+            raise ValueError("not an IP address")
+        return str(address)
 
     @field_validator("user_agent")
     @classmethod
@@ -184,6 +192,8 @@ def validate_event(event: Mapping[str, Any], extras: _ExtraCheck | None = None) 
     reserved = RESERVED_FIELDS.intersection(event)
     if reserved:
         raise ValidationFailed(f"audit event sets writer fields: {sorted(reserved)}")
+    if isinstance(event.get("type"), str) and event["type"] in RESERVED_TYPES:
+        raise ValidationFailed(f"audit event type {event['type']!r} is recorded by the writer alone")
     try:
         model = AuditEvent.model_validate(event)
         unknown = set(model.model_extra or {}) - checker.names

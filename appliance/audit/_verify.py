@@ -102,12 +102,14 @@ def verify_chain(
     allow_gaps: bool = False,
     require_signed_end: bool = False,
     collect_hashes: bool = False,
+    in_flight_end: bool = False,
 ) -> ChainReport:
     """Verify one writer's chain given as (location, bytes of whole lines[, line number of the first]) chunks.
 
     ``start`` is the (seq, hash) the first record must follow (the genesis, or a purge anchor); None accepts any
     start (an export of a range). ``allow_gaps`` accepts sequence gaps (a filtered export, whose record set the
-    signed manifest binds instead) but still checks the links between consecutive records.
+    signed manifest binds instead) but still checks the links between consecutive records. ``in_flight_end``
+    accepts an incomplete line at the very end of the last chunk: a writer holds the chain and is appending.
     """
     report = ChainReport(writer_id)
     problems = report.problems
@@ -122,11 +124,15 @@ def verify_chain(
     last_seq: int | None = None
     last_line = 0
     duplicate: tuple[bytes, int, int] | None = None  # (hash, line, line of the first copy) of a repeated seq
+    torn: Problem | None = None  # an incomplete last line, reported once a later chunk shows it is not the end
 
     def problem(kind: str, location: str, line: int | None, seq: int | None, message: str) -> None:
         problems.append(Problem(writer_id, kind, location, line, seq, message))
 
     for chunk in chunks:
+        if torn is not None:
+            problems.append(torn)
+            torn = None
         location, data = chunk[0], chunk[1]
         first_line = chunk[2] if len(chunk) > 2 else 1  # type: ignore[misc]
         view = memoryview(data)
@@ -197,7 +203,11 @@ def verify_chain(
             last_seq, prev, expected_seq, last_line = seq, stored, seq + 1, lineno
         view.release()
         if pos < len(data):
-            problem("torn", location, lineno + 1, None, f"incomplete last line ({len(data) - pos} bytes)")
+            torn = Problem(
+                writer_id, "torn", location, lineno + 1, None, f"incomplete last line ({len(data) - pos} bytes)"
+            )
+    if torn is not None and not in_flight_end:
+        problems.append(torn)
 
     for first, last, location, lineno in gaps:
         missing = set(range(first, last + 1))
@@ -240,6 +250,8 @@ def _check_checkpoint(
         details = record["details"]
         signed_seq, signed_hash, signature = int(details["signed_seq"]), details["signed_hash"], details["signature"]
         record_writer = record["writer_id"]
+        if not isinstance(signed_hash, str):  # an edited record's JSON types are not the writer's
+            raise TypeError("signed_hash")
     except (ValueError, KeyError, TypeError):
         problem("malformed", "checkpoint record without signed_seq/signed_hash/signature")
         return
@@ -272,7 +284,11 @@ def verify_store(
     verified in parallel processes (``workers``, default: one per CPU when there is more than 32 MiB).
     """
     report = VerifyReport(key_fingerprint=key_fingerprint(public_keys))
-    for wid in [writer_id] if writer_id else store.writers():
+    writers = store.writers()
+    if writer_id and writer_id not in writers:  # a mistyped or deleted chain must not verify as "OK: 0 records"
+        report.problems.append(Problem(writer_id, "missing", "(store)", None, None, "no chain with this writer id"))
+        return report
+    for wid in [writer_id] if writer_id else writers:
         start: tuple[int, str] = (0, GENESIS_HASH)
         anchor = store.anchor(wid)
         if anchor is not None:
@@ -284,7 +300,7 @@ def verify_store(
                         wid, "bad_signature", "anchor.json", None, anchor.seq, "purge anchor signature does not verify"
                     )
                 )
-        signed_end = not store.is_active(wid)
+        signed_end = not store.is_active(wid)  # else a writer holds it: its end may be unsigned, or mid-append
         paths = _segment_paths(store, wid)
         n = workers if workers is not None else _default_workers(paths)
         if paths is not None and n > 1 and len(paths) > 1:
@@ -293,7 +309,14 @@ def verify_store(
             )
         else:
             read = getattr(store, "read_mapped", store.read)
-            chain = verify_chain(wid, read(wid), public_keys=public_keys, start=start, require_signed_end=signed_end)
+            chain = verify_chain(
+                wid,
+                read(wid),
+                public_keys=public_keys,
+                start=start,
+                require_signed_end=signed_end,
+                in_flight_end=not signed_end,
+            )
         report.chains.append(chain)
     return report
 
@@ -309,11 +332,11 @@ def _default_workers(paths: list[Path] | None) -> int:
     return min(len(paths), os.cpu_count() or 1)
 
 
-def _verify_segment(args: tuple[str, Path, dict[int, bytes]]) -> ChainReport:
-    writer_id, path, public_keys = args
+def _verify_segment(args: tuple[str, Path, dict[int, bytes], bool]) -> ChainReport:
+    writer_id, path, public_keys, in_flight_end = args
     from appliance.audit._sinks.files import map_file
 
-    return verify_chain(writer_id, map_file(path), public_keys=public_keys, start=None)
+    return verify_chain(writer_id, map_file(path), public_keys=public_keys, start=None, in_flight_end=in_flight_end)
 
 
 def verify_segments(
@@ -332,7 +355,8 @@ def verify_segments(
 
     # fork is fastest and safe in a single-threaded process (the CLI); elsewhere start a clean server.
     method = "fork" if threading.active_count() == 1 else "forkserver"
-    jobs = [(writer_id, path, dict(public_keys)) for path in paths]
+    last = len(paths) - 1  # only the newest segment of a held chain can be mid-append
+    jobs = [(writer_id, path, dict(public_keys), i == last and not require_signed_end) for i, path in enumerate(paths)]
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
         parts = list(pool.map(_verify_segment, jobs))
     report = ChainReport(writer_id)

@@ -147,6 +147,8 @@ class AuditWriter:
                     "kept_as": recovery.kept_as,
                 }
                 self._submit_body_sync(system_event("audit.recovered", "truncate", details))
+            if not head.clean_end:  # no audit.stop at the end: the last writer crashed, or the end was cut off
+                self._submit_body_sync(system_event("audit.recovered", "resume", {"last_seq": head.seq}))
             self._submit_body_sync(system_event("audit.start", "start", {"pid": os.getpid()}), checkpoint=True)
         except BaseException:
             self._stop_thread()
@@ -159,7 +161,7 @@ class AuditWriter:
         if self._closed:
             return
         try:
-            self._submit_body_sync(system_event("audit.stop", "stop", {"pid": os.getpid()}), checkpoint=True)
+            self._submit_body_sync(system_event("audit.stop", "stop", {"pid": os.getpid()}), checkpoint=True, last=True)
         except AuditUnavailable:
             log.warning("audit.stop_not_recorded", writer_id=self.writer_id)
         finally:
@@ -242,16 +244,17 @@ class AuditWriter:
         """The last durable position of the chain (seq and hash)."""
         return self._head
 
-    def _submit_body_sync(self, body: bytes, *, checkpoint: bool = False) -> AuditReceipt:
+    def _submit_body_sync(self, body: bytes, *, checkpoint: bool = False, last: bool = False) -> AuditReceipt:
         done: concurrent.futures.Future[AuditReceipt] = concurrent.futures.Future()
-        self._submit(_Pending(body, done, None, checkpoint))
+        self._submit(_Pending(body, done, None, checkpoint), last=last)
         return done.result()  # the watchdog fails it after record_timeout_s if storage hangs
 
-    def _submit(self, pending: _Pending) -> None:
+    def _submit(self, pending: _Pending, *, last: bool = False) -> None:
         with self._lock:
             if self._closing or self._closed:
                 raise AuditUnavailable("audit writer is closed")
             self._queue.append(pending)
+            self._closing = last  # nothing is queued after audit.stop: its checkpoint must end the chain
             if self._idle:
                 self._idle = False
                 self._wake.set()

@@ -7,7 +7,6 @@ in the shell history or the process list. Export and purge are themselves audit 
 
 from __future__ import annotations
 
-import getpass
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,14 +14,14 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from appliance.cli._common import console, err_console, settings_of
+from appliance.cli._common import console, err_console, invoking_user, settings_of
 
 app = typer.Typer(no_args_is_help=True)
 
 
 def _operator() -> str:
     try:
-        return f"os:{getpass.getuser()}"
+        return f"os:{invoking_user()}"  # the person behind sudo, not the service account the command runs as
     except Exception:  # no passwd entry (containers)
         return "os:unknown"
 

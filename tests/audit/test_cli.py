@@ -123,3 +123,18 @@ def test_hash_argument_and_purge_dry_run(env: Settings, keys: LocalKeyService) -
     assert digest(keys, "some text") not in tail
     purge = runner.invoke(app, ["audit", "purge", "--dry-run"])
     assert purge.exit_code == 0 and "nothing older than 2192 days" in purge.output
+
+
+def test_cli_actor_is_the_user_behind_sudo(
+    env: Settings, keys: LocalKeyService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run as `sudo -u appliance appliance audit hash`, the recorded actor is the person, not the service account."""
+    _fill(env, keys, 1)
+    monkeypatch.setenv("LOGNAME", "appliance")
+    monkeypatch.setenv("USER", "appliance")
+    monkeypatch.setenv("SUDO_USER", "dr-ops")
+    runner = CliRunner()
+    assert runner.invoke(app, ["audit", "hash", "some text"]).exit_code == 0
+    tail = runner.invoke(app, ["audit", "tail", "-n", "3", "--json"]).output
+    (record,) = [json.loads(x) for x in tail.splitlines() if x.startswith("{") and '"audit.hash"' in x]
+    assert record["actor"]["subject"] == "os:dr-ops"

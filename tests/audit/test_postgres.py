@@ -67,7 +67,7 @@ def test_two_writers_take_two_lanes(settings: Settings, keys: LocalKeyService, p
 def test_table_is_append_only_and_tampering_is_located(
     settings: Settings, keys: LocalKeyService, postgres_url: str
 ) -> None:
-    """UPDATE and DELETE are refused by the trigger; a superuser edit past it is found by verify, with its seq."""
+    """UPDATE, DELETE and TRUNCATE are refused by triggers; a superuser edit past them is found by verify (with seq)."""
     writer = open_audit_log(_pg_settings(settings, postgres_url), keys)
     for _ in range(10):
         writer.record_sync(make_event())
@@ -76,6 +76,7 @@ def test_table_is_append_only_and_tampering_is_located(
         for statement in (
             "UPDATE audit_records SET time = 'x' WHERE seq = 5",
             "DELETE FROM audit_records WHERE seq = 5",
+            "TRUNCATE audit_records",  # statement level: a row trigger does not see it
         ):
             with pytest.raises(psycopg.errors.RaiseException):
                 conn.execute(statement)
@@ -164,6 +165,85 @@ def test_purge_leaves_a_verifiable_rest(settings: Settings, keys: LocalKeyServic
     writer.close_sync()
     report = verify_store(store, keys.public_keys(AUDIT_SIGNING))
     assert report.ok and report.chains[0].first_seq == result.through_seq + 1
+
+
+def test_purge_never_drops_records_within_retention(
+    settings: Settings, keys: LocalKeyService, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the prefix of records older than the period goes: a later record with an old time (a clock set back)
+    does not take the recent records before it along, and the count is what was deleted."""
+    from datetime import UTC, datetime
+
+    from appliance.audit import _writer
+    from appliance.audit._sinks.postgres import purge_postgres
+
+    clock = {"now": "2019-01-01T00:00:00.000000Z"}
+    real = _writer._utc_now
+    monkeypatch.setattr(_writer, "_utc_now", lambda: clock["now"] or real())
+    writer = open_audit_log(_pg_settings(settings, postgres_url), keys)
+    for _ in range(5):  # old: seq 1..7 (start, its checkpoint, five events)
+        writer.record_sync(make_event())
+    clock["now"] = ""
+    for _ in range(5):  # recent: seq 8..12
+        writer.record_sync(make_event())
+    clock["now"] = "2019-06-01T00:00:00.000000Z"
+    for _ in range(5):  # the clock set back: seq 13..17 look old again
+        writer.record_sync(make_event())
+    clock["now"] = ""
+    writer.close_sync()
+    store = PostgresStore(postgres_url)
+    (result,) = purge_postgres(store, keys, 2192, now=datetime.now(UTC))
+    assert (result.through_seq, result.records) == (7, 7)
+    with psycopg.connect(conninfo(postgres_url), autocommit=True) as conn:
+        assert conn.execute("SELECT min(seq) FROM audit_records").fetchone()[0] == 8
+    assert verify_store(store, keys.public_keys(AUDIT_SIGNING)).ok
+
+
+def test_purge_reads_times_from_the_verified_lines(
+    settings: Settings, keys: LocalKeyService, postgres_url: str
+) -> None:
+    """The time column is a copy outside the hashed line: set back by someone past the trigger, it must not make a
+    purge drop recent records behind a validly signed anchor (the lines, and so verify, are untouched)."""
+    from datetime import UTC, datetime
+
+    from appliance.audit._sinks.postgres import purge_postgres
+
+    writer = open_audit_log(_pg_settings(settings, postgres_url), keys)
+    for _ in range(10):
+        writer.record_sync(make_event())
+    writer.close_sync()
+    with psycopg.connect(conninfo(postgres_url), autocommit=True) as conn:
+        conn.execute("ALTER TABLE audit_records DISABLE TRIGGER audit_records_append_only")
+        conn.execute("UPDATE audit_records SET time = '2019-01-01T00:00:00.000000Z'")
+        conn.execute("ALTER TABLE audit_records ENABLE TRIGGER audit_records_append_only")
+    store = PostgresStore(postgres_url)
+    assert verify_store(store, keys.public_keys(AUDIT_SIGNING)).ok
+    (result,) = purge_postgres(store, keys, 2192, now=datetime.now(UTC))
+    assert result.through_seq is None and store.anchor("node-1") is None
+
+
+def test_end_without_stop_is_recorded_on_the_next_start(
+    settings: Settings, keys: LocalKeyService, postgres_url: str
+) -> None:
+    """Rows cut off the end (past the trigger) leave a chain without audit.stop: the next writer records it."""
+    import json
+
+    pg = _pg_settings(settings, postgres_url)
+    for _ in range(2):
+        writer = open_audit_log(pg, keys)
+        for _ in range(5):
+            writer.record_sync(make_event())
+        writer.close_sync()
+    with psycopg.connect(conninfo(postgres_url), autocommit=True) as conn:
+        conn.execute("ALTER TABLE audit_records DISABLE TRIGGER audit_records_append_only")
+        conn.execute("DELETE FROM audit_records WHERE seq > 15")
+        conn.execute("ALTER TABLE audit_records ENABLE TRIGGER audit_records_append_only")
+    writer = open_audit_log(pg, keys)
+    writer.close_sync()
+    with psycopg.connect(conninfo(postgres_url), autocommit=True) as conn:
+        records = [json.loads(bytes(r[0])) for r in conn.execute("SELECT line FROM audit_records ORDER BY seq")]
+    resumed = [(r["action"], r["details"]) for r in records if r["type"] == "audit.recovered"]
+    assert resumed == [("resume", {"last_seq": 15})]
 
 
 def test_postgres_primary_with_file_secondary(settings: Settings, keys: LocalKeyService, postgres_url: str) -> None:

@@ -17,6 +17,7 @@ from appliance.audit._sinks.files import FileStore
 from appliance.audit._verify import verify_chain
 from appliance.config import Settings
 from appliance.keys import AUDIT_SIGNING, LocalKeyService
+from tests.audit._tamper import read_lines, write_lines
 from tests.audit.conftest import make_event
 
 REPO = Path(__file__).resolve().parents[2]
@@ -148,3 +149,21 @@ def test_crash_between_rotation_and_first_record(settings: Settings, keys: Local
     assert (directory / segment_name(head + 1)).stat().st_size > 0
     report = verify_chain("node-1", store.read("node-1"), public_keys=keys.public_keys(AUDIT_SIGNING))
     assert report.ok, report.problems
+
+
+def test_end_without_stop_is_recorded_on_the_next_start(settings: Settings, keys: LocalKeyService) -> None:
+    """A chain that does not end with audit.stop (a crash, or records cut off at a line boundary, which leaves no
+    torn bytes) gets an audit.recovered 'resume' record when a writer next takes it: signing the end again on
+    start no longer hides the cut; a clean close and reopen records none."""
+    for _ in range(2):
+        writer = open_audit_log(settings, keys)
+        for i in range(15):
+            writer.record_sync(make_event(request_id=f"r-{i}"))
+        writer.close_sync()
+    assert not [r for r in _stored(settings).values() if r["type"] == "audit.recovered"]
+    (segment,) = [p for _, p in FileStore(settings.audit_dir).segments("node-1")]
+    write_lines(segment, read_lines(segment)[:30])
+    writer = open_audit_log(settings, keys)
+    writer.close_sync()
+    resumed = [r for r in _stored(settings).values() if r["type"] == "audit.recovered"]
+    assert [(r["action"], r["details"]) for r in resumed] == [("resume", {"last_seq": 30})]

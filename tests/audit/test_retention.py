@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.audit import open_audit_log
+from appliance.audit import _writer, open_audit_log
 from appliance.audit._retention import RetentionPolicy, load_retention_policy, purge_files
 from appliance.audit._sinks.files import FileStore
 from appliance.audit._verify import verify_store
@@ -96,3 +96,22 @@ def test_tampered_chain_is_not_purged(segmented: Settings, keys: LocalKeyService
     with pytest.raises(IntegrityViolation):
         purge_files(store, keys, RetentionPolicy(), now=LATER)
     assert store.segments("node-1") == before and store.anchor("node-1") is None
+
+
+def test_records_within_retention_are_never_purged(
+    settings: Settings, keys: LocalKeyService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clock set back (an RTC reset) gives later records older times: a segment whose last record looks old but
+    which holds recent records is kept, and nothing after it goes."""
+    settings = settings.model_copy(update={"audit": settings.audit.model_copy(update={"segment_max_records": 10})})
+    writer = open_audit_log(settings, keys)
+    for i in range(5):
+        writer.record_sync(make_event(request_id=f"r-{i}"))
+    monkeypatch.setattr(_writer, "_utc_now", lambda: "2019-01-01T00:00:00.000000Z")
+    for i in range(30):
+        writer.record_sync(make_event(request_id=f"o-{i}"))
+    writer.close_sync()
+    store = FileStore(settings.audit_dir)
+    before = store.segments("node-1")
+    (result,) = purge_files(store, keys, RetentionPolicy())
+    assert result.through_seq is None and store.segments("node-1") == before and store.anchor("node-1") is None

@@ -14,6 +14,7 @@ from appliance.audit._export import ExportFilter, export, verify_export
 from appliance.audit._sinks.files import FileStore
 from appliance.audit._verify import VerifyReport, verify_store
 from appliance.config import Settings
+from appliance.errors import IntegrityViolation
 from appliance.keys import AUDIT_SIGNING, LocalKeyService
 from tests.audit._tamper import forged_signature, read_lines, rehash, relink_from, write_lines
 from tests.audit.conftest import make_event
@@ -93,6 +94,19 @@ class TestLiveLog:
         assert problems and {p.kind for p in problems} == {"bad_signature"}
         assert json.loads(read_lines(chain)[problems[0].line - 1])["type"] == "audit.checkpoint"
 
+    def test_checkpoint_with_wrong_field_types_is_located(
+        self, chain: Path, settings: Settings, keys: LocalKeyService
+    ) -> None:
+        """A checkpoint whose signed_hash is not a string is a located problem, not a crash of verify."""
+        lines = read_lines(chain)
+        i = next(n for n, line in enumerate(lines) if n > 5 and b'"type":"audit.checkpoint"' in line)
+        signed = json.loads(lines[i])["details"]["signed_hash"]
+        lines[i] = lines[i].replace(f'"signed_hash":"{signed}"'.encode(), b'"signed_hash":5')
+        relink_from(lines, i)
+        write_lines(chain, lines)
+        kinds = {p.kind for p in _verify(settings, keys).all_problems}
+        assert "malformed" in kinds
+
     def test_deleted_record_is_located(self, chain: Path, settings: Settings, keys: LocalKeyService) -> None:
         """Deleting the record with seq 30 is reported as missing seq 30 at the line where it should be."""
         lines = read_lines(chain)
@@ -116,6 +130,44 @@ class TestLiveLog:
         write_lines(chain, lines)
         kinds = _kinds(_verify(settings, keys))
         assert ("inserted", 31, 31) in kinds or ("duplicate", 32, 31) in kinds, kinds
+
+    def test_deleted_chain_named_in_verify_is_missing(
+        self, chain: Path, settings: Settings, keys: LocalKeyService
+    ) -> None:
+        """Verifying one writer's chain that is not in the store is a problem, not 'OK: 0 records'."""
+        for path in chain.parent.iterdir():
+            path.unlink()
+        chain.parent.rmdir()
+        report = verify_store(FileStore(settings.audit_dir), keys.public_keys(AUDIT_SIGNING), writer_id="node-1")
+        assert [p.kind for p in report.all_problems] == ["missing"]
+
+    def test_incomplete_last_line_is_torn(self, chain: Path, settings: Settings, keys: LocalKeyService) -> None:
+        """On a chain no process holds, an incomplete last line is reported as torn."""
+        with chain.open("ab") as handle:
+            handle.write(read_lines(chain)[5][:100])
+        assert [p.kind for p in _verify(settings, keys).all_problems] == ["torn"]
+
+    @pytest.mark.parametrize("workers", [1, 2])
+    def test_append_in_flight_is_not_torn_while_held(
+        self, settings: Settings, keys: LocalKeyService, workers: int
+    ) -> None:
+        """While a writer holds the chain, an incomplete last line is its append in flight (verify under load read
+        one mid-write and failed the live log, and so the export), not damage."""
+        settings = settings.model_copy(update={"audit": settings.audit.model_copy(update={"segment_max_records": 10})})
+        writer = open_audit_log(settings, keys)
+        try:
+            for _ in range(15):
+                writer.record_sync(make_event())
+            store = FileStore(settings.audit_dir)
+            newest = store.segments("node-1")[-1][1]
+            whole = newest.read_bytes()
+            with newest.open("ab") as handle:
+                handle.write(whole[:100])  # what a reader sees while write() copies the batch in
+            report = verify_store(store, keys.public_keys(AUDIT_SIGNING), workers=workers)
+            assert report.ok, [str(p) for p in report.all_problems]
+            newest.write_bytes(whole)
+        finally:
+            writer.close_sync()
 
     def test_truncated_end_is_reported(self, chain: Path, settings: Settings, keys: LocalKeyService) -> None:
         """Cutting the last records off a closed chain leaves an unsigned end, which is reported."""
@@ -167,6 +219,20 @@ class TestExport:
         )
         assert manifest["count"] == 31 and manifest["writers"]["node-1"]["first_seq"] == 11
         assert verify_export(tmp_path / "o").ok
+
+    @pytest.mark.parametrize("filters", [ExportFilter(actor="mallo"), ExportFilter()], ids=["filtered", "all"])
+    def test_tampered_store_is_never_signed_as_an_export(
+        self, chain: Path, settings: Settings, keys: LocalKeyService, tmp_path: Path, filters: ExportFilter
+    ) -> None:
+        """A re-hashed edit in the live log is refused at export: a filtered export would carry the forged record
+        without the broken link after it, and the appliance's signed manifest would vouch for it."""
+        lines = read_lines(chain)
+        lines[19] = rehash(lines[19].replace(b'"subject":"alice"', b'"subject":"mallo"'))
+        write_lines(chain, lines)
+        out = tmp_path / "out"
+        with pytest.raises(IntegrityViolation, match="does not verify"):
+            export(FileStore(settings.audit_dir), keys, out, filters=filters)
+        assert not (out / "manifest.json").exists() and not (out / "records.jsonl").exists()
 
     @pytest.mark.parametrize("exported", ["jsonl"], indirect=True)
     @pytest.mark.parametrize(

@@ -58,6 +58,32 @@ class TestRecord:
         assert report.ok, report.problems
         assert report.signed_through == records[-2]["seq"] and report.checkpoints == 2
 
+    def test_close_under_load_still_ends_signed(self, settings: Settings, keys: LocalKeyService) -> None:
+        """Records still arriving while the log closes are refused or come before audit.stop: its checkpoint ends
+        the chain (records after it left a closed chain with an unsigned tail, which verify reports)."""
+        writer = open_audit_log(settings, keys)
+        started = threading.Barrier(5)
+
+        def flood() -> None:
+            started.wait()
+            try:
+                while True:
+                    writer.record_sync(make_event())
+            except AuditUnavailable:
+                return
+
+        threads = [threading.Thread(target=flood) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        started.wait()
+        time.sleep(0.2)
+        writer.close_sync()
+        for thread in threads:
+            thread.join()
+        assert [r["type"] for r in _records(settings)[-2:]] == ["audit.stop", "audit.checkpoint"]
+        report = _verify(settings, keys, require_signed_end=True)
+        assert report.ok, report.problems
+
     def test_reopen_continues_the_chain(self, settings: Settings, keys: LocalKeyService) -> None:
         """A second writer on the same data dir continues the sequence and the chain verifies end to end."""
         for _ in range(2):
@@ -188,6 +214,7 @@ class TestValidation:
             {"prompt": "tell me about the patient"},
             {"actor": {"subject": "a b", "auth_method": "oidc"}},
             {"source": {"ip": "not-an-ip"}},
+            {"source": {"ip": "fe80::1%patient John Smith has diabetes"}},  # any text passes as an IPv6 zone
             {"digests": {"prompt": "not a digest"}},
             {"seq": 5},
             {"latency_ms": float("nan")},
@@ -199,6 +226,15 @@ class TestValidation:
         with pytest.raises(ValidationFailed) as info:
             await audit_log.record(make_event(**override))
         assert "John" not in str(info.value) and "patient" not in str(info.value)
+        assert audit_log.head.seq == before
+
+    @pytest.mark.parametrize("type_", ["audit.checkpoint", "audit.start", "audit.stop", "audit.recovered"])
+    async def test_writer_event_types_are_refused(self, audit_log: AuditWriter, type_: str) -> None:
+        """Only the writer records checkpoints, start, stop and recovery: a caller's would pass for one (and an
+        unsigned 'checkpoint' makes the whole chain fail verification, so purge and export refuse it)."""
+        before = audit_log.head.seq
+        with pytest.raises(ValidationFailed):
+            await audit_log.record(make_event(type=type_))
         assert audit_log.head.seq == before
 
     async def test_user_agent_keeps_product_tokens_only(self, audit_log: AuditWriter, settings: Settings) -> None:

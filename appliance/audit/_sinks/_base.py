@@ -11,7 +11,16 @@ from appliance.audit._canonical import GENESIS_HASH
 if TYPE_CHECKING:
     from appliance.audit._retention import Anchor
 
-__all__ = ["ChainHead", "ChainReader", "Recovery", "Sink"]
+__all__ = ["ChainHead", "ChainReader", "Recovery", "Sink", "stopped_cleanly"]
+
+_TAIL = 75  # ',"hash":"<64 hex>"}' ends every record line
+_STOP = b',"type":"audit.stop"'
+_CHECKPOINT = b',"type":"audit.checkpoint"'
+
+
+def stopped_cleanly(stop: bytes, checkpoint: bytes) -> bool:
+    """Whether the last two record lines of a chain are audit.stop and its checkpoint (a writer closed it)."""
+    return stop[-_TAIL - len(_STOP) : -_TAIL] == _STOP and checkpoint[-_TAIL - len(_CHECKPOINT) : -_TAIL] == _CHECKPOINT
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,7 @@ class ChainHead:
     seq: int = 0
     hash: str = GENESIS_HASH
     recoveries: tuple[Recovery, ...] = field(default_factory=tuple)
+    clean_end: bool = True  # empty, or ends with audit.stop and its checkpoint (the last writer closed the chain)
 
 
 class Sink(Protocol):

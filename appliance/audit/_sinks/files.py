@@ -24,7 +24,7 @@ from pathlib import Path
 
 from appliance.audit._canonical import GENESIS_HASH, record_hash, split_line
 from appliance.audit._retention import Anchor, read_anchor
-from appliance.audit._sinks._base import ChainHead, Recovery
+from appliance.audit._sinks._base import ChainHead, Recovery, stopped_cleanly
 from appliance.errors import AuditUnavailable
 
 __all__ = ["FileSink", "FileStore", "map_file", "segment_name"]
@@ -147,6 +147,15 @@ def _last_record(data: bytes) -> tuple[int, int, str] | None:
     return None
 
 
+def _ends_with_stop(path: Path) -> bool:
+    """Whether the segment ends with audit.stop and its checkpoint (one batch: always in the same segment)."""
+    with path.open("rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, size - (1 << 14)))
+        lines = handle.read().split(b"\n")
+    return len(lines) >= 3 and not lines[-1] and stopped_cleanly(lines[-3], lines[-2])
+
+
 class FileSink:
     """Appends one writer's chain to segment files (see the module docstring)."""
 
@@ -210,6 +219,7 @@ class FileSink:
         if anchor is not None:
             head_seq, head_hash = anchor
         segments = self.store.live_segments(self._writer_id)
+        clean = True
         try:
             empty_after: list[tuple[int, Path]] = []
             for first_seq, path in reversed(segments):
@@ -218,6 +228,7 @@ class FileSink:
                     recoveries.append(recovery)
                 if found is not None:
                     head_seq, head_hash = found
+                    clean = _ends_with_stop(path)
                     self._open_segment(path, records=head_seq - first_seq + 1)
                     break
                 empty_after.append((first_seq, path))
@@ -232,7 +243,7 @@ class FileSink:
         except OSError as exc:
             raise _unavailable("recover the end of its chain", exc) from exc
         self._head_seq = head_seq
-        return ChainHead(self._writer_id, head_seq, head_hash, tuple(recoveries))
+        return ChainHead(self._writer_id, head_seq, head_hash, tuple(recoveries), clean)
 
     def _anchor_head(self) -> tuple[int, str] | None:
         anchor = self.store.anchor(self._writer_id)

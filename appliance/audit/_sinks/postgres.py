@@ -2,8 +2,8 @@
 
 Each batch is one transaction (``COPY`` of the lines, then ``COMMIT``): acknowledged only after the commit, which
 is durable with PostgreSQL's default ``synchronous_commit``. A writer holds a session advisory lock on its chain,
-so two processes can never fork one chain (a second takes the next lane, as with segment files). A trigger makes
-the table append-only: UPDATE is refused, and DELETE only inside a purge (``appliance.audit_purge = on``).
+so two processes can never fork one chain (a second takes the next lane, as with segment files). Triggers make the
+table append-only: UPDATE and TRUNCATE are refused, and DELETE only inside a purge (``appliance.audit_purge = on``).
 The stored line is byte-for-byte what the file sink writes, so the same verifier and export work on both.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from appliance.audit._canonical import GENESIS_HASH
 from appliance.audit._retention import Anchor
-from appliance.audit._sinks._base import ChainHead
+from appliance.audit._sinks._base import ChainHead, stopped_cleanly
 from appliance.errors import AuditUnavailable
 
 __all__ = ["PostgresSink", "PostgresStore", "conninfo"]
@@ -53,6 +53,10 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'audit_records_append_only') THEN
         CREATE TRIGGER audit_records_append_only BEFORE UPDATE OR DELETE ON audit_records
             FOR EACH ROW EXECUTE FUNCTION audit_records_append_only();
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'audit_records_no_truncate') THEN
+        CREATE TRIGGER audit_records_no_truncate BEFORE TRUNCATE ON audit_records
+            FOR EACH STATEMENT EXECUTE FUNCTION audit_records_append_only();
     END IF;
 END $$;
 """
@@ -116,17 +120,18 @@ class PostgresSink:
         import psycopg
 
         try:
-            row = self._conn.execute(
-                "SELECT seq, line FROM audit_records WHERE writer_id = %s ORDER BY seq DESC LIMIT 1",
+            rows = self._conn.execute(
+                "SELECT seq, line FROM audit_records WHERE writer_id = %s ORDER BY seq DESC LIMIT 2",
                 (self._writer_id,),
-            ).fetchone()
+            ).fetchall()
             anchor = PostgresStore.anchor_of(self._conn, self._writer_id)
         except psycopg.Error as exc:
             raise _unavailable("read the end of its chain", exc) from exc
-        if row is not None:
-            line = bytes(row[1])
-            self._head_seq = int(row[0])
-            return ChainHead(self._writer_id, self._head_seq, line[-66:-2].decode("ascii"))
+        if rows:
+            line = bytes(rows[0][1])
+            self._head_seq = int(rows[0][0])
+            clean = len(rows) == 2 and stopped_cleanly(bytes(rows[1][1]), line)
+            return ChainHead(self._writer_id, self._head_seq, line[-66:-2].decode("ascii"), clean_end=clean)
         if anchor is not None:
             self._head_seq = anchor.seq
             return ChainHead(self._writer_id, anchor.seq, anchor.hash)
@@ -261,7 +266,8 @@ class PostgresStore:
 
 
 def purge_postgres(store: PostgresStore, keys: Any, retain_days: int, *, now: Any = None, dry_run: bool = False) -> Any:
-    """Drop, per writer, the records older than retention (never the newest), behind a signed anchor row."""
+    """Drop, per writer, the records before the first one within retention (never the newest), behind a signed anchor
+    row. Record times need not grow (a clock set back), so an old time after a recent record drops nothing past it."""
     from datetime import UTC, datetime, timedelta
 
     from appliance.audit._checkpoint import AUDIT_SIGNING_KEY, sign, signed_message
@@ -273,11 +279,15 @@ def purge_postgres(store: PostgresStore, keys: Any, retain_days: int, *, now: An
     cutoff = cutoff[:-6] + "Z"
     results = []
     for writer_id in store.writers():
+        # The records before the first one within the period (times need not grow), by the time in the hashed line:
+        # the time column is an unverified copy. A line without a time counts as within the period.
         with store._connect() as conn:
             row = conn.execute(
-                "SELECT max(seq), count(*) FROM audit_records WHERE writer_id = %s AND time < %s "
-                "AND seq < (SELECT max(seq) FROM audit_records WHERE writer_id = %s)",
-                (writer_id, cutoff, writer_id),
+                "SELECT max(seq), count(*) FROM audit_records WHERE writer_id = %s AND seq < LEAST("
+                "(SELECT min(seq) FROM audit_records WHERE writer_id = %s "
+                "AND (substring(convert_from(line, 'UTF8') from '\"time\":\"([0-9TZ:.-]*)') >= %s) IS NOT FALSE), "
+                "(SELECT max(seq) FROM audit_records WHERE writer_id = %s))",
+                (writer_id, writer_id, cutoff, writer_id),
             ).fetchone()
         through, count = (int(row[0]), int(row[1])) if row and row[0] is not None else (None, 0)
         if through is None:
