@@ -210,10 +210,13 @@ class Ledger:
         sample_rate: float | None,
         steps: int,
         trained_by: str,
+        delta: float | None = None,
     ) -> None:
         """Record a new run after checking, atomically, that its planned steps fit the remaining budget.
 
-        A run that does not fit is recorded as ``refused`` and :class:`BudgetExhausted` names the remaining budget.
+        ``delta`` is the run's own (at most the policy's; default the policy's): the run's epsilon is reported at
+        it, while the budget is composed at the policy's. A run that does not fit is recorded as ``refused`` and
+        :class:`BudgetExhausted` names the remaining budget.
         """
         now = _now()
         with self._transaction() as db:
@@ -245,7 +248,7 @@ class Ledger:
                     int(dp),
                     privacy_unit,
                     target_epsilon,
-                    budget.delta if dp else None,
+                    (budget.delta if delta is None else delta) if dp else None,
                     noise_multiplier,
                     sample_rate,
                     steps,

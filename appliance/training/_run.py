@@ -222,6 +222,7 @@ class TrainingRun:
                     sample_rate=self.s.sample_rate,
                     steps=cfg.steps,
                     trained_by=cfg.trained_by,
+                    delta=self.s.delta,  # metadata pairs the ledger's epsilon with this delta
                 )
             except BudgetExhausted as exc:
                 self._audit.record("training.refused", status="denied", details=details, error=exc.code)

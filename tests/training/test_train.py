@@ -101,6 +101,20 @@ class TestSubjectLevel:
         assert meta["dp"]["sample_rate"] == pytest.approx(1 / 3)  # 12 subjects, expected batch 4
         assert 0 < meta["dp"]["epsilon"] <= 4.0
 
+    def test_delta_below_the_policy_is_the_delta_of_the_reported_epsilon(
+        self, train_settings: Settings, prepared: Path, tiny_model: Path, tmp_path: Path
+    ) -> None:
+        """With --delta below the policy's (1e-5), metadata's epsilon is the epsilon at metadata's delta: an epsilon
+        taken at the larger policy delta would state a stronger guarantee than the run has."""
+        out = tmp_path / "adapter"
+        _run(train_settings, **tiny_options(prepared, tiny_model, out, delta=1e-9))
+        dp = json.loads((out / "metadata.json").read_text())["dp"]
+        assert dp["delta"] == 1e-9
+        assert dp["epsilon"] == pytest.approx(
+            composed_epsilon([(dp["noise_multiplier"], dp["sample_rate"], 4)], dp["delta"])
+        )
+        assert dp["epsilon"] <= 4.0
+
 
 class TestRefusals:
     def test_over_budget_is_refused_before_it_starts(
