@@ -440,6 +440,10 @@ def _apply(text: str, spans: list[Span]) -> tuple[str, Counter[str]]:
     return "".join(out), counts
 
 
+# Unicode hyphens and dashes (word processors turn "617-555-1234" into "617–555–1234"): the rules read them as "-"
+_DASHES = str.maketrans(dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d", "-"))
+
+
 class Scrubber:
     """Replaces PHI in text with typed placeholders; one instance can be reused across records (stateless)."""
 
@@ -451,12 +455,13 @@ class Scrubber:
     def _scrub(
         self, text: str, known_names: Iterable[str], found: _NameHits | None = None
     ) -> tuple[str, Counter[str], set[str]]:
-        probe, mode = _case_normalised(text)  # same length as text: spans found in it apply to text
-        spans = list(_iter_spans(text, probe if mode else None))
+        view = text.translate(_DASHES)  # same length as text, as is probe: spans found in them apply to text
+        probe, mode = _case_normalised(view)
+        spans = list(_iter_spans(view, probe if mode else None))
         if found is None:
-            found = _find_names(text, probe, mode)
+            found = _find_names(view, probe, mode)
         own_spans, tokens = found
-        name_spans = own_spans + propagate_spans(text, set(known_names) - tokens)
+        name_spans = own_spans + propagate_spans(view, set(known_names) - tokens)
         spans.extend((s, e, "NAME") for s, e in sorted(name_spans, key=lambda se: (se[0], -se[1])))
         new, counts = _apply(text, _select(spans))
         return new, counts, tokens
@@ -468,7 +473,8 @@ class Scrubber:
         hits: dict[str, _NameHits] = {}
         for text in _strings(fields):
             if text not in hits:
-                hits[text] = _find_names(text, *_case_normalised(text))
+                view = text.translate(_DASHES)
+                hits[text] = _find_names(view, *_case_normalised(view))
                 tokens |= hits[text][1]
         counts: Counter[str] = Counter()
 

@@ -296,6 +296,17 @@ class TestLetterCase:
         assert out == "pt seen [DATE]. lives at [ADDRESS], [ADDRESS], ma [ZIP]."
 
 
+@pytest.mark.parametrize("dash", ["\u2010", "\u2011", "\u2013", "\u2014", "\u2212", "\uff0d"])
+def test_unicode_dashes_separate_like_hyphens(dash: str) -> None:
+    """Word processors and EHR exports turn hyphens into Unicode dashes; the identifier is still found."""
+    text = f"SSN 123{dash}45{dash}6789, call 617{dash}555{dash}1234, seen 2024{dash}03{dash}05, Jane Garcia{dash}Lopez."
+    out, counts = Scrubber().scrub_text(text)
+    assert not any(ch.isdigit() for ch in out.replace("[", "").replace("]", "")), out
+    assert counts["SSN"] == 1 and counts["PHONE"] == 1 and counts["DATE"] == 1
+    record, _ = Scrubber().scrub_fields({"instruction": f"phone 617{dash}555{dash}1234", "response": "ok"})
+    assert record["instruction"] == "phone [PHONE]"
+
+
 @pytest.mark.parametrize(
     "line",
     [
