@@ -208,7 +208,7 @@ def _rules() -> list[_Rule]:
         _Rule("IP", re.compile(r"(?P<v>(?<![\w:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:]))"), _valid_ipv6),
         _Rule("DEVICE", re.compile(r"(?P<v>\b(?:[0-9A-F]{2}[:-]){5}[0-9A-F]{2}\b)", ci)),  # MAC address
         _Rule("SSN", re.compile(r"(?P<v>\b\d{3}-\d{2}-\d{4}\b|\b\d{3} \d{2} \d{4}\b)")),
-        _ctx(r"ssn|social\s+security(?:\s+(?:number|no|#))?|ss#", "SSN", r"(?P<v>\d{3}[- ]?\d{2}[- ]?\d{4})\b"),
+        _ctx(r"ssn|social\s+security(?:\s+(?:number|no|#))?|ss#", "SSN", r"(?P<v>\d{3}[-. ]?\d{2}[-. ]?\d{4})\b"),
         _ctx(
             r"mrn|medical\s+record(?:\s+(?:number|no|#))?|med\s+rec(?:ord)?|record\s+(?:number|no|#)|chart"
             r"(?:\s+(?:number|no|#))?|hospital\s+(?:number|no|#)|patient\s+(?:id|number|no)|pt\s+(?:id|#)|unit\s+no",
