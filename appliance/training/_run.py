@@ -223,6 +223,7 @@ class TrainingRun:
                     steps=cfg.steps,
                     trained_by=cfg.trained_by,
                     delta=self.s.delta,  # metadata pairs the ledger's epsilon with this delta
+                    source_sha256=dataset.source_sha256,  # re-preparing the same input does not reset the budget
                 )
             except BudgetExhausted as exc:
                 self._audit.record("training.refused", status="denied", details=details, error=exc.code)

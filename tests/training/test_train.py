@@ -133,6 +133,24 @@ class TestRefusals:
         statuses = [e.status for e in Ledger(settings.ledger_path).runs()]
         assert statuses == ["finished", "refused"]
 
+    def test_re_preparing_the_source_does_not_reset_the_budget(
+        self, data_dir: Path, make_policy: Callable[..., Path], tiny_model: Path, tmp_path: Path
+    ) -> None:
+        """`data prepare` run again on the same input gives a new fingerprint, not a fresh budget."""
+        from appliance.intake import prepare, write_synthetic
+
+        source = tmp_path / "export.jsonl"
+        write_synthetic(source, n=120, seed=3)
+        first, second = tmp_path / "prep1", tmp_path / "prep2"
+        prepare(source, first)
+        prepare(source, second)
+        assert fingerprint_of(first) != fingerprint_of(second)
+        settings = load_settings(data_dir=data_dir, policies_dir=make_policy(default={"epsilon_budget": 4.5}))
+        _run(settings, **tiny_options(first, tiny_model, tmp_path / "a", epsilon=4.0))
+        with pytest.raises(BudgetExhausted, match="remaining"):
+            _run(settings, **tiny_options(second, tiny_model, tmp_path / "b", epsilon=4.0))
+        assert not (tmp_path / "b").exists()
+
     def test_no_dp_needs_policy_and_is_recorded(
         self, data_dir: Path, make_policy: Callable[..., Path], prepared: Path, tiny_model: Path, tmp_path: Path
     ) -> None:
