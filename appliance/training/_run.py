@@ -642,6 +642,7 @@ class TrainingRun:
         except BaseException as exc:
             reason = exc.code if isinstance(exc, ApplianceError) else type(exc).__name__
             self.ledger.close(self.run_id, status="failed", reason=reason)
+            shutil.rmtree(self.run_dir, ignore_errors=True)  # cannot be resumed; its checkpoint holds canary secrets
             self._audit.record(
                 "training.finish", status="error", details={"run_id": self.run_id, "resumable": False}, error=reason
             )

@@ -220,3 +220,26 @@ class TestRefusals:
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
         (entry,) = Ledger(train_settings.ledger_path).runs()
         assert entry.status == "running" and entry.steps_taken == 4  # charged, and resumable
+
+    def test_a_failed_run_deletes_its_checkpoint_and_canary_secrets(
+        self,
+        train_settings: Settings,
+        prepared: Path,
+        tiny_model: Path,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A run closed as failed cannot be resumed (nor abandoned): its run directory, whose checkpoint holds the
+        canary secrets, must not stay behind."""
+        from appliance.errors import TrainingFailed
+
+        def boom(self: TrainingRun) -> None:
+            raise RuntimeError("evaluation crashed")
+
+        monkeypatch.setattr(TrainingRun, "evaluate", boom)
+        options = tiny_options(prepared, tiny_model, tmp_path / "out", canaries=1, checkpoint_every=2)
+        with pytest.raises(TrainingFailed, match="evaluation crashed"):
+            _run(train_settings, **options)
+        (entry,) = Ledger(train_settings.ledger_path).runs()
+        assert entry.status == "failed" and entry.steps_taken == 4
+        assert not (train_settings.runs_dir / entry.run_id).exists()
