@@ -315,15 +315,24 @@ class Ledger:
         return self.get(run_id)
 
     def charge_step(self, run_id: str) -> int:
-        """Charge one step before it is taken (durable on return); returns the run's steps charged so far."""
+        """Charge one step before it is taken (durable on return); returns the run's steps charged so far.
+
+        A run never charges past its reservation (Conflict): two processes on one run, such as a ``--resume``
+        of a run that is still alive, would otherwise spend more than the budget check admitted."""
         with self._transaction() as db:
             row = db.execute(
-                "SELECT status, steps_taken, noise_multiplier, sample_rate, delta, dp FROM runs WHERE run_id = ?",
+                "SELECT status, steps_taken, steps_reserved, noise_multiplier, sample_rate, delta, dp FROM runs"
+                " WHERE run_id = ?",
                 (run_id,),
             ).fetchone()
             if row is None or row["status"] != "running":
                 raise Conflict(f"run {run_id} is not running in the privacy ledger")
             taken = int(row["steps_taken"]) + 1
+            if taken > int(row["steps_reserved"]):  # only the reservation passed the budget check
+                raise Conflict(
+                    f"run {run_id} has charged all {row['steps_reserved']} steps it reserved (is it also running "
+                    "in another process, e.g. resumed while still alive?)"
+                )
             epsilon = None
             if row["dp"]:
                 epsilon = composed_epsilon([(row["noise_multiplier"], row["sample_rate"], taken)], row["delta"])

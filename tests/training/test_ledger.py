@@ -140,3 +140,18 @@ class TestLedger:
         assert reopened.spent(FP, 1e-5) == pytest.approx(composed_epsilon([(1.0, 0.1, 10)], 1e-5))
         _begin(reopened, "new", steps=10, source_sha256="5c" * 32)
         assert reopened.get("new").source_sha256 == "5c" * 32
+
+    def test_a_run_never_charges_past_its_reservation(self, tmp_path: Path) -> None:
+        """Resuming a run that is in fact still alive: the two processes together stop at the reservation,
+        the only spend the budget check admitted."""
+        ledger = Ledger(tmp_path / "ledger.db")
+        _begin(ledger, "r1", steps=5)
+        for _ in range(3):
+            ledger.charge_step("r1")
+        ledger.reserve_resume("r1", BUDGET, remaining_steps=2)  # the "interrupted" run is still charging
+        ledger.charge_step("r1")
+        ledger.charge_step("r1")
+        with pytest.raises(Conflict, match="reserved"):
+            ledger.charge_step("r1")
+        entry = ledger.get("r1")
+        assert entry.steps_taken == 5 and entry.charged_steps == 5
