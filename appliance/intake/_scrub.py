@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.intake._names import find_names, propagate_spans
+from appliance.intake._names import find_names, labelled_name_tokens, propagate_spans
 
 __all__ = ["PLACEHOLDER_TYPES", "ScrubReport", "Scrubber"]
 
@@ -476,6 +476,7 @@ class Scrubber:
                 view = text.translate(_DASHES)
                 hits[text] = _find_names(view, *_case_normalised(view))
                 tokens |= hits[text][1]
+        tokens |= _labelled_names(fields)  # a metadata name field names the patient everywhere in the record
         counts: Counter[str] = Counter()
 
         def walk(value: Any, key: str | None = None) -> Any:
@@ -524,6 +525,17 @@ def _find_names(text: str, probe: str, mode: str) -> _NameHits:
         more, lower_tokens = find_names(text)
         spans, tokens = spans + more, tokens | lower_tokens
     return spans, tokens
+
+
+def _labelled_names(value: Any, key: str | None = None) -> set[str]:
+    """Name tokens of the strings under keys that say they hold a name (``patient_name``, ``physician``...)."""
+    if isinstance(value, dict):
+        return {t for k, v in value.items() for t in _labelled_names(v, k)}
+    if isinstance(value, list):
+        return {t for v in value for t in _labelled_names(v, key)}
+    if isinstance(value, str) and _key_type(key) == "NAME":
+        return labelled_name_tokens(value)
+    return set()
 
 
 def _key_type(key: str | None) -> str | None:

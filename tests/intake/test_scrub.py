@@ -202,6 +202,20 @@ class TestRecords:
         }
         assert counts == Counter({"PHONE": 2, "MRN": 1, "DATE": 1, "ID": 1})
 
+    def test_a_metadata_name_field_names_the_patient_everywhere(self, scrubber: Scrubber) -> None:
+        """A name the export labels ({"patient_name": ...}) is replaced in the instruction and response too, even
+        outside the lexicon and without context; titles and common words in it are not propagated."""
+        fields = {
+            "instruction": "Summarise the visit of Ysolde Vantaggio; Dr. review will follow.",
+            "response": "VANTAGGIO improved.",
+            "metadata": {"patient_name": "Ysolde Vantaggio", "team": [{"physician": "Dr. Will Qorvath, MD"}]},
+        }
+        out, _ = scrubber.scrub_fields(fields)
+        assert out["instruction"] == "Summarise the visit of [NAME]; Dr. review will follow."
+        assert out["response"] == "[NAME] improved."
+        assert out["metadata"] == {"patient_name": "[NAME]", "team": [{"physician": "[NAME]"}]}
+        assert scrubber.scrub_fields({**fields, "instruction": "Qorvath signed."})[0]["instruction"] == "[NAME] signed."
+
     def test_metadata_keys_are_scrubbed(self, scrubber: Scrubber) -> None:
         """A metadata key that is itself PHI is replaced, and keys stay unique."""
         meta = {"John Smith": "x", "Mary Jones": "y", "ward": "ICU"}
