@@ -317,7 +317,8 @@ def _rules() -> list[_Rule]:
         _Rule(
             "ID",
             re.compile(
-                r"(?P<v>(?<![\w-])(?=[A-Z0-9-]*[A-Z])(?=(?:[A-Z-]*\d){5})[A-Z0-9][A-Z0-9-]{5,}[A-Z0-9](?![\w-]))"
+                r"(?P<v>(?<![\w-])(?=[A-Z0-9-]*[A-Z])(?=(?:[A-Z-]*\d){5})[A-Z0-9][A-Z0-9-]{5,}[A-Z0-9](?![\w-]))",
+                ci,  # "ref xk55321" is as identifying as "XK55321"
             ),
         ),
     ]

@@ -37,6 +37,7 @@ CASES: list[tuple[str, str, str]] = [
     ("SSN 123-45-6789 on file.", "123-45-6789", "SSN"),
     ("Social security number: 123456789", "123456789", "SSN"),
     ("SSN 123.45.6789 on file.", "123.45.6789", "SSN"),
+    ("Sample tracked as ref xk55321 by the lab.", "xk55321", "ID"),
     ("MRN: 1234567", "1234567", "MRN"),
     ("Medical record number MR-884422 reviewed.", "MR-884422", "MRN"),
     ("MRN#00551234 admitted.", "00551234", "MRN"),
