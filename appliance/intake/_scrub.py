@@ -164,7 +164,8 @@ def _phone_or_fax(text: str, m: re.Match[str]) -> str:
 
 def _ctx(label: str, kind: str, value: str = _VALUE) -> _Rule:
     """A labelled identifier: the label stays, the value is replaced."""
-    return _Rule(kind, re.compile(rf"(?i:\b(?:{label}))\b{_SEP}{value}", re.IGNORECASE))
+    # after a label ending in "#" ("Record # 445566") there is no word boundary, only the separator
+    return _Rule(kind, re.compile(rf"(?i:\b(?:{label}))(?:\b|(?<=#)){_SEP}{value}", re.IGNORECASE))
 
 
 def _rules() -> list[_Rule]:

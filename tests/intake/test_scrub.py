@@ -38,6 +38,8 @@ CASES: list[tuple[str, str, str]] = [
     ("Social security number: 123456789", "123456789", "SSN"),
     ("SSN 123.45.6789 on file.", "123.45.6789", "SSN"),
     ("Sample tracked as ref xk55321 by the lab.", "xk55321", "ID"),
+    ("Record # 445566 was merged.", "445566", "MRN"),
+    ("Pt # 445566 called back.", "445566", "MRN"),
     ("MRN: 1234567", "1234567", "MRN"),
     ("Medical record number MR-884422 reviewed.", "MR-884422", "MRN"),
     ("MRN#00551234 admitted.", "00551234", "MRN"),
