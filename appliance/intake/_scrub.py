@@ -69,7 +69,8 @@ _NameHits = tuple[list[tuple[int, int]], set[str]]  # name spans and name tokens
 
 # --- building blocks -------------------------------------------------------------------------------------------
 _SEP = r"\s*(?:[:#=]|\bno\.?|\bnumber\b|\bnum\b|\bnbr\b|\bid\b|\bis\b)?\s*(?:[:#=]\s*)?"
-_VALUE = r"(?P<v>(?=[A-Z0-9-]*\d)[A-Z0-9][A-Z0-9-]{2,30}[A-Z0-9])"  # at least one digit, 4-32 chars
+# at least one digit, 4-32 chars; or a number printed in groups ("123 4567", "1234 5678 9012")
+_VALUE = r"(?P<v>\d{1,4}(?: \d{3,4}){1,5}(?![\w-])|(?=[A-Z0-9-]*\d)[A-Z0-9][A-Z0-9-]{2,30}[A-Z0-9])"
 _STATES = (
     "AL|AK|AZ|AR|CA|CO|CT|DE|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|NE|NV|NH|NJ|NM|NY|NC|ND|OH|OK|"
     "OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY|DC|PR"

@@ -40,6 +40,8 @@ CASES: list[tuple[str, str, str]] = [
     ("Sample tracked as ref xk55321 by the lab.", "xk55321", "ID"),
     ("Record # 445566 was merged.", "445566", "MRN"),
     ("Pt # 445566 called back.", "445566", "MRN"),
+    ("MRN: 123 4567 on the wristband.", "123 4567", "MRN"),
+    ("Acct: 1234 5678 9012 was billed.", "1234 5678 9012", "ACCOUNT"),
     ("MRN: 1234567", "1234567", "MRN"),
     ("Medical record number MR-884422 reviewed.", "MR-884422", "MRN"),
     ("MRN#00551234 admitted.", "00551234", "MRN"),
