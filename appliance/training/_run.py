@@ -641,8 +641,10 @@ class TrainingRun:
             raise
         except BaseException as exc:
             reason = exc.code if isinstance(exc, ApplianceError) else type(exc).__name__
-            self.ledger.close(self.run_id, status="failed", reason=reason)
-            shutil.rmtree(self.run_dir, ignore_errors=True)  # cannot be resumed; its checkpoint holds canary secrets
+            try:
+                self.ledger.close(self.run_id, status="failed", reason=reason)
+            finally:  # not resumable (or already abandoned); its checkpoint holds canary secrets
+                shutil.rmtree(self.run_dir, ignore_errors=True)
             self._audit.record(
                 "training.finish", status="error", details={"run_id": self.run_id, "resumable": False}, error=reason
             )

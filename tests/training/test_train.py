@@ -243,3 +243,28 @@ class TestRefusals:
         (entry,) = Ledger(train_settings.ledger_path).runs()
         assert entry.status == "failed" and entry.steps_taken == 4
         assert not (train_settings.runs_dir / entry.run_id).exists()
+
+    def test_a_run_abandoned_while_alive_leaves_no_checkpoint_behind(
+        self, train_settings: Settings, prepared: Path, tiny_model: Path, tmp_path: Path
+    ) -> None:
+        """`ledger abandon` deletes the run directory, but the live run may write one more checkpoint (with the
+        canary secrets) before its next charge is refused: that one is deleted too."""
+        import shutil
+
+        from appliance.errors import Conflict
+        from appliance.training import StepInfo
+
+        ledger = Ledger(train_settings.ledger_path)
+
+        def abandon_at_step_2(info: StepInfo) -> None:
+            if info.step == 2:  # what `appliance ledger abandon` does, while the run is between two steps
+                (entry,) = ledger.runs()
+                ledger.close(entry.run_id, status="failed", reason="abandoned")
+                shutil.rmtree(train_settings.runs_dir / entry.run_id)
+
+        options = tiny_options(prepared, tiny_model, tmp_path / "out", canaries=1, checkpoint_every=1)
+        with pytest.raises(Conflict, match="not running"):
+            train(make_config(**options), train_settings, audit=MemoryAuditLog(), on_step=abandon_at_step_2)
+        (entry,) = ledger.runs()
+        assert entry.reason == "abandoned" and entry.steps_taken == 2  # the third charge was refused
+        assert not (train_settings.runs_dir / entry.run_id).exists()
