@@ -147,6 +147,7 @@ class TrainingRun:
         self._resume_state: dict[str, Any] | None = None
         self._resume_step = 0
         self._resume_rate: float | None = None
+        self._resume_delta: float | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -173,6 +174,8 @@ class TrainingRun:
         self.s.dataset = dataset
         self.s.budget = budget = policy.budget_for(dataset.fingerprint)
         self.s.delta = cfg.delta if cfg.delta is not None else budget.delta
+        if self._resume_delta is not None:  # the delta its noise was calibrated and its steps charged at
+            self.s.delta = self._resume_delta
         if cfg.dp and self.s.delta > budget.delta:
             raise ValidationFailed(f"delta {self.s.delta:g} is above the policy's {budget.delta:g} for this dataset")
         self._load_base()
@@ -255,6 +258,7 @@ class TrainingRun:
         self.config = stored.model_copy(update={"resume": True, "device": self.config.device})
         self.s.noise_multiplier = entry.noise_multiplier
         self._resume_rate = entry.sample_rate
+        self._resume_delta = entry.delta
         if (self.run_dir / CHECKPOINT_NAME).is_file():
             step, state = load_checkpoint(self.run_dir, run_id=self.run_id, keys=self._keys)
             self._resume_state = state
