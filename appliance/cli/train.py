@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import getpass
 from pathlib import Path
 
 import typer
 
-from appliance.cli._common import console, settings_of
+from appliance.cli._common import console, invoking_user, settings_of
 
 
 def _csv_ints(value: str) -> list[int]:
@@ -47,7 +46,9 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run that writes to --out."),
     no_dp: bool = typer.Option(False, "--no-dp", help="Baselines only: train without DP (policy must allow it)."),
     seed: int = typer.Option(0, "--seed", help="Seed for initialisation and sampling."),
-    trained_by: str | None = typer.Option(None, "--trained-by", help="Who trains (default: the OS user)."),
+    trained_by: str | None = typer.Option(
+        None, "--trained-by", help="Who trains (default: $SUDO_USER, else the login name)."
+    ),
 ) -> None:
     """Train a DP-LoRA adapter on a prepared dataset, charging the privacy-budget ledger."""
     from rich.progress import (
@@ -92,7 +93,7 @@ def train(
         resume=resume,
         no_dp=no_dp,
         seed=seed,
-        trained_by=trained_by or getpass.getuser(),
+        trained_by=trained_by or invoking_user(),  # under sudo the person, not root: approval compares it
     )
     progress = Progress(
         TextColumn("[bold]training"),

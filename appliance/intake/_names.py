@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from functools import lru_cache
 from importlib import resources
 
-__all__ = ["find_names", "propagate_spans"]
+__all__ = ["find_names", "labelled_name_tokens", "propagate_spans"]
 
 _TOKEN = r"[A-Z][a-zA-Z]*(?:['’](?!s\b)[A-Za-z]+)?(?:-[A-Z][a-zA-Z]*)?"  # O'Brien, Smith-Jones; not Smith's
 _INITIAL = r"[A-Z]\."
@@ -327,6 +327,18 @@ def find_names(
     propagate |= found_tokens
     spans.extend(propagate_spans(text, propagate))
     return spans, found_tokens
+
+
+# honorifics and credentials that a name field may carry ("Dr. Jane Roe, MD"): not name tokens
+_TITLES = _words(
+    "dr mr mrs ms mx prof miss mister doctor sir madam md do rn np pa phd dnp cnm crna lpn mbbs frcp dds pharmd"
+)
+
+
+def labelled_name_tokens(value: str) -> set[str]:
+    """The tokens of a value that a field says is a name ({"patient_name": "Ysolde Vantaggio"}), to propagate."""
+    words = re.findall(r"[^\W\d_]+(?:['’][^\W\d_]+)?(?:-[^\W\d_]+)?", value)
+    return {w for w in words if len(w) > 1 and w.lower() not in _COMMON and w.lower() not in _TITLES}
 
 
 def propagate_spans(text: str, tokens: Iterable[str]) -> list[tuple[int, int]]:

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.intake._names import find_names, propagate_spans
+from appliance.intake._names import find_names, labelled_name_tokens, propagate_spans
 
 __all__ = ["PLACEHOLDER_TYPES", "ScrubReport", "Scrubber"]
 
@@ -69,7 +69,8 @@ _NameHits = tuple[list[tuple[int, int]], set[str]]  # name spans and name tokens
 
 # --- building blocks -------------------------------------------------------------------------------------------
 _SEP = r"\s*(?:[:#=]|\bno\.?|\bnumber\b|\bnum\b|\bnbr\b|\bid\b|\bis\b)?\s*(?:[:#=]\s*)?"
-_VALUE = r"(?P<v>(?=[A-Z0-9-]*\d)[A-Z0-9][A-Z0-9-]{2,30}[A-Z0-9])"  # at least one digit, 4-32 chars
+# at least one digit, 4-32 chars; or a number printed in groups ("123 4567", "1234 5678 9012")
+_VALUE = r"(?P<v>\d{1,4}(?: \d{3,4}){1,5}(?![\w-])|(?=[A-Z0-9-]*\d)[A-Z0-9][A-Z0-9-]{2,30}[A-Z0-9])"
 _STATES = (
     "AL|AK|AZ|AR|CA|CO|CT|DE|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|NE|NV|NH|NJ|NM|NY|NC|ND|OH|OK|"
     "OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY|DC|PR"
@@ -164,7 +165,8 @@ def _phone_or_fax(text: str, m: re.Match[str]) -> str:
 
 def _ctx(label: str, kind: str, value: str = _VALUE) -> _Rule:
     """A labelled identifier: the label stays, the value is replaced."""
-    return _Rule(kind, re.compile(rf"(?i:\b(?:{label}))\b{_SEP}{value}", re.IGNORECASE))
+    # after a label ending in "#" ("Record # 445566") there is no word boundary, only the separator
+    return _Rule(kind, re.compile(rf"(?i:\b(?:{label}))(?:\b|(?<=#)){_SEP}{value}", re.IGNORECASE))
 
 
 def _rules() -> list[_Rule]:
@@ -208,7 +210,7 @@ def _rules() -> list[_Rule]:
         _Rule("IP", re.compile(r"(?P<v>(?<![\w:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:]))"), _valid_ipv6),
         _Rule("DEVICE", re.compile(r"(?P<v>\b(?:[0-9A-F]{2}[:-]){5}[0-9A-F]{2}\b)", ci)),  # MAC address
         _Rule("SSN", re.compile(r"(?P<v>\b\d{3}-\d{2}-\d{4}\b|\b\d{3} \d{2} \d{4}\b)")),
-        _ctx(r"ssn|social\s+security(?:\s+(?:number|no|#))?|ss#", "SSN", r"(?P<v>\d{3}[- ]?\d{2}[- ]?\d{4})\b"),
+        _ctx(r"ssn|social\s+security(?:\s+(?:number|no|#))?|ss#", "SSN", r"(?P<v>\d{3}[-. ]?\d{2}[-. ]?\d{4})\b"),
         _ctx(
             r"mrn|medical\s+record(?:\s+(?:number|no|#))?|med\s+rec(?:ord)?|record\s+(?:number|no|#)|chart"
             r"(?:\s+(?:number|no|#))?|hospital\s+(?:number|no|#)|patient\s+(?:id|number|no)|pt\s+(?:id|#)|unit\s+no",
@@ -317,7 +319,8 @@ def _rules() -> list[_Rule]:
         _Rule(
             "ID",
             re.compile(
-                r"(?P<v>(?<![\w-])(?=[A-Z0-9-]*[A-Z])(?=(?:[A-Z-]*\d){5})[A-Z0-9][A-Z0-9-]{5,}[A-Z0-9](?![\w-]))"
+                r"(?P<v>(?<![\w-])(?=[A-Z0-9-]*[A-Z])(?=(?:[A-Z-]*\d){5})[A-Z0-9][A-Z0-9-]{5,}[A-Z0-9](?![\w-]))",
+                ci,  # "ref xk55321" is as identifying as "XK55321"
             ),
         ),
     ]
@@ -440,6 +443,10 @@ def _apply(text: str, spans: list[Span]) -> tuple[str, Counter[str]]:
     return "".join(out), counts
 
 
+# Unicode hyphens and dashes (word processors turn "617-555-1234" into "617–555–1234"): the rules read them as "-"
+_DASHES = str.maketrans(dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d", "-"))
+
+
 class Scrubber:
     """Replaces PHI in text with typed placeholders; one instance can be reused across records (stateless)."""
 
@@ -451,12 +458,13 @@ class Scrubber:
     def _scrub(
         self, text: str, known_names: Iterable[str], found: _NameHits | None = None
     ) -> tuple[str, Counter[str], set[str]]:
-        probe, mode = _case_normalised(text)  # same length as text: spans found in it apply to text
-        spans = list(_iter_spans(text, probe if mode else None))
+        view = text.translate(_DASHES)  # same length as text, as is probe: spans found in them apply to text
+        probe, mode = _case_normalised(view)
+        spans = list(_iter_spans(view, probe if mode else None))
         if found is None:
-            found = _find_names(text, probe, mode)
+            found = _find_names(view, probe, mode)
         own_spans, tokens = found
-        name_spans = own_spans + propagate_spans(text, set(known_names) - tokens)
+        name_spans = own_spans + propagate_spans(view, set(known_names) - tokens)
         spans.extend((s, e, "NAME") for s, e in sorted(name_spans, key=lambda se: (se[0], -se[1])))
         new, counts = _apply(text, _select(spans))
         return new, counts, tokens
@@ -468,8 +476,10 @@ class Scrubber:
         hits: dict[str, _NameHits] = {}
         for text in _strings(fields):
             if text not in hits:
-                hits[text] = _find_names(text, *_case_normalised(text))
+                view = text.translate(_DASHES)
+                hits[text] = _find_names(view, *_case_normalised(view))
                 tokens |= hits[text][1]
+        tokens |= _labelled_names(fields)  # a metadata name field names the patient everywhere in the record
         counts: Counter[str] = Counter()
 
         def walk(value: Any, key: str | None = None) -> Any:
@@ -518,6 +528,17 @@ def _find_names(text: str, probe: str, mode: str) -> _NameHits:
         more, lower_tokens = find_names(text)
         spans, tokens = spans + more, tokens | lower_tokens
     return spans, tokens
+
+
+def _labelled_names(value: Any, key: str | None = None) -> set[str]:
+    """Name tokens of the strings under keys that say they hold a name (``patient_name``, ``physician``...)."""
+    if isinstance(value, dict):
+        return {t for k, v in value.items() for t in _labelled_names(v, k)}
+    if isinstance(value, list):
+        return {t for v in value for t in _labelled_names(v, key)}
+    if isinstance(value, str) and _key_type(key) == "NAME":
+        return labelled_name_tokens(value)
+    return set()
 
 
 def _key_type(key: str | None) -> str | None:

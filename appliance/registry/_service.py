@@ -144,7 +144,8 @@ class Registry:
                     epsilon=dp.epsilon,
                     delta=dp.delta,
                     privacy_unit=dp.privacy_unit,
-                    max_exposure=meta.canaries.max_exposure,
+                    # no canary measured is no exposure measured (training writes 0.0 for none), not 0 bits
+                    max_exposure=meta.canaries.max_exposure if meta.canaries.exposures else None,
                     hyperparameters=meta.hyperparameters,
                     metrics=meta.metrics,
                     dp=dp.model_dump(),

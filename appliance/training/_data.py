@@ -44,6 +44,7 @@ class PreparedDataset:
     fingerprint: str
     train: list[Record]
     eval: list[Record]
+    source_sha256: str | None = None  # the raw input's SHA-256: the same for every preparation of it
 
 
 def _fingerprint(path: Path) -> str:
@@ -82,6 +83,13 @@ def _read_jsonl(path: Path) -> list[Record]:
     return records
 
 
+def _source_sha256(manifest: Any) -> str | None:
+    """``manifest.source.sha256`` (the raw input's hash), or None when the manifest does not say."""
+    source = manifest.get("source") if isinstance(manifest, dict) else None
+    digest = source.get("sha256") if isinstance(source, dict) else None
+    return digest if isinstance(digest, str) and digest else None
+
+
 def _intake_loader() -> Any:
     try:
         from appliance.intake import load_prepared
@@ -103,7 +111,9 @@ def read_prepared(path: Path) -> PreparedDataset:
         for name, recs in (("train.jsonl", train), ("eval.jsonl", evals)):
             if not recs:
                 raise IntakeRejected(f"{path / name}: no records")
-        return PreparedDataset(Path(loaded.path), str(loaded.fingerprint), train, evals)
+        return PreparedDataset(
+            Path(loaded.path), str(loaded.fingerprint), train, evals, _source_sha256(loaded.manifest)
+        )
     if not path.is_dir():
         raise NotFound(f"prepared dataset not found: {path}")
     manifest_path = path / "manifest.json"
@@ -127,7 +137,7 @@ def read_prepared(path: Path) -> PreparedDataset:
         raise IntakeRejected(f"{path / 'train.jsonl'}: no records")
     if not evals:
         raise IntakeRejected(f"{path / 'eval.jsonl'}: no records")
-    return PreparedDataset(path.resolve(), actual, train, evals)
+    return PreparedDataset(path.resolve(), actual, train, evals, _source_sha256(manifest))
 
 
 # --- tokenising ------------------------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ SQLite (``settings.ledger_path``) in WAL mode with ``synchronous=FULL``: a commi
 Steps are charged *before* they are taken, one commit per step, so a crash never under-counts: after a
 ``SIGKILL`` the ledger holds every step that may have run. A resumed run keeps charging the same row, so steps
 repeated after a resume are counted again (conservative). A run that has not closed (``running``) reserves
-its whole planned charge, so two concurrent runs cannot both fit into the same remaining budget.
+its whole planned charge, so two concurrent runs cannot both fit into the same remaining budget. Each run also
+records its dataset's source (``manifest.source.sha256``): every preparation of the same input file gets a new
+fingerprint, and a dataset's spend includes the runs on all of them, so re-preparing does not reset the budget.
 """
 
 from __future__ import annotations
@@ -42,10 +44,12 @@ CREATE TABLE IF NOT EXISTS runs (
     reason           TEXT,
     started_at       TEXT NOT NULL,
     updated_at       TEXT NOT NULL,
-    finished_at      TEXT
+    finished_at      TEXT,
+    source_sha256    TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_fingerprint ON runs (fingerprint);
 """
+_SOURCE_INDEX = "CREATE INDEX IF NOT EXISTS runs_source ON runs (source_sha256)"
 
 _EPS_TOLERANCE = 1e-9
 
@@ -77,6 +81,7 @@ class LedgerEntry:
     started_at: str
     updated_at: str
     finished_at: str | None
+    source_sha256: str | None = None  # the raw input the dataset was prepared from (None: not known)
 
     @property
     def charged_steps(self) -> int:
@@ -116,6 +121,10 @@ class Ledger:
             path.parent.mkdir(parents=True, exist_ok=True)
             with self._connect() as db:
                 db.executescript(_SCHEMA)
+                columns = {row["name"] for row in db.execute("PRAGMA table_info(runs)")}
+                if "source_sha256" not in columns:  # a ledger written before runs recorded their source
+                    db.execute("ALTER TABLE runs ADD COLUMN source_sha256 TEXT")
+                db.execute(_SOURCE_INDEX)
         except (sqlite3.Error, OSError) as exc:
             raise StorageUnavailable(f"privacy ledger {path} cannot be opened: {exc}") from exc
 
@@ -167,12 +176,22 @@ class Ledger:
         return open_runs[-1] if open_runs else None
 
     @staticmethod
-    def _runs(db: sqlite3.Connection, fingerprint: str | None) -> list[LedgerEntry]:
+    def _runs(db: sqlite3.Connection, fingerprint: str | None, source: str | None = None) -> list[LedgerEntry]:
+        """Every run, or those charged to a dataset: its own and those on any preparation of the same source
+        (``source`` given, else the source its runs recorded)."""
         if fingerprint is None:
             rows = db.execute("SELECT * FROM runs ORDER BY started_at, rowid").fetchall()
         else:
+            if source is None:
+                row = db.execute(
+                    "SELECT source_sha256 FROM runs WHERE fingerprint = ? AND source_sha256 IS NOT NULL LIMIT 1",
+                    (fingerprint,),
+                ).fetchone()
+                source = row["source_sha256"] if row is not None else None
             rows = db.execute(
-                "SELECT * FROM runs WHERE fingerprint = ? ORDER BY started_at, rowid", (fingerprint,)
+                "SELECT * FROM runs WHERE fingerprint = ? OR (? IS NOT NULL AND source_sha256 = ?)"
+                " ORDER BY started_at, rowid",
+                (fingerprint, source, source),
             ).fetchall()
         return [LedgerEntry(**{**dict(row), "dp": bool(row["dp"])}) for row in rows]
 
@@ -210,14 +229,19 @@ class Ledger:
         sample_rate: float | None,
         steps: int,
         trained_by: str,
+        delta: float | None = None,
+        source_sha256: str | None = None,
     ) -> None:
         """Record a new run after checking, atomically, that its planned steps fit the remaining budget.
 
-        A run that does not fit is recorded as ``refused`` and :class:`BudgetExhausted` names the remaining budget.
+        ``delta`` is the run's own (at most the policy's; default the policy's): the run's epsilon is reported at
+        it, while the budget is composed at the policy's. A run that does not fit is recorded as ``refused`` and
+        :class:`BudgetExhausted` names the remaining budget. ``source_sha256`` (the dataset's
+        ``manifest.source.sha256``) composes the run with those on every other preparation of the same input.
         """
         now = _now()
         with self._transaction() as db:
-            entries = self._runs(db, fingerprint)
+            entries = self._runs(db, fingerprint, source_sha256)
             if any(e.run_id == run_id for e in entries):
                 raise Conflict(f"run {run_id} is already in the privacy ledger")
             refusal: str | None = None
@@ -236,7 +260,8 @@ class Ledger:
             db.execute(
                 "INSERT INTO runs (run_id, fingerprint, out_path, status, dp, privacy_unit, target_epsilon, delta,"
                 " noise_multiplier, sample_rate, steps_planned, steps_reserved, steps_taken, epsilon, trained_by,"
-                " reason, started_at, updated_at, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,0,?,?,?,?,?,?)",
+                " reason, started_at, updated_at, finished_at, source_sha256)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,0,?,?,?,?,?,?,?)",
                 (
                     run_id,
                     fingerprint,
@@ -245,7 +270,7 @@ class Ledger:
                     int(dp),
                     privacy_unit,
                     target_epsilon,
-                    budget.delta if dp else None,
+                    (budget.delta if delta is None else delta) if dp else None,
                     noise_multiplier,
                     sample_rate,
                     steps,
@@ -256,6 +281,7 @@ class Ledger:
                     now,
                     now,
                     now if refusal else None,
+                    source_sha256,
                 ),
             )
         if refusal:
@@ -273,7 +299,7 @@ class Ledger:
             reserved = entry.steps_taken + remaining_steps
             mech = entry.mechanism(reserved)
             if mech is not None:
-                same = [e for e in entries if e.fingerprint == entry.fingerprint]
+                same = self._runs(db, entry.fingerprint, entry.source_sha256)
                 history = self._history(same, exclude=run_id)
                 spent = composed_epsilon(history, budget.delta)
                 after = composed_epsilon([*history, mech], budget.delta)
@@ -289,15 +315,24 @@ class Ledger:
         return self.get(run_id)
 
     def charge_step(self, run_id: str) -> int:
-        """Charge one step before it is taken (durable on return); returns the run's steps charged so far."""
+        """Charge one step before it is taken (durable on return); returns the run's steps charged so far.
+
+        A run never charges past its reservation (Conflict): two processes on one run, such as a ``--resume``
+        of a run that is still alive, would otherwise spend more than the budget check admitted."""
         with self._transaction() as db:
             row = db.execute(
-                "SELECT status, steps_taken, noise_multiplier, sample_rate, delta, dp FROM runs WHERE run_id = ?",
+                "SELECT status, steps_taken, steps_reserved, noise_multiplier, sample_rate, delta, dp FROM runs"
+                " WHERE run_id = ?",
                 (run_id,),
             ).fetchone()
             if row is None or row["status"] != "running":
                 raise Conflict(f"run {run_id} is not running in the privacy ledger")
             taken = int(row["steps_taken"]) + 1
+            if taken > int(row["steps_reserved"]):  # only the reservation passed the budget check
+                raise Conflict(
+                    f"run {run_id} has charged all {row['steps_reserved']} steps it reserved (is it also running "
+                    "in another process, e.g. resumed while still alive?)"
+                )
             epsilon = None
             if row["dp"]:
                 epsilon = composed_epsilon([(row["noise_multiplier"], row["sample_rate"], taken)], row["delta"])

@@ -147,6 +147,7 @@ class TrainingRun:
         self._resume_state: dict[str, Any] | None = None
         self._resume_step = 0
         self._resume_rate: float | None = None
+        self._resume_delta: float | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -173,6 +174,8 @@ class TrainingRun:
         self.s.dataset = dataset
         self.s.budget = budget = policy.budget_for(dataset.fingerprint)
         self.s.delta = cfg.delta if cfg.delta is not None else budget.delta
+        if self._resume_delta is not None:  # the delta its noise was calibrated and its steps charged at
+            self.s.delta = self._resume_delta
         if cfg.dp and self.s.delta > budget.delta:
             raise ValidationFailed(f"delta {self.s.delta:g} is above the policy's {budget.delta:g} for this dataset")
         self._load_base()
@@ -222,6 +225,8 @@ class TrainingRun:
                     sample_rate=self.s.sample_rate,
                     steps=cfg.steps,
                     trained_by=cfg.trained_by,
+                    delta=self.s.delta,  # metadata pairs the ledger's epsilon with this delta
+                    source_sha256=dataset.source_sha256,  # re-preparing the same input does not reset the budget
                 )
             except BudgetExhausted as exc:
                 self._audit.record("training.refused", status="denied", details=details, error=exc.code)
@@ -253,6 +258,7 @@ class TrainingRun:
         self.config = stored.model_copy(update={"resume": True, "device": self.config.device})
         self.s.noise_multiplier = entry.noise_multiplier
         self._resume_rate = entry.sample_rate
+        self._resume_delta = entry.delta
         if (self.run_dir / CHECKPOINT_NAME).is_file():
             step, state = load_checkpoint(self.run_dir, run_id=self.run_id, keys=self._keys)
             self._resume_state = state
@@ -639,7 +645,10 @@ class TrainingRun:
             raise
         except BaseException as exc:
             reason = exc.code if isinstance(exc, ApplianceError) else type(exc).__name__
-            self.ledger.close(self.run_id, status="failed", reason=reason)
+            try:
+                self.ledger.close(self.run_id, status="failed", reason=reason)
+            finally:  # not resumable (or already abandoned); its checkpoint holds canary secrets
+                shutil.rmtree(self.run_dir, ignore_errors=True)
             self._audit.record(
                 "training.finish", status="error", details={"run_id": self.run_id, "resumable": False}, error=reason
             )

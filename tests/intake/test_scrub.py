@@ -36,6 +36,12 @@ CASES: list[tuple[str, str, str]] = [
     ("Email jane.roe@example.org today.", "jane.roe@example.org", "EMAIL"),
     ("SSN 123-45-6789 on file.", "123-45-6789", "SSN"),
     ("Social security number: 123456789", "123456789", "SSN"),
+    ("SSN 123.45.6789 on file.", "123.45.6789", "SSN"),
+    ("Sample tracked as ref xk55321 by the lab.", "xk55321", "ID"),
+    ("Record # 445566 was merged.", "445566", "MRN"),
+    ("Pt # 445566 called back.", "445566", "MRN"),
+    ("MRN: 123 4567 on the wristband.", "123 4567", "MRN"),
+    ("Acct: 1234 5678 9012 was billed.", "1234 5678 9012", "ACCOUNT"),
     ("MRN: 1234567", "1234567", "MRN"),
     ("Medical record number MR-884422 reviewed.", "MR-884422", "MRN"),
     ("MRN#00551234 admitted.", "00551234", "MRN"),
@@ -201,6 +207,20 @@ class TestRecords:
         }
         assert counts == Counter({"PHONE": 2, "MRN": 1, "DATE": 1, "ID": 1})
 
+    def test_a_metadata_name_field_names_the_patient_everywhere(self, scrubber: Scrubber) -> None:
+        """A name the export labels ({"patient_name": ...}) is replaced in the instruction and response too, even
+        outside the lexicon and without context; titles and common words in it are not propagated."""
+        fields = {
+            "instruction": "Summarise the visit of Ysolde Vantaggio; Dr. review will follow.",
+            "response": "VANTAGGIO improved.",
+            "metadata": {"patient_name": "Ysolde Vantaggio", "team": [{"physician": "Dr. Will Qorvath, MD"}]},
+        }
+        out, _ = scrubber.scrub_fields(fields)
+        assert out["instruction"] == "Summarise the visit of [NAME]; Dr. review will follow."
+        assert out["response"] == "[NAME] improved."
+        assert out["metadata"] == {"patient_name": "[NAME]", "team": [{"physician": "[NAME]"}]}
+        assert scrubber.scrub_fields({**fields, "instruction": "Qorvath signed."})[0]["instruction"] == "[NAME] signed."
+
     def test_metadata_keys_are_scrubbed(self, scrubber: Scrubber) -> None:
         """A metadata key that is itself PHI is replaced, and keys stay unique."""
         meta = {"John Smith": "x", "Mary Jones": "y", "ward": "ICU"}
@@ -294,6 +314,17 @@ class TestLetterCase:
         """A lower-case note loses its dates, street, city and ZIP like a mixed-case one."""
         out, _ = Scrubber().scrub_text("pt seen may 5, 2024. lives at 12 oak st, apt 4b, boston, ma 02115.")
         assert out == "pt seen [DATE]. lives at [ADDRESS], [ADDRESS], ma [ZIP]."
+
+
+@pytest.mark.parametrize("dash", ["\u2010", "\u2011", "\u2013", "\u2014", "\u2212", "\uff0d"])
+def test_unicode_dashes_separate_like_hyphens(dash: str) -> None:
+    """Word processors and EHR exports turn hyphens into Unicode dashes; the identifier is still found."""
+    text = f"SSN 123{dash}45{dash}6789, call 617{dash}555{dash}1234, seen 2024{dash}03{dash}05, Jane Garcia{dash}Lopez."
+    out, counts = Scrubber().scrub_text(text)
+    assert not any(ch.isdigit() for ch in out.replace("[", "").replace("]", "")), out
+    assert counts["SSN"] == 1 and counts["PHONE"] == 1 and counts["DATE"] == 1
+    record, _ = Scrubber().scrub_fields({"instruction": f"phone 617{dash}555{dash}1234", "response": "ok"})
+    assert record["instruction"] == "phone [PHONE]"
 
 
 @pytest.mark.parametrize(

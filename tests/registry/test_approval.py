@@ -59,6 +59,7 @@ def test_publish_needs_two_approvals(registry: Registry, make_run: RunFactory) -
         ({"dp": {"epsilon": 9.5}}, "approval.max_epsilon"),
         ({"max_exposure": 20.0}, "approval.max_canary_exposure"),
         ({"max_exposure": None}, "approval.max_canary_exposure"),
+        ({"canaries": {"count": 0, "exposures": [], "max_exposure": 0.0}}, "approval.max_canary_exposure"),
     ],
 )
 def test_privacy_limits_refuse_approval(

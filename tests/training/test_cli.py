@@ -64,3 +64,37 @@ def test_exhausted_budget_exit_code(
     err = capsys.readouterr().err
     assert "PRIVACY_BUDGET_EXHAUSTED" in err and "remaining" in err
     assert not (tmp_path / "b").exists()
+
+
+def test_trained_by_defaults_to_the_person_behind_sudo(
+    cli_env: Path, prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under sudo the getpass login name is root: the trainer must be recorded as $SUDO_USER, or that person
+    could approve their own adapter (the registry compares approvers with metadata.trained_by)."""
+    import appliance.training
+
+    seen: list[object] = []
+
+    def fake_train(config: object, settings: object, **kwargs: object) -> None:
+        seen.append(config)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(appliance.training, "train", fake_train)
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.setenv(name, "root")
+    monkeypatch.setenv("SUDO_USER", "alice")
+    args = [
+        "train",
+        "--dataset",
+        str(prepared),
+        "--base",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "a"),
+        "--epsilon",
+        "1",
+    ]
+    result = CliRunner().invoke(app, [*args, *TINY])
+    assert result.exit_code == 0, result.output
+    (config,) = seen
+    assert config.trained_by == "alice"  # type: ignore[attr-defined]

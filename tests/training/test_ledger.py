@@ -27,6 +27,7 @@ def _begin(ledger: Ledger, run_id: str, steps: int = 10, sigma: float = 1.0, **k
         sample_rate=0.1,
         steps=steps,
         trained_by="tester",
+        source_sha256=kw.pop("source_sha256", None),
     )
 
 
@@ -106,3 +107,51 @@ class TestLedger:
             ledger.charge_step("r1")
         with pytest.raises(Conflict):
             ledger.reserve_resume("r1", BUDGET, 1)
+
+    def test_re_preparing_the_same_source_does_not_reset_the_budget(self, tmp_path: Path) -> None:
+        """Each `data prepare` of one input gets a new fingerprint; its runs compose with the earlier ones."""
+        ledger = Ledger(tmp_path / "ledger.db")
+        src = "5c" * 32
+        _begin(ledger, "first", steps=300, sigma=1.5, source_sha256=src)
+        spent = ledger.spent(FP, BUDGET.delta)
+        again = "ab" * 32  # the same source prepared again: a fresh salt, a fresh fingerprint
+        assert ledger.spent(again, BUDGET.delta) == 0.0
+        with pytest.raises(BudgetExhausted, match="remaining"):
+            _begin(ledger, "second", steps=300, sigma=1.5, fingerprint=again, source_sha256=src)
+        assert ledger.get("second").status == "refused"
+        assert ledger.spent(again, BUDGET.delta) == pytest.approx(spent)
+        assert ledger.summary(FP, BUDGET).spent == pytest.approx(spent)
+        _begin(ledger, "other", steps=300, sigma=1.5, fingerprint="cd" * 32, source_sha256="9e" * 32)  # other input
+
+    def test_a_ledger_from_before_sources_is_upgraded(self, tmp_path: Path) -> None:
+        """A ledger file without the source column gains it on open; its runs still count."""
+        import sqlite3
+
+        path = tmp_path / "ledger.db"
+        ledger = Ledger(path)
+        _begin(ledger, "old", steps=10)
+        db = sqlite3.connect(path)
+        db.execute("DROP INDEX runs_source")
+        db.execute("ALTER TABLE runs DROP COLUMN source_sha256")
+        db.commit()
+        db.close()
+        reopened = Ledger(path)
+        assert reopened.get("old").source_sha256 is None
+        assert reopened.spent(FP, 1e-5) == pytest.approx(composed_epsilon([(1.0, 0.1, 10)], 1e-5))
+        _begin(reopened, "new", steps=10, source_sha256="5c" * 32)
+        assert reopened.get("new").source_sha256 == "5c" * 32
+
+    def test_a_run_never_charges_past_its_reservation(self, tmp_path: Path) -> None:
+        """Resuming a run that is in fact still alive: the two processes together stop at the reservation,
+        the only spend the budget check admitted."""
+        ledger = Ledger(tmp_path / "ledger.db")
+        _begin(ledger, "r1", steps=5)
+        for _ in range(3):
+            ledger.charge_step("r1")
+        ledger.reserve_resume("r1", BUDGET, remaining_steps=2)  # the "interrupted" run is still charging
+        ledger.charge_step("r1")
+        ledger.charge_step("r1")
+        with pytest.raises(Conflict, match="reserved"):
+            ledger.charge_step("r1")
+        entry = ledger.get("r1")
+        assert entry.steps_taken == 5 and entry.charged_steps == 5

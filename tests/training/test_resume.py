@@ -7,12 +7,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from appliance.config import Settings
-from appliance.errors import NotFound
+from appliance.config import Settings, load_settings
+from appliance.errors import NotFound, ValidationFailed
 from appliance.testing import MemoryAuditLog
 from appliance.training import Ledger, TrainingRun, composed_epsilon, make_config
 from tests.training.conftest import tiny_options
@@ -80,3 +81,26 @@ def test_resume_without_an_interrupted_run(
     config = make_config(**tiny_options(prepared, tiny_model, tmp_path / "x", resume=True))
     with pytest.raises(NotFound, match="no interrupted run"):
         TrainingRun(config, train_settings, audit=MemoryAuditLog()).run()
+
+
+def test_resume_keeps_the_delta_the_run_was_charged_at(
+    data_dir: Path, make_policy: Callable[..., Path], prepared: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    """A policy delta tightened after the interruption does not relabel the run: its noise was calibrated and its
+    epsilon charged at the old delta, so the metadata would pair that epsilon with a smaller delta. Refused."""
+    settings = load_settings(data_dir=data_dir, policies_dir=make_policy())
+    out = tmp_path / "adapter"
+    options = tiny_options(prepared, tiny_model, out, steps=6, checkpoint_every=1)
+
+    def interrupt(step: int) -> None:
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        TrainingRun(make_config(**options), settings, audit=MemoryAuditLog(), on_checkpoint=interrupt).run()
+    (entry,) = Ledger(settings.ledger_path).runs()
+    assert entry.status == "running" and entry.delta == 1e-5
+    tightened = load_settings(data_dir=data_dir, policies_dir=make_policy(default={"delta": 1e-6}))
+    with pytest.raises(ValidationFailed, match="delta 1e-05 is above"):
+        TrainingRun(make_config(**{**options, "resume": True}), tightened, audit=MemoryAuditLog()).run()
+    assert not out.exists()

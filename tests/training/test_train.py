@@ -101,6 +101,20 @@ class TestSubjectLevel:
         assert meta["dp"]["sample_rate"] == pytest.approx(1 / 3)  # 12 subjects, expected batch 4
         assert 0 < meta["dp"]["epsilon"] <= 4.0
 
+    def test_delta_below_the_policy_is_the_delta_of_the_reported_epsilon(
+        self, train_settings: Settings, prepared: Path, tiny_model: Path, tmp_path: Path
+    ) -> None:
+        """With --delta below the policy's (1e-5), metadata's epsilon is the epsilon at metadata's delta: an epsilon
+        taken at the larger policy delta would state a stronger guarantee than the run has."""
+        out = tmp_path / "adapter"
+        _run(train_settings, **tiny_options(prepared, tiny_model, out, delta=1e-9))
+        dp = json.loads((out / "metadata.json").read_text())["dp"]
+        assert dp["delta"] == 1e-9
+        assert dp["epsilon"] == pytest.approx(
+            composed_epsilon([(dp["noise_multiplier"], dp["sample_rate"], 4)], dp["delta"])
+        )
+        assert dp["epsilon"] <= 4.0
+
 
 class TestRefusals:
     def test_over_budget_is_refused_before_it_starts(
@@ -118,6 +132,24 @@ class TestRefusals:
         assert [e["type"] for e in audit.events] == ["training.refused"]
         statuses = [e.status for e in Ledger(settings.ledger_path).runs()]
         assert statuses == ["finished", "refused"]
+
+    def test_re_preparing_the_source_does_not_reset_the_budget(
+        self, data_dir: Path, make_policy: Callable[..., Path], tiny_model: Path, tmp_path: Path
+    ) -> None:
+        """`data prepare` run again on the same input gives a new fingerprint, not a fresh budget."""
+        from appliance.intake import prepare, write_synthetic
+
+        source = tmp_path / "export.jsonl"
+        write_synthetic(source, n=120, seed=3)
+        first, second = tmp_path / "prep1", tmp_path / "prep2"
+        prepare(source, first)
+        prepare(source, second)
+        assert fingerprint_of(first) != fingerprint_of(second)
+        settings = load_settings(data_dir=data_dir, policies_dir=make_policy(default={"epsilon_budget": 4.5}))
+        _run(settings, **tiny_options(first, tiny_model, tmp_path / "a", epsilon=4.0))
+        with pytest.raises(BudgetExhausted, match="remaining"):
+            _run(settings, **tiny_options(second, tiny_model, tmp_path / "b", epsilon=4.0))
+        assert not (tmp_path / "b").exists()
 
     def test_no_dp_needs_policy_and_is_recorded(
         self, data_dir: Path, make_policy: Callable[..., Path], prepared: Path, tiny_model: Path, tmp_path: Path
@@ -188,3 +220,51 @@ class TestRefusals:
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
         (entry,) = Ledger(train_settings.ledger_path).runs()
         assert entry.status == "running" and entry.steps_taken == 4  # charged, and resumable
+
+    def test_a_failed_run_deletes_its_checkpoint_and_canary_secrets(
+        self,
+        train_settings: Settings,
+        prepared: Path,
+        tiny_model: Path,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A run closed as failed cannot be resumed (nor abandoned): its run directory, whose checkpoint holds the
+        canary secrets, must not stay behind."""
+        from appliance.errors import TrainingFailed
+
+        def boom(self: TrainingRun) -> None:
+            raise RuntimeError("evaluation crashed")
+
+        monkeypatch.setattr(TrainingRun, "evaluate", boom)
+        options = tiny_options(prepared, tiny_model, tmp_path / "out", canaries=1, checkpoint_every=2)
+        with pytest.raises(TrainingFailed, match="evaluation crashed"):
+            _run(train_settings, **options)
+        (entry,) = Ledger(train_settings.ledger_path).runs()
+        assert entry.status == "failed" and entry.steps_taken == 4
+        assert not (train_settings.runs_dir / entry.run_id).exists()
+
+    def test_a_run_abandoned_while_alive_leaves_no_checkpoint_behind(
+        self, train_settings: Settings, prepared: Path, tiny_model: Path, tmp_path: Path
+    ) -> None:
+        """`ledger abandon` deletes the run directory, but the live run may write one more checkpoint (with the
+        canary secrets) before its next charge is refused: that one is deleted too."""
+        import shutil
+
+        from appliance.errors import Conflict
+        from appliance.training import StepInfo
+
+        ledger = Ledger(train_settings.ledger_path)
+
+        def abandon_at_step_2(info: StepInfo) -> None:
+            if info.step == 2:  # what `appliance ledger abandon` does, while the run is between two steps
+                (entry,) = ledger.runs()
+                ledger.close(entry.run_id, status="failed", reason="abandoned")
+                shutil.rmtree(train_settings.runs_dir / entry.run_id)
+
+        options = tiny_options(prepared, tiny_model, tmp_path / "out", canaries=1, checkpoint_every=1)
+        with pytest.raises(Conflict, match="not running"):
+            train(make_config(**options), train_settings, audit=MemoryAuditLog(), on_step=abandon_at_step_2)
+        (entry,) = ledger.runs()
+        assert entry.reason == "abandoned" and entry.steps_taken == 2  # the third charge was refused
+        assert not (train_settings.runs_dir / entry.run_id).exists()
