@@ -129,5 +129,9 @@ def revoke(
     store = _store(ctx)
     store.get(key_id)  # NotFound before anything is recorded
     _audit(ctx, "admin.apikey.revoke", "revoke", {"key_id": key_id})
-    info = store.revoke(key_id, revoked_by=_operator())
+    info, *cascaded = store.revoke(key_id, revoked_by=_operator())  # with the keys it created, transitively
+    for child in cascaded:
+        _audit(ctx, "admin.apikey.revoke", "revoke", {"key_id": child.id, "revoked_with": key_id})
     console.print(f"[yellow]revoked[/] {info.id} ({info.name})")
+    for child in cascaded:
+        console.print(f"[yellow]revoked[/] {child.id} ({child.name}), created by {info.id} or a key it created")

@@ -36,7 +36,7 @@ from appliance.errors import (
     StateStoreUnavailable,
     Unauthenticated,
 )
-from appliance.gateway.auth.apikeys import ApiKeyStore
+from appliance.gateway.auth.apikeys import ApiKeyStore, key_subject
 from appliance.gateway.auth.jwt import JWTValidator
 from appliance.gateway.auth.oidc import OIDCClient
 from appliance.gateway.auth.principal import Principal
@@ -278,7 +278,7 @@ class Gateway:
                 info = self.apikeys.verify(credential)
                 return (
                     Principal(
-                        subject=f"apikey:{info.id}",
+                        subject=key_subject(info.id),
                         auth_method="api_key",
                         scopes=frozenset(info.scopes),
                         client_id=info.name,

@@ -58,7 +58,13 @@ async def create_key(gw: Gateway, ctx: Ctx, name: str, scopes: list[str], ttl_s:
     if not granted <= own:
         extra = ", ".join(sorted(granted - own))
         raise await gw.deny(PolicyViolation(f"a key cannot carry roles its creator does not hold: {extra}"), ctx=ctx)
-    key, info = gw.apikeys.create(name, scopes, ttl_s=ttl_s, created_by=ctx.principal.subject)
+    key, info = gw.apikeys.create(
+        name,
+        scopes,
+        ttl_s=ttl_s,
+        created_by=ctx.principal.subject,
+        creator_key_id=ctx.principal.key_id,  # a key made by a key cannot outlive or survive it
+    )
     audit_id = await gw.record(
         gw.event(
             "admin.apikey.create",
@@ -71,8 +77,12 @@ async def create_key(gw: Gateway, ctx: Ctx, name: str, scopes: list[str], ttl_s:
 
 
 async def revoke_key(gw: Gateway, ctx: Ctx, key_id: str) -> tuple[ApiKeyInfo, str]:
-    info = gw.apikeys.revoke(key_id, revoked_by=ctx.principal.subject)
+    """Revoke a key and the keys created by it (transitively); each revocation is an audit event."""
+    info, *cascaded = gw.apikeys.revoke(key_id, revoked_by=ctx.principal.subject)
     audit_id = await gw.record(gw.event("admin.apikey.revoke", ctx=ctx, action="revoke", details={"key_id": key_id}))
+    for child in cascaded:
+        details = {"key_id": child.id, "revoked_with": key_id}
+        await gw.record(gw.event("admin.apikey.revoke", ctx=ctx, action="revoke", details=details))
     return info, audit_id
 
 
