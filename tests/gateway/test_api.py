@@ -282,3 +282,11 @@ def test_compliance_export_links_keep_time_filters(h: Harness) -> None:
         assert r.status_code == 200, r.text
     exports = h.audit.of_type("audit.export")
     assert exports[-1]["details"]["since"] == "2020-01-01T00:00:00+00:00"
+
+
+def test_api_key_whose_create_record_fails_is_revoked(h: Harness) -> None:
+    """When the create record cannot be written (503), the key it would record does not stay in force."""
+    h.audit.fail = True
+    r = h.client.post("/v1/admin/keys", json={"name": "svc", "scopes": ["admin"]}, headers=h.bearer(scope="admin"))
+    assert r.status_code == 503
+    assert [k.state(0) for k in h.gateway.apikeys.list()] == ["revoked"]

@@ -62,6 +62,15 @@ def test_keys_create_list_revoke(env: Path) -> None:
     assert created["key"] not in "".join(p.read_text() for p in (env / "audit").rglob("*.jsonl"))
 
 
+def test_keys_create_with_several_scopes_is_audited(env: Path) -> None:
+    """A key with two scopes is recorded (the trail holds them as one identifier) and stays in force."""
+    args = ["keys", "create", "lab-system", "--scope", "service.inference", "--scope", "inference", "--json"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert ApiKeyStore(GatewayDB(db_path(env))).list()[0].state(0) == "active"
+    assert "admin.apikey.create" in _audit_types(env)
+
+
 def test_keys_create_refuses_scope_without_role(env: Path) -> None:
     """A scope the policy does not know grants nothing, so no key is made."""
     r = CliRunner().invoke(app, ["keys", "create", "x", "--scope", "no-such-scope"])

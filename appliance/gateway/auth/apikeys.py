@@ -19,7 +19,11 @@ from appliance.errors import NotFound, Unauthenticated, ValidationFailed
 from appliance.gateway._db import GatewayDB
 
 KEY_FORMAT = re.compile(r"^apk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
-SCOPE_FORMAT = re.compile(r"^[A-Za-z0-9_.:*-]{1,64}$")
+# The create record holds a key's scopes as one audit identifier (appliance/audit/_schema.py Ident: no ',' or '*',
+# at most 128 characters); a key whose scopes it could not hold would be stored while its record failed.
+SCOPE_FORMAT = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+SCOPES_SEPARATOR = "|"
+MAX_SCOPES_CHARS = 128
 # The name is the key's client_id in audit records: an identifier the trail accepts (no space).
 NAME_FORMAT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 _DUMMY_DIGEST = hashlib.sha256(b"apk-dummy").hexdigest()
@@ -46,6 +50,26 @@ class ApiKeyInfo:
 
 def _digest(key: str) -> str:
     return hashlib.sha256(key.encode("ascii")).hexdigest()
+
+
+def scopes_detail(scopes: Iterable[str]) -> str:
+    """A key's scopes as the create record holds them: sorted, joined with '|'."""
+    return SCOPES_SEPARATOR.join(sorted(set(scopes)))
+
+
+def check_new_key(name: str, scopes: Iterable[str], ttl_s: int) -> None:
+    """ValidationFailed unless a key with this name, scopes and lifetime can be stored and its creation audited."""
+    scope_list = set(scopes)
+    if not NAME_FORMAT.match(name):
+        raise ValidationFailed("key name: 1-64 letters, digits, _ . @ - (no spaces)")
+    if not scope_list or not all(SCOPE_FORMAT.match(s) for s in scope_list):
+        raise ValidationFailed("a key needs at least one scope (1-64 letters, digits, _ . : -)")
+    if len(scopes_detail(scope_list)) > MAX_SCOPES_CHARS:
+        raise ValidationFailed(
+            f"a key's scopes, joined with '{SCOPES_SEPARATOR}', must fit {MAX_SCOPES_CHARS} characters"
+        )
+    if not 60 <= ttl_s <= MAX_TTL_S:
+        raise ValidationFailed(f"key lifetime must be between 60 s and {MAX_TTL_S} s")
 
 
 def key_subject(key_id: str) -> str:
@@ -77,12 +101,7 @@ class ApiKeyStore:
         the insert are one transaction, so a key cannot slip in after its creator's revocation.
         """
         scope_list = tuple(sorted(set(scopes)))
-        if not NAME_FORMAT.match(name):
-            raise ValidationFailed("key name: 1-64 letters, digits, _ . @ - (no spaces)")
-        if not scope_list or not all(SCOPE_FORMAT.match(s) for s in scope_list):
-            raise ValidationFailed("a key needs at least one scope (letters, digits, _ . : * -)")
-        if not 60 <= ttl_s <= MAX_TTL_S:
-            raise ValidationFailed(f"key lifetime must be between 60 s and {MAX_TTL_S} s")
+        check_new_key(name, scope_list, ttl_s)
         key_id = secrets.token_hex(6)
         key = f"apk_{key_id}_{secrets.token_urlsafe(32)}"
         now = self._clock()
