@@ -44,8 +44,8 @@ from appliance.gateway.auth.sessions import Lookup, Session, SessionStore
 from appliance.gateway.breakglass import BreakGlass
 from appliance.gateway.limits import LimitStore, MemoryLimitStore
 from appliance.gateway.metrics import GatewayMetrics
-from appliance.gateway.policy import ADAPTER_NAME, PolicyStore
-from appliance.gateway.ports import AdapterCatalog, AdapterRef, AuditReader, resolve
+from appliance.gateway.policy import ADAPTER_NAME, Entitlement, PolicyStore
+from appliance.gateway.ports import AdapterCatalog, AdapterRef, AuditReader, parse_version, resolve
 from appliance.gateway.state import State
 from appliance.ids import random_uuid
 from appliance.protocols import (
@@ -404,12 +404,26 @@ class Gateway:
         ]
 
     async def authorize_adapter(self, ctx: Ctx, name: str, version: str) -> AdapterRef:
+        """The published adapter the caller may use. The policy is asked about the requested name and version
+        before the catalog, so an adapter the roles do not allow is the same 403 whether or not it exists (no
+        enumeration); a caller they allow gets a 404 for a version that is not published."""
+        policy = self.policy.current
         try:
             if not ADAPTER_NAME.match(name):
                 raise NotFound("no such adapter (names are lowercase letters, digits, '-' and '_')")
-            ref = resolve(await self.catalog.published(), name, version)
-            if not self.policy.current.may_adapter(ctx.roles, ref.name, ref.version, is_production=ref.is_production):
-                raise PolicyViolation(f"your roles do not allow adapter {ref.name!r} version {ref.version}")
+            entitlement = policy.adapter_entitlement(ctx.roles, name, parse_version(version))
+            refused = PolicyViolation(f"your roles do not allow adapter {name!r} version {version}")
+            published = await self.catalog.published()  # read before refusing too: existence does not change the timing
+            if entitlement is Entitlement.NONE:
+                raise refused
+            try:
+                ref = resolve(published, name, version)
+            except NotFound:
+                if entitlement is Entitlement.IF_PRODUCTION:  # what is not published is no production version
+                    raise refused from None
+                raise
+            if not policy.may_adapter(ctx.roles, ref.name, ref.version, is_production=ref.is_production):
+                raise refused
         except (NotFound, PolicyViolation) as exc:
             raise await self.deny(exc, ctx=ctx) from None
         return ref

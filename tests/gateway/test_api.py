@@ -290,3 +290,22 @@ def test_api_key_whose_create_record_fails_is_revoked(h: Harness) -> None:
     r = h.client.post("/v1/admin/keys", json={"name": "svc", "scopes": ["admin"]}, headers=h.bearer(scope="admin"))
     assert r.status_code == 503
     assert [k.state(0) for k in h.gateway.apikeys.list()] == ["revoked"]
+
+
+def test_adapter_the_roles_do_not_allow_is_403_whether_or_not_it_exists(h: Harness) -> None:
+    """A caller learns nothing about adapters or versions its roles do not allow: the same audited 403 for one
+    that exists and one that does not. A caller allowed the name and version still gets a 404 that says why."""
+
+    def refusal(path: str, **claims: str) -> tuple[int, str, str]:
+        r = h.client.post(f"/v1/inference/adapter/{path}", json=BODY, headers=h.bearer(**claims))
+        assert r.headers["X-Audit-Id"] == h.audit.of_type("gateway.denied")[-1]["event_id"]
+        return r.status_code, r.json()["error_type"], r.json()["error"]
+
+    status, kind, message = refusal("oncology/production")
+    assert (status, kind) == (403, "POLICY_VIOLATION")
+    for name, version in [("no-such-adapter", "production"), ("triage", "1"), ("triage", "7")]:
+        same = message.replace("'oncology' version production", f"{name!r} version {version}")
+        assert refusal(f"{name}/{version}") == (status, kind, same)
+    status, kind, message = refusal("triage/7", scope="research")
+    assert (status, kind) == (404, "NOT_FOUND") and "not published" in message
+    assert refusal("no-such-adapter/1", scope="research")[:2] == (404, "NOT_FOUND")
