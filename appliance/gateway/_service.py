@@ -15,6 +15,7 @@ import functools
 import hashlib
 import hmac
 import ipaddress
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -164,6 +165,8 @@ class Gateway:
         self._served_at = 0.0
         self._audit_ok = True
         self._background: set[asyncio.Future[str]] = set()  # outcomes of streams their clients left
+        self.bounded_denial_s = 60.0  # see deny_bounded()
+        self._bounded_denials: dict[tuple[str, str | None, str, str], tuple[float, int]] = {}
 
     # --- audit ----------------------------------------------------------------------------------------------
     async def record(self, event: dict[str, Any]) -> str:
@@ -244,6 +247,7 @@ class Gateway:
         path: str | None = None,
         adapter: AdapterRef | None = None,
         action: str = "request",
+        details: Mapping[str, Any] | None = None,
     ) -> ApplianceError:
         """Record a refusal and return the error to raise (with its audit id)."""
         self.metrics.denied.labels(exc.code).inc()
@@ -262,9 +266,29 @@ class Gateway:
             status="denied" if exc.http_status < 500 else "error",
             http_status=exc.http_status,
             error_class=exc.code,
+            details=details,
         )
         audit_id = await self.record(event)
         return refusal(exc, audit_id)
+
+    async def deny_bounded(
+        self, exc: ApplianceError, *, request: Request[Any, Any, Any], path: str, ctx: Ctx | None = None
+    ) -> ApplianceError:
+        """:meth:`deny` at most once per ``bounded_denial_s`` for one route, source address, subject and error, so a
+        client repeating a refusal all day (a scraper with a wrong token) cannot flood the trail. The next record
+        counts the refusals left unrecorded in between (``details.unrecorded``); each is counted in the metrics."""
+        subject = ctx.principal.subject if ctx is not None else "anonymous"
+        key = (path, _ip(request), subject, exc.code)
+        now = time.monotonic()
+        last, unrecorded = self._bounded_denials.get(key, (-math.inf, 0))
+        if now - last < self.bounded_denial_s:
+            self._bounded_denials[key] = (last, unrecorded + 1)
+            self.metrics.denied.labels(exc.code).inc()
+            return exc
+        if len(self._bounded_denials) > 10_000:  # bounded memory; a reset records more, never less
+            self._bounded_denials.clear()
+        self._bounded_denials[key] = (now, 0)
+        return await self.deny(exc, ctx=ctx, request=request, path=path, details={"unrecorded": unrecorded})
 
     # --- authentication --------------------------------------------------------------------------------------
     async def authenticate(self, request: Request[Any, Any, Any]) -> tuple[Principal, Session | None]:

@@ -309,3 +309,25 @@ def test_adapter_the_roles_do_not_allow_is_403_whether_or_not_it_exists(h: Harne
     status, kind, message = refusal("triage/7", scope="research")
     assert (status, kind) == (404, "NOT_FOUND") and "not published" in message
     assert refusal("no-such-adapter/1", scope="research")[:2] == (404, "NOT_FOUND")
+
+
+def test_metrics_refusals_are_audited_once_a_minute_per_caller(h: Harness) -> None:
+    """A refused /metrics scrape is a gateway.denied record, at most one a minute per source, subject and error (a
+    scraper with a wrong token cannot flood the trail); the next record counts the refusals in between."""
+    wrong = {"Authorization": "Bearer wrong-metrics-token"}
+    responses = [h.client.get("/metrics", headers=wrong) for _ in range(3)] + [h.client.get("/metrics")]
+    responses.append(h.client.get("/metrics", headers=h.bearer()))
+    assert [r.status_code for r in responses] == [403] * 5
+    denied = [e for e in h.audit.of_type("gateway.denied") if e["route"] == "/metrics"]
+    assert [(e["actor"]["subject"], e["actor"]["auth_method"]) for e in denied] == [
+        ("anonymous", "jwt"),
+        ("svc-1", "jwt"),
+    ]
+    audit_ids = [r.headers.get("X-Audit-Id") for r in responses]
+    assert audit_ids == [denied[0]["event_id"], "-", "-", "-", denied[1]["event_id"]]  # "-": not recorded
+    h.gateway.bounded_denial_s = 0.0  # the minute has passed
+    r = h.client.get("/metrics", headers=wrong)
+    last = h.audit.of_type("gateway.denied")[-1]
+    assert r.headers["X-Audit-Id"] == last["event_id"] and last["details"]["unrecorded"] == 3
+    r = h.client.get("/metrics", headers=h.bearer(scope="admin"))
+    assert 'appliance_gateway_denied_total{reason="PERMISSION_DENIED"} 6.0' in r.text  # recorded or not
