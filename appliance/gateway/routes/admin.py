@@ -7,7 +7,7 @@ from typing import Any
 
 from litestar import Request, Response, delete, get, post
 
-from appliance.errors import AuditUnavailable, ConfigError, PolicyViolation, ValidationFailed
+from appliance.errors import AuditUnavailable, ConfigError, PolicyViolation, Unauthenticated, ValidationFailed
 from appliance.gateway._service import Ctx, Gateway
 from appliance.gateway.auth.apikeys import ApiKeyInfo, check_new_key, scopes_detail
 from appliance.gateway.breakglass import Grant
@@ -63,13 +63,16 @@ async def create_key(gw: Gateway, ctx: Ctx, name: str, scopes: list[str], ttl_s:
     if not granted <= own:
         extra = ", ".join(sorted(granted - own))
         raise await gw.deny(PolicyViolation(f"a key cannot carry roles its creator does not hold: {extra}"), ctx=ctx)
-    key, info = gw.apikeys.create(
-        name,
-        scopes,
-        ttl_s=ttl_s,
-        created_by=ctx.principal.subject,
-        creator_key_id=ctx.principal.key_id,  # a key made by a key cannot outlive or survive it
-    )
+    try:
+        key, info = gw.apikeys.create(
+            name,
+            scopes,
+            ttl_s=ttl_s,
+            created_by=ctx.principal.subject,
+            creator_key_id=ctx.principal.key_id,  # a key made by a key cannot outlive or survive it
+        )
+    except Unauthenticated as exc:  # the creating key was revoked or expired since it was verified
+        raise await gw.deny(exc, ctx=ctx, action="create") from None
     try:
         audit_id = await gw.record(
             gw.event(
