@@ -72,6 +72,7 @@ def create(
 ) -> None:
     """Create an API key. It is printed once and stored only as a SHA-256 digest."""
     from appliance.errors import PolicyViolation
+    from appliance.gateway.auth.apikeys import scopes_detail
     from appliance.gateway.policy import PolicyStore, policy_path
 
     settings = settings_of(ctx)
@@ -81,7 +82,7 @@ def create(
     store = _store(ctx)
     key, info = store.create(name, scope, ttl_s=days * 86_400, created_by=_operator())
     try:
-        _audit(ctx, "admin.apikey.create", "create", {"key_id": info.id, "scopes": ",".join(info.scopes)})
+        _audit(ctx, "admin.apikey.create", "create", {"key_id": info.id, "scopes": scopes_detail(info.scopes)})
     except Exception:
         store.revoke(info.id, revoked_by="audit-failure")  # an unrecorded key must not work
         raise
@@ -129,5 +130,9 @@ def revoke(
     store = _store(ctx)
     store.get(key_id)  # NotFound before anything is recorded
     _audit(ctx, "admin.apikey.revoke", "revoke", {"key_id": key_id})
-    info = store.revoke(key_id, revoked_by=_operator())
+    info, *cascaded = store.revoke(key_id, revoked_by=_operator())  # with the keys it created, transitively
+    for child in cascaded:
+        _audit(ctx, "admin.apikey.revoke", "revoke", {"key_id": child.id, "revoked_with": key_id})
     console.print(f"[yellow]revoked[/] {info.id} ({info.name})")
+    for child in cascaded:
+        console.print(f"[yellow]revoked[/] {child.id} ({child.name}), created by {info.id} or a key it created")

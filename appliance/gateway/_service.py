@@ -15,6 +15,7 @@ import functools
 import hashlib
 import hmac
 import ipaddress
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from appliance.errors import (
     StateStoreUnavailable,
     Unauthenticated,
 )
-from appliance.gateway.auth.apikeys import ApiKeyStore
+from appliance.gateway.auth.apikeys import ApiKeyStore, key_subject
 from appliance.gateway.auth.jwt import JWTValidator
 from appliance.gateway.auth.oidc import OIDCClient
 from appliance.gateway.auth.principal import Principal
@@ -44,8 +45,8 @@ from appliance.gateway.auth.sessions import Lookup, Session, SessionStore
 from appliance.gateway.breakglass import BreakGlass
 from appliance.gateway.limits import LimitStore, MemoryLimitStore
 from appliance.gateway.metrics import GatewayMetrics
-from appliance.gateway.policy import ADAPTER_NAME, PolicyStore
-from appliance.gateway.ports import AdapterCatalog, AdapterRef, AuditReader, resolve
+from appliance.gateway.policy import ADAPTER_NAME, Entitlement, PolicyStore
+from appliance.gateway.ports import AdapterCatalog, AdapterRef, AuditReader, parse_version, resolve
 from appliance.gateway.state import State
 from appliance.ids import random_uuid
 from appliance.protocols import (
@@ -164,6 +165,8 @@ class Gateway:
         self._served_at = 0.0
         self._audit_ok = True
         self._background: set[asyncio.Future[str]] = set()  # outcomes of streams their clients left
+        self.bounded_denial_s = 60.0  # see deny_bounded()
+        self._bounded_denials: dict[tuple[str, str | None, str, str], tuple[float, int]] = {}
 
     # --- audit ----------------------------------------------------------------------------------------------
     async def record(self, event: dict[str, Any]) -> str:
@@ -244,6 +247,7 @@ class Gateway:
         path: str | None = None,
         adapter: AdapterRef | None = None,
         action: str = "request",
+        details: Mapping[str, Any] | None = None,
     ) -> ApplianceError:
         """Record a refusal and return the error to raise (with its audit id)."""
         self.metrics.denied.labels(exc.code).inc()
@@ -262,9 +266,29 @@ class Gateway:
             status="denied" if exc.http_status < 500 else "error",
             http_status=exc.http_status,
             error_class=exc.code,
+            details=details,
         )
         audit_id = await self.record(event)
         return refusal(exc, audit_id)
+
+    async def deny_bounded(
+        self, exc: ApplianceError, *, request: Request[Any, Any, Any], path: str, ctx: Ctx | None = None
+    ) -> ApplianceError:
+        """:meth:`deny` at most once per ``bounded_denial_s`` for one route, source address, subject and error, so a
+        client repeating a refusal all day (a scraper with a wrong token) cannot flood the trail. The next record
+        counts the refusals left unrecorded in between (``details.unrecorded``); each is counted in the metrics."""
+        subject = ctx.principal.subject if ctx is not None else "anonymous"
+        key = (path, _ip(request), subject, exc.code)
+        now = time.monotonic()
+        last, unrecorded = self._bounded_denials.get(key, (-math.inf, 0))
+        if now - last < self.bounded_denial_s:
+            self._bounded_denials[key] = (last, unrecorded + 1)
+            self.metrics.denied.labels(exc.code).inc()
+            return exc
+        if len(self._bounded_denials) > 10_000:  # bounded memory; a reset records more, never less
+            self._bounded_denials.clear()
+        self._bounded_denials[key] = (now, 0)
+        return await self.deny(exc, ctx=ctx, request=request, path=path, details={"unrecorded": unrecorded})
 
     # --- authentication --------------------------------------------------------------------------------------
     async def authenticate(self, request: Request[Any, Any, Any]) -> tuple[Principal, Session | None]:
@@ -278,7 +302,7 @@ class Gateway:
                 info = self.apikeys.verify(credential)
                 return (
                     Principal(
-                        subject=f"apikey:{info.id}",
+                        subject=key_subject(info.id),
                         auth_method="api_key",
                         scopes=frozenset(info.scopes),
                         client_id=info.name,
@@ -404,12 +428,26 @@ class Gateway:
         ]
 
     async def authorize_adapter(self, ctx: Ctx, name: str, version: str) -> AdapterRef:
+        """The published adapter the caller may use. The policy is asked about the requested name and version
+        before the catalog, so an adapter the roles do not allow is the same 403 whether or not it exists (no
+        enumeration); a caller they allow gets a 404 for a version that is not published."""
+        policy = self.policy.current
         try:
             if not ADAPTER_NAME.match(name):
                 raise NotFound("no such adapter (names are lowercase letters, digits, '-' and '_')")
-            ref = resolve(await self.catalog.published(), name, version)
-            if not self.policy.current.may_adapter(ctx.roles, ref.name, ref.version, is_production=ref.is_production):
-                raise PolicyViolation(f"your roles do not allow adapter {ref.name!r} version {ref.version}")
+            entitlement = policy.adapter_entitlement(ctx.roles, name, parse_version(version))
+            refused = PolicyViolation(f"your roles do not allow adapter {name!r} version {version}")
+            published = await self.catalog.published()  # read before refusing too: existence does not change the timing
+            if entitlement is Entitlement.NONE:
+                raise refused
+            try:
+                ref = resolve(published, name, version)
+            except NotFound:
+                if entitlement is Entitlement.IF_PRODUCTION:  # what is not published is no production version
+                    raise refused from None
+                raise
+            if not policy.may_adapter(ctx.roles, ref.name, ref.version, is_production=ref.is_production):
+                raise refused
         except (NotFound, PolicyViolation) as exc:
             raise await self.deny(exc, ctx=ctx) from None
         return ref

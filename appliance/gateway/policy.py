@@ -11,6 +11,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import IntEnum
 from pathlib import Path
 from typing import Literal
 
@@ -44,6 +45,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Entitlement(IntEnum):
+    """What the grants say about a requested adapter version before the catalog is read."""
+
+    NONE = 0  # no grant covers it
+    IF_PRODUCTION = 1  # only if it is the production version: a number under 'production', or the reverse
+    FULL = 2  # a grant names it: '*', its number, or 'production' asked as 'production'
+
+
 class AdapterGrant(_Strict):
     """One adapter a role may use: a name (or ``*``) and the versions (numbers, ``production`` or ``*``)."""
 
@@ -73,6 +82,16 @@ class AdapterGrant(_Strict):
         if self.name not in ("*", name):
             return False
         return any(v == "*" or v == version or (v == "production" and is_production) for v in self.versions)
+
+    def entitlement(self, name: str, version: int | None) -> Entitlement:
+        """For a requested ``version`` (None: 'production'), without knowing what is published."""
+        if self.name not in ("*", name):
+            return Entitlement.NONE
+        if "*" in self.versions or (version if version is not None else "production") in self.versions:
+            return Entitlement.FULL
+        if version is None or "production" in self.versions:  # the production version may be a granted one
+            return Entitlement.IF_PRODUCTION
+        return Entitlement.NONE
 
 
 class RoleRule(_Strict):
@@ -169,6 +188,13 @@ class AccessPolicy(_Strict):
             for r in roles
             if r in self.roles
             for grant in self.roles[r].adapters
+        )
+
+    def adapter_entitlement(self, roles: Iterable[str], name: str, version: int | None) -> Entitlement:
+        """The best entitlement any of the roles' grants gives to a requested version (None: 'production')."""
+        return max(
+            (grant.entitlement(name, version) for r in roles if r in self.roles for grant in self.roles[r].adapters),
+            default=Entitlement.NONE,
         )
 
     def may_logprobs(self, roles: Iterable[str]) -> bool:

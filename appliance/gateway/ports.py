@@ -45,22 +45,30 @@ class AuditReader(Protocol):
     async def verify(self) -> dict[str, Any]: ...
 
 
+def parse_version(version: str) -> int | None:
+    """A requested version: its number, or None for ``production``; NotFound when it is neither."""
+    if version == "production":
+        return None
+    if not (version.isascii() and version.isdigit()) or len(version) > 9:  # str.isdigit() also takes '²', '١'
+        raise NotFound("version must be a number or 'production'")
+    return int(version)
+
+
 def resolve(published: Iterable[AdapterRef], name: str, version: str) -> AdapterRef:
     """The published adapter ``name`` at ``version`` (a number or ``production``), else NotFound with the reason."""
+    number = parse_version(version)
     matching = [a for a in published if a.name == name]
     if not matching:
         raise NotFound(f"adapter {name!r} is not published")
-    if version == "production":
+    if number is None:
         prod = [a for a in matching if a.is_production]
         if not prod:
             raise NotFound(f"adapter {name!r} has no production version")
         return max(prod, key=lambda a: a.version)
-    if not (version.isascii() and version.isdigit()) or len(version) > 9:  # str.isdigit() also takes '²', '١'
-        raise NotFound("version must be a number or 'production'")
     for a in matching:
-        if a.version == int(version):
+        if a.version == number:
             return a
-    raise NotFound(f"adapter {name!r} version {int(version)} is not published")
+    raise NotFound(f"adapter {name!r} version {number} is not published")
 
 
 class CachedCatalog:

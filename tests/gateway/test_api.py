@@ -282,3 +282,52 @@ def test_compliance_export_links_keep_time_filters(h: Harness) -> None:
         assert r.status_code == 200, r.text
     exports = h.audit.of_type("audit.export")
     assert exports[-1]["details"]["since"] == "2020-01-01T00:00:00+00:00"
+
+
+def test_api_key_whose_create_record_fails_is_revoked(h: Harness) -> None:
+    """When the create record cannot be written (503), the key it would record does not stay in force."""
+    h.audit.fail = True
+    r = h.client.post("/v1/admin/keys", json={"name": "svc", "scopes": ["admin"]}, headers=h.bearer(scope="admin"))
+    assert r.status_code == 503
+    assert [k.state(0) for k in h.gateway.apikeys.list()] == ["revoked"]
+
+
+def test_adapter_the_roles_do_not_allow_is_403_whether_or_not_it_exists(h: Harness) -> None:
+    """A caller learns nothing about adapters or versions its roles do not allow: the same audited 403 for one
+    that exists and one that does not. A caller allowed the name and version still gets a 404 that says why."""
+
+    def refusal(path: str, **claims: str) -> tuple[int, str, str]:
+        r = h.client.post(f"/v1/inference/adapter/{path}", json=BODY, headers=h.bearer(**claims))
+        assert r.headers["X-Audit-Id"] == h.audit.of_type("gateway.denied")[-1]["event_id"]
+        return r.status_code, r.json()["error_type"], r.json()["error"]
+
+    status, kind, message = refusal("oncology/production")
+    assert (status, kind) == (403, "POLICY_VIOLATION")
+    for name, version in [("no-such-adapter", "production"), ("triage", "1"), ("triage", "7")]:
+        same = message.replace("'oncology' version production", f"{name!r} version {version}")
+        assert refusal(f"{name}/{version}") == (status, kind, same)
+    status, kind, message = refusal("triage/7", scope="research")
+    assert (status, kind) == (404, "NOT_FOUND") and "not published" in message
+    assert refusal("no-such-adapter/1", scope="research")[:2] == (404, "NOT_FOUND")
+
+
+def test_metrics_refusals_are_audited_once_a_minute_per_caller(h: Harness) -> None:
+    """A refused /metrics scrape is a gateway.denied record, at most one a minute per source, subject and error (a
+    scraper with a wrong token cannot flood the trail); the next record counts the refusals in between."""
+    wrong = {"Authorization": "Bearer wrong-metrics-token"}
+    responses = [h.client.get("/metrics", headers=wrong) for _ in range(3)] + [h.client.get("/metrics")]
+    responses.append(h.client.get("/metrics", headers=h.bearer()))
+    assert [r.status_code for r in responses] == [403] * 5
+    denied = [e for e in h.audit.of_type("gateway.denied") if e["route"] == "/metrics"]
+    assert [(e["actor"]["subject"], e["actor"]["auth_method"]) for e in denied] == [
+        ("anonymous", "jwt"),
+        ("svc-1", "jwt"),
+    ]
+    audit_ids = [r.headers.get("X-Audit-Id") for r in responses]
+    assert audit_ids == [denied[0]["event_id"], "-", "-", "-", denied[1]["event_id"]]  # "-": not recorded
+    h.gateway.bounded_denial_s = 0.0  # the minute has passed
+    r = h.client.get("/metrics", headers=wrong)
+    last = h.audit.of_type("gateway.denied")[-1]
+    assert r.headers["X-Audit-Id"] == last["event_id"] and last["details"]["unrecorded"] == 3
+    r = h.client.get("/metrics", headers=h.bearer(scope="admin"))
+    assert 'appliance_gateway_denied_total{reason="PERMISSION_DENIED"} 6.0' in r.text  # recorded or not

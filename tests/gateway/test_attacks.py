@@ -333,3 +333,29 @@ def test_revoked_and_expired_api_keys_refused(h: Harness) -> None:
     key2, _ = h.gateway.apikeys.create("svc2", ["service.inference"], ttl_s=60, created_by="test")
     h.gateway.apikeys._clock = lambda: time.time() + 120
     assert h.client.post(URL, json=BODY, headers={"Authorization": f"Bearer {key2}"}).status_code == 401
+
+
+def test_keys_made_by_a_key_cannot_outlive_or_survive_it(h: Harness) -> None:
+    """A key created by an API key expires no later than its creator and is revoked with it (transitively, each
+    revocation audited); a key created by a person is neither capped nor revoked with another key."""
+    person = h.bearer(scope="admin", sub="adam")
+    year = {"name": "svc", "scopes": ["admin"], "ttl_s": 366 * 86_400}
+    r = h.client.post("/v1/admin/keys", json={**year, "ttl_s": 3600}, headers=person)
+    parent_id, parent = r.json()["id"], {"Authorization": f"Bearer {r.json()['key']}"}
+    r = h.client.post("/v1/admin/keys", json=year, headers=parent)
+    assert r.status_code == 201 and r.json()["expires_at"] <= h.gateway.apikeys.get(parent_id).expires_at
+    child_id, child = r.json()["id"], {"Authorization": f"Bearer {r.json()['key']}"}
+    r = h.client.post("/v1/admin/keys", json=year, headers=child)
+    grandchild_id, grandchild = r.json()["id"], {"Authorization": f"Bearer {r.json()['key']}"}
+    r = h.client.post("/v1/admin/keys", json=year, headers=person)
+    assert r.json()["expires_at"] > time.time() + 365 * 86_400
+    other = {"Authorization": f"Bearer {r.json()['key']}"}
+
+    assert h.client.delete(f"/v1/admin/keys/{parent_id}", headers=person).status_code == 200
+    for key in (parent, child, grandchild):
+        assert h.client.get("/v1/admin/keys", headers=key).status_code == 401
+    assert h.client.get("/v1/admin/keys", headers=other).status_code == 200
+    states = {k["id"]: k["state"] for k in h.client.get("/v1/admin/keys", headers=person).json()["keys"]}
+    assert [states[i] for i in (parent_id, child_id, grandchild_id)] == ["revoked"] * 3
+    revoked = [e["details"]["key_id"] for e in h.audit.of_type("admin.apikey.revoke")]
+    assert sorted(revoked) == sorted([parent_id, child_id, grandchild_id])

@@ -17,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from appliance.cli import app
+from appliance.errors import Unauthenticated
 from appliance.gateway._db import GatewayDB, db_path
 from appliance.gateway.auth.apikeys import ApiKeyStore
 from tests.conftest import REPO_ROOT
@@ -60,6 +61,32 @@ def test_keys_create_list_revoke(env: Path) -> None:
         store.verify(created["key"])
     assert {"admin.apikey.create", "admin.apikey.revoke"} <= set(_audit_types(env))
     assert created["key"] not in "".join(p.read_text() for p in (env / "audit").rglob("*.jsonl"))
+
+
+def test_keys_revoke_revokes_the_keys_a_key_created(env: Path) -> None:
+    """`appliance keys revoke` also revokes the keys the key created (transitively), each revocation audited."""
+    store = ApiKeyStore(GatewayDB(db_path(env)), cache_s=0.0)
+    _, parent = store.create("svc", ["admin"], ttl_s=3600, created_by="os:ops")
+    _, child = store.create("svc2", ["admin"], ttl_s=7200, created_by="apikey:x", creator_key_id=parent.id)
+    _, grandchild = store.create("svc3", ["admin"], ttl_s=60, created_by="apikey:x", creator_key_id=child.id)
+    _, other = store.create("svc4", ["admin"], ttl_s=3600, created_by="os:ops")
+    assert child.expires_at == parent.expires_at and child.created_by == f"apikey:{parent.id}"
+    r = CliRunner().invoke(app, ["keys", "revoke", parent.id])
+    assert r.exit_code == 0, r.output
+    states = {k.id: k.state(0) for k in store.list()}
+    assert states == {parent.id: "revoked", child.id: "revoked", grandchild.id: "revoked", other.id: "active"}
+    assert _audit_types(env).count("admin.apikey.revoke") == 3
+    with pytest.raises(Unauthenticated):  # a key revoked since its request was authenticated creates nothing
+        store.create("svc5", ["admin"], ttl_s=60, created_by="apikey:x", creator_key_id=parent.id)
+
+
+def test_keys_create_with_several_scopes_is_audited(env: Path) -> None:
+    """A key with two scopes is recorded (the trail holds them as one identifier) and stays in force."""
+    args = ["keys", "create", "lab-system", "--scope", "service.inference", "--scope", "inference", "--json"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert ApiKeyStore(GatewayDB(db_path(env))).list()[0].state(0) == "active"
+    assert "admin.apikey.create" in _audit_types(env)
 
 
 def test_keys_create_refuses_scope_without_role(env: Path) -> None:

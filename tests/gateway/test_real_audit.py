@@ -168,3 +168,25 @@ def test_compliance_time_outside_utc_range_is_422_not_500(
     assert r.status_code == 422 and r.json()["error_type"] == "VALIDATION_FAILED"
     r = client.get("/compliance/export?fmt=csv&since=2020-01-01T02:00:00%2B02:00")
     assert r.status_code == 200
+
+
+def test_api_key_scopes_the_trail_cannot_hold_are_refused_before_the_key_is_stored(
+    real: tuple[TestClient[Any], Settings, Any], idp: IdP
+) -> None:
+    """The create record carries the key's scopes as one audit identifier: scopes it cannot hold ('*', too long
+    joined) are a 422 (audited) with no key stored, instead of a stored key whose record failed (503) and whose
+    secret nobody received. Several scopes are recorded and the key works."""
+    client, settings, gw = real
+    admin = {"Authorization": f"Bearer {idp.token({'scope': 'admin research', 'sub': 'adam'})}"}
+    for scopes in (["admin", "*"], ["admin", "research", *(f"{c}" * 64 for c in "xy")]):
+        r = client.post("/v1/admin/keys", json={"name": "svc", "scopes": scopes}, headers=admin)
+        assert r.status_code == 422 and r.json()["error_type"] == "VALIDATION_FAILED", r.text
+    assert gw.apikeys.list() == []
+    denied = [r for r in _records(settings) if r["type"] == "gateway.denied" and r["action"] == "create"]
+    assert len(denied) == 2
+    r = client.post("/v1/admin/keys", json={"name": "svc", "scopes": ["research", "admin"]}, headers=admin)
+    assert r.status_code == 201, r.text
+    created = [r for r in _records(settings) if r["type"] == "admin.apikey.create"]
+    assert [c["details"]["key_id"] for c in created] == [r.json()["id"]]
+    key = {"Authorization": f"Bearer {r.json()['key']}"}
+    assert client.post("/v1/admin/policy/reload", headers=key).status_code == 200

@@ -19,7 +19,11 @@ from appliance.errors import NotFound, Unauthenticated, ValidationFailed
 from appliance.gateway._db import GatewayDB
 
 KEY_FORMAT = re.compile(r"^apk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
-SCOPE_FORMAT = re.compile(r"^[A-Za-z0-9_.:*-]{1,64}$")
+# The create record holds a key's scopes as one audit identifier (appliance/audit/_schema.py Ident: no ',' or '*',
+# at most 128 characters); a key whose scopes it could not hold would be stored while its record failed.
+SCOPE_FORMAT = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+SCOPES_SEPARATOR = "|"
+MAX_SCOPES_CHARS = 128
 # The name is the key's client_id in audit records: an identifier the trail accepts (no space).
 NAME_FORMAT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 _DUMMY_DIGEST = hashlib.sha256(b"apk-dummy").hexdigest()
@@ -48,6 +52,31 @@ def _digest(key: str) -> str:
     return hashlib.sha256(key.encode("ascii")).hexdigest()
 
 
+def scopes_detail(scopes: Iterable[str]) -> str:
+    """A key's scopes as the create record holds them: sorted, joined with '|'."""
+    return SCOPES_SEPARATOR.join(sorted(set(scopes)))
+
+
+def check_new_key(name: str, scopes: Iterable[str], ttl_s: int) -> None:
+    """ValidationFailed unless a key with this name, scopes and lifetime can be stored and its creation audited."""
+    scope_list = set(scopes)
+    if not NAME_FORMAT.match(name):
+        raise ValidationFailed("key name: 1-64 letters, digits, _ . @ - (no spaces)")
+    if not scope_list or not all(SCOPE_FORMAT.match(s) for s in scope_list):
+        raise ValidationFailed("a key needs at least one scope (1-64 letters, digits, _ . : -)")
+    if len(scopes_detail(scope_list)) > MAX_SCOPES_CHARS:
+        raise ValidationFailed(
+            f"a key's scopes, joined with '{SCOPES_SEPARATOR}', must fit {MAX_SCOPES_CHARS} characters"
+        )
+    if not 60 <= ttl_s <= MAX_TTL_S:
+        raise ValidationFailed(f"key lifetime must be between 60 s and {MAX_TTL_S} s")
+
+
+def key_subject(key_id: str) -> str:
+    """The principal subject of a key, and so the ``created_by`` of the keys it creates."""
+    return f"apikey:{key_id}"
+
+
 class ApiKeyStore:
     """Create, list, revoke and verify API keys (backed by :class:`GatewayDB`).
 
@@ -62,20 +91,33 @@ class ApiKeyStore:
         self.cache_s = cache_s
         self._cache: dict[str, tuple[float, ApiKeyInfo]] = {}
 
-    def create(self, name: str, scopes: Iterable[str], *, ttl_s: int, created_by: str) -> tuple[str, ApiKeyInfo]:
-        """A new key: (the key, shown once; its info)."""
+    def create(
+        self, name: str, scopes: Iterable[str], *, ttl_s: int, created_by: str, creator_key_id: str | None = None
+    ) -> tuple[str, ApiKeyInfo]:
+        """A new key: (the key, shown once; its info).
+
+        ``creator_key_id``: the API key creating it (then ``created_by`` is that key's subject). The new key
+        expires no later than its creator and is refused once the creator is revoked or expired; the check and
+        the insert are one transaction, so a key cannot slip in after its creator's revocation.
+        """
         scope_list = tuple(sorted(set(scopes)))
-        if not NAME_FORMAT.match(name):
-            raise ValidationFailed("key name: 1-64 letters, digits, _ . @ - (no spaces)")
-        if not scope_list or not all(SCOPE_FORMAT.match(s) for s in scope_list):
-            raise ValidationFailed("a key needs at least one scope (letters, digits, _ . : * -)")
-        if not 60 <= ttl_s <= MAX_TTL_S:
-            raise ValidationFailed(f"key lifetime must be between 60 s and {MAX_TTL_S} s")
+        check_new_key(name, scope_list, ttl_s)
         key_id = secrets.token_hex(6)
         key = f"apk_{key_id}_{secrets.token_urlsafe(32)}"
         now = self._clock()
-        info = ApiKeyInfo(key_id, name, scope_list, created_by, now, now + ttl_s, None)
+        expires_at = now + ttl_s
+        if creator_key_id is not None:
+            created_by = key_subject(creator_key_id)
         with self.db.cursor(write=True) as cur:
+            if creator_key_id is not None:
+                creator = cur.execute(
+                    "SELECT expires_at FROM api_keys WHERE id = ? AND revoked_at IS NULL AND expires_at > ?",
+                    (creator_key_id, now),
+                ).fetchone()
+                if creator is None:
+                    raise Unauthenticated("API key is revoked or expired")
+                expires_at = min(expires_at, creator[0])
+            info = ApiKeyInfo(key_id, name, scope_list, created_by, now, expires_at, None)
             cur.execute(
                 "INSERT INTO api_keys (id, name, digest, scopes, created_by, created_at, expires_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -97,18 +139,36 @@ class ApiKeyStore:
                 return info
         raise NotFound(f"no API key with id {key_id!r}")
 
-    def revoke(self, key_id: str, *, revoked_by: str) -> ApiKeyInfo:
+    def revoke(self, key_id: str, *, revoked_by: str) -> tuple[ApiKeyInfo, ...]:
+        """Revoke a key and, transitively, every key created by it (one transaction).
+
+        Returns the key's info first, then the info of each key revoked with it (not those revoked before)."""
         self._cache.clear()
+        now = self._clock()
         with self.db.cursor(write=True) as cur:
-            cur.execute(
-                "UPDATE api_keys SET revoked_at = ?, revoked_by = ? WHERE id = ? AND revoked_at IS NULL",
-                (self._clock(), revoked_by, key_id),
-            )
-            changed = cur.rowcount
-        info = self.get(key_id)
-        if not changed and info.revoked_at is None:  # pragma: no cover - raced
-            raise NotFound(f"no API key with id {key_id!r}")
-        return info
+            rows = cur.execute("SELECT id, created_by, revoked_at FROM api_keys").fetchall()
+            if not any(row[0] == key_id for row in rows):
+                raise NotFound(f"no API key with id {key_id!r}")
+            created: dict[str, list[str]] = {}
+            for row_id, created_by, _ in rows:
+                created.setdefault(created_by, []).append(row_id)
+            unrevoked = {row[0] for row in rows if row[2] is None}
+            cascaded: list[str] = []  # the keys it created, transitively, not yet revoked
+            seen, pending = {key_id}, [key_id]
+            while pending:
+                for child in created.get(key_subject(pending.pop()), []):
+                    if child not in seen:
+                        seen.add(child)
+                        pending.append(child)
+                        if child in unrevoked:
+                            cascaded.append(child)
+            for revoked_id in [key_id, *cascaded]:
+                cur.execute(
+                    "UPDATE api_keys SET revoked_at = ?, revoked_by = ? WHERE id = ? AND revoked_at IS NULL",
+                    (now, revoked_by, revoked_id),
+                )
+        infos = {info.id: info for info in self.list()}
+        return tuple(infos[i] for i in (key_id, *cascaded))
 
     def verify(self, key: str) -> ApiKeyInfo:
         """The key's info when it is genuine, active and unexpired; else Unauthenticated (one message)."""

@@ -7,9 +7,9 @@ from typing import Any
 
 from litestar import Request, Response, delete, get, post
 
-from appliance.errors import AuditUnavailable, ConfigError, PolicyViolation, ValidationFailed
+from appliance.errors import AuditUnavailable, ConfigError, PolicyViolation, Unauthenticated, ValidationFailed
 from appliance.gateway._service import Ctx, Gateway
-from appliance.gateway.auth.apikeys import ApiKeyInfo
+from appliance.gateway.auth.apikeys import ApiKeyInfo, check_new_key, scopes_detail
 from appliance.gateway.breakglass import Grant
 from appliance.gateway.routes._common import gateway_of
 from appliance.gateway.schemas import ApiKeyCreate, BreakGlassCreate
@@ -50,7 +50,12 @@ def grant_json(g: Grant) -> dict[str, Any]:
 
 
 async def create_key(gw: Gateway, ctx: Ctx, name: str, scopes: list[str], ttl_s: int) -> tuple[str, ApiKeyInfo, str]:
-    """Create a key no more powerful than its creator (no scope escalation through keys)."""
+    """Create a key no more powerful than its creator (no scope escalation through keys). It is checked against
+    what its audit record can hold before it is stored, and revoked when that record still fails."""
+    try:
+        check_new_key(name, scopes, ttl_s)
+    except ValidationFailed as exc:
+        raise await gw.deny(exc, ctx=ctx, action="create") from None
     granted = gw.policy.current.roles_for((), scopes)
     own = gw.roles_of(ctx.principal) - ctx.principal.extra_roles
     if not granted:
@@ -58,21 +63,38 @@ async def create_key(gw: Gateway, ctx: Ctx, name: str, scopes: list[str], ttl_s:
     if not granted <= own:
         extra = ", ".join(sorted(granted - own))
         raise await gw.deny(PolicyViolation(f"a key cannot carry roles its creator does not hold: {extra}"), ctx=ctx)
-    key, info = gw.apikeys.create(name, scopes, ttl_s=ttl_s, created_by=ctx.principal.subject)
-    audit_id = await gw.record(
-        gw.event(
-            "admin.apikey.create",
-            ctx=ctx,
-            action="create",
-            details={"key_id": info.id, "scopes": ",".join(info.scopes)},
+    try:
+        key, info = gw.apikeys.create(
+            name,
+            scopes,
+            ttl_s=ttl_s,
+            created_by=ctx.principal.subject,
+            creator_key_id=ctx.principal.key_id,  # a key made by a key cannot outlive or survive it
         )
-    )
+    except Unauthenticated as exc:  # the creating key was revoked or expired since it was verified
+        raise await gw.deny(exc, ctx=ctx, action="create") from None
+    try:
+        audit_id = await gw.record(
+            gw.event(
+                "admin.apikey.create",
+                ctx=ctx,
+                action="create",
+                details={"key_id": info.id, "scopes": scopes_detail(info.scopes)},
+            )
+        )
+    except AuditUnavailable:  # a key whose creation could not be audited must not work
+        gw.apikeys.revoke(info.id, revoked_by=SYSTEM_ACTOR["subject"])
+        raise
     return key, info, audit_id
 
 
 async def revoke_key(gw: Gateway, ctx: Ctx, key_id: str) -> tuple[ApiKeyInfo, str]:
-    info = gw.apikeys.revoke(key_id, revoked_by=ctx.principal.subject)
+    """Revoke a key and the keys created by it (transitively); each revocation is an audit event."""
+    info, *cascaded = gw.apikeys.revoke(key_id, revoked_by=ctx.principal.subject)
     audit_id = await gw.record(gw.event("admin.apikey.revoke", ctx=ctx, action="revoke", details={"key_id": key_id}))
+    for child in cascaded:
+        details = {"key_id": child.id, "revoked_with": key_id}
+        await gw.record(gw.event("admin.apikey.revoke", ctx=ctx, action="revoke", details=details))
     return info, audit_id
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 from litestar import Request, Response, get
 
-from appliance.errors import PermissionDenied, Unauthenticated
-from appliance.gateway._service import constant_time_equals
+from appliance.errors import PermissionDenied, StateStoreUnavailable, Unauthenticated
+from appliance.gateway._service import Ctx, constant_time_equals
 from appliance.gateway.routes._common import gateway_of
 
 
@@ -22,6 +22,9 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[Any]:
     checks = await gateway_of(request).readiness()
     ok = all(checks.values())
     return Response({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+
+METRICS_PATH = "/metrics"
 
 
 def _loopback(request: Request[Any, Any, Any]) -> bool:
@@ -39,16 +42,21 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     header = request.headers.get("authorization", "")
     presented = header[7:].strip() if header.lower().startswith("bearer ") else ""
     allowed = False
+    ctx: Ctx | None = None
     if token is not None and presented and constant_time_equals(presented, token.get_secret_value()):
         allowed = True
     elif presented or request.cookies:
         try:
-            await gw.require(request, "metrics", audit_denial=False)
-            allowed = True
-        except (Unauthenticated, PermissionDenied):
-            allowed = False
+            ctx = await gw.require(request, None, audit_denial=False)  # who asks; the route is checked here
+        except Unauthenticated:
+            pass
+        except StateStoreUnavailable as exc:
+            raise await gw.deny_bounded(exc, request=request, path=METRICS_PATH) from None
+        allowed = ctx is not None and gw.policy.current.may_route(ctx.roles, "metrics")
     elif token is None and _loopback(request):
         allowed = True
-    if not allowed:
-        raise PermissionDenied("metrics are not public")
+    if not allowed:  # audited, but bounded: scrapers retry a wrong token every few seconds
+        raise await gw.deny_bounded(
+            PermissionDenied("metrics are not public"), request=request, path=METRICS_PATH, ctx=ctx
+        )
     return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4")
