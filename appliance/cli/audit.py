@@ -148,9 +148,15 @@ def verify_cmd(
 def hash_cmd(
     ctx: typer.Context,
     text: str | None = typer.Argument(None, help="The text; omit (or '-') to read it from stdin (preferred)."),
+    key_version: int | None = typer.Option(
+        None,
+        "--key-version",
+        min=1,
+        help="The audit HMAC key version to use: a record's digests.key_version (default: the current one).",
+    ),
 ) -> None:
     """Print the HMAC-SHA256 digest of a text under the audit key, to compare with a record's digests."""
-    from appliance.audit import digest, open_audit_log
+    from appliance.audit import open_audit_log, versioned_digest
     from appliance.audit._factory import open_key_service_for_audit
 
     if text is None or text == "-":
@@ -159,13 +165,14 @@ def hash_cmd(
             text = text[:-1]
     settings = settings_of(ctx)
     keys = open_key_service_for_audit(settings)
-    value = digest(keys, text)
+    version, value = versioned_digest(keys, text, key_version)
     # The command is an oracle for the HMAC key: every use is recorded (who, when; never the text or the digest).
     audit = open_audit_log(settings, keys)
     try:
-        audit.record_sync(_cli_event("audit.hash", "hash", {}))
+        audit.record_sync(_cli_event("audit.hash", "hash", {"key_version": version}))
     finally:
         audit.close_sync()
+    err_console.print(f"audit HMAC key version {version}", highlight=False)
     console.print(value, highlight=False, soft_wrap=True)
 
 
