@@ -198,3 +198,35 @@ def test_purge_records_its_intent_before_and_its_outcome_after(
     assert (details["chain"], details["through_seq"], details["anchor_hash"]) == ("node-1", anchor.seq, anchor.hash)
     assert details["records"] > 0 and records[1]["actor"]["auth_method"] == "cli"
     assert verify_store(store, keys.public_keys(AUDIT_SIGNING)).ok
+
+
+def test_purge_that_fails_after_its_intent_records_the_error(old_trail: Settings) -> None:
+    """A purge that fails after its intent was recorded (here: the store goes away for the purge, not for the log)
+    deletes nothing and records the outcome as an error naming the exception class."""
+    from appliance.audit import _retention
+    from appliance.audit._sinks.postgres import PostgresStore
+
+    store = open_audit_store(old_trail)
+    before = _lines(store)
+    real = AuditWriter.record_sync
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("disk went away")
+
+    with pytest.MonkeyPatch.context() as patch:
+
+        def spy(self: AuditWriter, event: Mapping[str, Any]) -> Any:
+            receipt = real(self, event)
+            if event.get("action") == "purge.intent":
+                patch.setattr(_retention, "_write_atomic", broken)
+                patch.setattr(PostgresStore, "_connect", broken)  # the purge's; the log writes on its own connection
+            return receipt
+
+        patch.setattr(AuditWriter, "record_sync", spy)
+        result = CliRunner().invoke(app, ["audit", "purge"])
+    assert result.exit_code != 0 and store.anchor("node-1") is None
+    after = _lines(store)
+    assert after[: len(before)] == before
+    records = [json.loads(x) for x in after if b'"audit.purge"' in x]
+    assert [(r["action"], r["outcome"]["status"]) for r in records] == [("purge.intent", "success"), ("purge", "error")]
+    assert records[1]["outcome"]["error_class"] == "OSError"
