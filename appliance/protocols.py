@@ -35,7 +35,15 @@ class KeyService(Protocol):
         ...
 
     def hmac(self, name: str, data: bytes) -> bytes:
-        """HMAC-SHA256 of data under the named key (audit digests of prompts and outputs)."""
+        """HMAC-SHA256 of data under the named key's current version (audit digests of prompts and outputs)."""
+        ...
+
+    def versioned_hmac(self, name: str, data: bytes, version: int | None = None) -> tuple[int, bytes]:
+        """(version, HMAC-SHA256 of data) under that version of the named key, the current one when None.
+
+        Old versions are kept by a rotation, so a digest made before it can be reproduced; an unknown version is
+        ``NotFound``.
+        """
         ...
 
     def sign(self, name: str, data: bytes) -> bytes:

@@ -6,7 +6,7 @@ See ``README.md`` in this package for the design. Other stages use :func:`open_a
 from __future__ import annotations
 
 from appliance.audit._canonical import GENESIS_HASH, HASH_RULE
-from appliance.audit._digest import digest
+from appliance.audit._digest import digest, digests, versioned_digest
 from appliance.audit._export import ExportFilter, export, verify_export
 from appliance.audit._factory import open_audit_log, open_audit_store
 from appliance.audit._reader import StoreReader, reader_for
@@ -23,6 +23,7 @@ __all__ = [
     "StoreReader",
     "VerifyReport",
     "digest",
+    "digests",
     "export",
     "load_retention_policy",
     "open_audit_log",
@@ -30,4 +31,5 @@ __all__ = [
     "reader_for",
     "verify_export",
     "verify_store",
+    "versioned_digest",
 ]

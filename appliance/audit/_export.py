@@ -10,6 +10,7 @@ verified with nothing but its own files (and the key fingerprint, compared out o
 
 from __future__ import annotations
 
+import bisect
 import csv
 import hashlib
 import json
@@ -417,7 +418,7 @@ def verify_export(directory: Path, *, expected_key_fingerprint: str | None = Non
             allow_gaps=not manifest.get("complete", False),
             collect_hashes=True,
         )
-        _compare(chain, meta, name, bool(manifest.get("complete", False)), problem)
+        _compare(chain, meta, name, bool(manifest.get("complete", False)), len(rows), problem)
         report.chains.append(chain)
     if sum(c.records for c in report.chains) != manifest.get("count"):
         problem(
@@ -429,31 +430,51 @@ def verify_export(directory: Path, *, expected_key_fingerprint: str | None = Non
 
 
 def _compare(
-    chain: ChainReport, meta: Mapping[str, Any], name: str, complete: bool, problem: Callable[..., None]
+    chain: ChainReport,
+    meta: Mapping[str, Any],
+    name: str,
+    complete: bool,
+    held: int,
+    problem: Callable[..., None],
 ) -> None:
-    """The chain against its manifest entry: exactly which listed records are missing and which are not listed."""
-    listed = _expand(meta.get("seqs") or [])
-    present = [seq for seq, _ in chain.hashes or []]
-    missing = sorted(listed.difference(present))
-    extra = sorted(set(present).difference(listed))
-    last = max(present) if present else 0
+    """The chain against its manifest entry: exactly which listed records are missing and which are not listed.
+
+    The manifest is untrusted input: its runs are never expanded, so memory is bounded by the records the file
+    holds (and the manifest's own size), not by the seqs it claims; a claim beyond the file is a problem.
+    """
+    runs = _listed_runs(meta.get("seqs") or [])
+    if runs is None:
+        problem("manifest", "manifest.json", f"{chain.writer_id}: seqs are not ascending [first, last] runs")
+        return
+    claimed = sum(last - first + 1 for first, last in runs)
+    if claimed > held:
+        problem(
+            "manifest",
+            name,
+            f"{chain.writer_id}: the manifest lists {claimed} records, the file holds {held}",
+        )
+    present = sorted({seq for seq, _ in chain.hashes or []})
+    missing = _missing_runs(runs, present)
+    starts = [first for first, _ in runs]
+    extra = [seq for seq in present if not _listed(runs, starts, seq)]
+    last = present[-1] if present else 0
     if complete:  # interior gaps were located line by line; what is left is a cut-off end
-        missing = [seq for seq in missing if seq > last]
-    if missing and missing[0] > last:
+        missing = [(max(first, last + 1), end) for first, end in missing if end > last]
+    if missing and missing[0][0] > last:
         problem(
             "missing",
             name,
-            f"{chain.writer_id}: truncated after seq {last}: {_ranges_text(missing)} missing",
+            f"{chain.writer_id}: truncated after seq {last}: {_runs_text(missing)} missing",
             None,
-            missing[0],
+            missing[0][0],
         )
     elif missing:
         problem(
             "missing",
             name,
-            f"{chain.writer_id}: {_ranges_text(missing)} listed in the manifest but missing",
+            f"{chain.writer_id}: {_runs_text(missing)} listed in the manifest but missing",
             None,
-            missing[0],
+            missing[0][0],
         )
     if extra:
         problem(
@@ -477,16 +498,52 @@ def _ranges(seqs: list[int]) -> list[list[int]]:
     return runs
 
 
-def _expand(runs: list[list[int]]) -> set[int]:
-    found: set[int] = set()
+def _listed_runs(value: Any) -> list[tuple[int, int]] | None:
+    """A manifest's runs when they are [first, last] integer pairs, ascending and disjoint; None otherwise."""
+    if not isinstance(value, list):
+        return None
+    runs: list[tuple[int, int]] = []
+    previous = -1
+    for run in value:
+        if not (isinstance(run, list) and len(run) == 2 and all(type(x) is int for x in run)):
+            return None
+        first, last = run
+        if not previous < first <= last:
+            return None
+        runs.append((first, last))
+        previous = last
+    return runs
+
+
+def _missing_runs(runs: list[tuple[int, int]], present: list[int]) -> list[tuple[int, int]]:
+    """The parts of runs that no seq in present (sorted, unique) falls in, as runs."""
+    missing: list[tuple[int, int]] = []
+    i = 0
     for first, last in runs:
-        found.update(range(int(first), int(last) + 1))
-    return found
+        i = bisect.bisect_left(present, first, i)
+        cursor = first
+        while i < len(present) and present[i] <= last:
+            if present[i] > cursor:
+                missing.append((cursor, present[i] - 1))
+            cursor = present[i] + 1
+            i += 1
+        if cursor <= last:
+            missing.append((cursor, last))
+    return missing
+
+
+def _listed(runs: list[tuple[int, int]], starts: list[int], seq: int) -> bool:
+    k = bisect.bisect_right(starts, seq) - 1
+    return k >= 0 and seq <= runs[k][1]
+
+
+def _runs_text(runs: list[tuple[int, int]]) -> str:
+    text = ", ".join(f"seq {a}" if a == b else f"seq {a}..{b}" for a, b in runs[:5])
+    return text + (" ..." if len(runs) > 5 else "")
 
 
 def _ranges_text(seqs: list[int]) -> str:
-    text = ", ".join(f"seq {a}" if a == b else f"seq {a}..{b}" for a, b in _ranges(seqs)[:5])
-    return text + (" ..." if len(_ranges(seqs)) > 5 else "")
+    return _runs_text([(a, b) for a, b in _ranges(seqs)])
 
 
 def _writer_of(line: bytes) -> str:

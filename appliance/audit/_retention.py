@@ -4,13 +4,15 @@
 is refused unless ``below_hipaa_minimum`` gives a reason. A purge verifies the chain first (a tampered log is
 evidence and is never purged), writes ``anchor.json`` (the last purged record's seq and hash, signed through the
 key service) atomically, then deletes the segments. The first remaining record follows the anchor, so
-verification starts there. The writer that runs the purge records an ``audit.purge`` event.
+verification starts there. The caller's ``intent`` hook runs before anything changes (it records the purge and
+raises if it cannot: then nothing is deleted) and its ``done`` hook after the deletion (the outcome and the anchor).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +27,15 @@ if TYPE_CHECKING:
     from appliance.audit._sinks.files import FileStore
     from appliance.protocols import KeyService
 
-__all__ = ["Anchor", "PurgeResult", "RetentionPolicy", "load_retention_policy", "purge_files", "read_anchor"]
+__all__ = [
+    "Anchor",
+    "PurgeHook",
+    "PurgeResult",
+    "RetentionPolicy",
+    "load_retention_policy",
+    "purge_files",
+    "read_anchor",
+]
 
 HIPAA_MINIMUM_DAYS = 2190
 _TIME = b'"time":"'
@@ -110,6 +120,10 @@ class PurgeResult:
     segments: list[str]
     through_seq: int | None  # the anchor's seq (None: nothing was old enough)
     records: int
+    anchor_hash: str | None = None  # the anchor's hash: the last purged record's
+
+
+PurgeHook = Callable[[PurgeResult], None]
 
 
 def purge_files(
@@ -119,8 +133,14 @@ def purge_files(
     *,
     now: datetime | None = None,
     dry_run: bool = False,
+    intent: PurgeHook | None = None,
+    done: PurgeHook | None = None,
 ) -> list[PurgeResult]:
-    """Drop, per writer, the oldest whole segments whose every record is past retention (never the last one)."""
+    """Drop, per writer, the oldest whole segments whose every record is past retention (never the last one).
+
+    ``intent`` runs before the anchor is written or a segment deleted; if it raises, that chain keeps everything.
+    ``done`` runs after the deletion. Neither runs on a dry run.
+    """
     from appliance.audit._canonical import parse_line
     from appliance.audit._checkpoint import AUDIT_SIGNING_KEY, sign, signed_message
     from appliance.audit._verify import verify_store
@@ -151,6 +171,7 @@ def purge_files(
         seq, digest = int(last_record["seq"]), str(last_record["hash"])
         records = seq - old[0][0] + 1
         names = [path.name for _, path, _ in old]
+        result = PurgeResult(writer_id, names, seq, records, digest)
         if not dry_run:
             anchor = {
                 "format": "appliance-audit-anchor-v1",
@@ -163,11 +184,15 @@ def purge_files(
                 "segments": names,
                 "signature": sign(keys, signed_message("anchor", writer_id, seq, digest)),
             }
+            if intent is not None:
+                intent(result)  # recorded before anything changes; raises: nothing is deleted
             _write_atomic(store.anchor_path(writer_id), json.dumps(anchor, indent=2).encode() + b"\n")
             for _, path, _ in old:
                 path.unlink()
             _fsync_dir(store.root / writer_id)
-        results.append(PurgeResult(writer_id, names, seq, records))
+            if done is not None:
+                done(result)
+        results.append(result)
     return results
 
 

@@ -120,8 +120,10 @@ class Tokens(_Strict):
 
 
 class Digests(_Strict):
-    """HMAC-SHA256 digests (``appliance.audit.digest``) of the prompt and the output; never the text."""
+    """HMAC-SHA256 digests (``appliance.audit.digests``) of the prompt and the output, never the text, and the
+    version of the audit HMAC key they were made under (absent in records from before it was recorded)."""
 
+    key_version: int | None = Field(default=None, ge=1)
     output: Hex64 | None = None
     prompt: Hex64 | None = None
 

@@ -7,6 +7,7 @@ in the shell history or the process list. Export and purge are themselves audit 
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,14 @@ def _operator() -> str:
         return "os:unknown"
 
 
-def _cli_event(type_: str, action: str, details: dict[str, Any]) -> dict[str, Any]:
+def _cli_event(
+    type_: str, action: str, details: dict[str, Any], outcome: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "type": type_,
         "actor": {"subject": _operator(), "auth_method": "cli", "roles": []},
         "action": action,
-        "outcome": {"status": "success"},
+        "outcome": outcome or {"status": "success"},
         "details": details,
     }
 
@@ -145,9 +148,15 @@ def verify_cmd(
 def hash_cmd(
     ctx: typer.Context,
     text: str | None = typer.Argument(None, help="The text; omit (or '-') to read it from stdin (preferred)."),
+    key_version: int | None = typer.Option(
+        None,
+        "--key-version",
+        min=1,
+        help="The audit HMAC key version to use: a record's digests.key_version (default: the current one).",
+    ),
 ) -> None:
     """Print the HMAC-SHA256 digest of a text under the audit key, to compare with a record's digests."""
-    from appliance.audit import digest, open_audit_log
+    from appliance.audit import open_audit_log, versioned_digest
     from appliance.audit._factory import open_key_service_for_audit
 
     if text is None or text == "-":
@@ -156,13 +165,14 @@ def hash_cmd(
             text = text[:-1]
     settings = settings_of(ctx)
     keys = open_key_service_for_audit(settings)
-    value = digest(keys, text)
+    version, value = versioned_digest(keys, text, key_version)
     # The command is an oracle for the HMAC key: every use is recorded (who, when; never the text or the digest).
     audit = open_audit_log(settings, keys)
     try:
-        audit.record_sync(_cli_event("audit.hash", "hash", {}))
+        audit.record_sync(_cli_event("audit.hash", "hash", {"key_version": version}))
     finally:
         audit.close_sync()
+    err_console.print(f"audit HMAC key version {version}", highlight=False)
     console.print(value, highlight=False, soft_wrap=True)
 
 
@@ -175,7 +185,7 @@ def purge_cmd(
     """Drop whole segments older than the retention policy, leaving a signed anchor so the rest verifies."""
     from appliance.audit import open_audit_log
     from appliance.audit._factory import open_audit_store, open_key_service_for_audit
-    from appliance.audit._retention import load_retention_policy, purge_files
+    from appliance.audit._retention import PurgeResult, load_retention_policy, purge_files
     from appliance.audit._sinks.files import FileStore
 
     settings = settings_of(ctx)
@@ -183,29 +193,47 @@ def purge_cmd(
     store = open_audit_store(settings)
     keys = open_key_service_for_audit(settings)
     audit = None if dry_run else open_audit_log(settings, keys)
+    pending: list[PurgeResult] = []  # intent recorded, outcome not yet
+
+    def details(result: PurgeResult) -> dict[str, Any]:
+        return {
+            "chain": result.writer_id,
+            "through_seq": result.through_seq,
+            "anchor_hash": result.anchor_hash,
+            "segments": len(result.segments),
+            "records": result.records,
+            "retain_days": retention.audit.retain_days,
+        }
+
+    def intent(result: PurgeResult) -> None:
+        # Fail closed: who purges what is durable before anything is deleted; if it is not, this raises.
+        assert audit is not None
+        audit.record_sync(_cli_event("audit.purge", "purge.intent", details(result)))
+        pending.append(result)
+
+    def done(result: PurgeResult) -> None:
+        assert audit is not None
+        pending.remove(result)
+        audit.record_sync(_cli_event("audit.purge", "purge", details(result)))
+
     try:
         if isinstance(store, FileStore):
-            results = purge_files(store, keys, retention, dry_run=dry_run)
+            results = purge_files(store, keys, retention, dry_run=dry_run, intent=intent, done=done)
         else:
             from appliance.audit._sinks.postgres import PostgresStore, purge_postgres
 
             assert isinstance(store, PostgresStore)
-            results = purge_postgres(store, keys, retention.audit.retain_days, dry_run=dry_run)
-        for result in results:
-            if audit is not None and result.through_seq is not None:
-                audit.record_sync(
-                    _cli_event(
-                        "audit.purge",
-                        "purge",
-                        {
-                            "chain": result.writer_id,
-                            "through_seq": result.through_seq,
-                            "segments": len(result.segments),
-                            "records": result.records,
-                            "retain_days": retention.audit.retain_days,
-                        },
-                    )
-                )
+            results = purge_postgres(
+                store, keys, retention.audit.retain_days, dry_run=dry_run, intent=intent, done=done
+            )
+    except Exception as exc:
+        outcome = {"status": "error", "error_class": type(exc).__name__}
+        for result in pending:
+            # Announced, then failed before the deletion ended: say so (best effort; the intent is on record).
+            with contextlib.suppress(Exception):
+                assert audit is not None
+                audit.record_sync(_cli_event("audit.purge", "purge", details(result), outcome))
+        raise
     finally:
         if audit is not None:
             audit.close_sync()

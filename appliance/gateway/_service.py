@@ -65,6 +65,7 @@ SESSION_COOKIE = "appliance_session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CLIENT_CLOSED = "CLIENT_CLOSED"  # the outcome's error_class when the client left a stream before its end
 Digest = Callable[[str], str]
+DigestPair = Callable[[str, str], Mapping[str, Any]]  # (prompt, output) -> a record's digests
 T = TypeVar("T")
 
 
@@ -141,6 +142,7 @@ class Gateway:
         digest: Digest,
         digest_inline: bool = False,
         audit_reader: AuditReader | None = None,
+        digests: DigestPair | None = None,
         state: State | None = None,
     ) -> None:
         self.settings = settings
@@ -157,6 +159,8 @@ class Gateway:
         self.digest = digest
         # True when the digest is an in-memory HMAC (local keystore): computed on the loop, no thread hop.
         self.digest_inline = digest_inline
+        # Both digests under one audit key version, recorded with them (appliance.audit.digests).
+        self.digests: DigestPair = digests or (lambda p, o: {"prompt": digest(p), "output": digest(o)})
         self.audit_reader = audit_reader
         self.state = state  # None: this process's memory (limits); sessions is then a memory store too
         self.limits: LimitStore = state.limits if state is not None else MemoryLimitStore()
@@ -213,7 +217,7 @@ class Gateway:
         error_class: str | None = None,
         tokens: Mapping[str, int] | None = None,
         latency_ms: float | None = None,
-        digests: Mapping[str, str] | None = None,
+        digests: Mapping[str, Any] | None = None,
         details: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         d: dict[str, Any] = dict(details or {})
@@ -524,10 +528,9 @@ class Gateway:
         latency_ms = round((time.perf_counter() - started) * 1000, 3)
         output = gen.text if gen else ""
         if self.digest_inline:
-            digests = {"prompt": self.digest(prompt), "output": self.digest(output)}
+            digests = self.digests(prompt, output)
         else:  # a network call (Vault transit): off the event loop
-            prompt_digest, output_digest = await asyncio.to_thread(lambda: (self.digest(prompt), self.digest(output)))
-            digests = {"prompt": prompt_digest, "output": output_digest}
+            digests = await asyncio.to_thread(self.digests, prompt, output)
         tokens = {"prompt": gen.prompt_tokens, "generated": gen.generated_tokens} if gen else None
         if gen is not None:
             await self.limits.charge_tokens(

@@ -163,6 +163,15 @@ def _digest_fn(keys: KeyService) -> Callable[[str], str]:
         return lambda text: keys.hmac("audit-hmac", text.encode("utf-8")).hex()
 
 
+def _digests_fn(keys: KeyService) -> Callable[[str, str], dict[str, Any]] | None:
+    """``appliance.audit.digests`` (with the key version) when the audit stage provides it, else None."""
+    try:
+        from appliance.audit import digests as audit_digests
+    except ImportError:
+        return None
+    return lambda prompt, output: audit_digests(keys, prompt, output)
+
+
 def discovery_jwks_fetcher(issuer: str, *, timeout_s: float = 5.0, verify: bool | str = True) -> JWKSFetcher:
     """Find ``jwks_uri`` through the issuer's discovery document, then fetch the JWKS."""
 
@@ -269,6 +278,7 @@ def create_app(
         oidc=oidc,
         digest=_digest_fn(keys),
         digest_inline=getattr(keys, "backend", None) == "local",  # Vault's HMAC is a network call
+        digests=_digests_fn(keys),
         audit_reader=audit_reader or _audit_reader(audit),
         state=store,
     )

@@ -131,10 +131,18 @@ class LocalKeyService:
 
     def hmac(self, name: str, data: bytes) -> bytes:
         """HMAC-SHA256 of data under the named key's current version (32 bytes)."""
-        key = self._key(check_name(name), AES, create=True, any_type=True)
-        mac = crypto_hmac.HMAC(_unb64(key["versions"][str(key["latest"])]["hmac"]), hashes.SHA256())
+        return self.versioned_hmac(name, data)[1]
+
+    def versioned_hmac(self, name: str, data: bytes, version: int | None = None) -> tuple[int, bytes]:
+        """(version, HMAC-SHA256 of data) under that version of the named key (the current one when None)."""
+        key = self._key(check_name(name), AES, create=version is None, any_type=True)
+        used = int(key["latest"]) if version is None else version
+        material = key["versions"].get(str(used)) if isinstance(used, int) and not isinstance(used, bool) else None
+        if material is None:
+            raise NotFound(f"key {name!r} has no version {version!r} in the local keystore")
+        mac = crypto_hmac.HMAC(_unb64(material["hmac"]), hashes.SHA256())
         mac.update(data)
-        return mac.finalize()
+        return used, mac.finalize()
 
     def sign(self, name: str, data: bytes) -> bytes:
         """Ed25519 signature of data under the named key's current version, in the portable form."""

@@ -331,16 +331,30 @@ class VaultKeyService:
 
     def hmac(self, name: str, data: bytes) -> bytes:
         """HMAC-SHA256 (transit ``hmac/<key>/sha2-256``) under the key's current version: 32 raw bytes."""
-        response = self._with_key(
-            "hmac",
-            name,
-            AES,
-            lambda t: self._client.secrets.transit.generate_hmac(
-                t, hash_input=_b64(data), algorithm="sha2-256", mount_point=self._transit_mount
-            ),
-        )
-        _, raw = _split_vault_value(str(response["data"]["hmac"]), "HMAC")
-        return raw
+        return self.versioned_hmac(name, data)[1]
+
+    def versioned_hmac(self, name: str, data: bytes, version: int | None = None) -> tuple[int, bytes]:
+        """(version, HMAC-SHA256 of data) under transit ``key_version`` (the current one when None); the version
+        is the one transit reports in its ``vault:v<N>:`` answer."""
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+            raise NotFound(f"key {name!r} has no version {version!r}")
+        try:
+            response = self._with_key(
+                "hmac",
+                name,
+                AES if version is None else None,
+                lambda t: self._client.secrets.transit.generate_hmac(
+                    t, hash_input=_b64(data), key_version=version, algorithm="sha2-256", mount_point=self._transit_mount
+                ),
+            )
+        except KeyUnavailable as exc:  # transit: "key version does not exist; latest key version is N"
+            if version is not None and type(exc) is KeyUnavailable and "key version does not exist" in str(exc):
+                raise NotFound(f"transit key {self._transit_name(name)!r} has no version {version}") from None
+            raise
+        used, raw = _split_vault_value(str(response["data"]["hmac"]), "HMAC")
+        if version is not None and used != version:
+            raise KeyUnavailable(f"Vault/OpenBao made the HMAC under version {used}, not the {version} asked for")
+        return used, raw
 
     def sign(self, name: str, data: bytes) -> bytes:
         """Ed25519 signature (transit ``sign``) in the portable ``ed25519:v<N>:...`` form."""

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from appliance.errors import AuditUnavailable, BackendUnavailable, BackendValidation, KeyUnavailable
+from appliance.errors import AuditUnavailable, BackendUnavailable, BackendValidation, KeyUnavailable, NotFound
 from appliance.gateway.ports import AdapterRef
 from appliance.protocols import AuditReceipt, Generation, GenerationParams, TokenEvent, WrittenRecord
 
@@ -79,9 +79,14 @@ class FakeKeyService:
         self.available = True
 
     def hmac(self, name: str, data: bytes) -> bytes:
+        return self.versioned_hmac(name, data)[1]
+
+    def versioned_hmac(self, name: str, data: bytes, version: int | None = None) -> tuple[int, bytes]:
         if not self.available:
             raise KeyUnavailable("fake key service is down")
-        return hmac.new(self.secret + name.encode(), data, hashlib.sha256).digest()
+        if version not in (None, 1):
+            raise NotFound(f"fake key {name!r} has no version {version}")
+        return 1, hmac.new(self.secret + name.encode(), data, hashlib.sha256).digest()
 
     def data_key(self, purpose: str) -> tuple[bytes, bytes]:
         raise KeyUnavailable("not faked")

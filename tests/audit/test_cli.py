@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from appliance.audit import digest, open_audit_log
+from appliance.audit import digest, digests, open_audit_log
 from appliance.cli import app
 from appliance.config import Settings
 from appliance.errors import ValidationFailed
@@ -123,6 +123,37 @@ def test_hash_argument_and_purge_dry_run(env: Settings, keys: LocalKeyService) -
     assert digest(keys, "some text") not in tail
     purge = runner.invoke(app, ["audit", "purge", "--dry-run"])
     assert purge.exit_code == 0 and "nothing older than 2192 days" in purge.output
+
+
+def test_hash_reproduces_a_digest_recorded_before_a_rotation(env: Settings, keys: LocalKeyService) -> None:
+    """Records carry the audit key version of their digests; after `audit-hmac` is rotated, `audit hash
+    --key-version N` still reproduces a digest recorded under N (the default is the current version), and each
+    use records the version, never the text or the digest."""
+    writer = open_audit_log(env, keys)
+    writer.record_sync(make_event(digests=digests(keys, MARKER, MARKER + " output")))
+    writer.close_sync()
+    (recorded,) = [json.loads(x)["digests"] for x in _store_lines(env) if b'"digests":{' in x]
+    assert recorded["key_version"] == 1 and recorded["prompt"] == digest(keys, MARKER)
+    keys.rotate("audit-hmac")
+    runner = CliRunner()
+    current = runner.invoke(app, ["audit", "hash"], input=MARKER + "\n")
+    assert current.exit_code == 0 and current.output.strip().splitlines()[-1] != recorded["prompt"]
+    assert "version 2" in current.output
+    old = runner.invoke(app, ["audit", "hash", "--key-version", "1"], input=MARKER + "\n")
+    assert old.exit_code == 0 and old.output.strip().splitlines()[-1] == recorded["prompt"]
+    unknown = runner.invoke(app, ["audit", "hash", "--key-version", "7"], input=MARKER + "\n")
+    assert unknown.exit_code != 0 and recorded["prompt"] not in unknown.output
+    uses = [json.loads(x) for x in _store_lines(env) if b'"audit.hash"' in x]
+    assert [u["details"]["key_version"] for u in uses] == [2, 1]
+    assert recorded["prompt"] not in json.dumps(uses) and not any(MARKER.encode() in x for x in _store_lines(env))
+
+
+def _store_lines(settings: Settings) -> list[bytes]:
+    return [
+        line
+        for p in sorted((settings.audit_dir / "node-1").glob("segment-*.jsonl"))
+        for line in p.read_bytes().split(b"\n")
+    ]
 
 
 def test_cli_actor_is_the_user_behind_sudo(

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
-from appliance.audit import _writer, open_audit_log
+from appliance.audit import AuditWriter, _writer, open_audit_log
+from appliance.audit._factory import open_audit_store
 from appliance.audit._retention import RetentionPolicy, load_retention_policy, purge_files
 from appliance.audit._sinks.files import FileStore
 from appliance.audit._verify import verify_store
+from appliance.cli import app
 from appliance.config import Settings
-from appliance.errors import ConfigError, IntegrityViolation
+from appliance.errors import AuditUnavailable, ConfigError, IntegrityViolation
 from appliance.keys import AUDIT_SIGNING, LocalKeyService
 from tests.audit.conftest import make_event
 from tests.conftest import REPO_ROOT
@@ -115,3 +120,113 @@ def test_records_within_retention_are_never_purged(
     before = store.segments("node-1")
     (result,) = purge_files(store, keys, RetentionPolicy())
     assert result.through_seq is None and store.segments("node-1") == before and store.anchor("node-1") is None
+
+
+@pytest.fixture(params=["files", pytest.param("postgres", marks=pytest.mark.postgres)])
+def old_trail(
+    request: pytest.FixtureRequest, settings: Settings, keys: LocalKeyService, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    """A closed chain of 2019 records (segments of 10) on files or PostgreSQL, where `appliance audit` finds it."""
+    section: dict[str, object] = {"segment_max_records": 10}
+    if request.param == "postgres":
+        section |= {"sink": "postgres", "database_url": request.getfixturevalue("postgres_url")}
+        monkeypatch.setenv("APPLIANCE_AUDIT__SINK", "postgres")
+        monkeypatch.setenv("APPLIANCE_AUDIT__DATABASE_URL", str(section["database_url"]))
+    monkeypatch.setenv("APPLIANCE_AUDIT__SEGMENT_MAX_RECORDS", "10")
+    monkeypatch.setenv("APPLIANCE_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("APPLIANCE_POLICIES_DIR", str(settings.policies_dir))
+    settings = settings.model_copy(update={"audit": settings.audit.model_copy(update=section)})
+    real = _writer._utc_now
+    monkeypatch.setattr(_writer, "_utc_now", lambda: "2019-01-01T00:00:00.000000Z")
+    writer = open_audit_log(settings, keys)
+    for i in range(35):
+        writer.record_sync(make_event(request_id=f"r-{i}"))
+    writer.close_sync()
+    monkeypatch.setattr(_writer, "_utc_now", real)
+    return settings
+
+
+def _lines(store: Any) -> list[bytes]:
+    return [line for _, data in store.read("node-1") for line in data.split(b"\n") if line]
+
+
+def test_purge_is_not_done_when_its_record_fails(old_trail: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`appliance audit purge` records who purges what before it deletes: when that record cannot be made durable,
+    the command fails and no record is gone (no anchor, every line still there)."""
+    store = open_audit_store(old_trail)
+    before = _lines(store)
+    real = AuditWriter.record_sync
+
+    def refuse_purge(self: AuditWriter, event: Mapping[str, Any]) -> Any:
+        if event["type"] == "audit.purge":
+            raise AuditUnavailable("audit store full")
+        return real(self, event)
+
+    monkeypatch.setattr(AuditWriter, "record_sync", refuse_purge)
+    result = CliRunner().invoke(app, ["audit", "purge"])
+    assert result.exit_code != 0
+    assert store.anchor("node-1") is None
+    assert _lines(store)[: len(before)] == before
+
+
+def test_purge_records_its_intent_before_and_its_outcome_after(
+    old_trail: Settings, keys: LocalKeyService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The intent (chain, through seq, anchor hash, counts) is durable while every record is still there; the
+    outcome follows the deletion and names the anchor that verification now starts from."""
+    store = open_audit_store(old_trail)
+    first = _lines(store)[0]
+    seen: list[tuple[str, bool]] = []
+    real = AuditWriter.record_sync
+
+    def spy(self: AuditWriter, event: Mapping[str, Any]) -> Any:
+        receipt = real(self, event)
+        if event["type"] == "audit.purge":
+            seen.append((event["action"], _lines(store)[0] == first))
+        return receipt
+
+    monkeypatch.setattr(AuditWriter, "record_sync", spy)
+    result = CliRunner().invoke(app, ["audit", "purge"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert seen == [("purge.intent", True), ("purge", False)]
+    anchor = store.anchor("node-1")
+    assert anchor is not None
+    records = [json.loads(x) for x in _lines(store) if b'"audit.purge"' in x]
+    assert [r["action"] for r in records] == ["purge.intent", "purge"] and records[0]["seq"] < records[1]["seq"]
+    assert records[0]["details"] == records[1]["details"]
+    details = records[1]["details"]
+    assert (details["chain"], details["through_seq"], details["anchor_hash"]) == ("node-1", anchor.seq, anchor.hash)
+    assert details["records"] > 0 and records[1]["actor"]["auth_method"] == "cli"
+    assert verify_store(store, keys.public_keys(AUDIT_SIGNING)).ok
+
+
+def test_purge_that_fails_after_its_intent_records_the_error(old_trail: Settings) -> None:
+    """A purge that fails after its intent was recorded (here: the store goes away for the purge, not for the log)
+    deletes nothing and records the outcome as an error naming the exception class."""
+    from appliance.audit import _retention
+    from appliance.audit._sinks.postgres import PostgresStore
+
+    store = open_audit_store(old_trail)
+    before = _lines(store)
+    real = AuditWriter.record_sync
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("disk went away")
+
+    with pytest.MonkeyPatch.context() as patch:
+
+        def spy(self: AuditWriter, event: Mapping[str, Any]) -> Any:
+            receipt = real(self, event)
+            if event.get("action") == "purge.intent":
+                patch.setattr(_retention, "_write_atomic", broken)
+                patch.setattr(PostgresStore, "_connect", broken)  # the purge's; the log writes on its own connection
+            return receipt
+
+        patch.setattr(AuditWriter, "record_sync", spy)
+        result = CliRunner().invoke(app, ["audit", "purge"])
+    assert result.exit_code != 0 and store.anchor("node-1") is None
+    after = _lines(store)
+    assert after[: len(before)] == before
+    records = [json.loads(x) for x in after if b'"audit.purge"' in x]
+    assert [(r["action"], r["outcome"]["status"]) for r in records] == [("purge.intent", "success"), ("purge", "error")]
+    assert records[1]["outcome"]["error_class"] == "OSError"

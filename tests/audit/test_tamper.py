@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -281,6 +282,38 @@ class TestExport:
         manifest["count"] -= 1
         path.write_text(json.dumps(manifest))
         assert "bad_signature" in {p.kind for p in verify_export(exported).all_problems}
+
+    @pytest.mark.parametrize("exported", ["jsonl"], indirect=True)
+    def test_manifest_claiming_more_than_the_file_holds_costs_no_memory(self, exported: Path) -> None:
+        """A manifest is untrusted: seq runs claiming millions (or 10**15) of records are never expanded (verifying
+        stays within a few MiB) and fail verification saying how many the file holds; the cut is still located."""
+        path = exported / "manifest.json"
+        manifest = json.loads(path.read_text())
+        held = manifest["count"]
+        for claimed in (2_000_000, 10**15):  # the first would take ~100 MiB as a set; the second cannot be one
+            manifest["writers"]["node-1"]["seqs"] = [[1, claimed]]
+            path.write_text(json.dumps(manifest))
+            tracemalloc.start()
+            try:
+                problems = verify_export(exported).all_problems
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            assert peak < 8 << 20, peak
+            message = f"lists {claimed} records, the file holds {held}"
+            assert any(p.kind == "manifest" and message in p.message for p in problems), [str(p) for p in problems]
+            assert any(p.kind == "missing" and p.seq == held + 1 for p in problems)
+
+    @pytest.mark.parametrize("exported", ["jsonl"], indirect=True)
+    @pytest.mark.parametrize("seqs", [[["1", 5]], [[5, 2]], [[1, 5], [3, 8]], [[1, 2, 3]], "1-70"])
+    def test_malformed_manifest_seqs_are_a_problem_not_a_crash(self, exported: Path, seqs: object) -> None:
+        """Seq runs that are not ascending, disjoint [first, last] integer pairs are reported, not trusted."""
+        path = exported / "manifest.json"
+        manifest = json.loads(path.read_text())
+        manifest["writers"]["node-1"]["seqs"] = seqs
+        path.write_text(json.dumps(manifest))
+        problems = verify_export(exported).all_problems
+        assert any(p.kind == "manifest" and "seqs are not" in p.message for p in problems)
 
     @pytest.mark.parametrize("exported", ["jsonl"], indirect=True)
     def test_substituted_key_is_caught_by_the_fingerprint(self, exported: Path) -> None:

@@ -107,7 +107,7 @@ def test_all_gateway_events_accepted_and_phi_free(real: tuple[TestClient[Any], S
     for secret in ("ZEBRA", key, idp.token().split(".")[2], session.id, session.csrf):
         assert secret not in blob
     digests = [r["digests"] for r in records if r["type"] == "gateway.response"]
-    assert digests and all(len(d["prompt"]) == 64 for d in digests)
+    assert digests and all(len(d["prompt"]) == 64 and d["key_version"] == 1 for d in digests)
 
 
 def test_breakglass_subject_the_trail_cannot_hold_is_refused(

@@ -273,3 +273,21 @@ def test_concurrent_threads_share_one_keystore(tmp_path: Path) -> None:
     assert {k.name: k.latest_version for k in shared.status().keys}["shared"] == 1 + 8 * 5
     fresh = LocalKeyService(path)
     assert all(fresh.unwrap("shared", wrapped) == plaintext for plaintext, wrapped in pairs)
+
+
+def test_hmac_under_an_old_version_after_rotation(keys: LocalKeyService) -> None:
+    """A rotation keeps the old HMAC version: asked for it, the keystore reproduces a digest made before the
+    rotation and says which version it used; an unknown version (or key) is NotFound and creates nothing."""
+    before = keys.versioned_hmac("audit-hmac", b"prompt")
+    assert before == (1, keys.hmac("audit-hmac", b"prompt"))
+    keys.rotate("audit-hmac")
+    current = keys.versioned_hmac("audit-hmac", b"prompt")
+    assert current[0] == 2 and current[1] != before[1] and current[1] == keys.hmac("audit-hmac", b"prompt")
+    assert keys.versioned_hmac("audit-hmac", b"prompt", 1) == before
+    assert keys.versioned_hmac("audit-hmac", b"prompt", 2) == current
+    for unknown in (3, 0):
+        with pytest.raises(NotFound):
+            keys.versioned_hmac("audit-hmac", b"prompt", unknown)
+    with pytest.raises(NotFound):
+        keys.versioned_hmac("never-created", b"prompt", 1)
+    assert "never-created" not in {k.name for k in keys.status().keys}

@@ -278,3 +278,20 @@ def test_a_server_that_never_answers_times_out(data_dir: Path) -> None:
         addr = f"http://127.0.0.1:{silent.getsockname()[1]}"
         with pytest.raises(VaultUnreachable, match="timed out"):
             open_key_service(vault_settings(data_dir, addr, "some-token", vault_timeout_s=0.3))
+
+
+def test_hmac_under_an_old_version_after_rotation(vault: VaultKeyService) -> None:
+    """After a rotation transit still makes the HMAC under the old version when asked (a digest recorded before it
+    is reproducible), says which version it used, and an unknown version is NotFound."""
+    before = vault.versioned_hmac("audit-hmac", b"prompt text")
+    assert before == (1, vault.hmac("audit-hmac", b"prompt text"))
+    vault.rotate("audit-hmac")
+    current = vault.versioned_hmac("audit-hmac", b"prompt text")
+    assert current[0] == 2 and current[1] != before[1] and current[1] == vault.hmac("audit-hmac", b"prompt text")
+    assert vault.versioned_hmac("audit-hmac", b"prompt text", 1) == before
+    assert vault.versioned_hmac("audit-hmac", b"prompt text", 2) == current
+    for unknown in (3, 0):
+        with pytest.raises(NotFound):
+            vault.versioned_hmac("audit-hmac", b"prompt text", unknown)
+    with pytest.raises(NotFound):
+        vault.versioned_hmac("never-created", b"prompt text", 1)

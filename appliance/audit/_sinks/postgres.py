@@ -265,9 +265,20 @@ class PostgresStore:
             return int(row[0]) if row else 0
 
 
-def purge_postgres(store: PostgresStore, keys: Any, retain_days: int, *, now: Any = None, dry_run: bool = False) -> Any:
+def purge_postgres(
+    store: PostgresStore,
+    keys: Any,
+    retain_days: int,
+    *,
+    now: Any = None,
+    dry_run: bool = False,
+    intent: Any = None,
+    done: Any = None,
+) -> Any:
     """Drop, per writer, the records before the first one within retention (never the newest), behind a signed anchor
-    row. Record times need not grow (a clock set back), so an old time after a recent record drops nothing past it."""
+    row. Record times need not grow (a clock set back), so an old time after a recent record drops nothing past it.
+    ``intent`` and ``done`` are the hooks of ``purge_files``: before anything changes (raises: nothing is deleted)
+    and after the commit."""
     from datetime import UTC, datetime, timedelta
 
     from appliance.audit._checkpoint import AUDIT_SIGNING_KEY, sign, signed_message
@@ -296,13 +307,17 @@ def purge_postgres(store: PostgresStore, keys: Any, retain_days: int, *, now: An
         report = verify_store(store, keys.public_keys(AUDIT_SIGNING_KEY), writer_id=writer_id)
         if not report.ok:
             raise IntegrityViolation(f"audit chain {writer_id} does not verify: not purging evidence")
+        with store._connect() as conn:
+            line = conn.execute(
+                "SELECT line FROM audit_records WHERE writer_id = %s AND seq = %s", (writer_id, through)
+            ).fetchone()[0]
+        digest = bytes(line)[-66:-2].decode("ascii")
+        result = PurgeResult(writer_id, [f"seq <= {through}"], through, count, digest)
         if not dry_run:
+            signature = sign(keys, signed_message("anchor", writer_id, through, digest))
+            if intent is not None:
+                intent(result)  # recorded before anything changes; raises: nothing is deleted
             with store._connect() as conn, conn.transaction():
-                line = conn.execute(
-                    "SELECT line FROM audit_records WHERE writer_id = %s AND seq = %s", (writer_id, through)
-                ).fetchone()[0]
-                digest = bytes(line)[-66:-2].decode("ascii")
-                signature = sign(keys, signed_message("anchor", writer_id, through, digest))
                 purged_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
                 conn.execute("SET LOCAL appliance.audit_purge = 'on'")
                 conn.execute(
@@ -313,5 +328,7 @@ def purge_postgres(store: PostgresStore, keys: Any, retain_days: int, *, now: An
                     (writer_id, through, digest, purged_at, signature),
                 )
                 conn.execute("DELETE FROM audit_records WHERE writer_id = %s AND seq <= %s", (writer_id, through))
-        results.append(PurgeResult(writer_id, [f"seq <= {through}"], through, count))
+            if done is not None:
+                done(result)
+        results.append(result)
     return results
