@@ -2,7 +2,8 @@
 
 A LoRA is written once per session with peft's ``save_pretrained`` on the ``tiny_model`` fixture; each run
 directory gets its own copy of those tensors shifted by a seeded amount (so each has its own fingerprint), a
-prepared dataset with salted subject digests, and a ``metadata.json`` per contracts.md.
+prepared dataset with salted subject digests, a ``metadata.json`` per contracts.md, and the finished run's row in
+the data directory's privacy ledger (which the registry checks the metadata against).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hmac
 import json
 import secrets
 import shutil
+import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from appliance.registry import Actor, Registry, open_registry
 TRAINER = "trainer-tom"
 APPROVERS = (Actor("alice", frozenset({"approver"})), Actor("bob", frozenset({"approver"})))
 OPERATOR = Actor("olga", frozenset({"admin"}))
+_ROW: Mapping[str, Any] = {}  # make_run's default: the ledger row agrees with the metadata
 
 
 @pytest.fixture(scope="session")
@@ -83,12 +86,56 @@ def make_dataset(root: Path, train_subjects: list[str], eval_subjects: list[str]
     return root
 
 
+def record_in_ledger(ledger_path: Path, metadata: Mapping[str, Any], **columns: Any) -> None:
+    """Write the ledger row training would have written for ``metadata`` (``columns`` override its values)."""
+    from appliance.training._ledger import Ledger
+
+    Ledger(ledger_path)  # creates the schema
+    dp = metadata["dp"]
+    row: dict[str, Any] = {
+        "run_id": metadata["run_id"],
+        "fingerprint": metadata["dataset"]["fingerprint"],
+        "out_path": "/runs/" + metadata["run_id"],
+        "status": "finished",
+        "dp": int(dp["enabled"]),
+        "privacy_unit": dp.get("privacy_unit", "record"),
+        "target_epsilon": dp.get("epsilon"),
+        "delta": dp.get("delta"),
+        "noise_multiplier": dp.get("noise_multiplier"),
+        "sample_rate": dp.get("sample_rate"),
+        "steps_planned": metadata["steps"],
+        "steps_reserved": metadata["steps"],
+        "steps_taken": metadata["steps"],
+        "epsilon": dp.get("epsilon"),
+        "trained_by": metadata["trained_by"],
+        "reason": None,
+        "started_at": "2026-11-23T14:00:00+00:00",
+        "updated_at": "2026-11-23T14:01:00+00:00",
+        "finished_at": "2026-11-23T14:01:00+00:00",
+        "source_sha256": "0" * 64,
+        **columns,
+    }
+    db = sqlite3.connect(ledger_path)
+    try:
+        with db:
+            db.execute(
+                f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",  # noqa: S608 (fixed column names)
+                tuple(row.values()),
+            )
+    finally:
+        db.close()
+
+
 RunFactory = Callable[..., Path]
 
 
 @pytest.fixture
-def make_run(tmp_path: Path, lora_template: Path, tiny_model: Path) -> RunFactory:
-    """Build a complete training run directory; keyword arguments override metadata fields."""
+def make_run(tmp_path: Path, lora_template: Path, tiny_model: Path, data_dir: Path) -> RunFactory:
+    """Build a complete training run directory; keyword arguments override metadata fields.
+
+    The run is also recorded as finished in the data directory's ledger: ``ledger`` overrides columns of that
+    row, ``ledger=None`` leaves the run out of the ledger, ``ledger_db`` names another data directory's ledger.
+    """
     from safetensors.numpy import load_file, save_file
 
     from appliance.models import model_hash
@@ -104,6 +151,8 @@ def make_run(tmp_path: Path, lora_template: Path, tiny_model: Path) -> RunFactor
         max_exposure: float | None = 2.0,
         trained_by: str = TRAINER,
         prefix_keys: bool = False,
+        ledger: Mapping[str, Any] | None = _ROW,
+        ledger_db: Path | None = None,
         **overrides: Any,
     ) -> Path:
         n = next(counter)
@@ -143,6 +192,8 @@ def make_run(tmp_path: Path, lora_template: Path, tiny_model: Path) -> RunFactor
         }
         metadata.update(overrides)
         (run / "metadata.json").write_text(json.dumps(metadata))
+        if ledger is not None:
+            record_in_ledger(ledger_db or data_dir / "ledger.db", metadata, **ledger)
         return run
 
     return build

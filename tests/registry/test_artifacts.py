@@ -157,6 +157,7 @@ def test_vault_envelope_rotation_and_fail_closed(
         artifacts_dir=reg.artifacts.root,
         serving_dir=reg.publisher.serving_dir,
         policies_dir=reg.policies_dir,
+        ledger_path=reg.ledger_path,
     )
     before = snapshot(reg)
     with pytest.raises(VaultForbidden):

@@ -16,7 +16,7 @@ from tests.registry.conftest import APPROVERS, OPERATOR, RecordingAudit, RunFact
 
 
 def _approved(registry: Registry, make_run: RunFactory, name: str) -> None:
-    info = registry.add(make_run(), name, OPERATOR)
+    info = registry.add(make_run(ledger_db=registry.ledger_path), name, OPERATOR)
     for approver in APPROVERS:
         registry.approve(name, info.version, approver)
 
