@@ -271,7 +271,10 @@ class Registry:
             try:
                 if "approver" not in actor.roles:
                     raise PermissionDenied(f"{actor.subject} does not hold the approver role")
-                if adapter.status != "staged":
+                lapsed = adapter.status in {"approved", "production"} and (
+                    len(self._current_approvers(s, adapter)) < REQUIRED_APPROVALS
+                )
+                if adapter.status != "staged" and not lapsed:
                     raise Conflict(f"adapter {name} v{version} is {adapter.status}; only staged adapters are approved")
                 if actor.subject == adapter.run.trained_by:
                     raise PolicyViolation(
@@ -293,8 +296,8 @@ class Registry:
             )
             s.add(approval)
             s.flush()
-            approvers = {a.subject for a in adapter.approvals}
-            if len(approvers) >= REQUIRED_APPROVALS:
+            approvers = self._current_approvers(s, adapter)
+            if len(approvers) >= REQUIRED_APPROVALS and adapter.status == "staged":
                 adapter.status = "approved"
                 adapter.updated_at = utcnow()
             s.flush()
@@ -306,6 +309,20 @@ class Registry:
                 details={"approvals": len(approvers), "status": adapter.status},
             )
             return self._info(adapter)
+
+    @staticmethod
+    def _current_approvers(s: Session, adapter: Adapter) -> set[str]:
+        """Who approved ``adapter`` and still may: a CLI approval counts while its person is enabled and holds the
+        approver role in the people table (a revoked approver's approval lapses). An OIDC approver's roles come
+        from the identity provider, which the registry cannot ask again; their approval counts as given."""
+        current = set()
+        for approval in adapter.approvals:
+            if approval.auth_method == "cli":
+                person = s.get(Person, approval.subject)
+                if person is None or person.disabled_at is not None or all(r.role != "approver" for r in person.roles):
+                    continue
+            current.add(approval.subject)
+        return current
 
     def _check_ledger(self, adapter: Adapter) -> None:
         """The registered run still matches its ledger row (catches rows registered before add checked it)."""
@@ -340,8 +357,14 @@ class Registry:
             try:
                 if adapter.status not in {"approved", "production"}:
                     raise Conflict(f"adapter {name} v{version} is {adapter.status}; only approved adapters publish")
-                if len({a.subject for a in adapter.approvals}) < REQUIRED_APPROVALS:
-                    raise PolicyViolation(f"rule two-person-approval: adapter {name} v{version} lacks two approvals")
+                current = self._current_approvers(s, adapter)
+                if len(current) < REQUIRED_APPROVALS:
+                    lapsed = sorted({a.subject for a in adapter.approvals} - current)
+                    why = f" ({', '.join(lapsed)} no longer holds the approver role)" if lapsed else ""
+                    raise PolicyViolation(
+                        f"rule two-person-approval: adapter {name} v{version} lacks two approvals by current "
+                        f"approvers{why}; another approver must approve it"
+                    )
                 if any(p.target == target and p.unpublished_at is None for p in adapter.publications):
                     raise Conflict(f"adapter {name} v{version} is already published to {target}")
                 self._check_limits(adapter, limits)  # the policy may have tightened since approval

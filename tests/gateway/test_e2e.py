@@ -151,7 +151,7 @@ def stack(
     from appliance.serving import open_backend, read_embedded_list
     from appliance.serving.engine import Engine, Limits
     from appliance.serving.engine import create_app as engine_app
-    from tests.registry.conftest import APPROVERS, OPERATOR
+    from tests.registry.conftest import APPROVERS, OPERATOR, enrol
     from tests.serving.conftest import ServerThread
 
     root = tmp_path_factory.mktemp("e2e")
@@ -168,7 +168,7 @@ def stack(
     settings = load_settings(**base)
     keys = open_key_service(settings)
     audit = open_audit_log(settings, keys=keys)
-    registry = open_registry(settings, keys=keys, audit=audit)
+    registry = enrol(open_registry(settings, keys=keys, audit=audit))
     for n, name in enumerate(("triage", "oncology"), start=1):
         registry.add(_run_dir(root / "runs", lora_template, tiny_model, n, settings.ledger_path), name, OPERATOR)
         for approver in APPROVERS:

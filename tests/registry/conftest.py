@@ -222,6 +222,13 @@ class RecordingAudit:
         return [e["type"] for e in self.events]
 
 
+def enrol(reg: Registry) -> Registry:
+    """Put APPROVERS on the registry's roster with the approver role (publish counts only current approvers)."""
+    for approver in APPROVERS:
+        reg.grant(approver.subject, "approver", OPERATOR)
+    return reg
+
+
 @pytest.fixture
 def audit() -> RecordingAudit:
     """The in-memory audit recorder (the real trail is exercised in test_lifecycle and test_cli)."""
@@ -237,11 +244,19 @@ def keys(settings: Settings) -> Any:
 
 
 @pytest.fixture
-def registry(settings: Settings, keys: Any, audit: RecordingAudit) -> Iterator[Registry]:
-    """A registry on SQLite in the test's data directory."""
+def bare_registry(settings: Settings, keys: Any, audit: RecordingAudit) -> Iterator[Registry]:
+    """A registry on SQLite in the test's data directory, with nobody on its roster."""
     reg = open_registry(settings, keys=keys, audit=audit)
     yield reg
     reg.close()
+
+
+@pytest.fixture
+def registry(bare_registry: Registry, audit: RecordingAudit) -> Registry:
+    """The registry with APPROVERS on its roster (their grants are not among ``audit``'s events)."""
+    enrol(bare_registry)
+    audit.events.clear()
+    return bare_registry
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

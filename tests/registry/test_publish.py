@@ -12,7 +12,7 @@ from appliance.config import load_settings
 from appliance.errors import AuditUnavailable, ConfigError, Conflict
 from appliance.registry import Registry, open_registry
 from tests.conftest import REPO_ROOT
-from tests.registry.conftest import APPROVERS, OPERATOR, RecordingAudit, RunFactory, snapshot
+from tests.registry.conftest import APPROVERS, OPERATOR, RecordingAudit, RunFactory, enrol, snapshot
 
 
 def _approved(registry: Registry, make_run: RunFactory, name: str) -> None:
@@ -149,7 +149,7 @@ def test_unsafe_serving_path_refused(tmp_path: Path, make_run: RunFactory, keys:
     settings = load_settings(data_dir=data_dir, policies_dir=REPO_ROOT / "policies")
     from appliance.keys import open_key_service
 
-    reg = open_registry(settings, keys=open_key_service(settings), audit=RecordingAudit())
+    reg = enrol(open_registry(settings, keys=open_key_service(settings), audit=RecordingAudit()))
     try:
         _approved(reg, make_run, "triage")
         with pytest.raises(ConfigError, match="choose another data_dir"):
