@@ -12,17 +12,20 @@ fingerprint, and a dataset's spend includes the runs on all of them, so re-prepa
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from appliance.errors import BudgetExhausted, Conflict, NotFound, StorageUnavailable
+from appliance.errors import BudgetExhausted, Conflict, NotFound, StorageUnavailable, ValidationFailed
 from appliance.training._accounting import Mechanism, composed_epsilon
 from appliance.training._policy import DatasetBudget
 
-__all__ = ["Ledger", "LedgerEntry", "LedgerSummary"]
+__all__ = ["BudgetOf", "Ledger", "LedgerEntry", "LedgerSummary"]
+
+# the budget of a shared spend, given every dataset fingerprint in it (PrivacyPolicy.budget_for)
+BudgetOf = Callable[[Collection[str]], DatasetBudget]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -195,6 +198,21 @@ class Ledger:
             ).fetchall()
         return [LedgerEntry(**{**dict(row), "dp": bool(row["dp"])}) for row in rows]
 
+    def preparations(self, fingerprint: str, source: str | None = None) -> set[str]:
+        """The fingerprints whose runs share ``fingerprint``'s spend (itself and other preparations of its source)."""
+        try:
+            with self._connect() as db:
+                return {fingerprint, *(e.fingerprint for e in self._runs(db, fingerprint, source))}
+        except sqlite3.Error as exc:
+            raise StorageUnavailable(f"privacy ledger {self.path}: {exc}") from exc
+
+    @staticmethod
+    def _budget(budget: DatasetBudget | BudgetOf, fingerprint: str, entries: list[LedgerEntry]) -> DatasetBudget:
+        """A fixed budget, or the one for every preparation in the spend, read in the same transaction."""
+        if isinstance(budget, DatasetBudget):
+            return budget
+        return budget({fingerprint, *(e.fingerprint for e in entries)})
+
     @staticmethod
     def _history(entries: list[LedgerEntry], exclude: str | None = None) -> list[Mechanism]:
         out = []
@@ -221,7 +239,7 @@ class Ledger:
         run_id: str,
         fingerprint: str,
         out_path: str,
-        budget: DatasetBudget,
+        budget: DatasetBudget | BudgetOf,
         dp: bool,
         privacy_unit: str,
         target_epsilon: float | None,
@@ -237,13 +255,17 @@ class Ledger:
         ``delta`` is the run's own (at most the policy's; default the policy's): the run's epsilon is reported at
         it, while the budget is composed at the policy's. A run that does not fit is recorded as ``refused`` and
         :class:`BudgetExhausted` names the remaining budget. ``source_sha256`` (the dataset's
-        ``manifest.source.sha256``) composes the run with those on every other preparation of the same input.
+        ``manifest.source.sha256``) composes the run with those on every other preparation of the same input;
+        ``budget`` given as :data:`BudgetOf` is chosen from all of their fingerprints inside the transaction.
         """
         now = _now()
         with self._transaction() as db:
             entries = self._runs(db, fingerprint, source_sha256)
             if any(e.run_id == run_id for e in entries):
                 raise Conflict(f"run {run_id} is already in the privacy ledger")
+            budget = self._budget(budget, fingerprint, entries)
+            if dp and delta is not None and delta > budget.delta:
+                raise ValidationFailed(f"delta {delta:g} is above the policy's {budget.delta:g} for this dataset")
             refusal: str | None = None
             if dp:
                 assert noise_multiplier is not None and sample_rate is not None
@@ -287,7 +309,7 @@ class Ledger:
         if refusal:
             raise BudgetExhausted(f"privacy budget exhausted: {refusal}")
 
-    def reserve_resume(self, run_id: str, budget: DatasetBudget, remaining_steps: int) -> LedgerEntry:
+    def reserve_resume(self, run_id: str, budget: DatasetBudget | BudgetOf, remaining_steps: int) -> LedgerEntry:
         """Reopen an interrupted run: reserve the steps still to take on top of those already charged."""
         with self._transaction() as db:
             entries = self._runs(db, None)
@@ -300,6 +322,7 @@ class Ledger:
             mech = entry.mechanism(reserved)
             if mech is not None:
                 same = self._runs(db, entry.fingerprint, entry.source_sha256)
+                budget = self._budget(budget, entry.fingerprint, same)
                 history = self._history(same, exclude=run_id)
                 spent = composed_epsilon(history, budget.delta)
                 after = composed_epsilon([*history, mech], budget.delta)

@@ -172,7 +172,9 @@ class TrainingRun:
         if resume_from is not None and dataset.fingerprint != resume_from:
             raise ValidationFailed("the dataset changed since the interrupted run (fingerprint differs)")
         self.s.dataset = dataset
-        self.s.budget = budget = policy.budget_for(dataset.fingerprint)
+        # runs on every preparation of the source share one spend, and so its strictest override
+        preparations = self.ledger.preparations(dataset.fingerprint, dataset.source_sha256)
+        self.s.budget = budget = policy.budget_for(dataset.fingerprint, preparations)
         self.s.delta = cfg.delta if cfg.delta is not None else budget.delta
         if self._resume_delta is not None:  # the delta its noise was calibrated and its steps charged at
             self.s.delta = self._resume_delta
@@ -210,14 +212,14 @@ class TrainingRun:
         }
         if cfg.resume:
             remaining = cfg.steps - self._resume_step
-            self.ledger.reserve_resume(self.run_id, budget, remaining)
+            self.ledger.reserve_resume(self.run_id, lambda fps: policy.budget_for(dataset.fingerprint, fps), remaining)
         else:
             try:
                 self.ledger.begin(
                     run_id=self.run_id,
                     fingerprint=dataset.fingerprint,
                     out_path=str(self.out),
-                    budget=budget,
+                    budget=lambda fps: policy.budget_for(dataset.fingerprint, fps),  # re-read in the transaction
                     dp=cfg.dp,
                     privacy_unit=cfg.privacy_unit,
                     target_epsilon=cfg.epsilon,

@@ -151,6 +151,24 @@ class TestRefusals:
             _run(settings, **tiny_options(second, tiny_model, tmp_path / "b", epsilon=4.0))
         assert not (tmp_path / "b").exists()
 
+    def test_re_preparing_the_source_keeps_its_override(
+        self, data_dir: Path, make_policy: Callable[..., Path], tiny_model: Path, tmp_path: Path
+    ) -> None:
+        """A budget override on one preparation also budgets the runs on a re-preparation (new fingerprint)."""
+        from appliance.intake import prepare, write_synthetic
+
+        source = tmp_path / "export.jsonl"
+        write_synthetic(source, n=120, seed=3)
+        first, second = tmp_path / "prep1", tmp_path / "prep2"
+        prepare(source, first)
+        prepare(source, second)
+        override = {fingerprint_of(first): {"epsilon_budget": 4.5, "delta": 1e-5}}
+        settings = load_settings(data_dir=data_dir, policies_dir=make_policy(datasets=override))
+        _run(settings, **tiny_options(first, tiny_model, tmp_path / "a", epsilon=4.0))
+        with pytest.raises(BudgetExhausted, match=r"of 4\.5 remaining"):
+            _run(settings, **tiny_options(second, tiny_model, tmp_path / "b", epsilon=4.0))
+        assert not (tmp_path / "b").exists()
+
     def test_no_dp_needs_policy_and_is_recorded(
         self, data_dir: Path, make_policy: Callable[..., Path], prepared: Path, tiny_model: Path, tmp_path: Path
     ) -> None:
