@@ -1,10 +1,10 @@
 """The run as the privacy-budget ledger recorded it (``<data_dir>/ledger.db``, read only).
 
 ``metadata.json`` is a plain, unsigned file in the run directory: the trainer can edit it between ``appliance
-train`` and ``registry add``. The ledger row of the same run is written by the training process itself, step by
-step, so the registry checks the metadata's claims against it: the run must be there and ``finished``, and its
-dataset, trainer, DP parameters, epsilon, delta and steps must agree. The registry reads the SQLite file directly
-(as ``_policy.py`` reads the policy) so that it never imports the training stack.
+train`` and ``registry add``. The ledger row of the same run is written by the training process itself, so the
+registry checks the metadata's claims against it: the run must be there and ``finished``, and its dataset,
+trainer, DP parameters, epsilon, delta, steps and highest canary exposure must agree. The registry reads the
+SQLite file directly (as ``_policy.py`` reads the policy) so that it never imports the training stack.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class ClaimedRun:
     noise_multiplier: float | None
     sample_rate: float | None
     steps: int | None
+    max_exposure: float | None  # None: no canary measured
 
 
 def _read(path: Path, run_id: str) -> sqlite3.Row | None:
@@ -83,6 +84,10 @@ def check_against_ledger(ledger_path: Path, claimed: ClaimedRun) -> None:
     for field in ("epsilon", "delta", "noise_multiplier", "sample_rate"):
         if not _same(getattr(claimed, field), row[field]):
             problems.append(f"{field} {getattr(claimed, field)!r} (ledger: {row[field]!r})")
+    # recorded when the run closed; a run finished before the ledger kept it has none and cannot claim one
+    exposure = row["max_exposure"] if "max_exposure" in row.keys() else None  # noqa: SIM118 (sqlite3.Row)
+    if not _same(claimed.max_exposure, exposure):
+        problems.append(f"canary max_exposure {claimed.max_exposure!r} (ledger: {exposure!r})")
     # a finished run took every planned step; the ledger may have charged more (steps repeated after a resume)
     if claimed.steps != row["steps_planned"] or row["steps_taken"] < row["steps_planned"]:
         problems.append(

@@ -853,6 +853,7 @@ def _claimed_by_metadata(meta: RunMetadata) -> ClaimedRun:
         noise_multiplier=dp.noise_multiplier,
         sample_rate=dp.sample_rate,
         steps=meta.steps,
+        max_exposure=meta.canaries.max_exposure if meta.canaries.exposures else None,
     )
 
 
@@ -869,6 +870,7 @@ def _claimed_by_row(adapter: Adapter) -> ClaimedRun:
         noise_multiplier=run.dp.get("noise_multiplier"),
         sample_rate=run.dp.get("sample_rate"),
         steps=steps if isinstance(steps, int) else None,
+        max_exposure=run.max_exposure,
     )
 
 

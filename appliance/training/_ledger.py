@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at       TEXT NOT NULL,
     updated_at       TEXT NOT NULL,
     finished_at      TEXT,
-    source_sha256    TEXT
+    source_sha256    TEXT,
+    max_exposure     REAL
 );
 CREATE INDEX IF NOT EXISTS runs_fingerprint ON runs (fingerprint);
 """
@@ -85,6 +86,7 @@ class LedgerEntry:
     updated_at: str
     finished_at: str | None
     source_sha256: str | None = None  # the raw input the dataset was prepared from (None: not known)
+    max_exposure: float | None = None  # the finished run's highest canary exposure, bits (None: none measured)
 
     @property
     def charged_steps(self) -> int:
@@ -127,6 +129,8 @@ class Ledger:
                 columns = {row["name"] for row in db.execute("PRAGMA table_info(runs)")}
                 if "source_sha256" not in columns:  # a ledger written before runs recorded their source
                     db.execute("ALTER TABLE runs ADD COLUMN source_sha256 TEXT")
+                if "max_exposure" not in columns:  # a ledger written before runs recorded canary exposure
+                    db.execute("ALTER TABLE runs ADD COLUMN max_exposure REAL")
                 db.execute(_SOURCE_INDEX)
         except (sqlite3.Error, OSError) as exc:
             raise StorageUnavailable(f"privacy ledger {path} cannot be opened: {exc}") from exc
@@ -365,16 +369,21 @@ class Ledger:
             )
         return taken
 
-    def close(self, run_id: str, *, status: str, reason: str | None = None) -> LedgerEntry:
-        """Close a run as ``finished`` or ``failed``; from then on it counts exactly the steps it took."""
+    def close(
+        self, run_id: str, *, status: str, reason: str | None = None, max_exposure: float | None = None
+    ) -> LedgerEntry:
+        """Close a run as ``finished`` or ``failed``; from then on it counts exactly the steps it took.
+
+        ``max_exposure`` (the canary exposure in the run's metadata) is kept so that the registry can check the
+        metadata's claim against it."""
         if status not in ("finished", "failed"):
             raise ValueError(f"unknown closing status {status!r}")
         now = _now()
         with self._transaction() as db:
             cur = db.execute(
-                "UPDATE runs SET status = ?, reason = ?, updated_at = ?, finished_at = ? "
+                "UPDATE runs SET status = ?, reason = ?, updated_at = ?, finished_at = ?, max_exposure = ? "
                 "WHERE run_id = ? AND status = 'running'",
-                (status, reason, now, now, run_id),
+                (status, reason, now, now, max_exposure, run_id),
             )
             if cur.rowcount != 1:
                 raise Conflict(f"run {run_id} is not running in the privacy ledger")

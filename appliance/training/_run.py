@@ -657,7 +657,9 @@ class TrainingRun:
             if isinstance(exc, ApplianceError):
                 raise
             raise TrainingFailed(f"training run {self.run_id} failed: {type(exc).__name__}: {exc}") from exc
-        entry = self.ledger.close(self.run_id, status="finished")
+        canaries = result.metadata["canaries"]
+        exposure = canaries["max_exposure"] if canaries["exposures"] else None  # what the registry will check
+        entry = self.ledger.close(self.run_id, status="finished", max_exposure=exposure)
         self._audit.record(
             "training.finish",
             status="success",

@@ -113,6 +113,7 @@ def record_in_ledger(ledger_path: Path, metadata: Mapping[str, Any], **columns: 
         "updated_at": "2026-11-23T14:01:00+00:00",
         "finished_at": "2026-11-23T14:01:00+00:00",
         "source_sha256": "0" * 64,
+        "max_exposure": metadata["canaries"]["max_exposure"] if metadata["canaries"]["exposures"] else None,
         **columns,
     }
     db = sqlite3.connect(ledger_path)

@@ -48,6 +48,8 @@ def _refused(registry: Registry, audit: RecordingAudit, run: Path, match: str) -
         ({"dp": {"privacy_unit": "subject"}}, "privacy_unit"),
         ({"trained_by": "someone-else"}, "trained_by"),
         ({"steps": 1}, "steps"),
+        ({"canaries": {"max_exposure": 1.0}}, "canary max_exposure"),
+        ({"canaries": {"exposures": [], "max_exposure": 0.0}}, "canary max_exposure"),
     ],
 )
 def test_edited_metadata_refused(
@@ -132,8 +134,10 @@ def test_a_trained_run_registers_approves_and_publishes(
     options = tiny_options(write_prepared(tmp_path / "prepared"), tiny_model, out, canaries=1, trained_by="tom")
     train(make_config(**options), settings, audit=MemoryAuditLog())
     meta = json.loads((out / "metadata.json").read_text())
-    meta["canaries"]["max_exposure"] = 1.0  # what this test checks is the ledger, not the tiny model's memory
-    (out / "metadata.json").write_text(json.dumps(meta))
+    policies = tmp_path / "policies"  # this test checks the ledger, not the tiny model's memorisation
+    policies.mkdir()
+    (policies / "privacy.yaml").write_text("approval:\n  max_epsilon: 8.0\n  max_canary_exposure: 27.0\n")
+    registry.policies_dir = policies
     assert registry.add(out, "triage", OPERATOR).run_id == meta["run_id"]
     for approver in APPROVERS:
         registry.approve("triage", 1, approver)

@@ -66,6 +66,7 @@ class TestRecordLevel:
         # the ledger counts exactly the steps taken, at the epsilon reported
         entry = Ledger(train_settings.ledger_path).get(meta["run_id"])
         assert entry.status == "finished" and entry.steps_taken == 4
+        assert entry.max_exposure == meta["canaries"]["max_exposure"]  # the registry checks the metadata against it
         assert entry.epsilon == pytest.approx(
             composed_epsilon([(meta["dp"]["noise_multiplier"], meta["dp"]["sample_rate"], 4)], meta["dp"]["delta"])
         )
