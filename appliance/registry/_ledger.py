@@ -2,9 +2,9 @@
 
 ``metadata.json`` is a plain, unsigned file in the run directory: the trainer can edit it between ``appliance
 train`` and ``registry add``. The ledger row of the same run is written by the training process itself, so the
-registry checks the metadata's claims against it: the run must be there and ``finished``, and its dataset,
-trainer, DP parameters, epsilon, delta, steps and highest canary exposure must agree. The registry reads the
-SQLite file directly (as ``_policy.py`` reads the policy) so that it never imports the training stack.
+registry checks the run directory's claims against it: the run must be there and ``finished``, and its dataset,
+trainer, DP parameters, epsilon, delta, steps, highest canary exposure and weights file must agree. The registry
+reads the SQLite file directly (as ``_policy.py`` reads the policy) so that it never imports the training stack.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class ClaimedRun:
     sample_rate: float | None
     steps: int | None
     max_exposure: float | None  # None: no canary measured
+    weights: str  # SHA-256 of adapter_model.safetensors
 
 
 def _read(path: Path, run_id: str) -> sqlite3.Row | None:
@@ -88,6 +89,9 @@ def check_against_ledger(ledger_path: Path, claimed: ClaimedRun) -> None:
     exposure = row["max_exposure"] if "max_exposure" in row.keys() else None  # noqa: SIM118 (sqlite3.Row)
     if not _same(claimed.max_exposure, exposure):
         problems.append(f"canary max_exposure {claimed.max_exposure!r} (ledger: {exposure!r})")
+    weights = row["weights_sha256"] if "weights_sha256" in row.keys() else None  # noqa: SIM118 (sqlite3.Row)
+    if claimed.weights != weights:  # other weights under this run's metadata
+        problems.append(f"weights {claimed.weights[:16]}... (ledger: {str(weights)[:16]}...)")
     # a finished run took every planned step; the ledger may have charged more (steps repeated after a resume)
     if claimed.steps != row["steps_planned"] or row["steps_taken"] < row["steps_planned"]:
         problems.append(

@@ -122,7 +122,7 @@ class Registry:
                 if prior_run is not None:
                     raise Conflict(f"training run {meta.run_id!r} is already registered")
                 try:  # metadata.json is an unsigned file: its claims must match the run's ledger row
-                    check_against_ledger(self.ledger_path, _claimed_by_metadata(meta))
+                    check_against_ledger(self.ledger_path, _claimed_by_metadata(meta, run.weights_fingerprint))
                 except IntegrityViolation as exc:
                     self._denied("registry.add", "add", actor, None, exc, details={"run_id": meta.run_id})
                     raise
@@ -840,7 +840,7 @@ class Registry:
                 closer()
 
 
-def _claimed_by_metadata(meta: RunMetadata) -> ClaimedRun:
+def _claimed_by_metadata(meta: RunMetadata, weights: str) -> ClaimedRun:
     dp = meta.dp
     return ClaimedRun(
         run_id=meta.run_id,
@@ -854,6 +854,7 @@ def _claimed_by_metadata(meta: RunMetadata) -> ClaimedRun:
         sample_rate=dp.sample_rate,
         steps=meta.steps,
         max_exposure=meta.canaries.max_exposure if meta.canaries.exposures else None,
+        weights=weights,
     )
 
 
@@ -871,6 +872,7 @@ def _claimed_by_row(adapter: Adapter) -> ClaimedRun:
         sample_rate=run.dp.get("sample_rate"),
         steps=steps if isinstance(steps, int) else None,
         max_exposure=run.max_exposure,
+        weights=adapter.weights_fingerprint,
     )
 
 

@@ -8,6 +8,7 @@ place) -> ``close``. :func:`train` runs them all.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import math
@@ -106,6 +107,7 @@ class _State:
     epsilons: list[float | None] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     exposures: list[float] = field(default_factory=list)
+    weights_sha256: str | None = None  # of the adapter_model.safetensors written
     ledger_open: bool = False
 
 
@@ -567,6 +569,8 @@ class TrainingRun:
                 self._model.save_pretrained(str(tmp), safe_serialization=True)
             trainable = {n: p for n, p in self._model.named_parameters() if p.requires_grad}
             check_adapter(tmp, trainable)
+            with storage_errors(str(tmp)):
+                self.s.weights_sha256 = hashlib.sha256((tmp / "adapter_model.safetensors").read_bytes()).hexdigest()
             metadata = self._metadata(entry.epsilon if cfg.dp else None)
             write_json(tmp / "metadata.json", metadata)
             with storage_errors(str(tmp)):
@@ -659,7 +663,9 @@ class TrainingRun:
             raise TrainingFailed(f"training run {self.run_id} failed: {type(exc).__name__}: {exc}") from exc
         canaries = result.metadata["canaries"]
         exposure = canaries["max_exposure"] if canaries["exposures"] else None  # what the registry will check
-        entry = self.ledger.close(self.run_id, status="finished", max_exposure=exposure)
+        entry = self.ledger.close(
+            self.run_id, status="finished", max_exposure=exposure, weights_sha256=self.s.weights_sha256
+        )
         self._audit.record(
             "training.finish",
             status="success",

@@ -115,7 +115,7 @@ def _run_dir(root: Path, lora: Path, tiny_model: Path, n: int, ledger: Path) -> 
         "finished_at": "2026-11-23T14:01:00Z",
     }
     (run / "metadata.json").write_text(json.dumps(metadata))
-    record_in_ledger(ledger, metadata)
+    record_in_ledger(ledger, run)
     return run
 
 

@@ -86,11 +86,12 @@ def make_dataset(root: Path, train_subjects: list[str], eval_subjects: list[str]
     return root
 
 
-def record_in_ledger(ledger_path: Path, metadata: Mapping[str, Any], **columns: Any) -> None:
-    """Write the ledger row training would have written for ``metadata`` (``columns`` override its values)."""
+def record_in_ledger(ledger_path: Path, run: Path, **columns: Any) -> None:
+    """Write the ledger row training would have written for the ``run`` directory (``columns`` override it)."""
     from appliance.training._ledger import Ledger
 
     Ledger(ledger_path)  # creates the schema
+    metadata = json.loads((run / "metadata.json").read_text())
     dp = metadata["dp"]
     row: dict[str, Any] = {
         "run_id": metadata["run_id"],
@@ -114,6 +115,7 @@ def record_in_ledger(ledger_path: Path, metadata: Mapping[str, Any], **columns: 
         "finished_at": "2026-11-23T14:01:00+00:00",
         "source_sha256": "0" * 64,
         "max_exposure": metadata["canaries"]["max_exposure"] if metadata["canaries"]["exposures"] else None,
+        "weights_sha256": hashlib.sha256((run / "adapter_model.safetensors").read_bytes()).hexdigest(),
         **columns,
     }
     db = sqlite3.connect(ledger_path)
@@ -194,7 +196,7 @@ def make_run(tmp_path: Path, lora_template: Path, tiny_model: Path, data_dir: Pa
         metadata.update(overrides)
         (run / "metadata.json").write_text(json.dumps(metadata))
         if ledger is not None:
-            record_in_ledger(ledger_db or data_dir / "ledger.db", metadata, **ledger)
+            record_in_ledger(ledger_db or data_dir / "ledger.db", run, **ledger)
         return run
 
     return build

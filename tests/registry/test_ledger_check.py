@@ -69,6 +69,17 @@ def test_other_dataset_refused(registry: Registry, make_run: RunFactory, audit: 
     _refused(registry, audit, run, "dataset ")
 
 
+def test_other_weights_under_a_runs_metadata_refused(
+    registry: Registry, make_run: RunFactory, audit: RecordingAudit
+) -> None:
+    """Weights swapped in (say, from an unapproved run) under a finished run's metadata do not match the ledger."""
+    import shutil
+
+    run, other = make_run(), make_run(ledger=None)
+    shutil.copy(other / "adapter_model.safetensors", run / "adapter_model.safetensors")
+    _refused(registry, audit, run, "weights ")
+
+
 def test_epsilon_within_tolerance_accepted(registry: Registry, make_run: RunFactory) -> None:
     """Floats compare with a tight relative tolerance; the metadata's own values register."""
     run = make_run(ledger={"epsilon": 4.0 * (1 + 1e-12)})

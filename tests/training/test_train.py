@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -67,6 +68,7 @@ class TestRecordLevel:
         entry = Ledger(train_settings.ledger_path).get(meta["run_id"])
         assert entry.status == "finished" and entry.steps_taken == 4
         assert entry.max_exposure == meta["canaries"]["max_exposure"]  # the registry checks the metadata against it
+        assert entry.weights_sha256 == hashlib.sha256((out / "adapter_model.safetensors").read_bytes()).hexdigest()
         assert entry.epsilon == pytest.approx(
             composed_epsilon([(meta["dp"]["noise_multiplier"], meta["dp"]["sample_rate"], 4)], meta["dp"]["delta"])
         )
