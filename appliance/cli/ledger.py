@@ -29,7 +29,7 @@ def show(
     ledger = Ledger(settings.ledger_path)
     runs = [r for r in ledger.runs() if dataset is None or r.fingerprint.startswith(dataset)]
     fingerprints = list(dict.fromkeys(r.fingerprint for r in runs))
-    summaries = [ledger.summary(fp, policy.budget_for(fp)) for fp in fingerprints]
+    summaries = [ledger.summary(fp, policy.budget_for(fp, ledger.preparations(fp))) for fp in fingerprints]
     if as_json:
         out = {
             "datasets": [
@@ -113,7 +113,8 @@ def abandon(
     entry = ledger.get(run_id)
     if entry.status != "running":
         raise Conflict(f"run {run_id} is {entry.status}, not an open run: nothing to abandon")
-    budget = load_privacy_policy(settings.policies_dir / "privacy.yaml").budget_for(entry.fingerprint)
+    policy = load_privacy_policy(settings.policies_dir / "privacy.yaml")
+    budget = policy.budget_for(entry.fingerprint, ledger.preparations(entry.fingerprint, entry.source_sha256))
     before = ledger.summary(entry.fingerprint, budget)
     released = max(0, entry.steps_reserved - entry.steps_taken)
     console.print(

@@ -71,6 +71,7 @@ def open_registry(settings: Settings, keys: KeyService | None = None, audit: Aud
         artifacts_dir=settings.artifacts_dir,
         serving_dir=settings.serving_dir,
         policies_dir=settings.policies_dir,
+        ledger_path=settings.ledger_path,
     )
     if opened_audit:
         registry._on_close.append(lambda: _close(audit))

@@ -35,6 +35,7 @@ from appliance.errors import (
 from appliance.protocols import AuditLog, KeyService
 from appliance.registry._artifacts import ArtifactStore
 from appliance.registry._db import Database, exclusive_file_lock
+from appliance.registry._ledger import ClaimedRun, check_against_ledger
 from appliance.registry._lineage import describe, subject_digest
 from appliance.registry._models import (
     Adapter,
@@ -51,7 +52,7 @@ from appliance.registry._models import (
 from appliance.registry._people import hash_token, new_token, verify_token
 from appliance.registry._policy import ApprovalLimits, load_approval_limits
 from appliance.registry._publish import TARGETS, PublishEntry, Publisher, check_target
-from appliance.registry._rundir import check_name, read_run_dir
+from appliance.registry._rundir import RunMetadata, check_name, read_run_dir
 from appliance.registry._types import (
     ROLES,
     Actor,
@@ -87,6 +88,7 @@ class Registry:
         artifacts_dir: Path,
         serving_dir: Path,
         policies_dir: Path,
+        ledger_path: Path,
         verify_base_model: bool = True,
     ) -> None:
         self.db = db
@@ -95,6 +97,7 @@ class Registry:
         self.artifacts = ArtifactStore(artifacts_dir, keys)
         self.publisher = Publisher(serving_dir)
         self.policies_dir = Path(policies_dir)
+        self.ledger_path = Path(ledger_path)
         self.verify_base_model = verify_base_model
         self._on_close: list[Any] = []
 
@@ -118,6 +121,11 @@ class Registry:
                 prior_run = s.scalar(select(TrainingRun).where(TrainingRun.run_id == meta.run_id))
                 if prior_run is not None:
                     raise Conflict(f"training run {meta.run_id!r} is already registered")
+                try:  # metadata.json is an unsigned file: its claims must match the run's ledger row
+                    check_against_ledger(self.ledger_path, _claimed_by_metadata(meta, run.weights_fingerprint))
+                except IntegrityViolation as exc:
+                    self._denied("registry.add", "add", actor, None, exc, details={"run_id": meta.run_id})
+                    raise
                 version = (s.scalar(select(func.max(Adapter.version)).where(Adapter.name == name)) or 0) + 1
                 sealed = self.artifacts.seal(name, version, run.files)
                 base = s.scalar(select(BaseModel).where(BaseModel.sha256 == meta.base_model.sha256))
@@ -263,7 +271,10 @@ class Registry:
             try:
                 if "approver" not in actor.roles:
                     raise PermissionDenied(f"{actor.subject} does not hold the approver role")
-                if adapter.status != "staged":
+                lapsed = adapter.status in {"approved", "production"} and (
+                    len(self._current_approvers(s, adapter)) < REQUIRED_APPROVALS
+                )
+                if adapter.status != "staged" and not lapsed:
                     raise Conflict(f"adapter {name} v{version} is {adapter.status}; only staged adapters are approved")
                 if actor.subject == adapter.run.trained_by:
                     raise PolicyViolation(
@@ -276,7 +287,8 @@ class Registry:
                         "from a different person"
                     )
                 self._check_limits(adapter, limits)
-            except (PermissionDenied, Conflict) as exc:
+                self._check_ledger(adapter)
+            except (PermissionDenied, Conflict, IntegrityViolation) as exc:
                 self._denied("registry.approve", "approve", actor, adapter, exc)
                 raise
             approval = Approval(
@@ -284,8 +296,8 @@ class Registry:
             )
             s.add(approval)
             s.flush()
-            approvers = {a.subject for a in adapter.approvals}
-            if len(approvers) >= REQUIRED_APPROVALS:
+            approvers = self._current_approvers(s, adapter)
+            if len(approvers) >= REQUIRED_APPROVALS and adapter.status == "staged":
                 adapter.status = "approved"
                 adapter.updated_at = utcnow()
             s.flush()
@@ -297,6 +309,24 @@ class Registry:
                 details={"approvals": len(approvers), "status": adapter.status},
             )
             return self._info(adapter)
+
+    @staticmethod
+    def _current_approvers(s: Session, adapter: Adapter) -> set[str]:
+        """Who approved ``adapter`` and still may: a CLI approval counts while its person is enabled and holds the
+        approver role in the people table (a revoked approver's approval lapses). An OIDC approver's roles come
+        from the identity provider, which the registry cannot ask again; their approval counts as given."""
+        current = set()
+        for approval in adapter.approvals:
+            if approval.auth_method == "cli":
+                person = s.get(Person, approval.subject)
+                if person is None or person.disabled_at is not None or all(r.role != "approver" for r in person.roles):
+                    continue
+            current.add(approval.subject)
+        return current
+
+    def _check_ledger(self, adapter: Adapter) -> None:
+        """The registered run still matches its ledger row (catches rows registered before add checked it)."""
+        check_against_ledger(self.ledger_path, _claimed_by_row(adapter))
 
     @staticmethod
     def _check_limits(adapter: Adapter, limits: ApprovalLimits) -> None:
@@ -324,13 +354,24 @@ class Registry:
         limits = self.approval_limits()
         with self._serving_change(target) as s:
             adapter = self._get(s, name, version, lock=True)
-            if adapter.status not in {"approved", "production"}:
-                raise Conflict(f"adapter {name} v{version} is {adapter.status}; only approved adapters publish")
-            if len({a.subject for a in adapter.approvals}) < REQUIRED_APPROVALS:
-                raise PolicyViolation(f"rule two-person-approval: adapter {name} v{version} lacks two approvals")
-            if any(p.target == target and p.unpublished_at is None for p in adapter.publications):
-                raise Conflict(f"adapter {name} v{version} is already published to {target}")
-            self._check_limits(adapter, limits)  # the policy may have tightened since approval
+            try:
+                if adapter.status not in {"approved", "production"}:
+                    raise Conflict(f"adapter {name} v{version} is {adapter.status}; only approved adapters publish")
+                current = self._current_approvers(s, adapter)
+                if len(current) < REQUIRED_APPROVALS:
+                    lapsed = sorted({a.subject for a in adapter.approvals} - current)
+                    why = f" ({', '.join(lapsed)} no longer holds the approver role)" if lapsed else ""
+                    raise PolicyViolation(
+                        f"rule two-person-approval: adapter {name} v{version} lacks two approvals by current "
+                        f"approvers{why}; another approver must approve it"
+                    )
+                if any(p.target == target and p.unpublished_at is None for p in adapter.publications):
+                    raise Conflict(f"adapter {name} v{version} is already published to {target}")
+                self._check_limits(adapter, limits)  # the policy may have tightened since approval
+                self._check_ledger(adapter)
+            except (PermissionDenied, Conflict, IntegrityViolation) as exc:
+                self._denied("registry.publish", "publish", actor, adapter, exc, details={"target": target})
+                raise
             out = self.publisher.adapter_dir(adapter.served_id)
             self.artifacts.decrypt_to(out, base_model_path=adapter.run.base_model.path, **self._artifact(adapter))
             s.add(
@@ -775,9 +816,17 @@ class Registry:
         except ApplianceError as exc:
             raise AuditUnavailable(f"the audit trail refused the {event_type} event: {exc.message}") from exc
 
-    def _denied(self, event_type: str, action: str, actor: Actor, adapter: Adapter, exc: ApplianceError) -> None:
+    def _denied(
+        self,
+        event_type: str,
+        action: str,
+        actor: Actor,
+        adapter: Adapter | None,
+        exc: ApplianceError,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
         """Record a refused operation (best effort: the operation is refused either way)."""
-        event = self._event(event_type, action, actor, adapter, "denied", error_class=exc.code)
+        event = self._event(event_type, action, actor, adapter, "denied", error_class=exc.code, details=details)
         try:
             self.audit.record_sync(event)
         except ApplianceError:
@@ -789,6 +838,42 @@ class Registry:
         for closer in self._on_close:
             with contextlib.suppress(Exception):
                 closer()
+
+
+def _claimed_by_metadata(meta: RunMetadata, weights: str) -> ClaimedRun:
+    dp = meta.dp
+    return ClaimedRun(
+        run_id=meta.run_id,
+        dataset=meta.dataset.fingerprint,
+        trained_by=meta.trained_by,
+        dp=dp.enabled,
+        privacy_unit=dp.privacy_unit,
+        epsilon=dp.epsilon,
+        delta=dp.delta,
+        noise_multiplier=dp.noise_multiplier,
+        sample_rate=dp.sample_rate,
+        steps=meta.steps,
+        max_exposure=meta.canaries.max_exposure if meta.canaries.exposures else None,
+        weights=weights,
+    )
+
+
+def _claimed_by_row(adapter: Adapter) -> ClaimedRun:
+    run, steps = adapter.run, adapter.meta.get("steps")
+    return ClaimedRun(
+        run_id=run.run_id,
+        dataset=run.dataset.fingerprint,
+        trained_by=run.trained_by,
+        dp=run.dp_enabled,
+        privacy_unit=run.privacy_unit,
+        epsilon=run.epsilon,
+        delta=run.delta,
+        noise_multiplier=run.dp.get("noise_multiplier"),
+        sample_rate=run.dp.get("sample_rate"),
+        steps=steps if isinstance(steps, int) else None,
+        max_exposure=run.max_exposure,
+        weights=adapter.weights_fingerprint,
+    )
 
 
 _SUBJECT = re.compile(r"^[A-Za-z0-9_.:@+-]{1,128}$")

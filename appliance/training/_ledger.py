@@ -12,17 +12,20 @@ fingerprint, and a dataset's spend includes the runs on all of them, so re-prepa
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from appliance.errors import BudgetExhausted, Conflict, NotFound, StorageUnavailable
+from appliance.errors import BudgetExhausted, Conflict, NotFound, StorageUnavailable, ValidationFailed
 from appliance.training._accounting import Mechanism, composed_epsilon
 from appliance.training._policy import DatasetBudget
 
-__all__ = ["Ledger", "LedgerEntry", "LedgerSummary"]
+__all__ = ["BudgetOf", "Ledger", "LedgerEntry", "LedgerSummary"]
+
+# the budget of a shared spend, given every dataset fingerprint in it (PrivacyPolicy.budget_for)
+BudgetOf = Callable[[Collection[str]], DatasetBudget]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -45,7 +48,9 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at       TEXT NOT NULL,
     updated_at       TEXT NOT NULL,
     finished_at      TEXT,
-    source_sha256    TEXT
+    source_sha256    TEXT,
+    max_exposure     REAL,
+    weights_sha256   TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_fingerprint ON runs (fingerprint);
 """
@@ -82,6 +87,8 @@ class LedgerEntry:
     updated_at: str
     finished_at: str | None
     source_sha256: str | None = None  # the raw input the dataset was prepared from (None: not known)
+    max_exposure: float | None = None  # the finished run's highest canary exposure, bits (None: none measured)
+    weights_sha256: str | None = None  # SHA-256 of the finished run's adapter_model.safetensors
 
     @property
     def charged_steps(self) -> int:
@@ -124,6 +131,10 @@ class Ledger:
                 columns = {row["name"] for row in db.execute("PRAGMA table_info(runs)")}
                 if "source_sha256" not in columns:  # a ledger written before runs recorded their source
                     db.execute("ALTER TABLE runs ADD COLUMN source_sha256 TEXT")
+                if "max_exposure" not in columns:  # a ledger written before runs recorded canary exposure
+                    db.execute("ALTER TABLE runs ADD COLUMN max_exposure REAL")
+                if "weights_sha256" not in columns:  # a ledger written before runs recorded their weights
+                    db.execute("ALTER TABLE runs ADD COLUMN weights_sha256 TEXT")
                 db.execute(_SOURCE_INDEX)
         except (sqlite3.Error, OSError) as exc:
             raise StorageUnavailable(f"privacy ledger {path} cannot be opened: {exc}") from exc
@@ -195,6 +206,21 @@ class Ledger:
             ).fetchall()
         return [LedgerEntry(**{**dict(row), "dp": bool(row["dp"])}) for row in rows]
 
+    def preparations(self, fingerprint: str, source: str | None = None) -> set[str]:
+        """The fingerprints whose runs share ``fingerprint``'s spend (itself and other preparations of its source)."""
+        try:
+            with self._connect() as db:
+                return {fingerprint, *(e.fingerprint for e in self._runs(db, fingerprint, source))}
+        except sqlite3.Error as exc:
+            raise StorageUnavailable(f"privacy ledger {self.path}: {exc}") from exc
+
+    @staticmethod
+    def _budget(budget: DatasetBudget | BudgetOf, fingerprint: str, entries: list[LedgerEntry]) -> DatasetBudget:
+        """A fixed budget, or the one for every preparation in the spend, read in the same transaction."""
+        if isinstance(budget, DatasetBudget):
+            return budget
+        return budget({fingerprint, *(e.fingerprint for e in entries)})
+
     @staticmethod
     def _history(entries: list[LedgerEntry], exclude: str | None = None) -> list[Mechanism]:
         out = []
@@ -221,7 +247,7 @@ class Ledger:
         run_id: str,
         fingerprint: str,
         out_path: str,
-        budget: DatasetBudget,
+        budget: DatasetBudget | BudgetOf,
         dp: bool,
         privacy_unit: str,
         target_epsilon: float | None,
@@ -237,13 +263,17 @@ class Ledger:
         ``delta`` is the run's own (at most the policy's; default the policy's): the run's epsilon is reported at
         it, while the budget is composed at the policy's. A run that does not fit is recorded as ``refused`` and
         :class:`BudgetExhausted` names the remaining budget. ``source_sha256`` (the dataset's
-        ``manifest.source.sha256``) composes the run with those on every other preparation of the same input.
+        ``manifest.source.sha256``) composes the run with those on every other preparation of the same input;
+        ``budget`` given as :data:`BudgetOf` is chosen from all of their fingerprints inside the transaction.
         """
         now = _now()
         with self._transaction() as db:
             entries = self._runs(db, fingerprint, source_sha256)
             if any(e.run_id == run_id for e in entries):
                 raise Conflict(f"run {run_id} is already in the privacy ledger")
+            budget = self._budget(budget, fingerprint, entries)
+            if dp and delta is not None and delta > budget.delta:
+                raise ValidationFailed(f"delta {delta:g} is above the policy's {budget.delta:g} for this dataset")
             refusal: str | None = None
             if dp:
                 assert noise_multiplier is not None and sample_rate is not None
@@ -287,7 +317,7 @@ class Ledger:
         if refusal:
             raise BudgetExhausted(f"privacy budget exhausted: {refusal}")
 
-    def reserve_resume(self, run_id: str, budget: DatasetBudget, remaining_steps: int) -> LedgerEntry:
+    def reserve_resume(self, run_id: str, budget: DatasetBudget | BudgetOf, remaining_steps: int) -> LedgerEntry:
         """Reopen an interrupted run: reserve the steps still to take on top of those already charged."""
         with self._transaction() as db:
             entries = self._runs(db, None)
@@ -300,6 +330,7 @@ class Ledger:
             mech = entry.mechanism(reserved)
             if mech is not None:
                 same = self._runs(db, entry.fingerprint, entry.source_sha256)
+                budget = self._budget(budget, entry.fingerprint, same)
                 history = self._history(same, exclude=run_id)
                 spent = composed_epsilon(history, budget.delta)
                 after = composed_epsilon([*history, mech], budget.delta)
@@ -342,16 +373,27 @@ class Ledger:
             )
         return taken
 
-    def close(self, run_id: str, *, status: str, reason: str | None = None) -> LedgerEntry:
-        """Close a run as ``finished`` or ``failed``; from then on it counts exactly the steps it took."""
+    def close(
+        self,
+        run_id: str,
+        *,
+        status: str,
+        reason: str | None = None,
+        max_exposure: float | None = None,
+        weights_sha256: str | None = None,
+    ) -> LedgerEntry:
+        """Close a run as ``finished`` or ``failed``; from then on it counts exactly the steps it took.
+
+        ``max_exposure`` (the canary exposure in the run's metadata) and ``weights_sha256`` (of the adapter it
+        wrote) are kept so that the registry can check the run directory against them."""
         if status not in ("finished", "failed"):
             raise ValueError(f"unknown closing status {status!r}")
         now = _now()
         with self._transaction() as db:
             cur = db.execute(
-                "UPDATE runs SET status = ?, reason = ?, updated_at = ?, finished_at = ? "
-                "WHERE run_id = ? AND status = 'running'",
-                (status, reason, now, now, run_id),
+                "UPDATE runs SET status = ?, reason = ?, updated_at = ?, finished_at = ?, max_exposure = ?,"
+                " weights_sha256 = ? WHERE run_id = ? AND status = 'running'",
+                (status, reason, now, now, max_exposure, weights_sha256, run_id),
             )
             if cur.rowcount != 1:
                 raise Conflict(f"run {run_id} is not running in the privacy ledger")

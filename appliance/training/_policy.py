@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -54,9 +55,20 @@ class PrivacyPolicy(BaseModel):
             raise ValueError(f"dataset keys must be 64-hex fingerprints: {', '.join(sorted(bad))}")
         return value
 
-    def budget_for(self, fingerprint: str) -> DatasetBudget:
-        """The budget of one dataset: its override, else the default."""
-        return self.datasets.get(fingerprint, self.default)
+    def budget_for(self, fingerprint: str, preparations: Iterable[str] = ()) -> DatasetBudget:
+        """The budget of one dataset's spend, which it shares with ``preparations`` (the other datasets prepared
+        from the same source file): the override of any of them (the strictest epsilon and delta when several
+        apply), else the default. Re-preparing a source with an override does not fall back to the default."""
+        overrides = [self.datasets[fp] for fp in sorted({fingerprint, *preparations}) if fp in self.datasets]
+        if not overrides:
+            return self.default
+        if len(overrides) == 1:
+            return overrides[0]
+        return DatasetBudget(
+            epsilon_budget=min(b.epsilon_budget for b in overrides),
+            delta=min(b.delta for b in overrides),
+            note="the strictest of the overrides on preparations of one source file",
+        )
 
 
 def load_privacy_policy(path: Path) -> PrivacyPolicy:

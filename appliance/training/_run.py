@@ -8,6 +8,7 @@ place) -> ``close``. :func:`train` runs them all.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import math
@@ -106,6 +107,7 @@ class _State:
     epsilons: list[float | None] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     exposures: list[float] = field(default_factory=list)
+    weights_sha256: str | None = None  # of the adapter_model.safetensors written
     ledger_open: bool = False
 
 
@@ -172,7 +174,9 @@ class TrainingRun:
         if resume_from is not None and dataset.fingerprint != resume_from:
             raise ValidationFailed("the dataset changed since the interrupted run (fingerprint differs)")
         self.s.dataset = dataset
-        self.s.budget = budget = policy.budget_for(dataset.fingerprint)
+        # runs on every preparation of the source share one spend, and so its strictest override
+        preparations = self.ledger.preparations(dataset.fingerprint, dataset.source_sha256)
+        self.s.budget = budget = policy.budget_for(dataset.fingerprint, preparations)
         self.s.delta = cfg.delta if cfg.delta is not None else budget.delta
         if self._resume_delta is not None:  # the delta its noise was calibrated and its steps charged at
             self.s.delta = self._resume_delta
@@ -210,14 +214,14 @@ class TrainingRun:
         }
         if cfg.resume:
             remaining = cfg.steps - self._resume_step
-            self.ledger.reserve_resume(self.run_id, budget, remaining)
+            self.ledger.reserve_resume(self.run_id, lambda fps: policy.budget_for(dataset.fingerprint, fps), remaining)
         else:
             try:
                 self.ledger.begin(
                     run_id=self.run_id,
                     fingerprint=dataset.fingerprint,
                     out_path=str(self.out),
-                    budget=budget,
+                    budget=lambda fps: policy.budget_for(dataset.fingerprint, fps),  # re-read in the transaction
                     dp=cfg.dp,
                     privacy_unit=cfg.privacy_unit,
                     target_epsilon=cfg.epsilon,
@@ -565,6 +569,8 @@ class TrainingRun:
                 self._model.save_pretrained(str(tmp), safe_serialization=True)
             trainable = {n: p for n, p in self._model.named_parameters() if p.requires_grad}
             check_adapter(tmp, trainable)
+            with storage_errors(str(tmp)):
+                self.s.weights_sha256 = hashlib.sha256((tmp / "adapter_model.safetensors").read_bytes()).hexdigest()
             metadata = self._metadata(entry.epsilon if cfg.dp else None)
             write_json(tmp / "metadata.json", metadata)
             with storage_errors(str(tmp)):
@@ -655,7 +661,11 @@ class TrainingRun:
             if isinstance(exc, ApplianceError):
                 raise
             raise TrainingFailed(f"training run {self.run_id} failed: {type(exc).__name__}: {exc}") from exc
-        entry = self.ledger.close(self.run_id, status="finished")
+        canaries = result.metadata["canaries"]
+        exposure = canaries["max_exposure"] if canaries["exposures"] else None  # what the registry will check
+        entry = self.ledger.close(
+            self.run_id, status="finished", max_exposure=exposure, weights_sha256=self.s.weights_sha256
+        )
         self._audit.record(
             "training.finish",
             status="success",

@@ -73,12 +73,13 @@ class _Server:
         self.thread.join(15)
 
 
-def _run_dir(root: Path, lora: Path, tiny_model: Path, n: int) -> Path:
-    """A training-run directory per contracts.md (a peft LoRA on the tiny model, shifted to be unique)."""
+def _run_dir(root: Path, lora: Path, tiny_model: Path, n: int, ledger: Path) -> Path:
+    """A training-run directory per contracts.md (a peft LoRA on the tiny model, shifted to be unique), recorded
+    as finished in the ``ledger``."""
     from safetensors.numpy import load_file, save_file
 
     from appliance.models import model_hash
-    from tests.registry.conftest import make_dataset
+    from tests.registry.conftest import make_dataset, record_in_ledger
 
     run = root / f"run-{n}"
     run.mkdir(parents=True)
@@ -114,6 +115,7 @@ def _run_dir(root: Path, lora: Path, tiny_model: Path, n: int) -> Path:
         "finished_at": "2026-11-23T14:01:00Z",
     }
     (run / "metadata.json").write_text(json.dumps(metadata))
+    record_in_ledger(ledger, run)
     return run
 
 
@@ -149,7 +151,7 @@ def stack(
     from appliance.serving import open_backend, read_embedded_list
     from appliance.serving.engine import Engine, Limits
     from appliance.serving.engine import create_app as engine_app
-    from tests.registry.conftest import APPROVERS, OPERATOR
+    from tests.registry.conftest import APPROVERS, OPERATOR, enrol
     from tests.serving.conftest import ServerThread
 
     root = tmp_path_factory.mktemp("e2e")
@@ -166,9 +168,9 @@ def stack(
     settings = load_settings(**base)
     keys = open_key_service(settings)
     audit = open_audit_log(settings, keys=keys)
-    registry = open_registry(settings, keys=keys, audit=audit)
+    registry = enrol(open_registry(settings, keys=keys, audit=audit))
     for n, name in enumerate(("triage", "oncology"), start=1):
-        registry.add(_run_dir(root / "runs", lora_template, tiny_model, n), name, OPERATOR)
+        registry.add(_run_dir(root / "runs", lora_template, tiny_model, n, settings.ledger_path), name, OPERATOR)
         for approver in APPROVERS:
             registry.approve(name, 1, approver)
         registry.publish(name, 1, "embedded", OPERATOR)

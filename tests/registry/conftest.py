@@ -2,7 +2,8 @@
 
 A LoRA is written once per session with peft's ``save_pretrained`` on the ``tiny_model`` fixture; each run
 directory gets its own copy of those tensors shifted by a seeded amount (so each has its own fingerprint), a
-prepared dataset with salted subject digests, and a ``metadata.json`` per contracts.md.
+prepared dataset with salted subject digests, a ``metadata.json`` per contracts.md, and the finished run's row in
+the data directory's privacy ledger (which the registry checks the metadata against).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hmac
 import json
 import secrets
 import shutil
+import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from appliance.registry import Actor, Registry, open_registry
 TRAINER = "trainer-tom"
 APPROVERS = (Actor("alice", frozenset({"approver"})), Actor("bob", frozenset({"approver"})))
 OPERATOR = Actor("olga", frozenset({"admin"}))
+_ROW: Mapping[str, Any] = {}  # make_run's default: the ledger row agrees with the metadata
 
 
 @pytest.fixture(scope="session")
@@ -83,12 +86,59 @@ def make_dataset(root: Path, train_subjects: list[str], eval_subjects: list[str]
     return root
 
 
+def record_in_ledger(ledger_path: Path, run: Path, **columns: Any) -> None:
+    """Write the ledger row training would have written for the ``run`` directory (``columns`` override it)."""
+    from appliance.training._ledger import Ledger
+
+    Ledger(ledger_path)  # creates the schema
+    metadata = json.loads((run / "metadata.json").read_text())
+    dp = metadata["dp"]
+    row: dict[str, Any] = {
+        "run_id": metadata["run_id"],
+        "fingerprint": metadata["dataset"]["fingerprint"],
+        "out_path": "/runs/" + metadata["run_id"],
+        "status": "finished",
+        "dp": int(dp["enabled"]),
+        "privacy_unit": dp.get("privacy_unit", "record"),
+        "target_epsilon": dp.get("epsilon"),
+        "delta": dp.get("delta"),
+        "noise_multiplier": dp.get("noise_multiplier"),
+        "sample_rate": dp.get("sample_rate"),
+        "steps_planned": metadata["steps"],
+        "steps_reserved": metadata["steps"],
+        "steps_taken": metadata["steps"],
+        "epsilon": dp.get("epsilon"),
+        "trained_by": metadata["trained_by"],
+        "reason": None,
+        "started_at": "2026-11-23T14:00:00+00:00",
+        "updated_at": "2026-11-23T14:01:00+00:00",
+        "finished_at": "2026-11-23T14:01:00+00:00",
+        "source_sha256": "0" * 64,
+        "max_exposure": metadata["canaries"]["max_exposure"] if metadata["canaries"]["exposures"] else None,
+        "weights_sha256": hashlib.sha256((run / "adapter_model.safetensors").read_bytes()).hexdigest(),
+        **columns,
+    }
+    db = sqlite3.connect(ledger_path)
+    try:
+        with db:
+            db.execute(
+                f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",  # noqa: S608 (fixed column names)
+                tuple(row.values()),
+            )
+    finally:
+        db.close()
+
+
 RunFactory = Callable[..., Path]
 
 
 @pytest.fixture
-def make_run(tmp_path: Path, lora_template: Path, tiny_model: Path) -> RunFactory:
-    """Build a complete training run directory; keyword arguments override metadata fields."""
+def make_run(tmp_path: Path, lora_template: Path, tiny_model: Path, data_dir: Path) -> RunFactory:
+    """Build a complete training run directory; keyword arguments override metadata fields.
+
+    The run is also recorded as finished in the data directory's ledger: ``ledger`` overrides columns of that
+    row, ``ledger=None`` leaves the run out of the ledger, ``ledger_db`` names another data directory's ledger.
+    """
     from safetensors.numpy import load_file, save_file
 
     from appliance.models import model_hash
@@ -104,6 +154,8 @@ def make_run(tmp_path: Path, lora_template: Path, tiny_model: Path) -> RunFactor
         max_exposure: float | None = 2.0,
         trained_by: str = TRAINER,
         prefix_keys: bool = False,
+        ledger: Mapping[str, Any] | None = _ROW,
+        ledger_db: Path | None = None,
         **overrides: Any,
     ) -> Path:
         n = next(counter)
@@ -143,6 +195,8 @@ def make_run(tmp_path: Path, lora_template: Path, tiny_model: Path) -> RunFactor
         }
         metadata.update(overrides)
         (run / "metadata.json").write_text(json.dumps(metadata))
+        if ledger is not None:
+            record_in_ledger(ledger_db or data_dir / "ledger.db", run, **ledger)
         return run
 
     return build
@@ -171,6 +225,13 @@ class RecordingAudit:
         return [e["type"] for e in self.events]
 
 
+def enrol(reg: Registry) -> Registry:
+    """Put APPROVERS on the registry's roster with the approver role (publish counts only current approvers)."""
+    for approver in APPROVERS:
+        reg.grant(approver.subject, "approver", OPERATOR)
+    return reg
+
+
 @pytest.fixture
 def audit() -> RecordingAudit:
     """The in-memory audit recorder (the real trail is exercised in test_lifecycle and test_cli)."""
@@ -186,11 +247,19 @@ def keys(settings: Settings) -> Any:
 
 
 @pytest.fixture
-def registry(settings: Settings, keys: Any, audit: RecordingAudit) -> Iterator[Registry]:
-    """A registry on SQLite in the test's data directory."""
+def bare_registry(settings: Settings, keys: Any, audit: RecordingAudit) -> Iterator[Registry]:
+    """A registry on SQLite in the test's data directory, with nobody on its roster."""
     reg = open_registry(settings, keys=keys, audit=audit)
     yield reg
     reg.close()
+
+
+@pytest.fixture
+def registry(bare_registry: Registry, audit: RecordingAudit) -> Registry:
+    """The registry with APPROVERS on its roster (their grants are not among ``audit``'s events)."""
+    enrol(bare_registry)
+    audit.events.clear()
+    return bare_registry
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -52,6 +52,46 @@ def test_publish_needs_two_approvals(registry: Registry, make_run: RunFactory) -
     assert not (registry.publisher.serving_dir / "adapters" / "triage-v1").exists()
 
 
+def test_revoked_approver_no_longer_counts_at_publish(
+    registry: Registry, make_run: RunFactory, audit: RecordingAudit
+) -> None:
+    """An approval by someone whose approver role was revoked since does not count: publish is refused (audited)
+    until a current approver approves; the approvals of a published adapter are re-checked on each publish."""
+    registry.add(make_run(), "triage", OPERATOR)
+    registry.approve("triage", 1, ALICE)
+    registry.approve("triage", 1, BOB)
+    registry.revoke("alice", "approver", OPERATOR)
+    before = snapshot(registry)
+    with pytest.raises(
+        PolicyViolation, match=r"rule two-person-approval: .*\(alice no longer holds the approver role\)"
+    ):
+        registry.publish("triage", 1, "embedded", OPERATOR)
+    assert snapshot(registry) == before
+    assert not (registry.publisher.serving_dir / "adapters" / "triage-v1").exists()
+    last = audit.events[-1]
+    assert (last["type"], last["outcome"]["status"], last["outcome"]["error_class"]) == (
+        "registry.publish",
+        "denied",
+        "POLICY_VIOLATION",
+    )
+    with pytest.raises(Conflict, match="already approved"):
+        registry.approve("triage", 1, BOB)
+    registry.grant("carol", "approver", OPERATOR)
+    assert registry.approve("triage", 1, CAROL).status == "approved"
+    assert registry.publish("triage", 1, "embedded", OPERATOR).status == "production"
+    registry.revoke("bob", "approver", OPERATOR)
+    with pytest.raises(PolicyViolation, match="bob no longer holds"):
+        registry.publish("triage", 1, "tgi", OPERATOR)
+
+
+def test_staged_adapter_counts_only_current_approvers(registry: Registry, make_run: RunFactory) -> None:
+    """An approval that lapsed before the second one does not move the adapter to approved."""
+    registry.add(make_run(), "triage", OPERATOR)
+    registry.approve("triage", 1, ALICE)
+    registry.revoke("alice", "approver", OPERATOR)
+    assert registry.approve("triage", 1, BOB).status == "staged"
+
+
 @pytest.mark.parametrize(
     ("run_kwargs", "rule"),
     [
@@ -114,45 +154,45 @@ def test_retired_cannot_be_approved(registry: Registry, make_run: RunFactory) ->
 class TestPeople:
     """Roles and personal tokens for CLI identities."""
 
-    def test_bootstrap_then_admin_only(self, registry: Registry) -> None:
+    def test_bootstrap_then_admin_only(self, bare_registry: Registry) -> None:
         """The first admin needs no admin; after that only an admin grants, and tokens authenticate."""
-        assert registry.needs_bootstrap()
-        olga_token = registry.grant("olga", "admin", Actor("olga"))
-        assert olga_token and not registry.needs_bootstrap()
+        assert bare_registry.needs_bootstrap()
+        olga_token = bare_registry.grant("olga", "admin", Actor("olga"))
+        assert olga_token and not bare_registry.needs_bootstrap()
         with pytest.raises(PermissionDenied, match="admin role"):
-            registry.grant("mallory", "approver", Actor("mallory"))
-        olga = registry.authenticate("olga", olga_token)
+            bare_registry.grant("mallory", "approver", Actor("mallory"))
+        olga = bare_registry.authenticate("olga", olga_token)
         assert olga.roles == frozenset({"admin"})
-        alice_token = registry.grant("alice", "approver", olga)
+        alice_token = bare_registry.grant("alice", "approver", olga)
         assert alice_token is not None
-        assert registry.authenticate("alice", alice_token).roles == frozenset({"approver"})
+        assert bare_registry.authenticate("alice", alice_token).roles == frozenset({"approver"})
         with pytest.raises(Conflict, match="already holds"):
-            registry.grant("alice", "approver", olga)
-        registry.revoke("alice", "approver", olga)
-        assert registry.authenticate("alice", alice_token).roles == frozenset()
+            bare_registry.grant("alice", "approver", olga)
+        bare_registry.revoke("alice", "approver", olga)
+        assert bare_registry.authenticate("alice", alice_token).roles == frozenset()
 
-    def test_wrong_token_and_unknown_person_look_alike(self, registry: Registry) -> None:
+    def test_wrong_token_and_unknown_person_look_alike(self, bare_registry: Registry) -> None:
         """A wrong token and an unknown person give the same Unauthenticated error."""
-        token = registry.grant("olga", "admin", Actor("olga"))
+        token = bare_registry.grant("olga", "admin", Actor("olga"))
         assert token is not None
         with pytest.raises(Unauthenticated, match="unknown person or wrong personal token"):
-            registry.authenticate("olga", token[:-1] + ("A" if token[-1] != "A" else "B"))
+            bare_registry.authenticate("olga", token[:-1] + ("A" if token[-1] != "A" else "B"))
         with pytest.raises(Unauthenticated, match="unknown person or wrong personal token"):
-            registry.authenticate("nobody", token)
+            bare_registry.authenticate("nobody", token)
 
-    def test_tokens_stored_hashed(self, registry: Registry) -> None:
+    def test_tokens_stored_hashed(self, bare_registry: Registry) -> None:
         """The people table holds a scrypt hash, never the token itself."""
         from sqlalchemy import text
 
-        token = registry.grant("olga", "admin", Actor("olga"))
+        token = bare_registry.grant("olga", "admin", Actor("olga"))
         assert token is not None
-        with registry.db.engine.connect() as conn:
+        with bare_registry.db.engine.connect() as conn:
             stored = conn.execute(text("SELECT token_hash FROM people")).scalar_one()
         assert stored.startswith("scrypt$") and token not in stored
 
-    def test_bad_subject_and_role(self, registry: Registry) -> None:
+    def test_bad_subject_and_role(self, bare_registry: Registry) -> None:
         """Subjects with spaces and unknown roles are refused."""
         with pytest.raises(ValidationFailed, match="invalid person"):
-            registry.grant("alice smith", "admin", Actor("olga"))
+            bare_registry.grant("alice smith", "admin", Actor("olga"))
         with pytest.raises(ValidationFailed, match="unknown role"):
-            registry.grant("alice", "superuser", Actor("olga"))
+            bare_registry.grant("alice", "superuser", Actor("olga"))

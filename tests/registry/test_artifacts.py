@@ -15,7 +15,7 @@ from appliance.errors import IntegrityViolation, KeyUnavailable, VaultForbidden,
 from appliance.registry import Registry, open_registry
 from tests.conftest import REPO_ROOT
 from tests.fixtures.openbao import OpenBaoServer
-from tests.registry.conftest import APPROVERS, OPERATOR, RecordingAudit, RunFactory, snapshot
+from tests.registry.conftest import APPROVERS, OPERATOR, RecordingAudit, RunFactory, enrol, snapshot
 
 
 def _approved(registry: Registry, make_run: RunFactory, name: str = "triage") -> int:
@@ -131,7 +131,7 @@ def vault_registry(openbao_private: OpenBaoServer, data_dir: Path) -> Iterator[t
     root = open_key_service(_vault_settings(data_dir, openbao_private, openbao_private.root_token))
     root.create("artifacts")  # type: ignore[attr-defined]  # the operator creates keys; the registry may not
     settings = _vault_settings(data_dir, openbao_private, _policy_token(openbao_private, "registry"))
-    reg = open_registry(settings, keys=open_key_service(settings), audit=RecordingAudit())
+    reg = enrol(open_registry(settings, keys=open_key_service(settings), audit=RecordingAudit()))
     yield reg, openbao_private, root
     reg.close()
 
@@ -157,6 +157,7 @@ def test_vault_envelope_rotation_and_fail_closed(
         artifacts_dir=reg.artifacts.root,
         serving_dir=reg.publisher.serving_dir,
         policies_dir=reg.policies_dir,
+        ledger_path=reg.ledger_path,
     )
     before = snapshot(reg)
     with pytest.raises(VaultForbidden):

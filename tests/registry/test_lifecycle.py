@@ -10,7 +10,7 @@ import pytest
 from appliance.config import Settings
 from appliance.errors import Conflict, NotFound, PermissionDenied
 from appliance.registry import open_registry
-from tests.registry.conftest import APPROVERS, OPERATOR, RunFactory
+from tests.registry.conftest import APPROVERS, OPERATOR, RunFactory, enrol
 
 
 def test_full_lifecycle(any_settings: Settings, make_run: RunFactory) -> None:
@@ -20,7 +20,7 @@ def test_full_lifecycle(any_settings: Settings, make_run: RunFactory) -> None:
 
     keys = open_key_service(any_settings)
     audit = open_audit_log(any_settings, keys=keys)
-    reg = open_registry(any_settings, keys=keys, audit=audit)
+    reg = enrol(open_registry(any_settings, keys=keys, audit=audit))
     try:
         first = reg.add(make_run(), "triage", OPERATOR)
         second = reg.add(make_run(), "triage", OPERATOR)
@@ -117,7 +117,7 @@ def test_concurrent_approvals_and_publishes(postgres_url: str, data_dir: Path, m
     settings = load_settings(
         data_dir=data_dir, policies_dir=REPO_ROOT / "policies", registry={"database_url": postgres_url}
     )
-    reg = open_registry(settings, keys=open_key_service(settings), audit=RecordingAudit())
+    reg = enrol(open_registry(settings, keys=open_key_service(settings), audit=RecordingAudit()))
     try:
         for name in ("a", "b"):
             reg.add(make_run(), name, OPERATOR)

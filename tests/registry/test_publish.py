@@ -12,11 +12,11 @@ from appliance.config import load_settings
 from appliance.errors import AuditUnavailable, ConfigError, Conflict
 from appliance.registry import Registry, open_registry
 from tests.conftest import REPO_ROOT
-from tests.registry.conftest import APPROVERS, OPERATOR, RecordingAudit, RunFactory, snapshot
+from tests.registry.conftest import APPROVERS, OPERATOR, RecordingAudit, RunFactory, enrol, snapshot
 
 
 def _approved(registry: Registry, make_run: RunFactory, name: str) -> None:
-    info = registry.add(make_run(), name, OPERATOR)
+    info = registry.add(make_run(ledger_db=registry.ledger_path), name, OPERATOR)
     for approver in APPROVERS:
         registry.approve(name, info.version, approver)
 
@@ -149,7 +149,7 @@ def test_unsafe_serving_path_refused(tmp_path: Path, make_run: RunFactory, keys:
     settings = load_settings(data_dir=data_dir, policies_dir=REPO_ROOT / "policies")
     from appliance.keys import open_key_service
 
-    reg = open_registry(settings, keys=open_key_service(settings), audit=RecordingAudit())
+    reg = enrol(open_registry(settings, keys=open_key_service(settings), audit=RecordingAudit()))
     try:
         _approved(reg, make_run, "triage")
         with pytest.raises(ConfigError, match="choose another data_dir"):

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from appliance.errors import BudgetExhausted, Conflict
-from appliance.training import DatasetBudget, Ledger, composed_epsilon
+from appliance.training import DatasetBudget, Ledger, PrivacyPolicy, composed_epsilon
 
 FP = "f0" * 32
 BUDGET = DatasetBudget(epsilon_budget=8.0, delta=1e-5)
@@ -122,6 +122,29 @@ class TestLedger:
         assert ledger.spent(again, BUDGET.delta) == pytest.approx(spent)
         assert ledger.summary(FP, BUDGET).spent == pytest.approx(spent)
         _begin(ledger, "other", steps=300, sigma=1.5, fingerprint="cd" * 32, source_sha256="9e" * 32)  # other input
+
+    def test_an_override_on_one_preparation_budgets_every_preparation(self, tmp_path: Path) -> None:
+        """An override on one preparation of a source is the budget of its shared spend: a re-preparation (new
+        fingerprint, default budget) cannot spend past it. The budget is chosen inside the begin transaction."""
+        policy = PrivacyPolicy(default=BUDGET, datasets={FP: DatasetBudget(epsilon_budget=2.0, delta=1e-5)})
+        ledger = Ledger(tmp_path / "ledger.db")
+        src, again = "5c" * 32, "ab" * 32
+        _begin(ledger, "first", steps=10, sigma=1.5, source_sha256=src, budget=lambda f: policy.budget_for(FP, f))
+        spent = ledger.spent(FP, BUDGET.delta)
+        assert spent < 2.0 and ledger.preparations(again, src) == {FP, again}
+        with pytest.raises(BudgetExhausted, match="of 2 remaining"):
+            _begin(
+                ledger,
+                "second",
+                steps=30,
+                sigma=1.5,
+                fingerprint=again,
+                source_sha256=src,
+                budget=lambda f: policy.budget_for(again, f),
+            )
+        assert ledger.get("second").status == "refused"
+        with pytest.raises(BudgetExhausted, match="of 2 remaining"):
+            ledger.reserve_resume("first", lambda f: policy.budget_for(FP, f), 40)
 
     def test_a_ledger_from_before_sources_is_upgraded(self, tmp_path: Path) -> None:
         """A ledger file without the source column gains it on open; its runs still count."""

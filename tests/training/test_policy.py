@@ -32,6 +32,23 @@ class TestPrivacyPolicy:
         assert policy.budget_for(fp).epsilon_budget == 2
         assert policy.budget_for("cd" * 32).epsilon_budget == 10
 
+    def test_override_applies_to_every_preparation_of_its_source(self, tmp_path: Path) -> None:
+        """Preparations of one source share a spend: the override of any of them (the strictest) applies to all."""
+        strict, loose, plain, other = "ab" * 32, "cd" * 32, "ef" * 32, "12" * 32
+        path = tmp_path / "privacy.yaml"
+        path.write_text(
+            "default: {epsilon_budget: 10, delta: 1.0e-5}\n"
+            f'datasets:\n  "{strict}": {{epsilon_budget: 2, delta: 1.0e-5}}\n'
+            f'  "{loose}": {{epsilon_budget: 20, delta: 1.0e-6}}\n'
+        )
+        policy = load_privacy_policy(path)
+        assert policy.budget_for(plain, {plain, strict}).epsilon_budget == 2  # re-prepared: still the override
+        assert policy.budget_for(strict, {strict, plain}).epsilon_budget == 2
+        both = policy.budget_for(plain, {strict, loose})
+        assert (both.epsilon_budget, both.delta) == (2, 1e-6)  # the strictest of each
+        assert policy.budget_for(plain, {loose}).epsilon_budget == 20
+        assert policy.budget_for(plain, {plain, other}) == policy.default
+
     def test_invalid_yaml_names_the_line(self, tmp_path: Path) -> None:
         """Broken YAML is a ConfigError naming the file and the line."""
         path = tmp_path / "privacy.yaml"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -66,6 +67,8 @@ class TestRecordLevel:
         # the ledger counts exactly the steps taken, at the epsilon reported
         entry = Ledger(train_settings.ledger_path).get(meta["run_id"])
         assert entry.status == "finished" and entry.steps_taken == 4
+        assert entry.max_exposure == meta["canaries"]["max_exposure"]  # the registry checks the metadata against it
+        assert entry.weights_sha256 == hashlib.sha256((out / "adapter_model.safetensors").read_bytes()).hexdigest()
         assert entry.epsilon == pytest.approx(
             composed_epsilon([(meta["dp"]["noise_multiplier"], meta["dp"]["sample_rate"], 4)], meta["dp"]["delta"])
         )
@@ -148,6 +151,24 @@ class TestRefusals:
         settings = load_settings(data_dir=data_dir, policies_dir=make_policy(default={"epsilon_budget": 4.5}))
         _run(settings, **tiny_options(first, tiny_model, tmp_path / "a", epsilon=4.0))
         with pytest.raises(BudgetExhausted, match="remaining"):
+            _run(settings, **tiny_options(second, tiny_model, tmp_path / "b", epsilon=4.0))
+        assert not (tmp_path / "b").exists()
+
+    def test_re_preparing_the_source_keeps_its_override(
+        self, data_dir: Path, make_policy: Callable[..., Path], tiny_model: Path, tmp_path: Path
+    ) -> None:
+        """A budget override on one preparation also budgets the runs on a re-preparation (new fingerprint)."""
+        from appliance.intake import prepare, write_synthetic
+
+        source = tmp_path / "export.jsonl"
+        write_synthetic(source, n=120, seed=3)
+        first, second = tmp_path / "prep1", tmp_path / "prep2"
+        prepare(source, first)
+        prepare(source, second)
+        override = {fingerprint_of(first): {"epsilon_budget": 4.5, "delta": 1e-5}}
+        settings = load_settings(data_dir=data_dir, policies_dir=make_policy(datasets=override))
+        _run(settings, **tiny_options(first, tiny_model, tmp_path / "a", epsilon=4.0))
+        with pytest.raises(BudgetExhausted, match=r"of 4\.5 remaining"):
             _run(settings, **tiny_options(second, tiny_model, tmp_path / "b", epsilon=4.0))
         assert not (tmp_path / "b").exists()
 

@@ -1,0 +1,101 @@
+"""The run as the privacy-budget ledger recorded it (``<data_dir>/ledger.db``, read only).
+
+``metadata.json`` is a plain, unsigned file in the run directory: the trainer can edit it between ``appliance
+train`` and ``registry add``. The ledger row of the same run is written by the training process itself, so the
+registry checks the run directory's claims against it: the run must be there and ``finished``, and its dataset,
+trainer, DP parameters, epsilon, delta, steps, highest canary exposure and weights file must agree. The registry
+reads the SQLite file directly (as ``_policy.py`` reads the policy) so that it never imports the training stack.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import IntegrityViolation, StorageUnavailable
+
+__all__ = ["ClaimedRun", "check_against_ledger"]
+
+_REL_TOL = 1e-9  # metadata floats are the ledger's own values, written through JSON (exact round trip)
+
+
+@dataclass(frozen=True)
+class ClaimedRun:
+    """What a run's metadata (or the registry's row made from it) claims about the run."""
+
+    run_id: str
+    dataset: str
+    trained_by: str
+    dp: bool
+    privacy_unit: str
+    epsilon: float | None
+    delta: float | None
+    noise_multiplier: float | None
+    sample_rate: float | None
+    steps: int | None
+    max_exposure: float | None  # None: no canary measured
+    weights: str  # SHA-256 of adapter_model.safetensors
+
+
+def _read(path: Path, run_id: str) -> sqlite3.Row | None:
+    if not path.is_file():
+        return None
+    try:
+        db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=30.0)
+        try:
+            db.row_factory = sqlite3.Row
+            row: sqlite3.Row | None = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            return row
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise StorageUnavailable(f"privacy ledger {path} cannot be read: {exc}") from exc
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return math.isclose(a, b, rel_tol=_REL_TOL, abs_tol=1e-15)
+
+
+def check_against_ledger(ledger_path: Path, claimed: ClaimedRun) -> None:
+    """Raise IntegrityViolation naming every field where ``claimed`` and the ledger's row for the run differ."""
+    row = _read(Path(ledger_path), claimed.run_id)
+    where = f"training run {claimed.run_id!r}"
+    if row is None:
+        raise IntegrityViolation(f"{where} is not in the privacy ledger {ledger_path}; only runs trained here register")
+    status, reason = row["status"], row["reason"]
+    if status != "finished":
+        state = "abandoned" if reason == "abandoned" else status
+        raise IntegrityViolation(f"{where} is {state} in the privacy ledger; only finished runs register")
+    ledger: dict[str, Any] = {
+        "dataset": row["fingerprint"],
+        "trained_by": row["trained_by"],
+        "dp": bool(row["dp"]),
+        "privacy_unit": row["privacy_unit"],
+    }
+    problems = [
+        f"{field} {getattr(claimed, field)!r} (ledger: {value!r})"
+        for field, value in ledger.items()
+        if getattr(claimed, field) != value
+    ]
+    for field in ("epsilon", "delta", "noise_multiplier", "sample_rate"):
+        if not _same(getattr(claimed, field), row[field]):
+            problems.append(f"{field} {getattr(claimed, field)!r} (ledger: {row[field]!r})")
+    # recorded when the run closed; a run finished before the ledger kept it has none and cannot claim one
+    exposure = row["max_exposure"] if "max_exposure" in row.keys() else None  # noqa: SIM118 (sqlite3.Row)
+    if not _same(claimed.max_exposure, exposure):
+        problems.append(f"canary max_exposure {claimed.max_exposure!r} (ledger: {exposure!r})")
+    weights = row["weights_sha256"] if "weights_sha256" in row.keys() else None  # noqa: SIM118 (sqlite3.Row)
+    if claimed.weights != weights:  # other weights under this run's metadata
+        problems.append(f"weights {claimed.weights[:16]}... (ledger: {str(weights)[:16]}...)")
+    # a finished run took every planned step; the ledger may have charged more (steps repeated after a resume)
+    if claimed.steps != row["steps_planned"] or row["steps_taken"] < row["steps_planned"]:
+        problems.append(
+            f"steps {claimed.steps!r} (ledger: {row['steps_planned']} planned, {row['steps_taken']} charged)"
+        )
+    if problems:
+        raise IntegrityViolation(f"{where}: the metadata does not match the privacy ledger: {'; '.join(problems)}")
