@@ -98,6 +98,8 @@ class GatewaySettings(BaseModel):
     jwks_cache_ttl_s: float = 300.0
     session_idle_timeout_s: int = 900  # idle logoff (HIPAA 164.312(a)(2)(iii))
     session_absolute_timeout_s: int = 28_800
+    # Seconds between sweeps that end (and audit) sessions past either limit that no request has touched since.
+    session_sweep_interval_s: float = Field(default=60.0, gt=0, le=3600)
     secure_cookies: bool = True
     max_body_bytes: int = 1_048_576
     # Gateway processes on this host (uvicorn workers, one audit lane each). More than one needs the shared

@@ -41,7 +41,7 @@ from appliance.gateway.auth.apikeys import ApiKeyStore, key_subject
 from appliance.gateway.auth.jwt import JWTValidator
 from appliance.gateway.auth.oidc import OIDCClient
 from appliance.gateway.auth.principal import Principal
-from appliance.gateway.auth.sessions import Lookup, Session, SessionStore
+from appliance.gateway.auth.sessions import Ended, Expiry, Lookup, Session, SessionStore
 from appliance.gateway.breakglass import BreakGlass
 from appliance.gateway.limits import LimitStore, MemoryLimitStore
 from appliance.gateway.metrics import GatewayMetrics
@@ -64,6 +64,7 @@ log = structlog.get_logger("appliance.gateway")
 SESSION_COOKIE = "appliance_session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CLIENT_CLOSED = "CLIENT_CLOSED"  # the outcome's error_class when the client left a stream before its end
+MAX_UNRECORDED_LOGOFFS = 10_000  # swept sessions whose auth.logout waits for the audit trail to come back
 Digest = Callable[[str], str]
 DigestPair = Callable[[str, str], Mapping[str, Any]]  # (prompt, output) -> a record's digests
 T = TypeVar("T")
@@ -171,6 +172,8 @@ class Gateway:
         self._background: set[asyncio.Future[str]] = set()  # outcomes of streams their clients left
         self.bounded_denial_s = 60.0  # see deny_bounded()
         self._bounded_denials: dict[tuple[str, str | None, str, str], tuple[float, int]] = {}
+        self._unrecorded_logoffs: list[dict[str, Any]] = []  # see sweep_sessions()
+        self.session_sweeper: asyncio.Task[None] | None = None  # started and stopped by the app's lifespan
 
     # --- audit ----------------------------------------------------------------------------------------------
     async def record(self, event: dict[str, Any]) -> str:
@@ -357,22 +360,81 @@ class Gateway:
         found = await self.sessions.get(request.cookies.get(SESSION_COOKIE))
         if found.expired is not None and found.expired_subject:
             await self.record(
-                self.event(
-                    "auth.logout",
-                    actor={
-                        "subject": found.expired_subject,
-                        "client_id": self.settings.gateway.oidc_client_id,
-                        "auth_method": "oidc",
-                        "session_id": found.expired_handle,
-                        "roles": [],
-                    },
-                    source={"ip": _ip(request), "user_agent": None},
-                    action="logout",
+                self.expiry_event(
+                    found.expired,
+                    found.expired_subject,
+                    found.expired_handle,
+                    ip=_ip(request),
                     route=request.scope.get("path_template") or "/login",
-                    details={"reason": found.expired},
                 )
             )
         return found
+
+    def expiry_event(
+        self, reason: Expiry, subject: str, handle: str | None, *, ip: str | None, route: str | None
+    ) -> dict[str, Any]:
+        """The ``auth.logout`` of an idle or absolute expiry, seen by a request or by the sweeper (no ip, no route)."""
+        actor: dict[str, Any] = {
+            "subject": subject,
+            "client_id": self.settings.gateway.oidc_client_id,
+            "auth_method": "oidc",
+            "session_id": handle,
+            "roles": [],
+        }
+        return self.event(
+            "auth.logout",
+            actor=actor,
+            source={"ip": ip, "user_agent": None},
+            action="logout",
+            route=route,
+            details={"reason": reason},
+        )
+
+    async def sweep_sessions(self) -> int:
+        """End every session past its idle or absolute limit that no request has seen since, and record each
+        signed-in one's ``auth.logout`` (HIPAA automatic logoff, evidenced without the user coming back); returns
+        how many were recorded. The store deletes a session before it is reported, once across every gateway
+        (a request seeing it at the same moment reports it instead, never both), so access ends even when the
+        record cannot be written: such records are counted, logged and kept in this process (at most
+        MAX_UNRECORDED_LOGOFFS, the oldest dropped and counted) to be tried again at the next sweep."""
+        ended: list[Ended] = await self.sessions.sweep()
+        for e in ended:
+            self.metrics.sessions_expired.labels(e.reason).inc()
+        fresh = [self.expiry_event(e.reason, e.subject, e.handle, ip=None, route=None) for e in ended]
+        pending, self._unrecorded_logoffs = self._unrecorded_logoffs + fresh, []
+        recorded = 0
+        for n, event in enumerate(pending):
+            try:
+                await self.record(event)
+            except AuditUnavailable:  # counted and logged by _audited(); the rest waits for the next sweep
+                self._keep_unrecorded(pending[n:])
+                break
+            recorded += 1
+        else:
+            self.metrics.logoffs_unrecorded.set(0)
+        return recorded
+
+    def _keep_unrecorded(self, events: list[dict[str, Any]]) -> None:
+        dropped = max(0, len(events) - MAX_UNRECORDED_LOGOFFS)
+        self._unrecorded_logoffs = events[dropped:]
+        self.metrics.logoffs_unrecorded.set(len(self._unrecorded_logoffs))
+        if dropped:
+            self.metrics.logoffs_dropped.inc(dropped)
+        log.error("session.logoff_unrecorded", pending=len(self._unrecorded_logoffs), dropped=dropped)
+
+    async def run_session_sweeper(self, interval_s: float, stop: asyncio.Event) -> None:
+        """:meth:`sweep_sessions` every ``interval_s`` until ``stop`` is set (the app's shutdown). A sweep that fails
+        (the shared store unreachable) is logged by class and tried again next time."""
+        while True:
+            try:
+                await asyncio.wait_for(stop.wait(), interval_s)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await self.sweep_sessions()
+            except Exception as exc:
+                log.error("session.sweep_failed", error_class=type(exc).__name__)
 
     async def session_of(self, request: Request[Any, Any, Any]) -> Session | None:
         return (await self.lookup_session(request)).session

@@ -7,6 +7,7 @@ cannot be opened stops start-up (fail closed). Errors are mapped here, once: an 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
@@ -53,6 +54,7 @@ SECURITY_HEADERS = [
     ),
 ]
 HSTS = "max-age=31536000"
+SWEEPER_STOP_S = 10.0  # how long shutdown waits for a session sweep under way
 
 
 async def _hsts(message: Message, scope: Scope) -> None:
@@ -292,9 +294,17 @@ def create_app(
             jwt=validator is not None,
             state_store=g.state_store,
         )
+        stop_sweeper = asyncio.Event()
+        sweeper = asyncio.create_task(gateway.run_session_sweeper(g.session_sweep_interval_s, stop_sweeper))
+        gateway.session_sweeper = sweeper
         try:
             yield
         finally:
+            stop_sweeper.set()  # a sweep under way finishes its records before the audit log closes
+            try:
+                await asyncio.wait_for(sweeper, SWEEPER_STOP_S)
+            except Exception as exc:  # still running after SWEEPER_STOP_S: cancelled by wait_for
+                log.warning("gateway.sweeper_stop_failed", error_class=type(exc).__name__)
             for closer in (backend.aclose, audit.close, store.aclose):
                 try:
                     await closer()

@@ -5,7 +5,7 @@ Labels carry route templates, status codes, adapter names and reasons only: neve
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
 class GatewayMetrics:
@@ -32,6 +32,17 @@ class GatewayMetrics:
         self.audit_failures = Counter("appliance_gateway_audit_failures", "Audit records that failed", registry=r)
         self.breakglass_uses = Counter("appliance_gateway_breakglass_uses", "Requests under break-glass", registry=r)
         self.policy_reloads = Counter("appliance_gateway_policy_reloads", "Policy reloads", ["result"], registry=r)
+        self.sessions_expired = Counter(
+            "appliance_gateway_sessions_expired", "Signed-in sessions ended by the sweeper", ["reason"], registry=r
+        )
+        self.logoffs_unrecorded = Gauge(
+            "appliance_gateway_logoffs_unrecorded",
+            "Swept sessions whose auth.logout the audit trail refused, waiting for the next sweep",
+            registry=r,
+        )
+        self.logoffs_dropped = Counter(
+            "appliance_gateway_logoffs_dropped", "Unrecorded auth.logout records dropped (queue full)", registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -17,7 +17,10 @@ key                    holds                                        expires
 ``xb:<who>``           zset of request times (burst window)         after ``burst_window_s``
 ``xp:<who>``           zset prompt fingerprint -> last time         after ``distinct_window_s``
 ``s:<name>``           live session: c (created), d (sealed)        idle timeout, capped by the absolute lifetime
-``st:<name>``          ended-session marker: c, d (sealed subject)  absolute lifetime + idle timeout
+``st:<name>``          ended-session marker: c, d (sealed subject), absolute lifetime + idle timeout
+                       w (subject and handle sealed for the sweeper)
+``sx``                 zset signed-in session name -> when it is    absolute lifetime + idle timeout after the
+                       due to be checked (the sweeper's index)      newest sign-in
 =====================  ===========================================  ==============================================
 
 ``<who>`` is a keyed BLAKE2b of the principal's subject and a prompt fingerprint a keyed BLAKE2b of the prompt,
@@ -25,7 +28,10 @@ both under a salt derived once from the key service (the same for every gateway,
 of Redis holds no prompt text and no user name. ``<name>`` and the AES-256-GCM key of ``d`` are both derived from
 the session id (SHA-512, domain-separated): without the cookie a copy of Redis yields neither a usable session id,
 the CSRF token, the OIDC flow's state/nonce/verifier nor the user's name or groups. Nothing from the IdP's
-tokens is kept, as in the in-memory store.
+tokens is kept, as in the in-memory store. The sweeper, which has no session id, reads the subject and the audit
+handle of an expired session from the marker's ``w``, sealed under a key derived from the fingerprint salt
+(never in Redis either). Whoever deletes the marker (a request's GET script or the sweeper's, both atomic)
+reports the expiry: once, whichever gateway comes first.
 
 Every Redis failure becomes :class:`~appliance.errors.StateStoreUnavailable` (503): the gateway fails closed.
 The URL (it may carry a password) is never logged; log lines carry the operation and the error class only.
@@ -53,7 +59,7 @@ from redis.exceptions import RedisError
 
 from appliance.config import GatewaySettings
 from appliance.errors import ConfigError, StateStoreUnavailable
-from appliance.gateway.auth.sessions import Expiry, Lookup, Session, SessionStore
+from appliance.gateway.auth.sessions import Ended, Expiry, Lookup, Session, SessionStore, session_handle
 from appliance.gateway.limits import ExtractionFlag, LimitStore, prompt_fingerprint, rate_limited, throttled
 from appliance.gateway.policy import AdapterLimits, ExtractionRules, LimitProfile
 
@@ -61,6 +67,8 @@ log = structlog.get_logger("appliance.gateway")
 
 _FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
 _SESSION_LABEL = b"appliance.gateway.session.v1\x00"
+_SWEEP_LABEL = b"appliance.gateway.session-sweep.v1\x00"
+_SWEEP_BATCH = 256
 
 # KEYS: 1 throttle, 2-5 buckets (pr pt ar at), 6 burst zset, 7 prompt zset.
 # ARGV: 1 now ('' = Redis TIME), 2-5 per-minute capacities, 6 prompt fingerprint, 7 unique member,
@@ -155,15 +163,65 @@ end
 return 1
 """
 
-# KEYS: 1 session, 2 marker. ARGV: 1 sealed data, 2 sealed subject, 3 session TTL ms, 4 marker TTL ms.
+# KEYS: 1 session, 2 marker, 3 sweep index. ARGV: 1 sealed data, 2 sealed subject, 3 session TTL ms, 4 marker TTL ms,
+# 5 subject and handle sealed for the sweeper ('' = not signed in: not indexed), 6 the session's name.
 CREATE_LUA = """
 local t = redis.call('TIME')
-local now = string.format('%.6f', tonumber(t[1]) + tonumber(t[2]) / 1000000)
-redis.call('HSET', KEYS[1], 'c', now, 'd', ARGV[1])
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local created = string.format('%.6f', now)
+redis.call('HSET', KEYS[1], 'c', created, 'd', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('HSET', KEYS[2], 'c', now, 'd', ARGV[2])
+redis.call('HSET', KEYS[2], 'c', created, 'd', ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return now
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[2], 'w', ARGV[5])
+  redis.call('ZADD', KEYS[3], string.format('%.6f', now + tonumber(ARGV[3]) / 1000), ARGV[6])
+  if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[4]) then
+    redis.call('PEXPIRE', KEYS[3], ARGV[4])
+  end
+end
+return created
+"""
+
+# KEYS: 1 sweep index. ARGV: 1 at most this many. The names of sessions due to be checked.
+DUE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%.6f', now), 'LIMIT', 0, tonumber(ARGV[1]))
+"""
+
+# KEYS: 1 session, 2 marker, 3 sweep index. ARGV: 1 the session's name, 2 absolute lifetime s.
+# Still live: re-indexed at its key's expiry, false. Ended: {'expired', reason, w} to whoever deletes the marker
+# (here or GET_LUA), false to everyone else.
+SWEEP_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local absolute = tonumber(ARGV[2])
+local c = redis.call('HMGET', KEYS[1], 'c')[1]
+if c then
+  local age = now - tonumber(c)
+  if age < absolute then
+    local ttl = redis.call('PTTL', KEYS[1])
+    local due = now + ttl / 1000
+    if ttl < 0 then
+      due = tonumber(c) + absolute
+    end
+    redis.call('ZADD', KEYS[3], string.format('%.6f', due), ARGV[1])
+    return false
+  end
+  redis.call('DEL', KEYS[1])
+end
+redis.call('ZREM', KEYS[3], ARGV[1])
+local m = redis.call('HMGET', KEYS[2], 'c', 'w')
+if not m[1] then
+  return false
+end
+redis.call('DEL', KEYS[2])
+local reason = 'idle'
+if now - tonumber(m[1]) >= absolute then
+  reason = 'absolute'
+end
+return {'expired', reason, m[2] or ''}
 """
 
 # KEYS: 1 session, 2 marker. ARGV: 1 idle timeout ms, 2 absolute lifetime s, 3 touch ('1' or '0').
@@ -330,13 +388,19 @@ def _open(key: bytes, name: str, blob: bytes) -> dict[str, Any] | None:
 class RedisSessionStore:
     """Server-side sessions in Redis: valid on every gateway; TTL = idle timeout, capped by the absolute lifetime."""
 
-    def __init__(self, client: Redis, *, prefix: str, idle_timeout_s: float, absolute_timeout_s: float) -> None:
+    def __init__(
+        self, client: Redis, *, prefix: str, idle_timeout_s: float, absolute_timeout_s: float, salt: bytes
+    ) -> None:
         self.idle_timeout_s = idle_timeout_s
         self.absolute_timeout_s = absolute_timeout_s
         self._prefix = prefix
         self._client = client
+        self._index = f"{prefix}sx"
+        self._sweep_key = hashlib.sha256(_SWEEP_LABEL + salt).digest()  # the same on every gateway, never stored
         self._create = client.register_script(CREATE_LUA)
         self._get = client.register_script(GET_LUA)
+        self._due = client.register_script(DUE_LUA)
+        self._sweep = client.register_script(SWEEP_LUA)
 
     def _keys(self, name: str) -> tuple[str, str]:
         return f"{self._prefix}s:{name}", f"{self._prefix}st:{name}"
@@ -347,10 +411,17 @@ class RedisSessionStore:
         subject = data.get("subject")
         sealed = _seal(key, name, {"csrf": csrf, "data": data})
         marker = _seal(key, name, {"subject": subject}) if subject is not None else b""
+        swept = (
+            _seal(self._sweep_key, name, {"subject": subject, "handle": session_handle(sid)})
+            if subject is not None
+            else b""
+        )
         ttl_ms = max(1, int(min(self.idle_timeout_s, self.absolute_timeout_s) * 1000))
         marker_ms = max(1, int((self.absolute_timeout_s + self.idle_timeout_s) * 1000))
         try:
-            created = await self._create(keys=self._keys(name), args=(sealed, marker, ttl_ms, marker_ms))
+            created = await self._create(
+                keys=(*self._keys(name), self._index), args=(sealed, marker, ttl_ms, marker_ms, swept, name)
+            )
         except _FAILURES as exc:
             raise unavailable("session.create", exc) from exc
         now = float(created)
@@ -375,8 +446,7 @@ class RedisSessionStore:
         reason: Expiry = "absolute" if out[1] == b"absolute" else "idle"
         marker = _open(key, name, out[2]) if out[2] else None
         subject = marker.get("subject") if marker else None
-        handle = hashlib.sha256(session_id.encode()).hexdigest()[:16]
-        return Lookup(None, reason, str(subject) if subject is not None else None, handle)
+        return Lookup(None, reason, str(subject) if subject is not None else None, session_handle(session_id))
 
     async def rotate(self, old: Session | None, data: dict[str, Any]) -> Session:
         if old is not None:
@@ -389,6 +459,33 @@ class RedisSessionStore:
             await self._client.delete(*self._keys(name))
         except _FAILURES as exc:
             raise unavailable("session.delete", exc) from exc
+
+    async def sweep(self) -> list[Ended]:
+        """Check the sessions whose key was due to expire (the index ``sx``); a live one is re-indexed, an ended one
+        deleted with its marker. A Redis failure part-way is logged and returns what was already deleted (theirs
+        are reported nowhere else); the next sweep goes on from there."""
+        ended: list[Ended] = []
+        try:
+            while True:
+                names = await self._due(keys=(self._index,), args=(_SWEEP_BATCH,))
+                for raw in names:
+                    name = raw.decode()
+                    out = await self._sweep(keys=(*self._keys(name), self._index), args=(name, self.absolute_timeout_s))
+                    if out:
+                        ended.extend(self._ended(name, out))
+                if len(names) < _SWEEP_BATCH:
+                    return ended
+        except _FAILURES as exc:
+            unavailable("session.sweep", exc)
+            return ended
+
+    def _ended(self, name: str, out: list[bytes]) -> list[Ended]:
+        value = _open(self._sweep_key, name, out[2]) if out[2] else None
+        if value is None or not isinstance(value.get("subject"), str) or not isinstance(value.get("handle"), str):
+            log.warning("session.sweep_unreadable")  # not sealed under this deployment's salt: nothing to report
+            return []
+        reason: Expiry = "absolute" if out[1] == b"absolute" else "idle"
+        return [Ended(reason, value["subject"], value["handle"])]
 
 
 class RedisState:
@@ -404,6 +501,7 @@ class RedisState:
             prefix=g.redis_key_prefix,
             idle_timeout_s=g.session_idle_timeout_s,
             absolute_timeout_s=g.session_absolute_timeout_s,
+            salt=salt,
         )
         self._timeout = g.redis_timeout_s
 

@@ -596,8 +596,8 @@ def test_appliance_role_writes_the_store_settings(server: Server, settings) -> N
 
 async def test_gateway_store_runs_against_the_hardened_server(settings) -> None:  # type: ignore[no-untyped-def]
     """The store the gateway opens (open_key_service + open_state, production checks included) admits, charges
-    tokens, flags bursts and distinct prompts, throttles, and creates, reads, expires and deletes sessions: every
-    command its scripts and redis-py's handshake run is allowed."""
+    tokens, flags bursts and distinct prompts, throttles, and creates, reads, expires, sweeps and deletes sessions:
+    every command its scripts and redis-py's handshake run is allowed."""
     from appliance.errors import RateLimited
     from appliance.gateway.policy import AdapterLimits, ExtractionRules, LimitProfile
     from appliance.gateway.state import open_state
@@ -641,9 +641,13 @@ async def test_gateway_store_runs_against_the_hardened_server(settings) -> None:
         await state.sessions.delete(session.id)
         assert (await state.sessions.get(session.id)).session is None
         idle = await state.sessions.create({"subject": "bob"})
+        left = await state.sessions.create({"subject": "carol"})
         await asyncio.sleep(1.3)
         expired = await state.sessions.get(idle.id)
         assert (expired.session, expired.expired, expired.expired_subject) == (None, "idle", "bob")
+        # the sweeper (its index, PTTL, ZRANGEBYSCORE, ZREM): carol's expiry without a request, bob's not again
+        (swept,) = await state.sessions.sweep()
+        assert (swept.reason, swept.subject, swept.handle) == ("idle", "carol", left.handle)
     finally:
         await state.aclose()
 

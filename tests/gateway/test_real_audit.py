@@ -4,6 +4,7 @@ nothing in the trail carries the prompt, the output, a token or a key."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -190,3 +191,16 @@ def test_api_key_scopes_the_trail_cannot_hold_are_refused_before_the_key_is_stor
     assert [c["details"]["key_id"] for c in created] == [r.json()["id"]]
     key = {"Authorization": f"Bearer {r.json()['key']}"}
     assert client.post("/v1/admin/policy/reload", headers=key).status_code == 200
+
+
+def test_swept_logoff_is_accepted_by_the_real_trail(real: tuple[TestClient[Any], Settings, Any]) -> None:
+    """The sweeper's auth.logout (no request: no route, no source address) is a valid record of the real trail and
+    holds neither the session id nor its CSRF token."""
+    client, settings, gw = real
+    gw.sessions.idle_timeout_s = 0.2  # the memory store reads it at each check
+    session = client.blocking_portal.call(gw.sessions.create, {"subject": "alice", "groups": ["analysts"]})
+    time.sleep(0.3)
+    assert client.blocking_portal.call(gw.sweep_sessions) == 1
+    (logout,) = [r for r in _records(settings) if r["type"] == "auth.logout"]
+    assert logout["details"]["reason"] == "idle" and logout["actor"]["session_id"] == session.handle
+    assert session.id not in json.dumps(logout) and session.csrf not in json.dumps(logout)

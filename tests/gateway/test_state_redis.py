@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -22,7 +23,7 @@ from appliance.gateway._service import SESSION_COOKIE
 from appliance.gateway.limits import LimitStore, MemoryLimitStore
 from appliance.gateway.policy import AdapterLimits, ExtractionRules, LimitProfile
 from appliance.gateway.state import check_production, fingerprint_salt
-from appliance.gateway.state_redis import RedisLimitStore, connect
+from appliance.gateway.state_redis import RedisLimitStore, RedisState, connect
 from appliance.testing import FakeKeyService
 from tests.fixtures.redisd import RedisServer, start_redis
 from tests.gateway.conftest import Harness
@@ -330,6 +331,101 @@ def test_absolute_lifetime_caps_the_ttl(
     r = page(b, session.id)
     assert r.status_code in (302, 303, 307) and r.headers["location"] == "/login?m=absolute"
     client.close()
+
+
+def sweep(h: Harness) -> int:
+    recorded: int = h.client.blocking_portal.call(h.gateway.sweep_sessions)
+    return recorded
+
+
+def test_sweeper_logs_off_idle_and_absolute_sessions_without_a_request(
+    make_pair: Callable[..., tuple[Harness, Harness]], redis_server: RedisServer, redis_prefix: str
+) -> None:
+    """A session made on A and never used again: B's sweeper ends it and records one auth.logout (idle; the user as
+    actor, the session's handle), and leaves no key of it behind; A's sweeper finds nothing; the cookie arriving
+    afterwards is just a sign-in page. The same for a session past its absolute lifetime ('absolute')."""
+    a, b = make_pair(session_idle_timeout_s=1, session_absolute_timeout_s=3600)
+    session = create_session(a, ANALYST)
+    create_session(a, {"oidc": {"state": "s", "nonce": "n", "verifier": "v"}})  # never signed in: not recorded
+    assert sweep(b) == 0  # not due yet
+    time.sleep(1.2)
+    assert sweep(b) == 1 and sweep(a) == 0
+    assert a.audit.of_type("auth.logout") == []
+    (logout,) = b.audit.of_type("auth.logout")
+    assert logout["details"] == {"reason": "idle"} and logout["actor"]["subject"] == "alice"
+    assert logout["actor"]["session_id"] == session.handle and logout["source"] == {"ip": None, "user_agent": None}
+    assert session.id not in repr(logout) and session.csrf not in repr(logout)
+    client = redis_server.client()
+    assert client.keys(f"{redis_prefix}s:*") == [] and client.zcard(f"{redis_prefix}sx") == 0
+    (marker,) = client.keys(f"{redis_prefix}st:*")  # the unsigned pre-login one's, expiring by its TTL
+    assert client.hget(marker, "w") is None
+    assert page(a, session.id).headers["location"] == "/login" and len(b.audit.of_type("auth.logout")) == 1
+
+    c, d = make_pair(session_idle_timeout_s=3600, session_absolute_timeout_s=1, redis_key_prefix=f"{redis_prefix}x:")
+    used = create_session(c, ANALYST)
+    time.sleep(0.6)
+    assert page(d, used.id).status_code == 200 and sweep(d) == 0  # live: re-indexed at its key's expiry
+    time.sleep(0.6)
+    assert sweep(d) == 1
+    (logout,) = d.audit.of_type("auth.logout")
+    assert logout["details"] == {"reason": "absolute"} and logout["actor"]["session_id"] == used.handle
+    client.close()
+
+
+def test_racing_sweepers_and_cookies_report_each_expiry_once(redis_server: RedisServer, redis_prefix: str) -> None:
+    """30 expired sessions, two gateways' sweepers and a third gateway seeing 10 of the cookies, all at once: every
+    session is reported exactly once (to one sweeper or to the request), none twice, none lost."""
+    g = GatewaySettings(
+        state_store="redis",
+        redis_url=SecretStr(redis_server.url()),
+        redis_key_prefix=redis_prefix,
+        session_idle_timeout_s=1,
+    )
+    salt = fingerprint_salt(FakeKeyService())
+
+    async def run() -> tuple[list[str], list[str]]:
+        states = [RedisState(g, salt=salt) for _ in range(3)]
+        try:
+            sessions = [await states[0].sessions.create({"subject": f"user-{i}"}) for i in range(30)]
+            await asyncio.sleep(1.2)
+            results = await asyncio.gather(
+                states[0].sessions.sweep(),
+                states[1].sessions.sweep(),
+                *(states[2].sessions.get(s.id) for s in sessions[::3]),
+            )
+            swept = [e.handle for r in results[:2] for e in r]  # type: ignore[union-attr]
+            seen = [r.expired_handle for r in results[2:] if r.expired is not None]  # type: ignore[union-attr]
+            return [s.handle for s in sessions], swept + [h for h in seen if h is not None]
+        finally:
+            for state in states:
+                await state.aclose()
+
+    made, reported = asyncio.run(run())
+    assert sorted(reported) == sorted(made)
+
+
+def test_two_gateways_sweeping_at_once_record_each_logoff_once(
+    make_pair: Callable[..., tuple[Harness, Harness]],
+) -> None:
+    """Both gateways' sweepers run at the same moment (threads): 20 expired sessions, 20 auth.logout records
+    between the two audit trails, one per session."""
+    a, b = make_pair(session_idle_timeout_s=1)
+    sessions = [create_session(a if i % 2 else b, {**ANALYST, "subject": f"user-{i}"}) for i in range(20)]
+    time.sleep(1.2)
+    barrier = threading.Barrier(2)
+
+    def run(h: Harness) -> None:
+        barrier.wait()
+        sweep(h)
+
+    threads = [threading.Thread(target=run, args=(h,)) for h in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    records = a.audit.of_type("auth.logout") + b.audit.of_type("auth.logout")
+    assert sorted(r["actor"]["session_id"] for r in records) == sorted(s.handle for s in sessions)
+    assert {r["details"]["reason"] for r in records} == {"idle"}
 
 
 # --- failure and secrecy --------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Server-side browser sessions: idle logoff, absolute lifetime, a new id at login, a CSRF token per session.
 
 The cookie holds only a random 256-bit id; everything else stays on the server. A session past its idle timeout
-(HIPAA automatic logoff, default 15 min) or its absolute lifetime is deleted when next seen. ``handle`` is a
-short hash of the id, safe to write into the audit log (the id itself never is).
+(HIPAA automatic logoff, default 15 min) or its absolute lifetime is deleted when next seen or by the gateway's
+sweeper (:meth:`SessionStore.sweep`), whichever comes first: exactly one of them reports it. ``handle`` is a short
+hash of the id, safe to write into the audit log (the id itself never is).
 
 Two stores behind one async seam (:class:`SessionStore`): :class:`MemorySessionStore` (this process; the default,
 one gateway) and ``appliance.gateway.state_redis.RedisSessionStore`` (shared by every gateway, so a session made
@@ -33,7 +34,7 @@ class Session:
 
     @property
     def handle(self) -> str:
-        return hashlib.sha256(self.id.encode()).hexdigest()[:16]
+        return session_handle(self.id)
 
     @property
     def authenticated(self) -> bool:
@@ -41,6 +42,19 @@ class Session:
 
     def csrf_ok(self, token: str | None) -> bool:
         return bool(token) and hmac.compare_digest(self.csrf.encode(), str(token).encode())
+
+
+def session_handle(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Ended:
+    """A signed-in session the sweeper found past its idle or absolute limit, and deleted."""
+
+    reason: Expiry
+    subject: str
+    handle: str
 
 
 @dataclass(frozen=True)
@@ -71,6 +85,11 @@ class SessionStore(Protocol):
 
     async def delete(self, session_id: str) -> None: ...
 
+    async def sweep(self) -> list[Ended]:
+        """Delete every session past its idle or absolute limit; the signed-in ones, each reported once (to the
+        sweeper here or to :meth:`get`, never both, whichever deletes it first)."""
+        ...
+
 
 class MemorySessionStore:
     """In-memory session table (one gateway process)."""
@@ -89,6 +108,7 @@ class MemorySessionStore:
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
         self._max = max_sessions
+        self._unswept: list[Ended] = []  # expired sessions a full table's purge deleted: the next sweep reports them
 
     async def create(self, data: dict[str, Any] | None = None) -> Session:
         now = self._clock()
@@ -129,14 +149,29 @@ class MemorySessionStore:
         with self._lock:
             self._sessions.pop(session_id, None)
 
+    async def sweep(self) -> list[Ended]:
+        now = self._clock()
+        with self._lock:
+            ended, self._unswept = self._unswept + self._take_expired(now), []
+        return ended
+
+    def _take_expired(self, now: float) -> list[Ended]:
+        """Delete the sessions past a limit (the lock held); the signed-in ones, for the audit trail."""
+        ended: list[Ended] = []
+        for k, s in list(self._sessions.items()):
+            reason: Expiry | None = None
+            if now - s.created_at > self.absolute_timeout_s:
+                reason = "absolute"
+            elif now - s.last_seen > self.idle_timeout_s:
+                reason = "idle"
+            if reason is not None:
+                del self._sessions[k]
+                if "subject" in s.data:
+                    ended.append(Ended(reason, str(s.data["subject"]), s.handle))
+        return ended
+
     def _purge(self, now: float) -> None:
-        dead = [
-            k
-            for k, s in self._sessions.items()
-            if now - s.last_seen > self.idle_timeout_s or now - s.created_at > self.absolute_timeout_s
-        ]
-        for k in dead:
-            del self._sessions[k]
+        self._unswept += self._take_expired(now)
         if len(self._sessions) >= self._max:  # still full: drop the oldest, sign-ins not yet completed first
             # (anyone can start a sign-in: a flood of them must not push signed-in users out)
             order = sorted(self._sessions, key=lambda k: (self._sessions[k].authenticated, self._sessions[k].last_seen))
