@@ -191,8 +191,9 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%.6f', now), 
 """
 
 # KEYS: 1 session, 2 marker, 3 sweep index. ARGV: 1 the session's name, 2 absolute lifetime s.
-# Still live: re-indexed at its key's expiry, false. Ended: {'expired', reason, w} to whoever deletes the marker
-# (here or GET_LUA), false to everyone else.
+# Still live: re-indexed at its key's expiry, false. Ended: {'expired', reason, w} to the first of GET_LUA and this
+# script to find the marker unreported, false to everyone else. The marker keeps only 'c' and the reason ('r') for
+# the cookie, should it come back.
 SWEEP_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -212,20 +213,22 @@ if c then
   redis.call('DEL', KEYS[1])
 end
 redis.call('ZREM', KEYS[3], ARGV[1])
-local m = redis.call('HMGET', KEYS[2], 'c', 'w')
-if not m[1] then
+local m = redis.call('HMGET', KEYS[2], 'c', 'w', 'r')
+if not m[1] or m[3] then
   return false
 end
-redis.call('DEL', KEYS[2])
 local reason = 'idle'
 if now - tonumber(m[1]) >= absolute then
   reason = 'absolute'
 end
+redis.call('HDEL', KEYS[2], 'd', 'w')
+redis.call('HSET', KEYS[2], 'r', reason)
 return {'expired', reason, m[2] or ''}
 """
 
 # KEYS: 1 session, 2 marker. ARGV: 1 idle timeout ms, 2 absolute lifetime s, 3 touch ('1' or '0').
-# A live session: {'ok', created, sealed, now}; an ended one (marker left): {'expired', reason, sealed subject}.
+# A live session: {'ok', created, sealed, now}; an ended one (marker left): {'expired', reason, sealed subject};
+# one the sweeper already reported: {'swept', reason}.
 GET_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -241,9 +244,12 @@ if s[1] then
   end
   redis.call('DEL', KEYS[1])
 end
-local m = redis.call('HMGET', KEYS[2], 'c', 'd')
+local m = redis.call('HMGET', KEYS[2], 'c', 'd', 'r')
 if m[1] then
   redis.call('DEL', KEYS[2])
+  if m[3] then
+    return {'swept', m[3]}
+  end
   local reason = 'idle'
   if now - tonumber(m[1]) >= absolute then
     reason = 'absolute'
@@ -444,6 +450,8 @@ class RedisSessionStore:
                 return Lookup(None)
             return Lookup(Session(session_id, float(out[1]), float(out[3]), str(value["csrf"]), dict(value["data"])))
         reason: Expiry = "absolute" if out[1] == b"absolute" else "idle"
+        if out[0] == b"swept":  # reported by a sweeper: only why, for the login page
+            return Lookup(None, reason, None, session_handle(session_id))
         marker = _open(key, name, out[2]) if out[2] else None
         subject = marker.get("subject") if marker else None
         return Lookup(None, reason, str(subject) if subject is not None else None, session_handle(session_id))

@@ -648,6 +648,9 @@ async def test_gateway_store_runs_against_the_hardened_server(settings) -> None:
         # the sweeper (its index, PTTL, ZRANGEBYSCORE, ZREM): carol's expiry without a request, bob's not again
         (swept,) = await state.sessions.sweep()
         assert (swept.reason, swept.subject, swept.handle) == ("idle", "carol", left.handle)
+        assert await state.sessions.sweep() == []
+        told = await state.sessions.get(left.id)
+        assert (told.session, told.expired, told.expired_subject) == (None, "idle", None)
     finally:
         await state.aclose()
 

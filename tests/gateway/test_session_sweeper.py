@@ -43,7 +43,8 @@ def test_idle_session_is_logged_off_by_the_background_sweeper(
 ) -> None:
     """Idle 1 s, sweep every 0.2 s: with no further request the session ends and one auth.logout (reason idle,
     the user as actor, the session's handle) is recorded; a sign-in never completed is deleted unrecorded; no
-    record or log line holds the cookie's id or the CSRF token; the cookie arriving later changes nothing."""
+    record or log line holds the cookie's id or the CSRF token; the cookie arriving later is told why (once) and
+    not recorded again."""
     h = make_harness(with_sessions(settings, session_idle_timeout_s=1, session_sweep_interval_s=0.2))
     with capture_logs() as logs:
         session = create_session(h, ANALYST)
@@ -60,8 +61,10 @@ def test_idle_session_is_logged_off_by_the_background_sweeper(
     blob = repr(h.audit.events) + repr(logs)
     assert session.id not in blob and session.csrf not in blob
     h.client.cookies.set(SESSION_COOKIE, session.id)
-    r = h.client.get("/console", follow_redirects=False)
-    assert r.headers["location"] == "/login" and len(logouts(h)) == 1
+    assert h.client.get("/console", follow_redirects=False).headers["location"] == "/login?m=idle"
+    h.client.cookies.set(SESSION_COOKIE, session.id)
+    assert h.client.get("/console", follow_redirects=False).headers["location"] == "/login"
+    assert len(logouts(h)) == 1
 
 
 def test_absolute_lifetime_is_recorded_by_the_sweeper(make_harness: Callable[..., Harness], settings: Settings) -> None:
@@ -109,7 +112,7 @@ def test_an_unrecordable_logoff_still_ends_the_session_and_is_retried(
     assert "alice" not in blob and session.id not in blob and session.csrf not in blob
     h.audit.fail = False
     h.client.cookies.set(SESSION_COOKIE, session.id)
-    assert h.client.get("/console", follow_redirects=False).headers["location"] == "/login"  # access is gone
+    assert h.client.get("/console", follow_redirects=False).headers["location"] == "/login?m=idle"  # access is gone
     assert sweep(h) == 1 and metrics.logoffs_unrecorded._value.get() == 0
     (logout,) = logouts(h)
     assert logout["details"] == {"reason": "idle"} and logout["actor"]["session_id"] == session.handle

@@ -76,7 +76,8 @@ class SessionStore(Protocol):
         ...
 
     async def get(self, session_id: str | None, *, touch: bool = True) -> Lookup:
-        """The live session (its idle clock restarted when ``touch``), or why it ended (deleted as it is seen)."""
+        """The live session (its idle clock restarted when ``touch``), or why it ended (deleted as it is seen; with
+        its subject only if no sweep has reported it: the caller records what carries a subject)."""
         ...
 
     async def rotate(self, old: Session | None, data: dict[str, Any]) -> Session:
@@ -109,6 +110,8 @@ class MemorySessionStore:
         self._lock = threading.Lock()
         self._max = max_sessions
         self._unswept: list[Ended] = []  # expired sessions a full table's purge deleted: the next sweep reports them
+        # id -> (reason, forget at) of a swept signed-in session: its cookie, back later, is told why (not re-audited)
+        self._swept: dict[str, tuple[Expiry, float]] = {}
 
     async def create(self, data: dict[str, Any] | None = None) -> Session:
         now = self._clock()
@@ -126,7 +129,8 @@ class MemorySessionStore:
         with self._lock:
             s = self._sessions.get(session_id)
             if s is None:
-                return Lookup(None)
+                swept = self._swept.pop(session_id, None)
+                return Lookup(None, swept[0], None, session_handle(session_id)) if swept else Lookup(None)
             reason: Expiry | None = None
             if now - s.created_at > self.absolute_timeout_s:
                 reason = "absolute"
@@ -148,11 +152,14 @@ class MemorySessionStore:
     async def delete(self, session_id: str) -> None:
         with self._lock:
             self._sessions.pop(session_id, None)
+            self._swept.pop(session_id, None)
 
     async def sweep(self) -> list[Ended]:
         now = self._clock()
         with self._lock:
             ended, self._unswept = self._unswept + self._take_expired(now), []
+            for k in [k for k, (_, forget_at) in self._swept.items() if forget_at <= now]:
+                del self._swept[k]
         return ended
 
     def _take_expired(self, now: float) -> list[Ended]:
@@ -168,6 +175,8 @@ class MemorySessionStore:
                 del self._sessions[k]
                 if "subject" in s.data:
                     ended.append(Ended(reason, str(s.data["subject"]), s.handle))
+                    if len(self._swept) < self._max:  # bounded: without it the cookie just gets the plain login page
+                        self._swept[k] = (reason, s.created_at + self.absolute_timeout_s + self.idle_timeout_s)
         return ended
 
     def _purge(self, now: float) -> None:
