@@ -363,11 +363,13 @@ def test_sweeper_logs_off_idle_and_absolute_sessions_without_a_request(
     assert page(a, session.id).headers["location"] == "/login?m=idle"
     assert page(a, session.id).headers["location"] == "/login" and len(b.audit.of_type("auth.logout")) == 1
 
-    c, d = make_pair(session_idle_timeout_s=3600, session_absolute_timeout_s=1, redis_key_prefix=f"{redis_prefix}x:")
-    used = create_session(c, ANALYST)
-    time.sleep(0.6)
-    assert page(d, used.id).status_code == 200 and sweep(d) == 0  # live: re-indexed at its key's expiry
-    time.sleep(0.6)
+    c, d = make_pair(session_idle_timeout_s=2, session_absolute_timeout_s=3, redis_key_prefix=f"{redis_prefix}x:")
+    used = create_session(c, ANALYST)  # indexed as due at 2 s
+    time.sleep(1.2)
+    assert page(d, used.id).status_code == 200  # its key now expires at 3 s (the absolute lifetime)
+    time.sleep(1.1)
+    assert sweep(d) == 0  # due but live: re-indexed at its key's expiry
+    time.sleep(1.0)
     assert sweep(d) == 1
     (logout,) = d.audit.of_type("auth.logout")
     assert logout["details"] == {"reason": "absolute"} and logout["actor"]["session_id"] == used.handle
