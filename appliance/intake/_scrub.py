@@ -417,6 +417,19 @@ def _select(spans: Iterable[Span]) -> list[Span]:
     return kept
 
 
+def _cover(kept: list[Span], span: Span) -> list[Span]:
+    """``kept`` with the declared ``span`` replaced too, merged with the spans it overlaps into one of its type (a
+    value a rule matched only in part loses its rest as well); unchanged when one kept span strictly contains it."""
+    start, end, kind = span
+    over = [k for k in kept if k[0] < end and start < k[1]]
+    if len(over) == 1 and over[0][0] <= start and end <= over[0][1] and (over[0][0], over[0][1]) != (start, end):
+        return kept
+    merged = (min([start] + [k[0] for k in over]), max([end] + [k[1] for k in over]), kind)
+    rest = [k for k in kept if k not in over]
+    bisect.insort(rest, merged)
+    return rest
+
+
 def _merge_names(text: str, spans: list[Span]) -> list[Span]:
     """Adjacent name tokens become one span ("Jane Q. Smith" -> one [NAME])."""
     merged: list[Span] = []
@@ -456,7 +469,11 @@ class Scrubber:
         return text, counts
 
     def _scrub(
-        self, text: str, known_names: Iterable[str], found: _NameHits | None = None
+        self,
+        text: str,
+        known_names: Iterable[str],
+        found: _NameHits | None = None,
+        declared: _Declared = (),
     ) -> tuple[str, Counter[str], set[str]]:
         view = text.translate(_DASHES)  # same length as text, as is probe: spans found in them apply to text
         probe, mode = _case_normalised(view)
@@ -466,12 +483,21 @@ class Scrubber:
         own_spans, tokens = found
         name_spans = own_spans + propagate_spans(view, set(known_names) - tokens)
         spans.extend((s, e, "NAME") for s, e in sorted(name_spans, key=lambda se: (se[0], -se[1])))
-        new, counts = _apply(text, _select(spans))
+        kept = _select(spans)
+        for pattern, kind in declared:
+            for m in pattern.finditer(view):
+                kept = _cover(kept, (m.start(), m.end(), kind))
+        new, counts = _apply(text, kept)
         return new, counts, tokens
 
-    def scrub_fields(self, fields: dict[str, Any]) -> tuple[dict[str, Any], Counter[str]]:
+    def scrub_fields(
+        self, fields: dict[str, Any], context: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], Counter[str]]:
         """Scrub every string in a record's fields (nested metadata included); names found anywhere are
-        replaced everywhere in the record."""
+        replaced everywhere in the record, and so are the identifier values its metadata declares
+        ({"mrn": "7654321"}). ``context`` (the metadata, when it is not itself output) declares them too, but is
+        neither scrubbed nor counted."""
+        declared = _declared_patterns([fields, context])
         tokens: set[str] = set()
         hits: dict[str, _NameHits] = {}
         for text in _strings(fields):
@@ -479,7 +505,7 @@ class Scrubber:
                 view = text.translate(_DASHES)
                 hits[text] = _find_names(view, *_case_normalised(view))
                 tokens |= hits[text][1]
-        tokens |= _labelled_names(fields)  # a metadata name field names the patient everywhere in the record
+        tokens |= _labelled_names([fields, context])  # a metadata name field names the patient everywhere
         counts: Counter[str] = Counter()
 
         def walk(value: Any, key: str | None = None) -> Any:
@@ -489,7 +515,7 @@ class Scrubber:
                 counts[kind] += 1
                 return f"[{kind}]"
             if isinstance(value, str):
-                new, c, _ = self._scrub(value, tokens, hits.get(value))
+                new, c, _ = self._scrub(value, tokens, hits.get(value), declared)
                 counts.update(c)
                 return new
             if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _LONG_NUMBER and key:
@@ -498,7 +524,7 @@ class Scrubber:
             if isinstance(value, dict):
                 out: dict[str, Any] = {}
                 for k, v in value.items():
-                    out[self._scrub_key(k, tokens, counts, out)] = walk(v, k)
+                    out[self._scrub_key(k, tokens, counts, out, declared)] = walk(v, k)
                 return out
             if isinstance(value, list):
                 return [walk(v, key) for v in value]
@@ -507,9 +533,11 @@ class Scrubber:
         out = {k: walk(v, None if k in ("instruction", "response") else k) for k, v in fields.items()}
         return out, counts
 
-    def _scrub_key(self, key: str, tokens: set[str], counts: Counter[str], taken: dict[str, Any]) -> str:
+    def _scrub_key(
+        self, key: str, tokens: set[str], counts: Counter[str], taken: dict[str, Any], declared: _Declared
+    ) -> str:
         """A metadata key can itself be PHI ({"John Smith": ...}): scrub it; keep keys unique ("[NAME]#2")."""
-        new, c, _ = self._scrub(key, tokens)
+        new, c, _ = self._scrub(key, tokens, None, declared)
         counts.update(c)
         unique, n = new, 1
         while unique in taken:
@@ -528,6 +556,65 @@ def _find_names(text: str, probe: str, mode: str) -> _NameHits:
         more, lower_tokens = find_names(text)
         spans, tokens = spans + more, tokens | lower_tokens
     return spans, tokens
+
+
+# A metadata value under an identifier key ({"mrn": "7654321"}) is replaced wherever it stands in the record's text.
+# It must look like an identifier: 5 or more digits when it is all digits (shorter numbers are years, doses and
+# lab values: a declared "1234" or "12" is not carried), 4 or more letters and digits when it has a letter (it must
+# then match as a whole word: "Reno" but not "Ada"). Matching ignores case and Unicode dashes, takes any
+# separator (space, . - / parentheses) where the value has one, and digit grouping where it has none
+# ("7654321" also matches "765 4321" and "765-4321").
+_MIN_DIGITS, _MIN_ALNUM = 5, 4
+_GAP = r"[\s.\-/()]{0,3}"  # where the value has a separator
+_GROUP = r"[\s\-]?"  # between digits, or a letter and a digit, where it has none
+_Declared = tuple[tuple[re.Pattern[str], str], ...]
+
+
+def _declared_patterns(value: Any, key: str | None = None) -> _Declared:
+    """Patterns for the identifier values declared under identifier keys (names excepted: they are tokens)."""
+    found: dict[str, str] = {}
+
+    def walk(v: Any, k: str | None) -> None:
+        if isinstance(v, dict):
+            for kk, vv in v.items():
+                walk(vv, kk)
+        elif isinstance(v, list):
+            for vv in v:
+                walk(vv, k)
+        elif isinstance(v, str | int) and not isinstance(v, bool):
+            kind = _key_type(k)
+            if kind is not None and kind != "NAME":
+                text = str(v).translate(_DASHES)
+                for part in [text, *re.split(r"[,;\n]", text)]:  # "12 Elm St, Reno": the street, the city
+                    regex = _declared_regex(part)
+                    if regex is not None:
+                        found.setdefault(regex, kind)
+
+    walk(value, key)
+    return tuple((re.compile(r, re.IGNORECASE), kind) for r, kind in found.items())
+
+
+def _declared_regex(value: str) -> str | None:
+    """A regex for ``value`` (see _MIN_DIGITS), or None when it is too short to be told from other text."""
+    chars = [c for c in value if c.isalnum()]
+    digits_only = all(c.isdigit() for c in chars)
+    if len(chars) < (_MIN_DIGITS if digits_only else _MIN_ALNUM) or _is_placeholder(value):
+        return None
+    out: list[str] = []
+    prev, gap = "", False
+    for c in value.strip():
+        if c.isspace() or c in ".-/()":
+            gap = True
+            continue
+        if prev:
+            if gap:
+                out.append(_GAP)
+            elif c.isalnum() and prev.isalnum() and (c.isdigit() or prev.isdigit()):
+                out.append(_GROUP)
+        out.append(re.escape(c))
+        prev, gap = c, False
+    # whole values only: not inside a longer word or number ("17654321", "7654321.5", "0.02115")
+    return r"(?<![^\W_])(?<!\d[.,])" + "".join(out) + r"(?![^\W_])(?![.,]\d)"
 
 
 def _labelled_names(value: Any, key: str | None = None) -> set[str]:

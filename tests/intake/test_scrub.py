@@ -221,6 +221,36 @@ class TestRecords:
         assert out["metadata"] == {"patient_name": "[NAME]", "team": [{"physician": "[NAME]"}]}
         assert scrubber.scrub_fields({**fields, "instruction": "Qorvath signed."})[0]["instruction"] == "[NAME] signed."
 
+    @pytest.mark.parametrize(
+        ("meta", "text", "expected"),
+        [
+            ({"mrn": "7654321"}, "Chart 7654321 reviewed.", "Chart [MRN] reviewed."),
+            ({"mrn": 7654321}, "Was 765 4321, 765\u20134321, 765\u00a04321.", "Was [MRN], [MRN], [MRN]."),
+            ({"ssn": "123-45-6789"}, "Old card 123456789.", "Old card [SSN]."),
+            ({"phone": "(617) 555-0143"}, "cb 6175550143 or 617 555 0143", "cb [PHONE] or [PHONE]"),
+            ({"account": "ab-77x9"}, "Ref AB 77X9 on file", "Ref [ACCOUNT] on file"),
+            ({"email": "Jane.Roe@Example.org"}, "Wrote JANE.ROE@EXAMPLE.ORG.", "Wrote [EMAIL]."),
+            ({"address": "12 Elm Rd, Reno"}, "Back to reno; 12 elm rd.", "Back to [ADDRESS]; [ADDRESS]."),
+            ({"zip": "02115"}, "Home 02115; lab 102115, 0.02115, 2.02115", "Home [ZIP]; lab 102115, 0.02115, 2.02115"),
+            # the shortest values carried: 5 digits, or 4 letters and digits; shorter ones are not
+            ({"account": "12345", "member_id": "AB12"}, "dose 12345, AB12 gene", "dose [ACCOUNT], [ID] gene"),
+            ({"account": "1234", "member_id": "AB1", "mrn": 12}, "dose 1234 mg, AB1 gene, 12 h", None),
+        ],
+    )
+    def test_metadata_identifier_values_are_replaced_in_the_text(
+        self, scrubber: Scrubber, meta: dict[str, object], text: str, expected: str | None
+    ) -> None:
+        """An identifier value the record's metadata declares is replaced wherever it stands in the text: any
+        case, Unicode dashes and spaces, any digit grouping; never inside a longer number; short values are not
+        carried (they would hit doses and lab values)."""
+        fields = {"instruction": text, "response": text, "metadata": meta}
+        out, _ = scrubber.scrub_fields(fields)
+        assert out["instruction"] == out["response"] == (text if expected is None else expected)
+        # the same when the metadata is only context (data prepare drops it), and then it is not counted
+        out, counts = scrubber.scrub_fields({"instruction": text, "response": "ok"}, context=meta)
+        assert out["instruction"] == (text if expected is None else expected)
+        assert sum(counts.values()) == (0 if expected is None else expected.count("["))
+
     def test_metadata_keys_are_scrubbed(self, scrubber: Scrubber) -> None:
         """A metadata key that is itself PHI is replaced, and keys stay unique."""
         meta = {"John Smith": "x", "Mary Jones": "y", "ward": "ICU"}
