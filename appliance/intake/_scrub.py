@@ -204,7 +204,9 @@ def _rules() -> list[_Rule]:
         _Rule(
             "IP",
             re.compile(
-                r"(?P<v>(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.]))"
+                # a full stop after it ends the sentence; one before a digit makes it a longer dotted number
+                r"(?P<v>(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+                r"(?!\d|\.\d))"
             ),
         ),
         _Rule("IP", re.compile(r"(?P<v>(?<![\w:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:]))"), _valid_ipv6),
@@ -315,7 +317,8 @@ def _rules() -> list[_Rule]:
         _Rule("ZIP", re.compile(rf"(?:\b(?:{_STATES}|{_STATE_NAMES}),?\s+)(?P<v>\d{{5}}(?:-\d{{4}})?)\b")),
         _ctx(r"zip(?:\s*code)?|postal\s+code|postcode|zip\+4", "ZIP", r"(?P<v>\d{5}(?:-\d{4})?)\b"),
         # any other unique identifying number: long digit runs and mixed letter+digit codes
-        _Rule("ID", re.compile(r"(?P<v>(?<![\w.])\d{8,}(?![\w.]))")),
+        # not a decimal's digits ("0.12345678"); a full stop after it ends the sentence
+        _Rule("ID", re.compile(r"(?P<v>(?<!\w)(?<!\d[.,])\d{8,}(?!\w)(?![.,]\d))")),
         _Rule(
             "ID",
             re.compile(

@@ -70,6 +70,9 @@ CASES: list[tuple[str, str, str]] = [
     ("Member ID XKG123456789 on the card.", "XKG123456789", "ID"),
     ("Health plan beneficiary number: 1EG4-TE5-MK73", "1EG4-TE5-MK73", "ID"),
     ("Reference 99887766554 attached.", "99887766554", "ID"),
+    ("Attached is reference 99887766554.", "99887766554", "ID"),
+    ("Callback number given as 6175550143.", "6175550143", "ID"),
+    ("Login from 10.0.0.1.", "10.0.0.1", "IP"),
 ]
 
 STRUCTURED = [t for t in PLACEHOLDER_TYPES if t != "NAME"]
@@ -86,6 +89,7 @@ CLEAN = [
     "A 67-year-old man with COPD exacerbation, FEV1 45% predicted.",
     "Discussed the risks and benefits; the patient agrees with the plan.",
     "Potassium 4.1 mmol/L, creatinine 1.2 mg/dL, eGFR 58.",
+    "Ratio 0.123456789 and 3.14159265, firmware 10.0.0.1.2 updated.",
 ]
 
 
