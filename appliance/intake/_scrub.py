@@ -459,8 +459,14 @@ def _apply(text: str, spans: list[Span]) -> tuple[str, Counter[str]]:
     return "".join(out), counts
 
 
-# Unicode hyphens and dashes (word processors turn "617-555-1234" into "617–555–1234"): the rules read them as "-"
-_DASHES = str.maketrans(dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d", "-"))
+# Unicode hyphens and dashes (word processors turn "617-555-1234" into "617–555–1234"): the rules read them as "-";
+# Unicode spaces (no-break, thin, figure...: "123\u00a045\u00a06789") as " "
+_SEPARATORS = str.maketrans(
+    dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d", "-")
+    | dict.fromkeys(
+        "\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u202f\u205f\u3000", " "
+    )
+)
 
 
 class Scrubber:
@@ -478,7 +484,7 @@ class Scrubber:
         found: _NameHits | None = None,
         declared: _Declared = (),
     ) -> tuple[str, Counter[str], set[str]]:
-        view = text.translate(_DASHES)  # same length as text, as is probe: spans found in them apply to text
+        view = text.translate(_SEPARATORS)  # same length as text, as is probe: spans found in them apply to text
         probe, mode = _case_normalised(view)
         spans = list(_iter_spans(view, probe if mode else None))
         if found is None:
@@ -505,7 +511,7 @@ class Scrubber:
         hits: dict[str, _NameHits] = {}
         for text in _strings(fields):
             if text not in hits:
-                view = text.translate(_DASHES)
+                view = text.translate(_SEPARATORS)
                 hits[text] = _find_names(view, *_case_normalised(view))
                 tokens |= hits[text][1]
         tokens |= _labelled_names([fields, context])  # a metadata name field names the patient everywhere
@@ -587,7 +593,7 @@ def _declared_patterns(value: Any, key: str | None = None) -> _Declared:
         elif isinstance(v, str | int) and not isinstance(v, bool):
             kind = _key_type(k)
             if kind is not None and kind != "NAME":
-                text = str(v).translate(_DASHES)
+                text = str(v).translate(_SEPARATORS)
                 for part in [text, *re.split(r"[,;\n]", text)]:  # "12 Elm St, Reno": the street, the city
                     regex = _declared_regex(part)
                     if regex is not None:

@@ -361,6 +361,15 @@ def test_unicode_dashes_separate_like_hyphens(dash: str) -> None:
     assert record["instruction"] == "phone [PHONE]"
 
 
+@pytest.mark.parametrize("space", ["\u00a0", "\u2007", "\u2009", "\u202f", "\u3000"])
+def test_unicode_spaces_separate_like_spaces(space: str) -> None:
+    """No-break, figure and thin spaces inside an identifier are read as spaces; the identifier is still found."""
+    text = f"SSN 123{space}45{space}6789, MRN: 123{space}4567, Boston, MA{space}02115, Mr.{space}Quellbrook."
+    out, counts = Scrubber().scrub_text(text)
+    assert not any(ch.isdigit() for ch in out.replace("[", "").replace("]", "")), out
+    assert counts["SSN"] == 1 and counts["MRN"] == 1 and counts["ZIP"] == 1 and counts["NAME"] == 1, out
+
+
 @pytest.mark.parametrize(
     "line",
     [
