@@ -258,7 +258,11 @@ def _rules() -> list[_Rule]:
             "ID",
         ),
         _Rule("PHONE", re.compile(rf"(?P<v>(?<![\w+])(?:{_PHONE_CORE}){_EXT})(?!\w)"), kind_of=_phone_or_fax),
-        _ctx(r"phone|tel|telephone|cell|mobile|call|fax|pager|beeper", "PHONE", r"(?P<v>\+?\d{7,15})\b"),
+        _ctx(  # a local number without area code is printed in two groups ("Phone: 555-0143")
+            r"phone|tel|telephone|cell|mobile|call|fax|pager|beeper",
+            "PHONE",
+            r"(?P<v>\+?\d{7,15}|\d{3}[-. ]\d{4})\b",
+        ),
         _Rule("DATE", re.compile(date_words, ci)),
         _Rule("DATE", re.compile(date_num), _plausible_date),
         _ctx(

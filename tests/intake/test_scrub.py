@@ -31,6 +31,8 @@ CASES: list[tuple[str, str, str]] = [
     ("Cell 617-555-0199.", "617-555-0199", "PHONE"),
     ("Reach her on +1 617 555 0100 ext. 12.", "+1 617 555 0100 ext. 12", "PHONE"),
     ("Phone: 6175550143", "6175550143", "PHONE"),
+    ("Phone: 555-0143 (home).", "555-0143", "PHONE"),
+    ("Call 555 0143 after 5.", "555 0143", "PHONE"),
     ("Fax: 617.555.0101", "617.555.0101", "FAX"),
     ("Please fax records to (617) 555-0102.", "(617) 555-0102", "FAX"),
     ("Email jane.roe@example.org today.", "jane.roe@example.org", "EMAIL"),
