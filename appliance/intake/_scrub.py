@@ -342,32 +342,41 @@ def _compiled() -> list[_Rule]:
     return _COMPILED
 
 
-# Metadata keys that say what their value is: the whole value (string or number) becomes that placeholder.
+# Metadata keys that say what their value is: the whole value (string or number) becomes that placeholder. Keys
+# are matched in a normal spelling ("patientId", "Patient Name", "medical-record-number" -> "patient_id",
+# "patient_name", "medical_record_number"), after optional qualifiers ("home_phone", "patient_mrn") and with an
+# optional number suffix ("mrn_number", "ssn_no").
+_QUAL = (
+    r"(?:(?:patient|pt|home|work|office|mobile|cell|primary|secondary|alt|alternate|emergency|contact|guarantor"
+    r"|subscriber|mailing|billing|current|previous|prior|personal|mother|father|spouse|guardian|kin|next_of_kin)_)*"
+)
+_NUM = r"(?:_?(?:number|no|num|nbr|id))?"
 _KEY_TYPES: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(p, re.IGNORECASE), kind)
+    (re.compile(rf"^{_QUAL}(?:{p})$"), kind)
     for p, kind in (
         (
-            r"^(?:patient_?|first_?|last_?|full_?|given_?|family_?|middle_?|sur)?name$|^(?:provider|physician|doctor|nurse)(?:_?name)?$",
+            r"(?:first_?|last_?|full_?|given_?|family_?|middle_?|maiden_?|sur)?name|(?:provider|physician|doctor|nurse)(?:_?name)?",
             "NAME",
         ),
+        (r"dob|birth_?date|date_?of_?birth|admi(?:t|ssion)_?date|discharge_?date|death_?date|visit_?date", "DATE"),
+        (rf"(?:phone|tel|telephone|mobile|cell|pager){_NUM}", "PHONE"),
+        (rf"fax{_NUM}", "FAX"),
+        (r"e?_?mail(?:_?addr(?:ess)?)?", "EMAIL"),
+        (rf"(?:ssn|social_?security){_NUM}|ssn_last_?4", "SSN"),
+        (rf"(?:mrn|medical_?record|med_?rec){_NUM}|(?:chart|hospital|record)_?(?:number|no|num|nbr)", "MRN"),
+        (rf"(?:account|acct|bank_?account|credit_?card|card|iban){_NUM}", "ACCOUNT"),
+        (rf"(?:(?:drivers?_?)?licen[cs]e|npi|dea|passport){_NUM}", "LICENSE"),
+        (rf"(?:vin|plate|license_?plate){_NUM}", "VEHICLE"),
+        (rf"(?:serial|device_?id|udi|imei){_NUM}", "DEVICE"),
+        (r"url|website|homepage", "URL"),
+        (r"ip|ip_?address", "IP"),
+        (r"address(?:_?line_?\d)?|addr|street|street_?address|city|county|town", "ADDRESS"),
+        (r"zip|zip_?code|zip_?4|postal_?code|postcode", "ZIP"),
         (
-            r"^(?:dob|birth_?date|date_?of_?birth|admi(?:t|ssion)_?date|discharge_?date|death_?date|visit_?date)$",
-            "DATE",
+            r"(?:member|policy|insurance|beneficiary|health_?plan|subscriber|patient|pt|person|encounter|visit"
+            r"|admission|case|claim|employee|group)_?(?:id|identifier|number|no|num|nbr)|id|identifier",
+            "ID",
         ),
-        (r"^(?:phone|tel|telephone|mobile|cell)(?:_?(?:number|no))?$", "PHONE"),
-        (r"^fax(?:_?(?:number|no))?$", "FAX"),
-        (r"^e?-?mail(?:_?address)?$", "EMAIL"),
-        (r"^ssn$|^social_?security(?:_?number)?$", "SSN"),
-        (r"^mrn$|^medical_?record(?:_?number)?$|^chart_?(?:number|no)$", "MRN"),
-        (r"^(?:account|acct)(?:_?(?:number|no|id))?$", "ACCOUNT"),
-        (r"^(?:license|licence|npi|dea)(?:_?(?:number|no))?$", "LICENSE"),
-        (r"^(?:vin|plate|license_?plate)$", "VEHICLE"),
-        (r"^(?:serial|device_?id|udi|imei)(?:_?(?:number|no))?$", "DEVICE"),
-        (r"^(?:url|website|homepage)$", "URL"),
-        (r"^(?:ip|ip_?address)$", "IP"),
-        (r"^(?:address|street|street_?address|city|county|town)$", "ADDRESS"),
-        (r"^(?:zip|zip_?code|postal_?code|postcode)$", "ZIP"),
-        (r"^(?:member_?id|policy_?(?:number|id)|insurance_?id|beneficiary_?id|health_?plan_?id)$", "ID"),
     )
 ]
 _LONG_NUMBER = 10_000  # an integer in metadata at or above this is treated as an identifier
@@ -644,8 +653,10 @@ def _labelled_names(value: Any, key: str | None = None) -> set[str]:
 def _key_type(key: str | None) -> str | None:
     if not key:
         return None
+    norm = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key[:100])  # camelCase -> camel_Case
+    norm = re.sub(r"[^a-z0-9]+", "_", norm.lower()).strip("_")
     for pattern, kind in _KEY_TYPES:
-        if pattern.search(key):
+        if pattern.match(norm):
             return kind
     return None
 

@@ -257,6 +257,35 @@ class TestRecords:
         assert out["instruction"] == (text if expected is None else expected)
         assert sum(counts.values()) == (0 if expected is None else expected.count("["))
 
+    @pytest.mark.parametrize(
+        ("key", "kind"),
+        [
+            ("patient_id", "ID"),
+            ("patientId", "ID"),
+            ("encounter_id", "ID"),
+            ("insurance_number", "ID"),
+            ("mrn_number", "MRN"),
+            ("PatientMRN", "MRN"),
+            ("medical-record-number", "MRN"),
+            ("home_phone", "PHONE"),
+            ("Patient Name", "NAME"),
+            ("ssn_last4", "SSN"),
+            ("guarantorSSN", "SSN"),
+            ("addressLine1", "ADDRESS"),
+            ("cell_count", None),
+            ("drug_name", None),
+            ("bed_number", None),
+        ],
+    )
+    def test_identifier_keys_in_any_spelling(self, scrubber: Scrubber, key: str, kind: str | None) -> None:
+        """A key names an identifier in camelCase, with spaces or hyphens, a qualifier or a number suffix too;
+        clinical keys that only contain such a word are kept."""
+        meta = {key: "7654321"}
+        out, _ = scrubber.scrub_fields({"instruction": "Seen; ref 7654321", "response": "ok", "metadata": meta})
+        assert out["metadata"] == {key: "7654321" if kind is None else f"[{kind}]"}
+        if kind != "NAME":  # a name value propagates as name tokens (letters), not as this number
+            assert out["instruction"] == ("Seen; ref 7654321" if kind is None else f"Seen; ref [{kind}]")
+
     def test_metadata_keys_are_scrubbed(self, scrubber: Scrubber) -> None:
         """A metadata key that is itself PHI is replaced, and keys stay unique."""
         meta = {"John Smith": "x", "Mary Jones": "y", "ward": "ICU"}
