@@ -165,9 +165,15 @@ CASES: list[tuple[str, str, Mutation]] = [
     ("records-empty", "jsonl", _raw("records.jsonl", b"")),
     ("record-not-utf8", "jsonl", _line(3, lambda ln: ln.replace(b'"r-', b'"\xff\xfe', 1))),
     ("record-a-json-array", "jsonl", _line(3, lambda ln: b"[1, 2, 3]")),
+    ("record-seq-huge", "jsonl", _line(4, lambda ln: re.sub(rb"^\{\"seq\":\d+", b'{"seq":99999999999999999999', ln))),
     ("record-seq-negative", "jsonl", _line(4, lambda ln: re.sub(rb"^\{\"seq\":\d+", b'{"seq":-5', ln))),
     ("record-writer-escape", "jsonl", _line(5, lambda ln: ln.replace(b'"node-1"', b'"\x1b[2Jx"'))),
     ("record-torn", "jsonl", lambda d: (d / "records.jsonl").write_bytes((d / "records.jsonl").read_bytes()[:-40])),
+    (
+        "checkpoint-signed_seq-infinite",
+        "jsonl",
+        _checkpoint(lambda ln: re.sub(rb'"signed_seq":\d+', b'"signed_seq":1e999', ln)),
+    ),
     (
         "checkpoint-signed_seq-a-string",
         "jsonl",
@@ -177,6 +183,11 @@ CASES: list[tuple[str, str, Mutation]] = [
         "checkpoint-details-a-list",
         "jsonl",
         _checkpoint(lambda ln: re.sub(rb'"details":\{[^}]*\}', b'"details":[1]', ln)),
+    ),
+    (
+        "checkpoint-deeply-nested",
+        "jsonl",
+        _checkpoint(lambda ln: ln.replace(b'"details":{', b'"details":{"x":' + DEEP + b",", 1)),
     ),
     ("checkpoint-not-utf8", "jsonl", _checkpoint(lambda ln: ln.replace(b'"key":"', b'"key":"\xff', 1))),
     # the records (CSV)
