@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import csv
 import hashlib
+import io
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -631,34 +632,54 @@ def _writer_of(line: bytes) -> str:
 def _csv_lines(path: Path, report: VerifyReport) -> list[tuple[int, bytes]]:
     """The verbatim record lines of a CSV export, checking that every readable column agrees with its record."""
     lines: list[tuple[int, bytes]] = []
-    with path.open(encoding="utf-8", newline="") as handle:
-        rows = csv.reader(handle)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:  # located, then read with U+FFFD: the record there fails its hash too
+        line_no = data.count(b"\n", 0, exc.start) + 1
+        message = f"not UTF-8 (byte offset {exc.start})"
+        report.problems.append(Problem("*", "malformed", path.name, line_no, None, message))
+        text = data.decode("utf-8", "replace")
+    rows = csv.reader(io.StringIO(text, newline=""))
+    try:
         header = next(rows, None)
-        if header != CSV_COLUMNS:
-            report.problems.append(Problem("*", "malformed", path.name, 1, None, "unexpected CSV header"))
+    except csv.Error:
+        header = None
+    if header != CSV_COLUMNS:
+        report.problems.append(Problem("*", "malformed", path.name, 1, None, "unexpected CSV header"))
+        return lines
+    number = 1
+    while True:
+        try:
+            row = next(rows, None)
+        except csv.Error as exc:  # a field over csv.field_size_limit(): the rest of the file cannot be read
+            message = f"not readable as CSV from here ({exc})"
+            report.problems.append(Problem("*", "malformed", path.name, rows.line_num, None, message))
             return lines
-        for number, row in enumerate(rows, 2):
-            if len(row) != len(CSV_COLUMNS):
-                report.problems.append(Problem("*", "malformed", path.name, number, None, "wrong number of columns"))
-                continue
-            line = row[-1].encode("utf-8")
-            try:
-                record = json.loads(line)
-                expected = csv_row(record, line)
-            except (ValueError, AttributeError, TypeError):
-                lines.append((number, line))  # the chain check reports it
-                continue
-            changed = [col for col, a, b in zip(CSV_COLUMNS, row, expected, strict=True) if a != b]
-            if changed:
-                report.problems.append(
-                    Problem(
-                        str(record.get("writer_id")),
-                        "edited",
-                        path.name,
-                        number,
-                        record.get("seq"),
-                        f"column(s) {', '.join(changed)} differ from the signed record",
-                    )
+        if row is None:
+            return lines
+        number += 1
+        if len(row) != len(CSV_COLUMNS):
+            report.problems.append(Problem("*", "malformed", path.name, number, None, "wrong number of columns"))
+            continue
+        line = row[-1].encode("utf-8")
+        try:
+            record = json.loads(line)
+            expected = csv_row(record, line)
+        except (ValueError, AttributeError, TypeError, RecursionError):
+            lines.append((number, line))  # the chain check reports it
+            continue
+        changed = [col for col, a, b in zip(CSV_COLUMNS, row, expected, strict=True) if a != b]
+        if changed:
+            seq = record.get("seq")
+            report.problems.append(
+                Problem(
+                    str(record.get("writer_id")),
+                    "edited",
+                    path.name,
+                    number,
+                    seq if type(seq) is int else None,
+                    f"column(s) {', '.join(changed)} differ from the signed record",
                 )
-            lines.append((number, line))
-    return lines
+            )
+        lines.append((number, line))

@@ -191,7 +191,10 @@ CASES: list[tuple[str, str, Mutation]] = [
     ),
     ("checkpoint-not-utf8", "jsonl", _checkpoint(lambda ln: ln.replace(b'"key":"', b'"key":"\xff', 1))),
     # the records (CSV)
+    ("csv-not-utf8", "csv", _csv_cell(3, 4, b"\xff\xfe")),
+    ("csv-huge-field", "csv", _csv_cell(3, 4, b"x" * 300_000)),
     ("csv-nul-byte", "csv", _csv_cell(3, 4, b"\x00")),
+    ("csv-record-deeply-nested", "csv", _csv_cell(3, -1, DEEP[:120_000] + DEEP[-120_000:])),
     ("csv-record-a-number", "csv", _csv_cell(3, -1, b"5")),
     ("csv-unclosed-quote", "csv", lambda d: (d / "records.csv").write_bytes((d / "records.csv").read_bytes() + b'"x')),
     ("csv-empty", "csv", _raw("records.csv", b"")),
