@@ -158,7 +158,10 @@ CASES: list[tuple[str, str, Mutation]] = [
     ("records_file-a-number", "jsonl", _manifest(lambda m: m.update(records_file=5))),
     ("records_file-nul", "jsonl", _manifest(lambda m: m.update(records_file="records\x00.jsonl"))),
     ("records_file-absolute", "jsonl", _manifest(lambda m: m.update(records_file="/etc/hostname"))),
+    ("records_file-markup", "jsonl", _manifest(lambda m: m.update(records_file="[/]records.jsonl"))),
     ("records_format-a-number", "jsonl", _manifest(lambda m: m.update(records_format=5))),
+    ("writer-id-markup", "jsonl", _manifest(lambda m: m["writers"].update({"[/]": m["writers"].pop("node-1")}))),
+    ("writer-id-escape", "jsonl", _manifest(lambda m: m["writers"].update({"\x1b[2J": m["writers"]["node-1"]}))),
     # the records (JSON lines)
     ("records-missing", "jsonl", _unlink("records.jsonl")),
     ("records-a-directory", "jsonl", _directory("records.jsonl")),
@@ -167,6 +170,7 @@ CASES: list[tuple[str, str, Mutation]] = [
     ("record-a-json-array", "jsonl", _line(3, lambda ln: b"[1, 2, 3]")),
     ("record-seq-huge", "jsonl", _line(4, lambda ln: re.sub(rb"^\{\"seq\":\d+", b'{"seq":99999999999999999999', ln))),
     ("record-seq-negative", "jsonl", _line(4, lambda ln: re.sub(rb"^\{\"seq\":\d+", b'{"seq":-5', ln))),
+    ("record-writer-markup", "jsonl", _line(5, lambda ln: ln.replace(b'"node-1"', b'"[/]x"'))),
     ("record-writer-escape", "jsonl", _line(5, lambda ln: ln.replace(b'"node-1"', b'"\x1b[2Jx"'))),
     ("record-torn", "jsonl", lambda d: (d / "records.jsonl").write_bytes((d / "records.jsonl").read_bytes()[:-40])),
     (
