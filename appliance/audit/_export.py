@@ -444,6 +444,8 @@ def verify_export(directory: Path, *, expected_key_fingerprint: str | None = Non
 
 def _read_manifest(path: Path) -> tuple[dict[str, Any] | None, str]:
     """The manifest when it has the shape verification relies on, else None and why (never an exception)."""
+    if not path.is_file():  # a FIFO or device would block the read or never end
+        return None, "missing or not a regular file"
     try:
         data = bytearray()
         with path.open("rb") as handle:  # in chunks: read(MAX + 1) would allocate MAX bytes up front

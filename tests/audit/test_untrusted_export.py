@@ -8,6 +8,7 @@ without echoing control characters to the terminal.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sys
@@ -104,6 +105,14 @@ def _directory(name: str) -> Mutation:
     return mutate
 
 
+def _fifo(name: str) -> Mutation:
+    def mutate(d: Path) -> None:
+        (d / name).unlink()
+        os.mkfifo(d / name)  # opening it would wait for a writer that never comes
+
+    return mutate
+
+
 def _oversized_manifest(d: Path) -> None:
     data = (d / "manifest.json").read_bytes()
     (d / "manifest.json").write_bytes(data + b" " * (MAX_MANIFEST_BYTES + 1 - len(data)))
@@ -128,6 +137,8 @@ CASES: list[tuple[str, str, Mutation]] = [
     # the manifest
     ("manifest-missing", "jsonl", _unlink("manifest.json")),
     ("manifest-a-directory", "jsonl", _directory("manifest.json")),
+    ("manifest-a-fifo", "jsonl", _fifo("manifest.json")),
+    ("records-a-fifo", "jsonl", _fifo("records.jsonl")),
     ("manifest-not-utf8", "jsonl", _raw("manifest.json", b'{"format": "\xff\xfe"}')),
     ("manifest-not-json", "jsonl", _raw("manifest.json", b"{")),
     ("manifest-a-list", "jsonl", _raw("manifest.json", b"[1, 2]")),
