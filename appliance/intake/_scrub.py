@@ -165,8 +165,9 @@ def _phone_or_fax(text: str, m: re.Match[str]) -> str:
 
 def _ctx(label: str, kind: str, value: str = _VALUE) -> _Rule:
     """A labelled identifier: the label stays, the value is replaced."""
-    # after a label ending in "#" ("Record # 445566") there is no word boundary, only the separator
-    return _Rule(kind, re.compile(rf"(?i:\b(?:{label}))(?:\b|(?<=#)){_SEP}{value}", re.IGNORECASE))
+    # after a label ending in "#" ("Record # 445566") there is no word boundary, only the separator; an
+    # abbreviated label keeps its full stop ("Acct. 1234567", "Record no. 445566")
+    return _Rule(kind, re.compile(rf"(?i:\b(?:{label}))(?:\b|(?<=#))\.?{_SEP}{value}", re.IGNORECASE))
 
 
 def _rules() -> list[_Rule]:
@@ -214,7 +215,7 @@ def _rules() -> list[_Rule]:
         _Rule("SSN", re.compile(r"(?P<v>\b\d{3}-\d{2}-\d{4}\b|\b\d{3} \d{2} \d{4}\b)")),
         _ctx(r"ssn|social\s+security(?:\s+(?:number|no|#))?|ss#", "SSN", r"(?P<v>\d{3}[-. ]?\d{2}[-. ]?\d{4})\b"),
         _ctx(
-            r"mrn|medical\s+record(?:\s+(?:number|no|#))?|med\s+rec(?:ord)?|record\s+(?:number|no|#)|chart"
+            r"mrn|medical\s+record(?:\s+(?:number|no|#))?|med\.?\s+rec(?:ord)?|record\s+(?:number|no|#)|chart"
             r"(?:\s+(?:number|no|#))?|hospital\s+(?:number|no|#)|patient\s+(?:id|number|no)|pt\s+(?:id|#)|unit\s+no",
             "MRN",
         ),
