@@ -237,7 +237,8 @@ def _rules() -> list[_Rule]:
         ),
         _Rule(
             "ACCOUNT",
-            re.compile(r"(?P<v>\b\d{4}[ -]?\d{4}[ -]?\d{4}[ -]?\d{1,7}\b)"),
+            # 4-4-4-x (Visa, Mastercard...), 4-6-5 (American Express) and 4-6-4 (Diners Club) groupings
+            re.compile(r"(?P<v>\b(?:\d{4}[ -]?\d{4}[ -]?\d{4}[ -]?\d{1,7}|\d{4}[ -]?\d{6}[ -]?\d{4,5})\b)"),
             lambda m: 13 <= len(re.sub(r"\D", "", m.group("v"))) <= 19 and _luhn(re.sub(r"\D", "", m.group("v"))),
         ),
         _ctx(

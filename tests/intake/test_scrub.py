@@ -66,6 +66,8 @@ CASES: list[tuple[str, str, str]] = [
     ("Account number 00998877 billed.", "00998877", "ACCOUNT"),
     ("Acct # 4455-667788", "4455-667788", "ACCOUNT"),
     ("Card 4111 1111 1111 1111 declined.", "4111 1111 1111 1111", "ACCOUNT"),
+    ("Amex 3782 822463 10005 on file.", "3782 822463 10005", "ACCOUNT"),
+    ("Paid with 3056-930902-5904 today.", "3056-930902-5904", "ACCOUNT"),
     ("Driver's license D1234567 verified.", "D1234567", "LICENSE"),
     ("NPI 1234567893 on the prescription.", "1234567893", "LICENSE"),
     ("DEA AB1234563 on file.", "AB1234563", "LICENSE"),
