@@ -532,8 +532,8 @@ class Scrubber:
         tokens |= _labelled_names([fields, context])  # a metadata name field names the patient everywhere
         counts: Counter[str] = Counter()
 
-        def walk(value: Any, key: str | None = None) -> Any:
-            kind = _key_type(key)
+        def walk(value: Any, key: str | None = None, inherited: str | None = None) -> Any:
+            kind = _key_type(key) or inherited  # {"mrn": {"value": ...}}: the object's scalars are the MRN
             scalar = isinstance(value, str | int | float) and not isinstance(value, bool)
             if kind is not None and scalar and not (isinstance(value, str) and _is_placeholder(value)):
                 counts[kind] += 1
@@ -548,10 +548,10 @@ class Scrubber:
             if isinstance(value, dict):
                 out: dict[str, Any] = {}
                 for k, v in value.items():
-                    out[self._scrub_key(k, tokens, counts, out, declared)] = walk(v, k)
+                    out[self._scrub_key(k, tokens, counts, out, declared)] = walk(v, k, kind)
                 return out
             if isinstance(value, list):
-                return [walk(v, key) for v in value]
+                return [walk(v, key, inherited) for v in value]
             return value
 
         out = {k: walk(v, None if k in ("instruction", "response") else k) for k, v in fields.items()}
@@ -594,27 +594,30 @@ _GROUP = r"[\s\-]?"  # between digits, or a letter and a digit, where it has non
 _Declared = tuple[tuple[re.Pattern[str], str], ...]
 
 
-def _declared_patterns(value: Any, key: str | None = None) -> _Declared:
+def _declared_values(value: Any, kind: str | None = None) -> Iterator[tuple[str, str | int]]:
+    """(kind, value) of every scalar under an identifier key. An object or list under one declares all its
+    scalars ({"mrn": {"value": ...}}, FHIR's "identifier": [{"value": ...}]), unless a key inside names another."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _declared_values(v, _key_type(k) or kind)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _declared_values(v, kind)
+    elif kind is not None and isinstance(value, str | int) and not isinstance(value, bool):
+        yield kind, value
+
+
+def _declared_patterns(value: Any) -> _Declared:
     """Patterns for the identifier values declared under identifier keys (names excepted: they are tokens)."""
     found: dict[str, str] = {}
-
-    def walk(v: Any, k: str | None) -> None:
-        if isinstance(v, dict):
-            for kk, vv in v.items():
-                walk(vv, kk)
-        elif isinstance(v, list):
-            for vv in v:
-                walk(vv, k)
-        elif isinstance(v, str | int) and not isinstance(v, bool):
-            kind = _key_type(k)
-            if kind is not None and kind != "NAME":
-                text = str(v).translate(_SEPARATORS)
-                for part in [text, *re.split(r"[,;\n]", text)]:  # "12 Elm St, Reno": the street, the city
-                    regex = _declared_regex(part)
-                    if regex is not None:
-                        found.setdefault(regex, kind)
-
-    walk(value, key)
+    for kind, v in _declared_values(value):
+        if kind == "NAME":
+            continue
+        text = str(v).translate(_SEPARATORS)
+        for part in [text, *re.split(r"[,;\n]", text)]:  # "12 Elm St, Reno": the street, the city
+            regex = _declared_regex(part)
+            if regex is not None:
+                found.setdefault(regex, kind)
     return tuple((re.compile(r, re.IGNORECASE), kind) for r, kind in found.items())
 
 
@@ -641,15 +644,14 @@ def _declared_regex(value: str) -> str | None:
     return r"(?<![^\W_])(?<!\d[.,])" + "".join(out) + r"(?![^\W_])(?![.,]\d)"
 
 
-def _labelled_names(value: Any, key: str | None = None) -> set[str]:
+def _labelled_names(value: Any) -> set[str]:
     """Name tokens of the strings under keys that say they hold a name (``patient_name``, ``physician``...)."""
-    if isinstance(value, dict):
-        return {t for k, v in value.items() for t in _labelled_names(v, k)}
-    if isinstance(value, list):
-        return {t for v in value for t in _labelled_names(v, key)}
-    if isinstance(value, str) and _key_type(key) == "NAME":
-        return labelled_name_tokens(value)
-    return set()
+    return {
+        t
+        for kind, v in _declared_values(value)
+        if kind == "NAME" and isinstance(v, str)
+        for t in labelled_name_tokens(v)
+    }
 
 
 def _key_type(key: str | None) -> str | None:

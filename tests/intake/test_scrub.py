@@ -264,6 +264,23 @@ class TestRecords:
         assert out["instruction"] == (text if expected is None else expected)
         assert sum(counts.values()) == (0 if expected is None else expected.count("["))
 
+    def test_objects_under_identifier_keys_declare_all_their_values(self, scrubber: Scrubber) -> None:
+        """An object or list under an identifier key (FHIR's identifier, a structured address or name) is that
+        identifier throughout: its values are replaced in the metadata and in the text."""
+        meta = {
+            "identifier": [{"system": "urn:mrn", "value": "7654321"}],
+            "address": {"line": ["Flat 3, Rosebank House"], "city": "Reno"},
+            "patient_name": {"given": ["Ysolde"], "family": "Vantaggio"},
+        }
+        text = "Ysolde Vantaggio (7654321) moved from Rosebank House to Reno."
+        out, _ = scrubber.scrub_fields({"instruction": text, "response": "ok", "metadata": meta})
+        assert out["instruction"] == "[NAME] ([ID]) moved from [ADDRESS] to [ADDRESS]."
+        assert out["metadata"] == {
+            "identifier": [{"system": "[ID]", "value": "[ID]"}],
+            "address": {"line": ["[ADDRESS]"], "city": "[ADDRESS]"},
+            "patient_name": {"given": ["[NAME]"], "family": "[NAME]"},
+        }
+
     @pytest.mark.parametrize(
         ("key", "kind"),
         [
