@@ -21,7 +21,7 @@ import pytest
 from appliance.audit import open_audit_log
 from appliance.audit._export import MAX_MANIFEST_BYTES, export, verify_export
 from appliance.audit._sinks.files import FileStore
-from appliance.config import load_settings
+from appliance.config import Settings, load_settings
 from appliance.keys import LocalKeyService
 from tests.audit.conftest import make_event
 
@@ -255,3 +255,29 @@ def test_pristine_export_verifies(pristine: dict[str, Path], tmp_path: Path, fmt
     directory = tmp_path / "export"
     shutil.copytree(pristine[fmt], directory)
     assert verify_export(directory).ok
+
+
+@pytest.mark.parametrize(
+    "anchor",
+    [
+        b'{"writer_id": "node-1", "seq": 1e999, "hash": "0", "purged_at": "0", "signature": "0"}',
+        b"[" * 100_000 + b"]" * 100_000,
+    ],
+    ids=["infinite", "nested"],
+)
+def test_malformed_anchor_fails_live_verify_cleanly(
+    settings: Settings, keys: LocalKeyService, monkeypatch: pytest.MonkeyPatch, anchor: bytes
+) -> None:
+    """A live chain's anchor.json is checked the same way: exit 65, not a traceback."""
+    writer = open_audit_log(settings, keys)
+    writer.record_sync(make_event())
+    writer.close_sync()
+    FileStore(settings.audit_dir).anchor_path("node-1").write_bytes(anchor)
+    monkeypatch.setenv("APPLIANCE_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("APPLIANCE_POLICIES_DIR", str(settings.policies_dir))
+    monkeypatch.setattr(sys, "argv", ["appliance", "audit", "verify"])
+    from appliance.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 65
