@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import csv
 import hashlib
+import io
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -39,6 +40,7 @@ from appliance.protocols import KeyService
 __all__ = ["ExportFilter", "export", "parse_time", "verify_export"]
 
 FORMAT = "appliance-audit-export-v1"
+MAX_MANIFEST_BYTES = 64 << 20  # a manifest is read whole; a larger one is refused unread
 Format = Literal["jsonl", "csv"]
 
 CSV_COLUMNS = [
@@ -365,22 +367,22 @@ def _version() -> str:
 
 # --- offline verification ----------------------------------------------------------------------------------------
 def verify_export(directory: Path, *, expected_key_fingerprint: str | None = None) -> VerifyReport:
-    """Verify an export with only its own files: manifest signature, file digest, every record, every link."""
+    """Verify an export with only its own files: manifest signature, file digest, every record, every link.
+
+    Every file is untrusted input (someone sent it): whatever it holds ends in located problems, never an
+    exception, and memory stays bounded by the files' sizes (the manifest's by ``MAX_MANIFEST_BYTES``).
+    """
     report = VerifyReport()
 
     def problem(kind: str, location: str, message: str, line: int | None = None, seq: int | None = None) -> None:
         report.problems.append(Problem("*", kind, location, line, seq, message))
 
-    try:
-        manifest = json.loads((directory / "manifest.json").read_bytes())
-        assert isinstance(manifest, dict) and manifest.get("format") == FORMAT
-        name = str(manifest["records_file"])
-        fmt = manifest["records_format"]
-        writers_meta: dict[str, Any] = manifest["writers"]
-        public_keys = decode_public_keys(manifest["public_keys"][AUDIT_SIGNING_KEY])
-    except (OSError, ValueError, KeyError, TypeError, AssertionError):
-        problem("manifest", "manifest.json", "missing or not an audit export manifest")
+    manifest, why = _read_manifest(directory / "manifest.json")
+    if manifest is None:
+        problem("manifest", "manifest.json", f"not an audit export manifest: {why}")
         return report
+    name, fmt, writers_meta = manifest["records_file"], manifest["records_format"], manifest["writers"]
+    public_keys = decode_public_keys(manifest["public_keys"][AUDIT_SIGNING_KEY])
     report.key_fingerprint = key_fingerprint(public_keys)
     if expected_key_fingerprint is not None and report.key_fingerprint != expected_key_fingerprint:
         problem(
@@ -390,16 +392,27 @@ def verify_export(directory: Path, *, expected_key_fingerprint: str | None = Non
         problem("manifest", "manifest.json", "key_fingerprint does not match the public keys")
     if not verify_signature(public_keys, _manifest_message(manifest), str(manifest.get("signature", ""))):
         problem("bad_signature", "manifest.json", "manifest signature does not verify (the manifest was changed)")
+    starts: dict[str, tuple[int, str] | None] = {}
+    for writer_id, meta in writers_meta.items():
+        try:
+            starts[writer_id] = _start_of(meta)
+        except ValueError as exc:
+            problem("manifest", "manifest.json", f"writer {writer_id!r}: {exc}")
+            starts[writer_id] = None  # its records are still checked, from wherever they start
     path = directory / name
-    if not path.is_file() or "/" in name or name.startswith("."):
+    if "/" in name or name.startswith(".") or not path.is_file():
         problem("manifest", name, "records file is missing")
         return report
-    if _sha256_file(path) != manifest.get("records_sha256"):
-        problem("manifest", name, "records file differs from the one exported (details below)")
-    if fmt == "csv":
-        lines = _csv_lines(path, report)
-    else:
-        lines = [(n, line) for n, line in enumerate(path.read_bytes().split(b"\n"), 1) if line]
+    try:
+        if _sha256_file(path) != manifest.get("records_sha256"):
+            problem("manifest", name, "records file differs from the one exported (details below)")
+        if fmt == "csv":
+            lines = _csv_lines(path, report)
+        else:
+            lines = [(n, line) for n, line in enumerate(path.read_bytes().split(b"\n"), 1) if line]
+    except OSError as exc:
+        problem("manifest", name, f"records file cannot be read ({exc.strerror or type(exc).__name__})")
+        return report
     by_writer: dict[str, list[tuple[int, bytes]]] = {}
     for number, line in lines:
         by_writer.setdefault(_writer_of(line), []).append((number, line))
@@ -409,7 +422,7 @@ def verify_export(directory: Path, *, expected_key_fingerprint: str | None = Non
         if meta is None:
             problem("inserted", name, f"records of writer {writer_id!r}, which the manifest does not list", rows[0][0])
             continue
-        start = (int(meta["first_seq"]) - 1, str(meta["first_prev_hash"])) if meta.get("first_seq") else None
+        start = starts[writer_id]
         chain = verify_chain(
             writer_id,
             ((name, line + b"\n", number) for number, line in rows),
@@ -427,6 +440,70 @@ def verify_export(directory: Path, *, expected_key_fingerprint: str | None = Non
             f"{sum(c.records for c in report.chains)} records, the manifest says {manifest.get('count')}",
         )
     return report
+
+
+def _read_manifest(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """The manifest when it has the shape verification relies on, else None and why (never an exception)."""
+    if not path.is_file():  # a FIFO or device would block the read or never end
+        return None, "missing or not a regular file"
+    try:
+        data = bytearray()
+        with path.open("rb") as handle:  # in chunks: read(MAX + 1) would allocate MAX bytes up front
+            while len(data) <= MAX_MANIFEST_BYTES and (chunk := handle.read(1 << 20)):
+                data += chunk
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or type(exc).__name__})"
+    if len(data) > MAX_MANIFEST_BYTES:
+        return None, f"larger than {MAX_MANIFEST_BYTES} bytes"
+    try:
+        manifest = json.loads(data, parse_constant=_no_constant, parse_float=_finite)
+    except UnicodeDecodeError:
+        return None, "not UTF-8"
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
+        return None, "not JSON (or nested too deep, or a number out of range)"
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        return None, f"no format {FORMAT!r}"
+    expected: dict[str, type] = {"records_file": str, "records_format": str, "writers": dict, "public_keys": dict}
+    for key, kind in expected.items():
+        if not isinstance(manifest.get(key), kind):
+            return None, f"{key} is not a JSON {'string' if kind is str else 'object'}"
+    if not isinstance(manifest["public_keys"].get(AUDIT_SIGNING_KEY), dict):
+        return None, f"public_keys.{AUDIT_SIGNING_KEY} is not a JSON object"
+    for writer_id, meta in manifest["writers"].items():
+        if not isinstance(meta, dict):
+            return None, f"writers[{writer_id!r}] is not a JSON object"
+    try:
+        _manifest_message(manifest)
+    except ValueError:  # a string with an unpaired surrogate ("\ud800") has no UTF-8 form to sign
+        return None, "a string in it is not valid Unicode"
+    return manifest, ""
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError("number out of range")
+    return value
+
+
+_MAX_SEQ = 2**63 - 1  # a sequence number the writer can reach
+
+
+def _start_of(meta: Mapping[str, Any]) -> tuple[int, str] | None:
+    """The (seq, hash) a writer's first exported record follows; ValueError when the manifest's entry is bad."""
+    first = meta.get("first_seq")
+    if first is None:
+        return None
+    if type(first) is not int or not 1 <= first <= _MAX_SEQ:
+        raise ValueError(f"first_seq must be an integer from 1 to {_MAX_SEQ}")
+    prev = meta.get("first_prev_hash")
+    if not (isinstance(prev, str) and len(prev) == 64 and all(c in "0123456789abcdef" for c in prev)):
+        raise ValueError("first_prev_hash must be 64 lower-case hex digits")
+    return first - 1, prev
 
 
 def _compare(
@@ -557,34 +634,54 @@ def _writer_of(line: bytes) -> str:
 def _csv_lines(path: Path, report: VerifyReport) -> list[tuple[int, bytes]]:
     """The verbatim record lines of a CSV export, checking that every readable column agrees with its record."""
     lines: list[tuple[int, bytes]] = []
-    with path.open(encoding="utf-8", newline="") as handle:
-        rows = csv.reader(handle)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:  # located, then read with U+FFFD: the record there fails its hash too
+        line_no = data.count(b"\n", 0, exc.start) + 1
+        message = f"not UTF-8 (byte offset {exc.start})"
+        report.problems.append(Problem("*", "malformed", path.name, line_no, None, message))
+        text = data.decode("utf-8", "replace")
+    rows = csv.reader(io.StringIO(text, newline=""))
+    try:
         header = next(rows, None)
-        if header != CSV_COLUMNS:
-            report.problems.append(Problem("*", "malformed", path.name, 1, None, "unexpected CSV header"))
+    except csv.Error:
+        header = None
+    if header != CSV_COLUMNS:
+        report.problems.append(Problem("*", "malformed", path.name, 1, None, "unexpected CSV header"))
+        return lines
+    number = 1
+    while True:
+        try:
+            row = next(rows, None)
+        except csv.Error as exc:  # a field over csv.field_size_limit(): the rest of the file cannot be read
+            message = f"not readable as CSV from here ({exc})"
+            report.problems.append(Problem("*", "malformed", path.name, rows.line_num, None, message))
             return lines
-        for number, row in enumerate(rows, 2):
-            if len(row) != len(CSV_COLUMNS):
-                report.problems.append(Problem("*", "malformed", path.name, number, None, "wrong number of columns"))
-                continue
-            line = row[-1].encode("utf-8")
-            try:
-                record = json.loads(line)
-                expected = csv_row(record, line)
-            except (ValueError, AttributeError, TypeError):
-                lines.append((number, line))  # the chain check reports it
-                continue
-            changed = [col for col, a, b in zip(CSV_COLUMNS, row, expected, strict=True) if a != b]
-            if changed:
-                report.problems.append(
-                    Problem(
-                        str(record.get("writer_id")),
-                        "edited",
-                        path.name,
-                        number,
-                        record.get("seq"),
-                        f"column(s) {', '.join(changed)} differ from the signed record",
-                    )
+        if row is None:
+            return lines
+        number += 1
+        if len(row) != len(CSV_COLUMNS):
+            report.problems.append(Problem("*", "malformed", path.name, number, None, "wrong number of columns"))
+            continue
+        line = row[-1].encode("utf-8")
+        try:
+            record = json.loads(line)
+            expected = csv_row(record, line)
+        except (ValueError, AttributeError, TypeError, RecursionError):
+            lines.append((number, line))  # the chain check reports it
+            continue
+        changed = [col for col, a, b in zip(CSV_COLUMNS, row, expected, strict=True) if a != b]
+        if changed:
+            seq = record.get("seq")
+            report.problems.append(
+                Problem(
+                    str(record.get("writer_id")),
+                    "edited",
+                    path.name,
+                    number,
+                    seq if type(seq) is int else None,
+                    f"column(s) {', '.join(changed)} differ from the signed record",
                 )
-            lines.append((number, line))
-    return lines
+            )
+        lines.append((number, line))

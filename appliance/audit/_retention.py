@@ -108,7 +108,7 @@ def read_anchor(path: Path) -> Anchor | None:
             purged_at=str(data["purged_at"]),
             signature=str(data["signature"]),
         )
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:  # 1e999; nested too deep
         raise IntegrityViolation(f"audit anchor {path.name} is malformed") from exc
 
 

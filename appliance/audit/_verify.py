@@ -210,8 +210,9 @@ def verify_chain(
         problems.append(torn)
 
     for first, last, location, lineno in gaps:
-        missing = set(range(first, last + 1))
-        if missing and missing <= out_of_order:
+        # never expand the range: a record's seq is untrusted ("seq":99999999999999999999 makes a gap of 1e20)
+        moved = last - first + 1 <= len(out_of_order) and all(s in out_of_order for s in range(first, last + 1))
+        if moved:
             problem("reordered", location, lineno, first, f"seq {first}..{last} moved later in the file")
         else:
             problem("missing", location, lineno, first, f"seq {first}..{last} missing before this line")
@@ -252,7 +253,7 @@ def _check_checkpoint(
         record_writer = record["writer_id"]
         if not isinstance(signed_hash, str):  # an edited record's JSON types are not the writer's
             raise TypeError("signed_hash")
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):  # 1e999; nested too deep to parse
         problem("malformed", "checkpoint record without signed_seq/signed_hash/signature")
         return
     report.checkpoints += 1

@@ -125,7 +125,7 @@ def verify_cmd(
     for chain in report.chains:
         seqs = f"{chain.first_seq}..{chain.last_seq}" if chain.records else "-"
         table.add_row(
-            chain.writer_id,
+            _shown(chain.writer_id),  # an export's writer ids and file names are untrusted: shown, never obeyed
             str(chain.records),
             seqs,
             str(chain.checkpoints),
@@ -136,12 +136,27 @@ def verify_cmd(
     console.print(f"audit key fingerprint: {report.key_fingerprint}", soft_wrap=True)
     problems = report.all_problems
     for problem in problems[:200]:
-        err_console.print(f"[red]{problem}[/]", highlight=False, soft_wrap=True, markup=True)
+        err_console.print(f"[red]{_shown(str(problem))}[/]", highlight=False, soft_wrap=True, markup=True)
     if len(problems) > 200:
         err_console.print(f"... and {len(problems) - 200} more")
     if problems:
         raise IntegrityViolation(f"{len(problems)} problem(s) in {report.records} records")
     console.print(f"[green]OK[/]: {report.records} records verified")
+
+
+def _shown(text: str) -> str:
+    """Untrusted text for the terminal: control, format and surrogate characters escaped (no terminal escape
+    sequences, no fake lines), rich markup escaped (printed as written, never parsed)."""
+    import unicodedata
+
+    from rich.markup import escape
+
+    def one(c: str) -> str:
+        if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+            return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+        return c
+
+    return escape("".join(one(c) for c in text))
 
 
 @app.command("hash")

@@ -4,7 +4,8 @@ reader training uses, which verifies the fingerprint before anything is trained 
 The prepared directory (``docs/architecture/contracts.md``): ``train.jsonl``, ``eval.jsonl`` (records with
 ``instruction``, ``response``, ``subject``) and ``manifest.json``. It is written in a temporary sibling directory
 and renamed into place only when complete; an existing non-empty output is refused. ``metadata`` is not carried
-into the prepared records (data minimisation: training needs only the text and the privacy unit).
+into the prepared records (data minimisation: training needs only the text and the privacy unit), but the names
+and identifiers it declares are scrubbed from the text.
 """
 
 from __future__ import annotations
@@ -204,7 +205,9 @@ def prepare(
     report = ScrubReport()
     scrubbed: list[tuple[str, str]] = []
     for done, rec in enumerate(records, start=1):
-        fields, counts = scrubber.scrub_fields({"instruction": rec.instruction, "response": rec.response})
+        # the metadata is dropped, but the names and identifiers it declares are replaced in the text
+        text = {"instruction": rec.instruction, "response": rec.response}
+        fields, counts = scrubber.scrub_fields(text, context=rec.metadata)
         report.add(counts)
         scrubbed.append((fields["instruction"], fields["response"]))
         if on_record is not None and (done % 100 == 0 or done == len(records)):

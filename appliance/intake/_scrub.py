@@ -165,8 +165,9 @@ def _phone_or_fax(text: str, m: re.Match[str]) -> str:
 
 def _ctx(label: str, kind: str, value: str = _VALUE) -> _Rule:
     """A labelled identifier: the label stays, the value is replaced."""
-    # after a label ending in "#" ("Record # 445566") there is no word boundary, only the separator
-    return _Rule(kind, re.compile(rf"(?i:\b(?:{label}))(?:\b|(?<=#)){_SEP}{value}", re.IGNORECASE))
+    # after a label ending in "#" ("Record # 445566") there is no word boundary, only the separator; an
+    # abbreviated label keeps its full stop ("Acct. 1234567", "Record no. 445566")
+    return _Rule(kind, re.compile(rf"(?i:\b(?:{label}))(?:\b|(?<=#))\.?{_SEP}{value}", re.IGNORECASE))
 
 
 def _rules() -> list[_Rule]:
@@ -204,7 +205,9 @@ def _rules() -> list[_Rule]:
         _Rule(
             "IP",
             re.compile(
-                r"(?P<v>(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.]))"
+                # a full stop after it ends the sentence; one before a digit makes it a longer dotted number
+                r"(?P<v>(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+                r"(?!\d|\.\d))"
             ),
         ),
         _Rule("IP", re.compile(r"(?P<v>(?<![\w:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:]))"), _valid_ipv6),
@@ -212,7 +215,7 @@ def _rules() -> list[_Rule]:
         _Rule("SSN", re.compile(r"(?P<v>\b\d{3}-\d{2}-\d{4}\b|\b\d{3} \d{2} \d{4}\b)")),
         _ctx(r"ssn|social\s+security(?:\s+(?:number|no|#))?|ss#", "SSN", r"(?P<v>\d{3}[-. ]?\d{2}[-. ]?\d{4})\b"),
         _ctx(
-            r"mrn|medical\s+record(?:\s+(?:number|no|#))?|med\s+rec(?:ord)?|record\s+(?:number|no|#)|chart"
+            r"mrn|medical\s+record(?:\s+(?:number|no|#))?|med\.?\s+rec(?:ord)?|record\s+(?:number|no|#)|chart"
             r"(?:\s+(?:number|no|#))?|hospital\s+(?:number|no|#)|patient\s+(?:id|number|no)|pt\s+(?:id|#)|unit\s+no",
             "MRN",
         ),
@@ -234,7 +237,8 @@ def _rules() -> list[_Rule]:
         ),
         _Rule(
             "ACCOUNT",
-            re.compile(r"(?P<v>\b\d{4}[ -]?\d{4}[ -]?\d{4}[ -]?\d{1,7}\b)"),
+            # 4-4-4-x (Visa, Mastercard...), 4-6-5 (American Express) and 4-6-4 (Diners Club) groupings
+            re.compile(r"(?P<v>\b(?:\d{4}[ -]?\d{4}[ -]?\d{4}[ -]?\d{1,7}|\d{4}[ -]?\d{6}[ -]?\d{4,5})\b)"),
             lambda m: 13 <= len(re.sub(r"\D", "", m.group("v"))) <= 19 and _luhn(re.sub(r"\D", "", m.group("v"))),
         ),
         _ctx(
@@ -256,7 +260,11 @@ def _rules() -> list[_Rule]:
             "ID",
         ),
         _Rule("PHONE", re.compile(rf"(?P<v>(?<![\w+])(?:{_PHONE_CORE}){_EXT})(?!\w)"), kind_of=_phone_or_fax),
-        _ctx(r"phone|tel|telephone|cell|mobile|call|fax|pager|beeper", "PHONE", r"(?P<v>\+?\d{7,15})\b"),
+        _ctx(  # a local number without area code is printed in two groups ("Phone: 555-0143")
+            r"phone|tel|telephone|cell|mobile|call|fax|pager|beeper",
+            "PHONE",
+            r"(?P<v>\+?\d{7,15}|\d{3}[-. ]\d{4})\b",
+        ),
         _Rule("DATE", re.compile(date_words, ci)),
         _Rule("DATE", re.compile(date_num), _plausible_date),
         _ctx(
@@ -315,7 +323,8 @@ def _rules() -> list[_Rule]:
         _Rule("ZIP", re.compile(rf"(?:\b(?:{_STATES}|{_STATE_NAMES}),?\s+)(?P<v>\d{{5}}(?:-\d{{4}})?)\b")),
         _ctx(r"zip(?:\s*code)?|postal\s+code|postcode|zip\+4", "ZIP", r"(?P<v>\d{5}(?:-\d{4})?)\b"),
         # any other unique identifying number: long digit runs and mixed letter+digit codes
-        _Rule("ID", re.compile(r"(?P<v>(?<![\w.])\d{8,}(?![\w.]))")),
+        # not a decimal's digits ("0.12345678"); a full stop after it ends the sentence
+        _Rule("ID", re.compile(r"(?P<v>(?<!\w)(?<!\d[.,])\d{8,}(?!\w)(?![.,]\d))")),
         _Rule(
             "ID",
             re.compile(
@@ -335,32 +344,41 @@ def _compiled() -> list[_Rule]:
     return _COMPILED
 
 
-# Metadata keys that say what their value is: the whole value (string or number) becomes that placeholder.
+# Metadata keys that say what their value is: the whole value (string or number) becomes that placeholder. Keys
+# are matched in a normal spelling ("patientId", "Patient Name", "medical-record-number" -> "patient_id",
+# "patient_name", "medical_record_number"), after optional qualifiers ("home_phone", "patient_mrn") and with an
+# optional number suffix ("mrn_number", "ssn_no").
+_QUAL = (
+    r"(?:(?:patient|pt|home|work|office|mobile|cell|primary|secondary|alt|alternate|emergency|contact|guarantor"
+    r"|subscriber|mailing|billing|current|previous|prior|personal|mother|father|spouse|guardian|kin|next_of_kin)_)*"
+)
+_NUM = r"(?:_?(?:number|no|num|nbr|id))?"
 _KEY_TYPES: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(p, re.IGNORECASE), kind)
+    (re.compile(rf"^{_QUAL}(?:{p})$"), kind)
     for p, kind in (
         (
-            r"^(?:patient_?|first_?|last_?|full_?|given_?|family_?|middle_?|sur)?name$|^(?:provider|physician|doctor|nurse)(?:_?name)?$",
+            r"(?:first_?|last_?|full_?|given_?|family_?|middle_?|maiden_?|sur)?name|(?:provider|physician|doctor|nurse)(?:_?name)?",
             "NAME",
         ),
+        (r"dob|birth_?date|date_?of_?birth|admi(?:t|ssion)_?date|discharge_?date|death_?date|visit_?date", "DATE"),
+        (rf"(?:phone|tel|telephone|mobile|cell|pager){_NUM}", "PHONE"),
+        (rf"fax{_NUM}", "FAX"),
+        (r"e?_?mail(?:_?addr(?:ess)?)?", "EMAIL"),
+        (rf"(?:ssn|social_?security){_NUM}|ssn_last_?4", "SSN"),
+        (rf"(?:mrn|medical_?record|med_?rec){_NUM}|(?:chart|hospital|record)_?(?:number|no|num|nbr)", "MRN"),
+        (rf"(?:account|acct|bank_?account|credit_?card|card|iban){_NUM}", "ACCOUNT"),
+        (rf"(?:(?:drivers?_?)?licen[cs]e|npi|dea|passport){_NUM}", "LICENSE"),
+        (rf"(?:vin|plate|license_?plate){_NUM}", "VEHICLE"),
+        (rf"(?:serial|device_?id|udi|imei){_NUM}", "DEVICE"),
+        (r"url|website|homepage", "URL"),
+        (r"ip|ip_?address", "IP"),
+        (r"address(?:_?line_?\d)?|addr|street|street_?address|city|county|town", "ADDRESS"),
+        (r"zip|zip_?code|zip_?4|postal_?code|postcode", "ZIP"),
         (
-            r"^(?:dob|birth_?date|date_?of_?birth|admi(?:t|ssion)_?date|discharge_?date|death_?date|visit_?date)$",
-            "DATE",
+            r"(?:member|policy|insurance|beneficiary|health_?plan|subscriber|patient|pt|person|encounter|visit"
+            r"|admission|case|claim|employee|group)_?(?:id|identifier|number|no|num|nbr)|id|identifier",
+            "ID",
         ),
-        (r"^(?:phone|tel|telephone|mobile|cell)(?:_?(?:number|no))?$", "PHONE"),
-        (r"^fax(?:_?(?:number|no))?$", "FAX"),
-        (r"^e?-?mail(?:_?address)?$", "EMAIL"),
-        (r"^ssn$|^social_?security(?:_?number)?$", "SSN"),
-        (r"^mrn$|^medical_?record(?:_?number)?$|^chart_?(?:number|no)$", "MRN"),
-        (r"^(?:account|acct)(?:_?(?:number|no|id))?$", "ACCOUNT"),
-        (r"^(?:license|licence|npi|dea)(?:_?(?:number|no))?$", "LICENSE"),
-        (r"^(?:vin|plate|license_?plate)$", "VEHICLE"),
-        (r"^(?:serial|device_?id|udi|imei)(?:_?(?:number|no))?$", "DEVICE"),
-        (r"^(?:url|website|homepage)$", "URL"),
-        (r"^(?:ip|ip_?address)$", "IP"),
-        (r"^(?:address|street|street_?address|city|county|town)$", "ADDRESS"),
-        (r"^(?:zip|zip_?code|postal_?code|postcode)$", "ZIP"),
-        (r"^(?:member_?id|policy_?(?:number|id)|insurance_?id|beneficiary_?id|health_?plan_?id)$", "ID"),
     )
 ]
 _LONG_NUMBER = 10_000  # an integer in metadata at or above this is treated as an identifier
@@ -417,6 +435,19 @@ def _select(spans: Iterable[Span]) -> list[Span]:
     return kept
 
 
+def _cover(kept: list[Span], span: Span) -> list[Span]:
+    """``kept`` with the declared ``span`` replaced too, merged with the spans it overlaps into one of its type (a
+    value a rule matched only in part loses its rest as well); unchanged when one kept span strictly contains it."""
+    start, end, kind = span
+    over = [k for k in kept if k[0] < end and start < k[1]]
+    if len(over) == 1 and over[0][0] <= start and end <= over[0][1] and (over[0][0], over[0][1]) != (start, end):
+        return kept
+    merged = (min([start] + [k[0] for k in over]), max([end] + [k[1] for k in over]), kind)
+    rest = [k for k in kept if k not in over]
+    bisect.insort(rest, merged)
+    return rest
+
+
 def _merge_names(text: str, spans: list[Span]) -> list[Span]:
     """Adjacent name tokens become one span ("Jane Q. Smith" -> one [NAME])."""
     merged: list[Span] = []
@@ -443,8 +474,14 @@ def _apply(text: str, spans: list[Span]) -> tuple[str, Counter[str]]:
     return "".join(out), counts
 
 
-# Unicode hyphens and dashes (word processors turn "617-555-1234" into "617–555–1234"): the rules read them as "-"
-_DASHES = str.maketrans(dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d", "-"))
+# Unicode hyphens and dashes (word processors turn "617-555-1234" into "617–555–1234"): the rules read them as "-";
+# Unicode spaces (no-break, thin, figure...: "123\u00a045\u00a06789") as " "
+_SEPARATORS = str.maketrans(
+    dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d", "-")
+    | dict.fromkeys(
+        "\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u202f\u205f\u3000", " "
+    )
+)
 
 
 class Scrubber:
@@ -456,9 +493,13 @@ class Scrubber:
         return text, counts
 
     def _scrub(
-        self, text: str, known_names: Iterable[str], found: _NameHits | None = None
+        self,
+        text: str,
+        known_names: Iterable[str],
+        found: _NameHits | None = None,
+        declared: _Declared = (),
     ) -> tuple[str, Counter[str], set[str]]:
-        view = text.translate(_DASHES)  # same length as text, as is probe: spans found in them apply to text
+        view = text.translate(_SEPARATORS)  # same length as text, as is probe: spans found in them apply to text
         probe, mode = _case_normalised(view)
         spans = list(_iter_spans(view, probe if mode else None))
         if found is None:
@@ -466,30 +507,39 @@ class Scrubber:
         own_spans, tokens = found
         name_spans = own_spans + propagate_spans(view, set(known_names) - tokens)
         spans.extend((s, e, "NAME") for s, e in sorted(name_spans, key=lambda se: (se[0], -se[1])))
-        new, counts = _apply(text, _select(spans))
+        kept = _select(spans)
+        for pattern, kind in declared:
+            for m in pattern.finditer(view):
+                kept = _cover(kept, (m.start(), m.end(), kind))
+        new, counts = _apply(text, kept)
         return new, counts, tokens
 
-    def scrub_fields(self, fields: dict[str, Any]) -> tuple[dict[str, Any], Counter[str]]:
+    def scrub_fields(
+        self, fields: dict[str, Any], context: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], Counter[str]]:
         """Scrub every string in a record's fields (nested metadata included); names found anywhere are
-        replaced everywhere in the record."""
+        replaced everywhere in the record, and so are the identifier values its metadata declares
+        ({"mrn": "7654321"}). ``context`` (the metadata, when it is not itself output) declares them too, but is
+        neither scrubbed nor counted."""
+        declared = _declared_patterns([fields, context])
         tokens: set[str] = set()
         hits: dict[str, _NameHits] = {}
         for text in _strings(fields):
             if text not in hits:
-                view = text.translate(_DASHES)
+                view = text.translate(_SEPARATORS)
                 hits[text] = _find_names(view, *_case_normalised(view))
                 tokens |= hits[text][1]
-        tokens |= _labelled_names(fields)  # a metadata name field names the patient everywhere in the record
+        tokens |= _labelled_names([fields, context])  # a metadata name field names the patient everywhere
         counts: Counter[str] = Counter()
 
-        def walk(value: Any, key: str | None = None) -> Any:
-            kind = _key_type(key)
+        def walk(value: Any, key: str | None = None, inherited: str | None = None) -> Any:
+            kind = _key_type(key) or inherited  # {"mrn": {"value": ...}}: the object's scalars are the MRN
             scalar = isinstance(value, str | int | float) and not isinstance(value, bool)
             if kind is not None and scalar and not (isinstance(value, str) and _is_placeholder(value)):
                 counts[kind] += 1
                 return f"[{kind}]"
             if isinstance(value, str):
-                new, c, _ = self._scrub(value, tokens, hits.get(value))
+                new, c, _ = self._scrub(value, tokens, hits.get(value), declared)
                 counts.update(c)
                 return new
             if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _LONG_NUMBER and key:
@@ -498,18 +548,20 @@ class Scrubber:
             if isinstance(value, dict):
                 out: dict[str, Any] = {}
                 for k, v in value.items():
-                    out[self._scrub_key(k, tokens, counts, out)] = walk(v, k)
+                    out[self._scrub_key(k, tokens, counts, out, declared)] = walk(v, k, kind)
                 return out
             if isinstance(value, list):
-                return [walk(v, key) for v in value]
+                return [walk(v, key, inherited) for v in value]
             return value
 
         out = {k: walk(v, None if k in ("instruction", "response") else k) for k, v in fields.items()}
         return out, counts
 
-    def _scrub_key(self, key: str, tokens: set[str], counts: Counter[str], taken: dict[str, Any]) -> str:
+    def _scrub_key(
+        self, key: str, tokens: set[str], counts: Counter[str], taken: dict[str, Any], declared: _Declared
+    ) -> str:
         """A metadata key can itself be PHI ({"John Smith": ...}): scrub it; keep keys unique ("[NAME]#2")."""
-        new, c, _ = self._scrub(key, tokens)
+        new, c, _ = self._scrub(key, tokens, None, declared)
         counts.update(c)
         unique, n = new, 1
         while unique in taken:
@@ -530,22 +582,85 @@ def _find_names(text: str, probe: str, mode: str) -> _NameHits:
     return spans, tokens
 
 
-def _labelled_names(value: Any, key: str | None = None) -> set[str]:
-    """Name tokens of the strings under keys that say they hold a name (``patient_name``, ``physician``...)."""
+# A metadata value under an identifier key ({"mrn": "7654321"}) is replaced wherever it stands in the record's text.
+# It must look like an identifier: 5 or more digits when it is all digits (shorter numbers are years, doses and
+# lab values: a declared "1234" or "12" is not carried), 4 or more letters and digits when it has a letter (it must
+# then match as a whole word: "Reno" but not "Ada"). Matching ignores case and Unicode dashes, takes any
+# separator (space, . - / parentheses) where the value has one, and digit grouping where it has none
+# ("7654321" also matches "765 4321" and "765-4321").
+_MIN_DIGITS, _MIN_ALNUM = 5, 4
+_GAP = r"[\s.\-/()]{0,3}"  # where the value has a separator
+_GROUP = r"[\s\-]?"  # between digits, or a letter and a digit, where it has none
+_Declared = tuple[tuple[re.Pattern[str], str], ...]
+
+
+def _declared_values(value: Any, kind: str | None = None) -> Iterator[tuple[str, str | int]]:
+    """(kind, value) of every scalar under an identifier key. An object or list under one declares all its
+    scalars ({"mrn": {"value": ...}}, FHIR's "identifier": [{"value": ...}]), unless a key inside names another."""
     if isinstance(value, dict):
-        return {t for k, v in value.items() for t in _labelled_names(v, k)}
-    if isinstance(value, list):
-        return {t for v in value for t in _labelled_names(v, key)}
-    if isinstance(value, str) and _key_type(key) == "NAME":
-        return labelled_name_tokens(value)
-    return set()
+        for k, v in value.items():
+            yield from _declared_values(v, _key_type(k) or kind)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _declared_values(v, kind)
+    elif kind is not None and isinstance(value, str | int) and not isinstance(value, bool):
+        yield kind, value
+
+
+def _declared_patterns(value: Any) -> _Declared:
+    """Patterns for the identifier values declared under identifier keys (names excepted: they are tokens)."""
+    found: dict[str, str] = {}
+    for kind, v in _declared_values(value):
+        if kind == "NAME":
+            continue
+        text = str(v).translate(_SEPARATORS)
+        for part in [text, *re.split(r"[,;\n]", text)]:  # "12 Elm St, Reno": the street, the city
+            regex = _declared_regex(part)
+            if regex is not None:
+                found.setdefault(regex, kind)
+    return tuple((re.compile(r, re.IGNORECASE), kind) for r, kind in found.items())
+
+
+def _declared_regex(value: str) -> str | None:
+    """A regex for ``value`` (see _MIN_DIGITS), or None when it is too short to be told from other text."""
+    chars = [c for c in value if c.isalnum()]
+    digits_only = all(c.isdigit() for c in chars)
+    if len(chars) < (_MIN_DIGITS if digits_only else _MIN_ALNUM) or _is_placeholder(value):
+        return None
+    out: list[str] = []
+    prev, gap = "", False
+    for c in value.strip():
+        if c.isspace() or c in ".-/()":
+            gap = True
+            continue
+        if prev:
+            if gap:
+                out.append(_GAP)
+            elif c.isalnum() and prev.isalnum() and (c.isdigit() or prev.isdigit()):
+                out.append(_GROUP)
+        out.append(re.escape(c))
+        prev, gap = c, False
+    # whole values only: not inside a longer word or number ("17654321", "7654321.5", "0.02115")
+    return r"(?<![^\W_])(?<!\d[.,])" + "".join(out) + r"(?![^\W_])(?![.,]\d)"
+
+
+def _labelled_names(value: Any) -> set[str]:
+    """Name tokens of the strings under keys that say they hold a name (``patient_name``, ``physician``...)."""
+    return {
+        t
+        for kind, v in _declared_values(value)
+        if kind == "NAME" and isinstance(v, str)
+        for t in labelled_name_tokens(v)
+    }
 
 
 def _key_type(key: str | None) -> str | None:
     if not key:
         return None
+    norm = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key[:100])  # camelCase -> camel_Case
+    norm = re.sub(r"[^a-z0-9]+", "_", norm.lower()).strip("_")
     for pattern, kind in _KEY_TYPES:
-        if pattern.search(key):
+        if pattern.match(norm):
             return kind
     return None
 

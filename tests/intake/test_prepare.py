@@ -139,6 +139,24 @@ class TestManifestAndFingerprint:
             assert not re.search(r"\d{4,}", body)
             assert "@" not in body
 
+    def test_what_the_metadata_declares_is_scrubbed_from_the_text(self, tmp_path: Path) -> None:
+        """A name and an MRN that only the (dropped) metadata labels are replaced in the prepared text too."""
+        records = [
+            {
+                "instruction": f"Summarise visit {i} of Ysolde Vantaggio.",
+                "response": f"Vantaggio, chart 7654321, improved on day {i}.",
+                "subject_id": f"S{i}",
+                "metadata": {"patient_name": "Ysolde Vantaggio", "mrn": "7654321"},
+            }
+            for i in range(4)
+        ]
+        result = prepare(_write(tmp_path / "in.jsonl", records), tmp_path / "out", salt=SALT)
+        text = (result.path / "train.jsonl").read_text() + (result.path / "eval.jsonl").read_text()
+        assert "Vantaggio" not in text and "Ysolde" not in text and "7654321" not in text
+        assert "of [NAME]." in text and "[NAME], chart [MRN], improved" in text
+        report = json.loads((result.path / "manifest.json").read_text())["scrub_report"]
+        assert report["NAME"] == 8 and report["MRN"] == 4  # the text's replacements, not the metadata's
+
     def test_logs_hold_counts_not_values(self, synthetic: Path, tmp_path: Path) -> None:
         """What intake logs is counts and the fingerprint, never a record's text."""
         with structlog.testing.capture_logs() as logs:

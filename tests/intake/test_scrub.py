@@ -31,6 +31,8 @@ CASES: list[tuple[str, str, str]] = [
     ("Cell 617-555-0199.", "617-555-0199", "PHONE"),
     ("Reach her on +1 617 555 0100 ext. 12.", "+1 617 555 0100 ext. 12", "PHONE"),
     ("Phone: 6175550143", "6175550143", "PHONE"),
+    ("Phone: 555-0143 (home).", "555-0143", "PHONE"),
+    ("Call 555 0143 after 5.", "555 0143", "PHONE"),
     ("Fax: 617.555.0101", "617.555.0101", "FAX"),
     ("Please fax records to (617) 555-0102.", "(617) 555-0102", "FAX"),
     ("Email jane.roe@example.org today.", "jane.roe@example.org", "EMAIL"),
@@ -43,6 +45,11 @@ CASES: list[tuple[str, str, str]] = [
     ("MRN: 123 4567 on the wristband.", "123 4567", "MRN"),
     ("Acct: 1234 5678 9012 was billed.", "1234 5678 9012", "ACCOUNT"),
     ("MRN: 1234567", "1234567", "MRN"),
+    ("Record no. 445566.", "445566", "MRN"),
+    ("Med. rec. 445566 reviewed.", "445566", "MRN"),
+    ("MRN. 1234567 on the band.", "1234567", "MRN"),
+    ("Acct. 1234567 billed.", "1234567", "ACCOUNT"),
+    ("Lic. 1234567 on file.", "1234567", "LICENSE"),
     ("Medical record number MR-884422 reviewed.", "MR-884422", "MRN"),
     ("MRN#00551234 admitted.", "00551234", "MRN"),
     ("Lives at 123 Main St, Apt 4B with her son.", "123 Main St, Apt 4B", "ADDRESS"),
@@ -59,6 +66,8 @@ CASES: list[tuple[str, str, str]] = [
     ("Account number 00998877 billed.", "00998877", "ACCOUNT"),
     ("Acct # 4455-667788", "4455-667788", "ACCOUNT"),
     ("Card 4111 1111 1111 1111 declined.", "4111 1111 1111 1111", "ACCOUNT"),
+    ("Amex 3782 822463 10005 on file.", "3782 822463 10005", "ACCOUNT"),
+    ("Paid with 3056-930902-5904 today.", "3056-930902-5904", "ACCOUNT"),
     ("Driver's license D1234567 verified.", "D1234567", "LICENSE"),
     ("NPI 1234567893 on the prescription.", "1234567893", "LICENSE"),
     ("DEA AB1234563 on file.", "AB1234563", "LICENSE"),
@@ -70,6 +79,9 @@ CASES: list[tuple[str, str, str]] = [
     ("Member ID XKG123456789 on the card.", "XKG123456789", "ID"),
     ("Health plan beneficiary number: 1EG4-TE5-MK73", "1EG4-TE5-MK73", "ID"),
     ("Reference 99887766554 attached.", "99887766554", "ID"),
+    ("Attached is reference 99887766554.", "99887766554", "ID"),
+    ("Callback number given as 6175550143.", "6175550143", "ID"),
+    ("Login from 10.0.0.1.", "10.0.0.1", "IP"),
 ]
 
 STRUCTURED = [t for t in PLACEHOLDER_TYPES if t != "NAME"]
@@ -86,6 +98,7 @@ CLEAN = [
     "A 67-year-old man with COPD exacerbation, FEV1 45% predicted.",
     "Discussed the risks and benefits; the patient agrees with the plan.",
     "Potassium 4.1 mmol/L, creatinine 1.2 mg/dL, eGFR 58.",
+    "Ratio 0.123456789 and 3.14159265, firmware 10.0.0.1.2 updated.",
 ]
 
 
@@ -221,6 +234,82 @@ class TestRecords:
         assert out["metadata"] == {"patient_name": "[NAME]", "team": [{"physician": "[NAME]"}]}
         assert scrubber.scrub_fields({**fields, "instruction": "Qorvath signed."})[0]["instruction"] == "[NAME] signed."
 
+    @pytest.mark.parametrize(
+        ("meta", "text", "expected"),
+        [
+            ({"mrn": "7654321"}, "Chart 7654321 reviewed.", "Chart [MRN] reviewed."),
+            ({"mrn": 7654321}, "Was 765 4321, 765\u20134321, 765\u00a04321.", "Was [MRN], [MRN], [MRN]."),
+            ({"ssn": "123-45-6789"}, "Old card 123456789.", "Old card [SSN]."),
+            ({"phone": "(617) 555-0143"}, "cb 6175550143 or 617 555 0143", "cb [PHONE] or [PHONE]"),
+            ({"account": "ab-77x9"}, "Ref AB 77X9 on file", "Ref [ACCOUNT] on file"),
+            ({"email": "Jane.Roe@Example.org"}, "Wrote JANE.ROE@EXAMPLE.ORG.", "Wrote [EMAIL]."),
+            ({"address": "12 Elm Rd, Reno"}, "Back to reno; 12 elm rd.", "Back to [ADDRESS]; [ADDRESS]."),
+            ({"zip": "02115"}, "Home 02115; lab 102115, 0.02115, 2.02115", "Home [ZIP]; lab 102115, 0.02115, 2.02115"),
+            # the shortest values carried: 5 digits, or 4 letters and digits; shorter ones are not
+            ({"account": "12345", "member_id": "AB12"}, "dose 12345, AB12 gene", "dose [ACCOUNT], [ID] gene"),
+            ({"account": "1234", "member_id": "AB1", "mrn": 12}, "dose 1234 mg, AB1 gene, 12 h", None),
+        ],
+    )
+    def test_metadata_identifier_values_are_replaced_in_the_text(
+        self, scrubber: Scrubber, meta: dict[str, object], text: str, expected: str | None
+    ) -> None:
+        """An identifier value the record's metadata declares is replaced wherever it stands in the text: any
+        case, Unicode dashes and spaces, any digit grouping; never inside a longer number; short values are not
+        carried (they would hit doses and lab values)."""
+        fields = {"instruction": text, "response": text, "metadata": meta}
+        out, _ = scrubber.scrub_fields(fields)
+        assert out["instruction"] == out["response"] == (text if expected is None else expected)
+        # the same when the metadata is only context (data prepare drops it), and then it is not counted
+        out, counts = scrubber.scrub_fields({"instruction": text, "response": "ok"}, context=meta)
+        assert out["instruction"] == (text if expected is None else expected)
+        assert sum(counts.values()) == (0 if expected is None else expected.count("["))
+
+    def test_objects_under_identifier_keys_declare_all_their_values(self, scrubber: Scrubber) -> None:
+        """An object or list under an identifier key (FHIR's identifier, a structured address or name) is that
+        identifier throughout: its values are replaced in the metadata and in the text."""
+        meta = {
+            "identifier": [{"system": "urn:mrn", "value": "7654321"}],
+            "address": {"line": ["Flat 3, Rosebank House"], "city": "Reno"},
+            "patient_name": {"given": ["Ysolde"], "family": "Vantaggio"},
+        }
+        text = "Ysolde Vantaggio (7654321) moved from Rosebank House to Reno."
+        out, _ = scrubber.scrub_fields({"instruction": text, "response": "ok", "metadata": meta})
+        assert out["instruction"] == "[NAME] ([ID]) moved from [ADDRESS] to [ADDRESS]."
+        assert out["metadata"] == {
+            "identifier": [{"system": "[ID]", "value": "[ID]"}],
+            "address": {"line": ["[ADDRESS]"], "city": "[ADDRESS]"},
+            "patient_name": {"given": ["[NAME]"], "family": "[NAME]"},
+        }
+
+    @pytest.mark.parametrize(
+        ("key", "kind"),
+        [
+            ("patient_id", "ID"),
+            ("patientId", "ID"),
+            ("encounter_id", "ID"),
+            ("insurance_number", "ID"),
+            ("mrn_number", "MRN"),
+            ("PatientMRN", "MRN"),
+            ("medical-record-number", "MRN"),
+            ("home_phone", "PHONE"),
+            ("Patient Name", "NAME"),
+            ("ssn_last4", "SSN"),
+            ("guarantorSSN", "SSN"),
+            ("addressLine1", "ADDRESS"),
+            ("cell_count", None),
+            ("drug_name", None),
+            ("bed_number", None),
+        ],
+    )
+    def test_identifier_keys_in_any_spelling(self, scrubber: Scrubber, key: str, kind: str | None) -> None:
+        """A key names an identifier in camelCase, with spaces or hyphens, a qualifier or a number suffix too;
+        clinical keys that only contain such a word are kept."""
+        meta = {key: "7654321"}
+        out, _ = scrubber.scrub_fields({"instruction": "Seen; ref 7654321", "response": "ok", "metadata": meta})
+        assert out["metadata"] == {key: "7654321" if kind is None else f"[{kind}]"}
+        if kind != "NAME":  # a name value propagates as name tokens (letters), not as this number
+            assert out["instruction"] == ("Seen; ref 7654321" if kind is None else f"Seen; ref [{kind}]")
+
     def test_metadata_keys_are_scrubbed(self, scrubber: Scrubber) -> None:
         """A metadata key that is itself PHI is replaced, and keys stay unique."""
         meta = {"John Smith": "x", "Mary Jones": "y", "ward": "ICU"}
@@ -325,6 +414,15 @@ def test_unicode_dashes_separate_like_hyphens(dash: str) -> None:
     assert counts["SSN"] == 1 and counts["PHONE"] == 1 and counts["DATE"] == 1
     record, _ = Scrubber().scrub_fields({"instruction": f"phone 617{dash}555{dash}1234", "response": "ok"})
     assert record["instruction"] == "phone [PHONE]"
+
+
+@pytest.mark.parametrize("space", ["\u00a0", "\u2007", "\u2009", "\u202f", "\u3000"])
+def test_unicode_spaces_separate_like_spaces(space: str) -> None:
+    """No-break, figure and thin spaces inside an identifier are read as spaces; the identifier is still found."""
+    text = f"SSN 123{space}45{space}6789, MRN: 123{space}4567, Boston, MA{space}02115, Mr.{space}Quellbrook."
+    out, counts = Scrubber().scrub_text(text)
+    assert not any(ch.isdigit() for ch in out.replace("[", "").replace("]", "")), out
+    assert counts["SSN"] == 1 and counts["MRN"] == 1 and counts["ZIP"] == 1 and counts["NAME"] == 1, out
 
 
 @pytest.mark.parametrize(
