@@ -66,6 +66,33 @@ def test_malformed_json_is_a_validation_error(engine_url: str) -> None:
     assert response.json()["error_type"] == "validation"
 
 
+@pytest.mark.parametrize(
+    ("route", "raw", "message"),
+    [
+        ("/generate", '{"inputs": "x", "parameters": {"temperature": NaN, "max_new_tokens": 2}}', "Failed to parse"),
+        ("/generate", '{"inputs": "x", "parameters": {"repetition_penalty": Infinity}}', "Failed to parse"),
+        ("/generate", '{"inputs": "x", "parameters": {"do_sample": true, "seed": 18446744073709551616}}', "`seed`"),
+        ("/generate", '{"inputs": "the \\ud800 patient", "parameters": {"max_new_tokens": 2}}', "Failed to deser"),
+        ("/tokenize", '{"inputs": "the \\ud800 patient"}', "Failed to deserialize"),
+    ],
+)
+def test_values_tgi_cannot_deserialize_are_422_not_5xx(engine_url: str, route: str, raw: str, message: str) -> None:
+    """NaN/Infinity, a seed over u64 and lone surrogates are a 422 (TGI's serde refuses them), never a 424/500."""
+    response = httpx.post(engine_url + route, content=raw, headers={"content-type": "application/json"}, timeout=60)
+    assert response.status_code == 422, response.text
+    assert response.json()["error_type"] == "validation" and response.json()["error"].startswith(message)
+
+
+def test_nan_sampling_values_are_refused_before_the_scheduler(engine: Any) -> None:
+    """NaN passes ``<= 0`` checks; it must be refused at validation, not fail a prefill shared with others."""
+    from appliance.errors import BackendValidation
+    from appliance.serving.engine import GenerateParameters
+
+    for field in ("temperature", "repetition_penalty"):
+        with pytest.raises(BackendValidation, match=f"`{field}` must be strictly positive"):
+            engine.prepare("the patient", GenerateParameters(**{field: float("nan")}), stream=False)
+
+
 def test_stream_errors_arrive_as_sse_events(engine_url: str) -> None:
     """On /generate_stream a validation error is an SSE event after a 200, as TGI sends it."""
     response = _post(engine_url, "/generate_stream", {"inputs": "x", "parameters": {"top_k": -1}})

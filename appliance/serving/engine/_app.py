@@ -41,6 +41,7 @@ from appliance.serving.engine._protocol import (
     CompatGenerateRequest,
     CompletionRequest,
     GenerateRequest,
+    check_text,
     error_body,
     openai_finish_reason,
     openai_to_parameters,
@@ -155,9 +156,13 @@ def _headers(job: Job, fin: Finished | None, started: float) -> dict[str, str]:
     return headers
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 async def _json_body(request: Request[Any, Any, Any]) -> Any:
-    try:
-        return json.loads(await request.body())
+    try:  # NaN and Infinity are not JSON (serde refuses them; json.loads would not)
+        return json.loads(await request.body(), parse_constant=_no_constant)
     except ValueError as exc:
         raise BackendValidation("Failed to parse the request body as JSON") from exc
 
@@ -511,6 +516,7 @@ def create_app(engine: Engine, *, admin_token: str | None = None, install_sighup
         req = parse(GenerateRequest, await _json_body(request))
         if not req.inputs:
             raise BackendValidation("`inputs` cannot be empty")
+        check_text(req.inputs, "inputs")
         enc = engine.runner.tokenizer(
             req.inputs, add_special_tokens=req.add_special_tokens, return_offsets_mapping=True
         )
