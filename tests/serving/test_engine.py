@@ -214,3 +214,19 @@ async def test_requests_joining_a_running_batch_keep_their_tokens(engine: Any) -
     later = [asyncio.create_task(engine.generate(job)) for job in jobs[1:]]
     results = [(await first).token_ids] + [(await task).token_ids for task in later]
     assert results == alone
+
+
+async def test_a_tiny_temperature_does_not_fail_the_requests_batched_with_it(engine: Any) -> None:
+    """A valid but tiny temperature overflows the scaled logits; that row must not fail its batchmates."""
+    from appliance.serving.engine import GenerateParameters
+
+    good = engine.prepare(PROMPTS[0], GenerateParameters(max_new_tokens=4), stream=False)
+    tiny = engine.prepare(PROMPTS[2], GenerateParameters(max_new_tokens=4, temperature=1e-45), stream=False)
+    engine.scheduler.hold()
+    try:
+        tasks = [asyncio.create_task(engine.generate(job)) for job in (good, tiny)]
+        await _wait_for(lambda: engine.scheduler.waiting == 2)
+    finally:
+        engine.scheduler.release()
+    first, second = await asyncio.gather(*tasks)  # both admitted in one prefill
+    assert len(first.token_ids) == 4 and len(second.token_ids) == 4
