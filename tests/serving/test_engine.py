@@ -230,3 +230,19 @@ async def test_a_tiny_temperature_does_not_fail_the_requests_batched_with_it(eng
         engine.scheduler.release()
     first, second = await asyncio.gather(*tasks)  # both admitted in one prefill
     assert len(first.token_ids) == 4 and len(second.token_ids) == 4
+
+
+async def test_a_refused_prompt_of_a_completions_batch_cancels_its_siblings(small_engine: Any) -> None:
+    """/v1/completions with several prompts: when one is refused (429), the others stop instead of running on."""
+    engine, url = small_engine
+    body = {"prompt": ["the patient was", "blood pressure"], "max_tokens": 900}
+    before = engine.scheduler.cancelled_total
+    engine.scheduler.hold()  # the queue (1) takes the first prompt, the second is refused
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            refused = await client.post("/v1/completions", json=body)
+        assert refused.status_code == 429
+    finally:
+        engine.scheduler.release()
+    await _wait_for(lambda: engine.scheduler.cancelled_total > before)  # dropped, not generated for nobody
+    await _wait_for(lambda: engine.scheduler.running == 0 and engine.scheduler.waiting == 0)

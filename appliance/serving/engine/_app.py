@@ -190,6 +190,17 @@ async def _cancel_on_disconnect(request: Request[Any, Any, Any], work: Awaitable
         watcher.cancel()
 
 
+async def _all_or_none(works: list[Awaitable[Finished]]) -> list[Finished]:
+    """``asyncio.gather``, except that when one fails the others are cancelled (gather lets them run on)."""
+    tasks = [asyncio.ensure_future(w) for w in works]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
+
+
 def _is_loopback(host: str | None) -> bool:
     if not host:
         return False
@@ -374,7 +385,7 @@ def create_app(engine: Engine, *, admin_token: str | None = None, install_sighup
 
         async def work() -> Response[Any]:
             results: list[Finished] = await _cancel_on_disconnect(
-                request, asyncio.gather(*(engine.generate(j) for j in jobs)), metrics
+                request, _all_or_none([engine.generate(j) for j in jobs]), metrics
             )
             choices = []
             for index, (job, fin) in enumerate(zip(jobs, results, strict=True)):
