@@ -112,3 +112,36 @@ def test_cli_serve_reloads_on_sighup(tiny_model: Path, lora_adapters: Adapters, 
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_cli_serve_does_not_take_the_loopback_rule_from_forwarded_headers(
+    tiny_model: Path, lora_adapters: Adapters, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without an admin token /admin/reload is for loopback peers only: X-Forwarded-For must not make one."""
+    import asyncio
+
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from appliance.cli import app
+
+    listing = write_adapter_list(tmp_path / "adapters.json", {"triage-v1": lora_adapters["triage-v1"]})
+    monkeypatch.setenv("APPLIANCE_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")  # common in container images; uvicorn reads it
+    answers: list[int] = []
+
+    async def from_a_remote_peer(asgi: Any) -> int:
+        transport = httpx.ASGITransport(app=asgi, client=("10.20.30.40", 5555))
+        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as client:
+            reply = await client.post("/admin/reload", headers={"x-forwarded-for": "127.0.0.1"}, timeout=60)
+        return reply.status_code
+
+    def run(asgi: Any, **kwargs: Any) -> None:  # instead of serving: one request, as uvicorn would pass it on
+        config = uvicorn.Config(asgi, **kwargs)
+        config.load()
+        answers.append(asyncio.run(from_a_remote_peer(config.loaded_app)))
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    result = CliRunner().invoke(app, ["serve", "--base", str(tiny_model), "--adapters", str(listing)])
+    assert result.exit_code == 0, result.output
+    assert answers == [403]
