@@ -246,3 +246,26 @@ async def test_a_refused_prompt_of_a_completions_batch_cancels_its_siblings(smal
         engine.scheduler.release()
     await _wait_for(lambda: engine.scheduler.cancelled_total > before)  # dropped, not generated for nobody
     await _wait_for(lambda: engine.scheduler.running == 0 and engine.scheduler.waiting == 0)
+
+
+async def test_an_abandoned_waiting_request_gives_its_queue_place_back(small_engine: Any) -> None:
+    """A queued request whose client went away must not keep the next request out with a 429."""
+    from appliance.serving.engine import GenerateParameters
+
+    engine, _url = small_engine
+    long = engine.prepare(PROMPTS[0], GenerateParameters(max_new_tokens=900), stream=False)
+    short = engine.prepare(PROMPTS[3], GenerateParameters(max_new_tokens=2), stream=False)
+    running = asyncio.create_task(engine.generate(long))
+    try:
+        await _wait_for(lambda: engine.scheduler.running == 1)
+        abandoned = asyncio.create_task(engine.generate(short))
+        await _wait_for(lambda: engine.scheduler.waiting == 1)  # the batch (1) and the queue (1) are full
+        abandoned.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await abandoned
+        admitted = asyncio.create_task(engine.generate(short))  # the abandoned one's place: not a 429
+        await asyncio.sleep(0.05)
+        assert not admitted.done() or admitted.exception() is None
+    finally:
+        running.cancel()
+    assert len((await admitted).token_ids) == 2
