@@ -49,7 +49,7 @@ def error_for_payload(payload: Mapping[str, Any], status: int = 200) -> BackendE
         return BackendValidation(message)
     if error_type == "overloaded" or status == 429:
         return BackendOverloaded(message)
-    if status == 503:
+    if error_type == "unhealthy" or status == 503:  # the embedded engine's 503 type, also in SSE events
         return BackendUnavailable(message)
     if status == 504:
         return BackendTimeout(message)

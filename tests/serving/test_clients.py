@@ -177,14 +177,24 @@ async def test_http_errors_map_to_backend_errors(status: int, body: dict[str, st
         assert info.value.retry_after == 3.0
 
 
-async def test_stream_error_event_maps_to_backend_error() -> None:
-    """An error event inside a TGI stream (after a 200) becomes a typed error."""
-    sse = b'data:{"error":"Request failed during generation: OOM","error_type":"generation"}\n\n'
+@pytest.mark.parametrize(
+    ("event", "error"),
+    [
+        ({"error": "Request failed during generation: OOM", "error_type": "generation"}, BackendError),
+        ({"error": "Model is overloaded", "error_type": "overloaded"}, BackendOverloaded),
+        ({"error": "`top_k` must be strictly positive", "error_type": "validation"}, BackendValidation),
+        ({"error": "the engine is not running", "error_type": "unhealthy"}, BackendUnavailable),
+    ],
+)
+async def test_stream_error_event_maps_to_backend_error(event: dict[str, str], error: type) -> None:
+    """An error event inside a TGI stream (after a 200) becomes the same typed error as the HTTP status would."""
+    sse = b"data:" + json.dumps(event).encode() + b"\n\n"
     async with answering(_raw(sse)) as url:
         backend = TGIBackend(url, published=None)
-        with pytest.raises(BackendError, match="OOM"):
+        with pytest.raises(BackendError, match=event["error"][:8]) as info:
             _ = [e async for e in backend.stream(None, "x", GREEDY)]
         await backend.aclose()
+    assert type(info.value) is error
 
 
 async def test_retries_only_failures_before_sending() -> None:
