@@ -158,6 +158,7 @@ def _raw(body: bytes, content_type: str = "text/event-stream") -> Handler:
     ("status", "body", "error", "message"),
     [
         (422, {"error": "`top_k` must be strictly positive", "error_type": "validation"}, BackendValidation, "top_k"),
+        (413, {"error": "Request Entity Too Large", "error_type": "http"}, BackendValidation, "Too Large"),
         (424, {"error": "Request failed during generation", "error_type": "generation"}, BackendError, "generation"),
         (429, {"error": "Model is overloaded", "error_type": "overloaded"}, BackendOverloaded, "overloaded"),
         (503, {"error": "unhealthy", "error_type": "unhealthy"}, BackendUnavailable, "unhealthy"),

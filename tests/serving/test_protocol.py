@@ -173,3 +173,14 @@ def test_tokenize_route(engine_url: str) -> None:
     assert tokens and all(set(t) == {"id", "text", "start", "stop"} for t in tokens)
     assert "".join(t["text"] for t in tokens) == "the patient was"
     assert _post(engine_url, "/tokenize", {"inputs": ""}).status_code == 422
+
+
+def test_a_body_over_tgis_payload_limit_is_refused_unread(engine_url: str) -> None:
+    """TGI refuses bodies over 2 MB (--payload-limit) with a 413; the engine must not parse and tokenize them."""
+    big = json.dumps({"inputs": "the patient was seen " * 100_000, "parameters": {"max_new_tokens": 1}})
+    assert 2_000_000 < len(big) < 2_200_000
+    for route in ("/generate", "/tokenize", "/v1/completions"):
+        response = httpx.post(engine_url + route, content=big, headers={"content-type": "application/json"}, timeout=60)
+        assert response.status_code == 413, (route, response.status_code)
+    small = {"inputs": "the patient was seen " * 10, "parameters": {"max_new_tokens": 1}}
+    assert _post(engine_url, "/generate", small).status_code == 200

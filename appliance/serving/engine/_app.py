@@ -61,6 +61,9 @@ def _version() -> str:
 
 VERSION = _version()
 SYSTEM_FINGERPRINT = f"appliance-{VERSION}-embedded"
+# TGI's --payload-limit default (Litestar's own is 10 MB): a larger body is a 413 before it is read, parsed
+# and tokenized on the event loop (10 MB of inputs took ~10 s there, stalling every other request).
+MAX_BODY_BYTES = 2_000_000
 
 
 class _Metrics:
@@ -657,6 +660,7 @@ def create_app(engine: Engine, *, admin_token: str | None = None, install_sighup
         },
         on_startup=[on_startup],
         openapi_config=None,
+        request_max_body_size=MAX_BODY_BYTES,
         debug=False,
     )
 
