@@ -283,3 +283,19 @@ async def test_local_backend_matches_the_http_engine(engine: object, engine_url:
             await local.generate("unknown-v1", "x", GREEDY)
     finally:
         await remote.aclose()
+
+
+def test_published_list_sees_a_replacement_with_the_same_size_and_mtime(tmp_path: Path) -> None:
+    """File timestamps are coarse (a kernel tick): an atomic replacement within one must still be re-read."""
+    import os
+
+    env = tmp_path / "lora_adapters.env"
+    env.write_text("LORA_ADAPTERS=triage-v1=/srv/a\n", encoding="utf-8")
+    published = PublishedList(env, read_tgi_list)
+    assert published.ids() == {"triage-v1"}
+    stat = env.stat()
+    tmp = tmp_path / "lora_adapters.env.tmp"
+    tmp.write_text("LORA_ADAPTERS=triage-v2=/srv/b\n", encoding="utf-8")  # same size: v1 un-published, v2 in
+    os.utime(tmp, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # written within the same tick
+    tmp.replace(env)
+    assert published.ids() == {"triage-v2"}
