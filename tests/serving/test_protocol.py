@@ -74,10 +74,11 @@ def test_malformed_json_is_a_validation_error(engine_url: str) -> None:
         ("/generate", '{"inputs": "x", "parameters": {"do_sample": true, "seed": 18446744073709551616}}', "`seed`"),
         ("/generate", '{"inputs": "the \\ud800 patient", "parameters": {"max_new_tokens": 2}}', "Failed to deser"),
         ("/tokenize", '{"inputs": "the \\ud800 patient"}', "Failed to deserialize"),
+        ("/generate", "[" * 50_000 + "]" * 50_000, "Failed to parse"),  # serde's recursion limit is 128
     ],
 )
 def test_values_tgi_cannot_deserialize_are_422_not_5xx(engine_url: str, route: str, raw: str, message: str) -> None:
-    """NaN/Infinity, a seed over u64 and lone surrogates are a 422 (TGI's serde refuses them), never a 424/500."""
+    """NaN/Infinity, a seed over u64, lone surrogates and deep nesting are a 422 (TGI's serde refuses them)."""
     response = httpx.post(engine_url + route, content=raw, headers={"content-type": "application/json"}, timeout=60)
     assert response.status_code == 422, response.text
     assert response.json()["error_type"] == "validation" and response.json()["error"].startswith(message)

@@ -166,7 +166,7 @@ def _no_constant(name: str) -> Any:
 async def _json_body(request: Request[Any, Any, Any]) -> Any:
     try:  # NaN and Infinity are not JSON (serde refuses them; json.loads would not)
         return json.loads(await request.body(), parse_constant=_no_constant)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than Python's stack
         raise BackendValidation("Failed to parse the request body as JSON") from exc
 
 
