@@ -269,3 +269,34 @@ async def test_an_abandoned_waiting_request_gives_its_queue_place_back(small_eng
     finally:
         running.cancel()
     assert len((await admitted).token_ids) == 2
+
+
+async def test_requests_in_prefill_count_against_the_bound(small_engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a request is being prefilled it holds its batch slot: one running + one waiting, the next is a 429."""
+    import threading
+
+    from appliance.errors import BackendOverloaded
+    from appliance.serving.engine import GenerateParameters
+
+    engine, _url = small_engine
+    real = engine.runner.forward
+    entered, go = threading.Event(), threading.Event()
+
+    def slow_prefill(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        go.wait(5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine.runner, "forward", slow_prefill)
+    job = engine.prepare(PROMPTS[0], GenerateParameters(max_new_tokens=2), stream=False)
+    tasks = [asyncio.create_task(engine.generate(job))]
+    try:
+        await _wait_for(entered.is_set)  # the first is in its prefill (batch of 1 full)
+        tasks.append(asyncio.create_task(engine.generate(job)))  # waits (queue of 1)
+        await asyncio.sleep(0)
+        with pytest.raises(BackendOverloaded):
+            await engine.generate(job)
+    finally:
+        go.set()
+    for task in tasks:
+        assert len((await task).token_ids) == 2

@@ -205,6 +205,8 @@ class Scheduler:
                             continue
                         admit.append(sub)
                         room -= 1
+                    # the admitted hold their slots from now on, through their prefill (submit() reads this)
+                    self._running = self.max_batch_size - room
             for fn, future in controls:
                 if future.set_running_or_notify_cancel():
                     try:
