@@ -83,6 +83,15 @@ def serve(
         highlight=False,
     )
     try:
-        uvicorn.run(app, host=host, port=listen_port, log_level="warning", access_log=False)
+        # proxy_headers off: /admin/reload's loopback rule must see the TCP peer, never X-Forwarded-For
+        uvicorn.run(
+            app,
+            host=host,
+            port=listen_port,
+            log_level="warning",
+            access_log=False,
+            server_header=False,
+            proxy_headers=False,
+        )
     finally:
         engine.close()

@@ -45,11 +45,11 @@ def error_for_payload(payload: Mapping[str, Any], status: int = 200) -> BackendE
     error_type = payload.get("error_type")
     if error_type is None and isinstance(payload.get("error"), Mapping):
         error_type = payload["error"].get("type")
-    if error_type in ("validation", "BadRequestError", "invalid_request_error") or status in (400, 404, 422):
+    if error_type in ("validation", "BadRequestError", "invalid_request_error") or status in (400, 404, 413, 422):
         return BackendValidation(message)
     if error_type == "overloaded" or status == 429:
         return BackendOverloaded(message)
-    if status == 503:
+    if error_type == "unhealthy" or status == 503:  # the embedded engine's 503 type, also in SSE events
         return BackendUnavailable(message)
     if status == 504:
         return BackendTimeout(message)

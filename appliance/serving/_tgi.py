@@ -27,13 +27,14 @@ class PublishedList:
     def __init__(self, path: Path, reader: Callable[[Path], list[AdapterSpec]]) -> None:
         self.path = path
         self._reader = reader
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int, int] | None = None
         self._ids: frozenset[str] = frozenset()
 
     def ids(self) -> frozenset[str]:
         try:
             stat = self.path.stat()
-            stamp = (stat.st_mtime_ns, stat.st_size)
+            # the inode and ctime too: mtime is as coarse as a kernel tick, and an atomic replace is a new inode
+            stamp = (stat.st_ino, stat.st_ctime_ns, stat.st_mtime_ns, stat.st_size)
         except FileNotFoundError:
             self._stamp, self._ids = None, frozenset()
             return self._ids

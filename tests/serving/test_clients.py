@@ -158,6 +158,7 @@ def _raw(body: bytes, content_type: str = "text/event-stream") -> Handler:
     ("status", "body", "error", "message"),
     [
         (422, {"error": "`top_k` must be strictly positive", "error_type": "validation"}, BackendValidation, "top_k"),
+        (413, {"error": "Request Entity Too Large", "error_type": "http"}, BackendValidation, "Too Large"),
         (424, {"error": "Request failed during generation", "error_type": "generation"}, BackendError, "generation"),
         (429, {"error": "Model is overloaded", "error_type": "overloaded"}, BackendOverloaded, "overloaded"),
         (503, {"error": "unhealthy", "error_type": "unhealthy"}, BackendUnavailable, "unhealthy"),
@@ -177,14 +178,24 @@ async def test_http_errors_map_to_backend_errors(status: int, body: dict[str, st
         assert info.value.retry_after == 3.0
 
 
-async def test_stream_error_event_maps_to_backend_error() -> None:
-    """An error event inside a TGI stream (after a 200) becomes a typed error."""
-    sse = b'data:{"error":"Request failed during generation: OOM","error_type":"generation"}\n\n'
+@pytest.mark.parametrize(
+    ("event", "error"),
+    [
+        ({"error": "Request failed during generation: OOM", "error_type": "generation"}, BackendError),
+        ({"error": "Model is overloaded", "error_type": "overloaded"}, BackendOverloaded),
+        ({"error": "`top_k` must be strictly positive", "error_type": "validation"}, BackendValidation),
+        ({"error": "the engine is not running", "error_type": "unhealthy"}, BackendUnavailable),
+    ],
+)
+async def test_stream_error_event_maps_to_backend_error(event: dict[str, str], error: type) -> None:
+    """An error event inside a TGI stream (after a 200) becomes the same typed error as the HTTP status would."""
+    sse = b"data:" + json.dumps(event).encode() + b"\n\n"
     async with answering(_raw(sse)) as url:
         backend = TGIBackend(url, published=None)
-        with pytest.raises(BackendError, match="OOM"):
+        with pytest.raises(BackendError, match=event["error"][:8]) as info:
             _ = [e async for e in backend.stream(None, "x", GREEDY)]
         await backend.aclose()
+    assert type(info.value) is error
 
 
 async def test_retries_only_failures_before_sending() -> None:
@@ -272,3 +283,19 @@ async def test_local_backend_matches_the_http_engine(engine: object, engine_url:
             await local.generate("unknown-v1", "x", GREEDY)
     finally:
         await remote.aclose()
+
+
+def test_published_list_sees_a_replacement_with_the_same_size_and_mtime(tmp_path: Path) -> None:
+    """File timestamps are coarse (a kernel tick): an atomic replacement within one must still be re-read."""
+    import os
+
+    env = tmp_path / "lora_adapters.env"
+    env.write_text("LORA_ADAPTERS=triage-v1=/srv/a\n", encoding="utf-8")
+    published = PublishedList(env, read_tgi_list)
+    assert published.ids() == {"triage-v1"}
+    stat = env.stat()
+    tmp = tmp_path / "lora_adapters.env.tmp"
+    tmp.write_text("LORA_ADAPTERS=triage-v2=/srv/b\n", encoding="utf-8")  # same size: v1 un-published, v2 in
+    os.utime(tmp, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # written within the same tick
+    tmp.replace(env)
+    assert published.ids() == {"triage-v2"}

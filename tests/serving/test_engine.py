@@ -214,3 +214,89 @@ async def test_requests_joining_a_running_batch_keep_their_tokens(engine: Any) -
     later = [asyncio.create_task(engine.generate(job)) for job in jobs[1:]]
     results = [(await first).token_ids] + [(await task).token_ids for task in later]
     assert results == alone
+
+
+async def test_a_tiny_temperature_does_not_fail_the_requests_batched_with_it(engine: Any) -> None:
+    """A valid but tiny temperature overflows the scaled logits; that row must not fail its batchmates."""
+    from appliance.serving.engine import GenerateParameters
+
+    good = engine.prepare(PROMPTS[0], GenerateParameters(max_new_tokens=4), stream=False)
+    tiny = engine.prepare(PROMPTS[2], GenerateParameters(max_new_tokens=4, temperature=1e-45), stream=False)
+    engine.scheduler.hold()
+    try:
+        tasks = [asyncio.create_task(engine.generate(job)) for job in (good, tiny)]
+        await _wait_for(lambda: engine.scheduler.waiting == 2)
+    finally:
+        engine.scheduler.release()
+    first, second = await asyncio.gather(*tasks)  # both admitted in one prefill
+    assert len(first.token_ids) == 4 and len(second.token_ids) == 4
+
+
+async def test_a_refused_prompt_of_a_completions_batch_cancels_its_siblings(small_engine: Any) -> None:
+    """/v1/completions with several prompts: when one is refused (429), the others stop instead of running on."""
+    engine, url = small_engine
+    body = {"prompt": ["the patient was", "blood pressure"], "max_tokens": 900}
+    before = engine.scheduler.cancelled_total
+    engine.scheduler.hold()  # the queue (1) takes the first prompt, the second is refused
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            refused = await client.post("/v1/completions", json=body)
+        assert refused.status_code == 429
+    finally:
+        engine.scheduler.release()
+    await _wait_for(lambda: engine.scheduler.cancelled_total > before)  # dropped, not generated for nobody
+    await _wait_for(lambda: engine.scheduler.running == 0 and engine.scheduler.waiting == 0)
+
+
+async def test_an_abandoned_waiting_request_gives_its_queue_place_back(small_engine: Any) -> None:
+    """A queued request whose client went away must not keep the next request out with a 429."""
+    from appliance.serving.engine import GenerateParameters
+
+    engine, _url = small_engine
+    long = engine.prepare(PROMPTS[0], GenerateParameters(max_new_tokens=900), stream=False)
+    short = engine.prepare(PROMPTS[3], GenerateParameters(max_new_tokens=2), stream=False)
+    running = asyncio.create_task(engine.generate(long))
+    try:
+        await _wait_for(lambda: engine.scheduler.running == 1)
+        abandoned = asyncio.create_task(engine.generate(short))
+        await _wait_for(lambda: engine.scheduler.waiting == 1)  # the batch (1) and the queue (1) are full
+        abandoned.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await abandoned
+        admitted = asyncio.create_task(engine.generate(short))  # the abandoned one's place: not a 429
+        await asyncio.sleep(0.05)
+        assert not admitted.done() or admitted.exception() is None
+    finally:
+        running.cancel()
+    assert len((await admitted).token_ids) == 2
+
+
+async def test_requests_in_prefill_count_against_the_bound(small_engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a request is being prefilled it holds its batch slot: one running + one waiting, the next is a 429."""
+    import threading
+
+    from appliance.errors import BackendOverloaded
+    from appliance.serving.engine import GenerateParameters
+
+    engine, _url = small_engine
+    real = engine.runner.forward
+    entered, go = threading.Event(), threading.Event()
+
+    def slow_prefill(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        go.wait(5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine.runner, "forward", slow_prefill)
+    job = engine.prepare(PROMPTS[0], GenerateParameters(max_new_tokens=2), stream=False)
+    tasks = [asyncio.create_task(engine.generate(job))]
+    try:
+        await _wait_for(entered.is_set)  # the first is in its prefill (batch of 1 full)
+        tasks.append(asyncio.create_task(engine.generate(job)))  # waits (queue of 1)
+        await asyncio.sleep(0)
+        with pytest.raises(BackendOverloaded):
+            await engine.generate(job)
+    finally:
+        go.set()
+    for task in tasks:
+        assert len((await task).token_ids) == 2

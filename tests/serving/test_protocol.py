@@ -66,6 +66,34 @@ def test_malformed_json_is_a_validation_error(engine_url: str) -> None:
     assert response.json()["error_type"] == "validation"
 
 
+@pytest.mark.parametrize(
+    ("route", "raw", "message"),
+    [
+        ("/generate", '{"inputs": "x", "parameters": {"temperature": NaN, "max_new_tokens": 2}}', "Failed to parse"),
+        ("/generate", '{"inputs": "x", "parameters": {"repetition_penalty": Infinity}}', "Failed to parse"),
+        ("/generate", '{"inputs": "x", "parameters": {"do_sample": true, "seed": 18446744073709551616}}', "`seed`"),
+        ("/generate", '{"inputs": "the \\ud800 patient", "parameters": {"max_new_tokens": 2}}', "Failed to deser"),
+        ("/tokenize", '{"inputs": "the \\ud800 patient"}', "Failed to deserialize"),
+        ("/generate", "[" * 50_000 + "]" * 50_000, "Failed to parse"),  # serde's recursion limit is 128
+    ],
+)
+def test_values_tgi_cannot_deserialize_are_422_not_5xx(engine_url: str, route: str, raw: str, message: str) -> None:
+    """NaN/Infinity, a seed over u64, lone surrogates and deep nesting are a 422 (TGI's serde refuses them)."""
+    response = httpx.post(engine_url + route, content=raw, headers={"content-type": "application/json"}, timeout=60)
+    assert response.status_code == 422, response.text
+    assert response.json()["error_type"] == "validation" and response.json()["error"].startswith(message)
+
+
+def test_nan_sampling_values_are_refused_before_the_scheduler(engine: Any) -> None:
+    """NaN passes ``<= 0`` checks; it must be refused at validation, not fail a prefill shared with others."""
+    from appliance.errors import BackendValidation
+    from appliance.serving.engine import GenerateParameters
+
+    for field in ("temperature", "repetition_penalty"):
+        with pytest.raises(BackendValidation, match=f"`{field}` must be strictly positive"):
+            engine.prepare("the patient", GenerateParameters(**{field: float("nan")}), stream=False)
+
+
 def test_stream_errors_arrive_as_sse_events(engine_url: str) -> None:
     """On /generate_stream a validation error is an SSE event after a 200, as TGI sends it."""
     response = _post(engine_url, "/generate_stream", {"inputs": "x", "parameters": {"top_k": -1}})
@@ -146,3 +174,14 @@ def test_tokenize_route(engine_url: str) -> None:
     assert tokens and all(set(t) == {"id", "text", "start", "stop"} for t in tokens)
     assert "".join(t["text"] for t in tokens) == "the patient was"
     assert _post(engine_url, "/tokenize", {"inputs": ""}).status_code == 422
+
+
+def test_a_body_over_tgis_payload_limit_is_refused_unread(engine_url: str) -> None:
+    """TGI refuses bodies over 2 MB (--payload-limit) with a 413; the engine must not parse and tokenize them."""
+    big = json.dumps({"inputs": "the patient was seen " * 100_000, "parameters": {"max_new_tokens": 1}})
+    assert 2_000_000 < len(big) < 2_200_000
+    for route in ("/generate", "/tokenize", "/v1/completions"):
+        response = httpx.post(engine_url + route, content=big, headers={"content-type": "application/json"}, timeout=60)
+        assert response.status_code == 413, (route, response.status_code)
+    small = {"inputs": "the patient was seen " * 10, "parameters": {"max_new_tokens": 1}}
+    assert _post(engine_url, "/generate", small).status_code == 200

@@ -112,3 +112,77 @@ def test_cli_serve_reloads_on_sighup(tiny_model: Path, lora_adapters: Adapters, 
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_cli_serve_does_not_take_the_loopback_rule_from_forwarded_headers(
+    tiny_model: Path, lora_adapters: Adapters, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without an admin token /admin/reload is for loopback peers only: X-Forwarded-For must not make one."""
+    import asyncio
+
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from appliance.cli import app
+
+    listing = write_adapter_list(tmp_path / "adapters.json", {"triage-v1": lora_adapters["triage-v1"]})
+    monkeypatch.setenv("APPLIANCE_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")  # common in container images; uvicorn reads it
+    answers: list[int] = []
+
+    async def from_a_remote_peer(asgi: Any) -> int:
+        transport = httpx.ASGITransport(app=asgi, client=("10.20.30.40", 5555))
+        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as client:
+            reply = await client.post("/admin/reload", headers={"x-forwarded-for": "127.0.0.1"}, timeout=60)
+        return reply.status_code
+
+    def run(asgi: Any, **kwargs: Any) -> None:  # instead of serving: one request, as uvicorn would pass it on
+        config = uvicorn.Config(asgi, **kwargs)
+        config.load()
+        answers.append(asyncio.run(from_a_remote_peer(config.loaded_app)))
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    result = CliRunner().invoke(app, ["serve", "--base", str(tiny_model), "--adapters", str(listing)])
+    assert result.exit_code == 0, result.output
+    assert answers == [403]
+
+
+def test_a_reload_that_fails_while_applying_changes_nothing(
+    tiny_model: Path, lora_adapters: Adapters, tmp_path: Path
+) -> None:
+    """An adapter that passes the rehearsal (fingerprint) but does not fit the model leaves the set as it was."""
+    import asyncio
+    import json
+    import shutil
+
+    from appliance.errors import ApplianceError
+    from appliance.serving.engine import Engine, GenerateParameters
+
+    misfit = tmp_path / "misfit-v1"
+    shutil.copytree(lora_adapters["coding-v1"][0], misfit)
+    config = json.loads((misfit / "adapter_config.json").read_text())
+    config["target_modules"] = ["k_proj"]  # the weights are for q_proj/v_proj: their fingerprint still matches
+    (misfit / "adapter_config.json").write_text(json.dumps(config))
+    misfit_fingerprint = lora_adapters["coding-v1"][1]
+    before = {a: lora_adapters[a] for a in ("triage-v1", "notes-v1")}
+    listing = write_adapter_list(tmp_path / "adapters.json", before)
+    engine = Engine.start(
+        tiny_model, read_embedded_list(listing), device="cpu", adapter_source=lambda: read_embedded_list(listing)
+    )
+
+    async def tokens(adapter: str) -> list[int]:
+        job = engine.prepare("the patient was", GenerateParameters(max_new_tokens=6), stream=False, adapter=adapter)
+        return list((await engine.generate(job)).token_ids)
+
+    async def scenario() -> None:
+        served = await tokens("notes-v1")
+        write_adapter_list(listing, {"triage-v1": before["triage-v1"], "misfit-v1": (misfit, misfit_fingerprint)})
+        with pytest.raises(ApplianceError, match="misfit-v1"):
+            await engine.reload()
+        assert engine.adapters() == {"triage-v1", "notes-v1"} == engine.runner.adapter_ids()
+        assert await tokens("notes-v1") == served  # still loaded, with its own weights
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        engine.close()

@@ -41,6 +41,7 @@ from appliance.serving.engine._protocol import (
     CompatGenerateRequest,
     CompletionRequest,
     GenerateRequest,
+    check_text,
     error_body,
     openai_finish_reason,
     openai_to_parameters,
@@ -60,6 +61,9 @@ def _version() -> str:
 
 VERSION = _version()
 SYSTEM_FINGERPRINT = f"appliance-{VERSION}-embedded"
+# TGI's --payload-limit default (Litestar's own is 10 MB): a larger body is a 413 before it is read, parsed
+# and tokenized on the event loop (10 MB of inputs took ~10 s there, stalling every other request).
+MAX_BODY_BYTES = 2_000_000
 
 
 class _Metrics:
@@ -155,10 +159,14 @@ def _headers(job: Job, fin: Finished | None, started: float) -> dict[str, str]:
     return headers
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 async def _json_body(request: Request[Any, Any, Any]) -> Any:
-    try:
-        return json.loads(await request.body())
-    except ValueError as exc:
+    try:  # NaN and Infinity are not JSON (serde refuses them; json.loads would not)
+        return json.loads(await request.body(), parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than Python's stack
         raise BackendValidation("Failed to parse the request body as JSON") from exc
 
 
@@ -183,6 +191,17 @@ async def _cancel_on_disconnect(request: Request[Any, Any, Any], work: Awaitable
         raise asyncio.CancelledError
     finally:
         watcher.cancel()
+
+
+async def _all_or_none(works: list[Awaitable[Finished]]) -> list[Finished]:
+    """``asyncio.gather``, except that when one fails the others are cancelled (gather lets them run on)."""
+    tasks = [asyncio.ensure_future(w) for w in works]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -369,7 +388,7 @@ def create_app(engine: Engine, *, admin_token: str | None = None, install_sighup
 
         async def work() -> Response[Any]:
             results: list[Finished] = await _cancel_on_disconnect(
-                request, asyncio.gather(*(engine.generate(j) for j in jobs)), metrics
+                request, _all_or_none([engine.generate(j) for j in jobs]), metrics
             )
             choices = []
             for index, (job, fin) in enumerate(zip(jobs, results, strict=True)):
@@ -511,6 +530,7 @@ def create_app(engine: Engine, *, admin_token: str | None = None, install_sighup
         req = parse(GenerateRequest, await _json_body(request))
         if not req.inputs:
             raise BackendValidation("`inputs` cannot be empty")
+        check_text(req.inputs, "inputs")
         enc = engine.runner.tokenizer(
             req.inputs, add_special_tokens=req.add_special_tokens, return_offsets_mapping=True
         )
@@ -640,6 +660,7 @@ def create_app(engine: Engine, *, admin_token: str | None = None, install_sighup
         },
         on_startup=[on_startup],
         openapi_config=None,
+        request_max_body_size=MAX_BODY_BYTES,
         debug=False,
     )
 

@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 import torch
 
-from appliance.errors import ConfigError, IntegrityViolation
+from appliance.errors import ApplianceError, ConfigError, IntegrityViolation
 from appliance.serving._published import AdapterSpec
 
 log = structlog.get_logger(__name__)
@@ -131,6 +131,7 @@ class ModelRunner:
         self._slots: dict[str, int] = {}  # adapter id -> slot in the stacked weights (0 = base model)
         self._gathered = False  # the stacked fast path is ready for the loaded set
         self.fingerprints: dict[str, str] = {}
+        self._loaded: dict[str, PreparedAdapter] = {}  # the checked weights of each loaded adapter (roll-back)
         eos = self.base.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if self.tokenizer.eos_token_id is not None:
@@ -144,7 +145,20 @@ class ModelRunner:
         return set(self.fingerprints)
 
     def apply(self, prepared: list[PreparedAdapter]) -> dict[str, list[str]]:
-        """Make the loaded set exactly ``prepared``: unload the rest, replace changed fingerprints, add new ones."""
+        """Make the loaded set exactly ``prepared``: unload the rest, replace changed fingerprints, add new ones.
+
+        An adapter can pass its rehearsal (fingerprint, format) and still not fit the model; then the set that
+        was loaded is put back, from the checked weights kept for it, and the error raised."""
+        previous = list(self._loaded.values())
+        try:
+            return self._apply(prepared)
+        except Exception as exc:
+            self._apply(previous)
+            if isinstance(exc, ApplianceError):
+                raise
+            raise ConfigError(f"adapters do not fit the base model ({type(exc).__name__})") from exc
+
+    def _apply(self, prepared: list[PreparedAdapter]) -> dict[str, list[str]]:
         from peft import get_peft_model, set_peft_model_state_dict
 
         wanted = {p.spec.id: p for p in prepared}
@@ -170,6 +184,7 @@ class ModelRunner:
                 )
             self.peft.eval()
             self.fingerprints[adapter_id] = item.fingerprint
+            self._loaded[adapter_id] = item
             self._active = None
         self._restack()
         replaced = [a for a in removed if a in wanted]
@@ -188,6 +203,7 @@ class ModelRunner:
 
     def _delete(self, adapter_id: str) -> None:
         self.fingerprints.pop(adapter_id, None)
+        self._loaded.pop(adapter_id, None)
         self._active = None
         if self.peft is None:
             return

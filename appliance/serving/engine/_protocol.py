@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from appliance.errors import BackendValidation
 
 DEFAULT_MAX_NEW_TOKENS = 100
+MAX_SEED = 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -155,9 +156,10 @@ def validate_parameters(p: GenerateParameters, inputs: str, limits: Limits, *, s
             raise BackendValidation("you must use sampling when `best_of` is > 1")
     if stream and p.decoder_input_details:
         raise BackendValidation("`decoder_input_details` == true is not supported when streaming tokens")
-    if p.temperature is not None and p.temperature <= 0.0:
+    # written so that NaN fails too (TGI's serde never lets one through)
+    if p.temperature is not None and not p.temperature > 0.0:
         raise BackendValidation("`temperature` must be strictly positive")
-    if p.repetition_penalty is not None and p.repetition_penalty <= 0.0:
+    if p.repetition_penalty is not None and not p.repetition_penalty > 0.0:
         raise BackendValidation("`repetition_penalty` must be strictly positive")
     if p.frequency_penalty is not None and not -2.0 <= p.frequency_penalty <= 2.0:
         raise BackendValidation("`frequency_penalty` must be >= -2.0 and <= 2.0")
@@ -175,12 +177,15 @@ def validate_parameters(p: GenerateParameters, inputs: str, limits: Limits, *, s
         )
     if p.seed is not None and p.seed < 0:
         raise BackendValidation("`seed` must be positive")
+    if p.seed is not None and p.seed > MAX_SEED:  # TGI's seed is a u64
+        raise BackendValidation(f"`seed` must be <= {MAX_SEED}. Given: {p.seed}")
     if p.top_n_tokens is not None and not 0 <= p.top_n_tokens <= limits.max_top_n_tokens:
         raise BackendValidation(
             f"`top_n_tokens` must be >= 0 and <= {limits.max_top_n_tokens}. Given: {p.top_n_tokens}"
         )
     if not inputs:
         raise BackendValidation("`inputs` cannot be empty")
+    check_text(inputs, "inputs")
     if p.truncate is not None and not 0 < p.truncate <= limits.max_input_tokens:
         raise BackendValidation(
             f"`truncate` must be strictly positive and less than {limits.max_input_tokens}. Given: {p.truncate}"
@@ -189,6 +194,16 @@ def validate_parameters(p: GenerateParameters, inputs: str, limits: Limits, *, s
         raise BackendValidation("grammar is not supported")
     if p.watermark:
         raise BackendValidation("watermark is not supported by this engine")
+
+
+def check_text(text: str, where: str) -> None:
+    """A 422 for text that is not valid Unicode (a lone surrogate from a JSON escape; serde refuses it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BackendValidation(
+            f"Failed to deserialize the JSON body into the target type: {where}: lone surrogate in string"
+        ) from exc
 
 
 def validate_lengths(input_length: int, max_new_tokens: int | None, limits: Limits) -> int:

@@ -88,12 +88,12 @@ class TokenChooser:
         """The next token for one row: ``logits`` [V], ``history`` [1, L] (prompt + generated ids)."""
         scores = logits.float().unsqueeze(0)
         for proc in self._penalties:
-            scores = proc(history, scores)
+            scores = _finite(proc(history, scores))
         if self.params.frequency_penalty and generated:
             counts = torch.bincount(torch.tensor(generated, device=scores.device), minlength=scores.shape[-1])
             scores = scores - self.params.frequency_penalty * counts[: scores.shape[-1]].to(scores.dtype)
         for proc in self._warpers:
-            scores = proc(history, scores)
+            scores = _finite(proc(history, scores))
         logprobs = torch.log_softmax(scores, dim=-1)[0]
         if self.params.sampling:
             probs = torch.softmax(scores, dim=-1)[0]
@@ -101,6 +101,12 @@ class TokenChooser:
         else:
             token = int(torch.argmax(logprobs).item())
         return Choice(token, float(logprobs[token].item()), _top(logprobs, self.params.top_n_tokens))
+
+
+def _finite(scores: torch.Tensor) -> torch.Tensor:
+    """Scores with +inf clamped (a tiny temperature or penalty overflows them; softmax would give NaN and
+    ``multinomial`` would fail every row of the batch); -inf (masked tokens) stays."""
+    return torch.nan_to_num(scores, nan=float("-inf"), posinf=torch.finfo(scores.dtype).max, neginf=float("-inf"))
 
 
 def _top(logprobs: torch.Tensor, n: int) -> tuple[tuple[int, float], ...]:

@@ -6,7 +6,8 @@
   ``adapter_names=`` when they differ.
 - New sequences are prefilled on their own and merged into the running batch (their KV caches left-padded to a
   common length); finished or cancelled sequences are dropped from it, and padding no row needs is trimmed.
-- Cancellation: a request whose client went away is flagged; the worker drops it before the next step.
+- Cancellation: a request whose client went away is flagged; the worker drops it before the next step, and a
+  full queue drops its flagged requests before refusing a new one.
 - Control tasks (adapter reloads) run between steps, when no sequence is running; admission waits for them.
 """
 
@@ -135,6 +136,10 @@ class Scheduler:
             if self._stop:
                 raise BackendOverloaded("Model is overloaded")
             free_slots = 0 if self._held else max(self.max_batch_size - self._running, 0)
+            if len(self._waiting) >= self.max_queue + free_slots:  # full: requests whose client left make room
+                kept = [s for s in self._waiting if not s.cancelled]
+                self.cancelled_total += len(self._waiting) - len(kept)
+                self._waiting = collections.deque(kept)
             if len(self._waiting) >= self.max_queue + free_slots:
                 raise BackendOverloaded("Model is overloaded")
             self._waiting.append(sub)
@@ -200,6 +205,8 @@ class Scheduler:
                             continue
                         admit.append(sub)
                         room -= 1
+                    # the admitted hold their slots from now on, through their prefill (submit() reads this)
+                    self._running = self.max_batch_size - room
             for fn, future in controls:
                 if future.set_running_or_notify_cancel():
                     try:
