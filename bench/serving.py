@@ -93,10 +93,10 @@ async def engine_single(engine: Any, adapter: str, tokens: int, runs: int) -> di
     from appliance.serving.engine import GenerateParameters
 
     params = GenerateParameters(max_new_tokens=tokens)
-    await engine.generate(engine.prepare(PROMPT, params, stream=False, adapter=adapter))
+    await engine.generate(await engine.prepare(PROMPT, params, stream=False, adapter=adapter))
     generated, elapsed = 0, 0.0
     for _ in range(runs):
-        job = engine.prepare(PROMPT, params, stream=False, adapter=adapter)
+        job = await engine.prepare(PROMPT, params, stream=False, adapter=adapter)
         start = time.perf_counter()
         fin = await engine.generate(job)
         elapsed += time.perf_counter() - start
@@ -111,7 +111,9 @@ async def engine_concurrent(engine: Any, adapters: list[str], tokens: int, runs:
     params = GenerateParameters(max_new_tokens=tokens)
     generated, elapsed = 0, 0.0
     for run in range(runs + 1):
-        jobs = [engine.prepare(f"{PROMPT} ({i})", params, stream=False, adapter=a) for i, a in enumerate(adapters)]
+        jobs = [
+            await engine.prepare(f"{PROMPT} ({i})", params, stream=False, adapter=a) for i, a in enumerate(adapters)
+        ]
         start = time.perf_counter()
         results = await asyncio.gather(*(engine.generate(j) for j in jobs))
         if run == 0:

@@ -50,7 +50,7 @@ async def test_mixed_adapter_batch_matches_one_at_a_time(engine: Any) -> None:
 
     adapters = [None, "triage-v1", "notes-v1", "coding-v1", "triage-v1", None, "coding-v1", "notes-v1"]
     params = GenerateParameters(max_new_tokens=12)
-    jobs = [engine.prepare(p, params, stream=False, adapter=a) for p, a in zip(PROMPTS, adapters, strict=True)]
+    jobs = [await engine.prepare(p, params, stream=False, adapter=a) for p, a in zip(PROMPTS, adapters, strict=True)]
     alone = [(await engine.generate(job)).token_ids for job in jobs]
     mixed_before = engine.scheduler.batches_mixed
     together = [f.token_ids for f in await asyncio.gather(*(engine.generate(job) for job in jobs))]
@@ -66,7 +66,7 @@ def test_engine_matches_plain_transformers_generate(
     from appliance.serving.engine import GenerateParameters
 
     async def run(prompt: str, adapter: str | None) -> list[int]:
-        job = engine.prepare(prompt, GenerateParameters(max_new_tokens=10), stream=False, adapter=adapter)
+        job = await engine.prepare(prompt, GenerateParameters(max_new_tokens=10), stream=False, adapter=adapter)
         return list((await engine.generate(job)).token_ids)
 
     for adapter in (None, "triage-v1"):
@@ -205,7 +205,7 @@ async def test_requests_joining_a_running_batch_keep_their_tokens(engine: Any) -
         (PROMPTS[6], "notes-v1", 20),
         (PROMPTS[3], "coding-v1", 9),
     ]
-    jobs = [engine.prepare(p, GenerateParameters(max_new_tokens=n), stream=False, adapter=a) for p, a, n in specs]
+    jobs = [await engine.prepare(p, GenerateParameters(max_new_tokens=n), stream=False, adapter=a) for p, a, n in specs]
     alone = [(await engine.generate(job)).token_ids for job in jobs]
     first = asyncio.create_task(engine.generate(jobs[0]))
     await _wait_for(lambda: engine.scheduler.running >= 1)
@@ -220,8 +220,8 @@ async def test_a_tiny_temperature_does_not_fail_the_requests_batched_with_it(eng
     """A valid but tiny temperature overflows the scaled logits; that row must not fail its batchmates."""
     from appliance.serving.engine import GenerateParameters
 
-    good = engine.prepare(PROMPTS[0], GenerateParameters(max_new_tokens=4), stream=False)
-    tiny = engine.prepare(PROMPTS[2], GenerateParameters(max_new_tokens=4, temperature=1e-45), stream=False)
+    good = await engine.prepare(PROMPTS[0], GenerateParameters(max_new_tokens=4), stream=False)
+    tiny = await engine.prepare(PROMPTS[2], GenerateParameters(max_new_tokens=4, temperature=1e-45), stream=False)
     engine.scheduler.hold()
     try:
         tasks = [asyncio.create_task(engine.generate(job)) for job in (good, tiny)]
@@ -253,8 +253,8 @@ async def test_an_abandoned_waiting_request_gives_its_queue_place_back(small_eng
     from appliance.serving.engine import GenerateParameters
 
     engine, _url = small_engine
-    long = engine.prepare(PROMPTS[0], GenerateParameters(max_new_tokens=900), stream=False)
-    short = engine.prepare(PROMPTS[3], GenerateParameters(max_new_tokens=2), stream=False)
+    long = await engine.prepare(PROMPTS[0], GenerateParameters(max_new_tokens=900), stream=False)
+    short = await engine.prepare(PROMPTS[3], GenerateParameters(max_new_tokens=2), stream=False)
     running = asyncio.create_task(engine.generate(long))
     try:
         await _wait_for(lambda: engine.scheduler.running == 1)
@@ -288,7 +288,7 @@ async def test_requests_in_prefill_count_against_the_bound(small_engine: Any, mo
         return real(*args, **kwargs)
 
     monkeypatch.setattr(engine.runner, "forward", slow_prefill)
-    job = engine.prepare(PROMPTS[0], GenerateParameters(max_new_tokens=2), stream=False)
+    job = await engine.prepare(PROMPTS[0], GenerateParameters(max_new_tokens=2), stream=False)
     tasks = [asyncio.create_task(engine.generate(job))]
     try:
         await _wait_for(entered.is_set)  # the first is in its prefill (batch of 1 full)
@@ -300,3 +300,42 @@ async def test_requests_in_prefill_count_against_the_bound(small_engine: Any, mo
         go.set()
     for task in tasks:
         assert len((await task).token_ids) == 2
+
+
+async def test_tokenizing_a_large_prompt_leaves_the_event_loop_free(engine: Any, engine_url: str) -> None:
+    """While a ~1.9 MB prompt is tokenized, /health and short requests answer; concurrent tokenizations all work."""
+    big = ("history: chest pain radiating to the left arm, 37.2 C. " * 40_000)[:1_900_000]
+    started = time.perf_counter()
+    engine.runner.tokenizer(big)
+    tokenize_s = time.perf_counter() - started  # what the event loop was blocked for before the fix
+    assert tokenize_s > 0.3, tokenize_s
+    short = {"inputs": "the patient was", "parameters": {"max_new_tokens": 2}}
+    health_s: list[float] = []
+    short_s: list[float] = []
+    async with httpx.AsyncClient(base_url=engine_url, timeout=120) as client:
+        large = asyncio.create_task(
+            client.post("/generate", json={"inputs": big, "parameters": {"max_new_tokens": 1, "truncate": 8}})
+        )
+        while not large.done():
+            t0 = time.perf_counter()
+            assert (await client.get("/health")).status_code == 200
+            health_s.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            assert (await client.post("/generate", json=short)).status_code == 200
+            short_s.append(time.perf_counter() - t0)
+        answer = await large
+        assert answer.status_code == 200 and answer.headers["x-prompt-tokens"] == "8"
+        # before the fix the loop was blocked for tokenize_s: whichever request came during it waited that long
+        assert max(health_s) < tokenize_s / 3 and max(short_s) < tokenize_s / 2, (health_s, short_s, tokenize_s)
+        assert len(health_s) >= 3, (health_s, tokenize_s)  # the probes overlapped the tokenization
+
+        texts = [f"{PROMPTS[i % len(PROMPTS)]} {i} " * 2_000 for i in range(6)]  # more than the workers
+        answers = await asyncio.gather(*(client.post("/tokenize", json={"inputs": t}) for t in texts))
+    for text, reply in zip(texts, answers, strict=True):
+        assert reply.status_code == 200
+        assert [t["id"] for t in reply.json()] == engine.runner.tokenizer(text)["input_ids"]
+    from appliance.serving.engine import GenerateParameters
+
+    params = GenerateParameters(max_new_tokens=1, truncate=4)
+    jobs = await asyncio.gather(*(engine.prepare(t, params, stream=False) for t in texts))
+    assert [j.input_ids for j in jobs] == [engine.runner.tokenizer(t)["input_ids"][-4:] for t in texts]

@@ -84,14 +84,14 @@ def test_values_tgi_cannot_deserialize_are_422_not_5xx(engine_url: str, route: s
     assert response.json()["error_type"] == "validation" and response.json()["error"].startswith(message)
 
 
-def test_nan_sampling_values_are_refused_before_the_scheduler(engine: Any) -> None:
+async def test_nan_sampling_values_are_refused_before_the_scheduler(engine: Any) -> None:
     """NaN passes ``<= 0`` checks; it must be refused at validation, not fail a prefill shared with others."""
     from appliance.errors import BackendValidation
     from appliance.serving.engine import GenerateParameters
 
     for field in ("temperature", "repetition_penalty"):
         with pytest.raises(BackendValidation, match=f"`{field}` must be strictly positive"):
-            engine.prepare("the patient", GenerateParameters(**{field: float("nan")}), stream=False)
+            await engine.prepare("the patient", GenerateParameters(**{field: float("nan")}), stream=False)
 
 
 def test_stream_errors_arrive_as_sse_events(engine_url: str) -> None:

@@ -171,7 +171,9 @@ def test_a_reload_that_fails_while_applying_changes_nothing(
     )
 
     async def tokens(adapter: str) -> list[int]:
-        job = engine.prepare("the patient was", GenerateParameters(max_new_tokens=6), stream=False, adapter=adapter)
+        job = await engine.prepare(
+            "the patient was", GenerateParameters(max_new_tokens=6), stream=False, adapter=adapter
+        )
         return list((await engine.generate(job)).token_ids)
 
     async def scenario() -> None:

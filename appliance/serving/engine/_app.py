@@ -23,6 +23,7 @@ import structlog
 from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException
 from litestar.response import Stream
+from litestar.serialization import encode_json
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from appliance.errors import (
@@ -62,7 +63,7 @@ def _version() -> str:
 VERSION = _version()
 SYSTEM_FINGERPRINT = f"appliance-{VERSION}-embedded"
 # TGI's --payload-limit default (Litestar's own is 10 MB): a larger body is a 413 before it is read, parsed
-# and tokenized on the event loop (10 MB of inputs took ~10 s there, stalling every other request).
+# and tokenized (10 MB of inputs took ~10 s to tokenize).
 MAX_BODY_BYTES = 2_000_000
 
 
@@ -234,7 +235,9 @@ def create_app(engine: Engine, *, admin_token: str | None = None, install_sighup
         started = time.perf_counter()
 
         async def work() -> Response[Any]:
-            job = engine.prepare(req.inputs, req.parameters, stream=False, add_special_tokens=req.add_special_tokens)
+            job = await engine.prepare(
+                req.inputs, req.parameters, stream=False, add_special_tokens=req.add_special_tokens
+            )
             fin = await _cancel_on_disconnect(request, engine.generate(job), metrics)
             metrics.generated.observe(len(fin.token_ids))
             body: dict[str, Any] = {"generated_text": _generated_text(job, fin)}
@@ -248,7 +251,9 @@ def create_app(engine: Engine, *, admin_token: str | None = None, install_sighup
         async def events() -> AsyncIterator[bytes]:
             metrics.requests.inc()
             try:
-                job = engine.prepare(req.inputs, req.parameters, stream=True, add_special_tokens=req.add_special_tokens)
+                job = await engine.prepare(
+                    req.inputs, req.parameters, stream=True, add_special_tokens=req.add_special_tokens
+                )
                 async for item in engine.stream(job):
                     if isinstance(item, TokenOut):
                         event: dict[str, Any] = {"index": item.index + 1, "token": _token_json(item)}
@@ -365,7 +370,7 @@ def create_app(engine: Engine, *, admin_token: str | None = None, install_sighup
             top_logprobs=req.logprobs,
             truncate=req.truncate_prompt_tokens,
         )
-        jobs = [engine.prepare(p, params, stream=req.stream, adapter=adapter) for p in prompts]
+        jobs = [await engine.prepare(p, params, stream=req.stream, adapter=adapter) for p in prompts]
         created = int(time.time())
         model = req.model or engine.model_id
 
@@ -455,7 +460,7 @@ def create_app(engine: Engine, *, admin_token: str | None = None, install_sighup
             logprobs=bool(req.logprobs),
             top_logprobs=req.top_logprobs,
         )
-        job = engine.prepare(str(prompt), params, stream=req.stream, add_special_tokens=False, adapter=adapter)
+        job = await engine.prepare(str(prompt), params, stream=req.stream, add_special_tokens=False, adapter=adapter)
         created = int(time.time())
         model = req.model or engine.model_id
 
@@ -526,18 +531,24 @@ def create_app(engine: Engine, *, admin_token: str | None = None, install_sighup
         return await _record(work())  # type: ignore[no-any-return]
 
     @post("/tokenize", status_code=200)
-    async def tokenize(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
+    async def tokenize(request: Request[Any, Any, Any]) -> Response[bytes]:
         req = parse(GenerateRequest, await _json_body(request))
         if not req.inputs:
             raise BackendValidation("`inputs` cannot be empty")
         check_text(req.inputs, "inputs")
-        enc = engine.runner.tokenizer(
-            req.inputs, add_special_tokens=req.add_special_tokens, return_offsets_mapping=True
-        )
-        return [
-            {"id": int(i), "text": req.inputs[start:stop], "start": int(start), "stop": int(stop)}
-            for i, (start, stop) in zip(enc["input_ids"], enc["offset_mapping"], strict=True)
-        ]
+        text = req.inputs
+
+        def answer(tokenizer: Any) -> bytes:  # the body too: 2 MB of inputs is ~45 MB of JSON
+            enc = tokenizer(text, add_special_tokens=req.add_special_tokens, return_offsets_mapping=True)
+            return encode_json(
+                [
+                    {"id": int(i), "text": text[start:stop], "start": int(start), "stop": int(stop)}
+                    for i, (start, stop) in zip(enc["input_ids"], enc["offset_mapping"], strict=True)
+                ]
+            )
+
+        body = await engine.tokenizers.run(answer)
+        return Response(content=body, status_code=200, media_type="application/json")
 
     # --- information -----------------------------------------------------------------------------------------
     @get("/info", sync_to_thread=False)
@@ -552,7 +563,7 @@ def create_app(engine: Engine, *, admin_token: str | None = None, install_sighup
             "max_stop_sequences": limits.max_stop_sequences,
             "max_input_tokens": limits.max_input_tokens,
             "max_total_tokens": limits.max_total_tokens,
-            "validation_workers": 1,
+            "validation_workers": engine.tokenizers.workers,
             "max_client_batch_size": limits.max_client_batch_size,
             "router": "appliance-embedded-engine",
             "version": VERSION,

@@ -7,11 +7,14 @@ adapter list (reloads). Nothing here logs prompt or output text.
 from __future__ import annotations
 
 import asyncio
+import copy
+import queue
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -23,6 +26,8 @@ from appliance.serving.engine._sampling import SamplingParams
 from appliance.serving.engine._scheduler import Finished, Scheduler, Submission, TokenOut
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -53,10 +58,12 @@ class Engine:
         max_batch_size: int = 8,
         max_queue: int = 64,
         adapter_source: Callable[[], list[AdapterSpec]] | None = None,
+        validation_workers: int = 2,
     ) -> None:
         self.runner = runner
         self.limits = limits or Limits()
         self.scheduler = Scheduler(runner, max_batch_size=max_batch_size, max_queue=max_queue)
+        self.tokenizers = _Tokenizers(runner.tokenizer, validation_workers)
         self._adapter_source = adapter_source
         self._served: frozenset[str] = frozenset(runner.adapter_ids())
         self._reload_lock = asyncio.Lock()
@@ -72,13 +79,19 @@ class Engine:
         max_batch_size: int = 8,
         max_queue: int = 64,
         adapter_source: Callable[[], list[AdapterSpec]] | None = None,
+        validation_workers: int = 2,
     ) -> Engine:
         """Load the base model and every adapter (each checked first; any failure stops the start)."""
         runner = ModelRunner(base_dir, device=device)
         prepared = [prepare_adapter(spec) for spec in adapters]
         runner.apply(prepared)
         return cls(
-            runner, limits=limits, max_batch_size=max_batch_size, max_queue=max_queue, adapter_source=adapter_source
+            runner,
+            limits=limits,
+            max_batch_size=max_batch_size,
+            max_queue=max_queue,
+            adapter_source=adapter_source,
+            validation_workers=validation_workers,
         )
 
     # --- adapters ----------------------------------------------------------------------------------------------
@@ -129,7 +142,7 @@ class Engine:
             return {**changes, "adapters": sorted(self._served)}
 
     # --- requests ----------------------------------------------------------------------------------------------
-    def prepare(
+    async def prepare(
         self,
         inputs: str,
         params: GenerateParameters,
@@ -138,11 +151,11 @@ class Engine:
         add_special_tokens: bool = True,
         adapter: str | None = None,
     ) -> Job:
-        """Validate (TGI's rules and messages), resolve the adapter and tokenize."""
+        """Validate (TGI's rules and messages), resolve the adapter and tokenize (on a validation worker)."""
         started = time.perf_counter()
         validate_parameters(params, inputs, self.limits, stream=stream)
         adapter_id = self.resolve_adapter(adapter if adapter is not None else params.adapter_id)
-        ids = self.runner.tokenizer(inputs, add_special_tokens=add_special_tokens)["input_ids"]
+        ids = await self.tokenizers.run(lambda tok: tok(inputs, add_special_tokens=add_special_tokens)["input_ids"])
         if params.truncate is not None and len(ids) > params.truncate:
             ids = ids[-params.truncate :]
         if not ids:
@@ -230,6 +243,36 @@ class Engine:
 
     def close(self) -> None:
         self.scheduler.close()
+        self.tokenizers.close()
+
+
+class _Tokenizers:
+    """Tokenization off the event loop (a 2 MB prompt takes ~1.5 s, which there would stall every other request).
+
+    TGI's validation workers: a few threads, each call lent its own copy of the fast tokenizer (one Rust tokenizer
+    used from several threads fails with "Already borrowed"); the scheduler thread keeps the runner's own.
+    """
+
+    def __init__(self, tokenizer: Any, workers: int) -> None:
+        self.workers = max(1, workers)
+        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for _ in range(self.workers):
+            self._idle.put(copy.deepcopy(tokenizer))
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="engine-validation")
+
+    def _call(self, fn: Callable[[Any], T]) -> T:
+        tokenizer = self._idle.get()  # never waits: one copy per worker
+        try:
+            return fn(tokenizer)
+        finally:
+            self._idle.put(tokenizer)
+
+    async def run(self, fn: Callable[[Any], T]) -> T:
+        """``fn(tokenizer)`` on a worker; the caller's event loop stays free meanwhile."""
+        return await asyncio.wrap_future(self._pool.submit(self._call, fn))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ class LocalBackend:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def _job(self, adapter: str | None, prompt: str, params: GenerationParams, *, stream: bool) -> Job:
+    async def _job(self, adapter: str | None, prompt: str, params: GenerationParams, *, stream: bool) -> Job:
         fields: dict[str, Any] = {k: v for k, v in params.extra.items() if k != "adapter_id"}
         fields.update(
             max_new_tokens=params.max_new_tokens,
@@ -37,7 +37,7 @@ class LocalBackend:
         )
         parameters: GenerateParameters = parse(GenerateParameters, fields)
         parameters.adapter_id = None
-        return self.engine.prepare(prompt, parameters, stream=stream, adapter=adapter or "")
+        return await self.engine.prepare(prompt, parameters, stream=stream, adapter=adapter or "")
 
     def _generation(self, job: Job, fin: Finished) -> Generation:
         return Generation(
@@ -49,11 +49,11 @@ class LocalBackend:
         )
 
     async def generate(self, adapter: str | None, prompt: str, params: GenerationParams) -> Generation:
-        job = self._job(adapter, prompt, params, stream=False)
+        job = await self._job(adapter, prompt, params, stream=False)
         return self._generation(job, await self.engine.generate(job))
 
     async def stream(self, adapter: str | None, prompt: str, params: GenerationParams) -> AsyncIterator[TokenEvent]:
-        job = self._job(adapter, prompt, params, stream=True)
+        job = await self._job(adapter, prompt, params, stream=True)
         async for item in self.engine.stream(job):
             if isinstance(item, TokenOut):
                 yield TokenEvent(item.index, item.id, item.text, item.logprob, item.special)
