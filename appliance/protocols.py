@@ -159,7 +159,8 @@ class Backend(Protocol):
     """An inference backend. Implementations: embedded engine (in-process or HTTP), TGI, vLLM.
 
     Errors are ``BackendError`` subclasses (overloaded, validation, unavailable, timeout), never foreign ones.
-    ``adapter`` None means the base model; an adapter the backend does not serve is a ``BackendValidation``.
+    ``adapter`` None means the base model; an empty id, or an adapter the backend does not serve, is a
+    ``BackendValidation``.
     """
 
     async def generate(self, adapter: str | None, prompt: str, params: GenerationParams) -> Generation: ...

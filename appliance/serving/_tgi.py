@@ -116,6 +116,8 @@ class TGIBackend:
         return {str(m["id"]) for m in data if m.get("parent") is not None}
 
     async def _check_routable(self, adapter: str | None) -> None:
+        if adapter == "":  # TGI (adapter_id) and vLLM (model) would run it on the base model
+            raise BackendValidation("an empty adapter id names no adapter (None is the base model)")
         if adapter is None or self._published is None:
             return
         if adapter not in self._published.ids():

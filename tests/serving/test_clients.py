@@ -299,3 +299,31 @@ def test_published_list_sees_a_replacement_with_the_same_size_and_mtime(tmp_path
     os.utime(tmp, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # written within the same tick
     tmp.replace(env)
     assert published.ids() == {"triage-v2"}
+
+
+async def test_an_empty_adapter_id_is_refused_by_every_backend(engine: object, engine_url: str, tmp_path: Path) -> None:
+    """TGI and vLLM run ``adapter_id``/``model`` "" on the base model; the Backend interface refuses it instead."""
+    from appliance.serving.engine import LocalBackend
+
+    env = tmp_path / "lora_adapters.env"
+    env.write_text("LORA_ADAPTERS=triage-v1=/srv/adapters/triage-v1\n", encoding="utf-8")
+    modules = tmp_path / "lora_modules.json"
+    modules.write_text(json.dumps([{"name": "triage-v1", "path": "/srv/triage-v1"}]), encoding="utf-8")
+    backends: list[Backend] = [
+        EmbeddedBackend(engine_url),
+        TGIBackend(engine_url, published=PublishedList(env, read_tgi_list)),
+        TGIBackend(engine_url, published=None),
+        VLLMBackend(engine_url, published_file=modules),
+        VLLMBackend(engine_url, published_file=None),
+        LocalBackend(engine),  # type: ignore[arg-type]
+    ]
+    try:
+        for backend in backends:
+            with pytest.raises(BackendValidation, match="empty adapter id"):
+                await backend.generate("", "the patient was", GREEDY)
+            with pytest.raises(BackendValidation, match="empty adapter id"):
+                _ = [e async for e in backend.stream("", "the patient was", GREEDY)]
+            assert (await backend.generate(None, "the patient was", GREEDY)).generated_tokens == 6  # None: base
+    finally:
+        for backend in backends:
+            await backend.aclose()

@@ -185,3 +185,22 @@ def test_a_body_over_tgis_payload_limit_is_refused_unread(engine_url: str) -> No
         assert response.status_code == 413, (route, response.status_code)
     small = {"inputs": "the patient was seen " * 10, "parameters": {"max_new_tokens": 1}}
     assert _post(engine_url, "/generate", small).status_code == 200
+
+
+async def test_an_empty_adapter_id_is_the_base_model_only_on_tgis_wire(engine: Any, engine_url: str) -> None:
+    """TGI's server reads an absent and an empty ``adapter_id`` alike (the base model): the TGI routes do too.
+
+    Everywhere else an empty id names no adapter: ``resolve_adapter`` and an explicit ``adapter=""`` refuse it.
+    """
+    from appliance.errors import BackendValidation
+    from appliance.serving.engine import GenerateParameters
+
+    body = {"inputs": "the patient was", "parameters": {"max_new_tokens": 6}}
+    base = _post(engine_url, "/generate", body)
+    empty = _post(engine_url, "/generate", {**body, "parameters": {"max_new_tokens": 6, "adapter_id": ""}})
+    assert base.status_code == empty.status_code == 200 and empty.json() == base.json()
+    with pytest.raises(BackendValidation, match="empty adapter id"):
+        engine.resolve_adapter("")
+    with pytest.raises(BackendValidation, match="empty adapter id"):
+        await engine.prepare("the patient was", GenerateParameters(max_new_tokens=6), stream=False, adapter="")
+    assert engine.resolve_adapter(None) is None and engine.resolve_adapter("triage-v1") == "triage-v1"

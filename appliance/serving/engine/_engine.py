@@ -106,9 +106,11 @@ class Engine:
         return dict(self.runner.fingerprints)
 
     def resolve_adapter(self, name: str | None) -> str | None:
-        """The adapter a request names; an unknown one is refused (never the base model instead)."""
-        if name is None or name == "":
+        """The adapter a request names (None: the base model); an empty or unknown one is refused."""
+        if name is None:
             return None
+        if name == "":
+            raise BackendValidation("an empty adapter id names no adapter (None is the base model)")
         if name not in self._served:
             raise BackendValidation(f"adapter {name!r} is not loaded on this engine (no fall-back to the base model)")
         return name
@@ -154,7 +156,8 @@ class Engine:
         """Validate (TGI's rules and messages), resolve the adapter and tokenize (on a validation worker)."""
         started = time.perf_counter()
         validate_parameters(params, inputs, self.limits, stream=stream)
-        adapter_id = self.resolve_adapter(adapter if adapter is not None else params.adapter_id)
+        # TGI's server reads an absent and an empty adapter_id alike (the base model); an explicit adapter="" is refused
+        adapter_id = self.resolve_adapter(adapter if adapter is not None else params.adapter_id or None)
         ids = await self.tokenizers.run(lambda tok: tok(inputs, add_special_tokens=add_special_tokens)["input_ids"])
         if params.truncate is not None and len(ids) > params.truncate:
             ids = ids[-params.truncate :]

@@ -37,7 +37,7 @@ class LocalBackend:
         )
         parameters: GenerateParameters = parse(GenerateParameters, fields)
         parameters.adapter_id = None
-        return await self.engine.prepare(prompt, parameters, stream=stream, adapter=adapter or "")
+        return await self.engine.prepare(prompt, parameters, stream=stream, adapter=adapter)
 
     def _generation(self, job: Job, fin: Finished) -> Generation:
         return Generation(
