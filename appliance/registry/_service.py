@@ -373,13 +373,16 @@ class Registry:
                 self._denied("registry.publish", "publish", actor, adapter, exc, details={"target": target})
                 raise
             out = self.publisher.adapter_dir(adapter.served_id)
-            self.artifacts.decrypt_to(out, base_model_path=adapter.run.base_model.path, **self._artifact(adapter))
+            written = self.artifacts.decrypt_to(
+                out, base_model_path=adapter.run.base_model.path, **self._artifact(adapter)
+            )
             s.add(
                 Publication(
                     adapter=adapter,
                     target=target,
                     served_id=adapter.served_id,
                     path=str(out),
+                    config_sha256=written["adapter_config.json"],
                     published_by=actor.subject,
                 )
             )
@@ -496,6 +499,7 @@ class Registry:
                 path=p.path,
                 fingerprint=p.adapter.weights_fingerprint,
                 base_model=p.adapter.run.base_model.path,
+                config_sha256=p.config_sha256,
             )
             for p in s.scalars(query)
         ]
