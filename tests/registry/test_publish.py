@@ -145,6 +145,19 @@ def test_publish_checks_the_registered_config_digest(registry: Registry, make_ru
     assert not (registry.publisher.serving_dir / "adapters" / "triage-v1").exists()
 
 
+@pytest.mark.parametrize("edited", ["adapter_config.json", "adapter_model.safetensors"])
+def test_verify_checks_the_served_copy(registry: Registry, make_run: RunFactory, edited: str) -> None:
+    """TGI and vLLM load the served copy without our check: ``registry verify`` compares it with the digests the
+    registry recorded when it wrote it (config digest per publication, weights fingerprint)."""
+    _approved(registry, make_run, "triage")
+    registry.publish("triage", 1, "tgi", OPERATOR)
+    assert all(r.ok for r in registry.verify())
+    served = registry.publisher.adapter_dir("triage-v1") / edited
+    served.write_bytes(served.read_bytes().replace(b"}", b" }", 1) if edited.endswith(".json") else b"x" * 16)
+    [result] = registry.verify()
+    assert not result.ok and edited in (result.error or "") and "served copy" in (result.error or "")
+
+
 def test_publication_without_config_digest_is_refused_until_republished(
     registry: Registry, make_run: RunFactory
 ) -> None:
@@ -163,6 +176,7 @@ def test_publication_without_config_digest_is_refused_until_republished(
     assert "config_sha256" not in entries["triage-v1"] and "config_sha256" in entries["discharge-v1"]
     with pytest.raises(ConfigError, match=r"triage-v1.*no config_sha256"):
         read_embedded_list(listing)
+    assert [r.ok for r in registry.verify("triage")] == [False]
     registry.unpublish("triage", 1, OPERATOR)
     registry.publish("triage", 1, "embedded", OPERATOR)
     assert [s.id for s in read_embedded_list(listing) if s.config_sha256] == ["discharge-v1", "triage-v1"]
