@@ -520,7 +520,11 @@ class Registry:
                 if name is not None and not adapters:
                     raise NotFound(f"no adapter named {name!r}")
             work = [(a.name, a.version, self._artifact(a), self._active(a)) for a in adapters]
-            served = {(n, v): (Path(p[0].path), p[0].config_sha256) for n, v, _, p in work if p}
+            served = {  # one directory per adapter; any publication without a config digest fails it
+                (n, v): (Path(p[0].path), None if any(x.config_sha256 is None for x in p) else p[0].config_sha256)
+                for n, v, _, p in work
+                if p
+            }
         results = []
         for a_name, a_version, artifact, _ in work:
             try:
