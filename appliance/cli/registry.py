@@ -200,7 +200,8 @@ def verify_cmd(
     version: int | None = typer.Argument(None),
     as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
 ) -> None:
-    """Decrypt every adapter artifact and check each file's digest and the weights fingerprint."""
+    """Decrypt every adapter artifact and check each file's digest and the weights fingerprint (and a published
+    adapter's served copy against what the registry wrote)."""
     with _registry(ctx) as reg:
         results = reg.verify(name, version)
     if as_json:

@@ -158,14 +158,17 @@ class ArtifactStore:
                 )
             yield file_name, data
 
-    def decrypt_to(self, out: Path, *, base_model_path: str | None = None, **artifact: Any) -> Path:
+    def decrypt_to(self, out: Path, *, base_model_path: str | None = None, **artifact: Any) -> dict[str, str]:
         """Decrypt an adapter into ``out`` atomically (a temporary sibling renamed into place), mode 0750.
 
         ``base_model_path`` replaces ``base_model_name_or_path`` in adapter_config.json (it names whatever path
-        trained the adapter, which need not exist on the serving host).
+        trained the adapter, which need not exist on the serving host); the rewrite starts from the checked
+        bytes. Returns each written file's SHA-256 (for adapter_config.json: of the bytes written, rewrite
+        included), what the publish output binds the served copy to.
         """
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        written: dict[str, str] = {}
         try:
             for file_name, data in self.open(**artifact):
                 if file_name == "adapter_config.json" and base_model_path is not None:
@@ -173,6 +176,7 @@ class ArtifactStore:
                     config["base_model_name_or_path"] = base_model_path
                     data = json.dumps(config, indent=2, sort_keys=True).encode()
                 _write_new(tmp / file_name, data)
+                written[file_name] = hashlib.sha256(data).hexdigest()
             fsync_dir(tmp)
             os.chmod(tmp, 0o750)  # noqa: S103 - the backend's service group reads it; others get nothing
             if out.exists():
@@ -182,7 +186,7 @@ class ArtifactStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return out
+        return written
 
     def remove(self, rel_dir: str) -> None:
         """Delete an adapter's encrypted directory (after a rolled-back registration)."""

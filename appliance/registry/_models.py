@@ -188,6 +188,8 @@ class Publication(Base):
     target: Mapped[str] = mapped_column(String(16))
     served_id: Mapped[str] = mapped_column(String(80))
     path: Mapped[str] = mapped_column(Text)
+    # SHA-256 of the adapter_config.json bytes written to ``path`` (NULL: published before revision 0002)
+    config_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     published_by: Mapped[str] = mapped_column(String(128))
     published_at: Mapped[datetime] = mapped_column(default=utcnow)
     unpublished_by: Mapped[str | None] = mapped_column(String(128), nullable=True)

@@ -4,7 +4,9 @@
   comma-separated adapter ids, each optionally ``id=path``; TGI reads it only at start).
 - vLLM: ``serving/vllm/lora_modules.json``, a JSON list whose elements are what ``--lora-modules`` accepts as JSON
   (``{"name", "path", "base_model_name"}``).
-- embedded: ``serving/embedded/adapters.json``, ``{"adapters": [{"id", "name", "version", "path", "fingerprint"}]}``.
+- embedded: ``serving/embedded/adapters.json``, ``{"adapters": [{"id", "name", "version", "path", "fingerprint",
+  "config_sha256"}]}``: the weights' SHA-256 and that of the adapter_config.json bytes the registry wrote (left out
+  for a publication made before the registry recorded it: the engine refuses such an entry).
 
 A list is always rendered from the registry's full set of active publications for that target, never patched,
 so a rewrite after a failure restores exactly what the database says.
@@ -38,6 +40,7 @@ class PublishEntry:
     path: str
     fingerprint: str
     base_model: str
+    config_sha256: str | None = None  # of the adapter_config.json bytes written under ``path``
 
 
 def check_target(target: str) -> str:
@@ -79,10 +82,18 @@ class Publisher:
         if target == "vllm":
             modules = [{"name": e.served_id, "path": e.path, "base_model_name": e.base_model} for e in ordered]
             return (json.dumps(modules, indent=2) + "\n").encode()
-        adapters = [
-            {"id": e.served_id, "name": e.name, "version": e.version, "path": e.path, "fingerprint": e.fingerprint}
-            for e in ordered
-        ]
+        adapters: list[dict[str, object]] = []
+        for e in ordered:
+            entry: dict[str, object] = {
+                "id": e.served_id,
+                "name": e.name,
+                "version": e.version,
+                "path": e.path,
+                "fingerprint": e.fingerprint,
+            }
+            if e.config_sha256 is not None:
+                entry["config_sha256"] = e.config_sha256
+            adapters.append(entry)
         return (json.dumps({"adapters": adapters}, indent=2) + "\n").encode()
 
     def write(self, target: str, entries: Sequence[PublishEntry]) -> Path:

@@ -52,7 +52,7 @@ from appliance.registry._models import (
 from appliance.registry._people import hash_token, new_token, verify_token
 from appliance.registry._policy import ApprovalLimits, load_approval_limits
 from appliance.registry._publish import TARGETS, PublishEntry, Publisher, check_target
-from appliance.registry._rundir import RunMetadata, check_name, read_run_dir
+from appliance.registry._rundir import RunMetadata, check_name, read_run_dir, sha256_file
 from appliance.registry._types import (
     ROLES,
     Actor,
@@ -373,13 +373,16 @@ class Registry:
                 self._denied("registry.publish", "publish", actor, adapter, exc, details={"target": target})
                 raise
             out = self.publisher.adapter_dir(adapter.served_id)
-            self.artifacts.decrypt_to(out, base_model_path=adapter.run.base_model.path, **self._artifact(adapter))
+            written = self.artifacts.decrypt_to(
+                out, base_model_path=adapter.run.base_model.path, **self._artifact(adapter)
+            )
             s.add(
                 Publication(
                     adapter=adapter,
                     target=target,
                     served_id=adapter.served_id,
                     path=str(out),
+                    config_sha256=written["adapter_config.json"],
                     published_by=actor.subject,
                 )
             )
@@ -496,13 +499,16 @@ class Registry:
                 path=p.path,
                 fingerprint=p.adapter.weights_fingerprint,
                 base_model=p.adapter.run.base_model.path,
+                config_sha256=p.config_sha256,
             )
             for p in s.scalars(query)
         ]
 
     # --- integrity -------------------------------------------------------------------------------------------
     def verify(self, name: str | None = None, version: int | None = None) -> list[VerifyResult]:
-        """Decrypt every artifact (or one name / version) and check each file's digest and the fingerprint."""
+        """Decrypt every artifact (or one name / version) and check each file's digest and the fingerprint; for a
+        published adapter, also its decrypted copy under ``serving/adapters/`` (what TGI and vLLM load unchecked)
+        against the weights fingerprint and the config digest recorded at publish."""
         with self.db.session("reading adapters to verify") as s:
             if version is not None and name is not None:
                 adapters = [self._get(s, name, version)]
@@ -513,11 +519,18 @@ class Registry:
                 adapters = list(s.scalars(query))
                 if name is not None and not adapters:
                     raise NotFound(f"no adapter named {name!r}")
-            work = [(a.name, a.version, self._artifact(a)) for a in adapters]
+            work = [(a.name, a.version, self._artifact(a), self._active(a)) for a in adapters]
+            served = {  # one directory per adapter; any publication without a config digest fails it
+                (n, v): (Path(p[0].path), None if any(x.config_sha256 is None for x in p) else p[0].config_sha256)
+                for n, v, _, p in work
+                if p
+            }
         results = []
-        for a_name, a_version, artifact in work:
+        for a_name, a_version, artifact, _ in work:
             try:
                 count = sum(1 for _ in self.artifacts.open(**artifact))
+                if (a_name, a_version) in served:
+                    _check_served(*served[(a_name, a_version)], artifact["weights_fingerprint"])
             except (IntegrityViolation, OSError) as exc:
                 message = exc.message if isinstance(exc, ApplianceError) else f"unreadable: {exc.strerror}"
                 results.append(VerifyResult(a_name, a_version, ok=False, files=0, error=message))
@@ -838,6 +851,24 @@ class Registry:
         for closer in self._on_close:
             with contextlib.suppress(Exception):
                 closer()
+
+
+def _check_served(directory: Path, config_sha256: str | None, weights_fingerprint: str) -> None:
+    """A published copy still holds the bytes the registry wrote (IntegrityViolation naming the file if not)."""
+    if config_sha256 is None:
+        raise IntegrityViolation(
+            f"served copy {directory}: published before config digests were recorded; unpublish and publish again"
+        )
+    for file_name, expected in (
+        ("adapter_model.safetensors", weights_fingerprint),
+        ("adapter_config.json", config_sha256),
+    ):
+        try:
+            actual = sha256_file(directory / file_name)
+        except OSError as exc:
+            raise IntegrityViolation(f"served copy {directory}: {file_name} unreadable ({exc.strerror})") from exc
+        if actual != expected:
+            raise IntegrityViolation(f"served copy {directory}: {file_name} differs from what the registry published")
 
 
 def _claimed_by_metadata(meta: RunMetadata, weights: str) -> ClaimedRun:

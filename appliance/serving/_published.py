@@ -19,11 +19,13 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 @dataclass(frozen=True)
 class AdapterSpec:
-    """One published adapter: the served id, where its peft directory is and its weights' SHA-256."""
+    """One published adapter: the served id, where its peft directory is, its weights' SHA-256 and the SHA-256 of
+    its adapter_config.json bytes (both None only for ``--adapters`` pairs, which are not checked)."""
 
     id: str
     path: Path
     fingerprint: str | None = None
+    config_sha256: str | None = None
     name: str | None = None
     version: int | None = None
 
@@ -47,7 +49,11 @@ def _check_id(adapter_id: Any, source: Path) -> str:
 
 
 def read_embedded_list(path: Path) -> list[AdapterSpec]:
-    """The embedded engine's list: ``{"adapters": [{"id", "name", "version", "path", "fingerprint"}]}``."""
+    """The embedded engine's list: ``{"adapters": [{"id", "name", "version", "path", "fingerprint",
+    "config_sha256"}]}``.
+
+    An entry without ``config_sha256`` (published before the registry recorded it) makes the list malformed: its
+    config could not be checked, so it is refused until it is unpublished and published again."""
     if not path.is_file():
         return []
     try:
@@ -60,11 +66,20 @@ def read_embedded_list(path: Path) -> list[AdapterSpec]:
             fingerprint = str(entry["fingerprint"]).lower()
             if not _HEX64.match(fingerprint):
                 raise ValueError(f"fingerprint of {entry.get('id')!r} is not a SHA-256 hex digest")
+            if "config_sha256" not in entry:
+                raise ValueError(
+                    f"adapter {entry.get('id')!r} has no config_sha256 (published before the registry recorded "
+                    "config digests): unpublish and publish it again"
+                )
+            config_sha256 = str(entry["config_sha256"]).lower()
+            if not _HEX64.match(config_sha256):
+                raise ValueError(f"config_sha256 of {entry.get('id')!r} is not a SHA-256 hex digest")
             specs.append(
                 AdapterSpec(
                     id=_check_id(entry["id"], path),
                     path=Path(entry["path"]),
                     fingerprint=fingerprint,
+                    config_sha256=config_sha256,
                     name=entry.get("name"),
                     version=entry.get("version"),
                 )

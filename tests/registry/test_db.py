@@ -150,3 +150,23 @@ def test_foreign_errors_translated(foreign: Exception, ours: type[Exception]) ->
         raise foreign
     assert caught.value is foreign or caught.value.__cause__ is foreign
     assert "SELECT" not in str(caught.value) and "INSERT" not in str(caught.value)
+
+
+def test_upgrade_from_0001_adds_the_publication_config_digest(any_settings: Settings) -> None:
+    """A database at revision 0001 upgrades in place: publications gain ``config_sha256``, existing rows NULL."""
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from appliance.registry._db import _alembic_config
+
+    db = Database(any_settings.registry_url, migrate=False)
+    try:
+        with db.engine.begin() as conn:
+            command.upgrade(_alembic_config(conn), "0001")
+        assert db.current() == "0001"
+        db.migrate()
+        assert db.current() == db.head()
+        columns = {c["name"]: c for c in inspect(db.engine).get_columns("publications")}
+        assert columns["config_sha256"]["nullable"]
+    finally:
+        db.engine.dispose()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from appliance.config import load_settings
-from appliance.errors import AuditUnavailable, ConfigError, Conflict
+from appliance.errors import AuditUnavailable, ConfigError, Conflict, IntegrityViolation
 from appliance.registry import Registry, open_registry
 from tests.conftest import REPO_ROOT
 from tests.registry.conftest import APPROVERS, OPERATOR, RecordingAudit, RunFactory, enrol, snapshot
@@ -82,6 +84,9 @@ def test_backend_lists_match_documented_syntax(registry: Registry, make_run: Run
         ("triage-v1", "triage", 1),
     ]
     assert {a["fingerprint"] for a in embedded} == {p.fingerprint for p in registry.published()}
+    for entry in embedded:  # the digest of the exact config bytes written (base path rewrite included)
+        written = (Path(entry["path"]) / "adapter_config.json").read_bytes()
+        assert entry["config_sha256"] == hashlib.sha256(written).hexdigest()
 
     for (_, tgi_path), module, entry in zip(tgi, modules, embedded, strict=True):
         assert tgi_path == module.path == entry["path"]
@@ -104,6 +109,77 @@ def test_published_adapter_loads_with_peft(registry: Registry, make_run: RunFact
     assert config["base_model_name_or_path"] == str(tiny_model)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), served)
     assert any("lora_A" in n for n, _ in model.named_parameters())
+
+
+def test_engine_loads_the_published_config_and_refuses_an_edited_one(registry: Registry, make_run: RunFactory) -> None:
+    """The engine's check accepts the copy the registry published; editing its adapter_config.json (scaling,
+    weights untouched) afterwards makes the load an IntegrityViolation."""
+    from appliance.serving import read_embedded_list
+    from appliance.serving.engine._model import prepare_adapter
+
+    _approved(registry, make_run, "triage")
+    registry.publish("triage", 1, "embedded", OPERATOR)
+    [spec] = read_embedded_list(registry.publisher.list_path("embedded"))
+    assert prepare_adapter(spec).config_sha256 == spec.config_sha256
+    config_path = spec.path / "adapter_config.json"
+    config = json.loads(config_path.read_bytes())
+    config["lora_alpha"] = config["lora_alpha"] * 64
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+    with pytest.raises(IntegrityViolation, match=r"adapter_config\.json"):
+        prepare_adapter(spec)
+
+
+@pytest.mark.parametrize("target", ["tgi", "vllm", "embedded"])
+def test_publish_checks_the_registered_config_digest(registry: Registry, make_run: RunFactory, target: str) -> None:
+    """TGI and vLLM load the published directory themselves: the registry checks the decrypted config against the
+    SHA-256 recorded at ``registry add`` (what the approvers approved) before writing it, as it does the weights."""
+    _approved(registry, make_run, "triage")
+    with registry.db.engine.begin() as conn:
+        files = json.loads(conn.execute(text("SELECT files FROM adapters")).scalar_one())
+        files["adapter_config.json"]["sha256"] = "ab" * 32
+        conn.execute(text("UPDATE adapters SET files = :f"), {"f": json.dumps(files)})
+    before = snapshot(registry)
+    with pytest.raises(IntegrityViolation, match=r"adapter_config\.json"):
+        registry.publish("triage", 1, target, OPERATOR)
+    assert snapshot(registry) == before
+    assert not (registry.publisher.serving_dir / "adapters" / "triage-v1").exists()
+
+
+@pytest.mark.parametrize("edited", ["adapter_config.json", "adapter_model.safetensors"])
+def test_verify_checks_the_served_copy(registry: Registry, make_run: RunFactory, edited: str) -> None:
+    """TGI and vLLM load the served copy without our check: ``registry verify`` compares it with the digests the
+    registry recorded when it wrote it (config digest per publication, weights fingerprint)."""
+    _approved(registry, make_run, "triage")
+    registry.publish("triage", 1, "tgi", OPERATOR)
+    assert all(r.ok for r in registry.verify())
+    served = registry.publisher.adapter_dir("triage-v1") / edited
+    served.write_bytes(served.read_bytes().replace(b"}", b" }", 1) if edited.endswith(".json") else b"x" * 16)
+    [result] = registry.verify()
+    assert not result.ok and edited in (result.error or "") and "served copy" in (result.error or "")
+
+
+def test_publication_without_config_digest_is_refused_until_republished(
+    registry: Registry, make_run: RunFactory
+) -> None:
+    """A publication made before the registry recorded config digests (schema 0001) is listed without one; the
+    engine refuses that list, and unpublishing and publishing again restores a checked entry."""
+    from appliance.serving import read_embedded_list
+
+    for name in ("triage", "discharge"):
+        _approved(registry, make_run, name)
+    registry.publish("triage", 1, "embedded", OPERATOR)
+    with registry.db.engine.begin() as conn:
+        conn.execute(text("UPDATE publications SET config_sha256 = NULL"))
+    registry.publish("discharge", 1, "embedded", OPERATOR)  # re-renders the whole list
+    listing = registry.publisher.list_path("embedded")
+    entries = {a["id"]: a for a in json.loads(listing.read_text())["adapters"]}
+    assert "config_sha256" not in entries["triage-v1"] and "config_sha256" in entries["discharge-v1"]
+    with pytest.raises(ConfigError, match=r"triage-v1.*no config_sha256"):
+        read_embedded_list(listing)
+    assert [r.ok for r in registry.verify("triage")] == [False]
+    registry.unpublish("triage", 1, OPERATOR)
+    registry.publish("triage", 1, "embedded", OPERATOR)
+    assert [s.id for s in read_embedded_list(listing) if s.config_sha256] == ["discharge-v1", "triage-v1"]
 
 
 def test_publish_twice_to_same_target_refused(registry: Registry, make_run: RunFactory) -> None:

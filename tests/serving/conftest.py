@@ -40,11 +40,27 @@ def make_adapter(base: Path, out: Path, seed: int, *, r: int = 4) -> str:
     return hashlib.sha256((out / "adapter_model.safetensors").read_bytes()).hexdigest()
 
 
-def write_adapter_list(path: Path, adapters: dict[str, tuple[Path, str]]) -> Path:
-    """The embedded adapter list in the registry's publish format (contracts.md)."""
+def config_digest(adapter_dir: Path) -> str:
+    """SHA-256 of an adapter's adapter_config.json bytes (what the registry publishes as ``config_sha256``)."""
+    return hashlib.sha256((adapter_dir / "adapter_config.json").read_bytes()).hexdigest()
+
+
+def write_adapter_list(
+    path: Path, adapters: dict[str, tuple[Path, str]], configs: dict[str, str] | None = None
+) -> Path:
+    """The embedded adapter list in the registry's publish format (contracts.md); each config digest is
+    ``configs[id]`` when given, else that of the adapter_config.json on disk now."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    configs = configs or {}
     entries = [
-        {"id": aid, "name": aid.rsplit("-v", 1)[0], "version": 1, "path": str(p), "fingerprint": fp}
+        {
+            "id": aid,
+            "name": aid.rsplit("-v", 1)[0],
+            "version": 1,
+            "path": str(p),
+            "fingerprint": fp,
+            "config_sha256": configs.get(aid) or config_digest(p),
+        }
         for aid, (p, fp) in adapters.items()
     ]
     tmp = path.with_suffix(".tmp")

@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from appliance.errors import IntegrityViolation
+from appliance.errors import ConfigError, IntegrityViolation
 from appliance.serving import AdapterSpec, read_embedded_list
-from tests.serving.conftest import ServerThread, free_port, write_adapter_list
+from tests.serving.conftest import ServerThread, config_digest, free_port, write_adapter_list
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -31,6 +31,52 @@ def test_start_refuses_an_adapter_whose_fingerprint_differs(tiny_model: Path, lo
     wrong = ("0" if fingerprint[0] != "0" else "1") + fingerprint[1:]
     with pytest.raises(IntegrityViolation, match="triage-v1"):
         Engine.start(tiny_model, [AdapterSpec(id="triage-v1", path=path, fingerprint=wrong)], device="cpu")
+
+
+def _edited_copy(source: Path, out: Path, **changes: Any) -> Path:
+    """A copy of an adapter directory whose adapter_config.json was then edited (weights untouched)."""
+    import json
+    import shutil
+
+    shutil.copytree(source, out)
+    config = json.loads((out / "adapter_config.json").read_text())
+    config.update(changes)
+    (out / "adapter_config.json").write_text(json.dumps(config))
+    return out
+
+
+def test_start_refuses_an_adapter_whose_config_was_edited(
+    tiny_model: Path, lora_adapters: Adapters, tmp_path: Path
+) -> None:
+    """Same weights, edited adapter_config.json (scaling): the published config digest no longer matches, the
+    start fails; the unedited config loads."""
+    from appliance.serving.engine import Engine
+
+    path, fingerprint = lora_adapters["triage-v1"]
+    published = config_digest(path)
+    edited = _edited_copy(path, tmp_path / "triage-v1", lora_alpha=512)
+    spec = AdapterSpec(id="triage-v1", path=edited, fingerprint=fingerprint, config_sha256=published)
+    with pytest.raises(IntegrityViolation, match=r"triage-v1.*adapter_config\.json"):
+        Engine.start(tiny_model, [spec], device="cpu")
+    engine = Engine.start(
+        tiny_model, [AdapterSpec("triage-v1", path, fingerprint=fingerprint, config_sha256=published)], device="cpu"
+    )
+    try:
+        assert engine.adapters() == {"triage-v1"}
+    finally:
+        engine.close()
+
+
+def test_a_list_without_config_digest_is_refused(lora_adapters: Adapters, tmp_path: Path) -> None:
+    """An entry published before config digests were recorded is not loaded unchecked: the list is refused."""
+    import json
+
+    path, fingerprint = lora_adapters["triage-v1"]
+    listing = tmp_path / "adapters.json"
+    entry = {"id": "triage-v1", "name": "triage", "version": 1, "path": str(path), "fingerprint": fingerprint}
+    listing.write_text(json.dumps({"adapters": [entry]}))
+    with pytest.raises(ConfigError, match=r"no config_sha256.*publish it again"):
+        read_embedded_list(listing)
 
 
 def _models(url: str) -> set[str]:
@@ -76,6 +122,33 @@ def test_admin_reload_adds_removes_and_checks_fingerprints(reloadable: Any, lora
     assert _models(url) == {"notes-v1", "coding-v1"}  # rehearsed first: nothing changed
     ok = httpx.post(url + "/generate", json={"inputs": "x", "parameters": {"adapter_id": "coding-v1"}}, timeout=30)
     assert ok.status_code == 200
+
+
+def test_reload_checks_adapter_configs(reloadable: Any, lora_adapters: Adapters, tmp_path: Path) -> None:
+    """A reload refuses an adapter whose adapter_config.json was edited after publishing (nothing changes); a
+    newly published config for the same weights replaces the loaded adapter, it is not kept as it was."""
+    engine, url, listing = reloadable
+    auth = {"authorization": "Bearer s3cret-admin"}
+    path, fingerprint = lora_adapters["notes-v1"]
+    published = config_digest(path)
+    edited = _edited_copy(path, tmp_path / "notes-v1", lora_alpha=512)
+    write_adapter_list(
+        listing,
+        {"triage-v1": lora_adapters["triage-v1"], "notes-v1": (edited, fingerprint)},
+        configs={"notes-v1": published},
+    )
+    refused = httpx.post(url + "/admin/reload", headers=auth, timeout=60)
+    assert refused.status_code == 409 and refused.json()["error_type"] == "integrity"
+    assert _models(url) == {"triage-v1"}
+
+    triage, triage_fingerprint = lora_adapters["triage-v1"]
+    loaded = engine.runner.loaded_digests("triage-v1")
+    assert loaded == (triage_fingerprint, config_digest(triage))
+    rescaled = _edited_copy(triage, tmp_path / "triage-v1", lora_alpha=1)
+    write_adapter_list(listing, {"triage-v1": (rescaled, triage_fingerprint)})  # published with its new digest
+    answer = httpx.post(url + "/admin/reload", headers=auth, timeout=60)
+    assert answer.status_code == 200 and answer.json()["replaced"] == ["triage-v1"]
+    assert engine.runner.loaded_digests("triage-v1") == (triage_fingerprint, config_digest(rescaled))
 
 
 @pytest.mark.slow

@@ -122,14 +122,20 @@ class Engine:
                 if self._adapter_source is None:
                     raise BackendValidation("this engine has no adapter list to reload from")
                 specs = await asyncio.to_thread(self._adapter_source)
-            current = self.runner.fingerprints
+            runner = self.runner
             todo = list(specs)
 
             def rehearse() -> list[Any]:
                 out: list[Any] = []
                 for spec in todo:
-                    if spec.id in current and spec.fingerprint is not None and spec.fingerprint == current[spec.id]:
-                        out.append(_Kept(spec, current[spec.id]))
+                    loaded = runner.loaded_digests(spec.id)
+                    if (
+                        loaded is not None
+                        and spec.fingerprint is not None
+                        and spec.config_sha256 is not None
+                        and (spec.fingerprint, spec.config_sha256) == loaded
+                    ):
+                        out.append(_Kept(spec, loaded[0], config_sha256=loaded[1]))
                     else:
                         out.append(prepare_adapter(spec))
                 return out
@@ -280,12 +286,13 @@ class _Tokenizers:
 
 @dataclass(frozen=True)
 class _Kept:
-    """An adapter already loaded with the published fingerprint (nothing to re-read)."""
+    """An adapter already loaded with the published fingerprint and config digest (nothing to re-read)."""
 
     spec: AdapterSpec
     fingerprint: str
     config: Any = None
     state: Any = None
+    config_sha256: str | None = None
 
 
 def _generation_error(exc: Any) -> ApplianceError:

@@ -1,9 +1,11 @@
 """The base model, its tokenizer and the LoRA adapters loaded on it (peft multi-adapter).
 
-Adapters load from the registry's published list. Each adapter's weights file is read once into memory, its
-SHA-256 compared (constant time) with the published fingerprint, and the weights are loaded from those same
-bytes, so the file cannot change between the check and the load. A reload is rehearsed first: every new adapter
-is read and checked before anything changes; if one fails, nothing changes.
+Adapters load from the registry's published list. Each adapter's weights file and adapter_config.json are read
+once into memory, their SHA-256 compared (constant time) with the published fingerprint and config digest, and
+the adapter is built from those same bytes, so neither file can change between the check and the load (the
+config sets rank, scaling and target modules: it changes what the model computes as much as the weights do). A
+reload is rehearsed first: every new adapter is read and checked before anything changes; if one fails, nothing
+changes.
 
 Mixed-adapter batches: peft's ``adapter_names=`` loops over the adapters of a batch in every LoRA layer, which
 costs one pair of small matmuls per adapter. When every loaded adapter is plain LoRA, the runner instead keeps
@@ -52,32 +54,47 @@ class PreparedAdapter:
     fingerprint: str
     config: Any  # peft.LoraConfig
     state: dict[str, torch.Tensor]
+    config_sha256: str | None = None  # of the adapter_config.json bytes the config was parsed from
 
 
 def prepare_adapter(spec: AdapterSpec) -> PreparedAdapter:
-    """Read and check one adapter: fingerprint (when published with one), peft type, weights format."""
+    """Read and check one adapter: weights fingerprint and config digest (when published with them), peft type,
+    weights format. Each file is read once; what is checked is what is parsed."""
     from peft import LoraConfig, PeftType
     from safetensors.torch import load as load_safetensors
 
-    weights = spec.path / WEIGHTS
     try:
-        data = weights.read_bytes()
-        raw_config = json.loads((spec.path / CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        data = (spec.path / WEIGHTS).read_bytes()
+        config_bytes = (spec.path / CONFIG).read_bytes()
+    except OSError as exc:
         raise ConfigError(f"adapter {spec.id!r}: cannot read {spec.path} ({type(exc).__name__})") from exc
     digest = hashlib.sha256(data).hexdigest()
     if spec.fingerprint is not None and not hmac.compare_digest(digest, spec.fingerprint.lower()):
         raise IntegrityViolation(f"adapter {spec.id!r}: weights fingerprint does not match the published one")
+    config_digest = hashlib.sha256(config_bytes).hexdigest()
+    if spec.config_sha256 is not None and not hmac.compare_digest(config_digest, spec.config_sha256.lower()):
+        raise IntegrityViolation(f"adapter {spec.id!r}: {CONFIG} does not match the published config digest")
+    try:
+        raw_config = json.loads(config_bytes)
+        if not isinstance(raw_config, dict):
+            raise TypeError("not a JSON object")
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"adapter {spec.id!r}: unreadable {CONFIG} ({type(exc).__name__})") from exc
     if raw_config.get("peft_type") != PeftType.LORA.value:
         raise ConfigError(f"adapter {spec.id!r}: only LoRA adapters are served (got {raw_config.get('peft_type')})")
+    raw_config.pop("runtime_config", None)  # as peft's from_pretrained: runtime-only, never from a file
     try:
-        config = LoraConfig.from_pretrained(str(spec.path))
+        config = LoraConfig.from_peft_type(**LoraConfig.check_kwargs(**raw_config))
         state = load_safetensors(data)
     except Exception as exc:
         raise ConfigError(f"adapter {spec.id!r}: unreadable adapter files ({type(exc).__name__})") from exc
     config.inference_mode = True
     config.task_type = "CAUSAL_LM"
-    return PreparedAdapter(spec=spec, fingerprint=digest, config=config, state=state)
+    return PreparedAdapter(spec=spec, fingerprint=digest, config=config, state=state, config_sha256=config_digest)
+
+
+def _digests(item: Any) -> tuple[str, str | None]:
+    return (item.fingerprint, getattr(item, "config_sha256", None))
 
 
 class _Routing:
@@ -144,8 +161,14 @@ class ModelRunner:
     def adapter_ids(self) -> set[str]:
         return set(self.fingerprints)
 
+    def loaded_digests(self, adapter_id: str) -> tuple[str, str | None] | None:
+        """The weights fingerprint and config digest an adapter was loaded with (None: not loaded)."""
+        item = self._loaded.get(adapter_id)
+        return None if item is None else (item.fingerprint, item.config_sha256)
+
     def apply(self, prepared: list[PreparedAdapter]) -> dict[str, list[str]]:
-        """Make the loaded set exactly ``prepared``: unload the rest, replace changed fingerprints, add new ones.
+        """Make the loaded set exactly ``prepared``: unload the rest, replace changed ones (weights fingerprint or
+        config digest), add new ones.
 
         An adapter can pass its rehearsal (fingerprint, format) and still not fit the model; then the set that
         was loaded is put back, from the checked weights kept for it, and the error raised."""
@@ -162,7 +185,7 @@ class ModelRunner:
         from peft import get_peft_model, set_peft_model_state_dict
 
         wanted = {p.spec.id: p for p in prepared}
-        removed = [a for a in self.fingerprints if a not in wanted or wanted[a].fingerprint != self.fingerprints[a]]
+        removed = [a for a in self.fingerprints if a not in wanted or _digests(wanted[a]) != self.loaded_digests(a)]
         added = [a for a in wanted if a not in self.fingerprints or a in removed]
         for adapter_id in removed:
             self._delete(adapter_id)
