@@ -23,6 +23,12 @@ dataset="$D/datasets/clinical"
 
 published=$("$A" registry list --json --name triage --status production 2>/dev/null | .venv/bin/python -c \
   'import json,sys; v=[a["version"] for a in json.load(sys.stdin)]; print(max(v) if v else "")' || true)
+if [ -n "$published" ] && ! .venv/bin/python -c 'import json,sys; sys.exit(any("config_sha256" not in a for a in
+    json.load(open(sys.argv[1]))["adapters"]))' "$D/serving/embedded/adapters.json" 2>/dev/null; then
+  echo "$D was made by an older version of the appliance (its publication has no config digest, which the engine"
+  echo "now requires). Move it aside or delete it (it holds only synthetic demo data), then run make demo again."
+  exit 1
+fi
 if [ -n "$published" ] && [ -z "${DEMO_RETRAIN:-}" ]; then
   # A re-run reuses the published adapter: a second epsilon-8 run would exceed the dataset's budget (10).
   say "3-5/7 triage v$published is already trained, approved and published (DEMO_RETRAIN=1 to train again)"
