@@ -3,8 +3,9 @@
 ``metadata.json`` is a plain, unsigned file in the run directory: the trainer can edit it between ``appliance
 train`` and ``registry add``. The ledger row of the same run is written by the training process itself, so the
 registry checks the run directory's claims against it: the run must be there and ``finished``, and its dataset,
-trainer, DP parameters, epsilon, delta, steps, highest canary exposure and weights file must agree. The registry
-reads the SQLite file directly (as ``_policy.py`` reads the policy) so that it never imports the training stack.
+trainer, DP parameters, epsilon, delta, steps, highest canary exposure, weights file and adapter_config.json (rank,
+scaling, target modules: what the adapter computes) must agree. The registry reads the SQLite file directly (as
+``_policy.py`` reads the policy) so that it never imports the training stack.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class ClaimedRun:
     steps: int | None
     max_exposure: float | None  # None: no canary measured
     weights: str  # SHA-256 of adapter_model.safetensors
+    config: str  # SHA-256 of adapter_config.json as training wrote it (before the registry rewrites its base path)
 
 
 def _read(path: Path, run_id: str) -> sqlite3.Row | None:
@@ -92,6 +94,10 @@ def check_against_ledger(ledger_path: Path, claimed: ClaimedRun) -> None:
     weights = row["weights_sha256"] if "weights_sha256" in row.keys() else None  # noqa: SIM118 (sqlite3.Row)
     if claimed.weights != weights:  # other weights under this run's metadata
         problems.append(f"weights {claimed.weights[:16]}... (ledger: {str(weights)[:16]}...)")
+    config = row["config_sha256"] if "config_sha256" in row.keys() else None  # noqa: SIM118 (sqlite3.Row)
+    if claimed.config != config:  # an edited (or other run's) adapter_config.json under this run's metadata
+        recorded = f"{config[:16]}..." if config else "none: the run finished before the ledger kept it; retrain"
+        problems.append(f"adapter_config.json {claimed.config[:16]}... (ledger: {recorded})")
     # a finished run took every planned step; the ledger may have charged more (steps repeated after a resume)
     if claimed.steps != row["steps_planned"] or row["steps_taken"] < row["steps_planned"]:
         problems.append(

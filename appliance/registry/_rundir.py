@@ -116,13 +116,14 @@ class DatasetInfo:
 
 @dataclass(frozen=True)
 class RunDir:
-    """A validated run directory: its metadata, files and weights fingerprint."""
+    """A validated run directory: its metadata, files, weights fingerprint and config digest."""
 
     path: Path
     metadata: RunMetadata
     raw_metadata: dict[str, Any]
     files: dict[str, Path]  # file name -> path (top-level regular files only)
     weights_fingerprint: str
+    config_sha256: str  # of adapter_config.json
     dataset: DatasetInfo
 
 
@@ -162,6 +163,7 @@ def read_run_dir(run_dir: Path) -> RunDir:
         raw_metadata=raw,
         files=files,
         weights_fingerprint=sha256_file(run_dir / WEIGHTS),
+        config_sha256=sha256_file(run_dir / "adapter_config.json"),
         dataset=dataset,
     )
 

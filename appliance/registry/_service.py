@@ -122,7 +122,9 @@ class Registry:
                 if prior_run is not None:
                     raise Conflict(f"training run {meta.run_id!r} is already registered")
                 try:  # metadata.json is an unsigned file: its claims must match the run's ledger row
-                    check_against_ledger(self.ledger_path, _claimed_by_metadata(meta, run.weights_fingerprint))
+                    check_against_ledger(
+                        self.ledger_path, _claimed_by_metadata(meta, run.weights_fingerprint, run.config_sha256)
+                    )
                 except IntegrityViolation as exc:
                     self._denied("registry.add", "add", actor, None, exc, details={"run_id": meta.run_id})
                     raise
@@ -871,7 +873,7 @@ def _check_served(directory: Path, config_sha256: str | None, weights_fingerprin
             raise IntegrityViolation(f"served copy {directory}: {file_name} differs from what the registry published")
 
 
-def _claimed_by_metadata(meta: RunMetadata, weights: str) -> ClaimedRun:
+def _claimed_by_metadata(meta: RunMetadata, weights: str, config: str) -> ClaimedRun:
     dp = meta.dp
     return ClaimedRun(
         run_id=meta.run_id,
@@ -886,6 +888,7 @@ def _claimed_by_metadata(meta: RunMetadata, weights: str) -> ClaimedRun:
         steps=meta.steps,
         max_exposure=meta.canaries.max_exposure if meta.canaries.exposures else None,
         weights=weights,
+        config=config,
     )
 
 
@@ -904,6 +907,7 @@ def _claimed_by_row(adapter: Adapter) -> ClaimedRun:
         steps=steps if isinstance(steps, int) else None,
         max_exposure=run.max_exposure,
         weights=adapter.weights_fingerprint,
+        config=str(adapter.files.get("adapter_config.json", {}).get("sha256")),  # the bytes sealed at add
     )
 
 

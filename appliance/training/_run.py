@@ -108,6 +108,7 @@ class _State:
     metrics: dict[str, float] = field(default_factory=dict)
     exposures: list[float] = field(default_factory=list)
     weights_sha256: str | None = None  # of the adapter_model.safetensors written
+    config_sha256: str | None = None  # of the adapter_config.json written
     ledger_open: bool = False
 
 
@@ -571,6 +572,7 @@ class TrainingRun:
             check_adapter(tmp, trainable)
             with storage_errors(str(tmp)):
                 self.s.weights_sha256 = hashlib.sha256((tmp / "adapter_model.safetensors").read_bytes()).hexdigest()
+                self.s.config_sha256 = hashlib.sha256((tmp / "adapter_config.json").read_bytes()).hexdigest()
             metadata = self._metadata(entry.epsilon if cfg.dp else None)
             write_json(tmp / "metadata.json", metadata)
             with storage_errors(str(tmp)):
@@ -664,7 +666,11 @@ class TrainingRun:
         canaries = result.metadata["canaries"]
         exposure = canaries["max_exposure"] if canaries["exposures"] else None  # what the registry will check
         entry = self.ledger.close(
-            self.run_id, status="finished", max_exposure=exposure, weights_sha256=self.s.weights_sha256
+            self.run_id,
+            status="finished",
+            max_exposure=exposure,
+            weights_sha256=self.s.weights_sha256,
+            config_sha256=self.s.config_sha256,
         )
         self._audit.record(
             "training.finish",

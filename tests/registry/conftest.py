@@ -116,6 +116,7 @@ def record_in_ledger(ledger_path: Path, run: Path, **columns: Any) -> None:
         "source_sha256": "0" * 64,
         "max_exposure": metadata["canaries"]["max_exposure"] if metadata["canaries"]["exposures"] else None,
         "weights_sha256": hashlib.sha256((run / "adapter_model.safetensors").read_bytes()).hexdigest(),
+        "config_sha256": hashlib.sha256((run / "adapter_config.json").read_bytes()).hexdigest(),
         **columns,
     }
     db = sqlite3.connect(ledger_path)

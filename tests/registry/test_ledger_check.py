@@ -80,6 +80,17 @@ def test_other_weights_under_a_runs_metadata_refused(
     _refused(registry, audit, run, "weights ")
 
 
+def test_edited_adapter_config_refused(registry: Registry, make_run: RunFactory, audit: RecordingAudit) -> None:
+    """An adapter_config.json edited after training (scaling: what the adapter computes) does not match the
+    digest training recorded; nor does one from a run finished before the ledger kept it."""
+    run = make_run()
+    config = json.loads((run / "adapter_config.json").read_text())
+    config["lora_alpha"] = config["lora_alpha"] * 4
+    (run / "adapter_config.json").write_text(json.dumps(config))
+    _refused(registry, audit, run, r"adapter_config\.json [0-9a-f]{16}\.\.\. \(ledger: [0-9a-f]{16}")
+    _refused(registry, audit, make_run(ledger={"config_sha256": None}), "the run finished before the ledger kept it")
+
+
 def test_epsilon_within_tolerance_accepted(registry: Registry, make_run: RunFactory) -> None:
     """Floats compare with a tight relative tolerance; the metadata's own values register."""
     run = make_run(ledger={"epsilon": 4.0 * (1 + 1e-12)})
@@ -132,11 +143,33 @@ def test_approve_and_publish_recheck_the_ledger(
     assert (audit.events[-1]["type"], audit.events[-1]["outcome"]["status"]) == ("registry.publish", "denied")
 
 
+def test_approve_and_publish_recheck_the_config_digest(
+    registry: Registry, make_run: RunFactory, audit: RecordingAudit, data_dir: Path
+) -> None:
+    """The adapter_config.json sealed at add must still be the one the ledger recorded at approve and publish."""
+    first = registry.add(make_run(), "triage", OPERATOR)
+    for approver in APPROVERS:
+        registry.approve("triage", 1, approver)
+    second = registry.add(make_run(), "triage", OPERATOR)
+    db = sqlite3.connect(data_dir / "ledger.db")
+    with db:
+        db.execute("UPDATE runs SET config_sha256 = ? WHERE run_id IN (?, ?)", ("ab" * 32, first.run_id, second.run_id))
+    db.close()
+    with pytest.raises(IntegrityViolation, match=r"adapter_config\.json .* \(ledger: abab"):
+        registry.approve("triage", 2, APPROVERS[0])
+    assert audit.events[-1]["outcome"]["status"] == "denied"
+    before = snapshot(registry)
+    with pytest.raises(IntegrityViolation, match=r"adapter_config\.json .* \(ledger: abab"):
+        registry.publish("triage", 1, "embedded", OPERATOR)
+    assert snapshot(registry) == before
+
+
 @pytest.mark.slow
 def test_a_trained_run_registers_approves_and_publishes(
-    registry: Registry, settings: Settings, tiny_model: Path, tmp_path: Path
+    registry: Registry, audit: RecordingAudit, settings: Settings, tiny_model: Path, tmp_path: Path
 ) -> None:
-    """What `appliance train` writes (metadata and ledger row) passes every check: the demo's flow."""
+    """What `appliance train` writes (metadata and ledger row) passes every check: the demo's flow. Its
+    adapter_config.json edited before `registry add` is refused."""
     from appliance.testing import MemoryAuditLog
     from appliance.training import make_config, train
     from tests.training.conftest import tiny_options, write_prepared
@@ -149,6 +182,13 @@ def test_a_trained_run_registers_approves_and_publishes(
     policies.mkdir()
     (policies / "privacy.yaml").write_text("approval:\n  max_epsilon: 8.0\n  max_canary_exposure: 27.0\n")
     registry.policies_dir = policies
+    config_path = out / "adapter_config.json"
+    written = config_path.read_bytes()
+    config = json.loads(written)
+    config["lora_alpha"] = config["lora_alpha"] * 8  # 8x the scaling, same weights
+    config_path.write_text(json.dumps(config, indent=2))
+    _refused(registry, audit, out, r"adapter_config\.json [0-9a-f]{16}\.\.\. \(ledger: [0-9a-f]{16}")
+    config_path.write_bytes(written)  # the bytes training wrote register
     assert registry.add(out, "triage", OPERATOR).run_id == meta["run_id"]
     for approver in APPROVERS:
         registry.approve("triage", 1, approver)

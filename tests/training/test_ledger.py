@@ -164,6 +164,26 @@ class TestLedger:
         _begin(reopened, "new", steps=10, source_sha256="5c" * 32)
         assert reopened.get("new").source_sha256 == "5c" * 32
 
+    def test_a_ledger_from_before_config_digests_is_upgraded(self, tmp_path: Path) -> None:
+        """A ledger file without the config_sha256 column gains it on open: its finished runs keep none (the
+        registry refuses them: retrain), its open runs record one when they close."""
+        import sqlite3
+
+        path = tmp_path / "ledger.db"
+        ledger = Ledger(path)
+        for run_id in ("old", "open"):
+            _begin(ledger, run_id, steps=1)
+            ledger.charge_step(run_id)
+        ledger.close("old", status="finished", weights_sha256="ab" * 32)
+        db = sqlite3.connect(path)
+        db.execute("ALTER TABLE runs DROP COLUMN config_sha256")
+        db.commit()
+        db.close()
+        reopened = Ledger(path)
+        assert reopened.get("old").config_sha256 is None and reopened.get("old").weights_sha256 == "ab" * 32
+        reopened.close("open", status="finished", weights_sha256="cd" * 32, config_sha256="ef" * 32)
+        assert reopened.get("open").config_sha256 == "ef" * 32
+
     def test_a_run_never_charges_past_its_reservation(self, tmp_path: Path) -> None:
         """Resuming a run that is in fact still alive: the two processes together stop at the reservation,
         the only spend the budget check admitted."""

@@ -69,6 +69,7 @@ class TestRecordLevel:
         assert entry.status == "finished" and entry.steps_taken == 4
         assert entry.max_exposure == meta["canaries"]["max_exposure"]  # the registry checks the metadata against it
         assert entry.weights_sha256 == hashlib.sha256((out / "adapter_model.safetensors").read_bytes()).hexdigest()
+        assert entry.config_sha256 == hashlib.sha256((out / "adapter_config.json").read_bytes()).hexdigest()
         assert entry.epsilon == pytest.approx(
             composed_epsilon([(meta["dp"]["noise_multiplier"], meta["dp"]["sample_rate"], 4)], meta["dp"]["delta"])
         )
