@@ -235,9 +235,9 @@ def create_app(engine: Engine, *, admin_token: str | None = None, install_sighup
         started = time.perf_counter()
 
         async def work() -> Response[Any]:
-            job = await engine.prepare(
-                req.inputs, req.parameters, stream=False, add_special_tokens=req.add_special_tokens
-            )
+            special = req.add_special_tokens
+            prepare = engine.prepare(req.inputs, req.parameters, stream=False, add_special_tokens=special)
+            job = await _cancel_on_disconnect(request, prepare, metrics)  # gives back its tokenization place
             fin = await _cancel_on_disconnect(request, engine.generate(job), metrics)
             metrics.generated.observe(len(fin.token_ids))
             body: dict[str, Any] = {"generated_text": _generated_text(job, fin)}
