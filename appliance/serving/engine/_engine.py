@@ -266,7 +266,9 @@ class _Tokenizers:
     """
 
     def __init__(self, tokenizer: Any, workers: int, *, max_waiting: int = 64) -> None:
-        self.workers = max(1, workers)
+        if workers < 1:
+            raise ValueError(f"validation_workers must be at least 1 (got {workers})")
+        self.workers = workers
         self.bound = self.workers + max(0, max_waiting)
         self._pending = 0  # calls submitted and not yet finished, failed or cancelled
         self._lock = threading.Lock()
