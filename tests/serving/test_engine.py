@@ -383,3 +383,26 @@ async def test_requests_waiting_for_tokenization_count_against_a_bound(small_eng
         assert await asyncio.gather(*busy) == [True] * tokenizers.workers
         assert (await client.post("/generate", json=body)).status_code == 200
     await _wait_for(lambda: tokenizers.pending == 0)
+
+
+async def test_openai_routes_give_back_their_tokenization_place_on_disconnect(small_engine: Any) -> None:
+    """/v1/completions and /v1/chat/completions: a client that leaves while waiting for a worker frees its place."""
+    engine, url = small_engine
+    tokenizers = engine.tokenizers
+    gate = threading.Event()
+    busy = [asyncio.create_task(tokenizers.run(lambda _tok: gate.wait(30))) for _ in range(tokenizers.workers)]
+    try:
+        await _wait_for(lambda: tokenizers.pending == tokenizers.workers)
+        bodies = {
+            "/v1/completions": {"prompt": "the patient was", "max_tokens": 1},
+            "/v1/chat/completions": {"messages": [{"role": "user", "content": "the patient was"}], "max_tokens": 1},
+        }
+        async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(30, read=0.3)) as impatient:
+            for path, body in bodies.items():
+                with pytest.raises(httpx.ReadTimeout):
+                    await impatient.post(path, json=body)
+                await _wait_for(lambda: tokenizers.pending == tokenizers.workers, timeout=5)
+    finally:
+        gate.set()
+    await asyncio.gather(*busy)
+    await _wait_for(lambda: tokenizers.pending == 0)
