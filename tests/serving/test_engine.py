@@ -385,8 +385,8 @@ async def test_requests_waiting_for_tokenization_count_against_a_bound(small_eng
     await _wait_for(lambda: tokenizers.pending == 0)
 
 
-async def test_openai_routes_give_back_their_tokenization_place_on_disconnect(small_engine: Any) -> None:
-    """/v1/completions and /v1/chat/completions: a client that leaves while waiting for a worker frees its place."""
+async def test_other_routes_give_back_their_tokenization_place_on_disconnect(small_engine: Any) -> None:
+    """OpenAI routes and /generate_stream: a client that leaves while waiting for a worker frees its place."""
     engine, url = small_engine
     tokenizers = engine.tokenizers
     gate = threading.Event()
@@ -396,6 +396,7 @@ async def test_openai_routes_give_back_their_tokenization_place_on_disconnect(sm
         bodies = {
             "/v1/completions": {"prompt": "the patient was", "max_tokens": 1},
             "/v1/chat/completions": {"messages": [{"role": "user", "content": "the patient was"}], "max_tokens": 1},
+            "/generate_stream": {"inputs": "the patient was", "parameters": {"max_new_tokens": 1}},
         }
         async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(30, read=0.3)) as impatient:
             for path, body in bodies.items():
