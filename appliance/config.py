@@ -77,6 +77,7 @@ class ServingSettings(BaseModel):
     base_model: str | None = None  # path of the base model directory
     max_queue: int = 64  # queued requests before 429
     max_batch_size: int = 8
+    validation_workers: int = Field(default=2, ge=1)  # tokenizer threads (TGI's name); + max_queue waiting, then 429
     max_total_tokens: int = 2048
     max_input_tokens: int = 1024
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto -> cuda when present

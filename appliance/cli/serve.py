@@ -25,6 +25,9 @@ def serve(
     port: int | None = typer.Option(None, "--port", help="Listen port (else the port of serving.url)."),
     max_batch_size: int | None = typer.Option(None, "--max-batch-size", help="Sequences per batch."),
     max_queue: int | None = typer.Option(None, "--max-queue", help="Waiting requests before 429."),
+    validation_workers: int | None = typer.Option(
+        None, "--validation-workers", min=1, help="Tokenizer threads (else serving.validation_workers)."
+    ),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for forward passes (else serving)."),
 ) -> None:
     """Run the embedded engine; SIGHUP or POST /admin/reload re-reads the adapter list."""
@@ -76,6 +79,7 @@ def serve(
         max_batch_size=max_batch_size or cfg.max_batch_size,
         max_queue=max_queue if max_queue is not None else cfg.max_queue,
         adapter_source=reload_source,
+        validation_workers=validation_workers if validation_workers is not None else cfg.validation_workers,
     )
     app = create_app(engine, admin_token=admin_token, install_sighup=True)
     err_console.print(

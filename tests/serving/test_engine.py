@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -339,3 +340,70 @@ async def test_tokenizing_a_large_prompt_leaves_the_event_loop_free(engine: Any,
     params = GenerateParameters(max_new_tokens=1, truncate=4)
     jobs = await asyncio.gather(*(engine.prepare(t, params, stream=False) for t in texts))
     assert [j.input_ids for j in jobs] == [engine.runner.tokenizer(t)["input_ids"][-4:] for t in texts]
+
+
+async def test_requests_waiting_for_tokenization_count_against_a_bound(small_engine: Any) -> None:
+    """Beyond ``validation_workers + max_queue`` large prompts pending tokenization, one more is 429 at once;
+    the admitted ones succeed, and every place is given back (done, or the client left while it waited)."""
+    engine, url = small_engine
+    tokenizers = engine.tokenizers
+    big = ("history: chest pain radiating to the left arm, 37.2 C. " * 20_000)[:1_000_000]
+    started = time.perf_counter()
+    engine.runner.tokenizer(big)
+    tokenize_s = time.perf_counter() - started
+    assert tokenize_s > 0.2, tokenize_s
+    body = {"inputs": big, "parameters": {"max_new_tokens": 1, "truncate": 8}}
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+
+        async def timed() -> tuple[int, float, Any]:
+            t0 = time.perf_counter()
+            reply = await client.post("/generate", json=body)
+            return reply.status_code, time.perf_counter() - t0, reply.json()
+
+        replies = await asyncio.gather(*(timed() for _ in range(7)))
+        refused = [(took, js) for status, took, js in replies if status == 429]
+        assert sorted(status for status, _, _ in replies) == [200] * 3 + [429] * 4, replies
+        for took, js in refused:  # refused before any tokenization ended, not after waiting for a worker
+            assert took < tokenize_s, (took, tokenize_s)
+            assert js == {"error": "Model is overloaded", "error_type": "overloaded"}
+        assert tokenizers.bound == tokenizers.workers + engine.scheduler.max_queue == 3
+        await _wait_for(lambda: tokenizers.pending == 0)
+
+        # a client that leaves while waiting for a worker gives its place back at once
+        gate = threading.Event()
+        busy = [asyncio.create_task(tokenizers.run(lambda _tok: gate.wait(30))) for _ in range(tokenizers.workers)]
+        try:
+            await _wait_for(lambda: tokenizers.pending == tokenizers.workers)
+            async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(30, read=0.3)) as impatient:
+                with pytest.raises(httpx.ReadTimeout):
+                    await impatient.post("/generate", json=body)
+            await _wait_for(lambda: tokenizers.pending == tokenizers.workers, timeout=5)
+        finally:
+            gate.set()
+        assert await asyncio.gather(*busy) == [True] * tokenizers.workers
+        assert (await client.post("/generate", json=body)).status_code == 200
+    await _wait_for(lambda: tokenizers.pending == 0)
+
+
+async def test_other_routes_give_back_their_tokenization_place_on_disconnect(small_engine: Any) -> None:
+    """OpenAI routes and /generate_stream: a client that leaves while waiting for a worker frees its place."""
+    engine, url = small_engine
+    tokenizers = engine.tokenizers
+    gate = threading.Event()
+    busy = [asyncio.create_task(tokenizers.run(lambda _tok: gate.wait(30))) for _ in range(tokenizers.workers)]
+    try:
+        await _wait_for(lambda: tokenizers.pending == tokenizers.workers)
+        bodies = {
+            "/v1/completions": {"prompt": "the patient was", "max_tokens": 1},
+            "/v1/chat/completions": {"messages": [{"role": "user", "content": "the patient was"}], "max_tokens": 1},
+            "/generate_stream": {"inputs": "the patient was", "parameters": {"max_new_tokens": 1}},
+        }
+        async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(30, read=0.3)) as impatient:
+            for path, body in bodies.items():
+                with pytest.raises(httpx.ReadTimeout):
+                    await impatient.post(path, json=body)
+                await _wait_for(lambda: tokenizers.pending == tokenizers.workers, timeout=5)
+    finally:
+        gate.set()
+    await asyncio.gather(*busy)
+    await _wait_for(lambda: tokenizers.pending == 0)

@@ -261,3 +261,48 @@ def test_a_reload_that_fails_while_applying_changes_nothing(
         asyncio.run(scenario())
     finally:
         engine.close()
+
+
+def test_validation_workers_is_a_setting_and_a_serve_option(
+    tiny_model: Path, lora_adapters: Adapters, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``[serving] validation_workers`` (default 2, at least 1) and ``serve --validation-workers`` reach /info."""
+    import asyncio
+
+    import pydantic
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from appliance.cli import app
+    from appliance.config import ServingSettings
+    from appliance.serving.engine import Engine
+
+    assert ServingSettings().validation_workers == 2
+    with pytest.raises(pydantic.ValidationError):
+        ServingSettings(validation_workers=0)
+    with pytest.raises(ValueError, match="validation_workers"):
+        Engine.start(tiny_model, [], device="cpu", validation_workers=0)
+
+    listing = write_adapter_list(tmp_path / "adapters.json", {"triage-v1": lora_adapters["triage-v1"]})
+    monkeypatch.setenv("APPLIANCE_DATA_DIR", str(tmp_path / "var"))
+    reported: list[int] = []
+
+    async def info(asgi: Any) -> int:
+        transport = httpx.ASGITransport(app=asgi, client=("127.0.0.1", 5555))
+        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as client:
+            return int((await client.get("/info")).json()["validation_workers"])
+
+    def run(asgi: Any, **kwargs: Any) -> None:  # instead of serving: ask /info once
+        reported.append(asyncio.run(info(asgi)))
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    serve = ["serve", "--base", str(tiny_model), "--adapters", str(listing)]
+    monkeypatch.setenv("APPLIANCE_SERVING__VALIDATION_WORKERS", "3")
+    assert CliRunner().invoke(app, serve).exit_code == 0
+    assert CliRunner().invoke(app, [*serve, "--validation-workers", "1"]).exit_code == 0
+    assert reported == [3, 1]
+    refused = CliRunner().invoke(app, [*serve, "--validation-workers", "0"])
+    assert refused.exit_code == 2, refused.output  # a usage error, before any model is loaded
+    monkeypatch.setenv("APPLIANCE_SERVING__VALIDATION_WORKERS", "0")
+    assert CliRunner().invoke(app, serve).exit_code != 0
+    assert reported == [3, 1]

@@ -235,9 +235,9 @@ def create_app(engine: Engine, *, admin_token: str | None = None, install_sighup
         started = time.perf_counter()
 
         async def work() -> Response[Any]:
-            job = await engine.prepare(
-                req.inputs, req.parameters, stream=False, add_special_tokens=req.add_special_tokens
-            )
+            special = req.add_special_tokens
+            prepare = engine.prepare(req.inputs, req.parameters, stream=False, add_special_tokens=special)
+            job = await _cancel_on_disconnect(request, prepare, metrics)  # gives back its tokenization place
             fin = await _cancel_on_disconnect(request, engine.generate(job), metrics)
             metrics.generated.observe(len(fin.token_ids))
             body: dict[str, Any] = {"generated_text": _generated_text(job, fin)}
@@ -370,7 +370,10 @@ def create_app(engine: Engine, *, admin_token: str | None = None, install_sighup
             top_logprobs=req.logprobs,
             truncate=req.truncate_prompt_tokens,
         )
-        jobs = [await engine.prepare(p, params, stream=req.stream, adapter=adapter) for p in prompts]
+        jobs = [
+            await _cancel_on_disconnect(request, engine.prepare(p, params, stream=req.stream, adapter=adapter), metrics)
+            for p in prompts
+        ]
         created = int(time.time())
         model = req.model or engine.model_id
 
@@ -460,7 +463,8 @@ def create_app(engine: Engine, *, admin_token: str | None = None, install_sighup
             logprobs=bool(req.logprobs),
             top_logprobs=req.top_logprobs,
         )
-        job = await engine.prepare(str(prompt), params, stream=req.stream, add_special_tokens=False, adapter=adapter)
+        prepare = engine.prepare(str(prompt), params, stream=req.stream, add_special_tokens=False, adapter=adapter)
+        job = await _cancel_on_disconnect(request, prepare, metrics)  # gives back its tokenization place
         created = int(time.time())
         model = req.model or engine.model_id
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import queue
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from appliance.errors import ApplianceError, BackendError, BackendUnavailable, BackendValidation
+from appliance.errors import ApplianceError, BackendError, BackendOverloaded, BackendUnavailable, BackendValidation
 from appliance.serving._published import AdapterSpec
 from appliance.serving.engine._model import ModelRunner, prepare_adapter
 from appliance.serving.engine._protocol import GenerateParameters, Limits, validate_lengths, validate_parameters
@@ -63,7 +64,7 @@ class Engine:
         self.runner = runner
         self.limits = limits or Limits()
         self.scheduler = Scheduler(runner, max_batch_size=max_batch_size, max_queue=max_queue)
-        self.tokenizers = _Tokenizers(runner.tokenizer, validation_workers)
+        self.tokenizers = _Tokenizers(runner.tokenizer, validation_workers, max_waiting=max_queue)
         self._adapter_source = adapter_source
         self._served: frozenset[str] = frozenset(runner.adapter_ids())
         self._reload_lock = asyncio.Lock()
@@ -260,10 +261,17 @@ class _Tokenizers:
 
     TGI's validation workers: a few threads, each call lent its own copy of the fast tokenizer (one Rust tokenizer
     used from several threads fails with "Already borrowed"); the scheduler thread keeps the runner's own.
+    Bounded like the scheduler: ``workers`` tokenizing plus ``max_waiting`` waiting for one; one more is
+    BackendOverloaded (429), so a flood of large bodies is refused rather than held in the executor's queue.
     """
 
-    def __init__(self, tokenizer: Any, workers: int) -> None:
-        self.workers = max(1, workers)
+    def __init__(self, tokenizer: Any, workers: int, *, max_waiting: int = 64) -> None:
+        if workers < 1:
+            raise ValueError(f"validation_workers must be at least 1 (got {workers})")
+        self.workers = workers
+        self.bound = self.workers + max(0, max_waiting)
+        self._pending = 0  # calls submitted and not yet finished, failed or cancelled
+        self._lock = threading.Lock()
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
         for _ in range(self.workers):
             self._idle.put(copy.deepcopy(tokenizer))
@@ -276,9 +284,32 @@ class _Tokenizers:
         finally:
             self._idle.put(tokenizer)
 
+    @property
+    def pending(self) -> int:
+        """Calls waiting for or on a worker."""
+        return self._pending
+
+    def _release(self, _future: Any = None) -> None:
+        with self._lock:
+            self._pending -= 1
+
     async def run(self, fn: Callable[[Any], T]) -> T:
-        """``fn(tokenizer)`` on a worker; the caller's event loop stays free meanwhile."""
-        return await asyncio.wrap_future(self._pool.submit(self._call, fn))
+        """``fn(tokenizer)`` on a worker; the caller's event loop stays free meanwhile.
+
+        Raises BackendOverloaded when ``bound`` calls are pending. The place is given back when the call ends
+        (done, failed, or cancelled: a cancelled caller cancels a call still waiting; a running one runs out).
+        """
+        with self._lock:
+            if self._pending >= self.bound:
+                raise BackendOverloaded("Model is overloaded")
+            self._pending += 1
+        try:
+            future = self._pool.submit(self._call, fn)
+        except BaseException:
+            self._release()
+            raise
+        future.add_done_callback(self._release)
+        return await asyncio.wrap_future(future)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
