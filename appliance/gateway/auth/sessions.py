@@ -131,11 +131,7 @@ class MemorySessionStore:
             if s is None:
                 swept = self._swept.pop(session_id, None)
                 return Lookup(None, swept[0], None, session_handle(session_id)) if swept else Lookup(None)
-            reason: Expiry | None = None
-            if now - s.created_at > self.absolute_timeout_s:
-                reason = "absolute"
-            elif now - s.last_seen > self.idle_timeout_s:
-                reason = "idle"
+            reason = self._expiry(s, now)
             if reason is not None:
                 del self._sessions[session_id]
                 return Lookup(None, reason, s.data.get("subject"), s.handle)
@@ -162,15 +158,19 @@ class MemorySessionStore:
                 del self._swept[k]
         return ended
 
+    def _expiry(self, s: Session, now: float) -> Expiry | None:
+        """Which limit the session is past, if any (the absolute lifetime first)."""
+        if now - s.created_at > self.absolute_timeout_s:
+            return "absolute"
+        if now - s.last_seen > self.idle_timeout_s:
+            return "idle"
+        return None
+
     def _take_expired(self, now: float) -> list[Ended]:
         """Delete the sessions past a limit (the lock held); the signed-in ones, for the audit trail."""
         ended: list[Ended] = []
         for k, s in list(self._sessions.items()):
-            reason: Expiry | None = None
-            if now - s.created_at > self.absolute_timeout_s:
-                reason = "absolute"
-            elif now - s.last_seen > self.idle_timeout_s:
-                reason = "idle"
+            reason = self._expiry(s, now)
             if reason is not None:
                 del self._sessions[k]
                 if "subject" in s.data:

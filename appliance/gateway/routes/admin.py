@@ -142,37 +142,32 @@ async def revoke_breakglass(gw: Gateway, ctx: Ctx, grant_id: str) -> tuple[Grant
 
 async def reload_policy(gw: Gateway, ctx: Ctx | None) -> tuple[bool, str, str]:
     """Reload access.yaml; a bad file keeps the last good policy. Either way an audit event says what happened."""
+
+    async def record(details: dict[str, str], **outcome: Any) -> None:
+        event = gw.event(
+            "policy.reload",
+            ctx=ctx,
+            actor=None if ctx else SYSTEM_ACTOR,
+            action="reload",
+            route="/v1/admin/policy/reload",
+            details=details,
+            **outcome,
+        )
+        await gw.record(event)
+
     try:
         old, new = gw.policy.reload()
     except ConfigError as exc:
         gw.metrics.policy_reloads.labels("refused").inc()
-        actor = None if ctx else SYSTEM_ACTOR
-        await gw.record(
-            gw.event(
-                "policy.reload",
-                ctx=ctx,
-                actor=actor,
-                action="reload",
-                route="/v1/admin/policy/reload",
-                status="error",
-                http_status=ConfigError.http_status,
-                error_class=ConfigError.code,
-                details={"kept_sha256": gw.policy.sha256[:16]},
-            )
+        await record(
+            {"kept_sha256": gw.policy.sha256[:16]},
+            status="error",
+            http_status=ConfigError.http_status,
+            error_class=ConfigError.code,
         )
         return False, exc.message, gw.policy.sha256
-    actor = None if ctx else SYSTEM_ACTOR
     try:
-        await gw.record(
-            gw.event(
-                "policy.reload",
-                ctx=ctx,
-                actor=actor,
-                action="reload",
-                route="/v1/admin/policy/reload",
-                details={"old_sha256": old[:16], "new_sha256": new[:16]},
-            )
-        )
+        await record({"old_sha256": old[:16], "new_sha256": new[:16]})
     except AuditUnavailable:  # a policy change that could not be audited is not applied
         gw.policy.undo_reload()
         raise
