@@ -75,8 +75,10 @@ def _render(inventory: str, extra: dict[str, object], out: Path) -> list[str]:
         ("inventories/hospital/hosts.yml", ["gpu1", "gpu2", "gpu3", "gw1", "vault1"], {"redis_gateway_password": "pw"}),
         ("inventories/single-node/hosts.yml", ["node1"], {}),
         ("inventories/single-node/hosts.yml", ["node1"], BRANCHES),
+        # the Molecule scenario's inventory (its chroot connection replaced: only templates are rendered)
+        ("molecule/inventory/single-node.yml", ["node1"], {"ansible_connection": "local"}),
     ],
-    ids=["hospital", "single-node", "single-node-all-branches"],
+    ids=["hospital", "single-node", "single-node-all-branches", "molecule"],
 )
 def test_rendered_settings_load(
     inventory: str, hosts: list[str], extra: dict[str, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
