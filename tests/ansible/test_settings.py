@@ -12,7 +12,7 @@ import pytest
 
 from tests.ansible.conftest import ANSIBLE_DIR, BIN, ansible_env
 
-pytestmark = pytest.mark.ansible
+pytestmark = [pytest.mark.ansible, pytest.mark.slow]
 
 ROLES = ANSIBLE_DIR / "roles"
 RENDER = """

@@ -25,7 +25,7 @@ from tests.fixtures.oidc import ensure_node_modules, free_port
 from tests.fixtures.processes import stop_process
 from tests.gateway.test_e2e import CHROMIUM_ARGS
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 @dataclass
