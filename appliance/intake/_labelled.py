@@ -505,7 +505,7 @@ def _discharge(m: _Maker, n: _Note) -> str:
     n.text("\nInsurance member ID ").id("ID", m.member_id()).text(". ")
     n.text("Billing IBAN ").id("ACCOUNT", m.iban()).text(".\n")
     n.text("Pacemaker serial number ").id("DEVICE", m.serial()).text(" interrogated, normal function.\n")
-    n.text("Will follow up in clinic in 2 weeks.\n\nElectronically signed: ").name(m.full(att), att)
+    n.kept("Will follow up").text(" in clinic in 2 weeks.\n\nElectronically signed: ").name(m.full(att), att)
     n.text(", MD on ").id("DATE", m.date())
     return "Summarise this discharge summary for the patient's primary care physician."
 
