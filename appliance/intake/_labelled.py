@@ -502,7 +502,7 @@ def _discharge(m: _Maker, n: _Note) -> str:
     ).text(") was updated.\n\n")
     n.text("DISCHARGE ADDRESS: ")
     m.address(n)
-    n.text("\nInsurance member ID ").id("ID", m.member_id()).text(". ")
+    n.text("\nSSN ").id("SSN", m.ssn()).text(" verified. Insurance member ID ").id("ID", m.member_id()).text(". ")
     n.text("Billing IBAN ").id("ACCOUNT", m.iban()).text(".\n")
     n.text("Pacemaker serial number ").id("DEVICE", m.serial()).text(" interrogated, normal function.\n")
     n.kept("Will follow up").text(" in clinic in 2 weeks.\n\nElectronically signed: ").name(m.full(att), att)
