@@ -166,7 +166,7 @@ class TestInput:
             ("{not json", "line 2: not valid JSON"),
             (json.dumps({"instruction": "Note for Ana.", "response": "ok"}), "line 2, field 'phi': missing"),
             (json.dumps({**_record("Note for Ana.", []), "phi": {}}), "line 2, field 'phi': must be an array"),
-            (json.dumps(_record("Note for Ana.", [{"type": "NAME", "value": 7}])), "field 'phi[0].value': must"),
+            (json.dumps(_record("Note for Ana.", [{"type": "NAME", "value": 7}])), "field 'phi[0].value': must"),  # type: ignore[dict-item]
             (json.dumps(_record("Note for Ana.", [{"type": "name", "value": "Ana"}])), "field 'phi[0].type': must"),
             (json.dumps(_record("Note for Ana.", [_n("Ana", "Patient")])), "field 'phi[0].role': must"),
             (json.dumps(_record("Note for Ana.", [_n("Bob")])), "field 'phi[0].value': does not occur"),
