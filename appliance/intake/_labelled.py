@@ -348,7 +348,10 @@ class _Maker:
 
     def phone(self) -> str:
         r = self.r
-        d = lambda n: _digits(r, n)  # noqa: E731
+
+        def d(n: int) -> str:
+            return _digits(r, n)
+
         return r.choice(
             [
                 f"({r.randint(201, 989)}) {r.randint(201, 989)}-{d(4)}",

@@ -72,9 +72,17 @@ def residual_counts(scrubbed_text: str, *, threshold: float = RESIDUAL_NAME_THRE
     counts: Counter[str] = Counter()
     found: list[tuple[int, int]] = []
     if again != scrubbed_text:
+        regions: dict[tuple[int, int], Counter[str]] = {}
         for kind, start, end in _replacements(scrubbed_text, again):
-            if not _ONLY_PLACEHOLDERS.fullmatch(scrubbed_text[start:end]):
-                counts[kind] += 1
+            regions.setdefault((start, end), Counter())[kind] += 1
+        for (start, end), kinds in regions.items():
+            region = scrubbed_text[start:end]
+            if _ONLY_PLACEHOLDERS.fullmatch(region):
+                continue
+            kinds.subtract(Counter(m.group("kind") for m in _PLACEHOLDER.finditer(region)))  # the ones it kept
+            new = +kinds
+            if new:
+                counts.update(new)
                 found.append((start, end))
     hook = _suspect_names()
     if hook is not None:
