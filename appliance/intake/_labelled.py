@@ -18,6 +18,7 @@ import random
 import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -179,34 +180,19 @@ def _letters(rng: random.Random, n: int) -> str:
 
 
 def _age_words(age: int) -> str:
-    """90-119 in words, hyphenated as in a note ("ninety-eight", "one hundred and two")."""
-    if age >= 100:
-        rest = age - 100
-        return "one hundred" + (
-            f" and {_ONES[rest]}" if 0 < rest < 10 else (" and " + _age_words_tens(rest) if rest else "")
-        )
-    return _age_words_tens(age)
+    """An age of 90-109 in words, as a note writes it ("ninety-eight", "one hundred and two")."""
+    if not 90 <= age <= 109:
+        raise ValueError("only ages over 89 are written in words here")
+    if age < 100:
+        return "ninety" + (f"-{_ONES[age - 90]}" if age > 90 else "")
+    return "one hundred" + (f" and {_ONES[age - 100]}" if age > 100 else "")
 
 
-def _age_words_tens(n: int) -> str:
-    teens = [
-        "ten",
-        "eleven",
-        "twelve",
-        "thirteen",
-        "fourteen",
-        "fifteen",
-        "sixteen",
-        "seventeen",
-        "eighteen",
-        "nineteen",
-    ]
-    if n < 10:
-        return _ONES[n]
-    if n < 20:
-        return teens[n - 10]
-    tens = {2: "twenty", 9: "ninety"}.get(n // 10, "ninety")
-    return tens + (f"-{_ONES[n % 10]}" if n % 10 else "")
+@cache
+def _italian_cities() -> tuple[str, ...]:
+    from faker.providers.address.it_IT import Provider
+
+    return tuple(sorted(Provider.cities))
 
 
 @dataclass
@@ -443,6 +429,12 @@ class _Maker:
         fk = self.f["en_US"]
         return f"{r.randint(10, 9999)} {fk.last_name()} {r.choice(_US_STREET_WORDS)}"
 
+    def city(self, locale: str) -> str:
+        """A city of ``locale``; Faker's it_IT list is built from a set (its order follows the string hash seed),
+        so it is sorted first to keep the output a function of the seed across processes."""
+        fk = self.f[locale]
+        return str(fk.random_element(_italian_cities())) if locale == "it_IT" else str(fk.city())
+
     def address(self, note: _Note) -> None:
         """A home address: US (street outside the usual suffixes) or abroad, with its postcode labelled ZIP."""
         r = self.r
@@ -456,7 +448,7 @@ class _Maker:
         street = str(fk.street_name()) if locale != "pl_PL" else f"ul. {fk.street_name().split()[-1]}"
         number = f"{r.randint(1, 120)}" + (f"/{r.randint(1, 60)}" if locale in ("pl_PL", "cs_CZ") else "")
         line = f"{street} {number}" if locale not in ("fr_FR", "en_GB") else f"{number} {street}"
-        city = str(fk.city())
+        city = self.city(locale)
         code = postcode(r)
         note.id("ADDRESS", line).text(", ")
         if locale == "en_GB":
@@ -556,7 +548,7 @@ def _referral(m: _Maker, n: _Note) -> str:
     n.text("Current medication: ").kept(m.drug()).text(", ").kept(m.drug()).text(". ")
     n.text("Recent bloods: ").kept(m.lab()).text(". ")
     n.text("She was previously under ").name(m.initial_surname(gp), gp).text(" at our practice. ")
-    n.text("She lives in ").id("ADDRESS", str(m.f[r.choice(["fr_FR", "de_DE", "pl_PL", "it_IT"])].city()))
+    n.text("She lives in ").id("ADDRESS", m.city(r.choice(["fr_FR", "de_DE", "pl_PL", "it_IT"])))
     n.text(" with her husband and can be reached on ").id("PHONE", m.phone()).text(" or ")
     n.id("EMAIL", m.email(pt)).text(". Her own portal: ").id("URL", m.url()).text(".\n\n")
     n.text("Yours sincerely,\n\n").name(m.full(by), by).text(", MD\n")

@@ -4,7 +4,10 @@ and the notes hold every note type, name role and form and every Safe Harbor typ
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ import pytest
 from appliance.intake import PLACEHOLDER_TYPES, generate_labelled_notes, read_labelled, write_labelled_notes
 from appliance.intake._labelled import NOTE_TYPES
 from appliance.intake._schema import ALLOWED_FIELDS
+from tests.conftest import REPO_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +51,19 @@ class TestLabels:
         """The same (n, seed) gives the same notes; another seed gives other notes."""
         assert generate_labelled_notes(12, seed=4) == generate_labelled_notes(12, seed=4)
         assert generate_labelled_notes(12, seed=4) != generate_labelled_notes(12, seed=5)
+
+    def test_output_does_not_depend_on_the_hash_seed(self, tmp_path: Path) -> None:
+        """Two processes with different string hash seeds write the same notes (a benchmark can be rerun)."""
+        outputs = []
+        for hash_seed in ("1", "2"):
+            path = tmp_path / f"notes-{hash_seed}.jsonl"
+            code = (
+                "import pathlib, sys, appliance.intake as i; i.write_labelled_notes(pathlib.Path(sys.argv[1]), 150, 13)"
+            )
+            env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(REPO_ROOT)}
+            subprocess.run([sys.executable, "-c", code, str(path)], env=env, check=True, timeout=120)
+            outputs.append(path.read_bytes())
+        assert outputs[0] == outputs[1]
 
 
 class TestCoverage:
