@@ -52,6 +52,7 @@ class TestLabels:
         assert generate_labelled_notes(12, seed=4) == generate_labelled_notes(12, seed=4)
         assert generate_labelled_notes(12, seed=4) != generate_labelled_notes(12, seed=5)
 
+    @pytest.mark.slow
     def test_output_does_not_depend_on_the_hash_seed(self, tmp_path: Path) -> None:
         """Two processes with different string hash seeds write the same notes (a benchmark can be rerun)."""
         outputs = []
