@@ -19,7 +19,7 @@ import structlog
 from litestar import Litestar, Request, Response
 from litestar.contrib.jinja import JinjaTemplateEngine
 from litestar.datastructures import MutableScopeHeaders, ResponseHeader
-from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.exceptions import ClientException, HTTPException, NotFoundException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
@@ -28,7 +28,7 @@ from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from appliance.config import Settings
-from appliance.errors import ApplianceError, ConfigError, RequestTooLarge, ValidationFailed
+from appliance.errors import ApplianceError, AuditUnavailable, ConfigError, RequestTooLarge, ValidationFailed
 from appliance.gateway._db import GatewayDB, db_path
 from appliance.gateway._service import Gateway
 from appliance.gateway.auth.apikeys import ApiKeyStore
@@ -54,6 +54,8 @@ SECURITY_HEADERS = [
     ),
 ]
 HSTS = "max-age=31536000"
+MAX_JSON_DEPTH = 64  # nesting levels of a request body; no route's schema needs more than a handful
+REFUSAL = "appliance.refusal"  # scope key: a refusal made before the handler ran, audited by _refusal_middleware
 SWEEPER_STOP_S = 10.0  # how long shutdown waits for a session sweep under way
 
 
@@ -62,6 +64,41 @@ async def _hsts(message: Message, scope: Scope) -> None:
     A before-send hook of this app, not a response header (those are resolved once per handler, for every app)."""
     if message["type"] == "http.response.start":
         MutableScopeHeaders.from_message(message)["Strict-Transport-Security"] = HSTS
+
+
+def json_depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether a decoded JSON value nests containers deeper than limit (iterative: no recursion of its own)."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+class GatewayRequest(Request[Any, Any, Any]):
+    """Litestar's request, with one JSON decoding point that refuses a body nested deeper than MAX_JSON_DEPTH (400)
+    instead of letting the decoder's RecursionError (msgspec, Python's stack) become a 500."""
+
+    async def json(self) -> Any:
+        try:
+            value = await super().json()
+        except RecursionError:
+            raise ClientException("request body nested too deeply") from None
+        if json_depth_exceeds(value, MAX_JSON_DEPTH):
+            raise ClientException("request body nested too deeply")
+        return value
+
+
+def _mark_refusal(request: Request[Any, Any, Any], exc: ApplianceError) -> ApplianceError:
+    """Have :func:`_refusal_middleware` audit a refusal that Litestar made before any handler code ran."""
+    if request.scope.get("path_template"):  # a route matched: an identifiable request, not a scan of unknown paths
+        request.scope[REFUSAL] = exc  # type: ignore[literal-required]
+    return exc
 
 
 def _error_response(exc: ApplianceError) -> Response[Any]:
@@ -86,12 +123,17 @@ def _validation_error(request: Request[Any, Any, Any], exc: ValidationException)
     # Name the fields, never echo the submitted values (they may be prompt text).
     fields = sorted({str(e.get("key", "body")) for e in (exc.extra or []) if isinstance(e, dict)})
     where = ", ".join(fields) if fields else "body"
-    return _error_response(ValidationFailed(f"invalid request: check {where}"))
+    return _error_response(_mark_refusal(request, ValidationFailed(f"invalid request: check {where}")))
 
 
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     if exc.status_code == 413:
-        return _error_response(RequestTooLarge("request body too large"))
+        return _error_response(_mark_refusal(request, RequestTooLarge("request body too large")))
+    if exc.status_code == 400:  # a body that cannot be decoded (malformed, nested too deeply)
+        refused = ValidationFailed("invalid request: the body is not valid JSON or is nested too deeply")
+        response = _error_response(_mark_refusal(request, refused))
+        response.status_code = 400
+        return response
     if isinstance(exc, NotFoundException):
         return Response(
             {"error": "not found", "error_type": "NOT_FOUND"},
@@ -140,6 +182,41 @@ def _metrics_middleware(gateway: Gateway) -> Any:
                 route = scope.get("path_template") or "unmatched"
                 gateway.metrics.requests.labels(route, str(status[0])).inc()
                 gateway.metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+        return middleware
+
+    return factory
+
+
+def _refusal_middleware(gateway: Gateway) -> Any:
+    """Audit the refusals Litestar makes before a handler runs (a body that does not decode or validate, one too
+    large) as ``gateway.denied`` of an anonymous caller, durable before the answer, whose id goes out in
+    ``X-Audit-Id``. If the trail cannot record it, the answer is 503 ``AUDIT_UNAVAILABLE`` instead."""
+
+    def factory(app: ASGIApp) -> ASGIApp:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            replaced = [False]
+
+            async def send_wrapper(message: Message) -> None:
+                if replaced[0]:
+                    return  # the original body of an answer replaced by a 503
+                refused = scope.get(REFUSAL) if message["type"] == "http.response.start" else None  # type: ignore[misc]
+                if isinstance(refused, ApplianceError):
+                    request: Request[Any, Any, Any] = Request(scope)
+                    try:
+                        audited = await gateway.deny(refused, request=request, path=scope.get("path_template"))
+                    except AuditUnavailable as exc:
+                        replaced[0] = True
+                        await _error_response(exc).to_asgi_response(app=None, request=request)(scope, receive, send)
+                        return
+                    headers = MutableScopeHeaders.from_message(message)
+                    headers["X-Audit-Id"] = getattr(audited, "audit_id", None) or "-"
+                await send(message)
+
+            await app(scope, receive, send_wrapper)
 
         return middleware
 
@@ -349,7 +426,8 @@ def create_app(
         request_max_body_size=g.max_body_bytes,
         response_headers=SECURITY_HEADERS,
         before_send=[_hsts] if g.secure_cookies else [],
-        middleware=[_metrics_middleware(gateway)],
+        middleware=[_metrics_middleware(gateway), _refusal_middleware(gateway)],
+        request_class=GatewayRequest,
         lifespan=[lifespan],
         debug=False,
         logging_config=None,
