@@ -212,7 +212,7 @@ class TestValidation:
             {"route": "/v1/generate?prompt=hello"},
             {"request_id": "id with spaces"},
             {"prompt": "tell me about the patient"},
-            {"actor": {"subject": "a b", "auth_method": "oidc"}},
+            {"actor": {"subject": "", "auth_method": "oidc"}},
             {"source": {"ip": "not-an-ip"}},
             {"source": {"ip": "fe80::1%patient John Smith has diabetes"}},  # any text passes as an IPv6 zone
             {"digests": {"prompt": "not a digest"}},
