@@ -28,7 +28,14 @@ from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from appliance.config import Settings
-from appliance.errors import ApplianceError, AuditUnavailable, ConfigError, RequestTooLarge, ValidationFailed
+from appliance.errors import (
+    ApplianceError,
+    AuditUnavailable,
+    ConfigError,
+    RequestMalformed,
+    RequestTooLarge,
+    ValidationFailed,
+)
 from appliance.gateway._db import GatewayDB, db_path
 from appliance.gateway._service import Gateway
 from appliance.gateway.auth.apikeys import ApiKeyStore
@@ -130,10 +137,8 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     if exc.status_code == 413:
         return _error_response(_mark_refusal(request, RequestTooLarge("request body too large")))
     if exc.status_code == 400:  # a body that cannot be decoded (malformed, nested too deeply)
-        refused = ValidationFailed("invalid request: the body is not valid JSON or is nested too deeply")
-        response = _error_response(_mark_refusal(request, refused))
-        response.status_code = 400
-        return response
+        refused = RequestMalformed("invalid request: the body is not valid JSON or is nested too deeply")
+        return _error_response(_mark_refusal(request, refused))
     if isinstance(exc, NotFoundException):
         return Response(
             {"error": "not found", "error_type": "NOT_FOUND"},

@@ -225,10 +225,10 @@ def test_deeply_nested_json_is_refused_and_audited_on_every_route(h: Harness, ki
         before = len(h.audit.events)
         r = h.client.post(route, content=_nested(depth, kind), headers={"Content-Type": "application/json"})
         assert r.status_code == 400, (route, r.status_code, r.text)
-        assert r.json()["error_type"] == "VALIDATION_FAILED"
+        assert r.json()["error_type"] == "REQUEST_MALFORMED"
         denied = h.audit.events[before:]
         assert len(denied) == 1 and denied[0]["type"] == "gateway.denied", route
-        assert denied[0]["outcome"]["http_status"] == 400 and denied[0]["outcome"]["error_class"] == "VALIDATION_FAILED"
+        assert denied[0]["outcome"]["http_status"] == 400 and denied[0]["outcome"]["error_class"] == "REQUEST_MALFORMED"
         assert denied[0]["actor"]["subject"] == "anonymous" and denied[0]["route"].startswith(route[:8]), denied[0]
         assert r.headers["X-Audit-Id"] == denied[0]["event_id"]
     assert h.backend.calls == []

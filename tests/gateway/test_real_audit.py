@@ -204,3 +204,58 @@ def test_swept_logoff_is_accepted_by_the_real_trail(real: tuple[TestClient[Any],
     (logout,) = [r for r in _records(settings) if r["type"] == "auth.logout"]
     assert logout["details"]["reason"] == "idle" and logout["actor"]["session_id"] == session.handle
     assert session.id not in json.dumps(logout) and session.csrf not in json.dumps(logout)
+
+
+@pytest.mark.parametrize("subject", ["josé.garcía", "er-doc ", "Dr Alice Müller", "line\nbreak\u202e"])
+def test_any_identity_the_idp_signs_is_recorded_not_an_outage(
+    real: tuple[TestClient[Any], Settings, Any], idp: IdP, subject: str
+) -> None:
+    """A validly signed token whose sub (and azp) has spaces, accents or control characters is served on an allowed
+    adapter (plain and streamed) and refused on another with an audited 403, each record naming the subject in the
+    trail's escaped form: never a 503 AUDIT_UNAVAILABLE, which stays for storage faults."""
+    from appliance.audit import recordable_identity
+
+    client, settings, _ = real
+    bearer = {"Authorization": f"Bearer {idp.token({'sub': subject, 'azp': 'Ward PC ünit 7', 'client_id': None})}"}
+    body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 2}}
+    r = client.post("/v1/inference/adapter/triage/production", json=body, headers=bearer)
+    assert r.status_code == 200, r.text
+    served = r.headers["X-Audit-Id"]
+    r = client.post("/v1/inference/adapter/triage/production/stream", json=body, headers=bearer)
+    assert r.status_code == 200 and "generated_text" in r.text and "error_type" not in r.text
+    r = client.post("/v1/inference/adapter/oncology/1", json=body, headers=bearer)
+    assert r.status_code == 403 and r.headers["X-Audit-Id"] != "-", r.text
+    records = {rec["event_id"]: rec for rec in _records(settings)}
+    denied = records[r.headers["X-Audit-Id"]]
+    assert denied["type"] == "gateway.denied" and denied["outcome"]["http_status"] == 403
+    for rec in (records[served], denied):
+        assert rec["actor"]["subject"] == recordable_identity(subject)
+        assert rec["actor"]["client_id"] == "Ward PC ünit 7"
+    mine = [x for x in records.values() if x["actor"]["subject"] == recordable_identity(subject)]
+    assert sorted(x["type"] for x in mine) == sorted(["gateway.denied"] + ["gateway.request", "gateway.response"] * 2)
+
+
+def test_a_session_of_an_accented_subject_is_recorded_and_found(
+    real: tuple[TestClient[Any], Settings, Any], idp: IdP
+) -> None:
+    """The browser path: a session whose subject is 'José García' (as the login stored it) uses the console and signs
+    out, each recorded under that name; the compliance page finds those records by it."""
+    client, settings, gw = real
+    session = client.blocking_portal.call(
+        gw.sessions.create, {"subject": "José García", "name": "José", "groups": ["analysts", "compliance"]}
+    )
+    client.cookies.set(SESSION_COOKIE, session.id)
+    r = client.post(
+        "/console/generate",
+        json={"model": "triage@production", "prompt": PROMPT},
+        headers={"X-CSRF-Token": session.csrf},
+    )
+    assert r.status_code == 200 and '"done": true' in r.text, r.text
+    page = client.get("/compliance", params={"actor": "José García", "search": "1"})
+    assert page.status_code == 200 and "gateway.response" in page.text, page.text[:500]
+    r = client.post("/auth/logout", data={"_csrf": session.csrf}, follow_redirects=False)
+    assert r.status_code == 303
+    mine = [x for x in _records(settings) if x["actor"]["subject"] == "José García"]
+    assert {"gateway.request", "gateway.response", "auth.logout", "audit.search"} <= {x["type"] for x in mine}
+    (search,) = [x for x in mine if x["type"] == "audit.search"]
+    assert search["details"]["actor_digest"] == gw.digest("José García") and "actor" not in search["details"]
