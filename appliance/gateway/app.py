@@ -247,13 +247,13 @@ def _digest_fn(keys: KeyService) -> Callable[[str], str]:
         return lambda text: keys.hmac("audit-hmac", text.encode("utf-8")).hex()
 
 
-def _digests_fn(keys: KeyService) -> Callable[[str, str], dict[str, Any]] | None:
-    """``appliance.audit.digests`` (with the key version) when the audit stage provides it, else None."""
+def _versioned_digest_fn(keys: KeyService) -> Callable[[str, int | None], tuple[int | None, str]] | None:
+    """``appliance.audit.versioned_digest`` (the key version with the digest) when the audit stage provides it."""
     try:
-        from appliance.audit import digests as audit_digests
+        from appliance.audit import versioned_digest
     except ImportError:
         return None
-    return lambda prompt, output: audit_digests(keys, prompt, output)
+    return lambda text, version: versioned_digest(keys, text, version)
 
 
 def discovery_jwks_fetcher(issuer: str, *, timeout_s: float = 5.0, verify: bool | str = True) -> JWKSFetcher:
@@ -362,7 +362,7 @@ def create_app(
         oidc=oidc,
         digest=_digest_fn(keys),
         digest_inline=getattr(keys, "backend", None) == "local",  # Vault's HMAC is a network call
-        digests=_digests_fn(keys),
+        versioned_digest=_versioned_digest_fn(keys),
         audit_reader=audit_reader or _audit_reader(audit),
         state=store,
     )

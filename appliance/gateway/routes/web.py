@@ -299,7 +299,7 @@ async def console_generate(request: Request[Any, Any, Any], data: dict[str, Any]
     name, _, version = model.partition("@")
     ref = await gw.authorize_adapter(ctx, name, version or "production")
     admitted = await gw.admit(ctx, ref, prompt, wants_logprobs=False)
-    events = gw.stream(ctx, ref, prompt, InferenceParameters(max_new_tokens=max_new).to_params(), admitted)
+    events = await gw.open_stream(ctx, ref, prompt, InferenceParameters(max_new_tokens=max_new).to_params(), admitted)
 
     async def body() -> AsyncIterator[bytes]:
         async for ev in events:
