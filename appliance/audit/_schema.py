@@ -17,7 +17,16 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 from appliance.audit._identity import recordable_identity
 from appliance.errors import ValidationFailed
@@ -54,6 +63,9 @@ RESERVED_TYPES = frozenset({"audit.checkpoint", "audit.start", "audit.stop", "au
 _UA_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,39}/[A-Za-z0-9][A-Za-z0-9._-]{0,39}")
 _SCOPE_ID = re.compile(r"[A-Za-z0-9_.-]{1,32}")  # an IPv6 zone: an interface name or number
 _MAX_DETAILS = 32
+# Details that name a person or client (a break-glass grantee, a searched actor): recorded like actor.subject.
+IDENTITY_DETAILS = frozenset({"subject", "actor"})
+_DETAIL_VALUE: TypeAdapter[Any] = TypeAdapter(DetailValue, config=ConfigDict(allow_inf_nan=False))
 
 
 class _Strict(BaseModel):
@@ -139,7 +151,7 @@ class AuditEvent(_Strict):
     action: Verb
     actor: Actor
     adapter: Adapter | None = None
-    details: dict[DetailKey, DetailValue] = Field(default_factory=dict)
+    details: dict[DetailKey, Any] = Field(default_factory=dict)  # DetailValue, or an identity (IDENTITY_DETAILS)
     digests: Digests | None = None
     latency_ms: float | None = Field(default=None, ge=0)
     outcome: Outcome
@@ -154,7 +166,16 @@ class AuditEvent(_Strict):
     def _details(cls, value: dict[str, Any]) -> dict[str, Any]:
         if len(value) > _MAX_DETAILS:
             raise ValueError(f"at most {_MAX_DETAILS} details")
-        return dict(sorted(value.items()))
+        checked: dict[str, Any] = {}
+        for key, item in value.items():
+            if key in IDENTITY_DETAILS and isinstance(item, str):
+                checked[key] = recordable_identity(item)
+                continue
+            try:
+                checked[key] = _DETAIL_VALUE.validate_python(item)
+            except ValidationError:
+                raise ValueError(f"{key}: an identifier, a number, a boolean or null") from None
+        return dict(sorted(checked.items()))
 
 
 _KIND_TYPES: dict[str, Any] = {"identifier": Ident, "integer": int, "number": float, "boolean": bool}

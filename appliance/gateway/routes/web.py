@@ -22,7 +22,6 @@ from litestar.response import Redirect, Stream, Template
 from appliance.errors import ApplianceError, PermissionDenied, Unauthenticated, ValidationFailed
 from appliance.gateway._service import SESSION_COOKIE, Ctx, Gateway
 from appliance.gateway._service import _ip as client_ip
-from appliance.gateway.breakglass import SUBJECT_FORMAT
 from appliance.gateway.routes import admin as admin_api
 from appliance.gateway.routes._common import error_body, gateway_of, trace_headers
 from appliance.gateway.schemas import MAX_PROMPT_CHARS, BreakGlassCreate, InferenceParameters
@@ -346,16 +345,6 @@ def _filters(request: Request[Any, Any, Any]) -> dict[str, str]:
     return out
 
 
-def _filter_details(gw: Gateway, filters: dict[str, str]) -> dict[str, str]:
-    """The filters as an audit event's details: an actor the trail's identifiers cannot hold (a space, an accent) is
-    recorded as ``actor_digest``, its audit HMAC digest (``appliance audit hash`` reproduces it from the name)."""
-    details = dict(filters)
-    actor = details.get("actor")
-    if actor is not None and not SUBJECT_FORMAT.match(actor):
-        details["actor_digest"] = gw.digest(details.pop("actor"))
-    return details
-
-
 @get("/compliance", include_in_schema=False)
 async def compliance(request: Request[Any, Any, Any]) -> Any:
     ctx = await _page_ctx(request, "audit.search")
@@ -370,7 +359,7 @@ async def compliance(request: Request[Any, Any, Any]) -> Any:
     rows = None
     if reader is not None and request.query_params.get("search"):
         rows = await reader.search(filters, 200)
-        await gw.record(gw.event("audit.search", ctx=ctx, action="search", details=_filter_details(gw, filters)))
+        await gw.record(gw.event("audit.search", ctx=ctx, action="search", details=dict(filters)))
     return _render(
         request,
         "compliance.html",
@@ -413,7 +402,7 @@ async def compliance_export(request: Request[Any, Any, Any], fmt: str = "jsonl")
             "audit.export",
             ctx=ctx,
             action="export",
-            details={"format": fmt, "bytes": len(data), **_filter_details(gw, filters)},
+            details={"format": fmt, "bytes": len(data), **filters},
         )
     )
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
