@@ -132,7 +132,7 @@ def test_breakglass_for_an_accented_subject_is_granted_recorded_and_in_force(
 ) -> None:
     """A grant for 'José García' (typed precomposed) is recorded with that subject and is in force for the IdP's
     token whatever Unicode form its sub uses."""
-    client, settings, gw = real
+    client, settings, _ = real
     admin = {"Authorization": f"Bearer {idp.token({'scope': 'admin', 'sub': 'adam'})}"}
     grant = {"subject": "José García", "role": "emergency-clinician", "reason": "Mass casualty incident, ED overflow"}
     r = client.post("/v1/admin/breakglass", json=grant, headers=admin)
