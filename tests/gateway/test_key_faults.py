@@ -187,12 +187,13 @@ def test_local_keystore_turning_0644_during_a_generation_is_a_recorded_503(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(("fault", "code"), [("seal", "KEYS_VAULT_SEALED"), ("stop", "KEYS_VAULT_UNREACHABLE")])
 def test_openbao_sealed_refuses_every_inference_and_ends_a_started_stream(
-    openbao_private: OpenBaoServer, data_dir: Path, tmp_path: Path, idp: IdP
+    openbao_private: OpenBaoServer, data_dir: Path, tmp_path: Path, idp: IdP, fault: str, code: str
 ) -> None:
-    """Against a real OpenBao that is sealed during the test: before a request, every inference route answers 503
-    KEYS_VAULT_SEALED with its record's id and no token; sealed after a stream's first token, the stream ends with
-    that error event and its outcome record."""
+    """Against a real OpenBao that is sealed (or stopped) during the test: sealed after a stream's first token, the
+    stream ends with that error event and its outcome record; then every inference route answers 503
+    KEYS_VAULT_SEALED (KEYS_VAULT_UNREACHABLE) with its record's id and no token."""
     keys = {"backend": "vault", "vault_addr": openbao_private.addr, "vault_token": openbao_private.root_token}
     settings = _settings(data_dir, tmp_path, keys=keys)
     client, backend = _gateway(settings, idp)
@@ -200,7 +201,7 @@ def test_openbao_sealed_refuses_every_inference_and_ends_a_started_stream(
     with client:
         r = client.post("/v1/inference/adapter/triage/production/stream", json=BODY, headers=bearer)
         assert r.status_code == 200 and _events(r.text)[-1]["generated_text"]
-        backend.fault = openbao_private.seal
-        _assert_mid_stream_failure_ends_with_error_and_outcome(client, settings, bearer, "KEYS_VAULT_SEALED")
+        backend.fault = getattr(openbao_private, fault)
+        _assert_mid_stream_failure_ends_with_error_and_outcome(client, settings, bearer, code)
         backend.fault = None
-        _assert_refused_before_any_token(client, settings, backend, bearer, "KEYS_VAULT_SEALED")
+        _assert_refused_before_any_token(client, settings, backend, bearer, code)
