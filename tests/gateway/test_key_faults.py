@@ -69,12 +69,12 @@ def _gateway(settings: Settings, idp: IdP) -> tuple[TestClient[Any], FaultAfterF
     return TestClient(app, base_url="http://127.0.0.1"), backend
 
 
-def _settings(data_dir: Path, tmp_path: Path, **overrides: Any) -> Settings:
+def _settings(data_dir: Path, tmp_path: Path, checkpoint_every: int = 100_000, **overrides: Any) -> Settings:
     policies = tmp_path / "policies"
     policies.mkdir(exist_ok=True)
     (policies / "access.yaml").write_text((REPO_ROOT / "policies" / "access.yaml").read_text())
-    # no checkpoint falls due in the test: the refusals' own records do not need the key service
-    audit = {"checkpoint_every": 100_000, "checkpoint_interval_s": 3600}
+    # by default no checkpoint falls due in the test: the refusals' own records do not need the key service
+    audit = {"checkpoint_every": checkpoint_every, "checkpoint_interval_s": 3600}
     return load_settings(data_dir=data_dir, policies_dir=policies, audit=audit, **overrides)
 
 
@@ -146,6 +146,26 @@ def test_local_keystore_at_0644_refuses_every_inference_before_a_token(
     settings.keystore_path.chmod(0o600)
     r = client.post("/v1/inference/adapter/triage/production/stream", json=BODY, headers=bearer)
     assert r.status_code == 200 and _events(r.text)[-1]["generated_text"]
+
+
+def test_a_checkpoint_that_cannot_be_signed_refuses_every_inference_before_a_token(
+    data_dir: Path, tmp_path: Path, idp: IdP
+) -> None:
+    """The signing path: with a checkpoint due at every record and the keystore at 0644, no record can be made
+    durable, so every inference route is a 503 (the key service's or the trail's code) and nothing is generated."""
+    settings = _settings(data_dir, tmp_path, checkpoint_every=1)
+    client, backend = _gateway(settings, idp)
+    bearer = {"Authorization": f"Bearer {idp.token()}"}
+    with client:
+        try:
+            settings.keystore_path.chmod(0o644)
+            for path, body in ROUTES.items():
+                r = client.post(path, json=body, headers=bearer)
+                assert r.status_code == 503 and "data:" not in r.text, (path, r.text)
+                assert r.json()["error_type"] in ("KEYS_KEYSTORE_INSECURE", "AUDIT_UNAVAILABLE"), r.text
+            assert backend.calls == []
+        finally:
+            settings.keystore_path.chmod(0o600)
 
 
 def test_local_keystore_turning_0644_mid_stream_ends_it_with_an_error_and_an_outcome(
