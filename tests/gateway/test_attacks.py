@@ -217,10 +217,10 @@ JSON_ROUTES = [
 
 
 @pytest.mark.parametrize("kind", ["array", "object"])
-@pytest.mark.parametrize("depth", [100_000, 70])
+@pytest.mark.parametrize("depth", [100_000, 2_000])
 def test_deeply_nested_json_is_refused_and_audited_on_every_route(h: Harness, kind: str, depth: int) -> None:
-    """A body nested deeper than the decoder's stack (or the gateway's limit) is a 400 on every JSON route, before
-    authentication, recorded as a gateway.denied whose id is the answer's X-Audit-Id, never a 500."""
+    """A body nested deeper than the decoder can follow is a 400 on every JSON route, before authentication,
+    recorded as a gateway.denied whose id is the answer's X-Audit-Id, never a 500."""
     for route in JSON_ROUTES:
         before = len(h.audit.events)
         r = h.client.post(route, content=_nested(depth, kind), headers={"Content-Type": "application/json"})
@@ -232,6 +232,14 @@ def test_deeply_nested_json_is_refused_and_audited_on_every_route(h: Harness, ki
         assert denied[0]["actor"]["subject"] == "anonymous" and denied[0]["route"].startswith(route[:8]), denied[0]
         assert r.headers["X-Audit-Id"] == denied[0]["event_id"]
     assert h.backend.calls == []
+
+
+def test_nesting_the_decoder_follows_is_refused_by_the_schema_and_audited(h: Harness) -> None:
+    """900 levels decode and reach the route's schema: a 422 VALIDATION_FAILED, audited the same way."""
+    r = h.client.post(URL, content=_nested(900, "array"), headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["error_type"] == "VALIDATION_FAILED"
+    assert r.headers["X-Audit-Id"] == h.audit.events[-1]["event_id"]
+    assert h.audit.events[-1]["type"] == "gateway.denied" and h.audit.events[-1]["outcome"]["http_status"] == 422
 
 
 def test_a_refusal_before_the_handler_fails_closed_when_the_trail_is_down(h: Harness) -> None:
