@@ -83,6 +83,10 @@ class ServingSettings(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto -> cuda when present
     torch_threads: int = 0  # CPU threads for the engine's forward passes; 0 -> torch's default
     admin_token: SecretStr | None = None  # bearer token for POST /admin/reload; None -> loopback callers only
+    # The registry's publication public keys (file from `appliance keyservice public-keys registry-signing --out`,
+    # root-owned, written at provisioning): what the engine and the TGI/vLLM launchers check a published list's
+    # signature with. None -> ask the key service (keys.backend) for them. Never a file beside the list.
+    publication_public_keys: str | None = None
 
 
 class GatewaySettings(BaseModel):
