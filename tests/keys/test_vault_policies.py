@@ -13,6 +13,7 @@ from appliance.config import load_settings
 from appliance.errors import VaultForbidden
 from appliance.keys import ARTIFACTS, AUDIT_HMAC, AUDIT_SIGNING, CHECKPOINTS, open_key_service
 from appliance.keys._vault import VaultKeyService
+from appliance.serving import PUBLICATION_KEY
 from tests.conftest import REPO_ROOT
 from tests.fixtures.openbao import OpenBaoServer
 
@@ -80,6 +81,7 @@ def estate(openbao: OpenBaoServer, tmp_path_factory: pytest.TempPathFactory) -> 
     _, artifact_key = root.data_key(ARTIFACTS)
     root.hmac(AUDIT_HMAC, b"x")
     signature = root.sign(AUDIT_SIGNING, b"checkpoint")
+    root.create(PUBLICATION_KEY, "ed25519")
     root.put_secret("gateway/session", {"secret": "session-secret"})
     root.put_secret("registry/db", {"password": "db-password"})
     yield Estate({role: login_as(openbao, role, data_dir) for role in ROLES}, checkpoint_key, artifact_key, signature)
@@ -95,6 +97,8 @@ OPERATIONS: dict[str, Callable[[VaultKeyService, Estate], object]] = {
     "audit.sign": lambda s, e: s.sign(AUDIT_SIGNING, b"checkpoint"),
     "audit.verify": lambda s, e: s.verify(AUDIT_SIGNING, b"checkpoint", e.signature),
     "audit.public_keys": lambda s, e: s.public_keys(AUDIT_SIGNING),
+    "publication.sign": lambda s, e: s.sign(PUBLICATION_KEY, b"adapter list"),
+    "publication.public_keys": lambda s, e: s.public_keys(PUBLICATION_KEY),
     "key.rotate": lambda s, e: s.rotate(AUDIT_HMAC),
     "key.create": lambda s, e: s.create(f"made-{secrets.token_hex(3)}"),
     "secret.gateway.read": lambda s, e: s.get_secret("gateway/session"),
@@ -106,8 +110,17 @@ AUDIT_WRITER = {"audit.sign", "audit.verify", "audit.public_keys"}
 ALLOWED: dict[str, set[str]] = {
     "gateway": {"audit.hmac", "secret.gateway.read"} | AUDIT_WRITER,
     "trainer": {"checkpoints.data_key", "checkpoints.unwrap"} | AUDIT_WRITER,
-    "registry": {"artifacts.data_key", "artifacts.unwrap", "artifacts.rewrap"} | AUDIT_WRITER,
-    "operator": {"artifacts.rewrap", "audit.public_keys", "key.rotate", "key.create", "secret.write"},
+    "registry": {"artifacts.data_key", "artifacts.unwrap", "artifacts.rewrap", "publication.sign"}
+    | {"publication.public_keys"}
+    | AUDIT_WRITER,
+    "operator": {
+        "artifacts.rewrap",
+        "audit.public_keys",
+        "publication.public_keys",
+        "key.rotate",
+        "key.create",
+        "secret.write",
+    },
     "auditor": {"audit.verify", "audit.public_keys"},
 }
 
