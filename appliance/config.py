@@ -59,6 +59,12 @@ class AuditSettings(BaseModel):
     # extra top-level event fields a deployment records, by kind; there is no free-text kind
     extra_fields: dict[str, Literal["identifier", "integer", "number", "boolean"]] = Field(default_factory=dict)
     record_timeout_s: float = 10.0  # seconds a record may wait for durability before AuditUnavailable (hung disk)
+    # Witnesses of every chain's signed head, outside the store (a cut or deleted chain is then detectable, and a
+    # writer refuses to write on one): a directory on another host's storage (NFS/WORM mount), and/or
+    # Vault/OpenBao KV v2 (needs keys.backend = "vault"), add-only under policies/vault/audit-writer.hcl.
+    witness_dir: str | None = None  # e.g. /mnt/audit-witness (another host); None: no file witness
+    witness_vault: bool = False  # KV v2 <keys.vault_kv_mount>/<keys.vault_key_prefix>/<witness_vault_path>/...
+    witness_vault_path: str = "audit-witness"
 
 
 class ServingSettings(BaseModel):

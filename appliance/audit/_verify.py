@@ -66,6 +66,7 @@ class ChainReport:
     unsigned_tail: int = 0  # records after the last checkpoint record
     problems: list[Problem] = field(default_factory=list)
     hashes: list[tuple[int, str]] | None = None  # (seq, hash) of every record, when asked for
+    signed: dict[int, str] = field(default_factory=dict)  # signed seq -> hash, of every valid checkpoint
 
     @property
     def ok(self) -> bool:
@@ -269,6 +270,7 @@ def _check_checkpoint(
         problem("bad_signature", "checkpoint signature does not verify under the audit public key")
         return
     report.signed_through = signed_seq
+    report.signed[signed_seq] = signed_hash
 
 
 def verify_store(
@@ -405,6 +407,7 @@ def verify_segments(
             report.first_seq, report.first_prev_hash = part.first_seq, part.first_prev_hash
         report.records += part.records
         report.checkpoints += part.checkpoints
+        report.signed.update(part.signed)
         if part.signed_through is not None:
             report.signed_through = max(report.signed_through or 0, part.signed_through)
         tail = part.unsigned_tail if part.checkpoints else tail + part.records
