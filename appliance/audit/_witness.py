@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from appliance.audit._checkpoint import writer_of_lane, writer_slug
 from appliance.errors import ApplianceError, AuditUnavailable, Conflict, IntegrityViolation, NotFound, VaultForbidden
 
 __all__ = [
@@ -121,11 +121,8 @@ def check_successor(held: WitnessedCheckpoint | None, new: WitnessedCheckpoint, 
 
 
 def origin_slug(origin: str) -> str:
-    """A key-name-safe, injective name for an origin (lower-case; others escaped, with a digest when changed)."""
-    slug = re.sub(r"[^a-z0-9-]", "_", origin.lower())
-    if slug == origin and len(slug) <= 48:
-        return slug
-    return f"{slug[:40]}_{hashlib.sha256(origin.encode()).hexdigest()[:8]}"
+    """A key-name-safe, injective name for an origin (the writer slug rule)."""
+    return writer_slug(origin)
 
 
 # --- a file witness on another host's storage -----------------------------------------------------------------
@@ -201,8 +198,9 @@ class FileWitness:
 
 # --- Vault/OpenBao KV v2, add-only ------------------------------------------------------------------------------
 class VaultWitness:
-    """One KV v2 secret per checkpoint, ``<prefix>/audit-witness/<origin slug>/<size, 20 digits>``, written with
-    ``cas=0`` (create only): the writer's policy may create and read, never update or delete."""
+    """One KV v2 secret per checkpoint, ``<prefix>/audit-witness/<writer>/<origin slug>/<size, 20 digits>``,
+    written with ``cas=0`` (create only): the writer's policy (templated on its identity's ``audit_writer``) may
+    create and read under its own ``<writer>/`` only, never update or delete."""
 
     def __init__(self, keys: Any, path: str = "audit-witness") -> None:
         self._keys = keys  # a VaultKeyService (add_secret, list_secrets, get_secret)
@@ -212,7 +210,7 @@ class VaultWitness:
     def _origin_path(self, origin: str) -> str:
         if not _ORIGIN.match(origin):
             raise IntegrityViolation(f"witness {self.name}: invalid origin {origin!r}")
-        return f"{self._path}/{origin_slug(origin)}"
+        return f"{self._path}/{writer_of_lane(origin)}/{origin_slug(origin)}"
 
     def sizes(self, origin: str) -> list[int]:
         """Every size witnessed for origin, ascending."""
@@ -266,24 +264,32 @@ class VaultWitness:
         except ApplianceError as exc:
             raise AuditUnavailable(f"witness {self.name} cannot be written: {exc.code}") from None
 
-    def origins(self) -> list[str]:
+    def _list(self, path: str) -> list[str]:
         try:
-            slugs = [s.rstrip("/") for s in self._keys.list_secrets(self._path)]
+            return [s.rstrip("/") for s in self._keys.list_secrets(path)]
         except NotFound:
             return []
         except ApplianceError as exc:
             raise AuditUnavailable(f"witness {self.name} cannot be listed: {exc.code}") from None
+
+    def origins(self) -> list[str]:
         origins = []
-        for slug in slugs:
-            try:
-                names = self._keys.list_secrets(f"{self._path}/{slug}")
-            except ApplianceError:
-                continue
-            sizes = sorted(n for n in names if n.isdigit() and len(n) == _SIZE_DIGITS)
-            if sizes:
-                data = self._keys.get_secret(f"{self._path}/{slug}/{sizes[-1]}")
-                if isinstance(data.get("origin"), str) and origin_slug(data["origin"]) == slug:
-                    origins.append(data["origin"])
+        for writer in self._list(self._path):
+            for slug in self._list(f"{self._path}/{writer}"):
+                sizes = sorted(n for n in self._list(f"{self._path}/{writer}/{slug}") if n.isdigit())
+                if not sizes:
+                    continue
+                try:
+                    data = self._keys.get_secret(f"{self._path}/{writer}/{slug}/{sizes[-1]}")
+                except ApplianceError as exc:
+                    raise AuditUnavailable(f"witness {self.name} cannot be read: {exc.code}") from None
+                origin = data.get("origin")
+                if (
+                    isinstance(origin, str)
+                    and _ORIGIN.match(origin)
+                    and self._origin_path(origin).endswith(f"/{writer}/{slug}")
+                ):
+                    origins.append(origin)
         return sorted(origins)
 
 

@@ -34,7 +34,7 @@ from typing import Any
 import structlog
 
 from appliance.audit._canonical import build_line, canonical_json
-from appliance.audit._checkpoint import checkpoint_body, sign, signed_message
+from appliance.audit._checkpoint import checkpoint_body, sign, signed_message, signing_key_for
 from appliance.audit._schema import _ExtraCheck, validate_event
 from appliance.audit._sinks._base import ChainHead, ChainReader, Sink
 from appliance.audit._witness import Witness, WitnessedCheckpoint
@@ -371,8 +371,8 @@ class AuditWriter:
         return lines, receipts, ChainHead(writer_id, seq, prev), checkpointed
 
     def _checkpoint(self, lines: list[bytes], seq: int, prev: str) -> tuple[int, str]:
-        signature = sign(self._keys, signed_message("checkpoint", self.writer_id, seq, prev))
-        body = checkpoint_body(self.writer_id, seq, prev, signature)
+        signature = sign(self._keys, signed_message("checkpoint", self.writer_id, seq, prev), self.writer_id)
+        body = checkpoint_body(self.writer_id, seq, prev, signature, signing_key_for(self._keys, self.writer_id))
         line, digest = build_line(seq + 1, prev, self.writer_id, str(random_uuid()), _utc_now(), body)
         lines.append(line)
         self._last_checkpoint_at = time.monotonic()

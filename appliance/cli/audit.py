@@ -86,6 +86,7 @@ def export_cmd(
             filters=filters,
             fmt=fmt,  # type: ignore[arg-type]
             on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            signer=audit.writer_id,  # this process's own writer key signs the manifest (Vault: its only one)
         )
     console.print(
         f"exported {manifest['count']} records from {len(manifest['writers'])} chain(s) to {out} "
@@ -117,14 +118,14 @@ def verify_cmd(
 
         report = verify_export(directory, expected_key_fingerprint=expect_key)
     else:
-        from appliance.audit._checkpoint import AUDIT_SIGNING_KEY
+        from appliance.audit._checkpoint import chain_public_keys
         from appliance.audit._factory import open_audit_store, open_key_service_for_audit, open_witnesses
         from appliance.audit._verify import Problem, verify_store
         from appliance.audit._witness import compare_with_witnesses
 
         settings = settings_of(ctx)
         keys = open_key_service_for_audit(settings)
-        public_keys = keys.public_keys(AUDIT_SIGNING_KEY)
+        public_keys = chain_public_keys(keys)  # each writer's own key on Vault/OpenBao
         store = open_audit_store(settings)
         report = verify_store(store, public_keys, writer_id=writer)
         chains = {c.writer_id: c for c in report.chains}

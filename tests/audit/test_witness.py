@@ -39,9 +39,8 @@ def bao() -> Iterator[OpenBaoServer]:
             root.sys.create_or_update_acl_policy(
                 name=f"appliance-{stem}", policy=(POLICIES / f"{stem}.hcl").read_text()
             )
-        service = VaultKeyService(root)
-        service.create(AUDIT_SIGNING, "ed25519")
-        service.create(AUDIT_HMAC)
+        VaultKeyService(root).create(AUDIT_HMAC)
+        root.sys.enable_auth_method("approle")
         yield server
     finally:
         _shutdown(server)
@@ -49,6 +48,23 @@ def bao() -> Iterator[OpenBaoServer]:
 
 def _token(server: OpenBaoServer, policy: str) -> str:
     return str(server.client().auth.token.create(policies=[policy], ttl="20m")["auth"]["client_token"])
+
+
+def provision_writer(server: OpenBaoServer, writer: str) -> tuple[str, str]:
+    """What provisioning does for a service that writes a chain: its signing key (made by the operator), an AppRole
+    with appliance-audit-writer, and an identity entity whose metadata ``audit_writer`` names the writer (the
+    policy's template); returns the AppRole's role id and a secret id."""
+    root = server.client()
+    VaultKeyService(root).create(f"{AUDIT_SIGNING}-{writer}", "ed25519")
+    accessor = root.sys.list_auth_methods()["data"]["approle/"]["accessor"]
+    role = f"appliance-{writer}"
+    root.auth.approle.create_or_update_approle(role, token_policies=["appliance-audit-writer"], token_ttl="20m")
+    role_id = root.auth.approle.read_role_id(role)["data"]["role_id"]
+    secret_id = root.auth.approle.generate_secret_id(role)["data"]["secret_id"]
+    root.secrets.identity.create_or_update_entity_by_name(name=role, metadata={"audit_writer": writer})
+    entity_id = root.secrets.identity.read_entity_by_name(role)["data"]["id"]
+    root.secrets.identity.create_or_update_entity_alias(name=role_id, canonical_id=entity_id, mount_accessor=accessor)
+    return role_id, secret_id
 
 
 @dataclass
@@ -59,15 +75,18 @@ class Site:
     auditor_env: dict[str, str]
     witness_dir: Path
     server: OpenBaoServer
-    writer_token: str
+    writer_keys: VaultKeyService
 
 
 @pytest.fixture
 def site(bao: OpenBaoServer, tmp_path: Path) -> Site:
+    import secrets
+
     witness_dir = tmp_path / "other-host" / "witness"
-    writer_token = _token(bao, "appliance-audit-writer")
-    keys = {"backend": "vault", "vault_addr": bao.addr, "vault_token": writer_token}
-    audit = {"witness_dir": str(witness_dir), "witness_vault": True, "writer_id": f"w{tmp_path.name[-6:]}"}
+    writer_id = f"w{secrets.token_hex(4)}"
+    role_id, secret_id = provision_writer(bao, writer_id)
+    keys = {"backend": "vault", "vault_addr": bao.addr, "vault_role_id": role_id, "vault_secret_id": secret_id}
+    audit = {"witness_dir": str(witness_dir), "witness_vault": True, "writer_id": writer_id}
     data_dir = tmp_path / "var"
     writer = load_settings(data_dir=data_dir, policies_dir=REPO_ROOT / "policies", keys=keys, audit=audit)
     auditor_env = {
@@ -80,7 +99,8 @@ def site(bao: OpenBaoServer, tmp_path: Path) -> Site:
         "APPLIANCE_AUDIT__WITNESS_VAULT": "true",
         "APPLIANCE_AUDIT__WRITER_ID": writer.audit.writer_id,
     }
-    return Site(writer, auditor_env, witness_dir, bao, writer_token)
+    writer_keys = VaultKeyService.from_settings(writer.keys)  # logged in through the AppRole, as the writer is
+    return Site(writer, auditor_env, witness_dir, bao, writer_keys)
 
 
 def _session(settings: Settings, n: int) -> tuple[int, str]:
@@ -95,8 +115,7 @@ def _session(settings: Settings, n: int) -> tuple[int, str]:
 
 
 def _witnesses(site: Site) -> tuple[FileWitness, VaultWitness]:
-    keys = VaultKeyService(site.server.client(site.writer_token))
-    return FileWitness(site.witness_dir), VaultWitness(keys)
+    return FileWitness(site.witness_dir), VaultWitness(site.writer_keys)
 
 
 def _verify(site: Site, monkeypatch: pytest.MonkeyPatch) -> Any:
@@ -167,15 +186,16 @@ def test_a_witness_refuses_an_older_or_inconsistent_checkpoint(site: Site, which
     """tlog-witness semantics: a smaller size, or the same size with another root, is refused; the same
     checkpoint again is accepted (idempotent); a larger one is taken."""
     witness = _witnesses(site)[0 if which == "file" else 1]
-    head = WitnessedCheckpoint("node-x", 10, "a" * 64, "ed25519:v1:" + "A" * 86 + "==")
+    origin = site.writer.audit.writer_id + ".2"  # a second lane of the writer: its own identity's too
+    head = WitnessedCheckpoint(origin, 10, "a" * 64, "ed25519:v1:" + "A" * 86 + "==")
     witness.add(head)
     with pytest.raises(IntegrityViolation, match="refused a checkpoint through seq 9"):
-        witness.add(WitnessedCheckpoint("node-x", 9, "b" * 64, head.signature))
+        witness.add(WitnessedCheckpoint(origin, 9, "b" * 64, head.signature))
     with pytest.raises(IntegrityViolation, match="another hash"):
-        witness.add(WitnessedCheckpoint("node-x", 10, "c" * 64, head.signature))
+        witness.add(WitnessedCheckpoint(origin, 10, "c" * 64, head.signature))
     witness.add(head)
-    witness.add(WitnessedCheckpoint("node-x", 12, "d" * 64, head.signature))
-    latest = witness.latest("node-x")
+    witness.add(WitnessedCheckpoint(origin, 12, "d" * 64, head.signature))
+    latest = witness.latest(origin)
     assert latest is not None and (latest.size, latest.root) == (12, "d" * 64)
 
 
@@ -188,8 +208,8 @@ def test_the_writer_policy_cannot_overwrite_or_delete_a_witnessed_checkpoint(sit
     origin = site.writer.audit.writer_id
     _, vault_witness = _witnesses(site)
     size = vault_witness.sizes(origin)[-1]
-    path = f"appliance/audit-witness/{origin}/{size:020d}"
-    writer = site.server.client(site.writer_token).secrets.kv.v2
+    path = f"appliance/audit-witness/{origin}/{origin}/{size:020d}"
+    writer = site.writer_keys._client.secrets.kv.v2
     forged = {"origin": origin, "size": str(size), "root": "0" * 64, "signature": "x"}
     attempts = [
         lambda: writer.create_or_update_secret(path, secret=forged, mount_point="secret"),
@@ -204,3 +224,42 @@ def test_the_writer_policy_cannot_overwrite_or_delete_a_witnessed_checkpoint(sit
     assert vault_witness.read(origin, size).root != "0" * 64
     with pytest.raises(IntegrityViolation, match="another hash"):  # through the witness too: refused, not written
         vault_witness.add(WitnessedCheckpoint(origin, size, "0" * 64, "ed25519:v1:" + "A" * 86 + "=="))
+
+
+def test_a_writer_signs_only_for_its_own_chain(site: Site, bao: OpenBaoServer) -> None:
+    """One key per writer: under the templated policy a writer signs with its own key only, never with another
+    writer's or the old shared one, and cannot add witnessed checkpoints under another writer."""
+    from appliance.errors import VaultForbidden
+
+    other = f"{site.writer.audit.writer_id}x"
+    provision_writer(bao, other)  # another service's writer and key
+    own = site.writer_keys.sign(f"{AUDIT_SIGNING}-{site.writer.audit.writer_id}", b"checkpoint")
+    assert own.startswith(b"ed25519:v1:")
+    with pytest.raises(VaultForbidden):
+        site.writer_keys.sign(f"{AUDIT_SIGNING}-{other}", b"forged checkpoint of another chain")
+    with pytest.raises(VaultForbidden):
+        site.writer_keys.sign(AUDIT_SIGNING, b"forged checkpoint with the shared key")
+    forged = WitnessedCheckpoint(other, 99, "e" * 64, "ed25519:v1:" + "A" * 86 + "==")
+    with pytest.raises(AuditUnavailable):
+        VaultWitness(site.writer_keys).add(forged)
+
+
+def test_each_chain_verifies_under_its_own_writers_key_only(site: Site, bao: OpenBaoServer) -> None:
+    """Checkpoints are signed with the writer's own key (named in the record): they verify under it and not under
+    another writer's key, so a key that signs one chain cannot vouch for another."""
+    import json
+
+    from appliance.audit._checkpoint import ChainKeys
+    from appliance.audit._sinks.files import FileStore
+    from appliance.audit._verify import verify_chain
+
+    _session(site.writer, 2)
+    origin = site.writer.audit.writer_id
+    provision_writer(bao, f"{origin}y")
+    store = FileStore(site.writer.audit_dir)
+    last = json.loads(b"".join(d for _, d in store.read(origin)).splitlines()[-1])
+    assert last["details"]["key"] == f"{AUDIT_SIGNING}-{origin}"
+    resolve = ChainKeys(site.writer_keys)
+    assert verify_chain(origin, store.read(origin), public_keys=resolve(origin)).ok
+    crossed = verify_chain(origin, store.read(origin), public_keys=resolve(f"{origin}y"))
+    assert {p.kind for p in crossed.problems} == {"bad_signature"}
