@@ -182,3 +182,42 @@ def test_serve_launch_command_execs_only_after_verifying(
     else:
         assert done.returncode == 0, done.stderr
         assert out.read_text() == f"triage-v1={lora_adapters['triage-v1'][0]}"
+
+
+def test_engine_takes_the_key_from_the_key_service_when_none_is_pinned(
+    tiny_model: Path, lora_adapters: Adapters, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make demo`'s path: no pinned key file, so the engine asks the key service (the data dir's keystore, where
+    the registry signed); a list signed by any other key is refused."""
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from appliance.cli import app
+    from appliance.keys import LocalKeyService
+    from appliance.serving import PUBLICATION_KEY, sign_publication, signature_path
+
+    data_dir = tmp_path / "var"
+    registry_keys = LocalKeyService(data_dir / "keystore")
+    served: list[int] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: served.append(1))
+    monkeypatch.setenv("APPLIANCE_DATA_DIR", str(data_dir))
+    monkeypatch.delenv("APPLIANCE_SERVING__PUBLICATION_PUBLIC_KEYS", raising=False)
+    listing = write_adapter_list(
+        data_dir / "serving" / "embedded" / "adapters.json", {"triage-v1": lora_adapters["triage-v1"]}
+    )
+    serve = ["serve", "--base", str(tiny_model), "--threads", "1"]  # the list the registry writes in the data dir
+    result = CliRunner().invoke(app, serve)  # signed by the test registry's key, not this data dir's key service
+    assert isinstance(result.exception, IntegrityViolation) and served == []
+    digests = {
+        "triage-v1": {
+            "fingerprint": lora_adapters["triage-v1"][1],
+            "config_sha256": config_digest(lora_adapters["triage-v1"][0]),
+            "path": str(lora_adapters["triage-v1"][0]),
+        }
+    }
+    signature_path(listing).write_bytes(
+        sign_publication(lambda m: registry_keys.sign(PUBLICATION_KEY, m), "embedded", listing.read_bytes(), digests)
+    )
+    result = CliRunner().invoke(app, serve)
+    assert result.exit_code == 0, result.output
+    assert served == [1]
