@@ -78,6 +78,10 @@ def sign_publication(
     return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
 
 
+class _NotTheSignedBytes(Exception):
+    """Internal: the list's bytes are not the signed ones (maybe a publish in between); never leaves this module."""
+
+
 def _read_regular(path: Path) -> bytes | None:
     """The file's bytes, None when absent; a FIFO, a device or an oversized file is refused unread."""
     try:
@@ -123,7 +127,7 @@ def _verify_once(list_path: Path, target: str, public_keys: Mapping[int, bytes])
     if document.get("format") != PUBLICATION_FORMAT or document.get("target") != target:
         raise IntegrityViolation(f"{sig_path}: signed for {document.get('target')!r}, not for the {target} list")
     if not hmac.compare_digest(str(document.get("list_sha256")), hashlib.sha256(data).hexdigest()):
-        return SignedList(b"", {})  # mismatch (maybe a publish in between): the caller reads once more
+        raise _NotTheSignedBytes  # maybe a publish in between: the caller reads once more
     return SignedList(data, {str(k): dict(v) for k, v in adapters.items() if isinstance(v, dict)})
 
 
@@ -135,10 +139,10 @@ def read_signed_list(list_path: Path, target: str, public_keys: Mapping[int, byt
     if not public_keys:
         raise ConfigError("no public key of the registry's publication key: cannot check a published list")
     for attempt in range(3):
-        result = _verify_once(list_path, target, public_keys)
-        if result is None or result.data:
-            return result
-        time.sleep(0.05 * (attempt + 1))  # the registry replaces list and signature one after the other
+        try:
+            return _verify_once(list_path, target, public_keys)
+        except _NotTheSignedBytes:
+            time.sleep(0.05 * (attempt + 1))  # the registry replaces list and signature one after the other
     raise IntegrityViolation(f"{list_path}: the list is not the one the registry signed (edited on the serving host)")
 
 
