@@ -142,6 +142,8 @@ class IntakeSettings(BaseModel):
     split_seed: int = 0  # the split is a pure function of the input and this seed
     near_duplicate_threshold: float = Field(default=0.85, gt=0.0, le=1.0)  # MinHash Jaccard; 1.0 disables
     minhash_num_perm: int = Field(default=128, ge=16, le=1024)  # MinHash permutations
+    # suspected identifiers a second scrub pass still finds, per 1000 prepared records; above it, refused
+    max_residual_per_1000_records: float = Field(default=5.0, ge=0.0)
 
 
 class TrainingSettings(BaseModel):

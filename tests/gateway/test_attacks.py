@@ -199,6 +199,59 @@ def test_oversized_body_refused(h: Harness) -> None:
     assert h.backend.calls == []
 
 
+def _nested(depth: int, kind: str) -> bytes:
+    """A TGI body whose ``parameters.stop`` nests arrays (or objects) ``depth`` levels deep."""
+    open_, close = (b"[", b"]") if kind == "array" else (b'{"a":', b"}")
+    return b'{"inputs":"x","parameters":{"stop":' + open_ * depth + b"1" + close * depth + b"}}"
+
+
+JSON_ROUTES = [
+    URL,
+    URL + "/stream",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/console/generate",
+    "/v1/admin/keys",
+    "/v1/admin/breakglass",
+]
+
+
+@pytest.mark.parametrize("kind", ["array", "object"])
+@pytest.mark.parametrize("depth", [100_000, 2_000])
+def test_deeply_nested_json_is_refused_and_audited_on_every_route(h: Harness, kind: str, depth: int) -> None:
+    """A body nested deeper than the decoder can follow is a 400 on every JSON route, before authentication,
+    recorded as a gateway.denied whose id is the answer's X-Audit-Id, never a 500."""
+    for route in JSON_ROUTES:
+        before = len(h.audit.events)
+        r = h.client.post(route, content=_nested(depth, kind), headers={"Content-Type": "application/json"})
+        assert r.status_code == 400, (route, r.status_code, r.text)
+        assert r.json()["error_type"] == "REQUEST_MALFORMED"
+        denied = h.audit.events[before:]
+        assert len(denied) == 1 and denied[0]["type"] == "gateway.denied", route
+        assert denied[0]["outcome"]["http_status"] == 400 and denied[0]["outcome"]["error_class"] == "REQUEST_MALFORMED"
+        assert denied[0]["actor"]["subject"] == "anonymous" and denied[0]["route"].startswith(route[:8]), denied[0]
+        assert r.headers["X-Audit-Id"] == denied[0]["event_id"]
+    assert h.backend.calls == []
+
+
+def test_nesting_the_decoder_follows_is_refused_by_the_schema_and_audited(h: Harness) -> None:
+    """900 levels decode and reach the route's schema: a 422 VALIDATION_FAILED, audited the same way."""
+    r = h.client.post(URL, content=_nested(900, "array"), headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["error_type"] == "VALIDATION_FAILED"
+    assert r.headers["X-Audit-Id"] == h.audit.events[-1]["event_id"]
+    assert h.audit.events[-1]["type"] == "gateway.denied" and h.audit.events[-1]["outcome"]["http_status"] == 422
+
+
+def test_a_refusal_before_the_handler_fails_closed_when_the_trail_is_down(h: Harness) -> None:
+    """A body refused before any handler ran whose record cannot be written is a 503 AUDIT_UNAVAILABLE."""
+    h.audit.fail = True
+    r = h.client.post(URL, content=_nested(100_000, "array"), headers={"Content-Type": "application/json"})
+    assert r.status_code == 503 and r.json()["error_type"] == "AUDIT_UNAVAILABLE"
+    h.audit.fail = False
+    r = h.client.post(URL, content=b'{"inputs": 5}', headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.headers["X-Audit-Id"] == h.audit.events[-1]["event_id"]
+
+
 def _login(h: Harness, groups: list[str]) -> str:
     session = h.client.blocking_portal.call(
         h.gateway.sessions.create, {"subject": "adam", "name": "Adam", "groups": groups}

@@ -298,7 +298,7 @@ async def console_generate(request: Request[Any, Any, Any], data: dict[str, Any]
     name, _, version = model.partition("@")
     ref = await gw.authorize_adapter(ctx, name, version or "production")
     admitted = await gw.admit(ctx, ref, prompt, wants_logprobs=False)
-    events = gw.stream(ctx, ref, prompt, InferenceParameters(max_new_tokens=max_new).to_params(), admitted)
+    events = await gw.open_stream(ctx, ref, prompt, InferenceParameters(max_new_tokens=max_new).to_params(), admitted)
 
     async def body() -> AsyncIterator[bytes]:
         async for ev in events:
@@ -317,6 +317,7 @@ async def console_generate(request: Request[Any, Any, Any], data: dict[str, Any]
 
 # --- compliance -----------------------------------------------------------------------------------------------------
 _FILTER_KEYS = ("since", "until", "actor", "adapter", "outcome")
+MAX_ACTOR_FILTER_CHARS = 1024  # the audit stage records an identity bounded; a longer one matches its bounded form
 _SAFE_FILTER = re.compile(r"^[A-Za-z0-9_.:@+\-]{0,128}$")
 
 
@@ -325,6 +326,11 @@ def _filters(request: Request[Any, Any, Any]) -> dict[str, str]:
     for k in _FILTER_KEYS:
         v = (request.query_params.get(k) or "").strip()
         if v:
+            if k == "actor":  # an identity as the IdP names it (spaces, accents); the trail's form is compared
+                if len(v) > MAX_ACTOR_FILTER_CHARS or not v.isprintable():
+                    raise ValidationFailed(f"filter {k!r} has characters that are not allowed")
+                out[k] = v
+                continue
             if not _SAFE_FILTER.match(v):
                 raise ValidationFailed(f"filter {k!r} has characters that are not allowed")
             if k in ("since", "until"):
@@ -353,7 +359,7 @@ async def compliance(request: Request[Any, Any, Any]) -> Any:
     rows = None
     if reader is not None and request.query_params.get("search"):
         rows = await reader.search(filters, 200)
-        await gw.record(gw.event("audit.search", ctx=ctx, action="search", details={k: v for k, v in filters.items()}))
+        await gw.record(gw.event("audit.search", ctx=ctx, action="search", details=dict(filters)))
     return _render(
         request,
         "compliance.html",
@@ -392,7 +398,12 @@ async def compliance_export(request: Request[Any, Any, Any], fmt: str = "jsonl")
     filters = _filters(request)
     data = await gw.audit_reader.export(filters, fmt)
     audit_id = await gw.record(
-        gw.event("audit.export", ctx=ctx, action="export", details={"format": fmt, "bytes": len(data), **filters})
+        gw.event(
+            "audit.export",
+            ctx=ctx,
+            action="export",
+            details={"format": fmt, "bytes": len(data), **filters},
+        )
     )
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     media = "text/csv" if fmt == "csv" else "application/x-ndjson"
