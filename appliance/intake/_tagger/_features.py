@@ -1,0 +1,122 @@
+"""Token features of the name tagger: shape, case, lexicon membership, affixes, clinical allow-list and label words,
+for the token and its two neighbours on each side. Per-token features are cached, so a note costs one dictionary
+look-up per token and offset."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import regex
+
+from appliance.intake._clinical import DRUGS, EPONYMS, UNITS
+from appliance.intake._lexicon import lexicon
+
+__all__ = ["TOKEN", "sequence_features"]
+
+# words (letters with marks and inner apostrophes, not a possessive 's), numbers, or one other character
+TOKEN = regex.compile(r"\p{L}[\p{L}\p{M}]*(?:['’](?!s\b)\p{L}[\p{L}\p{M}]*)*|\d+|[^\s]")
+_OFFSETS = (-2, -1, 1, 2)
+
+_TITLES = frozenset("dr mr mrs ms mx miss prof doctor sir madam mister sister brother nurse".split())
+_CREDENTIALS = frozenset("md do rn np pa phd dnp cnm crna lpn mbbs frcp dds pharmd aprn msn bsn pa-c".split())
+_RELATIONS = frozenset(
+    "son daughter wife husband mother father brother sister partner spouse niece nephew aunt uncle grandson"
+    " granddaughter grandmother grandfather family friend neighbour neighbor guardian caregiver mom dad".split()
+)
+_LABELS = frozenset(
+    "name patient pt attending signed dictated by from to cc re dear hi hello thanks regards sincerely covering"
+    " primary referral contact kin seen reply team".split()
+)
+
+
+def _shape(tok: str) -> str:
+    out = []
+    for ch in tok[:6]:
+        c = "X" if ch.isupper() else "x" if ch.islower() else "d" if ch.isdigit() else ch
+        if not out or out[-1] != c:
+            out.append(c)
+    return "".join(out)
+
+
+@lru_cache(maxsize=200_000)
+def _own(tok: str) -> tuple[str, ...]:
+    lex = lexicon()
+    low, up = tok.lower(), tok.upper()
+    feats = ["b", "sh=" + _shape(tok)]
+    if tok[0].isalpha():
+        g, s = up in lex.given, up in lex.surnames
+        common = up in lex.common
+        if g:
+            feats.append("lg")
+        if s:
+            feats.append("ls")
+        if up in lex.particles:
+            feats.append("lp")
+        if common:
+            feats.append("lc")
+        n = lex.locales.get(up, 0)
+        if n:
+            feats.append("lf=" + ("1" if n == 1 else "2" if n < 5 else "5"))
+        if not (g or s) or common or len(tok) <= 2:
+            feats.append("w=" + low)
+        if len(tok) > 3:
+            feats.append("s3=" + low[-3:])
+            feats.append("s2=" + low[-2:])
+            feats.append("p2=" + low[:2])
+        if not tok.isascii():
+            feats.append("nonascii")
+        if low in DRUGS or low in UNITS:
+            feats.append("drug")
+        if low in EPONYMS:
+            feats.append("epo")
+        if low in _TITLES:
+            feats.append("title")
+        if low in _CREDENTIALS:
+            feats.append("cred")
+        if low in _RELATIONS:
+            feats.append("rel")
+        if low in _LABELS:
+            feats.append("label")
+        feats.append("len=" + str(min(len(tok), 8)))
+    elif tok.isdigit():
+        feats.append("dlen=" + str(min(len(tok), 9)))
+    else:
+        feats.append("w=" + tok)
+    return tuple(feats)
+
+
+@lru_cache(maxsize=200_000)
+def _at(tok: str, offset: int) -> tuple[str, ...]:
+    keep = ("sh=", "lg", "ls", "lp", "lc", "w=", "title", "cred", "rel", "label", "drug", "epo", "nonascii")
+    return tuple(f"{offset}:{f}" for f in _own(tok) if f.startswith(keep))
+
+
+def sequence_features(text: str, mode: str) -> tuple[list[tuple[int, int]], list[list[str]]]:
+    """Token spans of ``text`` and each token's feature strings; ``mode`` is the text's letter case
+    ("upper", "lower" or "")."""
+    spans: list[tuple[int, int]] = []
+    toks: list[str] = []
+    for m in TOKEN.finditer(text):
+        spans.append(m.span())
+        toks.append(m.group())
+    n = len(toks)
+    doc = "mode=" + (mode or "mixed")
+    xseq: list[list[str]] = []
+    for i, tok in enumerate(toks):
+        feats = list(_own(tok))
+        feats.append(doc)
+        start = spans[i][0]
+        if start == 0 or text.rfind("\n", 0, start) >= (spans[i - 1][1] if i else 0):
+            feats.append("bol")
+        if i + 1 < n and text.find("\n", spans[i][1], spans[i + 1][0]) >= 0 or i + 1 == n:
+            feats.append("eol")
+        if i + 1 < n and toks[i + 1] in ("'", "’") and i + 2 < n and toks[i + 2] == "s":
+            feats.append("poss")
+        for off in _OFFSETS:
+            j = i + off
+            if 0 <= j < n:
+                feats.extend(_at(toks[j], off))
+            else:
+                feats.append(f"{off}:edge")
+        xseq.append(feats)
+    return spans, xseq
