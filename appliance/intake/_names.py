@@ -19,19 +19,25 @@ Rules, applied to one record's text (all fields together, so a surname found onc
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from functools import lru_cache
-from importlib import resources
+
+import re
+
+import regex
+
+from appliance.intake._lexicon import lexicon
 
 __all__ = ["find_names", "labelled_name_tokens", "propagate_spans"]
 
-_TOKEN = r"[A-Z][a-zA-Z]*(?:['’](?!s\b)[A-Za-z]+)?(?:-[A-Z][a-zA-Z]*)?"  # O'Brien, Smith-Jones; not Smith's
-_INITIAL = r"[A-Z]\."
+# O'Brien, Smith-Jones, Müller, Nguyễn, Ó Briain's "Ó"; not Smith's (letters of any script: \p{L}, marks \p{M})
+_TOKEN = r"\p{Lu}[\p{L}\p{M}]*(?:['’](?!s\b)\p{L}[\p{L}\p{M}]*)?(?:-\p{Lu}[\p{L}\p{M}]*)?"
+_INITIAL = r"\p{Lu}\."
+_IS_INITIAL = regex.compile(_INITIAL).fullmatch
 _NAME_SEQ = rf"(?:{_INITIAL}|{_TOKEN})(?:\s+(?:{_INITIAL}|{_TOKEN})){{0,3}}"
 
-_HONORIFIC = re.compile(rf"\b(?:Dr|Mr|Mrs|Ms|Mx|Prof|Miss|Mister|Doctor|Sir|Madam)\.?\s+(?P<v>{_NAME_SEQ})")
-_TRIGGER = re.compile(
+_HONORIFIC = regex.compile(rf"\b(?:Dr|Mr|Mrs|Ms|Mx|Prof|Miss|Mister|Doctor|Sir|Madam)\.?\s+(?P<v>{_NAME_SEQ})")
+_TRIGGER = regex.compile(
     r"(?i:\b(?P<t>patient(?:'s)?\s+name|name|named|patient|pt|son|daughter|wife|husband|mother|father|brother|sister"
     r"|spouse|partner|guardian|caregiver|grandson|granddaughter|grandmother|grandfather|aunt|uncle|niece|nephew"
     r"|friend|neighbou?r|seen\s+by|referred\s+by|signed\s+by|reviewed\s+by|dictated\s+by|attending|contact"
@@ -44,14 +50,15 @@ _STRONG_TRIGGERS = re.compile(
     r"(?i)^(?:patient(?:'s)?\s+name|name|named|signed\s+by|reviewed\s+by|dictated\s+by|next\s+of\s+kin|nok|cc"
     r"|c/o|care\s+of|mrs|mr|ms)$"
 )
-_CREDENTIAL = re.compile(
+_CREDENTIAL = regex.compile(
     rf"(?P<v>{_NAME_SEQ}),?\s+(?:MD|M\.D\.|DO|D\.O\.|RN|NP|PA-C|PA|PhD|DNP|CNM|CRNA|LPN|MBBS|FRCP|DDS|PharmD)\b"
 )
-_LAST_FIRST = re.compile(rf"\b(?P<last>{_TOKEN}),\s+(?P<first>{_TOKEN})\b")
-_WORD = re.compile(rf"\b{_TOKEN}\b")
-_INITIAL_SURNAME = re.compile(rf"(?<![\w.])(?P<i>[A-Z]\.?)\s?(?P<v>{_TOKEN})\b")  # "J. Smith", "J Smith"
+_LAST_FIRST = regex.compile(rf"\b(?P<last>{_TOKEN}),\s+(?P<first>{_TOKEN})\b")
+_WORD = regex.compile(rf"\b{_TOKEN}\b")
+_INITIAL_SURNAME = regex.compile(rf"(?<![\w./])(?P<i>\p{{Lu}}\.?)\s?(?P<v>{_TOKEN})\b")  # not "mmol/L. Foley"  # "J. Smith", "J Smith"
 # lower-case notes ("pt john smith called"): lexicon tokens after a trigger or before a credential, and lexicon pairs
-_LOWER_TOKEN = r"[a-z][a-z]*(?:['’][a-z]+)?(?:-[a-z]+)?"
+# letters of any script (std re: [^\W\d_]); the rules keep only matches that are lower case
+_LOWER_TOKEN = r"[^\W\d_]+(?:['’][^\W\d_]+)?(?:-[^\W\d_]+)?"
 _LOWER_TRIGGER = re.compile(
     r"\b(?:(?:dr|mr|mrs|ms|mx|prof)\b\.?|(?:miss|doctor|patient(?:'s)?\s+name|name|named|patient|pt|son|daughter"
     r"|wife|husband|mother|father|brother|sister|spouse|partner|guardian|caregiver|seen\s+by|referred\s+by"
@@ -122,17 +129,10 @@ young white black green brown gray grey long short little small case ward hall w
 
 @lru_cache(maxsize=1)
 def _lexicon() -> tuple[frozenset[str], frozenset[str]]:
-    """(given names, surnames), upper case, from the bundled census lists."""
-    base = resources.files("appliance.intake") / "data"
-
-    def load(*names: str) -> frozenset[str]:
-        words: set[str] = set()
-        for name in names:
-            text = (base / name).read_text(encoding="utf-8")
-            words.update(_key(w) for w in text.splitlines() if w.strip() and not w.startswith("#"))
-        return frozenset(words)
-
-    return load("first_names.txt", "first_names_extra.txt"), load("surnames.txt")
+    """(given names, surnames), upper case, from the bundled multi-locale lexicon; names that are also common English
+    words ("Will", "Long", "Care") are left to the context rules and the tagger."""
+    lex = lexicon()
+    return lex.given - lex.common, lex.surnames - lex.common
 
 
 def _key(token: str) -> str:
@@ -148,10 +148,10 @@ def _strip_common(tokens: list[str]) -> list[str]:
     """Keep the leading run of tokens that could be name parts (stop at a common word)."""
     kept: list[str] = []
     for tok in tokens:
-        if tok.rstrip(".").lower() in _COMMON and not re.fullmatch(_INITIAL, tok):
+        if tok.rstrip(".").lower() in _COMMON and not _IS_INITIAL(tok):
             break
         kept.append(tok)
-    while kept and re.fullmatch(_INITIAL, kept[-1]) and len(kept) > 1:
+    while kept and _IS_INITIAL(kept[-1]) and len(kept) > 1:
         kept.pop()  # a trailing initial is more likely a sentence end ("... by Dr. Smith. A")
     return kept
 
@@ -163,10 +163,10 @@ def _lexicon_run(
     be a non-common word, as after an honorific: "DR. IVANOVA")."""
     run: list[str] = []
     for i, tok in enumerate(tokens):
-        known = re.fullmatch(_INITIAL, tok) or _key(tok) in given or _key(tok) in surnames
+        known = _IS_INITIAL(tok) or _key(tok) in given or _key(tok) in surnames
         known = known or (first_free and i == 0 and tok.lower() not in _COMMON)
         # a surname the lexicon lacks, right after a given name or initial ("PATIENT: MEI IVANOVA")
-        follows_given = bool(run) and (_key(run[-1]) in given or re.fullmatch(_INITIAL, run[-1]) is not None)
+        follows_given = bool(run) and (_key(run[-1]) in given or _IS_INITIAL(run[-1]) is not None)
         if not (known or (follows_given and tok.lower() not in _COMMON)):
             break
         run.append(tok)
@@ -178,6 +178,7 @@ def _lower_case_names(
     given: frozenset[str],
     surnames: frozenset[str],
     add_tokens: Callable[[int, str, list[str]], None],
+    pairs: bool,
 ) -> None:
     """Rules for names written in lower case: stricter, since every word is lower case there."""
 
@@ -197,14 +198,14 @@ def _lower_case_names(
                 # next to ", md" the last token is a name part even outside the lexicon ("betty ivanova, md")
                 tokens = tokens[::-1]
                 for i, tok in enumerate(tokens):
-                    if not (in_lexicon(tok) or (i == 0 and tok.lower() not in _COMMON)):
+                    if not tok.islower() or not (in_lexicon(tok) or (i == 0 and tok.lower() not in _COMMON)):
                         break
                     run.append(tok)
             else:
                 for i, tok in enumerate(tokens):
                     nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
                     after_given = bool(run) and _key(run[-1]) in given
-                    ok = (
+                    ok = tok.islower() and (
                         is_name(tok)
                         # an ambiguous given name ("carol") counts when a lexicon surname follows it
                         or (i == 0 and _key(tok) in given and _key(nxt) in surnames and nxt.lower() not in _COMMON)
@@ -220,23 +221,25 @@ def _lower_case_names(
                 add_tokens(m.start("v") + offset, value[offset:], run)
             else:
                 add_tokens(m.start("v"), value, run)
-    for pattern in (_LOWER_PAIR, _LOWER_LAST_FIRST):
+    for pattern in (_LOWER_PAIR, _LOWER_LAST_FIRST) if pairs else ():
         for m in pattern.finditer(text):
             g, sname = m.group("g"), m.group("s")
             lexical = len(g) > 2 and len(sname) > 2 and _key(g) in given and _key(sname) in surnames
+            lexical = lexical and g.islower() and sname.islower()
             if lexical and is_name(g) and sname.lower() not in _COMMON and sname.lower() not in _AMBIGUOUS_GIVEN:
                 add_tokens(m.start("g"), g, [g])
                 add_tokens(m.start("s"), sname, [sname])
 
 
 def find_names(
-    text: str, known: Iterable[str] = (), *, lexicon_only: bool = False
+    text: str, known: Iterable[str] = (), *, lexicon_only: bool = False, lower_pairs: bool = True
 ) -> tuple[list[tuple[int, int]], set[str]]:
     """Character spans of person names in ``text`` (may overlap) and the name tokens found.
 
     ``known`` are tokens already found elsewhere in the same record; they are replaced here too (rule 6).
     ``lexicon_only`` (for text that was ALL CAPS, where every word looks capitalised): rules 1-3 accept only
-    tokens that are in the lexicon.
+    tokens that are in the lexicon. ``lower_pairs``: also take two lower-case lexicon words in a row as a name (for
+    all-lower-case text; in mixed case the tagger reads such pairs, and the rule is the costliest one).
     """
     given, surnames = _lexicon()
     spans: list[tuple[int, int]] = []
@@ -251,7 +254,7 @@ def find_names(
                 break
             spans.append((start + idx, start + idx + len(tok)))
             pos = idx + len(tok)
-            if not re.fullmatch(_INITIAL, tok) and len(tok) > 1:
+            if not _IS_INITIAL(tok) and len(tok) > 1:
                 found_tokens.add(tok)
 
     for pattern in (_HONORIFIC, _TRIGGER, _CREDENTIAL):
@@ -279,7 +282,7 @@ def find_names(
                 # name, or two name-like tokens must follow ("Patient Zyntharia Quellbrook", not "Contact Dermatitis")
                 labelled = m.group("sep") in (":", ",", "=")
                 in_lexicon = _key(tokens[0]) in given or _key(tokens[0]) in surnames
-                name_words = [t for t in tokens if not re.fullmatch(_INITIAL, t)]
+                name_words = [t for t in tokens if not _IS_INITIAL(t)]
                 if not (labelled or in_lexicon or len(name_words) >= 2):
                     tokens = []
             if tokens and len(tokens[0]) >= 2:
@@ -302,7 +305,7 @@ def find_names(
             add_tokens(m.start("v"), surname, [surname])
 
     if not lexicon_only:
-        _lower_case_names(text, given, surnames, add_tokens)
+        _lower_case_names(text, given, surnames, add_tokens, lower_pairs)
 
     words = list(_WORD.finditer(text))
     for i, m in enumerate(words):
@@ -342,10 +345,26 @@ def labelled_name_tokens(value: str) -> set[str]:
 
 
 def propagate_spans(text: str, tokens: Iterable[str]) -> list[tuple[int, int]]:
-    """Every standalone occurrence of the given name tokens in ``text``, in any letter case (rule 6)."""
-    ordered = sorted(set(tokens), key=len, reverse=True)
-    if not ordered:
+    """Every standalone occurrence of the given name tokens in ``text``, in any letter case (rule 6): not inside a
+    longer word or hyphenated word ("Smith" is not found in "Smithson" or "Smith-Jones")."""
+    wanted = {t.lower() for t in tokens if t}
+    if not wanted:
         return []
-    alternation = "|".join(re.escape(t) for t in ordered)
-    pattern = re.compile(rf"(?<![\w-])(?:{alternation})(?![\w-])", re.IGNORECASE)  # "Smith" also finds "SMITH"
-    return [(m.start(), m.end()) for m in pattern.finditer(text)]
+    low = text.lower()
+    if len(low) != len(text):  # a letter whose lower case is longer (rare): search case by case instead
+        alternation = "|".join(re.escape(t) for t in sorted(wanted, key=len, reverse=True))
+        pattern = re.compile(rf"(?<![\w-])(?:{alternation})(?![\w-])", re.IGNORECASE)
+        return [(m.start(), m.end()) for m in pattern.finditer(text)]
+    spans: list[tuple[int, int]] = []
+    n = len(low)
+    for tok in wanted:
+        pos = low.find(tok)
+        while pos >= 0:
+            end = pos + len(tok)
+            before = low[pos - 1] if pos else " "
+            after = low[end] if end < n else " "
+            if not (before.isalnum() or before in "_-") and not (after.isalnum() or after in "_-"):
+                spans.append((pos, end))
+            pos = low.find(tok, pos + 1)
+    spans.sort()
+    return spans

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.intake._names import find_names, labelled_name_tokens, propagate_spans
+from appliance.intake._suspects import drop_protected, tagged_spans
 
 __all__ = ["PLACEHOLDER_TYPES", "ScrubReport", "Scrubber"]
 
@@ -65,7 +66,8 @@ PLACEHOLDER_TYPES = (
 )
 
 Span = tuple[int, int, str]  # start, end, placeholder type
-_NameHits = tuple[list[tuple[int, int]], set[str]]  # name spans and name tokens found in one text
+# name spans, name tokens and place spans found in one text
+_NameHits = tuple[list[tuple[int, int]], set[str], list[tuple[int, int]]]
 
 # --- building blocks -------------------------------------------------------------------------------------------
 _SEP = r"\s*(?:[:#=]|\bno\.?|\bnumber\b|\bnum\b|\bnbr\b|\bid\b|\bis\b)?\s*(?:[:#=]\s*)?"
@@ -504,9 +506,10 @@ class Scrubber:
         spans = list(_iter_spans(view, probe if mode else None))
         if found is None:
             found = _find_names(view, probe, mode)
-        own_spans, tokens = found
-        name_spans = own_spans + propagate_spans(view, set(known_names) - tokens)
+        own_spans, tokens, places = found
+        name_spans = drop_protected(view, own_spans + propagate_spans(view, set(known_names) - tokens))
         spans.extend((s, e, "NAME") for s, e in sorted(name_spans, key=lambda se: (se[0], -se[1])))
+        spans.extend((s, e, "ADDRESS") for s, e in places)  # the tagger's place words, after every rule
         kept = _select(spans)
         for pattern, kind in declared:
             for m in pattern.finditer(view):
@@ -572,14 +575,18 @@ class Scrubber:
 
 def _find_names(text: str, probe: str, mode: str) -> _NameHits:
     """Names in a text of any case: ALL-CAPS and lower-case texts are searched in their word-cased copy with the
-    lexicon-only rules; lower-case text also gets the lower-case rules on the original."""
+    lexicon-only rules; lower-case text also gets the lower-case rules on the original. The CRF tagger adds the
+    tokens it reads as names (and place words), in any case."""
     if not mode:
-        return find_names(text)
-    spans, tokens = find_names(probe, lexicon_only=True)
-    if mode == "lower":
-        more, lower_tokens = find_names(text)
-        spans, tokens = spans + more, tokens | lower_tokens
-    return spans, tokens
+        spans, tokens = find_names(text, lower_pairs=False)
+    else:
+        spans, tokens = find_names(probe, lexicon_only=True)
+        if mode == "lower":
+            more, lower_tokens = find_names(text)
+            spans, tokens = spans + more, tokens | lower_tokens
+    tagged, tagged_tokens, places = tagged_spans(text, mode)
+    tokens |= tagged_tokens
+    return spans + tagged + propagate_spans(text, tagged_tokens), tokens, places
 
 
 # A metadata value under an identifier key ({"mrn": "7654321"}) is replaced wherever it stands in the record's text.

@@ -36,9 +36,12 @@ def tag_probabilities(text: str, mode: str = "") -> list[tuple[int, int, float, 
         return []
     tagger = _tagger()
     out: list[tuple[int, int, float, float]] = []
+    cased = mode == ""  # in mixed case, a lower-case word is read only when the best path says it is not O
     with _LOCK:
         tagger.set(xseq)
+        best = tagger.tag()
         for i, (start, end) in enumerate(spans):
-            if text[start].isalnum():
+            first = text[start]
+            if first.isalnum() and (first.isupper() or first.isdigit() or not cased or best[i] != "O"):
                 out.append((start, end, tagger.marginal("N", i), tagger.marginal("L", i)))
     return out

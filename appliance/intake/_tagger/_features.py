@@ -85,38 +85,47 @@ def _own(tok: str) -> tuple[str, ...]:
     return tuple(feats)
 
 
+_NEIGHBOUR_KEEP = ("sh=", "lg", "ls", "lp", "lc", "w=", "title", "cred", "rel", "label", "drug", "epo", "nonascii")
+
+
 @lru_cache(maxsize=200_000)
-def _at(tok: str, offset: int) -> tuple[str, ...]:
-    keep = ("sh=", "lg", "ls", "lp", "lc", "w=", "title", "cred", "rel", "label", "drug", "epo", "nonascii")
-    return tuple(f"{offset}:{f}" for f in _own(tok) if f.startswith(keep))
+def _views(tok: str) -> tuple[tuple[str, ...], ...]:
+    """The token's own features, then its features as seen from each offset in ``_OFFSETS``."""
+    own = _own(tok)
+    near = [f for f in own if f.startswith(_NEIGHBOUR_KEEP)]
+    return (own, *(tuple(f"{off}:{f}" for f in near) for off in _OFFSETS))
 
 
 def sequence_features(text: str, mode: str) -> tuple[list[tuple[int, int]], list[list[str]]]:
     """Token spans of ``text`` and each token's feature strings; ``mode`` is the text's letter case
     ("upper", "lower" or "")."""
     spans: list[tuple[int, int]] = []
+    views: list[tuple[tuple[str, ...], ...]] = []
     toks: list[str] = []
     for m in TOKEN.finditer(text):
         spans.append(m.span())
-        toks.append(m.group())
+        tok = m.group()
+        toks.append(tok)
+        views.append(_views(tok))
     n = len(toks)
     doc = "mode=" + (mode or "mixed")
     xseq: list[list[str]] = []
-    for i, tok in enumerate(toks):
-        feats = list(_own(tok))
-        feats.append(doc)
-        start = spans[i][0]
-        if start == 0 or text.rfind("\n", 0, start) >= (spans[i - 1][1] if i else 0):
+    prev_end = 0
+    for i in range(n):
+        start, end = spans[i]
+        feats = [*views[i][0], doc]
+        if i == 0 or "\n" in text[prev_end:start]:
             feats.append("bol")
-        if i + 1 < n and text.find("\n", spans[i][1], spans[i + 1][0]) >= 0 or i + 1 == n:
+        if i + 1 == n or "\n" in text[end : spans[i + 1][0]]:
             feats.append("eol")
-        if i + 1 < n and toks[i + 1] in ("'", "’") and i + 2 < n and toks[i + 2] == "s":
+        if i + 2 < n and toks[i + 1] in ("'", "’") and toks[i + 2] == "s":
             feats.append("poss")
-        for off in _OFFSETS:
+        for k, off in enumerate(_OFFSETS, start=1):
             j = i + off
             if 0 <= j < n:
-                feats.extend(_at(toks[j], off))
+                feats.extend(views[j][k])
             else:
                 feats.append(f"{off}:edge")
         xseq.append(feats)
+        prev_end = end
     return spans, xseq

@@ -1,0 +1,74 @@
+"""Name and place spans from the CRF tagger, combined with the clinical allow-list.
+
+The scrubber takes a token as a name when the rules or the tagger say so (tagger probability at or above
+``NAME_THRESHOLD``), unless the allow-list protects it (a drug, a unit, an eponym before ``'s`` or a clinical head
+noun). :func:`suspect_name_spans` runs the same tagger at a lower threshold, for a residual check over text that was
+already scrubbed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import regex
+
+from appliance.intake._clinical import is_protected
+from appliance.intake._tagger import tag_probabilities
+
+__all__ = ["NAME_THRESHOLD", "PLACE_THRESHOLD", "SUSPECT_THRESHOLD", "is_protected_span", "suspect_name_spans",
+           "tagged_spans"]
+
+NAME_THRESHOLD = 0.5  # P(name) at or above which the scrubber replaces a token
+PLACE_THRESHOLD = 0.5  # P(place) at or above which a token is part of an [ADDRESS]
+SUSPECT_THRESHOLD = 0.2  # the residual check's default: report more, replace nothing
+_PLACEHOLDER = regex.compile(r"\[[A-Z]+\]")
+_JOIN_PLACE = regex.compile(r"[ \t]*[,\-/.]?[ \t]*")  # between two place tokens of one address
+
+
+def is_protected_span(text: str, start: int, end: int) -> bool:
+    """Whether ``text[start:end]`` is clinical vocabulary in its context (see ``_clinical.is_protected``)."""
+    return is_protected(text[start:end], text[end : end + 40])
+
+
+def _inside_placeholder(text: str, start: int) -> bool:
+    return start > 0 and text[start - 1] == "[" and _PLACEHOLDER.match(text, start - 1) is not None
+
+
+def tagged_spans(
+    text: str, mode: str, name_threshold: float = NAME_THRESHOLD, place_threshold: float = PLACE_THRESHOLD
+) -> tuple[list[tuple[int, int]], set[str], list[tuple[int, int]]]:
+    """(name spans, name tokens to propagate, place spans) that the tagger finds in ``text``."""
+    names: list[tuple[int, int]] = []
+    tokens: set[str] = set()
+    places: list[tuple[int, int]] = []
+    for start, end, p_name, p_place in tag_probabilities(text, mode):
+        if p_name < name_threshold and p_place < place_threshold:
+            continue
+        if _inside_placeholder(text, start) or is_protected_span(text, start, end):
+            continue
+        if p_name >= name_threshold and p_name >= p_place:
+            names.append((start, end))
+            word = text[start:end]
+            if len(word) >= 3 and word.isalpha():
+                tokens.add(word)
+        elif p_place >= place_threshold:
+            if places and _JOIN_PLACE.fullmatch(text, places[-1][1], start):
+                places[-1] = (places[-1][0], end)
+            else:
+                places.append((start, end))
+    return names, tokens, places
+
+
+def suspect_name_spans(text: str, threshold: float = SUSPECT_THRESHOLD) -> list[tuple[int, int]]:
+    """Spans of ``text`` that the tagger thinks may be a person's name at ``threshold`` (placeholders and clinical
+    vocabulary excepted): for a residual check over scrubbed text. Never logs or returns the text itself."""
+    from appliance.intake._scrub import _case_normalised
+
+    _, mode = _case_normalised(text)
+    names, _, _ = tagged_spans(text, mode, name_threshold=threshold, place_threshold=2.0)
+    return names
+
+
+def drop_protected(text: str, spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``spans`` without those the clinical allow-list protects."""
+    return [(s, e) for s, e in spans if not is_protected_span(text, s, e)]
