@@ -20,6 +20,7 @@ from appliance.intake._prepare import (
 from appliance.intake._schema import Record, read_records
 from appliance.intake._scrub import PLACEHOLDER_TYPES, Scrubber, ScrubReport
 from appliance.intake._scrub_file import scrub_file
+from appliance.intake._suspects import suspect_name_spans
 from appliance.intake._synthetic import generate_records, labeled_cases, write_synthetic
 
 __all__ = [
@@ -41,5 +42,6 @@ __all__ = [
     "read_records",
     "scrub_file",
     "subject_digest",
+    "suspect_name_spans",
     "write_synthetic",
 ]

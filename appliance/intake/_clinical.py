@@ -35,6 +35,7 @@ dementia thyroiditis phenomenon procedure fundoplication respirations respiratio
 position pattern encephalopathy triad reflex node nodes fracture ulcer classification criteria stain staining
 disorder contracture diverticulum hernia aneurysm block tube line drain lamp cell cells body bodies law operation
 repair anastomosis approach incision retractor forceps sheath chart formula equation monitor monitoring loop
+coma
 """
 )
 DRUGS = _words(
@@ -63,7 +64,7 @@ Tamiflu Medrol Decadron Solumedrol Benadryl Claritin Zyrtec Allegra Flonase Mira
 )
 UNITS = _words(
     """
-mg mcg ug g kg ml mL l L dl dL mmol umol mol meq mEq iu IU units unit mm cm m hr hrs h min sec bpm mmHg kPa
+mg mcg ug g kg ml mL l L dl dL x10 mmol umol mol meq mEq iu IU units unit mm cm m hr hrs h min sec bpm mmHg kPa
 """
 )
 
@@ -72,6 +73,11 @@ def is_protected(word: str, following: str = "") -> bool:
     """Whether ``word`` is clinical vocabulary here: a drug or unit anywhere, an eponym before ``'s``/``'`` or a
     clinical head noun (``following`` is the text right after the word)."""
     low = word.lower()
+    if low in HEAD_NOUNS:  # "esophagus" in "Barrett's esophagus" is never a name either
+        return True
+    if "-" in low:  # Cheyne-Stokes, Guillain-Barre, Swan-Ganz: the first part decides
+        first, _, rest = low.partition("-")
+        return is_protected(first, rest + following) if first in EPONYMS else low in DRUGS
     if low in DRUGS or (low in UNITS and len(low) > 1):
         return True
     if low not in EPONYMS:

@@ -21,6 +21,7 @@ class Lexicon:
     particles: frozenset[str]
     common: frozenset[str]
     locales: dict[str, int]
+    names: frozenset[str]  # given names and surnames together
 
 
 @lru_cache(maxsize=1)
@@ -39,4 +40,11 @@ def lexicon() -> Lexicon:
             if flag in flags:
                 bucket.add(token)
         locales[token] = int(count)
-    return Lexicon(frozenset(given), frozenset(surnames), frozenset(particles), frozenset(common), locales)
+    return Lexicon(
+        frozenset(given),
+        frozenset(surnames),
+        frozenset(particles),
+        frozenset(common),
+        locales,
+        frozenset(given | surnames),
+    )

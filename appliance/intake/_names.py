@@ -19,16 +19,15 @@ Rules, applied to one record's text (all fields together, so a surname found onc
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from functools import lru_cache
-
-import re
 
 import regex
 
 from appliance.intake._lexicon import lexicon
 
-__all__ = ["find_names", "labelled_name_tokens", "propagate_spans"]
+__all__ = ["COMMON_WORDS", "find_names", "labelled_name_tokens", "propagate_spans"]
 
 # O'Brien, Smith-Jones, Müller, Nguyễn, Ó Briain's "Ó"; not Smith's (letters of any script: \p{L}, marks \p{M})
 _TOKEN = r"\p{Lu}[\p{L}\p{M}]*(?:['’](?!s\b)\p{L}[\p{L}\p{M}]*)?(?:-\p{Lu}[\p{L}\p{M}]*)?"
@@ -55,7 +54,9 @@ _CREDENTIAL = regex.compile(
 )
 _LAST_FIRST = regex.compile(rf"\b(?P<last>{_TOKEN}),\s+(?P<first>{_TOKEN})\b")
 _WORD = regex.compile(rf"\b{_TOKEN}\b")
-_INITIAL_SURNAME = regex.compile(rf"(?<![\w./])(?P<i>\p{{Lu}}\.?)\s?(?P<v>{_TOKEN})\b")  # not "mmol/L. Foley"  # "J. Smith", "J Smith"
+_INITIAL_SURNAME = regex.compile(
+    rf"(?<![\w./])(?P<i>\p{{Lu}}\.?)\s?(?P<v>{_TOKEN})\b"
+)  # not "mmol/L. Foley"  # "J. Smith", "J Smith"
 # lower-case notes ("pt john smith called"): lexicon tokens after a trigger or before a credential, and lexicon pairs
 # letters of any script (std re: [^\W\d_]); the rules keep only matches that are lower case
 _LOWER_TOKEN = r"[^\W\d_]+(?:['’][^\W\d_]+)?(?:-[^\W\d_]+)?"
@@ -67,6 +68,7 @@ _LOWER_TRIGGER = re.compile(
     rf"\s*(?::|,|=)?\s*(?P<v>{_LOWER_TOKEN}(?:\s+(?:{_LOWER_TOKEN}|[a-z]\.)){{0,2}})"
 )
 _LOWER_CREDENTIAL = re.compile(rf"(?P<v>{_LOWER_TOKEN}(?:\s+{_LOWER_TOKEN}){{0,2}}),?\s+(?:md|m\.d\.|rn|np|phd)\b")
+_LOWER_CREDENTIAL_WORD = re.compile(r"\b(?:md|m\.d\.|rn|np|phd)\b")  # cheap test before the costly rule
 _LOWER_LAST_FIRST = re.compile(rf"\b(?P<s>{_LOWER_TOKEN}),\s+(?P<g>{_LOWER_TOKEN})\b")
 _LOWER_PAIR = re.compile(rf"\b(?P<g>{_LOWER_TOKEN})\s+(?:[a-z]\.?\s+)?(?P<s>{_LOWER_TOKEN})\b")
 
@@ -111,6 +113,8 @@ disease diseases intensive critical general practice assistant aide technician c
 administration nutrition dietitian chaplain interpreter transport security registration billing insurance
 """
 )
+
+COMMON_WORDS = _COMMON
 
 # Census given names that are also ordinary words; they count as names only by rules 1-4.
 _AMBIGUOUS_GIVEN = _words(
@@ -189,7 +193,8 @@ def _lower_case_names(
     def in_lexicon(tok: str) -> bool:
         return (_key(tok) in given or _key(tok) in surnames) and tok.lower() not in _COMMON
 
-    for pattern in (_LOWER_TRIGGER, _LOWER_CREDENTIAL):
+    has_credential = _LOWER_CREDENTIAL_WORD.search(text) is not None
+    for pattern in (_LOWER_TRIGGER, _LOWER_CREDENTIAL) if has_credential else (_LOWER_TRIGGER,):
         for m in pattern.finditer(text):
             value = m.group("v")
             tokens = _tokens(value)

@@ -120,6 +120,13 @@ _PHONE_CORE = (
     r"|\(\d{3}\)\d{3}-?\d{4}"
 )
 _EXT = r"(?:\s*(?:ext\.?|x|extension)\s*\d{1,6})?"
+_UNIT_WORD = r"(?:one|two|three|four|five|six|seven|eight|nine)"
+_TEEN_WORD = r"(?:ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|seventeen|eighteen|nineteen)"
+# ages over 89 in words: "ninety", "ninety-eight", "one hundred", "a hundred and two", "one hundred twenty-one"
+_AGE_WORDS = (
+    rf"(?:ninety(?:[\s-]{_UNIT_WORD})?|(?:(?:one|a)\s+)?hundred(?:(?:\s+and)?[\s-]"
+    rf"(?:{_TEEN_WORD}|(?:twenty|thirty|forty)(?:[\s-]{_UNIT_WORD})?|{_UNIT_WORD}))?)"
+)
 
 
 @dataclass(frozen=True)
@@ -158,6 +165,18 @@ def _plausible_date(m: re.Match[str]) -> bool:
         return 1 <= parts[1] <= 12 and (len(parts) < 3 or 1 <= parts[2] <= 31)
     a, b = parts[0], parts[1]
     return 1 <= a <= 31 and 1 <= b <= 31 and (a <= 12 or b <= 12)
+
+
+def _phone_shaped(m: re.Match[str]) -> bool:
+    """8 to 15 digits, and not a dotted or dashed date ("05.03.2024", "05-03-24")."""
+    value = m.group("v")
+    digits = sum(c.isdigit() for c in value)
+    date_or_decimal = re.fullmatch(r"\d{1,2}[./-]\d{1,2}[./-]\d{2,4}|\d+[.,]\d+", value)
+    return 8 <= digits <= 15 and date_or_decimal is None
+
+
+def _digits(n: int) -> Callable[[re.Match[str]], bool]:
+    return lambda m: sum(c.isdigit() for c in m.group("v")) >= n
 
 
 def _phone_or_fax(text: str, m: re.Match[str]) -> str:
@@ -214,6 +233,10 @@ def _rules() -> list[_Rule]:
         ),
         _Rule("IP", re.compile(r"(?P<v>(?<![\w:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:]))"), _valid_ipv6),
         _Rule("DEVICE", re.compile(r"(?P<v>\b(?:[0-9A-F]{2}[:-]){5}[0-9A-F]{2}\b)", ci)),  # MAC address
+        # an IBAN, also printed in groups ("DE89 3704 0044 0532 0130 00")
+        _Rule(
+            "ACCOUNT", re.compile(r"(?P<v>\b[A-Z]{2}\d{2}(?:\s?[A-Z0-9]{4}){2,7}(?:\s?[A-Z0-9]{1,3})?\b)"), _digits(8)
+        ),
         _Rule("SSN", re.compile(r"(?P<v>\b\d{3}-\d{2}-\d{4}\b|\b\d{3} \d{2} \d{4}\b)")),
         _ctx(r"ssn|social\s+security(?:\s+(?:number|no|#))?|ss#", "SSN", r"(?P<v>\d{3}[-. ]?\d{2}[-. ]?\d{4})\b"),
         _ctx(
@@ -226,6 +249,11 @@ def _rules() -> list[_Rule]:
             r"(?:\s+(?:number|no|#))?|registration\s+plate|tag\s+(?:number|no|#)",
             "VEHICLE",
             r"(?P<v>(?=[A-Z0-9 -]*\d)[A-Z0-9][A-Z0-9 -]{1,16}[A-Z0-9])\b",
+        ),
+        _ctx(  # "reg. ABC-1234", "registration KA 12 AB 1234": a plate's letters and digits, in groups
+            r"reg|car\s+reg|registration(?:\s+(?:no|number|plate))?|number\s+plate",
+            "VEHICLE",
+            r"(?P<v>(?=[A-Z0-9 -]*\d)(?=[A-Z0-9 -]*[A-Z])[A-Z0-9]{1,4}(?:[ -][A-Z0-9]{1,4}){0,3})\b",
         ),
         _Rule(
             "VEHICLE",
@@ -248,6 +276,11 @@ def _rules() -> list[_Rule]:
             r"|credit\s+card|card",
             "ACCOUNT",
         ),
+        _ctx(  # "state license 12.345678", "medical license G 12345", "licence no. A 123-456"
+            r"(?:(?:state|medical|professional|nursing|driver'?s?)\s+)?licen[cs]e|lic|registration",
+            "LICENSE",
+            r"(?P<v>(?:[A-Z]{1,3}[ .-]?)?\d{1,8}(?:[.\s-]\d{2,8}){0,2})\b(?![.,]\d)",
+        ),
         _ctx(
             r"(?:driver'?s?\s+)?licen[cs]e|lic|dl|npi|dea|certificate|cert|board\s+certification|registration"
             r"|permit|passport",
@@ -269,8 +302,19 @@ def _rules() -> list[_Rule]:
         ),
         _Rule("DATE", re.compile(date_words, ci)),
         _Rule("DATE", re.compile(date_num), _plausible_date),
+        _Rule(  # national and international numbers: "01.37.11.61.63", "+33 2 30 ...", "(06597) 61575 545"
+            "PHONE",
+            re.compile(
+                r"(?P<v>(?<![\w.+/-])(?:\+\d{1,3}[\s.-]?|00\d{1,3}[\s.-]?|\(\+?\d{1,5}\)[\s.-]{0,2}|0\d{0,4}[\s.-]?"
+                r"|\d{2}\s(?=\d{4,5}-\d{4}))(?:\d{1,6}[\s.-]?){1,5}\d{2,6}(?![\w/]|[.,]\d))"
+            ),
+            check=_phone_shaped,
+            kind_of=_phone_or_fax,
+        ),
         _ctx(
             r"dob|d\.o\.b\.?|date\s+of\s+birth|born(?:\s+on)?|on|dated|since|from|until|admitted|discharged|seen"
+            r"|sign-?out|signed(?:\s+out)?|comparison|date|visit|admission|discharge|follow-?up|f/u|appt|appointment"
+            r"|surgery|procedure|review(?:ed)?|updated?|as\s+of|last\s+seen|prior|previous|study|exam|shift(?:\s+note)?"
             r"|died|deceased|expired",
             "DATE",
             r"(?P<v>(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12]\d|3[01])|\d{8})\b",
@@ -284,6 +328,8 @@ def _rules() -> list[_Rule]:
             ),
         ),
         _Rule("AGE", re.compile(r"(?i:\b(?:aged?|age:|age\s+is))\s*(?P<v>(?:9\d|1[0-4]\d))\b")),
+        _Rule("AGE", re.compile(rf"(?i)\b(?P<v>{_AGE_WORDS})(?=[\s-]*(?:years?\b|yrs?\b|y/?o\b|yo\b))")),
+        _Rule("AGE", re.compile(rf"(?i)\b(?:aged?|age:|age\s+is)\s*(?P<v>{_AGE_WORDS})\b")),  # "aged ninety"
         _Rule("AGE", re.compile(r"\b(?P<v>(?:9\d|1[0-4]\d))\s*(?:M|F|yo|y)\b")),
         _Rule(
             "ADDRESS",
@@ -324,6 +370,12 @@ def _rules() -> list[_Rule]:
         ),
         _Rule("ZIP", re.compile(rf"(?:\b(?:{_STATES}|{_STATE_NAMES}),?\s+)(?P<v>\d{{5}}(?:-\d{{4}})?)\b")),
         _ctx(r"zip(?:\s*code)?|postal\s+code|postcode|zip\+4", "ZIP", r"(?P<v>\d{5}(?:-\d{4})?)\b"),
+        # postcodes that need no state before them: UK ("SW1A 1AA"), Canada ("K1A 0B1"), Netherlands ("1234 AB City")
+        _Rule("ZIP", re.compile(r"(?P<v>\b[A-Z]{1,2}\d[A-Z\d]?\s?\d[ABD-HJLNP-UW-Z]{2}\b)")),
+        _Rule("ZIP", re.compile(r"(?P<v>\b[A-CEGHJ-NPR-TVXY]\d[A-CEGHJ-NPR-TV-Z]\s?\d[A-CEGHJ-NPR-TV-Z]\d\b)")),
+        _Rule("ZIP", re.compile(r"(?P<v>\b\d{4}\s?[A-Z]{2})\b(?=\s+[A-Z][a-z])")),
+        # a bare 7-digit number is a record number (sign-out lists: "Smith 1234567"); not a decimal or a phone part
+        _Rule("MRN", re.compile(r"(?P<v>(?<![\w.,/:+-])\d{7}(?![\w/]|[.,:]\d|-\d))")),
         # any other unique identifying number: long digit runs and mixed letter+digit codes
         # not a decimal's digits ("0.12345678"); a full stop after it ends the sentence
         _Rule("ID", re.compile(r"(?P<v>(?<!\w)(?<!\d[.,])\d{8,}(?!\w)(?![.,]\d))")),
@@ -509,8 +561,11 @@ class Scrubber:
         own_spans, tokens, places = found
         name_spans = drop_protected(view, own_spans + propagate_spans(view, set(known_names) - tokens))
         spans.extend((s, e, "NAME") for s, e in sorted(name_spans, key=lambda se: (se[0], -se[1])))
-        spans.extend((s, e, "ADDRESS") for s, e in places)  # the tagger's place words, after every rule
         kept = _select(spans)
+        for s, e in places:  # the tagger's place words take in the names and addresses they overlap ("12 Oak Bridge
+            # Suite 5" -> one [ADDRESS]), never another identifier a rule found (a date, a phone number)
+            if all(k[2] in ("NAME", "ADDRESS") for k in kept if k[0] < e and s < k[1]):
+                kept = _cover(kept, (s, e, "ADDRESS"))
         for pattern, kind in declared:
             for m in pattern.finditer(view):
                 kept = _cover(kept, (m.start(), m.end(), kind))

@@ -12,26 +12,55 @@ from collections.abc import Iterable
 
 import regex
 
-from appliance.intake._clinical import is_protected
+from appliance.intake._clinical import UNITS, is_protected
+from appliance.intake._lexicon import lexicon
+from appliance.intake._names import COMMON_WORDS
 from appliance.intake._tagger import tag_probabilities
 
-__all__ = ["NAME_THRESHOLD", "PLACE_THRESHOLD", "SUSPECT_THRESHOLD", "is_protected_span", "suspect_name_spans",
-           "tagged_spans"]
+__all__ = [
+    "NAME_THRESHOLD",
+    "PLACE_THRESHOLD",
+    "SUSPECT_THRESHOLD",
+    "is_protected_span",
+    "suspect_name_spans",
+    "tagged_spans",
+]
 
 NAME_THRESHOLD = 0.5  # P(name) at or above which the scrubber replaces a token
 PLACE_THRESHOLD = 0.5  # P(place) at or above which a token is part of an [ADDRESS]
 SUSPECT_THRESHOLD = 0.2  # the residual check's default: report more, replace nothing
+_TITLE_BEFORE = regex.compile(r"\b(?:Dr|Mr|Mrs|Ms|Mx|Prof|Miss|Doctor|Sister|Nurse)\.?\s+$", regex.IGNORECASE)
+_LETTERS = regex.compile(r"\p{L}+")
 _PLACEHOLDER = regex.compile(r"\[[A-Z]+\]")
 _JOIN_PLACE = regex.compile(r"[ \t]*[,\-/.]?[ \t]*")  # between two place tokens of one address
 
 
 def is_protected_span(text: str, start: int, end: int) -> bool:
-    """Whether ``text[start:end]`` is clinical vocabulary in its context (see ``_clinical.is_protected``)."""
-    return is_protected(text[start:end], text[end : end + 40])
+    """Whether ``text[start:end]`` is clinical vocabulary in its context (see ``_clinical.is_protected``); a unit
+    letter after a slash or digit ("mmol/L", "x10^9/L", "5 L") too."""
+    word = text[start:end]
+    if _TITLE_BEFORE.search(text, max(0, start - 12), start):  # "Dr. Foley", "Mr. Wilson's wife": a person
+        return False
+    if word.lower() in UNITS and start > 0 and (text[start - 1] in "/^" or text[start - 1 : start].isdigit()):
+        return True
+    return is_protected(word, text[end : end + 40])
 
 
 def _inside_placeholder(text: str, start: int) -> bool:
     return start > 0 and text[start - 1] == "[" and _PLACEHOLDER.match(text, start - 1) is not None
+
+
+def _could_be_name(word: str, mode: str, names: frozenset[str] | None) -> bool:
+    """A tagged word is kept as a name unless it is a common English or clinical word ("Cardiology", "said"); in
+    ALL-CAPS text, where every word looks like a heading, only a lexicon name is."""
+    if word.lower() in COMMON_WORDS:
+        return False
+    return names is None or word.upper() in names
+
+
+def _is_place(text: str) -> bool:
+    """A place span holds a word of 3+ letters that is not a common word ("HR 72, RR 16" is not a place)."""
+    return any(len(w) >= 3 and w.lower() not in COMMON_WORDS for w in _LETTERS.findall(text))
 
 
 def tagged_spans(
@@ -41,14 +70,17 @@ def tagged_spans(
     names: list[tuple[int, int]] = []
     tokens: set[str] = set()
     places: list[tuple[int, int]] = []
+    lex = lexicon()
     for start, end, p_name, p_place in tag_probabilities(text, mode):
         if p_name < name_threshold and p_place < place_threshold:
             continue
         if _inside_placeholder(text, start) or is_protected_span(text, start, end):
             continue
+        word = text[start:end]
         if p_name >= name_threshold and p_name >= p_place:
+            if not _could_be_name(word, mode, lex.names if mode == "upper" else None):
+                continue
             names.append((start, end))
-            word = text[start:end]
             if len(word) >= 3 and word.isalpha():
                 tokens.add(word)
         elif p_place >= place_threshold:
@@ -56,7 +88,8 @@ def tagged_spans(
                 places[-1] = (places[-1][0], end)
             else:
                 places.append((start, end))
-    return names, tokens, places
+    # a number alone is not a place ("in 2019"), nor an abbreviation ("HR 72"): a place span needs a real word
+    return names, tokens, [(s, e) for s, e in places if _is_place(text[s:e])]
 
 
 def suspect_name_spans(text: str, threshold: float = SUSPECT_THRESHOLD) -> list[tuple[int, int]]:

@@ -25,7 +25,45 @@ DATA = Path(__file__).resolve().parents[2] / "appliance" / "intake" / "data"
 _CYRILLIC = dict(
     zip(
         "абвгдеёжзийклмнопрстуфхцчшщъыьэюяієїґ",
-        "a b v g d e e zh z i y k l m n o p r s t u f kh ts ch sh shch - y - e yu ya i ye yi g".split(),
+        [
+            "a",
+            "b",
+            "v",
+            "g",
+            "d",
+            "e",
+            "e",
+            "zh",
+            "z",
+            "i",
+            "y",
+            "k",
+            "l",
+            "m",
+            "n",
+            "o",
+            "p",
+            "r",
+            "s",
+            "t",
+            "u",
+            "f",
+            "kh",
+            "ts",
+            "ch",
+            "sh",
+            "shch",
+            "-",
+            "y",
+            "-",
+            "e",
+            "yu",
+            "ya",
+            "i",
+            "ye",
+            "yi",
+            "g",
+        ],
         strict=True,
     )
 )
@@ -99,8 +137,10 @@ def main() -> int:
     out = DATA / "names.tsv.gz"
     with open(out, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=9) as gz:
         gz.write(body.encode("utf-8"))
-    print(f"{out}: {len(rows)} tokens, {sum('g' in r.split(chr(9))[1] for r in rows)} given, "
-          f"{sum('s' in r.split(chr(9))[1] for r in rows)} surnames, {len(particles)} particles")
+    print(
+        f"{out}: {len(rows)} tokens, {sum('g' in r.split(chr(9))[1] for r in rows)} given, "
+        f"{sum('s' in r.split(chr(9))[1] for r in rows)} surnames, {len(particles)} particles"
+    )
     return 0
 
 

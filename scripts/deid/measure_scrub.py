@@ -40,8 +40,12 @@ def main() -> int:
         from appliance.intake._tagger._notes import generate_notes
 
         rows = [
-            {"text": n.text, "kind": n.kind, "keep": n.keep,
-             "phi": [{"type": p.kind, "role": p.role, "value": n.value(p)} for p in n.phi]}
+            {
+                "text": n.text,
+                "kind": n.kind,
+                "keep": n.keep,
+                "phi": [{"type": p.kind, "role": p.role, "value": n.value(p)} for p in n.phi],
+            }
             for n in generate_notes(args.notes, seed=args.seed, family=args.family)
         ]
     if args.write:

@@ -8,6 +8,7 @@ L1+L2). Run: ``PYTHONPATH=$PWD .venv/bin/python scripts/deid/train_name_tagger.p
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 import time
 from pathlib import Path
@@ -42,24 +43,38 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=20261206)
     ap.add_argument("--iterations", type=int, default=120)
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--word-dropout", type=float, default=0.3)
     args = ap.parse_args()
     started = time.time()
+    rng = random.Random(args.seed)
     trainer = pycrfsuite.Trainer(verbose=False)
     tokens = 0
     for note in generate_notes(args.notes, seed=args.seed, family="train"):
         _, mode = _case_normalised(note.text)
         spans, xseq = sequence_features(note.text, mode)
-        trainer.append(xseq, labels(note, spans))
+        ys = labels(note, spans)
+        for feats, y in zip(xseq, ys, strict=True):
+            # word dropout: some ordinary words lose their identity, so an unseen word is not read as a name
+            if y == "O" and rng.random() < args.word_dropout:
+                feats[:] = [f for f in feats if not f.startswith("w=")]
+        trainer.append(xseq, ys)
         tokens += len(spans)
     trainer.set_params(
-        {"c1": 0.05, "c2": 0.01, "max_iterations": args.iterations, "feature.possible_transitions": True,
-         "feature.minfreq": 2}
+        {
+            "c1": 0.05,
+            "c2": 0.01,
+            "max_iterations": args.iterations,
+            "feature.possible_transitions": True,
+            "feature.minfreq": 2,
+        }
     )
     tmp = args.out.with_suffix(".tmp")
     trainer.train(str(tmp))
     tmp.replace(args.out)
-    print(f"{args.out}: {args.notes} notes, {tokens} tokens, {args.out.stat().st_size} bytes, "
-          f"{time.time() - started:.0f} s")
+    print(
+        f"{args.out}: {args.notes} notes, {tokens} tokens, {args.out.stat().st_size} bytes, "
+        f"{time.time() - started:.0f} s"
+    )
     return 0
 
 

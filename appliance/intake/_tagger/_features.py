@@ -4,33 +4,107 @@ look-up per token and offset."""
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
-
-import regex
 
 from appliance.intake._clinical import DRUGS, EPONYMS, UNITS
 from appliance.intake._lexicon import lexicon
 
 __all__ = ["TOKEN", "sequence_features"]
 
-# words (letters with marks and inner apostrophes, not a possessive 's), numbers, or one other character
-TOKEN = regex.compile(r"\p{L}[\p{L}\p{M}]*(?:['’](?!s\b)\p{L}[\p{L}\p{M}]*)*|\d+|[^\s]")
+# words (letters of any script, inner apostrophes, not a possessive 's), numbers, or one other character; the
+# standard library's [^\W\d_] is every letter (composed forms, NFC, which is how notes are written)
+TOKEN = re.compile(r"[^\W\d_]+(?:['’](?!s\b)[^\W\d_]+)*|\d+|[^\s]")
 _OFFSETS = (-2, -1, 1, 2)
 
-_TITLES = frozenset("dr mr mrs ms mx miss prof doctor sir madam mister sister brother nurse".split())
-_CREDENTIALS = frozenset("md do rn np pa phd dnp cnm crna lpn mbbs frcp dds pharmd aprn msn bsn pa-c".split())
+_TITLES = frozenset(
+    ["dr", "mr", "mrs", "ms", "mx", "miss", "prof", "doctor", "sir", "madam", "mister", "sister", "brother", "nurse"]
+)
+_CREDENTIALS = frozenset(
+    [
+        "md",
+        "do",
+        "rn",
+        "np",
+        "pa",
+        "phd",
+        "dnp",
+        "cnm",
+        "crna",
+        "lpn",
+        "mbbs",
+        "frcp",
+        "dds",
+        "pharmd",
+        "aprn",
+        "msn",
+        "bsn",
+        "pa-c",
+    ]
+)
 _RELATIONS = frozenset(
-    "son daughter wife husband mother father brother sister partner spouse niece nephew aunt uncle grandson"
-    " granddaughter grandmother grandfather family friend neighbour neighbor guardian caregiver mom dad".split()
+    [
+        "son",
+        "daughter",
+        "wife",
+        "husband",
+        "mother",
+        "father",
+        "brother",
+        "sister",
+        "partner",
+        "spouse",
+        "niece",
+        "nephew",
+        "aunt",
+        "uncle",
+        "grandson",
+        "granddaughter",
+        "grandmother",
+        "grandfather",
+        "family",
+        "friend",
+        "neighbour",
+        "neighbor",
+        "guardian",
+        "caregiver",
+        "mom",
+        "dad",
+    ]
 )
 _LABELS = frozenset(
-    "name patient pt attending signed dictated by from to cc re dear hi hello thanks regards sincerely covering"
-    " primary referral contact kin seen reply team".split()
+    [
+        "name",
+        "patient",
+        "pt",
+        "attending",
+        "signed",
+        "dictated",
+        "by",
+        "from",
+        "to",
+        "cc",
+        "re",
+        "dear",
+        "hi",
+        "hello",
+        "thanks",
+        "regards",
+        "sincerely",
+        "covering",
+        "primary",
+        "referral",
+        "contact",
+        "kin",
+        "seen",
+        "reply",
+        "team",
+    ]
 )
 
 
 def _shape(tok: str) -> str:
-    out = []
+    out: list[str] = []
     for ch in tok[:6]:
         c = "X" if ch.isupper() else "x" if ch.islower() else "d" if ch.isdigit() else ch
         if not out or out[-1] != c:

@@ -22,7 +22,45 @@ __all__ = ["Note", "Phi", "generate_notes", "translit"]
 _CYRILLIC = dict(
     zip(
         "абвгдеёжзийклмнопрстуфхцчшщъыьэюяієїґ",
-        "a b v g d e e zh z i y k l m n o p r s t u f kh ts ch sh shch - y - e yu ya i ye yi g".split(),
+        [
+            "a",
+            "b",
+            "v",
+            "g",
+            "d",
+            "e",
+            "e",
+            "zh",
+            "z",
+            "i",
+            "y",
+            "k",
+            "l",
+            "m",
+            "n",
+            "o",
+            "p",
+            "r",
+            "s",
+            "t",
+            "u",
+            "f",
+            "kh",
+            "ts",
+            "ch",
+            "sh",
+            "shch",
+            "-",
+            "y",
+            "-",
+            "e",
+            "yu",
+            "ya",
+            "i",
+            "ye",
+            "yi",
+            "g",
+        ],
         strict=True,
     )
 )
@@ -65,22 +103,117 @@ class Note:
 
 
 LOCALES = {
-    "train": (
-        "en_US en_GB en_IE ga_IE es_ES es_MX fr_FR de_DE it_IT pt_BR pl_PL nl_NL vi_VN zh_CN ru_RU tr_TR hr_HR en_IN"
-        " cs_CZ sv_SE hu_HU ro_RO yo_NG id_ID fi_FI da_DK"
-    ).split(),
-    "heldout": (
-        "en_US en_GB ga_IE es_ES es_MX es_AR fr_FR fr_CA de_DE de_AT it_IT pt_BR pt_PT pl_PL nl_NL nl_BE vi_VN zh_CN"
-        " zh_TW ru_RU uk_UA tr_TR hr_HR sl_SI sk_SK lt_LT en_IN en_NG ja_JP no_NO et_EE"
-    ).split(),
+    "train": [
+        "en_US",
+        "en_GB",
+        "en_IE",
+        "ga_IE",
+        "es_ES",
+        "es_MX",
+        "fr_FR",
+        "de_DE",
+        "it_IT",
+        "pt_BR",
+        "pl_PL",
+        "nl_NL",
+        "vi_VN",
+        "zh_CN",
+        "ru_RU",
+        "tr_TR",
+        "hr_HR",
+        "en_IN",
+        "cs_CZ",
+        "sv_SE",
+        "hu_HU",
+        "ro_RO",
+        "yo_NG",
+        "id_ID",
+        "fi_FI",
+        "da_DK",
+    ],
+    "heldout": [
+        "en_US",
+        "en_GB",
+        "ga_IE",
+        "es_ES",
+        "es_MX",
+        "es_AR",
+        "fr_FR",
+        "fr_CA",
+        "de_DE",
+        "de_AT",
+        "it_IT",
+        "pt_BR",
+        "pt_PT",
+        "pl_PL",
+        "nl_NL",
+        "nl_BE",
+        "vi_VN",
+        "zh_CN",
+        "zh_TW",
+        "ru_RU",
+        "uk_UA",
+        "tr_TR",
+        "hr_HR",
+        "sl_SI",
+        "sk_SK",
+        "lt_LT",
+        "en_IN",
+        "en_NG",
+        "ja_JP",
+        "no_NO",
+        "et_EE",
+    ],
 }
 
-DRUGS = (
-    "metformin lisinopril atorvastatin amlodipine metoprolol omeprazole losartan gabapentin sertraline furosemide"
-    " apixaban warfarin levothyroxine insulin glargine prednisone amoxicillin ceftriaxone vancomycin heparin"
-    " Eliquis Xarelto Lasix Lipitor Zoloft Keppra Coumadin Augmentin Tylenol Advil Norco Dilaudid Ativan Haldol"
-    " Seroquel Protonix Zofran Lantus Humalog Januvia Jardiance Ozempic Entresto Plavix Synthroid Flomax"
-).split()
+DRUGS = [
+    "metformin",
+    "lisinopril",
+    "atorvastatin",
+    "amlodipine",
+    "metoprolol",
+    "omeprazole",
+    "losartan",
+    "gabapentin",
+    "sertraline",
+    "furosemide",
+    "apixaban",
+    "warfarin",
+    "levothyroxine",
+    "insulin",
+    "glargine",
+    "prednisone",
+    "amoxicillin",
+    "ceftriaxone",
+    "vancomycin",
+    "heparin",
+    "Eliquis",
+    "Xarelto",
+    "Lasix",
+    "Lipitor",
+    "Zoloft",
+    "Keppra",
+    "Coumadin",
+    "Augmentin",
+    "Tylenol",
+    "Advil",
+    "Norco",
+    "Dilaudid",
+    "Ativan",
+    "Haldol",
+    "Seroquel",
+    "Protonix",
+    "Zofran",
+    "Lantus",
+    "Humalog",
+    "Januvia",
+    "Jardiance",
+    "Ozempic",
+    "Entresto",
+    "Plavix",
+    "Synthroid",
+    "Flomax",
+]
 LABS = [
     "potassium {a}.{b} mmol/L",
     "sodium 13{b} mmol/L",
@@ -139,9 +272,61 @@ EPONYMS = [
     "Reiter syndrome",
     "Marfan syndrome",
 ]
-_NON_LATIN_PLACES = frozenset("ja_JP zh_CN zh_TW ru_RU uk_UA ko_KR el_GR".split())
-RELATIONS = "sister brother son daughter wife husband mother father partner niece nephew aunt uncle grandson".split()
-_UNITS = "one two three four five six seven eight nine".split()
+_NON_LATIN_PLACES = frozenset(["ja_JP", "zh_CN", "zh_TW", "ru_RU", "uk_UA", "ko_KR", "el_GR"])
+# capitalised words that are not names: services, departments, section headings, conditions in title case
+SERVICES = [
+    "Cardiology",
+    "Internal Medicine",
+    "Physical Therapy",
+    "Occupational Therapy",
+    "Emergency Department",
+    "General Surgery",
+    "Infectious Disease",
+    "Palliative Care",
+    "Social Work",
+    "Case Management",
+    "Oncology",
+    "Nephrology",
+    "Neurology",
+    "Orthopedics",
+    "Pharmacy",
+    "Radiology",
+    "Wound Care",
+    "Speech Therapy",
+    "Intensive Care Unit",
+    "Primary Care",
+    "Geriatrics",
+    "Dermatology",
+    "Endocrinology",
+    "Pulmonology",
+    "Contact Precautions",
+    "Fall Precautions",
+    "Patient Education",
+    "Discharge Planning",
+    "Nutrition Services",
+    "COPD Exacerbation",
+    "Heart Failure",
+    "Acute Kidney Injury",
+    "Sepsis Protocol",
+    "Pain Management",
+]
+RELATIONS = [
+    "sister",
+    "brother",
+    "son",
+    "daughter",
+    "wife",
+    "husband",
+    "mother",
+    "father",
+    "partner",
+    "niece",
+    "nephew",
+    "aunt",
+    "uncle",
+    "grandson",
+]
+_UNITS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
 @lru_cache(maxsize=64)
@@ -179,30 +364,53 @@ def _initial(word: str) -> str:
 
 # name forms: a list of (text, is_name) pieces; titles and credentials are context, not the name
 def _forms(p: _Person, role: str) -> dict[str, list[tuple[str, bool]]]:
-    f, l, m = p.first, p.last, p.middle
-    title = "Dr." if role == "clinician" else "Mr." if len(l) % 2 else "Ms."
+    f, sn, m = p.first, p.last, p.middle
+    title = "Dr." if role == "clinician" else "Mr." if len(sn) % 2 else "Ms."
     return {
-        "full": [(f"{f} {l}", True)],
-        "middle": [(f"{f} {_initial(m)} {l}", True)],
-        "initial": [(f"{_initial(f)} {l}", True)],
-        "initials2": [(f"{_initial(f)}{_initial(m)} {l}", True)],
-        "last_first": [(f"{l}, {f}", True)],
-        "caps": [(f"{l.upper()}, {f.upper()}", True)],
-        "title": [(f"{title} ", False), (l, True)],
-        "title_full": [(f"{title} ", False), (f"{f} {l}", True)],
-        "possessive": [(l, True), ("'s", False)],
+        "full": [(f"{f} {sn}", True)],
+        "middle": [(f"{f} {_initial(m)} {sn}", True)],
+        "initial": [(f"{_initial(f)} {sn}", True)],
+        "initials2": [(f"{_initial(f)}{_initial(m)} {sn}", True)],
+        "last_first": [(f"{sn}, {f}", True)],
+        "caps": [(f"{sn.upper()}, {f.upper()}", True)],
+        "title": [(f"{title} ", False), (sn, True)],
+        "title_full": [(f"{title} ", False), (f"{f} {sn}", True)],
+        "possessive": [(sn, True), ("'s", False)],
         "given": [(f, True)],
-        "lower": [(f"{f.lower()} {l.lower()}", True)],
-        "cred_brackets": [(f"{f} {_initial(l)}", True), (" (RN)" if role == "clinician" else " (NP)", False)],
-        "cred": [(f"{f} {l}", True), (", " + random.Random(len(f)).choice(["MD", "RN", "DO", "NP", "PA-C"]), False)],
-        "caps_full": [(f"{f.upper()} {l.upper()}", True)],
+        "lower": [(f"{f.lower()} {sn.lower()}", True)],
+        "cred_brackets": [(f"{f} {_initial(sn)}", True), (" (RN)" if role == "clinician" else " (NP)", False)],
+        "cred": [(f"{f} {sn}", True), (", " + random.Random(len(f)).choice(["MD", "RN", "DO", "NP", "PA-C"]), False)],
+        "caps_full": [(f"{f.upper()} {sn.upper()}", True)],
     }
 
 
 _ROLE_FORMS = {
-    "patient": "full full middle last_first caps title title_full possessive initial lower caps_full".split(),
-    "relative": "full given given title_full lower initial".split(),
-    "clinician": "title title title_full cred cred_brackets initial initials2 full last_first possessive".split(),
+    "patient": [
+        "full",
+        "full",
+        "middle",
+        "last_first",
+        "caps",
+        "title",
+        "title_full",
+        "possessive",
+        "initial",
+        "lower",
+        "caps_full",
+    ],
+    "relative": ["full", "given", "given", "title_full", "lower", "initial"],
+    "clinician": [
+        "title",
+        "title",
+        "title_full",
+        "cred",
+        "cred_brackets",
+        "initial",
+        "initials2",
+        "full",
+        "last_first",
+        "possessive",
+    ],
 }
 
 
@@ -275,6 +483,8 @@ class _Filler:
             return self.name(w, slot[0], "given")
         if slot in ("PL", "CL"):
             return self.name(w, slot[0], rng.choice(["title", "possessive", "full"]))
+        if slot == "SVC":
+            return w.text(rng.choice(SERVICES))
         if slot == "REL":
             return w.text(rng.choice(RELATIONS))
         if slot == "DATE":
@@ -314,8 +524,11 @@ class _Filler:
         if slot == "LIC":
             w.text(rng.choice(["state license ", "medical license ", "licence no. ", "DEA "]))
             value = rng.choice(
-                [f"{rng.randint(10, 99)}.{rng.randint(100000, 999999)}", f"G {rng.randint(10000, 99999)}",
-                 f"{rng.choice('ABCMX')}{rng.randint(100000, 9999999)}"]
+                [
+                    f"{rng.randint(10, 99)}.{rng.randint(100000, 999999)}",
+                    f"G {rng.randint(10000, 99999)}",
+                    f"{rng.choice('ABCMX')}{rng.randint(100000, 9999999)}",
+                ]
             )
             return w.mark(value, "LICENSE")
         if slot == "IBAN":
@@ -362,9 +575,13 @@ def generate_notes(n: int, seed: int, family: str = "heldout") -> list[Note]:
         kind = kinds[i % len(kinds)]
         filler = _Filler(rng, family)
         filler.lower = kind == "message" and rng.random() < 0.5
+        upper = kind in ("discharge", "signout", "nursing") and rng.random() < 0.15  # notes typed in capitals
         w = _Writer()
         lines = TEMPLATES[family][kind]
-        chosen = [lines[0], *rng.sample(lines[1:], k=min(len(lines) - 1, rng.randint(6, 10)))]
+        chosen = [lines[0], *rng.sample(lines[1:], k=min(len(lines) - 1, rng.randint(7, 12)))]
+        prose = _faker("en_US")  # ordinary English prose between the lines: words that are not names
+        for _ in range(rng.randint(1, 4)):
+            chosen.insert(rng.randint(1, len(chosen)), prose.sentence(nb_words=rng.randint(6, 16)))
         for line in chosen:
             if filler.lower:
                 line = line.lower()
@@ -375,5 +592,9 @@ def generate_notes(n: int, seed: int, family: str = "heldout") -> list[Note]:
                 filler.fill(w, m.group(1))
                 pos = m.end()
             w.text(line[pos:] + "\n")
-        notes.append(Note("".join(w.parts), kind, w.phi, w.keep))
+        text = "".join(w.parts)
+        if upper:  # same length: the labels stay where they are
+            text = "".join(c.upper() if len(c.upper()) == 1 else c for c in text)
+            w.keep = [k.upper() for k in w.keep]
+        notes.append(Note(text, kind, w.phi, w.keep))
     return notes

@@ -11,6 +11,9 @@ TEMPLATES: dict[str, dict[str, list[str]]] = {
     "train": {
         "discharge": [
             "DISCHARGE SUMMARY  Patient: {P}  MRN: {MRN}  DOB: {DOB}",
+            "Seen by {SVC} and {SVC}; {SVC} consulted for {EPO}.",
+            "Provider: {SVC}. Contact: {C2}.",
+            "ASSESSMENT AND PLAN: {SVC} to follow, {DOSE}.",
             "Admitted {DATE} under {C} with a flare of {EPO}.",
             "{P} is a {AGE}-year-old with a history of {EPO} on {DOSE} daily.",
             "Labs on admission: {LAB}, {LAB}.",
@@ -26,6 +29,8 @@ TEMPLATES: dict[str, dict[str, list[str]]] = {
         ],
         "nursing": [
             "NURSING NOTE {DATE} - {P}, bed 4",
+            "{SVC} In Place. Patient Education Provided.",
+            "Seen by {SVC}; {SVC} aware.",
             "Pt {PG} resting, {LAB}, {DRUG} given as ordered.",
             "{REL} {RG} at bedside, updated on plan by {C}.",
             "{C} notified of {LAB}; {DOSE} held.",
@@ -39,6 +44,7 @@ TEMPLATES: dict[str, dict[str, list[str]]] = {
         ],
         "referral": [
             "Dear {C},",
+            "Referred to {SVC} by {C2} for {EPO}.",
             "Re: {P}, DOB {DOB}, of {ADDR}",
             "Thank you for seeing this {AGE}-year-old gentleman with {EPO}.",
             "He was previously under the care of {C2} in {CITY}.",
@@ -53,6 +59,7 @@ TEMPLATES: dict[str, dict[str, list[str]]] = {
         ],
         "message": [
             "From: {P}  Sent: {DATE}",
+            "{SVC} said to call {CL} office.",
             "Hi {CG}, this is {P}, I ran out of my {DRUG} again.",
             "My {REL} {RG} says the {DOSE} makes me dizzy.",
             "Can {CL} call me back at {PHONE}?",
@@ -64,6 +71,7 @@ TEMPLATES: dict[str, dict[str, list[str]]] = {
         ],
         "signout": [
             "SIGN-OUT {SDATE}  Team {C}",
+            "{SVC} following; {SVC} signed off.",
             "1. {P} ({MRN}) - {EPO}, on {DOSE}; f/u {LAB}.",
             "2. {P} {MRN} - {AGE} yo, {DRUG} drip, check {LAB}.",
             "3. {CL} pt - {EPO}; {REL} {RG} updated.",
@@ -76,6 +84,7 @@ TEMPLATES: dict[str, dict[str, list[str]]] = {
     "heldout": {
         "discharge": [
             "HOSPITAL DISCHARGE NOTE\nName: {P}\nMedical record: {MRN}\nDate of birth: {DOB}",
+            "Consults: {SVC}, {SVC}. Primary team: {SVC}.",
             "Date of admission: {DATE}. Admitting physician: {C}.",
             "This {AGE}-year-old presented with worsening {EPO}; home meds {DOSE} and {DRUG}.",
             "Pertinent results: {LAB}; {LAB}; {LAB}.",
@@ -90,6 +99,7 @@ TEMPLATES: dict[str, dict[str, list[str]]] = {
         ],
         "nursing": [
             "Shift note {DATE}: {P}",
+            "{SVC} notified; {SVC} at bedside with {C}.",
             "{PG} slept well; {LAB}. {DRUG} given at 08:00.",
             "Visited by {REL} {RG}, who asked for {C}.",
             "{EPO} assessed; {DOSE} due at noon.",
@@ -101,6 +111,7 @@ TEMPLATES: dict[str, dict[str, list[str]]] = {
         ],
         "referral": [
             "To: {C}\nFrom: {C2}",
+            "Please see in {SVC} clinic; {SVC} aware.",
             "Referral for {P} (DOB {DOB}), address {ADDR}.",
             "I would be grateful if you could review this {AGE}-year-old lady with {EPO}.",
             "She takes {DOSE} and {DOSE}; last {LAB}.",
@@ -111,6 +122,7 @@ TEMPLATES: dict[str, dict[str, list[str]]] = {
         ],
         "message": [
             "Message thread - {DATE}",
+            "the {SVC} people called me, {CG}",
             "hello {CG} its {P} again, the {DRUG} isnt working",
             "{PG} here. my {REL} {RG} picked up the {DOSE} today",
             "please ring me on {PHONE}, thank you",
@@ -121,6 +133,7 @@ TEMPLATES: dict[str, dict[str, list[str]]] = {
         ],
         "signout": [
             "SIGN-OUT {SDATE}\nPrimary: {C} / {C2}",
+            "{SVC} recs pending for {CL} patient.",
             "- {P} {MRN}: {EPO}. On {DOSE}. Watch {LAB}.",
             "- {P} {MRN}: {AGE} y/o, {DRUG}, {REL} {RG} aware.",
             "- {CL} patient: {EPO}, SSN {SSN} needed for transfer.",
