@@ -111,6 +111,9 @@ education practitioner therapy physical internal triage protocol provided verifi
 services social work worker management health mental behavioral occupational speech respiratory infectious
 disease diseases intensive critical general practice assistant aide technician coordinator manager director
 administration nutrition dietitian chaplain interpreter transport security registration billing insurance
+visit visits consult consults consultation driver pump recs review reviewed portal callback login
+email e-mail phone telephone tel fax cell mobile pager address
+minute minutes hour hours day days week weeks month months year years
 """
 )
 

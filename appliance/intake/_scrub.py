@@ -171,7 +171,7 @@ def _phone_shaped(m: re.Match[str]) -> bool:
     """8 to 15 digits, and not a dotted or dashed date ("05.03.2024", "05-03-24")."""
     value = m.group("v")
     digits = sum(c.isdigit() for c in value)
-    date_or_decimal = re.fullmatch(r"\d{1,2}[./-]\d{1,2}[./-]\d{2,4}|\d+[.,]\d+", value)
+    date_or_decimal = re.fullmatch(r"\d{1,2}[./-]\d{1,2}[./-]\d{2,4}|\d+[.,]\d+|\d{5}-\d{4}", value)
     return 8 <= digits <= 15 and date_or_decimal is None
 
 
@@ -502,6 +502,30 @@ def _cover(kept: list[Span], span: Span) -> list[Span]:
     return rest
 
 
+def _fill(kept: list[Span], text: str, start: int, end: int) -> list[Span]:
+    """``kept`` plus an [ADDRESS] span for each stretch of ``text[start:end]`` that no kept span covers and that holds
+    a letter or digit."""
+    pos = start
+    gaps: list[Span] = []
+    for k in kept[max(0, bisect.bisect_left(kept, (start, -1, "")) - 1) :]:
+        if k[0] >= end:
+            break
+        if k[1] <= pos:
+            continue
+        if k[0] > pos:
+            gaps.append((pos, k[0], "ADDRESS"))
+        pos = max(pos, k[1])
+    if pos < end:
+        gaps.append((pos, end, "ADDRESS"))
+    for g_start, g_end, kind in gaps:
+        piece = text[g_start:g_end]
+        stripped = piece.strip(" \t\n,.;:-/()")
+        if any(c.isalnum() for c in stripped):
+            lead = g_start + piece.index(stripped)
+            bisect.insort(kept, (lead, lead + len(stripped), kind))
+    return kept
+
+
 def _merge_names(text: str, spans: list[Span]) -> list[Span]:
     """Adjacent name tokens become one span ("Jane Q. Smith" -> one [NAME])."""
     merged: list[Span] = []
@@ -562,10 +586,8 @@ class Scrubber:
         name_spans = drop_protected(view, own_spans + propagate_spans(view, set(known_names) - tokens))
         spans.extend((s, e, "NAME") for s, e in sorted(name_spans, key=lambda se: (se[0], -se[1])))
         kept = _select(spans)
-        for s, e in places:  # the tagger's place words take in the names and addresses they overlap ("12 Oak Bridge
-            # Suite 5" -> one [ADDRESS]), never another identifier a rule found (a date, a phone number)
-            if all(k[2] in ("NAME", "ADDRESS") for k in kept if k[0] < e and s < k[1]):
-                kept = _cover(kept, (s, e, "ADDRESS"))
+        for s, e in places:  # the tagger's place words fill what no rule took ("12 [NAME] Bridge" -> all replaced)
+            kept = _fill(kept, view, s, e)
         for pattern, kind in declared:
             for m in pattern.finditer(view):
                 kept = _cover(kept, (m.start(), m.end(), kind))

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import regex
 
 from appliance.intake._clinical import UNITS, is_protected
-from appliance.intake._lexicon import lexicon
+from appliance.intake._lexicon import Lexicon, lexicon
 from appliance.intake._names import COMMON_WORDS
 from appliance.intake._tagger import tag_probabilities
 
@@ -28,9 +28,12 @@ __all__ = [
 
 NAME_THRESHOLD = 0.5  # P(name) at or above which the scrubber replaces a token
 PLACE_THRESHOLD = 0.5  # P(place) at or above which a token is part of an [ADDRESS]
-SUSPECT_THRESHOLD = 0.2  # the residual check's default: report more, replace nothing
+SUSPECT_THRESHOLD = 0.2
+_LOWER_IN_MIXED = 0.8  # a lower-case word in mixed-case text outside the lexicon needs this P(name)  # the residual check's default: report more, replace nothing
 _TITLE_BEFORE = regex.compile(r"\b(?:Dr|Mr|Mrs|Ms|Mx|Prof|Miss|Doctor|Sister|Nurse)\.?\s+$", regex.IGNORECASE)
 _LETTERS = regex.compile(r"\p{L}+")
+_LOWER_NEXT = regex.compile(r"[ \t]+\p{Ll}")
+_STATE_CODE = regex.compile(r"[A-Z]{2}")  # "SC", "MA": a state alone is not a place Safe Harbor removes
 _PLACEHOLDER = regex.compile(r"\[[A-Z]+\]")
 _JOIN_PLACE = regex.compile(r"[ \t]*[,\-/.]?[ \t]*")  # between two place tokens of one address
 
@@ -50,17 +53,34 @@ def _inside_placeholder(text: str, start: int) -> bool:
     return start > 0 and text[start - 1] == "[" and _PLACEHOLDER.match(text, start - 1) is not None
 
 
-def _could_be_name(word: str, mode: str, names: frozenset[str] | None) -> bool:
-    """A tagged word is kept as a name unless it is a common English or clinical word ("Cardiology", "said"); in
-    ALL-CAPS text, where every word looks like a heading, only a lexicon name is."""
-    if word.lower() in COMMON_WORDS:
+def _could_be_name(word: str, mode: str, lex: Lexicon, p_name: float) -> bool:
+    """A tagged word is kept as a name unless it is a common English or clinical word ("Cardiology", "said") or a
+    lone capital ("S/N") or a short acronym in mixed-case text ("DEA", "MAC"); in ALL-CAPS text, where every word
+    looks like a heading, only a lexicon name is; a lower-case or ALL-CAPS word in mixed-case text ("Dr. review")
+    must be a lexicon name or tagged with high confidence."""
+    if word.lower() in COMMON_WORDS or len(word) == 1:
         return False
-    return names is None or word.upper() in names
+    if mode == "" and word.isupper() and len(word) <= 3:  # "DEA", "MAC", "ICU": acronyms, not names
+        return False
+    if mode == "upper":
+        return word.upper() in lex.names and p_name >= _LOWER_IN_MIXED
+    if mode == "" and (word[0].islower() or word.isupper()):
+        return p_name >= _LOWER_IN_MIXED or word.upper() in lex.names
+    return True
 
 
-def _is_place(text: str) -> bool:
-    """A place span holds a word of 3+ letters that is not a common word ("HR 72, RR 16" is not a place)."""
-    return any(len(w) >= 3 and w.lower() not in COMMON_WORDS for w in _LETTERS.findall(text))
+def _opens_sentence(text: str, start: int, end: int) -> bool:
+    """Whether the word at ``start:end`` begins a sentence or line and a lower-case word follows it."""
+    before = text[max(0, start - 3) : start].rstrip(" \t")
+    return (not before or before[-1] in ".!?\n") and _LOWER_NEXT.match(text, end) is not None
+
+
+def _is_place(text: str, mode: str) -> bool:
+    """A place span holds a word of 3+ letters that is not a common word ("HR 72, RR 16", "in 6 weeks" are not
+    places), capitalised in mixed-case text."""
+    return any(
+        len(w) >= 3 and w.lower() not in COMMON_WORDS and (mode or w[0].isupper()) for w in _LETTERS.findall(text)
+    )
 
 
 def tagged_spans(
@@ -78,18 +98,27 @@ def tagged_spans(
             continue
         word = text[start:end]
         if p_name >= name_threshold and p_name >= p_place:
-            if not _could_be_name(word, mode, lex.names if mode == "upper" else None):
+            if not _could_be_name(word, mode, lex, p_name):
+                continue
+            # "Draft a letter...", "Classify the...": a capitalised first word before a lower-case one is more
+            # often a verb than a name; outside the lexicon it needs high confidence
+            if (
+                mode == ""
+                and p_name < _LOWER_IN_MIXED
+                and word.upper() not in lex.names
+                and _opens_sentence(text, start, end)
+            ):
                 continue
             names.append((start, end))
             if len(word) >= 3 and word.isalpha():
                 tokens.add(word)
-        elif p_place >= place_threshold:
+        elif p_place >= place_threshold and word.lower() not in COMMON_WORDS and not _STATE_CODE.fullmatch(word):
             if places and _JOIN_PLACE.fullmatch(text, places[-1][1], start):
                 places[-1] = (places[-1][0], end)
             else:
                 places.append((start, end))
     # a number alone is not a place ("in 2019"), nor an abbreviation ("HR 72"): a place span needs a real word
-    return names, tokens, [(s, e) for s, e in places if _is_place(text[s:e])]
+    return names, tokens, [(s, e) for s, e in places if _is_place(text[s:e], mode)]
 
 
 def suspect_name_spans(text: str, threshold: float = SUSPECT_THRESHOLD) -> list[tuple[int, int]]:

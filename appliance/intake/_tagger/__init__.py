@@ -7,6 +7,7 @@ Labels: ``N`` (part of a person's name), ``L`` (part of an address, city or post
 
 from __future__ import annotations
 
+import re
 import threading
 from functools import lru_cache
 from importlib import resources
@@ -18,6 +19,8 @@ from appliance.intake._tagger._features import sequence_features
 __all__ = ["MODEL_FILE", "tag_probabilities"]
 
 MODEL_FILE = "name_tagger.crfsuite"
+_CHUNK = 4000  # characters of whole lines tagged as one sequence
+_WORDS = re.compile(r"[^\W\d_]{2,}")
 _LOCK = threading.Lock()  # a crfsuite Tagger holds per-call state: one caller at a time
 
 
@@ -30,7 +33,34 @@ def _tagger() -> pycrfsuite.Tagger:
 
 
 def tag_probabilities(text: str, mode: str = "") -> list[tuple[int, int, float, float]]:
-    """(start, end, P(name), P(place)) of every word token of ``text``; ``mode`` is its letter case."""
+    """(start, end, P(name), P(place)) of the word tokens of ``text``; ``mode`` is its letter case. Text is read in
+    chunks of whole lines (at most ``_CHUNK`` characters, longer lines alone); a chunk with almost no words
+    ("1.1.1...", "a.a.a...": not prose) is skipped, so cost stays linear and small on such input."""
+    out: list[tuple[int, int, float, float]] = []
+    for start, end in _chunks(text):
+        chunk = text[start:end]
+        if len(chunk) > _CHUNK and len(_WORDS.findall(chunk)) < len(chunk) / 20:
+            continue
+        out.extend((s + start, e + start, pn, pl) for s, e, pn, pl in _tag(chunk, mode))
+    return out
+
+
+def _chunks(text: str) -> list[tuple[int, int]]:
+    chunks: list[tuple[int, int]] = []
+    start = pos = 0
+    while pos < len(text):
+        nl = text.find("\n", pos)
+        line_end = len(text) if nl < 0 else nl + 1
+        if line_end - start > _CHUNK and pos > start:
+            chunks.append((start, pos))
+            start = pos
+        pos = line_end
+    if start < len(text):
+        chunks.append((start, len(text)))
+    return chunks
+
+
+def _tag(text: str, mode: str) -> list[tuple[int, int, float, float]]:
     spans, xseq = sequence_features(text, mode)
     if not spans:
         return []
