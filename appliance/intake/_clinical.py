@@ -62,8 +62,11 @@ Enbrel Remicade Keytruda Opdivo Herceptin Avastin Rituxan Bactrim Cipro Levaquin
 Tamiflu Medrol Decadron Solumedrol Benadryl Claritin Zyrtec Allegra Flonase Miralax Colace Senna Dulcolax Imodium
 """
 )
-UNITS = _words(
+UNITS = _words(  # units and dosing words ("four times daily", "two tabs nightly")
     """
+times daily twice once nightly weekly hourly tab tabs tablet tablets cap caps capsule capsules dose doses puff puffs
+drop drops patch patches spray sprays vial vials ampule syringe sachet suppository
+bid tid qid qd qhs qam qpm prn stat po iv im sc sq sl pr
 mg mcg ug g kg ml mL l L dl dL x10 mmol umol mol meq mEq iu IU units unit mm cm m hr hrs h min sec bpm mmHg kPa
 """
 )
