@@ -23,20 +23,23 @@ import re
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 
-import regex
 
 from appliance.intake._lexicon import lexicon
 
 __all__ = ["COMMON_WORDS", "find_names", "labelled_name_tokens", "propagate_spans"]
 
-# O'Brien, Smith-Jones, Müller, Nguyễn, Ó Briain's "Ó"; not Smith's (letters of any script: \p{L}, marks \p{M})
-_TOKEN = r"\p{Lu}[\p{L}\p{M}]*(?:['’](?!s\b)\p{L}[\p{L}\p{M}]*)?(?:-\p{Lu}[\p{L}\p{M}]*)?"
-_INITIAL = r"\p{Lu}\."
-_IS_INITIAL = regex.compile(_INITIAL).fullmatch
+# Upper-case letters of any script as a class the standard library compiles to a fast bitmap (its re has no \p{Lu});
+# [^\W\d_] is any letter. Notes are NFC text, so accented letters are single characters.
+_UP = "[" + "".join(re.escape(chr(c)) for c in range(0x2000) if chr(c).isupper()) + "]"
+_LETTER = r"[^\W\d_]"
+# O'Brien, Smith-Jones, Müller, Nguyễn, Ó Briain's "Ó"; not Smith's
+_TOKEN = rf"{_UP}{_LETTER}*(?:['’](?!s\b){_LETTER}+)?(?:-{_UP}{_LETTER}*)?"
+_INITIAL = rf"{_UP}\."
+_IS_INITIAL = re.compile(_INITIAL).fullmatch
 _NAME_SEQ = rf"(?:{_INITIAL}|{_TOKEN})(?:\s+(?:{_INITIAL}|{_TOKEN})){{0,3}}"
 
-_HONORIFIC = regex.compile(rf"\b(?:Dr|Mr|Mrs|Ms|Mx|Prof|Miss|Mister|Doctor|Sir|Madam)\.?\s+(?P<v>{_NAME_SEQ})")
-_TRIGGER = regex.compile(
+_HONORIFIC = re.compile(rf"\b(?:Dr|Mr|Mrs|Ms|Mx|Prof|Miss|Mister|Doctor|Sir|Madam)\.?\s+(?P<v>{_NAME_SEQ})")
+_TRIGGER = re.compile(
     r"(?i:\b(?P<t>patient(?:'s)?\s+name|name|named|patient|pt|son|daughter|wife|husband|mother|father|brother|sister"
     r"|spouse|partner|guardian|caregiver|grandson|granddaughter|grandmother|grandfather|aunt|uncle|niece|nephew"
     r"|friend|neighbou?r|seen\s+by|referred\s+by|signed\s+by|reviewed\s+by|dictated\s+by|attending|contact"
@@ -49,13 +52,13 @@ _STRONG_TRIGGERS = re.compile(
     r"(?i)^(?:patient(?:'s)?\s+name|name|named|signed\s+by|reviewed\s+by|dictated\s+by|next\s+of\s+kin|nok|cc"
     r"|c/o|care\s+of|mrs|mr|ms)$"
 )
-_CREDENTIAL = regex.compile(
+_CREDENTIAL = re.compile(
     rf"(?P<v>{_NAME_SEQ}),?\s+(?:MD|M\.D\.|DO|D\.O\.|RN|NP|PA-C|PA|PhD|DNP|CNM|CRNA|LPN|MBBS|FRCP|DDS|PharmD)\b"
 )
-_LAST_FIRST = regex.compile(rf"\b(?P<last>{_TOKEN}),\s+(?P<first>{_TOKEN})\b")
-_WORD = regex.compile(rf"\b{_TOKEN}\b")
-_INITIAL_SURNAME = regex.compile(
-    rf"(?<![\w./])(?P<i>\p{{Lu}}\.?)\s?(?P<v>{_TOKEN})\b"
+_LAST_FIRST = re.compile(rf"\b(?P<last>{_TOKEN}),\s+(?P<first>{_TOKEN})\b")
+_WORD = re.compile(rf"\b{_TOKEN}\b")
+_INITIAL_SURNAME = re.compile(
+    rf"(?<![\w./])(?P<i>{_UP}\.?)\s?(?P<v>{_TOKEN})\b"
 )  # not "mmol/L. Foley"  # "J. Smith", "J Smith"
 # lower-case notes ("pt john smith called"): lexicon tokens after a trigger or before a credential, and lexicon pairs
 # letters of any script (std re: [^\W\d_]); the rules keep only matches that are lower case

@@ -91,7 +91,7 @@ def tagged_spans(
     tokens: set[str] = set()
     places: list[tuple[int, int]] = []
     lex = lexicon()
-    for start, end, p_name, p_place in tag_probabilities(text, mode):
+    for start, end, p_name, p_place in tag_probabilities(text, mode, min(name_threshold, place_threshold)):
         if p_name < name_threshold and p_place < place_threshold:
             continue
         if _inside_placeholder(text, start) or is_protected_span(text, start, end):
