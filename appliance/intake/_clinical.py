@@ -3,7 +3,7 @@ name or a place, even where a name lexicon lists the word (Foley, Wilson, Bell, 
 
 from __future__ import annotations
 
-__all__ = ["DRUGS", "EPONYMS", "HEAD_NOUNS", "UNITS", "is_protected"]
+__all__ = ["CLINICAL_WORDS", "DRUGS", "EPONYMS", "HEAD_NOUNS", "UNITS", "is_protected"]
 
 
 def _words(text: str) -> frozenset[str]:
@@ -70,6 +70,9 @@ bid tid qid qd qhs qam qpm prn stat po iv im sc sq sl pr
 mg mcg ug g kg ml mL l L dl dL x10 mmol umol mol meq mEq iu IU units unit mm cm m hr hrs h min sec bpm mmHg kPa
 """
 )
+
+
+CLINICAL_WORDS = DRUGS | EPONYMS | HEAD_NOUNS | UNITS  # a word outside this set is never protected
 
 
 def is_protected(word: str, following: str = "") -> bool:

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import regex
 
-from appliance.intake._clinical import UNITS, is_protected
+from appliance.intake._clinical import CLINICAL_WORDS, UNITS, is_protected
 from appliance.intake._lexicon import Lexicon, lexicon
 from appliance.intake._names import COMMON_WORDS
 from appliance.intake._tagger import tag_probabilities
@@ -42,6 +42,9 @@ def is_protected_span(text: str, start: int, end: int) -> bool:
     """Whether ``text[start:end]`` is clinical vocabulary in its context (see ``_clinical.is_protected``); a unit
     letter after a slash or digit ("mmol/L", "x10^9/L", "5 L") too."""
     word = text[start:end]
+    low = word.lower()
+    if low not in CLINICAL_WORDS and low.partition("-")[0] not in CLINICAL_WORDS:
+        return False  # the common case, decided by one set look-up
     if _TITLE_BEFORE.search(text, max(0, start - 12), start):  # "Dr. Foley", "Mr. Wilson's wife": a person
         return False
     if word.lower() in UNITS and start > 0 and (text[start - 1] in "/^" or text[start - 1 : start].isdigit()):

@@ -162,12 +162,16 @@ def _own(tok: str) -> tuple[str, ...]:
 _NEIGHBOUR_KEEP = ("sh=", "lg", "ls", "lp", "lc", "w=", "title", "cred", "rel", "label", "drug", "epo", "nonascii")
 
 
+_FAR_KEEP = ("sh=", "lg", "ls", "title", "rel", "label")  # two tokens away: shape, lexicon and label words only
+
+
 @lru_cache(maxsize=200_000)
 def _views(tok: str) -> tuple[tuple[str, ...], ...]:
     """The token's own features, then its features as seen from each offset in ``_OFFSETS``."""
     own = _own(tok)
     near = [f for f in own if f.startswith(_NEIGHBOUR_KEEP)]
-    return (own, *(tuple(f"{off}:{f}" for f in near) for off in _OFFSETS))
+    far = [f for f in own if f.startswith(_FAR_KEEP) and not f.startswith("w=")]
+    return (own, *(tuple(f"{off}:{f}" for f in (near if abs(off) == 1 else far)) for off in _OFFSETS))
 
 
 def sequence_features(text: str, mode: str) -> tuple[list[tuple[int, int]], list[list[str]]]:
