@@ -23,7 +23,6 @@ import re
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 
-
 from appliance.intake._lexicon import lexicon
 
 __all__ = ["COMMON_WORDS", "find_names", "labelled_name_tokens", "propagate_spans"]
@@ -115,7 +114,7 @@ services social work worker management health mental behavioral occupational spe
 disease diseases intensive critical general practice assistant aide technician coordinator manager director
 administration nutrition dietitian chaplain interpreter transport security registration billing insurance
 visit visits consult consults consultation driver pump recs review reviewed portal callback login
-email e-mail phone telephone tel fax cell mobile pager address
+email e-mail phone telephone tel fax cell mobile pager address zip code postcode postal
 minute minutes hour hours day days week weeks month months year years
 """
 )
@@ -301,6 +300,12 @@ def find_names(
 
     for m in _LAST_FIRST.finditer(text):
         last, first = m.group("last"), m.group("first")
+        if last.isupper() and first.isupper() and len(first) > 2 and len(last) > 2:
+            # an ALL-CAPS header "KOWALCZYK, ANNA": a lexicon given name after the comma makes both names
+            if _key(first) in given and last.lower() not in _COMMON and first.lower() not in _COMMON:
+                add_tokens(m.start("last"), last, [last])
+                add_tokens(m.start("first"), first, [first])
+            continue
         if last.isupper() or first.isupper() or _key(first) not in given:
             continue
         # "Surname, Given": a known surname, or any non-common word before an unambiguous given name

@@ -28,8 +28,8 @@ __all__ = [
 
 NAME_THRESHOLD = 0.5  # P(name) at or above which the scrubber replaces a token
 PLACE_THRESHOLD = 0.5  # P(place) at or above which a token is part of an [ADDRESS]
-SUSPECT_THRESHOLD = 0.2
-_LOWER_IN_MIXED = 0.8  # a lower-case word in mixed-case text outside the lexicon needs this P(name)  # the residual check's default: report more, replace nothing
+SUSPECT_THRESHOLD = 0.2  # the residual check's default: report more, replace nothing
+_LOWER_IN_MIXED = 0.8  # P(name) a word needs where case or position makes it doubtful (see _could_be_name)
 _TITLE_BEFORE = regex.compile(r"\b(?:Dr|Mr|Mrs|Ms|Mx|Prof|Miss|Doctor|Sister|Nurse)\.?\s+$", regex.IGNORECASE)
 _LETTERS = regex.compile(r"\p{L}+")
 _LOWER_NEXT = regex.compile(r"[ \t]+\p{Ll}")
