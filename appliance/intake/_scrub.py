@@ -119,7 +119,7 @@ _PHONE_CORE = (
     r"|\+\d{1,3}[\s.-]?\(?\d{1,4}\)?(?:[\s.-]?\d{2,4}){2,4}"
     r"|\(\d{3}\)\d{3}-?\d{4}"
 )
-_EXT = r"(?:\s*(?:ext\.?|x|extension)\s*\d{1,6})?"
+_EXT = r"(?:\s*(?i:ext\.?|x|extension)\s*\d{1,6})?"
 _UNIT_WORD = r"(?:one|two|three|four|five|six|seven|eight|nine)"
 _TEEN_WORD = r"(?:ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|seventeen|eighteen|nineteen)"
 # ages over 89 in words: "ninety", "ninety-eight", "one hundred", "a hundred and two", "one hundred twenty-one"
