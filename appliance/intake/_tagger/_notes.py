@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from appliance.intake._tagger._templates import TEMPLATES
+
 __all__ = ["Note", "Phi", "generate_notes", "translit"]
 
 _CYRILLIC = dict(
@@ -557,8 +559,6 @@ class _Filler:
 
 
 _SLOT = re.compile(r"\{(\w+)\}")
-
-from appliance.intake._tagger._templates import TEMPLATES  # noqa: E402  (template text lives in its own module)
 
 
 def generate_notes(n: int, seed: int, family: str = "heldout") -> list[Note]:
