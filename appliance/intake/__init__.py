@@ -23,6 +23,7 @@ from appliance.intake._residual import residual_counts
 from appliance.intake._schema import Record, read_records
 from appliance.intake._scrub import PLACEHOLDER_TYPES, Scrubber, ScrubReport
 from appliance.intake._scrub_file import scrub_file
+from appliance.intake._suspects import suspect_name_spans
 from appliance.intake._synthetic import generate_records, labeled_cases, write_synthetic
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "residual_counts",
     "scrub_file",
     "subject_digest",
+    "suspect_name_spans",
     "write_labelled_notes",
     "write_misses",
     "write_synthetic",

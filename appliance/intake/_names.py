@@ -22,12 +22,19 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from functools import lru_cache
-from importlib import resources
 
-__all__ = ["find_names", "labelled_name_tokens", "propagate_spans"]
+from appliance.intake._lexicon import lexicon
 
-_TOKEN = r"[A-Z][a-zA-Z]*(?:['’](?!s\b)[A-Za-z]+)?(?:-[A-Z][a-zA-Z]*)?"  # O'Brien, Smith-Jones; not Smith's
-_INITIAL = r"[A-Z]\."
+__all__ = ["COMMON_WORDS", "find_names", "labelled_name_tokens", "propagate_spans"]
+
+# Upper-case letters of any script as a class the standard library compiles to a fast bitmap (its re has no \p{Lu});
+# [^\W\d_] is any letter. Notes are NFC text, so accented letters are single characters.
+_UP = "[" + "".join(re.escape(chr(c)) for c in range(0x2000) if chr(c).isupper()) + "]"
+_LETTER = r"[^\W\d_]"
+# O'Brien, Smith-Jones, Müller, Nguyễn, Ó Briain's "Ó"; not Smith's
+_TOKEN = rf"{_UP}{_LETTER}*(?:['’](?!s\b){_LETTER}+)?(?:-{_UP}{_LETTER}*)?"
+_INITIAL = rf"{_UP}\."
+_IS_INITIAL = re.compile(_INITIAL).fullmatch
 _NAME_SEQ = rf"(?:{_INITIAL}|{_TOKEN})(?:\s+(?:{_INITIAL}|{_TOKEN})){{0,3}}"
 
 _HONORIFIC = re.compile(rf"\b(?:Dr|Mr|Mrs|Ms|Mx|Prof|Miss|Mister|Doctor|Sir|Madam)\.?\s+(?P<v>{_NAME_SEQ})")
@@ -49,9 +56,12 @@ _CREDENTIAL = re.compile(
 )
 _LAST_FIRST = re.compile(rf"\b(?P<last>{_TOKEN}),\s+(?P<first>{_TOKEN})\b")
 _WORD = re.compile(rf"\b{_TOKEN}\b")
-_INITIAL_SURNAME = re.compile(rf"(?<![\w.])(?P<i>[A-Z]\.?)\s?(?P<v>{_TOKEN})\b")  # "J. Smith", "J Smith"
+_INITIAL_SURNAME = re.compile(
+    rf"(?<![\w./])(?P<i>{_UP}\.?)\s?(?P<v>{_TOKEN})\b"
+)  # not "mmol/L. Foley"  # "J. Smith", "J Smith"
 # lower-case notes ("pt john smith called"): lexicon tokens after a trigger or before a credential, and lexicon pairs
-_LOWER_TOKEN = r"[a-z][a-z]*(?:['’][a-z]+)?(?:-[a-z]+)?"
+# letters of any script (std re: [^\W\d_]); the rules keep only matches that are lower case
+_LOWER_TOKEN = r"[^\W\d_]+(?:['’][^\W\d_]+)?(?:-[^\W\d_]+)?"
 _LOWER_TRIGGER = re.compile(
     r"\b(?:(?:dr|mr|mrs|ms|mx|prof)\b\.?|(?:miss|doctor|patient(?:'s)?\s+name|name|named|patient|pt|son|daughter"
     r"|wife|husband|mother|father|brother|sister|spouse|partner|guardian|caregiver|seen\s+by|referred\s+by"
@@ -60,6 +70,7 @@ _LOWER_TRIGGER = re.compile(
     rf"\s*(?::|,|=)?\s*(?P<v>{_LOWER_TOKEN}(?:\s+(?:{_LOWER_TOKEN}|[a-z]\.)){{0,2}})"
 )
 _LOWER_CREDENTIAL = re.compile(rf"(?P<v>{_LOWER_TOKEN}(?:\s+{_LOWER_TOKEN}){{0,2}}),?\s+(?:md|m\.d\.|rn|np|phd)\b")
+_LOWER_CREDENTIAL_WORD = re.compile(r"\b(?:md|m\.d\.|rn|np|phd)\b")  # cheap test before the costly rule
 _LOWER_LAST_FIRST = re.compile(rf"\b(?P<s>{_LOWER_TOKEN}),\s+(?P<g>{_LOWER_TOKEN})\b")
 _LOWER_PAIR = re.compile(rf"\b(?P<g>{_LOWER_TOKEN})\s+(?:[a-z]\.?\s+)?(?P<s>{_LOWER_TOKEN})\b")
 
@@ -102,8 +113,13 @@ education practitioner therapy physical internal triage protocol provided verifi
 services social work worker management health mental behavioral occupational speech respiratory infectious
 disease diseases intensive critical general practice assistant aide technician coordinator manager director
 administration nutrition dietitian chaplain interpreter transport security registration billing insurance
+visit visits consult consults consultation driver pump recs review reviewed portal callback login
+email e-mail phone telephone tel fax cell mobile pager address zip code postcode postal
+minute minutes hour hours day days week weeks month months year years
 """
 )
+
+COMMON_WORDS = _COMMON
 
 # Census given names that are also ordinary words; they count as names only by rules 1-4.
 _AMBIGUOUS_GIVEN = _words(
@@ -122,17 +138,10 @@ young white black green brown gray grey long short little small case ward hall w
 
 @lru_cache(maxsize=1)
 def _lexicon() -> tuple[frozenset[str], frozenset[str]]:
-    """(given names, surnames), upper case, from the bundled census lists."""
-    base = resources.files("appliance.intake") / "data"
-
-    def load(*names: str) -> frozenset[str]:
-        words: set[str] = set()
-        for name in names:
-            text = (base / name).read_text(encoding="utf-8")
-            words.update(_key(w) for w in text.splitlines() if w.strip() and not w.startswith("#"))
-        return frozenset(words)
-
-    return load("first_names.txt", "first_names_extra.txt"), load("surnames.txt")
+    """(given names, surnames), upper case, from the bundled multi-locale lexicon; names that are also common English
+    words ("Will", "Long", "Care") are left to the context rules and the tagger."""
+    lex = lexicon()
+    return lex.given - lex.common, lex.surnames - lex.common
 
 
 def _key(token: str) -> str:
@@ -148,10 +157,10 @@ def _strip_common(tokens: list[str]) -> list[str]:
     """Keep the leading run of tokens that could be name parts (stop at a common word)."""
     kept: list[str] = []
     for tok in tokens:
-        if tok.rstrip(".").lower() in _COMMON and not re.fullmatch(_INITIAL, tok):
+        if tok.rstrip(".").lower() in _COMMON and not _IS_INITIAL(tok):
             break
         kept.append(tok)
-    while kept and re.fullmatch(_INITIAL, kept[-1]) and len(kept) > 1:
+    while kept and _IS_INITIAL(kept[-1]) and len(kept) > 1:
         kept.pop()  # a trailing initial is more likely a sentence end ("... by Dr. Smith. A")
     return kept
 
@@ -163,10 +172,10 @@ def _lexicon_run(
     be a non-common word, as after an honorific: "DR. IVANOVA")."""
     run: list[str] = []
     for i, tok in enumerate(tokens):
-        known = re.fullmatch(_INITIAL, tok) or _key(tok) in given or _key(tok) in surnames
+        known = _IS_INITIAL(tok) or _key(tok) in given or _key(tok) in surnames
         known = known or (first_free and i == 0 and tok.lower() not in _COMMON)
         # a surname the lexicon lacks, right after a given name or initial ("PATIENT: MEI IVANOVA")
-        follows_given = bool(run) and (_key(run[-1]) in given or re.fullmatch(_INITIAL, run[-1]) is not None)
+        follows_given = bool(run) and (_key(run[-1]) in given or _IS_INITIAL(run[-1]) is not None)
         if not (known or (follows_given and tok.lower() not in _COMMON)):
             break
         run.append(tok)
@@ -178,6 +187,7 @@ def _lower_case_names(
     given: frozenset[str],
     surnames: frozenset[str],
     add_tokens: Callable[[int, str, list[str]], None],
+    pairs: bool,
 ) -> None:
     """Rules for names written in lower case: stricter, since every word is lower case there."""
 
@@ -188,7 +198,8 @@ def _lower_case_names(
     def in_lexicon(tok: str) -> bool:
         return (_key(tok) in given or _key(tok) in surnames) and tok.lower() not in _COMMON
 
-    for pattern in (_LOWER_TRIGGER, _LOWER_CREDENTIAL):
+    has_credential = _LOWER_CREDENTIAL_WORD.search(text) is not None
+    for pattern in (_LOWER_TRIGGER, _LOWER_CREDENTIAL) if has_credential else (_LOWER_TRIGGER,):
         for m in pattern.finditer(text):
             value = m.group("v")
             tokens = _tokens(value)
@@ -197,14 +208,14 @@ def _lower_case_names(
                 # next to ", md" the last token is a name part even outside the lexicon ("betty ivanova, md")
                 tokens = tokens[::-1]
                 for i, tok in enumerate(tokens):
-                    if not (in_lexicon(tok) or (i == 0 and tok.lower() not in _COMMON)):
+                    if not tok.islower() or not (in_lexicon(tok) or (i == 0 and tok.lower() not in _COMMON)):
                         break
                     run.append(tok)
             else:
                 for i, tok in enumerate(tokens):
                     nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
                     after_given = bool(run) and _key(run[-1]) in given
-                    ok = (
+                    ok = tok.islower() and (
                         is_name(tok)
                         # an ambiguous given name ("carol") counts when a lexicon surname follows it
                         or (i == 0 and _key(tok) in given and _key(nxt) in surnames and nxt.lower() not in _COMMON)
@@ -220,23 +231,25 @@ def _lower_case_names(
                 add_tokens(m.start("v") + offset, value[offset:], run)
             else:
                 add_tokens(m.start("v"), value, run)
-    for pattern in (_LOWER_PAIR, _LOWER_LAST_FIRST):
+    for pattern in (_LOWER_PAIR, _LOWER_LAST_FIRST) if pairs else ():
         for m in pattern.finditer(text):
             g, sname = m.group("g"), m.group("s")
             lexical = len(g) > 2 and len(sname) > 2 and _key(g) in given and _key(sname) in surnames
+            lexical = lexical and g.islower() and sname.islower()
             if lexical and is_name(g) and sname.lower() not in _COMMON and sname.lower() not in _AMBIGUOUS_GIVEN:
                 add_tokens(m.start("g"), g, [g])
                 add_tokens(m.start("s"), sname, [sname])
 
 
 def find_names(
-    text: str, known: Iterable[str] = (), *, lexicon_only: bool = False
+    text: str, known: Iterable[str] = (), *, lexicon_only: bool = False, lower_pairs: bool = True
 ) -> tuple[list[tuple[int, int]], set[str]]:
     """Character spans of person names in ``text`` (may overlap) and the name tokens found.
 
     ``known`` are tokens already found elsewhere in the same record; they are replaced here too (rule 6).
     ``lexicon_only`` (for text that was ALL CAPS, where every word looks capitalised): rules 1-3 accept only
-    tokens that are in the lexicon.
+    tokens that are in the lexicon. ``lower_pairs``: also take two lower-case lexicon words in a row as a name (for
+    all-lower-case text; in mixed case the tagger reads such pairs, and the rule is the costliest one).
     """
     given, surnames = _lexicon()
     spans: list[tuple[int, int]] = []
@@ -251,7 +264,7 @@ def find_names(
                 break
             spans.append((start + idx, start + idx + len(tok)))
             pos = idx + len(tok)
-            if not re.fullmatch(_INITIAL, tok) and len(tok) > 1:
+            if not _IS_INITIAL(tok) and len(tok) > 1:
                 found_tokens.add(tok)
 
     for pattern in (_HONORIFIC, _TRIGGER, _CREDENTIAL):
@@ -279,7 +292,7 @@ def find_names(
                 # name, or two name-like tokens must follow ("Patient Zyntharia Quellbrook", not "Contact Dermatitis")
                 labelled = m.group("sep") in (":", ",", "=")
                 in_lexicon = _key(tokens[0]) in given or _key(tokens[0]) in surnames
-                name_words = [t for t in tokens if not re.fullmatch(_INITIAL, t)]
+                name_words = [t for t in tokens if not _IS_INITIAL(t)]
                 if not (labelled or in_lexicon or len(name_words) >= 2):
                     tokens = []
             if tokens and len(tokens[0]) >= 2:
@@ -287,6 +300,12 @@ def find_names(
 
     for m in _LAST_FIRST.finditer(text):
         last, first = m.group("last"), m.group("first")
+        if last.isupper() and first.isupper() and len(first) > 2 and len(last) > 2:
+            # an ALL-CAPS header "KOWALCZYK, ANNA": a lexicon given name after the comma makes both names
+            if _key(first) in given and last.lower() not in _COMMON and first.lower() not in _COMMON:
+                add_tokens(m.start("last"), last, [last])
+                add_tokens(m.start("first"), first, [first])
+            continue
         if last.isupper() or first.isupper() or _key(first) not in given:
             continue
         # "Surname, Given": a known surname, or any non-common word before an unambiguous given name
@@ -302,7 +321,7 @@ def find_names(
             add_tokens(m.start("v"), surname, [surname])
 
     if not lexicon_only:
-        _lower_case_names(text, given, surnames, add_tokens)
+        _lower_case_names(text, given, surnames, add_tokens, lower_pairs)
 
     words = list(_WORD.finditer(text))
     for i, m in enumerate(words):
@@ -342,10 +361,26 @@ def labelled_name_tokens(value: str) -> set[str]:
 
 
 def propagate_spans(text: str, tokens: Iterable[str]) -> list[tuple[int, int]]:
-    """Every standalone occurrence of the given name tokens in ``text``, in any letter case (rule 6)."""
-    ordered = sorted(set(tokens), key=len, reverse=True)
-    if not ordered:
+    """Every standalone occurrence of the given name tokens in ``text``, in any letter case (rule 6): not inside a
+    longer word or hyphenated word ("Smith" is not found in "Smithson" or "Smith-Jones")."""
+    wanted = {t.lower() for t in tokens if t}
+    if not wanted:
         return []
-    alternation = "|".join(re.escape(t) for t in ordered)
-    pattern = re.compile(rf"(?<![\w-])(?:{alternation})(?![\w-])", re.IGNORECASE)  # "Smith" also finds "SMITH"
-    return [(m.start(), m.end()) for m in pattern.finditer(text)]
+    low = text.lower()
+    if len(low) != len(text):  # a letter whose lower case is longer (rare): search case by case instead
+        alternation = "|".join(re.escape(t) for t in sorted(wanted, key=len, reverse=True))
+        pattern = re.compile(rf"(?<![\w-])(?:{alternation})(?![\w-])", re.IGNORECASE)
+        return [(m.start(), m.end()) for m in pattern.finditer(text)]
+    spans: list[tuple[int, int]] = []
+    n = len(low)
+    for tok in wanted:
+        pos = low.find(tok)
+        while pos >= 0:
+            end = pos + len(tok)
+            before = low[pos - 1] if pos else " "
+            after = low[end] if end < n else " "
+            if not (before.isalnum() or before in "_-") and not (after.isalnum() or after in "_-"):
+                spans.append((pos, end))
+            pos = low.find(tok, pos + 1)
+    spans.sort()
+    return spans

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.intake._names import find_names, labelled_name_tokens, propagate_spans
+from appliance.intake._suspects import drop_protected, tagged_spans
 
 __all__ = ["PLACEHOLDER_TYPES", "ScrubReport", "Scrubber"]
 
@@ -65,7 +66,8 @@ PLACEHOLDER_TYPES = (
 )
 
 Span = tuple[int, int, str]  # start, end, placeholder type
-_NameHits = tuple[list[tuple[int, int]], set[str]]  # name spans and name tokens found in one text
+# name spans, name tokens and place spans found in one text
+_NameHits = tuple[list[tuple[int, int]], set[str], list[tuple[int, int]]]
 
 # --- building blocks -------------------------------------------------------------------------------------------
 _SEP = r"\s*(?:[:#=]|\bno\.?|\bnumber\b|\bnum\b|\bnbr\b|\bid\b|\bis\b)?\s*(?:[:#=]\s*)?"
@@ -117,7 +119,14 @@ _PHONE_CORE = (
     r"|\+\d{1,3}[\s.-]?\(?\d{1,4}\)?(?:[\s.-]?\d{2,4}){2,4}"
     r"|\(\d{3}\)\d{3}-?\d{4}"
 )
-_EXT = r"(?:\s*(?:ext\.?|x|extension)\s*\d{1,6})?"
+_EXT = r"(?:\s*(?i:ext\.?|x|extension)\s*\d{1,6})?"
+_UNIT_WORD = r"(?:one|two|three|four|five|six|seven|eight|nine)"
+_TEEN_WORD = r"(?:ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|seventeen|eighteen|nineteen)"
+# ages over 89 in words: "ninety", "ninety-eight", "one hundred", "a hundred and two", "one hundred twenty-one"
+_AGE_WORDS = (
+    rf"(?:ninety(?:[\s-]{_UNIT_WORD})?|(?:(?:one|a)\s+)?hundred(?:(?:\s+and)?[\s-]"
+    rf"(?:{_TEEN_WORD}|(?:twenty|thirty|forty)(?:[\s-]{_UNIT_WORD})?|{_UNIT_WORD}))?)"
+)
 
 
 @dataclass(frozen=True)
@@ -156,6 +165,18 @@ def _plausible_date(m: re.Match[str]) -> bool:
         return 1 <= parts[1] <= 12 and (len(parts) < 3 or 1 <= parts[2] <= 31)
     a, b = parts[0], parts[1]
     return 1 <= a <= 31 and 1 <= b <= 31 and (a <= 12 or b <= 12)
+
+
+def _phone_shaped(m: re.Match[str]) -> bool:
+    """8 to 15 digits, and not a dotted or dashed date ("05.03.2024", "05-03-24")."""
+    value = m.group("v")
+    digits = sum(c.isdigit() for c in value)
+    date_or_decimal = re.fullmatch(r"\d{1,2}[./-]\d{1,2}[./-]\d{2,4}|\d+[.,]\d+|\d{5}-\d{4}", value)
+    return 8 <= digits <= 15 and date_or_decimal is None
+
+
+def _digits(n: int) -> Callable[[re.Match[str]], bool]:
+    return lambda m: sum(c.isdigit() for c in m.group("v")) >= n
 
 
 def _phone_or_fax(text: str, m: re.Match[str]) -> str:
@@ -212,6 +233,10 @@ def _rules() -> list[_Rule]:
         ),
         _Rule("IP", re.compile(r"(?P<v>(?<![\w:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:]))"), _valid_ipv6),
         _Rule("DEVICE", re.compile(r"(?P<v>\b(?:[0-9A-F]{2}[:-]){5}[0-9A-F]{2}\b)", ci)),  # MAC address
+        # an IBAN, also printed in groups ("DE89 3704 0044 0532 0130 00")
+        _Rule(
+            "ACCOUNT", re.compile(r"(?P<v>\b[A-Z]{2}\d{2}(?:\s?[A-Z0-9]{4}){2,7}(?:\s?[A-Z0-9]{1,3})?\b)"), _digits(8)
+        ),
         _Rule("SSN", re.compile(r"(?P<v>\b\d{3}-\d{2}-\d{4}\b|\b\d{3} \d{2} \d{4}\b)")),
         _ctx(r"ssn|social\s+security(?:\s+(?:number|no|#))?|ss#", "SSN", r"(?P<v>\d{3}[-. ]?\d{2}[-. ]?\d{4})\b"),
         _ctx(
@@ -224,6 +249,11 @@ def _rules() -> list[_Rule]:
             r"(?:\s+(?:number|no|#))?|registration\s+plate|tag\s+(?:number|no|#)",
             "VEHICLE",
             r"(?P<v>(?=[A-Z0-9 -]*\d)[A-Z0-9][A-Z0-9 -]{1,16}[A-Z0-9])\b",
+        ),
+        _ctx(  # "reg. ABC-1234", "registration KA 12 AB 1234": a plate's letters and digits, in groups
+            r"reg|car\s+reg|registration(?:\s+(?:no|number|plate))?|number\s+plate",
+            "VEHICLE",
+            r"(?P<v>(?=[A-Z0-9 -]*\d)(?=[A-Z0-9 -]*[A-Z])[A-Z0-9]{1,4}(?:[ -][A-Z0-9]{1,4}){0,3})\b",
         ),
         _Rule(
             "VEHICLE",
@@ -246,6 +276,11 @@ def _rules() -> list[_Rule]:
             r"|credit\s+card|card",
             "ACCOUNT",
         ),
+        _ctx(  # "state license 12.345678", "medical license G 12345", "licence no. A 123-456"
+            r"(?:(?:state|medical|professional|nursing|driver'?s?)\s+)?licen[cs]e|lic|registration",
+            "LICENSE",
+            r"(?P<v>(?:[A-Z]{1,3}[ .-]?)?\d{1,8}(?:[.\s-]\d{2,8}){0,2})\b(?![.,]\d)",
+        ),
         _ctx(
             r"(?:driver'?s?\s+)?licen[cs]e|lic|dl|npi|dea|certificate|cert|board\s+certification|registration"
             r"|permit|passport",
@@ -267,8 +302,19 @@ def _rules() -> list[_Rule]:
         ),
         _Rule("DATE", re.compile(date_words, ci)),
         _Rule("DATE", re.compile(date_num), _plausible_date),
+        _Rule(  # national and international numbers: "01.37.11.61.63", "+33 2 30 ...", "(06597) 61575 545"
+            "PHONE",
+            re.compile(
+                r"(?P<v>(?<![\w.+/-])(?:\+\d{1,3}[\s.-]?|00\d{1,3}[\s.-]?|\(\+?\d{1,5}\)[\s.-]{0,2}|0\d{0,4}[\s.-]?"
+                r"|\d{2}\s(?=\d{4,5}-\d{4}))(?:\d{1,6}[\s.-]?){1,5}\d{2,6}(?![\w/]|[.,]\d))"
+            ),
+            check=_phone_shaped,
+            kind_of=_phone_or_fax,
+        ),
         _ctx(
             r"dob|d\.o\.b\.?|date\s+of\s+birth|born(?:\s+on)?|on|dated|since|from|until|admitted|discharged|seen"
+            r"|sign-?out|signed(?:\s+out)?|comparison|date|visit|admission|discharge|follow-?up|f/u|appt|appointment"
+            r"|surgery|procedure|review(?:ed)?|updated?|as\s+of|last\s+seen|prior|previous|study|exam|shift(?:\s+note)?"
             r"|died|deceased|expired",
             "DATE",
             r"(?P<v>(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12]\d|3[01])|\d{8})\b",
@@ -282,6 +328,8 @@ def _rules() -> list[_Rule]:
             ),
         ),
         _Rule("AGE", re.compile(r"(?i:\b(?:aged?|age:|age\s+is))\s*(?P<v>(?:9\d|1[0-4]\d))\b")),
+        _Rule("AGE", re.compile(rf"(?i)\b(?P<v>{_AGE_WORDS})(?=[\s-]*(?:years?\b|yrs?\b|y/?o\b|yo\b))")),
+        _Rule("AGE", re.compile(rf"(?i)\b(?:aged?|age:|age\s+is)\s*(?P<v>{_AGE_WORDS})\b")),  # "aged ninety"
         _Rule("AGE", re.compile(r"\b(?P<v>(?:9\d|1[0-4]\d))\s*(?:M|F|yo|y)\b")),
         _Rule(
             "ADDRESS",
@@ -322,6 +370,12 @@ def _rules() -> list[_Rule]:
         ),
         _Rule("ZIP", re.compile(rf"(?:\b(?:{_STATES}|{_STATE_NAMES}),?\s+)(?P<v>\d{{5}}(?:-\d{{4}})?)\b")),
         _ctx(r"zip(?:\s*code)?|postal\s+code|postcode|zip\+4", "ZIP", r"(?P<v>\d{5}(?:-\d{4})?)\b"),
+        # postcodes that need no state before them: UK ("SW1A 1AA"), Canada ("K1A 0B1"), Netherlands ("1234 AB City")
+        _Rule("ZIP", re.compile(r"(?P<v>\b[A-Z]{1,2}\d[A-Z\d]?\s?\d[ABD-HJLNP-UW-Z]{2}\b)")),
+        _Rule("ZIP", re.compile(r"(?P<v>\b[A-CEGHJ-NPR-TVXY]\d[A-CEGHJ-NPR-TV-Z]\s?\d[A-CEGHJ-NPR-TV-Z]\d\b)")),
+        _Rule("ZIP", re.compile(r"(?P<v>\b\d{4}\s?[A-Z]{2})\b(?=\s+[A-Z][a-z])")),
+        # a bare 7-digit number is a record number (sign-out lists: "Smith 1234567"); not a decimal or a phone part
+        _Rule("MRN", re.compile(r"(?P<v>(?<![\w.,/:+-])\d{7}(?![\w/]|[.,:]\d|-\d))")),
         # any other unique identifying number: long digit runs and mixed letter+digit codes
         # not a decimal's digits ("0.12345678"); a full stop after it ends the sentence
         _Rule("ID", re.compile(r"(?P<v>(?<!\w)(?<!\d[.,])\d{8,}(?!\w)(?![.,]\d))")),
@@ -448,6 +502,30 @@ def _cover(kept: list[Span], span: Span) -> list[Span]:
     return rest
 
 
+def _fill(kept: list[Span], text: str, start: int, end: int) -> list[Span]:
+    """``kept`` plus an [ADDRESS] span for each stretch of ``text[start:end]`` that no kept span covers and that holds
+    a letter or digit."""
+    pos = start
+    gaps: list[Span] = []
+    for k in kept[max(0, bisect.bisect_left(kept, (start, -1, "")) - 1) :]:
+        if k[0] >= end:
+            break
+        if k[1] <= pos:
+            continue
+        if k[0] > pos:
+            gaps.append((pos, k[0], "ADDRESS"))
+        pos = max(pos, k[1])
+    if pos < end:
+        gaps.append((pos, end, "ADDRESS"))
+    for g_start, g_end, kind in gaps:
+        piece = text[g_start:g_end]
+        stripped = piece.strip(" \t\n,.;:-/()")
+        if any(c.isalnum() for c in stripped):
+            lead = g_start + piece.index(stripped)
+            bisect.insort(kept, (lead, lead + len(stripped), kind))
+    return kept
+
+
 def _merge_names(text: str, spans: list[Span]) -> list[Span]:
     """Adjacent name tokens become one span ("Jane Q. Smith" -> one [NAME])."""
     merged: list[Span] = []
@@ -504,10 +582,12 @@ class Scrubber:
         spans = list(_iter_spans(view, probe if mode else None))
         if found is None:
             found = _find_names(view, probe, mode)
-        own_spans, tokens = found
-        name_spans = own_spans + propagate_spans(view, set(known_names) - tokens)
+        own_spans, tokens, places = found
+        name_spans = drop_protected(view, own_spans + propagate_spans(view, set(known_names) - tokens))
         spans.extend((s, e, "NAME") for s, e in sorted(name_spans, key=lambda se: (se[0], -se[1])))
         kept = _select(spans)
+        for s, e in places:  # the tagger's place words fill what no rule took ("12 [NAME] Bridge" -> all replaced)
+            kept = _fill(kept, view, s, e)
         for pattern, kind in declared:
             for m in pattern.finditer(view):
                 kept = _cover(kept, (m.start(), m.end(), kind))
@@ -572,14 +652,18 @@ class Scrubber:
 
 def _find_names(text: str, probe: str, mode: str) -> _NameHits:
     """Names in a text of any case: ALL-CAPS and lower-case texts are searched in their word-cased copy with the
-    lexicon-only rules; lower-case text also gets the lower-case rules on the original."""
+    lexicon-only rules; lower-case text also gets the lower-case rules on the original. The CRF tagger adds the
+    tokens it reads as names (and place words), in any case."""
     if not mode:
-        return find_names(text)
-    spans, tokens = find_names(probe, lexicon_only=True)
-    if mode == "lower":
-        more, lower_tokens = find_names(text)
-        spans, tokens = spans + more, tokens | lower_tokens
-    return spans, tokens
+        spans, tokens = find_names(text, lower_pairs=False)
+    else:
+        spans, tokens = find_names(probe, lexicon_only=True)
+        if mode == "lower":
+            more, lower_tokens = find_names(text)
+            spans, tokens = spans + more, tokens | lower_tokens
+    tagged, tagged_tokens, places = tagged_spans(text, mode)
+    tokens |= tagged_tokens
+    return spans + tagged + propagate_spans(text, tagged_tokens), tokens, places
 
 
 # A metadata value under an identifier key ({"mrn": "7654321"}) is replaced wherever it stands in the record's text.

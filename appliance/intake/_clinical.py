@@ -1,0 +1,96 @@
+"""Clinical allow-list: eponyms, drug names (generic and brand) and units that must never be taken for a person's
+name or a place, even where a name lexicon lists the word (Foley, Wilson, Bell, Allen, Barrett, Graves...)."""
+
+from __future__ import annotations
+
+__all__ = ["CLINICAL_WORDS", "DRUGS", "EPONYMS", "HEAD_NOUNS", "UNITS", "is_protected"]
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(w.lower() for w in text.split())
+
+
+# eponym words: protected when a possessive or a clinical head noun follows ("Bell's palsy", "Allen test")
+EPONYMS = _words(
+    """
+Addison Alzheimer Apgar Argyll Arnold Asperger Babinski Baker Barrett Bartter Battle Beck Behcet Bell Bence Berger
+Bishop Blalock Boerhaave Bouchard Bowen Braxton Broca Brown Brudzinski Brugada Budd Buerger Burkitt Caplan Charcot
+Chagas Cheyne Chiari Conn Colles Cooley Coombs Crigler Crohn Cullen Curling Cushing Dandy DeQuervain Dressler
+Dubin Duchenne Dupuytren Ehlers Epley Erb Ewing Fallot Fanconi Felty Foley Frey Friedreich Gardner Gaucher Gehrig
+Gilbert Glasgow Goodpasture Gram Graves Grey Guillain Barre Hashimoto Heberden Henoch Hirschsprung Hodgkin Holter
+Homans Horner Huntington Hunter Hurler Jacksonian Jones Kaposi Kawasaki Kernig Klinefelter Korsakoff Krukenberg
+Kussmaul Lambert Levine Lou Ludwig Lyme Mallory Marfan McBurney Meckel Meniere Minnesota Monteggia Murphy Nissen
+Osler Paget Pancoast Parkinson Peyronie Pott Prinzmetal Purkinje Raynaud Reiter Reye Rinne Romberg Rovsing Schilling
+Sjogren Smith Stevens Stokes Sturge Swan Ganz Takayasu Tay Sachs Tinel Phalen Tourette Trendelenburg Trousseau
+Turner Valsalva Virchow Von Willebrand Waldenstrom Weber Wegener Wenckebach Wernicke Whipple Wilms Wilson Wolff
+Parkinson White Zenker Zollinger Ellison Allen Down Hartmann Seldinger Hickman Groshong Ranson Wells Child Pugh
+Killip Mallampati Rockall Blatchford Denver Edinger Westphal Moro Weil Felix Dix Hallpike Lachman McMurray Finkelstein
+Durkan Spurling Patrick Thomas Ortolani Barlow Galeazzi Trendelenburg Snellen Ishihara Weber Schirmer Tzanck Wood
+"""
+)
+HEAD_NOUNS = _words(
+    """
+disease syndrome sign signs test tests catheter score scale palsy lymphoma sarcoma tumor tumour esophagus oesophagus
+dementia thyroiditis phenomenon procedure fundoplication respirations respiration breathing maneuver manoeuvre
+position pattern encephalopathy triad reflex node nodes fracture ulcer classification criteria stain staining
+disorder contracture diverticulum hernia aneurysm block tube line drain lamp cell cells body bodies law operation
+repair anastomosis approach incision retractor forceps sheath chart formula equation monitor monitoring loop
+coma
+"""
+)
+DRUGS = _words(
+    """
+metformin lisinopril atorvastatin amlodipine metoprolol omeprazole losartan gabapentin sertraline furosemide apixaban
+warfarin levothyroxine insulin glargine lispro aspart prednisone prednisolone amoxicillin ceftriaxone vancomycin
+heparin enoxaparin rivaroxaban dabigatran clopidogrel aspirin ibuprofen acetaminophen paracetamol naproxen morphine
+hydromorphone oxycodone hydrocodone tramadol fentanyl lorazepam diazepam haloperidol quetiapine olanzapine
+risperidone levetiracetam phenytoin valproate lamotrigine ondansetron pantoprazole esomeprazole famotidine
+simvastatin rosuvastatin pravastatin carvedilol bisoprolol atenolol propranolol diltiazem verapamil digoxin
+amiodarone hydrochlorothiazide spironolactone torsemide bumetanide tamsulosin finasteride sitagliptin empagliflozin
+dapagliflozin semaglutide liraglutide dulaglutide sacubitril valsartan candesartan ramipril enalapril
+azithromycin doxycycline ciprofloxacin levofloxacin nitrofurantoin cephalexin piperacillin tazobactam meropenem
+clindamycin metronidazole fluconazole acyclovir oseltamivir albuterol salbutamol ipratropium tiotropium budesonide
+fluticasone montelukast methotrexate hydroxychloroquine allopurinol colchicine citalopram escitalopram fluoxetine
+paroxetine venlafaxine duloxetine bupropion mirtazapine trazodone zolpidem melatonin donepezil memantine
+Eliquis Xarelto Pradaxa Lasix Lipitor Crestor Zocor Zoloft Lexapro Prozac Keppra Dilantin Coumadin Augmentin Tylenol
+Advil Motrin Aleve Norco Percocet Vicodin Dilaudid Ativan Valium Xanax Haldol Seroquel Zyprexa Risperdal Protonix
+Nexium Prilosec Pepcid Zofran Lantus Levemir Humalog Novolog Tresiba Januvia Jardiance Farxiga Ozempic Victoza
+Trulicity Mounjaro Wegovy Entresto Plavix Brilinta Synthroid Levoxyl Flomax Proscar Norvasc Toprol Lopressor Coreg
+Zestril Prinivil Cozaar Diovan Aldactone Lanoxin Cordarone Ventolin ProAir Spiriva Symbicort Advair Singulair
+Neurontin Lyrica Ultram Narcan Suboxone Cymbalta Effexor Wellbutrin Remeron Desyrel Ambien Aricept Namenda Humira
+Enbrel Remicade Keytruda Opdivo Herceptin Avastin Rituxan Bactrim Cipro Levaquin Keflex Flagyl Diflucan Valtrex
+Tamiflu Medrol Decadron Solumedrol Benadryl Claritin Zyrtec Allegra Flonase Miralax Colace Senna Dulcolax Imodium
+"""
+)
+UNITS = _words(  # units and dosing words ("four times daily", "two tabs nightly")
+    """
+times daily twice once nightly weekly hourly tab tabs tablet tablets cap caps capsule capsules dose doses puff puffs
+drop drops patch patches spray sprays vial vials ampule syringe sachet suppository
+bid tid qid qd qhs qam qpm prn stat po iv im sc sq sl pr
+mg mcg ug g kg ml mL l L dl dL x10 mmol umol mol meq mEq iu IU units unit mm cm m hr hrs h min sec bpm mmHg kPa
+"""
+)
+
+
+CLINICAL_WORDS = DRUGS | EPONYMS | HEAD_NOUNS | UNITS  # a word outside this set is never protected
+
+
+def is_protected(word: str, following: str = "") -> bool:
+    """Whether ``word`` is clinical vocabulary here: a drug or unit anywhere, an eponym before ``'s``/``'`` or a
+    clinical head noun (``following`` is the text right after the word)."""
+    low = word.lower()
+    if low in HEAD_NOUNS:  # "esophagus" in "Barrett's esophagus" is never a name either
+        return True
+    if "-" in low:  # Cheyne-Stokes, Guillain-Barre, Swan-Ganz: the first part decides
+        first, _, rest = low.partition("-")
+        return is_protected(first, rest + following) if first in EPONYMS else low in DRUGS
+    if low in DRUGS or (low in UNITS and len(low) > 1):
+        return True
+    if low not in EPONYMS:
+        return False
+    rest = following.lstrip()
+    if rest[:1] in ("'", "’"):
+        return True
+    head = rest.split(maxsplit=2)
+    words = [h.strip(".,;:()").lower() for h in head[:2]]
+    return any(w in HEAD_NOUNS for w in words)

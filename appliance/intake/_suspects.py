@@ -1,0 +1,139 @@
+"""Name and place spans from the CRF tagger, combined with the clinical allow-list.
+
+The scrubber takes a token as a name when the rules or the tagger say so (tagger probability at or above
+``NAME_THRESHOLD``), unless the allow-list protects it (a drug, a unit, an eponym before ``'s`` or a clinical head
+noun). :func:`suspect_name_spans` runs the same tagger at a lower threshold, for a residual check over text that was
+already scrubbed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import regex
+
+from appliance.intake._clinical import CLINICAL_WORDS, UNITS, is_protected
+from appliance.intake._lexicon import Lexicon, lexicon
+from appliance.intake._names import COMMON_WORDS
+from appliance.intake._tagger import tag_probabilities
+
+__all__ = [
+    "NAME_THRESHOLD",
+    "PLACE_THRESHOLD",
+    "SUSPECT_THRESHOLD",
+    "is_protected_span",
+    "suspect_name_spans",
+    "tagged_spans",
+]
+
+NAME_THRESHOLD = 0.5  # P(name) at or above which the scrubber replaces a token
+PLACE_THRESHOLD = 0.5  # P(place) at or above which a token is part of an [ADDRESS]
+SUSPECT_THRESHOLD = 0.2  # the residual check's default: report more, replace nothing
+_LOWER_IN_MIXED = 0.8  # P(name) a word needs where case or position makes it doubtful (see _could_be_name)
+_TITLE_BEFORE = regex.compile(r"\b(?:Dr|Mr|Mrs|Ms|Mx|Prof|Miss|Doctor|Sister|Nurse)\.?\s+$", regex.IGNORECASE)
+_LETTERS = regex.compile(r"\p{L}+")
+_LOWER_NEXT = regex.compile(r"[ \t]+\p{Ll}")
+_STATE_CODE = regex.compile(r"[A-Z]{2}")  # "SC", "MA": a state alone is not a place Safe Harbor removes
+_PLACEHOLDER = regex.compile(r"\[[A-Z]+\]")
+_JOIN_PLACE = regex.compile(r"[ \t]*[,\-/.]?[ \t]*")  # between two place tokens of one address
+
+
+def is_protected_span(text: str, start: int, end: int) -> bool:
+    """Whether ``text[start:end]`` is clinical vocabulary in its context (see ``_clinical.is_protected``); a unit
+    letter after a slash or digit ("mmol/L", "x10^9/L", "5 L") too."""
+    word = text[start:end]
+    low = word.lower()
+    if low not in CLINICAL_WORDS and low.partition("-")[0] not in CLINICAL_WORDS:
+        return False  # the common case, decided by one set look-up
+    if _TITLE_BEFORE.search(text, max(0, start - 12), start):  # "Dr. Foley", "Mr. Wilson's wife": a person
+        return False
+    if word.lower() in UNITS and start > 0 and (text[start - 1] in "/^" or text[start - 1 : start].isdigit()):
+        return True
+    return is_protected(word, text[end : end + 40])
+
+
+def _inside_placeholder(text: str, start: int) -> bool:
+    return start > 0 and text[start - 1] == "[" and _PLACEHOLDER.match(text, start - 1) is not None
+
+
+def _could_be_name(word: str, mode: str, lex: Lexicon, p_name: float) -> bool:
+    """A tagged word is kept as a name unless it is a common English or clinical word ("Cardiology", "said") or a
+    lone capital ("S/N") or a short acronym in mixed-case text ("DEA", "MAC"); in ALL-CAPS text, where every word
+    looks like a heading, only a lexicon name is; a lower-case or ALL-CAPS word in mixed-case text ("Dr. review")
+    must be a lexicon name or tagged with high confidence."""
+    if word.lower() in COMMON_WORDS or len(word) == 1:
+        return False
+    if mode == "" and word.isupper() and len(word) <= 3:  # "DEA", "MAC", "ICU": acronyms, not names
+        return False
+    if mode == "upper":
+        return word.upper() in lex.names and p_name >= _LOWER_IN_MIXED
+    if mode == "" and (word[0].islower() or word.isupper()):
+        return p_name >= _LOWER_IN_MIXED or word.upper() in lex.names
+    return True
+
+
+def _opens_sentence(text: str, start: int, end: int) -> bool:
+    """Whether the word at ``start:end`` begins a sentence or line and a lower-case word follows it."""
+    before = text[max(0, start - 3) : start].rstrip(" \t")
+    return (not before or before[-1] in ".!?\n") and _LOWER_NEXT.match(text, end) is not None
+
+
+def _is_place(text: str, mode: str) -> bool:
+    """A place span holds a word of 3+ letters that is not a common word ("HR 72, RR 16", "in 6 weeks" are not
+    places), capitalised in mixed-case text."""
+    return any(
+        len(w) >= 3 and w.lower() not in COMMON_WORDS and (mode or w[0].isupper()) for w in _LETTERS.findall(text)
+    )
+
+
+def tagged_spans(
+    text: str, mode: str, name_threshold: float = NAME_THRESHOLD, place_threshold: float = PLACE_THRESHOLD
+) -> tuple[list[tuple[int, int]], set[str], list[tuple[int, int]]]:
+    """(name spans, name tokens to propagate, place spans) that the tagger finds in ``text``."""
+    names: list[tuple[int, int]] = []
+    tokens: set[str] = set()
+    places: list[tuple[int, int]] = []
+    lex = lexicon()
+    for start, end, p_name, p_place in tag_probabilities(text, mode, min(name_threshold, place_threshold)):
+        if p_name < name_threshold and p_place < place_threshold:
+            continue
+        if _inside_placeholder(text, start) or is_protected_span(text, start, end):
+            continue
+        word = text[start:end]
+        if p_name >= name_threshold and p_name >= p_place:
+            if not _could_be_name(word, mode, lex, p_name):
+                continue
+            # "Draft a letter...", "Classify the...": a capitalised first word before a lower-case one is more
+            # often a verb than a name; outside the lexicon it needs high confidence
+            if (
+                mode == ""
+                and p_name < _LOWER_IN_MIXED
+                and word.upper() not in lex.names
+                and _opens_sentence(text, start, end)
+            ):
+                continue
+            names.append((start, end))
+            if len(word) >= 3 and word.isalpha():
+                tokens.add(word)
+        elif p_place >= place_threshold and word.lower() not in COMMON_WORDS and not _STATE_CODE.fullmatch(word):
+            if places and _JOIN_PLACE.fullmatch(text, places[-1][1], start):
+                places[-1] = (places[-1][0], end)
+            else:
+                places.append((start, end))
+    # a number alone is not a place ("in 2019"), nor an abbreviation ("HR 72"): a place span needs a real word
+    return names, tokens, [(s, e) for s, e in places if _is_place(text[s:e], mode)]
+
+
+def suspect_name_spans(text: str, threshold: float = SUSPECT_THRESHOLD) -> list[tuple[int, int]]:
+    """Spans of ``text`` that the tagger thinks may be a person's name at ``threshold`` (placeholders and clinical
+    vocabulary excepted): for a residual check over scrubbed text. Never logs or returns the text itself."""
+    from appliance.intake._scrub import _case_normalised
+
+    _, mode = _case_normalised(text)
+    names, _, _ = tagged_spans(text, mode, name_threshold=threshold, place_threshold=2.0)
+    return names
+
+
+def drop_protected(text: str, spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``spans`` without those the clinical allow-list protects."""
+    return [(s, e) for s, e in spans if not is_protected_span(text, s, e)]
