@@ -26,6 +26,10 @@ Turner Valsalva Virchow Von Willebrand Waldenstrom Weber Wegener Wenckebach Wern
 Parkinson White Zenker Zollinger Ellison Allen Down Hartmann Seldinger Hickman Groshong Ranson Wells Child Pugh
 Killip Mallampati Rockall Blatchford Denver Edinger Westphal Moro Weil Felix Dix Hallpike Lachman McMurray Finkelstein
 Durkan Spurling Patrick Thomas Ortolani Barlow Galeazzi Trendelenburg Snellen Ishihara Weber Schirmer Tzanck Wood
+Braden Morse Norton Waterlow Richmond Ramsay Bristol Berg Tinetti Barthel Karnofsky Lansky Gleason Breslow Spetzler
+Gustilo Salter Bosniak Jackson Pratt Penrose Hemovac Pleurevac Sengstaken Blakemore Minerva Hoffmann Chvostek Kehr
+Lhermitte Froment Jobe Yergason Apley Thessaly Ottawa Centor Caprini Padua Geneva Nexus Framingham Mentzer Nikolsky
+Auspitz Koebner Darier Leser Trelat Hutchinson Gunn Adie Adson Roos
 """
 )
 HEAD_NOUNS = _words(
@@ -36,6 +40,8 @@ position pattern encephalopathy triad reflex node nodes fracture ulcer classific
 disorder contracture diverticulum hernia aneurysm block tube line drain lamp cell cells body bodies law operation
 repair anastomosis approach incision retractor forceps sheath chart formula equation monitor monitoring loop
 coma
+drains device collar brace splint frame valve shunt bag stockings boot boots mask questionnaire inventory index
+grade grading stage staging tool rule rules assessment risk
 """
 )
 DRUGS = _words(
@@ -57,6 +63,10 @@ Advil Motrin Aleve Norco Percocet Vicodin Dilaudid Ativan Valium Xanax Haldol Se
 Nexium Prilosec Pepcid Zofran Lantus Levemir Humalog Novolog Tresiba Januvia Jardiance Farxiga Ozempic Victoza
 Trulicity Mounjaro Wegovy Entresto Plavix Brilinta Synthroid Levoxyl Flomax Proscar Norvasc Toprol Lopressor Coreg
 Zestril Prinivil Cozaar Diovan Aldactone Lanoxin Cordarone Ventolin ProAir Spiriva Symbicort Advair Singulair
+Sinemet Zosyn Unasyn Rocephin Vancocin Lovenox Fragmin Arixtra Toradol Xeljanz Solu-Medrol Tegretol Depakote
+Lamictal Topamax Trileptal Vimpat Klonopin Restoril Dexilant Reglan Imitrex Lopid Tricor Zetia Vytorin Levaquin
+Biaxin Zithromax Cleocin Macrobid Bactroban Diflucan Sporanox Valcyte Epogen Procrit Neupogen Neulasta Xolair
+Prolia Forteo Boniva Fosamax Evista Premarin Provera Yaz Flexeril Robaxin Skelaxin Zanaflex Mobic Celebrex Voltaren
 Neurontin Lyrica Ultram Narcan Suboxone Cymbalta Effexor Wellbutrin Remeron Desyrel Ambien Aricept Namenda Humira
 Enbrel Remicade Keytruda Opdivo Herceptin Avastin Rituxan Bactrim Cipro Levaquin Keflex Flagyl Diflucan Valtrex
 Tamiflu Medrol Decadron Solumedrol Benadryl Claritin Zyrtec Allegra Flonase Miralax Colace Senna Dulcolax Imodium

@@ -54,6 +54,15 @@ _STRONG_TRIGGERS = re.compile(
 _CREDENTIAL = re.compile(
     rf"(?P<v>{_NAME_SEQ}),?\s+(?:MD|M\.D\.|DO|D\.O\.|RN|NP|PA-C|PA|PhD|DNP|CNM|CRNA|LPN|MBBS|FRCP|DDS|PharmD)\b"
 )
+# a sign-off by initials at the end of a line ("Refill sent. - A.D.", "-- J.K.L.")
+_SIGNED_INITIALS = re.compile(rf"(?:^|(?<=\s))[-–—~]{{1,2}}\s?(?P<v>{_INITIAL}(?:\s?{_INITIAL}){{1,2}})[ \t]*$", re.M)
+# "First L. (RN)", "Line J. (NP, BSN)": a word, an initial and a bracketed credential name a clinician, even when
+# the word is also a common one
+_PAREN_CREDENTIAL = re.compile(
+    rf"(?P<v>{_TOKEN})\s+{_INITIAL}\s*\((?:RN|NP|LPN|MD|DO|PA|PA-C|CNA|BSN|MSN|APRN|CRNA|CNM|DNP|PhD|PharmD)\b"
+)
+# after a labelled name ("Pt: Lu, Jun, bed 24A"), "Surname, Given" with a given name of the lexicon, common or not
+_LABELLED_GIVEN = re.compile(rf",\s+(?P<g>{_TOKEN})\b(?!\s*\d)")
 _LAST_FIRST = re.compile(rf"\b(?P<last>{_TOKEN}),\s+(?P<first>{_TOKEN})\b")
 _WORD = re.compile(rf"\b{_TOKEN}\b")
 _INITIAL_SURNAME = re.compile(
@@ -275,7 +284,8 @@ def find_names(
                 # keep the trailing run of name-like tokens ("... by Jane Smith, MD" -> Jane Smith)
                 tail: list[str] = []
                 for tok in reversed(tokens):
-                    if tok.rstrip(".").lower() in _COMMON:
+                    # a credential is not a name ("[NAME], MD\nRN license": MD is not RN's name)
+                    if tok.rstrip(".").lower() in _COMMON or tok.lower() in _TITLES:
                         break
                     tail.insert(0, tok)
                 tokens = tail[-3:]
@@ -297,6 +307,19 @@ def find_names(
                     tokens = []
             if tokens and len(tokens[0]) >= 2:
                 add_tokens(m.start("v"), value, tokens)
+                named = pattern is _TRIGGER and (m.group("sep") == ":" or bool(_STRONG_TRIGGERS.match(m.group("t"))))
+                given_after = _LABELLED_GIVEN.match(text, m.end("v")) if named and len(tokens) == 1 else None
+                if given_after and _key(given_after.group("g")) in given and not given_after.group("g").isupper():
+                    add_tokens(given_after.start("g"), given_after.group("g"), [given_after.group("g")])
+
+    if "." in text:
+        for m in _SIGNED_INITIALS.finditer(text):
+            spans.append(m.span("v"))
+        if "(" in text:
+            for m in _PAREN_CREDENTIAL.finditer(text):
+                word = m.group("v")
+                if len(word) > 1 and word.lower() not in _TITLES and (not lexicon_only or _key(word) in given):
+                    add_tokens(m.start("v"), word, [word])
 
     for m in _LAST_FIRST.finditer(text):
         last, first = m.group("last"), m.group("first")

@@ -2,8 +2,8 @@
 
 The scrubber runs again on its own output; whatever it would still replace, other than its own placeholders, is a
 suspected identifier the first pass left (a name revealed once its neighbour was replaced, a value split across a
-placeholder). When the names module offers ``suspect_name_spans(text, threshold)`` (the learned name model), it is
-asked too, at a lower threshold than the scrubber uses, and the names it suspects outside placeholders count.
+placeholder). The learned name model (``_suspects.suspect_name_spans(text, threshold)``) is asked too, at a lower
+threshold than the scrubber uses, and the names it suspects outside placeholders count.
 Counts only: no value leaves this module.
 """
 
@@ -32,10 +32,11 @@ def _scrubber() -> Scrubber:
 
 
 def _suspect_names() -> SuspectNames | None:
-    """The name model's ``suspect_name_spans`` when the names module has one (it is optional)."""
-    from appliance.intake import _names
+    """The name model's ``suspect_name_spans`` (looked up at call time, so a test can replace it; None when a
+    build ships without it)."""
+    from appliance.intake import _suspects
 
-    hook = getattr(_names, "suspect_name_spans", None)
+    hook = getattr(_suspects, "suspect_name_spans", None)
     return hook if callable(hook) else None
 
 

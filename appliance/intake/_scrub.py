@@ -122,9 +122,10 @@ _PHONE_CORE = (
 _EXT = r"(?:\s*(?i:ext\.?|x|extension)\s*\d{1,6})?"
 _UNIT_WORD = r"(?:one|two|three|four|five|six|seven|eight|nine)"
 _TEEN_WORD = r"(?:ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|seventeen|eighteen|nineteen)"
-# ages over 89 in words: "ninety", "ninety-eight", "one hundred", "a hundred and two", "one hundred twenty-one"
+# ages over 89 in words: "ninety", "ninety-eight", "one hundred", "a hundred and two", "one hundred twenty-one",
+# "one-hundred-and-three"
 _AGE_WORDS = (
-    rf"(?:ninety(?:[\s-]{_UNIT_WORD})?|(?:(?:one|a)\s+)?hundred(?:(?:\s+and)?[\s-]"
+    rf"(?:ninety(?:[\s-]{_UNIT_WORD})?|(?:(?:one|a)[\s-]+)?hundred(?:(?:[\s-]+and)?[\s-]"
     rf"(?:{_TEEN_WORD}|(?:twenty|thirty|forty)(?:[\s-]{_UNIT_WORD})?|{_UNIT_WORD}))?)"
 )
 
@@ -195,7 +196,7 @@ def _rules() -> list[_Rule]:
     ci = re.IGNORECASE
     date_num = (
         r"(?P<v>\b(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}(?:[T ]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?"
-        r"|\d{1,2}[-/]\d{1,2}[-/](?:\d{4}|\d{2})|\d{1,2}\.\d{1,2}\.(?:\d{4}|\d{2}))\b)"
+        r"|\d{1,2}[-/]\d{1,2}[-/](?:\d{4}|\d{2})|(?<!\d\.)\d{1,2}\.\d{1,2}\.(?:\d{4}|\d{2})(?!\.\d))\b)"
     )
     date_words = (
         rf"(?P<v>\b(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*\.?,?\s+)?(?:"
@@ -253,7 +254,9 @@ def _rules() -> list[_Rule]:
         _ctx(  # "reg. ABC-1234", "registration KA 12 AB 1234": a plate's letters and digits, in groups
             r"reg|car\s+reg|registration(?:\s+(?:no|number|plate))?|number\s+plate",
             "VEHICLE",
-            r"(?P<v>(?=[A-Z0-9 -]*\d)(?=[A-Z0-9 -]*[A-Z])[A-Z0-9]{1,4}(?:[ -][A-Z0-9]{1,4}){0,3})\b",
+            # one block of 5-8 letters and digits mixed ("reg. 1JQP103", "plate 7ABC123"), or short groups
+            r"(?P<v>(?=[A-Z]{0,7}\d)(?=\d{0,7}[A-Z])[A-Z0-9]{5,8}(?![\w-])"
+            r"|(?=[A-Z0-9 -]*\d)(?=[A-Z0-9 -]*[A-Z])[A-Z0-9]{1,4}(?:[ -][A-Z0-9]{1,4}){0,3})\b",
         ),
         _Rule(
             "VEHICLE",
@@ -753,6 +756,7 @@ def _is_placeholder(value: str) -> bool:
     return re.fullmatch(r"\[[A-Z]+\]", value.strip()) is not None
 
 
+_PLACEHOLDER_WORD = re.compile(r"\[[A-Z]{2,10}\]")
 _UPPER = re.compile(r"[^\W\d_a-z]")  # letters that are not ASCII lower case (approximately: upper case)
 _LOWER = re.compile(r"[a-z]")
 
@@ -764,7 +768,8 @@ def _case_normalised(text: str) -> tuple[str, str]:
     state abbreviation after ", " is upper case in the copy ("boston, ma 02115" -> "Boston, MA 02115"). Text in
     ordinary case is returned unchanged with mode "".
     """
-    upper, lower = len(_UPPER.findall(text)), len(_LOWER.findall(text))
+    letters_of = _PLACEHOLDER_WORD.sub("", text) if "[" in text else text  # "[NAME]" says nothing of the case
+    upper, lower = len(_UPPER.findall(letters_of)), len(_LOWER.findall(letters_of))
     letters = upper + lower
     if letters < 8:
         return text, ""
@@ -781,6 +786,8 @@ def _case_normalised(text: str) -> tuple[str, str]:
 
     def word_case(m: re.Match[str]) -> str:
         word = m.group(0)
+        if m.start() > 0 and text[m.start() - 1] == "[" and text[m.end() : m.end() + 1] == "]" and word.isupper():
+            return word  # a placeholder stays as the scrubber wrote it
         if word.upper() in _STATE_SET and (mode == "upper" or text[max(0, m.start() - 2) : m.start()] == ", "):
             return "".join(one(c, True) for c in word)
         return one(word[0], True) + "".join(one(c, False) for c in word[1:])

@@ -8,6 +8,7 @@ already scrubbed.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable
 
 import regex
@@ -31,6 +32,7 @@ PLACE_THRESHOLD = 0.5  # P(place) at or above which a token is part of an [ADDRE
 SUSPECT_THRESHOLD = 0.2  # the residual check's default: report more, replace nothing
 _LOWER_IN_MIXED = 0.8  # P(name) a word needs where case or position makes it doubtful (see _could_be_name)
 _TITLE_BEFORE = regex.compile(r"\b(?:Dr|Mr|Mrs|Ms|Mx|Prof|Miss|Doctor|Sister|Nurse)\.?\s+$", regex.IGNORECASE)
+_INITIAL_CREDENTIAL_AFTER = regex.compile(r"\s+\p{Lu}\.\s*\((?:RN|NP|LPN|MD|DO|PA|CNA|BSN|MSN|APRN|DNP)\b")
 _LETTERS = regex.compile(r"\p{L}+")
 _LOWER_NEXT = regex.compile(r"[ \t]+\p{Ll}")
 _STATE_CODE = regex.compile(r"[A-Z]{2}")  # "SC", "MA": a state alone is not a place Safe Harbor removes
@@ -42,14 +44,24 @@ def is_protected_span(text: str, start: int, end: int) -> bool:
     """Whether ``text[start:end]`` is clinical vocabulary in its context (see ``_clinical.is_protected``); a unit
     letter after a slash or digit ("mmol/L", "x10^9/L", "5 L") too."""
     word = text[start:end]
+    if not word.isascii():  # "Guillain-Barré", "Sjögren": the allow-list is written without accents
+        word = _fold(word)
     low = word.lower()
     if low not in CLINICAL_WORDS and low.partition("-")[0] not in CLINICAL_WORDS:
         return False  # the common case, decided by one set look-up
     if _TITLE_BEFORE.search(text, max(0, start - 12), start):  # "Dr. Foley", "Mr. Wilson's wife": a person
         return False
+    if _INITIAL_CREDENTIAL_AFTER.match(text, end):  # "Line J. (NP)": a clinician's given name
+        return False
     if word.lower() in UNITS and start > 0 and (text[start - 1] in "/^" or text[start - 1 : start].isdigit()):
         return True
     return is_protected(word, text[end : end + 40])
+
+
+def _fold(word: str) -> str:
+    """``word`` without combining accents, same length when every letter decomposes to one base letter."""
+    folded = "".join(c for c in unicodedata.normalize("NFKD", word) if not unicodedata.combining(c))
+    return folded if len(folded) == len(word) else word
 
 
 def _inside_placeholder(text: str, start: int) -> bool:
@@ -87,9 +99,16 @@ def _is_place(text: str, mode: str) -> bool:
 
 
 def tagged_spans(
-    text: str, mode: str, name_threshold: float = NAME_THRESHOLD, place_threshold: float = PLACE_THRESHOLD
+    text: str,
+    mode: str,
+    name_threshold: float = NAME_THRESHOLD,
+    place_threshold: float = PLACE_THRESHOLD,
+    *,
+    strict_openers: bool = False,
 ) -> tuple[list[tuple[int, int]], set[str], list[tuple[int, int]]]:
-    """(name spans, name tokens to propagate, place spans) that the tagger finds in ``text``."""
+    """(name spans, name tokens to propagate, place spans) that the tagger finds in ``text``. ``strict_openers``:
+    a doubtful sentence opener is excused only by the given-name lexicon (not by a surname list that also holds
+    "Draft" or "Review"), for the low threshold of the residual check."""
     names: list[tuple[int, int]] = []
     tokens: set[str] = set()
     places: list[tuple[int, int]] = []
@@ -105,12 +124,8 @@ def tagged_spans(
                 continue
             # "Draft a letter...", "Classify the...": a capitalised first word before a lower-case one is more
             # often a verb than a name; outside the lexicon it needs high confidence
-            if (
-                mode == ""
-                and p_name < _LOWER_IN_MIXED
-                and word.upper() not in lex.names
-                and _opens_sentence(text, start, end)
-            ):
+            excused = word.upper() in (lex.given if strict_openers else lex.names)
+            if mode == "" and p_name < _LOWER_IN_MIXED and not excused and _opens_sentence(text, start, end):
                 continue
             names.append((start, end))
             if len(word) >= 3 and word.isalpha():
@@ -130,7 +145,7 @@ def suspect_name_spans(text: str, threshold: float = SUSPECT_THRESHOLD) -> list[
     from appliance.intake._scrub import _case_normalised
 
     _, mode = _case_normalised(text)
-    names, _, _ = tagged_spans(text, mode, name_threshold=threshold, place_threshold=2.0)
+    names, _, _ = tagged_spans(text, mode, name_threshold=threshold, place_threshold=2.0, strict_openers=True)
     return names
 
 

@@ -2,7 +2,10 @@
 
 Generates labelled synthetic notes (``appliance.intake._tagger._notes``, template family "train", fixed seed),
 turns them into token features (``_tagger._features``) and fits a linear-chain CRF with python-crfsuite (L-BFGS,
-L1+L2). Run: ``PYTHONPATH=$PWD .venv/bin/python scripts/deid/train_name_tagger.py [--notes 2500] [--seed 20261206]``.
+L1+L2). A share of the notes (``--scrubbed-share``) is also added as the scrubber leaves them: most identifiers
+replaced by their placeholders, a few left, so that the residual check's second pass over scrubbed text reads
+placeholders as what they stand for and still finds a name left beside one.
+Run: ``PYTHONPATH=$PWD .venv/bin/python scripts/deid/train_name_tagger.py [--notes 2500] [--seed 20261206]``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import pycrfsuite
 from appliance.intake._scrub import _case_normalised
 from appliance.intake._tagger import MODEL_FILE
 from appliance.intake._tagger._features import sequence_features
-from appliance.intake._tagger._notes import Note, generate_notes
+from appliance.intake._tagger._notes import Note, Phi, generate_notes
 
 OUT = Path(__file__).resolve().parents[2] / "appliance" / "intake" / "data" / MODEL_FILE
 _LABEL = {"NAME": "N", "ADDRESS": "L", "ZIP": "L"}
@@ -37,6 +40,30 @@ def labels(note: Note, spans: list[tuple[int, int]]) -> list[str]:
     return out
 
 
+def scrubbed_copy(note: Note, rng: random.Random, replace: float) -> Note:
+    """``note`` with each identifier replaced by ``[TYPE]`` with probability ``replace`` (the others keep their
+    labels), as a scrubber that missed a few would leave it."""
+    parts: list[str] = []
+    left: list[Phi] = []
+    pos = 0
+    size = 0
+    for p in sorted(note.phi, key=lambda p: p.start):
+        if p.start < pos:
+            continue
+        parts.append(note.text[pos : p.start])
+        size += p.start - pos
+        value = note.text[p.start : p.end]
+        if rng.random() < replace:
+            value = f"[{p.kind}]"
+        else:
+            left.append(Phi(size, size + len(value), p.kind, p.role))
+        parts.append(value)
+        size += len(value)
+        pos = p.end
+    parts.append(note.text[pos:])
+    return Note("".join(parts), note.kind, left, note.keep)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--notes", type=int, default=2500)
@@ -44,12 +71,16 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=120)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--word-dropout", type=float, default=0.3)
+    ap.add_argument("--scrubbed-share", type=float, default=0.35, help="notes also added in scrubbed form")
+    ap.add_argument("--left", type=float, default=0.15, help="identifiers a scrubbed copy keeps")
     args = ap.parse_args()
     started = time.time()
     rng = random.Random(args.seed)
     trainer = pycrfsuite.Trainer(verbose=False)
     tokens = 0
-    for note in generate_notes(args.notes, seed=args.seed, family="train"):
+    notes = generate_notes(args.notes, seed=args.seed, family="train")
+    notes += [scrubbed_copy(n, rng, 1.0 - args.left) for n in notes if rng.random() < args.scrubbed_share]
+    for note in notes:
         _, mode = _case_normalised(note.text)
         spans, xseq = sequence_features(note.text, mode)
         ys = labels(note, spans)

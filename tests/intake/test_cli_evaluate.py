@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.intake import _names
+from appliance.intake import _suspects
 from tests.intake.test_cli import Cli, _audit_events, cli  # noqa: F401  (the fixture)
 
 
@@ -92,7 +92,7 @@ def test_prepare_refuses_above_the_residual_limit(
     (POLICY_VIOLATION) with the count, writes nothing and audits the refusal."""
     monkeypatch.setenv("APPLIANCE_INTAKE__MAX_RESIDUAL_PER_1000_RECORDS", "0")
     monkeypatch.setattr(
-        _names,
+        _suspects,
         "suspect_name_spans",
         lambda text, threshold: [(i, i + 9) for i in range(len(text)) if text.startswith("potassium", i)],
         raising=False,

@@ -10,14 +10,27 @@ from pathlib import Path
 import pytest
 
 from appliance.errors import PolicyViolation
-from appliance.intake import PLACEHOLDER_TYPES, PrepareOptions, _names, prepare, residual_counts, write_synthetic
+from appliance.intake import (
+    PLACEHOLDER_TYPES,
+    PrepareOptions,
+    Scrubber,
+    _suspects,
+    generate_labelled_notes,
+    generate_records,
+    prepare,
+    residual_counts,
+    write_synthetic,
+)
+from appliance.intake._prepare import _residual_check
+from appliance.intake._residual import _suspect_names
+from appliance.intake._scrub import _case_normalised
 
 SALT = bytes(range(32))
 
 
 @pytest.fixture
 def suspect_names(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
-    """Installs a ``suspect_name_spans`` in the names module (the seam the learned name model will fill) that
+    """Replaces ``_suspects.suspect_name_spans`` (the learned name model) that
     suspects every "potassium" (a stand-in for a word the scrubber keeps); yields the thresholds it was asked with."""
     asked: list[float] = []
 
@@ -31,7 +44,7 @@ def suspect_names(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
                 at = text.find(word, at + 1)
         return out
 
-    monkeypatch.setattr(_names, "suspect_name_spans", spans, raising=False)
+    monkeypatch.setattr(_suspects, "suspect_name_spans", spans)
     yield asked
 
 
@@ -52,13 +65,66 @@ class TestResidualCounts:
 
     def test_without_the_name_model_it_still_works(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """The names module may lack suspect_name_spans: the check runs on the scrubber alone."""
-        monkeypatch.delattr(_names, "suspect_name_spans", raising=False)
+        monkeypatch.delattr(_suspects, "suspect_name_spans")
         assert residual_counts("Dr. [NAME] noted potassium 3.1; call 617-555-0143.") == {"PHONE": 1}
 
     def test_the_name_model_is_asked_at_a_lower_threshold(self, suspect_names: list[float]) -> None:
         """Names the model suspects count as NAME, once, and not where a placeholder already stands."""
         counts = residual_counts("Dr. [NAME] noted potassium 3.1, then potassium 3.4.", threshold=0.25)
         assert counts == {"NAME": 2} and suspect_names == [0.25]
+
+
+class TestOnScrubbedText:
+    """The second pass reads placeholders as what they stand for: scrubbed text is quiet, names left in are not."""
+
+    def test_the_learned_name_model_is_wired_in(self) -> None:
+        """The residual check asks the tagger's suspect_name_spans, where the scrubber exports it."""
+        assert _suspect_names() is _suspects.suspect_name_spans
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "ARRIVED BY CAR, LICENSE PLATE [VEHICLE]. INSURANCE MEMBER ID [ID]. DAUGHTER [NAME] IS THE CONTACT.",
+            "Dear Dr. [NAME],\n\nRe: Mrs. [NAME], DOB [DATE], NHS number [PHONE]\nAddress: [ADDRESS], [ZIP]",
+            "Yours sincerely,\n\n[NAME], MD\nRN license [LICENSE]\nFax: [FAX]",
+            "hi this is [NAME], my mom [NAME] had a fall on [DATE], call me at [PHONE] please",
+        ],
+    )
+    def test_placeholders_in_any_case_are_not_read_as_names_or_places(self, text: str) -> None:
+        """Words beside placeholders ("LICENSE PLATE [VEHICLE]", "DOB [DATE]", "[NAME], MD") are not suspects."""
+        assert residual_counts(text) == {}
+
+    def test_placeholders_do_not_decide_the_letter_case(self) -> None:
+        """A lower-case message stays lower case for the scrubber however many placeholders it holds, and its
+        word-cased copy keeps the placeholders as written."""
+        text = "hi this is [NAME] and [NAME], seen [DATE] at [ADDRESS], call [PHONE] or [PHONE] or [PHONE]"
+        probe, mode = _case_normalised(text)
+        assert mode == "lower" and "[NAME]" in probe and "[ADDRESS]" in probe and probe.startswith("Hi This")
+
+    def test_scrubbed_datasets_stay_under_the_default_limit(self) -> None:
+        """Synthetic records and labelled evaluation notes, once scrubbed, pass the default limit (5 per 1000):
+        what is left is what the scrubber missed, not placeholders read as names."""
+        scrubber = Scrubber()
+        records = generate_records(200, seed=91)
+        texts = []
+        for rec in records:
+            fields, _ = scrubber.scrub_fields(
+                {"instruction": rec["instruction"], "response": rec["response"]}, context=rec.get("metadata")
+            )
+            texts.append((fields["instruction"], fields["response"]))
+        assert _residual_check(Path("s.jsonl"), texts, 5.0)["per_1000_records"] <= 5.0
+
+    def test_a_dataset_with_its_names_left_in_is_refused(self) -> None:
+        """Labelled notes with every identifier but the names replaced: the check refuses them, by NAME."""
+        texts = []
+        for rec in generate_labelled_notes(40, seed=92):
+            text = rec["instruction"]
+            for p in sorted(rec["phi"], key=lambda p: -len(p["value"])):
+                if p["type"] != "NAME":
+                    text = text.replace(p["value"], f"[{p['type']}]")
+            texts.append((text, rec["response"]))
+        with pytest.raises(PolicyViolation, match=r"NAME \d+"):
+            _residual_check(Path("l.jsonl"), texts, 5.0)
 
 
 def _write(path: Path, records: list[dict[str, object]]) -> Path:

@@ -12,9 +12,10 @@ from appliance.intake._lexicon import lexicon
 
 __all__ = ["TOKEN", "sequence_features"]
 
-# words (letters of any script, inner apostrophes, not a possessive 's), numbers, or one other character; the
-# standard library's [^\W\d_] is every letter (composed forms, NFC, which is how notes are written)
-TOKEN = re.compile(r"[^\W\d_]+(?:['’](?!s\b)[^\W\d_]+)*|\d+|[^\s]")
+# a scrubber placeholder ("[NAME]", "[NAME]#2": one token of its own class, so that a second pass over scrubbed
+# text reads it as what it stands for), words (letters of any script, inner apostrophes, not a possessive 's),
+# numbers, or one other character; the standard library's [^\W\d_] is every letter (composed forms, NFC)
+TOKEN = re.compile(r"\[[A-Z]{2,10}\](?:#\d+)?|[^\W\d_]+(?:['’](?!s\b)[^\W\d_]+)*|\d+|[^\s]")
 _OFFSETS = (-2, -1, 1, 2)
 
 _TITLES = frozenset(
@@ -116,6 +117,8 @@ def _shape(tok: str) -> str:
 def _own(tok: str) -> tuple[str, ...]:
     lex = lexicon()
     low, up = tok.lower(), tok.upper()
+    if tok[0] == "[" and len(tok) > 3:  # a placeholder: its type only
+        return ("b", "ph=" + tok[1 : tok.index("]")])
     feats = ["b", "sh=" + _shape(tok)]
     if tok[0].isalpha():
         g, s = up in lex.given, up in lex.surnames
@@ -159,10 +162,25 @@ def _own(tok: str) -> tuple[str, ...]:
     return tuple(feats)
 
 
-_NEIGHBOUR_KEEP = ("sh=", "lg", "ls", "lp", "lc", "w=", "title", "cred", "rel", "label", "drug", "epo", "nonascii")
+_NEIGHBOUR_KEEP = (
+    "ph=",
+    "sh=",
+    "lg",
+    "ls",
+    "lp",
+    "lc",
+    "w=",
+    "title",
+    "cred",
+    "rel",
+    "label",
+    "drug",
+    "epo",
+    "nonascii",
+)
 
 
-_FAR_KEEP = ("sh=", "lg", "ls", "title", "rel", "label")  # two tokens away: shape, lexicon and label words only
+_FAR_KEEP = ("ph=", "sh=", "lg", "ls", "title", "rel", "label")  # two tokens away: shape, lexicon and label words only
 
 
 @lru_cache(maxsize=200_000)

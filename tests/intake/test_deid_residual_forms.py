@@ -1,0 +1,101 @@
+"""Forms the scrubber missed on labelled notes (issue 13, second round): sign-offs by initials, ``First L. (NP)``
+with a first name that is also a word, ``Pt: Surname, Given`` with a short given name, plates in one block, ages in
+hyphenated words, dotted phone numbers that start like a date, accented eponyms, credentials that are not names."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from appliance.intake import Scrubber
+
+_LETTERS = "ABCDEFGHIJKLMNOPRSTVWZ"
+
+
+@pytest.fixture(scope="module")
+def scrub() -> Scrubber:
+    return Scrubber()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_sign_off_by_initials_is_a_name(scrub: Scrubber, seed: int) -> None:
+    """ "- A.D." (2 or 3 initials, any dash) at the end of a line is a clinician's signature."""
+    rng = random.Random(seed)
+    initials = ".".join(rng.choice(_LETTERS) for _ in range(rng.choice((2, 3)))) + "."
+    dash = rng.choice(("-", "–", "—", "--"))
+    out, counts = scrub.scrub_text(f"[clinic] Refill sent to the pharmacy. {dash} {initials}\nnext line")
+    assert initials not in out and counts["NAME"] == 1
+
+
+def test_initials_inside_a_sentence_are_left(scrub: Scrubber) -> None:
+    """Dotted initials that do not close a line after a dash ("U.S.", "p.o.") are not signatures."""
+    text = "Moved from the U.S. last year - see the p.o. list."
+    assert scrub.scrub_text(text)[0] == text
+
+
+@pytest.mark.parametrize("first", ["Line", "Jun", "Grace", "August", "Will"])
+def test_first_initial_and_bracketed_credential_name_a_clinician(scrub: Scrubber, first: str) -> None:
+    """ "First L. (NP)" names a clinician even when the first name is a clinical or common word."""
+    out, _ = scrub.scrub_text(f"Sign-out (day: Dr. Trujillo / night: {first} J. (NP))")
+    assert first not in out
+
+
+def test_a_clinical_word_without_the_credential_form_is_kept(scrub: Scrubber) -> None:
+    """The credential form is what overrides the allow-list: "PICC line" stays."""
+    text = "PICC line placed; Foley catheter in; arterial line to be removed."
+    assert scrub.scrub_text(text)[0] == text
+
+
+@pytest.mark.parametrize("pair", ["Lu, Jun", "Sun, Jun", "Lind, August", "Næss, Lene"])
+def test_a_labelled_surname_given_pair_loses_both(scrub: Scrubber, pair: str) -> None:
+    """After "Pt:" a "Surname, Given" pair is a name even when the given name is a month or a word."""
+    out, _ = scrub.scrub_text(f"NURSING NOTE 0700-1900\nPt: {pair}, bed 24A. Admitted for pneumonia.")
+    assert all(part not in out for part in pair.split(", ")) and "Admitted for pneumonia" in out
+
+
+def test_a_date_after_a_labelled_surname_stays_a_date(scrub: Scrubber) -> None:
+    """ "Pt: Smith, Jun 3" is a surname and a date, not a given name."""
+    out, counts = scrub.scrub_text("Pt: Smith, Jun 3 admitted")
+    assert out == "Pt: [NAME], [DATE] admitted" and counts == {"NAME": 1, "DATE": 1}
+
+
+@pytest.mark.parametrize("plate", ["1JQP103", "7ABC123", "ABC1234", "KA12AB1"])
+def test_a_plate_in_one_block_after_reg_is_a_vehicle(scrub: Scrubber, plate: str) -> None:
+    """ "reg. 1JQP103" and "plate 7ABC123": one block of mixed letters and digits."""
+    for label in ("Vehicle in visitor lot, reg.", "License plate"):
+        out, counts = scrub.scrub_text(f"{label} {plate}.")
+        assert plate not in out and counts["VEHICLE"] == 1
+
+
+@pytest.mark.parametrize(
+    "age", ["one-hundred-and-three", "one-hundred-and-one", "a-hundred-and-four", "one hundred and two"]
+)
+def test_ages_over_89_in_hyphenated_words(scrub: Scrubber, age: str) -> None:
+    """ "one-hundred-and-three-year-old" is an age over 89 however it is hyphenated."""
+    out, counts = scrub.scrub_text(f"HPI: the patient is a {age}-year-old with a fall.")
+    assert "hundred" not in out and counts["AGE"] == 1
+
+
+@pytest.mark.parametrize("number", ["02.21.27.06.16", "08.23.13.22.94", "04.03.56.17.49"])
+def test_a_dotted_phone_that_starts_like_a_date_is_a_phone(scrub: Scrubber, number: str) -> None:
+    """ "08.23.13.22.94" is a phone number, not the date 08.23.13 followed by digits."""
+    out, counts = scrub.scrub_text(f"Covering pager {number}. Call back at {number} please.")
+    assert counts == {"PHONE": 2} and "22" not in out.replace("[PHONE]", "")
+
+
+def test_a_dotted_date_stays_a_date(scrub: Scrubber) -> None:
+    """The dotted date rule still takes a date at a sentence end."""
+    assert scrub.scrub_text("Seen 05.03.2024. Stable.")[0] == "Seen [DATE]. Stable."
+
+
+def test_accented_eponyms_are_kept(scrub: Scrubber) -> None:
+    """The allow-list is written without accents; "Guillain-Barré syndrome" and "Sjögren's" are kept."""
+    text = "Past history includes Guillain-Barré syndrome and Sjögren's syndrome."
+    assert scrub.scrub_text(text)[0] == text
+
+
+def test_a_credential_on_the_next_line_is_not_a_name(scrub: Scrubber) -> None:
+    """ "[NAME], MD\\nRN license ..." : MD before a line starting with RN is a credential, not a name."""
+    text = "Yours sincerely,\n\n[NAME], MD\nRN license [LICENSE]"
+    assert scrub.scrub_text(text)[0] == text
