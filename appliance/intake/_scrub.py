@@ -95,6 +95,30 @@ _STREET_SUFFIX = (
     r"|Parkway|Pkwy|Circle|Cir|Highway|Hwy|Square|Sq|Trail|Trl|Plaza|Plz|Alley|Aly|Row|Crescent|Cres|Close"
     r"|Loop|Pike|Turnpike|Path|Run|Walk|Expressway|Expy|Freeway|Fwy)"
 )
+# USPS suffixes that are also ordinary words ("Harbor", "Point", "Green"): a street only after a house number and
+# a capitalised word, written capitalised ("3127 Gomez Harbor"; not "green" or "at this point")
+_STREET_WORD_SUFFIX = (
+    r"(?:Harbor|Harbour|Point|Bend|Ridge|Glen|Green|Landing|Knoll|Knolls|Crossing|Walks|Center|Centre|Hill|Hills"
+    r"|Mountain|Port|Ports|Station|Stream|Summit|Valley|View|Views|Village|Ville|Vista|Burg|Bypass|Camp|Canyon"
+    r"|Cape|Causeway|Cliff|Cliffs|Club|Common|Commons|Corner|Corners|Course|Cove|Coves|Creek|Crest|Dale|Dam"
+    r"|Divide|Estate|Estates|Extension|Falls|Ferry|Field|Fields|Flat|Flats|Ford|Fords|Forest|Forge|Forges|Fork"
+    r"|Forks|Fort|Garden|Gardens|Gateway|Grove|Groves|Haven|Heights|Hollow|Inlet|Island|Islands|Isle|Junction"
+    r"|Junctions|Key|Keys|Lake|Lakes|Land|Lights|Lock|Locks|Lodge|Manor|Manors|Meadow|Meadows|Mews|Mill|Mills"
+    r"|Mission|Motorway|Mount|Neck|Orchard|Oval|Overpass|Park|Parks|Pass|Passage|Pine|Pines|Plain|Plains"
+    r"|Prairie|Radial|Ramp|Ranch|Rapid|Rapids|Rest|Ridges|River|Shoal|Shoals|Shore|Shores|Skyway|Spring|Springs"
+    r"|Spur|Spurs|Stravenue|Track|Trafficway|Tunnel|Underpass|Union|Unions|Via|Viaduct|Wells)"
+)
+# non-US street forms: "Wilmsgasse 100", "Carstenstr. 23", "Madsstraat 79", "ul. Morska 25/14",
+# "10 chemin Marc Bourdon", "18 boulevard André Thomas"
+_CAP = r"[^\W\d_a-z]"  # approximately an upper-case letter of any script
+_FOREIGN_STREET = (
+    rf"{_CAP}[^\W\d_]*(?:gasse|straße|strasse|str\.|weg|platz|allee|ring|damm|ufer|steeg|straat|baan|laan|pad"
+    rf"|gracht|plein|dijk|kade|singel|hof|markt|boulevard)\s+\d{{1,5}}[a-zA-Z]?(?:/\d{{1,4}})?\b"
+    rf"|\b(?:ul|al|os|pl)\.\s+{_CAP}[^\W\d_-]*(?:[ -]{_CAP}[^\W\d_]*){{0,2}}\s+\d{{1,4}}[a-zA-Z]?(?:/\d{{1,4}})?\b"
+    rf"|\b\d{{1,4}}(?:\s?(?:bis|ter))?,?\s+(?:rue|chemin|avenue|boulevard|allée|impasse|place|quai|route|cours"
+    rf"|passage|voie|via|viale|piazza|corso|calle|avenida|rua|travessa|praça|carrer)\s+"
+    rf"(?:(?:de|du|des|la|le|di|del|della|da|do|dos|das)\s+|[ld]['’])*{_CAP}[^\W\d_'-]*(?:[ -]{_CAP}[^\W\d_]*){{0,2}}"
+)
 _UNIT_WORDS = [
     "Apt",
     "Apartment",
@@ -349,6 +373,11 @@ def _rules() -> list[_Rule]:
                 r"|Parkway|Highway)\b)"
             ),
         ),
+        _Rule(
+            "ADDRESS",
+            re.compile(rf"(?P<v>\b\d{{1,6}}[A-Z]?\s+(?:[A-Z][A-Za-z'-]+\s+){{1,3}}{_STREET_WORD_SUFFIX})\b(?!-)"),
+        ),
+        _Rule("ADDRESS", re.compile(rf"(?P<v>{_FOREIGN_STREET})")),
         _Rule("ADDRESS", re.compile(r"(?P<v>\bP\.?\s?O\.?\s+Box\s+\d+\b|\b(?:Post\s+Office|PO)\s+Box\s+\d+\b)", ci)),
         _Rule("ADDRESS", re.compile(rf"(?P<v>\b{_UNIT})", 0)),
         _Rule(

@@ -99,3 +99,35 @@ def test_a_credential_on_the_next_line_is_not_a_name(scrub: Scrubber) -> None:
     """ "[NAME], MD\\nRN license ..." : MD before a line starting with RN is a credential, not a name."""
     text = "Yours sincerely,\n\n[NAME], MD\nRN license [LICENSE]"
     assert scrub.scrub_text(text)[0] == text
+
+
+@pytest.mark.parametrize(
+    "street",
+    [
+        "3127 Gomez Harbor",
+        "6780 Reed Point",
+        "9624 Wilson Green",
+        "8316 Lawrence Crossing",
+        "Wilmsgasse 100",
+        "Carstenstr. 23",
+        "Madsstraat 79",
+        "Cassteeg 105",
+        "ul. Morska 25/14",
+        "10 chemin Marc Bourdon",
+        "18 boulevard André Thomas",
+        "7 via del Corso",
+    ],
+)
+def test_streets_without_a_us_suffix_are_addresses(scrub: Scrubber, street: str) -> None:
+    """A house number with a suffix that is also a word ("Harbor", "Point"), and German, Dutch, Polish, French and
+    Italian street forms, are streets: no piece of them survives."""
+    out, counts = scrub.scrub_text(f"Address: {street}, 12345 Somewhere\nSeen in clinic.")
+    assert counts["ADDRESS"] >= 1
+    assert all(piece not in out for piece in street.replace(",", " ").split() if len(piece) >= 4)
+
+
+def test_suffix_words_in_prose_are_kept(scrub: Scrubber) -> None:
+    """Without a house number before a capitalised word, "point", "green" or "Park" are ordinary words."""
+    text = "At this point the wound is green; she walks in the Park daily and took 2 tablets at 9 Point of care."
+    out, _ = scrub.scrub_text(text)
+    assert "At this point the wound is green" in out and "took 2 tablets" in out
