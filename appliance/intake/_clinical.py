@@ -29,7 +29,8 @@ Durkan Spurling Patrick Thomas Ortolani Barlow Galeazzi Trendelenburg Snellen Is
 Braden Morse Norton Waterlow Richmond Ramsay Bristol Berg Tinetti Barthel Karnofsky Lansky Gleason Breslow Spetzler
 Gustilo Salter Bosniak Jackson Pratt Penrose Hemovac Pleurevac Sengstaken Blakemore Minerva Hoffmann Chvostek Kehr
 Lhermitte Froment Jobe Yergason Apley Thessaly Ottawa Centor Caprini Padua Geneva Nexus Framingham Mentzer Nikolsky
-Auspitz Koebner Darier Leser Trelat Hutchinson Gunn Adie Adson Roos
+Auspitz Koebner Darier Leser Trelat Hutchinson Gunn Adie Adson Roos Yankauer Ambu Bair Doppler Broviac Quinton
+Tenckhoff Mahurkar Frazier Macintosh Luer Hoyer Sengstaken Minnesota Salem Dobhoff Coude Tegaderm Steri Kerlix
 """
 )
 HEAD_NOUNS = _words(
@@ -41,7 +42,7 @@ disorder contracture diverticulum hernia aneurysm block tube line drain lamp cel
 repair anastomosis approach incision retractor forceps sheath chart formula equation monitor monitoring loop
 coma
 drains device collar brace splint frame valve shunt bag stockings boot boots mask questionnaire inventory index
-grade grading stage staging tool rule rules assessment risk
+grade grading stage staging tool rule rules assessment risk suction lift blade hugger sump strips
 """
 )
 DRUGS = _words(

@@ -73,13 +73,15 @@ _INITIAL_SURNAME = re.compile(
 _LOWER_TOKEN = r"[^\W\d_]+(?:['’][^\W\d_]+)?(?:-[^\W\d_]+)?"
 _LOWER_TRIGGER = re.compile(
     r"\b(?:(?:dr|mr|mrs|ms|mx|prof)\b\.?|(?:miss|doctor|patient(?:'s)?\s+name|name|named|patient|pt|son|daughter"
-    r"|wife|husband|mother|father|brother|sister|spouse|partner|guardian|caregiver|seen\s+by|referred\s+by"
+    r"|wife|husband|mother|father|brother|sister|spouse|partner|guardian|caregiver|niece|nephew|grandson"
+    r"|granddaughter|grandmother|grandfather|aunt|uncle|cousin|mom|dad|friend|neighbou?r|seen\s+by|referred\s+by"
     r"|signed\s+by|reviewed\s+by|dictated\s+by|contact|next\s+of\s+kin|spoke\s+with|accompanied\s+by"
     r"|visited\s+by)\b)"
     rf"\s*(?::|,|=)?\s*(?P<v>{_LOWER_TOKEN}(?:\s+(?:{_LOWER_TOKEN}|[a-z]\.)){{0,2}})"
 )
 _LOWER_CREDENTIAL = re.compile(rf"(?P<v>{_LOWER_TOKEN}(?:\s+{_LOWER_TOKEN}){{0,2}}),?\s+(?:md|m\.d\.|rn|np|phd)\b")
 _LOWER_CREDENTIAL_WORD = re.compile(r"\b(?:md|m\.d\.|rn|np|phd)\b")  # cheap test before the costly rule
+_VERB_FORM = re.compile(r"[^\W\d_]{3,}(?:ed|ing)").fullmatch
 _LOWER_LAST_FIRST = re.compile(rf"\b(?P<s>{_LOWER_TOKEN}),\s+(?P<g>{_LOWER_TOKEN})\b")
 _LOWER_PAIR = re.compile(rf"\b(?P<g>{_LOWER_TOKEN})\s+(?:[a-z]\.?\s+)?(?P<s>{_LOWER_TOKEN})\b")
 
@@ -221,16 +223,22 @@ def _lower_case_names(
                         break
                     run.append(tok)
             else:
+                # "my sister mark": after "my" and a relation word a lexicon name counts even when ambiguous
+                mine = text[max(0, m.start() - 3) : m.start()] == "my "
                 for i, tok in enumerate(tokens):
                     nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
                     after_given = bool(run) and _key(run[-1]) in given
                     ok = tok.islower() and (
                         is_name(tok)
+                        or (i == 0 and mine and in_lexicon(tok) and len(tok) > 2)
                         # an ambiguous given name ("carol") counts when a lexicon surname follows it
                         or (i == 0 and _key(tok) in given and _key(nxt) in surnames and nxt.lower() not in _COMMON)
                         or (i > 0 and in_lexicon(tok))
-                        or (after_given and tok.lower() not in _COMMON and len(tok) > 2)
+                        # an unknown surname after a given name, not a verb form ("irma picked up", "ana taking")
+                        or (after_given and tok.lower() not in _COMMON and len(tok) > 2 and not _VERB_FORM(tok))
                     )
+                    if i == 1 and mine and not is_name(tokens[0]):  # "my sister mark picked": one word only,
+                        ok = ok and _key(tok) in surnames and tok.lower() not in _COMMON  # unless a surname follows
                     if not ok:
                         break
                     run.append(tok)

@@ -111,14 +111,18 @@ _STREET_WORD_SUFFIX = (
 # non-US street forms: "Wilmsgasse 100", "Carstenstr. 23", "Madsstraat 79", "ul. Morska 25/14",
 # "10 chemin Marc Bourdon", "18 boulevard André Thomas"
 _CAP = r"[^\W\d_a-z]"  # approximately an upper-case letter of any script
+_WORD_CAP = rf"{_CAP}[^\W\d_]*"
 _FOREIGN_STREET = (
-    rf"{_CAP}[^\W\d_]*(?:gasse|straße|strasse|str\.|weg|platz|allee|ring|damm|ufer|steeg|straat|baan|laan|pad"
-    rf"|gracht|plein|dijk|kade|singel|hof|markt|boulevard)\s+\d{{1,5}}[a-zA-Z]?(?:/\d{{1,4}})?\b"
-    rf"|\b(?:ul|al|os|pl)\.\s+{_CAP}[^\W\d_-]*(?:[ -]{_CAP}[^\W\d_]*){{0,2}}\s+\d{{1,4}}[a-zA-Z]?(?:/\d{{1,4}})?\b"
+    rf"{_WORD_CAP}(?:-{_WORD_CAP}){{0,3}}-?(?i:gasse|straße|strasse|str\.|weg|platz|allee|ring|damm|ufer|steeg|straat"
+    rf"|baan|laan|pad|gracht|plein|dijk|kade|singel|hof|markt|boulevard)\s+\d{{1,5}}[a-zA-Z]?(?:/\d{{1,4}})?\b"
+    rf"|\b(?i:ul\.|ulica|al\.|aleja|pl\.|plac|os\.|osiedle)\s+{_CAP}[^\W\d_-]*(?:[ -](?:{_WORD_CAP}|[IVX]+)){{0,3}}"
+    rf"\s+\d{{1,4}}[a-zA-Z]?(?:/\d{{1,4}})?\b"
     rf"|\b\d{{1,4}}(?:\s?(?:bis|ter))?,?\s+(?:rue|chemin|avenue|boulevard|allée|impasse|place|quai|route|cours"
     rf"|passage|voie|via|viale|piazza|corso|calle|avenida|rua|travessa|praça|carrer)\s+"
-    rf"(?:(?:de|du|des|la|le|di|del|della|da|do|dos|das)\s+|[ld]['’])*{_CAP}[^\W\d_'-]*(?:[ -]{_CAP}[^\W\d_]*){{0,2}}"
+    rf"(?:(?:de|du|des|la|le|di|del|della|da|do|dos|das)\s+|[ld]['’])*{_CAP}[^\W\d_'-]*(?:[ -]{_WORD_CAP}){{0,2}}"
 )
+# a town in free text after "lives (nearby) in", "resides in" ("Her father lives nearby in Antholz")
+_LIVES_IN = r"\b(?:lives|living|resides|residing)(?:\s+(?:nearby|near|now|close\s+by))?\s+in\s+"
 _UNIT_WORDS = [
     "Apt",
     "Apartment",
@@ -375,9 +379,12 @@ def _rules() -> list[_Rule]:
         ),
         _Rule(
             "ADDRESS",
-            re.compile(rf"(?P<v>\b\d{{1,6}}[A-Z]?\s+(?:[A-Z][A-Za-z'-]+\s+){{1,3}}{_STREET_WORD_SUFFIX})\b(?!-)"),
+            re.compile(
+                rf"(?P<v>\b\d{{1,6}}[A-Z]?\s+(?:{_CAP}[^\W\d_'-]+(?:['-][^\W\d_]+)?\s+){{1,3}}{_STREET_WORD_SUFFIX})\b(?!-)"
+            ),
         ),
         _Rule("ADDRESS", re.compile(rf"(?P<v>{_FOREIGN_STREET})")),
+        _Rule("ADDRESS", re.compile(rf"{_LIVES_IN}(?P<v>{_WORD_CAP}(?:[ -]{_WORD_CAP}){{0,2}})")),
         _Rule("ADDRESS", re.compile(r"(?P<v>\bP\.?\s?O\.?\s+Box\s+\d+\b|\b(?:Post\s+Office|PO)\s+Box\s+\d+\b)", ci)),
         _Rule("ADDRESS", re.compile(rf"(?P<v>\b{_UNIT})", 0)),
         _Rule(

@@ -31,6 +31,8 @@ NAME_THRESHOLD = 0.5  # P(name) at or above which the scrubber replaces a token
 PLACE_THRESHOLD = 0.5  # P(place) at or above which a token is part of an [ADDRESS]
 SUSPECT_THRESHOLD = 0.2  # the residual check's default: report more, replace nothing
 _LOWER_IN_MIXED = 0.8  # P(name) a word needs where case or position makes it doubtful (see _could_be_name)
+_UNKNOWN_IN_CAPS = 0.95  # P(name) a word outside the name lexicon needs in ALL-CAPS text
+_VERB_FORM = regex.compile(r"\p{L}{3,}(?:ed|ing)").fullmatch
 _TITLE_BEFORE = regex.compile(r"\b(?:Dr|Mr|Mrs|Ms|Mx|Prof|Miss|Doctor|Sister|Nurse)\.?\s+$", regex.IGNORECASE)
 _INITIAL_CREDENTIAL_AFTER = regex.compile(r"\s+\p{Lu}\.\s*\((?:RN|NP|LPN|MD|DO|PA|CNA|BSN|MSN|APRN|DNP)\b")
 _LETTERS = regex.compile(r"\p{L}+")
@@ -77,10 +79,13 @@ def _could_be_name(word: str, mode: str, lex: Lexicon, p_name: float) -> bool:
         return False
     if mode == "" and word.isupper() and len(word) <= 3:  # "DEA", "MAC", "ICU": acronyms, not names
         return False
-    if mode == "upper":
-        return word.upper() in lex.names and p_name >= _LOWER_IN_MIXED
+    if mode == "upper":  # a name outside the lexicon ("HEUSAREK, ARNEO") needs the tagger to be near certain
+        return p_name >= (_LOWER_IN_MIXED if word.upper() in lex.names else _UNKNOWN_IN_CAPS)
     if mode == "" and (word[0].islower() or word.isupper()):
-        return p_name >= _LOWER_IN_MIXED or word.upper() in lex.names
+        if word.upper() in lex.names:
+            return True
+        # "picked", "asking": a lower-case verb form outside the lexicon is not a name however sure the tagger is
+        return p_name >= _LOWER_IN_MIXED and not (word[0].islower() and _VERB_FORM(word))
     return True
 
 

@@ -47,13 +47,18 @@ def scrubbed_copy(note: Note, rng: random.Random, replace: float) -> Note:
     left: list[Phi] = []
     pos = 0
     size = 0
+    replaced = False
     for p in sorted(note.phi, key=lambda p: p.start):
         if p.start < pos:
             continue
         parts.append(note.text[pos : p.start])
+        # parts of one name ("Jane" "Smith") share one fate: a scrubber that finds a name replaces it whole, so
+        # "Dr. [NAME] saw" must not teach that a word after a placeholder is a name
+        joined = bool(parts) and pos > 0 and not note.text[pos : p.start].strip()
         size += p.start - pos
         value = note.text[p.start : p.end]
-        if rng.random() < replace:
+        replaced = replaced if joined else rng.random() < replace
+        if replaced:
             value = f"[{p.kind}]"
         else:
             left.append(Phi(size, size + len(value), p.kind, p.role))

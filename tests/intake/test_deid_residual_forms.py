@@ -116,6 +116,13 @@ def test_a_credential_on_the_next_line_is_not_a_name(scrub: Scrubber) -> None:
         "10 chemin Marc Bourdon",
         "18 boulevard André Thomas",
         "7 via del Corso",
+        "22554 Pürçek Hollow",
+        "plac Stycznia 59",
+        "aleja Rolna 618",
+        "ulica Sybiraków 69/97",
+        "plac Jana Pawła II 145",
+        "Osman-Müller-Ring 132",
+        "Sahra-Fabian-Platz 3/6",
     ],
 )
 def test_streets_without_a_us_suffix_are_addresses(scrub: Scrubber, street: str) -> None:
@@ -131,3 +138,61 @@ def test_suffix_words_in_prose_are_kept(scrub: Scrubber) -> None:
     text = "At this point the wound is green; she walks in the Park daily and took 2 tablets at 9 Point of care."
     out, _ = scrub.scrub_text(text)
     assert "At this point the wound is green" in out and "took 2 tablets" in out
+
+
+@pytest.mark.parametrize("relation", ["sister", "niece", "grandson", "husband", "aunt"])
+@pytest.mark.parametrize("given", ["mark", "irma", "violet", "simon"])
+def test_a_lower_case_name_after_my_relation_in_a_mixed_case_note(scrub: Scrubber, relation: str, given: str) -> None:
+    """In a message typed in lower case inside a mixed-case note, "my sister mark picked up the Lasix" names the
+    sister (even with an ambiguous given name) and keeps the verb."""
+    out, _ = scrub.scrub_text(f"Refill of Lasix 40 mg.\nivka here. my {relation} {given} picked up the Lasix today")
+    assert f" {given} " not in out and "picked up the Lasix today" in out
+
+
+def test_ordinary_words_after_my_relation_are_kept(scrub: Scrubber) -> None:
+    """ "my son will call, my sister called": no name there."""
+    text = "Lasix 40 mg. my son will call, my sister called and my mom said hi"
+    assert scrub.scrub_text(text)[0] == text
+
+
+def test_all_caps_notes_lose_names_outside_the_lexicon() -> None:
+    """In notes typed in capitals, names outside every lexicon ("HEUSAREK, ARNEO") are taken when the tagger is
+    near certain: name recall >= 0.93 on held-out ALL-CAPS notes (0.79-0.85 when only lexicon names were), and
+    every clinical phrase to keep survives."""
+    import regex
+
+    from appliance.intake._scrub import _case_normalised
+    from appliance.intake._tagger._notes import generate_notes
+
+    scrub = Scrubber()
+    hit = total = kept = phrases = 0
+    for note in generate_notes(200, seed=516, family="heldout"):
+        if _case_normalised(note.text)[1] != "upper":
+            continue
+        out, _ = scrub.scrub_text(note.text)
+        low = out.lower()
+        for phi in note.phi:
+            pieces = [p for p in regex.findall(r"[\p{L}\p{M}\d]+", note.value(phi)) if len(p) >= 4]
+            if phi.kind != "NAME" or not pieces:
+                continue
+            total += 1
+            hit += not any(
+                regex.search(rf"(?<![\p{{L}}\d]){regex.escape(p.lower())}(?![\p{{L}}\d])", low) for p in pieces
+            )
+        phrases += len(note.keep)
+        kept += sum(k in out for k in note.keep)
+    assert total > 100 and hit / total >= 0.93
+    assert kept == phrases
+
+
+@pytest.mark.parametrize("town", ["Antholz", "West Danieltown", "Umag", "Zielona Góra"])
+def test_a_town_after_lives_in_is_an_address(scrub: Scrubber, town: str) -> None:
+    """ "Her father lives nearby in Antholz (...)": a town in free text after "lives (nearby) in"."""
+    out, counts = scrub.scrub_text(f"Her father, Jun, lives nearby in {town} (+39 3669637806).")
+    assert town not in out and counts["ADDRESS"] == 1
+
+
+def test_lives_in_without_a_place_name_is_kept(scrub: Scrubber) -> None:
+    """ "lives in a nursing home", "lives with her son", "moved to ICU": no town named."""
+    text = "She lives in a nursing home and lives with her son; moved to ICU overnight."
+    assert scrub.scrub_text(text)[0] == text

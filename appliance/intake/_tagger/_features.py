@@ -15,7 +15,7 @@ __all__ = ["TOKEN", "sequence_features"]
 # a scrubber placeholder ("[NAME]", "[NAME]#2": one token of its own class, so that a second pass over scrubbed
 # text reads it as what it stands for), words (letters of any script, inner apostrophes, not a possessive 's),
 # numbers, or one other character; the standard library's [^\W\d_] is every letter (composed forms, NFC)
-TOKEN = re.compile(r"\[[A-Z]{2,10}\](?:#\d+)?|[^\W\d_]+(?:['’](?!s\b)[^\W\d_]+)*|\d+|[^\s]")
+TOKEN = re.compile(r"\[[A-Z]{2,10}\](?:#\d+)?|[^\W\d_]+(?:['’](?![sS]\b)[^\W\d_]+)*|\d+|[^\s]")
 _OFFSETS = (-2, -1, 1, 2)
 
 _TITLES = frozenset(
