@@ -196,3 +196,14 @@ def test_lives_in_without_a_place_name_is_kept(scrub: Scrubber) -> None:
     """ "lives in a nursing home", "lives with her son", "moved to ICU": no town named."""
     text = "She lives in a nursing home and lives with her son; moved to ICU overnight."
     assert scrub.scrub_text(text)[0] == text
+
+
+@pytest.mark.parametrize("country", ["Germany", "Poland", "Portugal", "the Netherlands", "Italy"])
+def test_a_country_after_an_address_is_kept_and_not_a_residual(scrub: Scrubber, country: str) -> None:
+    """Safe Harbor keeps countries: after a scrubbed street and town the country stays, and the residual check
+    does not count it."""
+    from appliance.intake import residual_counts
+
+    out, _ = scrub.scrub_text(f"DISCHARGE ADDRESS: Wilmsgasse 100, 34195 Pößneck, {country}\nSSN 123-45-6789 verified.")
+    assert out.endswith(f", {country}\nSSN [SSN] verified.")
+    assert residual_counts(out) == {}
