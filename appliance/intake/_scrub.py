@@ -112,9 +112,44 @@ _STREET_WORD_SUFFIX = (
 # "10 chemin Marc Bourdon", "18 boulevard André Thomas"
 _CAP = r"[^\W\d_a-z]"  # approximately an upper-case letter of any script
 _WORD_CAP = rf"{_CAP}[^\W\d_]*"
+_STREET_ENDINGS = [
+    e
+    for w in [
+        "gasse",
+        "straße",
+        "strasse",
+        "weg",
+        "platz",
+        "allee",
+        "ring",
+        "damm",
+        "ufer",
+        "steeg",
+        "straat",
+        "baan",
+        "laan",
+        "pad",
+        "gracht",
+        "plein",
+        "dijk",
+        "kade",
+        "singel",
+        "hof",
+        "markt",
+        "boulevard",
+    ]
+    for e in (w, w.capitalize(), w.upper())
+]
+_STREET_ENDING_BEHIND = "|".join(rf"(?<=[^\W\d_]{{3}}{e})|(?<=-{e})" for e in _STREET_ENDINGS)
 _FOREIGN_STREET = (
-    rf"{_WORD_CAP}(?:-{_WORD_CAP}){{0,3}}-?(?i:gasse|straße|strasse|str\.|weg|platz|allee|ring|damm|ufer|steeg|straat"
-    rf"|baan|laan|pad|gracht|plein|dijk|kade|singel|hof|markt|boulevard)\s+\d{{1,5}}[a-zA-Z]?(?:/\d{{1,4}})?\b"
+    # the whole (hyphenated) word is read once, then its ending is checked by fixed-width look-behinds: no
+    # backtracking over every capitalised word of a note
+    rf"(?<![^\W\d_]){_CAP}[^\W\d_]*+(?:-[^\W\d_]++){{0,3}}+"
+    # a street name before the ending, 3 letters at least or a hyphenated word ("Wilmsgasse", "Osman-Müller-Ring";
+    # not "Bring 2 tablets", "Spring 2024", a lone "Ring 5")
+    rf"(?:{_STREET_ENDING_BEHIND}"
+    rf"|(?<=[^\W\d_]{{3}}str)\.|(?<=[^\W\d_]{{3}}Str)\.)"
+    rf"\s+\d{{1,5}}[a-zA-Z]?(?:/\d{{1,4}})?\b"
     rf"|\b(?i:ul\.|ulica|al\.|aleja|pl\.|plac|os\.|osiedle)\s+{_CAP}[^\W\d_-]*(?:[ -](?:{_WORD_CAP}|[IVX]+)){{0,3}}"
     rf"\s+\d{{1,4}}[a-zA-Z]?(?:/\d{{1,4}})?\b"
     rf"|\b\d{{1,4}}(?:\s?(?:bis|ter))?,?\s+(?:rue|chemin|avenue|boulevard|allée|impasse|place|quai|route|cours"

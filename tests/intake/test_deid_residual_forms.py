@@ -140,6 +140,14 @@ def test_suffix_words_in_prose_are_kept(scrub: Scrubber) -> None:
     assert "At this point the wound is green" in out and "took 2 tablets" in out
 
 
+@pytest.mark.parametrize(
+    "text", ["Bring 2 tablets to clinic.", "Spring 2024 visit was fine.", "String 4 sutures.", "the ring 5 mg dose"]
+)
+def test_words_ending_like_a_street_are_kept(scrub: Scrubber, text: str) -> None:
+    """A street ending ("-ring", "-weg") needs a name of 3+ letters or a hyphen before it: "Bring 2" is no street."""
+    assert scrub.scrub_text(text)[0] == text
+
+
 @pytest.mark.parametrize("relation", ["sister", "niece", "grandson", "husband", "aunt"])
 @pytest.mark.parametrize("given", ["mark", "irma", "violet", "simon"])
 def test_a_lower_case_name_after_my_relation_in_a_mixed_case_note(scrub: Scrubber, relation: str, given: str) -> None:
