@@ -343,7 +343,9 @@ def _rules() -> list[_Rule]:
             "ACCOUNT",
         ),
         _ctx(  # "state license 12.345678", "medical license G 12345", "licence no. A 123-456"
-            r"(?:(?:state|medical|professional|nursing|driver'?s?)\s+)?licen[cs]e|lic|registration",
+            # "license DEA G 92247", "licence NPI 12.345": the licence's kind may stand between label and value
+            r"(?:(?:state|medical|professional|nursing|driver'?s?)\s+)?(?:licen[cs]e|lic|registration)"
+            r"(?:\s+(?:dea|npi|state|medical|board|rn|md|no\.?|number|#))?",
             "LICENSE",
             r"(?P<v>(?:[A-Z]{1,3}[ .-]?)?\d{1,8}(?:[.\s-]\d{2,8}){0,2})\b(?![.,]\d)",
         ),

@@ -215,3 +215,10 @@ def test_a_country_after_an_address_is_kept_and_not_a_residual(scrub: Scrubber, 
     out, _ = scrub.scrub_text(f"DISCHARGE ADDRESS: Wilmsgasse 100, 34195 Pößneck, {country}\nSSN 123-45-6789 verified.")
     assert out.endswith(f", {country}\nSSN [SSN] verified.")
     assert residual_counts(out) == {}
+
+
+@pytest.mark.parametrize("text", ["license DEA G 92247 on the order", "licence NPI 1234567890 on file"])
+def test_a_licence_kind_between_label_and_value(scrub: Scrubber, text: str) -> None:
+    """ "license DEA G 92247": the licence's kind may stand between the label and the value."""
+    out, counts = scrub.scrub_text(text)
+    assert counts["LICENSE"] == 1 and not any(c.isdigit() for c in out)
