@@ -243,7 +243,7 @@ def is_protected_span(text: str, start: int, end: int) -> bool:
         return False  # the common case, decided by one set look-up
     if _TITLE_BEFORE.search(text, max(0, start - 12), start):  # "Dr. Foley", "Mr. Wilson's wife": a person
         return False
-    if _INITIAL_CREDENTIAL_AFTER.match(text, end):  # "Line J. (NP)": a clinician's given name
+    if _INITIAL_CREDENTIAL_AFTER.match(text[end : end + 24]):  # "Line J. (NP)": a clinician's given name
         return False
     if word.lower() in UNITS and start > 0 and (text[start - 1] in "/^" or text[start - 1 : start].isdigit()):
         return True
@@ -327,7 +327,11 @@ def tagged_spans(
             names.append((start, end))
             if len(word) >= 3 and word.isalpha():
                 tokens.add(word)
-        elif p_place >= place_threshold and word.lower() not in COMMON_WORDS and not _STATE_CODE.fullmatch(word):
+        elif (
+            p_place >= (max(place_threshold, _LOWER_IN_MIXED) if mode == "upper" else place_threshold)
+            and word.lower() not in COMMON_WORDS
+            and not _STATE_CODE.fullmatch(word)
+        ):  # in ALL-CAPS text, where every word looks like a heading, a place word too needs P >= 0.8
             if places and _JOIN_PLACE.fullmatch(text, places[-1][1], start):
                 places[-1] = (places[-1][0], end)
             else:

@@ -11,6 +11,7 @@ Run: ``PYTHONPATH=$PWD .venv/bin/python scripts/deid/train_name_tagger.py [--not
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import time
@@ -70,6 +71,11 @@ def scrubbed_copy(note: Note, rng: random.Random, replace: float) -> Note:
 
 
 def main() -> int:
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        # the note generator and Faker iterate over sets in places: string hashing must be fixed for the same
+        # notes (and so the same weights) in every run
+        os.environ["PYTHONHASHSEED"] = "0"
+        os.execv(sys.executable, [sys.executable, *sys.argv])  # noqa: S606 - this script, same interpreter
     ap = argparse.ArgumentParser()
     ap.add_argument("--notes", type=int, default=2500)
     ap.add_argument("--seed", type=int, default=20261206)
