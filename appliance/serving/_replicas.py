@@ -15,6 +15,7 @@ is tried anyway (so a single replica behaves as the plain client did).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import math
@@ -177,6 +178,7 @@ class ReplicaSet:
         self._refreshing: asyncio.Task[None] | None = None
         self._maintainer: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
         # the gateway derives a per-principal prefix-cache salt only when some replica is vLLM (``cache_salt``)
         self.wants_cache_salt = any(getattr(r.client, "name", "") == "vllm" for r in replicas)
 
@@ -242,6 +244,7 @@ class ReplicaSet:
                 current.inflight -= 1
                 self.metrics.latency.labels(current.name).observe(time.perf_counter() - started)
             self.metrics.requests.labels(current.name).inc()
+            self._answered(current)
             return gen
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -277,11 +280,15 @@ class ReplicaSet:
                 current.inflight -= 1
                 self.metrics.latency.labels(current.name).observe(time.perf_counter() - started)
             self.metrics.requests.labels(current.name).inc()
+            self._answered(current)
             return
 
     async def health(self) -> bool:
         """Probe every replica now; True while at least one is healthy."""
+        self._start_maintainer()
         await asyncio.gather(*(self._probe(r) for r in self.replicas))
+        if self._clock() - self._oldest_holdings() > self.refresh_s:
+            await self._refresh_all()  # readiness asks what they hold too
         return any(r.healthy for r in self.replicas)
 
     async def adapters(self) -> set[str]:
@@ -328,11 +335,20 @@ class ReplicaSet:
         return again
 
     def _take_out(self, replica: Replica, why: str) -> None:
-        if replica.healthy:
-            log.warning("replica.down", replica=replica.name, error=why)
+        if not replica.healthy:  # already out: its probe back-off runs on
+            return
+        log.warning("replica.down", replica=replica.name, error=why)
         replica.healthy = False
         replica.misses = 0
         replica.next_probe = self._clock() + self.probe_initial_s
+        if self._wake is not None:
+            self._wake.set()  # the probe loop may be asleep for refresh_s
+
+    def _answered(self, replica: Replica) -> None:
+        """An answer is health evidence too: a replica taken out that answers is back in rotation."""
+        if not replica.healthy:
+            log.info("replica.up", replica=replica.name)
+            replica.healthy, replica.misses = True, 0
 
     async def _probe(self, replica: Replica) -> None:
         try:
@@ -391,6 +407,7 @@ class ReplicaSet:
         if self._maintainer is not None and not self._maintainer.done() and self._loop is loop:
             return
         self._loop = loop
+        self._wake = asyncio.Event()
         self._maintainer = loop.create_task(self._maintain())
 
     async def _maintain(self) -> None:
@@ -405,4 +422,9 @@ class ReplicaSet:
                 except Exception as exc:
                     log.warning("replica.refresh_failed", error=type(exc).__name__)
             waits = [r.next_probe - self._clock() for r in self.replicas if not r.healthy]
-            await asyncio.sleep(max(0.02, min([self.refresh_s, *waits])))
+            wake = self._wake
+            if wake is None:
+                return
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), max(0.02, min([self.refresh_s, *waits])))
