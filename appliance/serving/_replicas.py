@@ -78,7 +78,8 @@ class Replica:
     healthy: bool = True
     inflight: int = 0
     holdings: dict[str, str | None] = field(default_factory=dict)
-    holdings_at: float = -math.inf  # monotonic time of the last successful read (never: -inf)
+    holdings_at: float = -math.inf  # monotonic time of the last read (or failed try)
+    known: bool = False  # its holdings were read at least once
     misses: int = 0  # failed probes since it was taken out
     next_probe: float = 0.0
 
@@ -219,6 +220,8 @@ class ReplicaSet:
             await self._refresh_all()  # a fresh publication: look again before refusing
             replica = self.choose(adapter, fingerprint)
         if replica is None:
+            if not all(r.known for r in self.replicas):  # unknown is not "not loaded": a 503
+                raise BackendUnavailable("no replica that may hold the adapter answers")
             raise BackendValidation(f"adapter {adapter!r} is not loaded with its published fingerprint on any replica")
         return replica
 
@@ -296,6 +299,8 @@ class ReplicaSet:
         self._start_maintainer()
         if self._clock() - self._oldest_holdings() > self.refresh_s:
             await self._refresh_all()
+        if not any(r.known for r in self.replicas):
+            raise BackendUnavailable("no replica answers (what they hold is unknown)")
         return {a for r in self.replicas for a in r.holdings}
 
     async def aclose(self) -> None:
@@ -374,7 +379,7 @@ class ReplicaSet:
 
     async def _refresh(self, replica: Replica) -> None:
         replica.holdings = await asyncio.wait_for(replica.client.holdings(), self.probe_timeout_s)
-        replica.holdings_at = self._clock()
+        replica.holdings_at, replica.known = self._clock(), True
 
     async def _refresh_all(self) -> None:
         """Re-read what every healthy (or never read) replica holds; one refresh at a time, shared by callers."""
@@ -384,7 +389,7 @@ class ReplicaSet:
 
     async def _do_refresh_all(self) -> None:
         async def one(r: Replica) -> None:
-            if not r.healthy and r.holdings_at != -math.inf:
+            if not r.healthy and r.known:
                 return
             try:
                 await self._refresh(r)

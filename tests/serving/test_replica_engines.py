@@ -112,6 +112,10 @@ def test_two_engines_one_killed_under_load_then_restarted(
     from appliance.testing import StaticCatalog
 
     a, b = engines
+    listed = {m["id"]: m.get("fingerprint") for m in httpx.get(b.url + "/v1/models", timeout=10).json()["data"]}
+    assert listed["notes-v1"] == lora_adapters["coding-v1"][1]  # the engine reports what it loaded
+    info = httpx.get(b.url + "/info", timeout=10).json()
+    assert {e["id"]: e["fingerprint"] for e in info["adapters"]}["triage-v1"] == lora_adapters["triage-v1"][1]
     settings = load_settings(
         data_dir=tmp_path / "gw",
         policies_dir=REPO_ROOT / "policies",

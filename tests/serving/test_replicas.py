@@ -205,6 +205,21 @@ async def test_per_replica_metrics() -> None:
     assert f'appliance_replica_request_seconds_count{{replica="{answered}"}}' in text
 
 
+async def test_replicas_that_never_answered_are_unavailable_not_missing_the_adapter() -> None:
+    """With no replica ever reached, a request is a 503 (BackendUnavailable), never a 422 'not loaded'."""
+    client = EmbeddedBackend(f"http://127.0.0.1:{_free_port()}", retries=0, connect_timeout_s=0.5)
+    rs = ReplicaSet([Replica(name="down", client=client)], probe_initial_s=0.05)
+    try:
+        begin_routing(FP_A)
+        with pytest.raises(BackendUnavailable):
+            await rs.generate("triage-v1", "x", GREEDY)
+        with pytest.raises(BackendUnavailable):
+            await rs.adapters()
+        assert not await rs.health()
+    finally:
+        await rs.aclose()
+
+
 def test_serving_url_is_a_one_replica_list_and_replicas_are_named(tmp_path: Any) -> None:
     """``serving.url`` keeps working; ``serving.replicas`` lists several servers of any kind, with weights."""
     single = open_backend(load_settings(data_dir=tmp_path))
