@@ -42,10 +42,10 @@ RENDER = """
 def _render(inventory: str, hosts: str, out: Path) -> None:
     play = out / f"render-{secrets.token_hex(4)}.yml"
     play.write_text(RENDER.format(hosts=hosts, roles=ROLES, out=out))
+    # the Redis password is looked up in Vault for the real hospital; any value renders the same settings
+    command = [str(BIN / "ansible-playbook"), "-i", inventory, str(play), "--tags", "render"]
     done = subprocess.run(
-        # the Redis password is looked up in Vault for the real hospital; any value renders the same settings
-        [str(BIN / "ansible-playbook"), "-i", inventory, str(play), "--tags", "render"]
-        + ["-e", "redis_gateway_password=render-only"],
+        [*command, "-e", "redis_gateway_password=render-only"],
         cwd=ANSIBLE_DIR,
         env=ansible_env(ANSIBLE_ROLES_PATH=str(ROLES)),
         capture_output=True,
