@@ -383,9 +383,10 @@ class ReplicaSet:
 
     async def _refresh_all(self) -> None:
         """Re-read what every healthy (or never read) replica holds; one refresh at a time, shared by callers."""
-        if self._refreshing is None or self._refreshing.done():
-            self._refreshing = asyncio.ensure_future(self._do_refresh_all())
-        await asyncio.shield(self._refreshing)
+        running = self._refreshing
+        if running is None or running.done() or running.get_loop() is not asyncio.get_running_loop():
+            running = self._refreshing = asyncio.ensure_future(self._do_refresh_all())
+        await asyncio.shield(running)
 
     async def _do_refresh_all(self) -> None:
         async def one(r: Replica) -> None:
