@@ -9,10 +9,12 @@ from appliance.serving._factory import open_backend
 from appliance.serving._published import AdapterSpec, read_embedded_list, read_tgi_list, read_vllm_list
 from appliance.serving._replicas import ReplicaSet, ReplicaStatus
 from appliance.serving._routing import Routing, begin_routing, current_routing
+from appliance.serving._signed import PUBLICATION_KEY, read_signed_list, sign_publication, signature_path
 from appliance.serving._tgi import TGIBackend
 from appliance.serving._vllm import VLLMBackend
 
 __all__ = [
+    "PUBLICATION_KEY",
     "AdapterSpec",
     "EmbeddedBackend",
     "ReplicaSet",
@@ -24,6 +26,9 @@ __all__ = [
     "current_routing",
     "open_backend",
     "read_embedded_list",
+    "read_signed_list",
     "read_tgi_list",
     "read_vllm_list",
+    "sign_publication",
+    "signature_path",
 ]
