@@ -23,7 +23,7 @@ from appliance.config import load_settings
 from tests.conftest import REPO_ROOT
 from tests.fixtures.processes import stop_process
 from tests.gateway.conftest import ISSUER, IdP
-from tests.serving.conftest import ServerThread, free_port, write_adapter_list
+from tests.serving.conftest import ServerThread, free_port, pin_publication_keys, write_adapter_list
 
 Adapters = dict[str, tuple[Path, str]]
 LOAD = 300  # requests during which one engine is killed
@@ -48,6 +48,8 @@ class EngineProcess:
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
         env["APPLIANCE_DATA_DIR"] = str(self.data_dir)
+        pinned = pin_publication_keys(self.data_dir.parent / f"registry-{self.port}.pub.json")  # lists are signed
+        env["APPLIANCE_SERVING__PUBLICATION_PUBLIC_KEYS"] = str(pinned)
         command = [sys.executable, "-m", "appliance", "serve", "--base", str(self.tiny_model)]
         command += ["--adapters", str(self.listing), "--port", str(self.port), "--threads", "1"]
         self.proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
