@@ -39,13 +39,13 @@ RENDER = """
 """
 
 
-def _render(inventory: str, hosts: str, out: Path) -> None:
+def _render(inventory: str, hosts: str, out: Path, *extra: str) -> None:
     play = out / f"render-{secrets.token_hex(4)}.yml"
     play.write_text(RENDER.format(hosts=hosts, roles=ROLES, out=out))
     # the Redis password is looked up in Vault for the real hospital; any value renders the same settings
     command = [str(BIN / "ansible-playbook"), "-i", inventory, str(play), "--tags", "render"]
     done = subprocess.run(
-        [*command, "-e", "redis_gateway_password=render-only"],
+        [*command, "-e", "redis_gateway_password=render-only", *extra],
         cwd=ANSIBLE_DIR,
         env=ansible_env(ANSIBLE_ROLES_PATH=str(ROLES)),
         capture_output=True,
@@ -83,3 +83,16 @@ def test_single_node_keeps_its_one_local_engine(tmp_path: Path) -> None:
     serving = ServingSettings.model_validate(tomllib.loads((tmp_path / "node1.toml").read_text())["serving"])
     assert serving.replicas == []
     assert [(r.url, r.kind) for r in serving.replica_list()] == [("http://127.0.0.1:8081", "embedded")]
+
+
+def test_molecule_ruleset_opens_the_model_server_to_its_gateway_hosts(tmp_path: Path) -> None:
+    """The Molecule host's ruleset (what tests/ansible/test_network.py probes) lets 10.42.0.1 and .3 reach the
+    model server port, and passes nft -c."""
+    _render("molecule/inventory/single-node.yml", "node1", tmp_path, "-e", "ansible_connection=local")
+    ruleset = (tmp_path / "node1.nft").read_text()
+    assert (
+        "set serving_clients { type ipv4_addr; flags interval; elements = { 10.42.0.1/32, 10.42.0.3/32 }; }" in ruleset
+    )
+    assert 'iifname "vlan42" tcp dport { 8080 } ip saddr @serving_clients accept' in ruleset
+    checked = subprocess.run(["nft", "-c", "-f", str(tmp_path / "node1.nft")], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
