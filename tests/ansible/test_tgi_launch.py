@@ -37,6 +37,12 @@ RENDER = """
         dest: "{out}/{{{{ inventory_hostname }}}}.service"
         mode: "0600"
       tags: [render]
+    - name: Render the quadlet
+      ansible.builtin.template:
+        src: {roles}/tgi/templates/container.j2
+        dest: "{out}/{{{{ inventory_hostname }}}}.container"
+        mode: "0600"
+      tags: [render]
     - name: Render the vLLM launcher script
       ansible.builtin.template:
         src: {roles}/tgi/templates/vllm-launch.py.j2
@@ -52,11 +58,11 @@ with open(os.environ["RECORD_" + os.path.basename(sys.argv[0]).upper()], "w") as
 """
 
 
-def _render(inventory: str, out: Path) -> None:
+def _render(inventory: str, out: Path, unit_style: str = "service") -> None:
     play = out / "render.yml"
     play.write_text(RENDER.format(roles=ROLES, out=out))
-    extra = out / "extra.json"  # the unit style Debian 12 gets (vars/Debian-12.yml), without gathering facts
-    extra.write_text(json.dumps({"tgi_unit_style": "service"}))
+    extra = out / "extra.json"  # the unit style (vars/Debian-12.yml: service), without gathering facts
+    extra.write_text(json.dumps({"tgi_unit_style": unit_style}))
     playbook = [str(BIN / "ansible-playbook"), "-i", inventory, str(play), "--tags", "render", "--skip-tags", "always"]
     done = subprocess.run(
         [*playbook, "-e", f"@{extra}"],
@@ -162,3 +168,17 @@ def test_model_server_starts_only_through_the_launcher(
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 65 and "INTEGRITY_VIOLATION" in done.stderr, done.stderr
     assert not (tmp_path / "podman.json").exists()
+
+
+def test_quadlet_checks_the_list_before_the_server_starts(tmp_path: Path) -> None:
+    """Where the quadlet owns the start command, the launcher checks the list in ExecStartPre (then runs only
+    /bin/true), and TGI's adapters still come from the published list, optional until the first publish."""
+    _render("inventories/single-node/hosts.yml", tmp_path, unit_style="quadlet")
+    lines = (tmp_path / "node1.container").read_text().splitlines()
+    service = lines[lines.index("[Service]") :]
+    [pre] = [shlex.split(line.removeprefix("ExecStartPre=")) for line in service if line.startswith("ExecStartPre=")]
+    listed = "/srv/appliance/serving/tgi/lora_adapters.env"
+    assert pre == [VENV_APPLIANCE, "serve-launch", "tgi", "--list", listed, "--", "/bin/true"]
+    assert f"Environment=APPLIANCE_SERVING__PUBLICATION_PUBLIC_KEYS={PINNED}" in service
+    assert "EnvironmentFile=-/srv/appliance/serving/tgi/lora_adapters.env" in service
+    assert any(line.startswith("PodmanArgs=") and "--env=LORA_ADAPTERS" in line for line in lines)
