@@ -67,7 +67,7 @@ def _unit_environment(unit: Path) -> dict[str, str]:
     env: dict[str, str] = {}
     for line in unit.read_text().splitlines():
         if line.startswith("Environment="):
-            env.update(item.split("=", 1) for item in line.removeprefix("Environment=").split())
+            env.update(item.partition("=")[::2] for item in line.removeprefix("Environment=").split())
     return env
 
 

@@ -82,7 +82,7 @@ def _exec_start(unit: Path) -> tuple[list[str], dict[str, str]]:
     argv: list[str] = []
     for line in text.splitlines():
         if line.startswith("Environment="):
-            env.update(item.split("=", 1) for item in line.removeprefix("Environment=").split())
+            env.update(item.partition("=")[::2] for item in line.removeprefix("Environment=").split())
         elif line.startswith("ExecStart="):
             argv = shlex.split(line.removeprefix("ExecStart=").replace("%t", "/run").replace("%n", "x.service"))
     return argv, env
