@@ -10,8 +10,8 @@ first (warm-up), in wall-clock and in process CPU time (steadier on a shared mac
 subprocess's maximum RSS. A DP step's batch is Poisson-sized (expected = the logical batch), so ``s/1k rows``
 (fit time over rows seen) is printed too.
 
-    .venv/bin/python bench/train_overhead.py                       # tiny model (about a minute)
-    .venv/bin/python bench/train_overhead.py --model smollm2 --steps 6 --base var/models/smollm2-135m
+    .venv/bin/python bench/train_overhead.py                       # tiny model (a few minutes on 2 cores)
+    .venv/bin/python bench/train_overhead.py --model smollm2 --steps 4 --base var/models/smollm2-135m
 
 Targets (issue 14): DP/non-DP step time <= 1.10, peak memory <= 1.3, eval-loss gap as small as possible.
 """
