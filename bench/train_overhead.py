@@ -173,7 +173,9 @@ def _run_mode(mode: str, work: Path, base: str, args: argparse.Namespace) -> dic
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-4000:])
         raise SystemExit(f"{mode} run failed ({proc.returncode})")
-    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+    result = dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+    print(f"{mode}: {json.dumps(result)}", flush=True)  # each mode as it finishes: a later failure keeps it
+    return result
 
 
 def main() -> None:
