@@ -507,9 +507,9 @@ def generate_records(n: int = 600, seed: int = 2024) -> list[dict[str, object]]:
         dup = dict(src)
         dup["instruction"] = "  " + str(src["instruction"]).upper() + " "
         records.insert(rng.randint(0, len(records)), dup)
-    for src in rng.sample(records[base // 2 :], k=dup_count):  # near duplicates: one extra clause
+    for src in rng.sample(records[base // 2 :], k=dup_count):  # near duplicates: one extra clause in the note
         near = dict(src)
-        near["response"] = str(src["response"]) + " Reviewed."
+        near["instruction"] = str(src["instruction"]) + " Chart reviewed."
         records.insert(rng.randint(0, len(records)), near)
     return records
 
