@@ -50,7 +50,7 @@ from appliance.registry._models import (
     utcnow,
 )
 from appliance.registry._people import hash_token, new_token, verify_token
-from appliance.registry._policy import ApprovalLimits, load_approval_limits
+from appliance.registry._policy import ApprovalLimits, check_quality, load_approval_limits
 from appliance.registry._publish import TARGETS, PublishEntry, Publisher, check_target
 from appliance.registry._rundir import RunMetadata, check_name, read_run_dir, sha256_file
 from appliance.registry._types import (
@@ -158,6 +158,7 @@ class Registry:
                     max_exposure=meta.canaries.max_exposure if meta.canaries.exposures else None,
                     hyperparameters=meta.hyperparameters,
                     metrics=meta.metrics,
+                    evaluation=meta.evaluation,
                     dp=dp.model_dump(),
                     canaries=meta.canaries.model_dump(),
                     lora=meta.lora,
@@ -348,6 +349,7 @@ class Registry:
                 f"rule approval.max_canary_exposure: {where} has canary exposure {run.max_exposure:g} bits > the "
                 f"limit {limits.max_canary_exposure:g}"
             )
+        check_quality(where, run.evaluation, limits)
 
     # --- publish ---------------------------------------------------------------------------------------------
     def publish(self, name: str, version: int, target: str, actor: Actor) -> PublishedAdapter:
@@ -775,6 +777,7 @@ class Registry:
             dataset={"fingerprint": run.dataset.fingerprint, "path": run.dataset.path},
             dp=dict(run.dp),
             metrics=dict(run.metrics),
+            evaluation=dict(run.evaluation) if run.evaluation is not None else None,
             canaries=dict(run.canaries),
             hyperparameters=dict(run.hyperparameters),
             approvals=[
@@ -889,6 +892,7 @@ def _claimed_by_metadata(meta: RunMetadata, weights: str, config: str) -> Claime
         max_exposure=meta.canaries.max_exposure if meta.canaries.exposures else None,
         weights=weights,
         config=config,
+        evaluation=meta.evaluation,
     )
 
 
@@ -908,6 +912,7 @@ def _claimed_by_row(adapter: Adapter) -> ClaimedRun:
         max_exposure=run.max_exposure,
         weights=adapter.weights_fingerprint,
         config=str(adapter.files.get("adapter_config.json", {}).get("sha256")),  # the bytes sealed at add
+        evaluation=adapter.run.evaluation,
     )
 
 
