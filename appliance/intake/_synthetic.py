@@ -151,9 +151,7 @@ def urgency(vitals: Vitals, condition: str) -> str:
     """The urgency rule: high on any critical vital sign; medium on any abnormal one or an acute diagnosis."""
     if vitals.spo2 < 90 or vitals.systolic < 90 or vitals.heart_rate > 130:
         return "high"
-    abnormal = (
-        vitals.spo2 <= 93 or vitals.heart_rate > 100 or vitals.temperature >= 38.0 or vitals.systolic >= 180
-    )
+    abnormal = vitals.spo2 <= 93 or vitals.heart_rate > 100 or vitals.temperature >= 38.0 or vitals.systolic >= 180
     return "medium" if abnormal or CONDITIONS[condition][1] else "low"
 
 
