@@ -86,7 +86,7 @@ def _fmt(figures: dict[str, Any], key: str, digits: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", required=True, help="base model directory (appliance models bootstrap smollm2-135m)")
-    parser.add_argument("--quick", action="store_true", help="a small run: few steps, small batch, 24 eval records")
+    parser.add_argument("--quick", action="store_true", help="a smoke-sized run: 4 steps of 8 records, 16 eval records")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--physical-batch-size", type=int, default=8)
@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--json-out", type=Path, default=None, help="also write every figure as JSON here")
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.batch_size, args.eval_records = min(args.steps, 8), min(args.batch_size, 16), 24
+        args.steps, args.batch_size, args.eval_records = min(args.steps, 4), min(args.batch_size, 8), 16
 
     from appliance.intake import prepare
 
