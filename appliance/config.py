@@ -2,19 +2,27 @@
 
 Precedence (highest first): explicit keyword arguments, environment (``APPLIANCE_KEYS__BACKEND=vault``), the TOML
 file (``--config``, else ``$APPLIANCE_CONFIG``, else ``./appliance.toml`` when present), the defaults below.
+Unknown keys are refused in every section, and so are ``APPLIANCE_*`` variables that name no setting (except
+``APPLIANCE_CONFIG``), each named with its file or variable and the nearest known key: a misspelt control must
+not be dropped while the operator believes it is on.
 Every path is resolved from one data directory (``./var`` in development; the LUKS volumes on hospital hardware).
 Nothing reads settings at import time.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
 import hashlib
 import json
 import os
+import tomllib
+import typing
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,8 +32,18 @@ from pydantic_settings import (
 
 from appliance.errors import ConfigError
 
+ENV_PREFIX = "APPLIANCE_"
+ENV_NESTED = "__"
+ENV_NOT_SETTINGS = frozenset({"config"})  # APPLIANCE_CONFIG names the file; it is no setting
 
-class KeysSettings(BaseModel):
+
+class _Section(BaseModel):
+    """One section of the settings: an unknown key is refused, never dropped (a misspelt control stays off)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class KeysSettings(_Section):
     """Where keys live: Vault/OpenBao (hvac) or the local keystore file (single small node, demo)."""
 
     backend: Literal["local", "vault"] = "local"
@@ -40,13 +58,13 @@ class KeysSettings(BaseModel):
     vault_timeout_s: float = 5.0  # seconds per Vault call
 
 
-class RegistrySettings(BaseModel):
+class RegistrySettings(_Section):
     """Adapter registry database."""
 
     database_url: str | None = None  # None -> SQLite at <data_dir>/registry.db; postgresql+psycopg://... to scale out
 
 
-class AuditSettings(BaseModel):
+class AuditSettings(_Section):
     """Audit trail storage and checkpointing."""
 
     sink: Literal["file", "postgres"] = "file"
@@ -61,7 +79,7 @@ class AuditSettings(BaseModel):
     record_timeout_s: float = 10.0  # seconds a record may wait for durability before AuditUnavailable (hung disk)
 
 
-class ServingSettings(BaseModel):
+class ServingSettings(_Section):
     """Which inference backend the gateway talks to."""
 
     backend: Literal["embedded", "tgi", "vllm"] = "embedded"
@@ -85,7 +103,7 @@ class ServingSettings(BaseModel):
     admin_token: SecretStr | None = None  # bearer token for POST /admin/reload; None -> loopback callers only
 
 
-class GatewaySettings(BaseModel):
+class GatewaySettings(_Section):
     """The Litestar front door."""
 
     host: str = "127.0.0.1"
@@ -124,7 +142,7 @@ class GatewaySettings(BaseModel):
     redis_key_prefix: str = Field(default="appliance:gw:", pattern=r"^[A-Za-z0-9:_.-]{1,64}$")
 
 
-class IntakeSettings(BaseModel):
+class IntakeSettings(_Section):
     """Dataset intake: validation limits, deduplication and the train/eval split (`appliance data ...`)."""
 
     max_record_bytes: int = Field(default=262_144, gt=0)  # bytes per JSONL line
@@ -132,9 +150,11 @@ class IntakeSettings(BaseModel):
     split_seed: int = 0  # the split is a pure function of the input and this seed
     near_duplicate_threshold: float = Field(default=0.85, gt=0.0, le=1.0)  # MinHash Jaccard; 1.0 disables
     minhash_num_perm: int = Field(default=128, ge=16, le=1024)  # MinHash permutations
+    # suspected identifiers a second scrub pass still finds, per 1000 prepared records; above it, refused
+    max_residual_per_1000_records: float = Field(default=5.0, ge=0.0)
 
 
-class TrainingSettings(BaseModel):
+class TrainingSettings(_Section):
     """Defaults for training runs (each can be overridden on the command line)."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -145,8 +165,8 @@ class Settings(BaseSettings):
     """All settings. Load with :func:`load_settings`."""
 
     model_config = SettingsConfigDict(
-        env_prefix="APPLIANCE_",
-        env_nested_delimiter="__",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED,
         extra="forbid",
         frozen=True,
     )
@@ -251,6 +271,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         toml_path = _active_toml_path()
         if toml_path is not None and not toml_path.is_file():
             raise ConfigError(f"config file not found: {toml_path} (from APPLIANCE_CONFIG)")
+        unknown = [*(_unknown_in_file(toml_path) if toml_path else ()), *_unknown_in_environment(os.environ)]
+        if unknown:
+            raise ConfigError("unknown settings (refused, not ignored): " + "; ".join(unknown))
         return Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
@@ -260,3 +283,111 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     finally:
         if config_file is not None:
             _TOML_OVERRIDE.pop()
+
+
+# --- unknown keys: named with where they came from and the nearest known key ----------------------------------
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The settings model a field holds (its section), or None for a plain value."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _quoted(key: str) -> str:
+    return f'"{key}"'
+
+
+def _nearest(key: str, known: list[str], render: Callable[[str], str] = _quoted) -> str:
+    """The known key closest to a misspelt one, else every known key."""
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {render(close[0])}?"
+    return "known: " + ", ".join(render(k) for k in sorted(known))
+
+
+def _walk(model: type[BaseModel], data: Mapping[str, Any], section: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+    """The path of every key in ``data`` that ``model`` (at ``section``) does not know, sections recursed into."""
+    for key, value in data.items():
+        field = model.model_fields.get(key)
+        if field is None:
+            yield (*section, key)
+            continue
+        sub = _section_model(field.annotation)
+        if sub is not None and isinstance(value, Mapping):
+            yield from _walk(sub, value, (*section, key))
+
+
+def _model_at(section: tuple[str, ...]) -> type[BaseModel]:
+    model: type[BaseModel] = Settings
+    for name in section:
+        sub = _section_model(model.model_fields[name].annotation)
+        assert sub is not None  # _walk recursed only into sections
+        model = sub
+    return model
+
+
+def _unknown_in_file(path: Path) -> Iterator[str]:
+    """One message per key of the TOML file that no setting has: the file, the section, the key, the nearest."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable TOML file ({exc})") from exc
+    for *section, key in _walk(Settings, data, ()):
+        known = list(_model_at(tuple(section)).model_fields)
+        if section:
+            where = "[" + ".".join(section) + "]"
+            yield f'{path}: section {where} has no key "{key}" ({_nearest(key, known)})'
+        else:
+            if isinstance(data.get(key), Mapping):
+                yield f"{path}: unknown section [{key}] ({_nearest(key, known, lambda k: f'[{k}]')})"
+            else:
+                yield f'{path}: unknown top-level key "{key}" ({_nearest(key, known)})'
+
+
+def _unknown_in_environment(environ: Mapping[str, str]) -> Iterator[str]:
+    """One message per APPLIANCE_* variable that names no setting (names are read case-insensitively)."""
+    for name in sorted(environ):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split(ENV_NESTED)
+        if len(parts) == 1 and parts[0] in ENV_NOT_SETTINGS:
+            continue
+        problem = _variable_problem(parts, environ[name])
+        if problem is not None:
+            yield f"environment variable {name}: {problem}"
+
+
+def _variable_name(path: list[str]) -> str:
+    return ENV_PREFIX + ENV_NESTED.join(path).upper()
+
+
+def _variable_in(section: list[str], key: str) -> str:
+    return _variable_name([*section, key])
+
+
+def _variable_problem(parts: list[str], value: str) -> str | None:
+    """Why ``APPLIANCE_<parts joined by __>`` names no setting, or None when it names one."""
+    model: type[BaseModel] = Settings
+    for depth, part in enumerate(parts):
+        section = parts[:depth]
+        field = model.model_fields.get(part)
+        if field is None:
+            where = f"section [{'.'.join(section)}] has no key" if section else "there is no top-level setting"
+            near = _nearest(part, list(model.model_fields), functools.partial(_variable_in, section))
+            return f'{where} "{part}" ({near})'
+        sub = _section_model(field.annotation)
+        last = depth + 1 == len(parts)
+        if sub is None:  # a value: only a mapping value (audit.extra_fields) has keys below it
+            if last or typing.get_origin(field.annotation) is dict:
+                return None
+            return f"{_variable_name(parts[: depth + 1])} is a value, not a section"
+        if last:  # a whole section as JSON
+            try:
+                data = json.loads(value)
+            except ValueError:
+                return None  # not JSON: pydantic names the section and the problem
+            found = [".".join(path) for path in _walk(sub, data, tuple(parts))] if isinstance(data, Mapping) else []
+            return f"no such settings in its JSON: {', '.join(found)}" if found else None
+        model = sub
+    return None

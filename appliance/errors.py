@@ -8,6 +8,7 @@ formats. Codes are stable strings: never reuse or rename one.
     ├── ConfigError              CONFIG_INVALID        500 / 78
     ├── ValidationFailed         VALIDATION_FAILED     422 / 65
     │   ├── IntakeRejected       INTAKE_REJECTED       422 / 65
+    │   ├── RequestMalformed     REQUEST_MALFORMED     400 / 65
     │   └── RequestTooLarge      REQUEST_TOO_LARGE     413 / 65
     ├── NotFound                 NOT_FOUND             404 / 66
     ├── Conflict                 CONFLICT              409 / 65
@@ -75,6 +76,13 @@ class IntakeRejected(ValidationFailed):
     """A dataset record or file is malformed (names the line and field)."""
 
     code = "INTAKE_REJECTED"
+
+
+class RequestMalformed(ValidationFailed):
+    """A request body cannot be decoded (not JSON, or nested deeper than the gateway accepts)."""
+
+    code = "REQUEST_MALFORMED"
+    http_status = 400
 
 
 class RequestTooLarge(ValidationFailed):

@@ -9,6 +9,7 @@ from appliance.audit._canonical import GENESIS_HASH, HASH_RULE
 from appliance.audit._digest import digest, digests, versioned_digest
 from appliance.audit._export import ExportFilter, export, verify_export
 from appliance.audit._factory import open_audit_log, open_audit_store
+from appliance.audit._identity import IDENTITY_MAX_CHARS, recordable_identity
 from appliance.audit._reader import StoreReader, reader_for
 from appliance.audit._retention import RetentionPolicy, load_retention_policy
 from appliance.audit._verify import VerifyReport, verify_store
@@ -17,6 +18,7 @@ from appliance.audit._writer import AuditWriter
 __all__ = [
     "GENESIS_HASH",
     "HASH_RULE",
+    "IDENTITY_MAX_CHARS",
     "AuditWriter",
     "ExportFilter",
     "RetentionPolicy",
@@ -29,6 +31,7 @@ __all__ = [
     "open_audit_log",
     "open_audit_store",
     "reader_for",
+    "recordable_identity",
     "verify_export",
     "verify_store",
     "versioned_digest",

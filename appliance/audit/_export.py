@@ -32,6 +32,7 @@ from appliance.audit._checkpoint import (
     sign,
     verify_signature,
 )
+from appliance.audit._identity import recordable_identity
 from appliance.audit._sinks._base import ChainReader
 from appliance.audit._verify import ChainReport, Problem, VerifyReport, verify_chain, verify_store
 from appliance.errors import Conflict, IntegrityViolation, ValidationFailed
@@ -98,6 +99,10 @@ class ExportFilter:
     adapter: str | None = None
     type: str | None = None
     outcome: str | None = None  # success | denied | error
+
+    def __post_init__(self) -> None:
+        if self.actor:  # compared with what the trail records of an identity (NFC, escaped, bounded)
+            object.__setattr__(self, "actor", recordable_identity(self.actor))
 
     @property
     def complete(self) -> bool:

@@ -1,6 +1,7 @@
 """The audit event: NIST SP 800-53 AU-3 content as identifiers, enums and numbers, never free text.
 
-Every string field has a character class and a length cap, so a prompt, an output or a clinical note cannot be
+Every string field has a character class and a length cap (the actor's subject and client id, which the IdP
+names, are recorded escaped and bounded instead: ``_identity``), so a prompt, an output or a clinical note cannot be
 smuggled into the log: they have spaces and punctuation, and the only way to record them is their HMAC digest
 (:func:`appliance.audit.digest`). The user agent is the one client-controlled string AU-3 wants; it is reduced to
 its ``product/version`` tokens. A configuration may add top-level fields (``audit.extra_fields``), each of a kind
@@ -16,8 +17,18 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
+from appliance.audit._identity import recordable_identity
 from appliance.errors import ValidationFailed
 
 __all__ = [
@@ -32,7 +43,8 @@ __all__ = [
 # Identifiers: subjects, client ids, request ids, error classes, key versions, base64 signatures.
 _IDENT = r"^[A-Za-z0-9_.:@/+=|#~-]*$"
 Ident = Annotated[str, StringConstraints(pattern=_IDENT, min_length=1, max_length=128)]
-LongIdent = Annotated[str, StringConstraints(pattern=_IDENT, min_length=1, max_length=256)]
+# Who acted, as the IdP or the key store names them: any text, recorded escaped and bounded (``_identity``).
+Identity = Annotated[str, AfterValidator(recordable_identity)]  # at most IDENTITY_MAX_CHARS once recorded
 Hex64 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 EventType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}(\.[a-z][a-z0-9_]{0,31}){1,3}$")]
 Verb = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
@@ -51,6 +63,9 @@ RESERVED_TYPES = frozenset({"audit.checkpoint", "audit.start", "audit.stop", "au
 _UA_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,39}/[A-Za-z0-9][A-Za-z0-9._-]{0,39}")
 _SCOPE_ID = re.compile(r"[A-Za-z0-9_.-]{1,32}")  # an IPv6 zone: an interface name or number
 _MAX_DETAILS = 32
+# Details that name a person or client (a break-glass grantee, a searched actor): recorded like actor.subject.
+IDENTITY_DETAILS = frozenset({"subject", "actor"})
+_DETAIL_VALUE: TypeAdapter[Any] = TypeAdapter(DetailValue, config=ConfigDict(allow_inf_nan=False))
 
 
 class _Strict(BaseModel):
@@ -61,10 +76,10 @@ class Actor(_Strict):
     """Who acted: the authenticated principal (``system`` for the appliance itself)."""
 
     auth_method: Literal["oidc", "jwt", "api_key", "cli", "system"]
-    client_id: Ident | None = None
+    client_id: Identity | None = None
     roles: list[Ident] = Field(default_factory=list, max_length=32)
     session_id: Ident | None = None
-    subject: LongIdent
+    subject: Identity
 
 
 class Source(_Strict):
@@ -136,7 +151,7 @@ class AuditEvent(_Strict):
     action: Verb
     actor: Actor
     adapter: Adapter | None = None
-    details: dict[DetailKey, DetailValue] = Field(default_factory=dict)
+    details: dict[DetailKey, Any] = Field(default_factory=dict)  # DetailValue, or an identity (IDENTITY_DETAILS)
     digests: Digests | None = None
     latency_ms: float | None = Field(default=None, ge=0)
     outcome: Outcome
@@ -151,7 +166,16 @@ class AuditEvent(_Strict):
     def _details(cls, value: dict[str, Any]) -> dict[str, Any]:
         if len(value) > _MAX_DETAILS:
             raise ValueError(f"at most {_MAX_DETAILS} details")
-        return dict(sorted(value.items()))
+        checked: dict[str, Any] = {}
+        for key, item in value.items():
+            if key in IDENTITY_DETAILS and isinstance(item, str):
+                checked[key] = recordable_identity(item)
+                continue
+            try:
+                checked[key] = _DETAIL_VALUE.validate_python(item)
+            except ValidationError:
+                raise ValueError(f"{key}: an identifier, a number, a boolean or null") from None
+        return dict(sorted(checked.items()))
 
 
 _KIND_TYPES: dict[str, Any] = {"identifier": Ident, "integer": int, "number": float, "boolean": bool}

@@ -119,6 +119,8 @@ class AuditWriter:
         self._checkpointed_seq = 0
         self._last_checkpoint_at = time.monotonic()
         self._needs_recovery = False
+        self._unsynced_failure = False  # a batch failed to become durable; unready until a sync succeeds again
+        self._sync_probe: concurrent.futures.Future[bool] | None = None  # asked by check_writable, run by the thread
         self._secondary_ok = True
         self.writer_id = writer_id
         self.stats = {"batches": 0, "records": 0, "failed_batches": 0, "secondary_failures": 0}
@@ -228,7 +230,21 @@ class AuditWriter:
         """Raise ``AuditUnavailable`` unless the writer is running and its store can take writes (readiness)."""
         if self._closed or self._thread is None or not self._thread.is_alive():
             raise AuditUnavailable("audit writer is not running")
+        if self._unsynced_failure and not self._sync_again():
+            raise AuditUnavailable("the audit store's last sync failed and it does not sync yet")
         self._sink.probe()
+
+    def _sync_again(self, timeout_s: float = 2.0) -> bool:
+        """Have the writer thread ask the store for a sync (after a failed one); whether it succeeded in time."""
+        with self._lock:
+            if self._sync_probe is None:
+                self._sync_probe = concurrent.futures.Future()
+            probe = self._sync_probe
+            self._wake.set()
+        try:
+            return probe.result(timeout=timeout_s)
+        except concurrent.futures.TimeoutError:  # a hung disk: not ready
+            return False
 
     @property
     def keys(self) -> KeyService:
@@ -275,10 +291,13 @@ class AuditWriter:
         while True:
             with self._lock:
                 batch, self._queue = self._queue, []
+                probe, self._sync_probe = self._sync_probe, None
                 closing = self._closing
-                if not batch:
+                if not batch and probe is None:
                     self._idle = True
                     self._wake.clear()
+            if probe is not None:
+                self._run_sync_probe(probe)
             if batch:
                 self._commit(batch)
                 continue
@@ -289,6 +308,17 @@ class AuditWriter:
                 self._timed_checkpoint()
                 due = self._checkpoint_interval_s
             self._wake.wait(timeout=due)
+
+    def _run_sync_probe(self, probe: concurrent.futures.Future[bool]) -> None:
+        try:
+            self._sink.sync_probe()
+        except Exception as exc:
+            log.warning("audit.sync_probe_failed", writer_id=self.writer_id, error_class=type(exc).__name__)
+            probe.set_result(False)
+            return
+        self._unsynced_failure = False
+        log.info("audit.sync_recovered", writer_id=self.writer_id)
+        probe.set_result(True)
 
     def _timed_checkpoint(self) -> None:
         self._last_checkpoint_at = time.monotonic()
@@ -319,6 +349,7 @@ class AuditWriter:
             self._sink.sync()
         except Exception as exc:
             self._needs_recovery = True
+            self._unsynced_failure = True
             error = exc if isinstance(exc, AuditUnavailable) else AuditUnavailable(_reason(exc))
             log.error("audit.append_failed", writer_id=self.writer_id, error=error.message, records=len(batch))
             self.stats["failed_batches"] += 1
@@ -326,6 +357,8 @@ class AuditWriter:
             self._settle(batch, None, error)
             return
         self._head, self._checkpointed_seq = head, checkpointed
+        if lines:  # they were written and synced: the store syncs again
+            self._unsynced_failure = False
         self.stats["batches"] += 1
         self.stats["records"] += len(lines)
         if self._secondary is not None:

@@ -1,4 +1,4 @@
-"""`appliance data check|scrub|prepare|synth`: intake of JSONL datasets (reports counts, never values)."""
+"""`appliance data check|scrub|prepare|synth|evaluate-scrub`: intake of JSONL datasets (counts, never values)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from appliance.cli._common import console, invoking_user, settings_of
+from appliance.cli._common import console, err_console, invoking_user, settings_of
 from appliance.errors import ApplianceError
 
 if TYPE_CHECKING:
@@ -183,6 +183,7 @@ def prepare(
         near_duplicate_threshold=cfg.near_duplicate_threshold if near_threshold is None else near_threshold,
         minhash_num_perm=cfg.minhash_num_perm,
         max_record_bytes=cfg.max_record_bytes,
+        max_residual_per_1000_records=cfg.max_residual_per_1000_records,
     )
     audit = open_intake_audit(settings)  # fails closed: no audit trail, no prepared dataset
 
@@ -194,6 +195,7 @@ def prepare(
             "subjects": len(manifest["subjects"]["digests"]),
             **{k: int(v) for k, v in counts.items()},
             "phi_replaced": int(sum(manifest["scrub_report"].values())),
+            "residual_suspected": int(manifest["residual"]["total"]),
         }
         audit.record_sync(_event("success", details))
 
@@ -223,6 +225,7 @@ def prepare(
         ("train records", c["train"]),
         ("eval records", c["eval"]),
         ("subjects (salted digests)", len(m["subjects"]["digests"])),
+        ("suspected identifiers left (second pass)", m["residual"]["total"]),
     ):
         summary.add_row(label, str(value))
     console.print(summary)
@@ -236,12 +239,64 @@ def synth(
     records: int = typer.Option(600, "--records", min=10, max=1_000_000, help="About how many records."),
     seed: int = typer.Option(2024, "--seed", help="Generator seed (the output is a pure function of it)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing file."),
+    labelled: bool = typer.Option(
+        False, "--labelled", help="Write labelled evaluation notes (phi and keep lists) for `data evaluate-scrub`."
+    ),
 ) -> None:
     """Write a synthetic clinical dataset with fake PHI (no real patients) for demos and tests."""
     from appliance.errors import Conflict
-    from appliance.intake import write_synthetic
+    from appliance.intake import write_labelled_notes, write_synthetic
 
     if out.exists() and not force:
         raise Conflict(f"output {out} already exists; pass --force to replace it")
+    if labelled:
+        n = write_labelled_notes(out, n=records, seed=seed)
+        console.print(f"[green]wrote[/] {out}: {n} labelled evaluation notes (fake PHI, every identifier labelled)")
+        return
     n = write_synthetic(out, n=records, seed=seed)
     console.print(f"[green]wrote[/] {out}: {n} synthetic records (fake PHI, shared subjects, some duplicates)")
+
+
+def _recall_row(table: Table, label: str, tally: dict[str, Any], style: str | None = None) -> None:
+    recall = tally.get("recall", tally.get("rate"))
+    shown = "-" if recall is None else f"{recall:.3f}"
+    caught = tally.get("caught", tally.get("kept", 0))
+    table.add_row(label, str(caught), str(tally["total"]), shown, style=style)
+
+
+@app.command("evaluate-scrub")
+def evaluate_scrub(
+    labelled: Path = typer.Argument(..., help="Labelled JSONL: intake fields plus phi [{type, value, role?}], keep."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON (counts and ratios only)."),
+    show_misses: Path | None = typer.Option(
+        None,
+        "--show-misses",
+        help="Write the missed values (type, role, value, record line) to this file, mode 0600; never printed.",
+    ),
+) -> None:
+    """Measure the scrubber on annotated notes: recall per type and role, kept rate, speed (no value printed)."""
+    from appliance.intake import evaluate_scrubber, read_labelled, write_misses
+
+    with console.status(f"scrubbing {labelled.name} ..."):
+        records = read_labelled(labelled)
+        result = evaluate_scrubber(records)
+    if show_misses is not None:
+        write_misses(show_misses, result.misses)
+    report = result.as_dict()
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        table = Table(title=f"scrubber recall on {labelled.name}: {report['records']} records (counts only)")
+        for column in ("what", "caught", "total", "recall"):
+            table.add_column(column, justify="left" if column == "what" else "right")
+        for kind, tally in report["recall_by_type"].items():
+            _recall_row(table, kind, tally)
+        for role, tally in report["names_by_role"].items():
+            _recall_row(table, f"NAME ({role})", tally)
+        _recall_row(table, "names, all roles", report["names"], "bold")
+        _recall_row(table, "structured identifiers", report["structured"], "bold")
+        _recall_row(table, "clinical phrases kept", report["kept"], "bold")
+        console.print(table)
+        console.print(f"{report['records_per_cpu_second']} records per CPU-second ({report['cpu_seconds']} s of CPU)")
+    if show_misses is not None:
+        err_console.print(f"wrote {len(result.misses)} missed values to {show_misses} (mode 0600; holds PHI)")

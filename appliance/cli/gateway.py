@@ -199,6 +199,8 @@ def _start_demo_idp(port: int, gateway_url: str, client_secret: str, log_path: P
                 "client_id": "appliance-demo",
                 "client_secret": client_secret,
                 "redirect_uris": [f"{gateway_url}/auth/callback"],
+                # RP-initiated logout comes back here; an unregistered one is refused (invalid_request)
+                "post_logout_redirect_uris": [f"{gateway_url}/auth/logged-out"],
                 "grant_types": ["authorization_code"],
                 "response_types": ["code"],
                 "token_endpoint_auth_method": "client_secret_basic",

@@ -17,7 +17,7 @@ import hmac
 import ipaddress
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -30,6 +30,7 @@ from appliance.errors import (
     AuditUnavailable,
     BackendError,
     BackendValidation,
+    KeyUnavailable,
     NotFound,
     PermissionDenied,
     PolicyViolation,
@@ -66,7 +67,7 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CLIENT_CLOSED = "CLIENT_CLOSED"  # the outcome's error_class when the client left a stream before its end
 MAX_UNRECORDED_LOGOFFS = 10_000  # swept sessions whose auth.logout waits for the audit trail to come back
 Digest = Callable[[str], str]
-DigestPair = Callable[[str, str], Mapping[str, Any]]  # (prompt, output) -> a record's digests
+VersionedDigest = Callable[[str, int | None], tuple[int | None, str]]  # (text, key version) -> (version used, hex)
 T = TypeVar("T")
 
 
@@ -82,6 +83,7 @@ class Ctx:
     user_agent: str | None
     request_id: str = field(default_factory=lambda: random_uuid().hex)
     session: Session | None = None
+    prompt_digest: tuple[int | None, str] | None = None  # (audit key version, hex), made by admit()
 
     @property
     def actor(self) -> dict[str, Any]:
@@ -143,7 +145,7 @@ class Gateway:
         digest: Digest,
         digest_inline: bool = False,
         audit_reader: AuditReader | None = None,
-        digests: DigestPair | None = None,
+        versioned_digest: VersionedDigest | None = None,
         state: State | None = None,
     ) -> None:
         self.settings = settings
@@ -160,8 +162,8 @@ class Gateway:
         self.digest = digest
         # True when the digest is an in-memory HMAC (local keystore): computed on the loop, no thread hop.
         self.digest_inline = digest_inline
-        # Both digests under one audit key version, recorded with them (appliance.audit.digests).
-        self.digests: DigestPair = digests or (lambda p, o: {"prompt": digest(p), "output": digest(o)})
+        # Prompt and output digests under one audit key version, recorded with them (appliance.audit.versioned_digest).
+        self.versioned_digest: VersionedDigest = versioned_digest or (lambda text, _: (None, digest(text)))
         self.audit_reader = audit_reader
         self.state = state  # None: this process's memory (limits); sessions is then a memory store too
         self.limits: LimitStore = state.limits if state is not None else MemoryLimitStore()
@@ -536,6 +538,10 @@ class Gateway:
         :meth:`stream` wait for it (:meth:`durable`) before they answer anything.
         """
         policy = self.policy.current
+        try:  # the key service answers before the backend is asked: a stream cannot start that could not be audited
+            ctx.prompt_digest = await self._digest(prompt, None)
+        except ApplianceError as exc:
+            raise await self.deny(exc, ctx=ctx, adapter=ref, action="generate") from None
         try:
             if wants_logprobs and not policy.may_logprobs(ctx.roles):
                 raise PolicyViolation("your roles do not allow logprob-style outputs (details, top_n_tokens)")
@@ -587,20 +593,30 @@ class Gateway:
         error: ApplianceError | None,
         closed: bool = False,
     ) -> str:
+        """Record how the request ended. A step before the record that fails (the output's digest: the key service;
+        charging the tokens: the state store) is recorded as the outcome's error and then raised, with the request's
+        audit id, so the caller answers it instead of the generation (fail closed, but never unrecorded)."""
         latency_ms = round((time.perf_counter() - started) * 1000, 3)
         output = gen.text if gen else ""
-        if self.digest_inline:
-            digests = self.digests(prompt, output)
-        else:  # a network call (Vault transit): off the event loop
-            digests = await asyncio.to_thread(self.digests, prompt, output)
+        version, prompt_digest = ctx.prompt_digest or await self._digest(prompt, None)
+        digests: dict[str, Any] = {"key_version": version, "prompt": prompt_digest, "output": None}
+        failed: ApplianceError | None = None
+        try:
+            digests["output"] = (await self._digest(output, version))[1]
+        except ApplianceError as exc:
+            failed = exc
         tokens = {"prompt": gen.prompt_tokens, "generated": gen.generated_tokens} if gen else None
         if gen is not None:
-            await self.limits.charge_tokens(
-                ctx.principal.subject, ref.served_id, gen.prompt_tokens + gen.generated_tokens
-            )
+            try:
+                await self.limits.charge_tokens(
+                    ctx.principal.subject, ref.served_id, gen.prompt_tokens + gen.generated_tokens
+                )
+            except ApplianceError as exc:
+                failed = failed or exc
             self.metrics.tokens.labels(ref.name, "prompt").inc(gen.prompt_tokens)
             self.metrics.tokens.labels(ref.name, "generated").inc(gen.generated_tokens)
-        return await self.record(
+        error = error or failed
+        audit_id = await self.record(
             self.event(
                 "gateway.response",
                 ctx=ctx,
@@ -615,6 +631,21 @@ class Gateway:
                 details={"request_event": request_audit_id, "finish_reason": gen.finish_reason if gen else None},
             )
         )
+        if failed is not None:
+            log.error("gateway.outcome_failed", error_type=failed.code)
+            raise refusal(failed, request_audit_id)
+        return audit_id
+
+    async def _digest(self, text: str, version: int | None) -> tuple[int | None, str]:
+        """(audit key version, HMAC digest) of text through the key service; any failure is a KeyUnavailable."""
+        try:
+            if self.digest_inline:
+                return self.versioned_digest(text, version)
+            return await asyncio.to_thread(self.versioned_digest, text, version)  # Vault transit: off the loop
+        except ApplianceError:
+            raise
+        except Exception as exc:  # a foreign error on the digest path still fails closed
+            raise KeyUnavailable(f"audit digest failed ({type(exc).__name__})") from exc
 
     # --- generation ----------------------------------------------------------------------------------------------
     async def generate(
@@ -636,7 +667,7 @@ class Gateway:
 
     async def stream(
         self, ctx: Ctx, ref: AdapterRef, prompt: str, params: GenerationParams, admitted: WrittenRecord
-    ) -> AsyncIterator[TokenEvent | ApplianceError]:
+    ) -> AsyncGenerator[TokenEvent | ApplianceError, None]:
         """Token events, the first once the request record is durable, the last once the outcome is (else an
         error is yielded in their place). A client that leaves mid-stream still gets an outcome record (what it
         was sent, CLIENT_CLOSED) and is charged the tokens it was sent."""
@@ -655,7 +686,7 @@ class Gateway:
                     if ev.final is not None:
                         settled = True
                         await self._outcome(ctx, ref, audit_id, started, prompt=prompt, gen=ev.final, error=None)
-                except AuditUnavailable as exc:
+                except ApplianceError as exc:  # the trail, the key service or the state store: its error event ends it
                     settled = True
                     yield exc
                     return
@@ -669,7 +700,7 @@ class Gateway:
             try:
                 await self.durable(admitted)
                 await self._outcome(ctx, ref, audit_id, started, prompt=prompt, gen=None, error=exc)
-            except AuditUnavailable as audit_exc:
+            except ApplianceError as audit_exc:
                 yield audit_exc
                 return
             yield exc
@@ -681,6 +712,20 @@ class Gateway:
                 self._background.add(task)
                 task.add_done_callback(self._forget)
             raise
+
+    async def open_stream(
+        self, ctx: Ctx, ref: AdapterRef, prompt: str, params: GenerationParams, admitted: WrittenRecord
+    ) -> AsyncIterator[TokenEvent | ApplianceError]:
+        """:meth:`stream` with its first event already in hand, for the routes to call before they send a status line:
+        the request record is then durable (GW-07: durable before the first byte of the answer) and the backend has
+        started. A failure before that is raised (503 ``AUDIT_UNAVAILABLE``, the backend's error with the request's
+        audit id), so a stream that could not be audited never answers 200."""
+        events = self.stream(ctx, ref, prompt, params, admitted)
+        first = await anext(events)
+        if isinstance(first, ApplianceError):
+            await events.aclose()
+            raise first if isinstance(first, AuditUnavailable) else refusal(first, admitted.receipt.event_id)
+        return _primed(first, events)
 
     def _forget(self, task: asyncio.Future[str]) -> None:
         self._background.discard(task)
@@ -720,6 +765,16 @@ class Gateway:
             "audit": await audit_ok(),
             "state": await self.state.ping() if self.state is not None else True,  # the shared store answers
         }
+
+
+async def _primed(first: T, rest: AsyncGenerator[T, None]) -> AsyncIterator[T]:
+    """first, then rest; closing this closes rest (a client that leaves still gets its outcome recorded)."""
+    try:
+        yield first
+        async for item in rest:
+            yield item
+    finally:
+        await rest.aclose()
 
 
 def _anonymous(method: str = "oidc") -> dict[str, Any]:

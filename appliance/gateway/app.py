@@ -19,7 +19,7 @@ import structlog
 from litestar import Litestar, Request, Response
 from litestar.contrib.jinja import JinjaTemplateEngine
 from litestar.datastructures import MutableScopeHeaders, ResponseHeader
-from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.exceptions import ClientException, HTTPException, NotFoundException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
@@ -28,7 +28,14 @@ from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from appliance.config import Settings
-from appliance.errors import ApplianceError, ConfigError, RequestTooLarge, ValidationFailed
+from appliance.errors import (
+    ApplianceError,
+    AuditUnavailable,
+    ConfigError,
+    RequestMalformed,
+    RequestTooLarge,
+    ValidationFailed,
+)
 from appliance.gateway._db import GatewayDB, db_path
 from appliance.gateway._service import Gateway
 from appliance.gateway.auth.apikeys import ApiKeyStore
@@ -54,6 +61,7 @@ SECURITY_HEADERS = [
     ),
 ]
 HSTS = "max-age=31536000"
+REFUSAL = "appliance.refusal"  # scope key: a refusal made before the handler ran, audited by _refusal_middleware
 SWEEPER_STOP_S = 10.0  # how long shutdown waits for a session sweep under way
 
 
@@ -62,6 +70,26 @@ async def _hsts(message: Message, scope: Scope) -> None:
     A before-send hook of this app, not a response header (those are resolved once per handler, for every app)."""
     if message["type"] == "http.response.start":
         MutableScopeHeaders.from_message(message)["Strict-Transport-Security"] = HSTS
+
+
+class GatewayRequest(Request[Any, Any, Any]):
+    """Litestar's request, with one JSON decoding point for every route: a body nested deeper than the decoder can
+    follow (msgspec raises RecursionError past Python's recursion limit, about 1,000 levels) is refused with 400
+    REQUEST_MALFORMED, not a 500. Shallower bodies reach the route's schema (422 for a shape it does not take). No
+    walk over the decoded value: its cost would grow with the body (a 1 MiB body of small objects is ~0.1 s)."""
+
+    async def json(self) -> Any:
+        try:
+            return await super().json()
+        except RecursionError:
+            raise ClientException("request body nested too deeply") from None
+
+
+def _mark_refusal(request: Request[Any, Any, Any], exc: ApplianceError) -> ApplianceError:
+    """Have :func:`_refusal_middleware` audit a refusal that Litestar made before any handler code ran."""
+    if request.scope.get("path_template"):  # a route matched: an identifiable request, not a scan of unknown paths
+        request.scope[REFUSAL] = exc  # type: ignore[literal-required]
+    return exc
 
 
 def _error_response(exc: ApplianceError) -> Response[Any]:
@@ -86,12 +114,15 @@ def _validation_error(request: Request[Any, Any, Any], exc: ValidationException)
     # Name the fields, never echo the submitted values (they may be prompt text).
     fields = sorted({str(e.get("key", "body")) for e in (exc.extra or []) if isinstance(e, dict)})
     where = ", ".join(fields) if fields else "body"
-    return _error_response(ValidationFailed(f"invalid request: check {where}"))
+    return _error_response(_mark_refusal(request, ValidationFailed(f"invalid request: check {where}")))
 
 
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     if exc.status_code == 413:
-        return _error_response(RequestTooLarge("request body too large"))
+        return _error_response(_mark_refusal(request, RequestTooLarge("request body too large")))
+    if exc.status_code == 400:  # a body that cannot be decoded (malformed, nested too deeply)
+        refused = RequestMalformed("invalid request: the body is not valid JSON or is nested too deeply")
+        return _error_response(_mark_refusal(request, refused))
     if isinstance(exc, NotFoundException):
         return Response(
             {"error": "not found", "error_type": "NOT_FOUND"},
@@ -146,6 +177,41 @@ def _metrics_middleware(gateway: Gateway) -> Any:
     return factory
 
 
+def _refusal_middleware(gateway: Gateway) -> Any:
+    """Audit the refusals Litestar makes before a handler runs (a body that does not decode or validate, one too
+    large) as ``gateway.denied`` of an anonymous caller, durable before the answer, whose id goes out in
+    ``X-Audit-Id``. If the trail cannot record it, the answer is 503 ``AUDIT_UNAVAILABLE`` instead."""
+
+    def factory(app: ASGIApp) -> ASGIApp:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            replaced = [False]
+
+            async def send_wrapper(message: Message) -> None:
+                if replaced[0]:
+                    return  # the original body of an answer replaced by a 503
+                refused = scope.get(REFUSAL) if message["type"] == "http.response.start" else None  # type: ignore[misc]
+                if isinstance(refused, ApplianceError):
+                    request: Request[Any, Any, Any] = Request(scope)
+                    try:
+                        audited = await gateway.deny(refused, request=request, path=scope.get("path_template"))
+                    except AuditUnavailable as exc:
+                        replaced[0] = True
+                        await _error_response(exc).to_asgi_response(app=None, request=request)(scope, receive, send)
+                        return
+                    headers = MutableScopeHeaders.from_message(message)
+                    headers["X-Audit-Id"] = getattr(audited, "audit_id", None) or "-"
+                await send(message)
+
+            await app(scope, receive, send_wrapper)
+
+        return middleware
+
+    return factory
+
+
 def _open_stage(what: str, opener: Callable[[], Any]) -> Any:
     try:
         return opener()
@@ -165,13 +231,13 @@ def _digest_fn(keys: KeyService) -> Callable[[str], str]:
         return lambda text: keys.hmac("audit-hmac", text.encode("utf-8")).hex()
 
 
-def _digests_fn(keys: KeyService) -> Callable[[str, str], dict[str, Any]] | None:
-    """``appliance.audit.digests`` (with the key version) when the audit stage provides it, else None."""
+def _versioned_digest_fn(keys: KeyService) -> Callable[[str, int | None], tuple[int | None, str]] | None:
+    """``appliance.audit.versioned_digest`` (the key version with the digest) when the audit stage provides it."""
     try:
-        from appliance.audit import digests as audit_digests
+        from appliance.audit import versioned_digest
     except ImportError:
         return None
-    return lambda prompt, output: audit_digests(keys, prompt, output)
+    return lambda text, version: versioned_digest(keys, text, version)
 
 
 def discovery_jwks_fetcher(issuer: str, *, timeout_s: float = 5.0, verify: bool | str = True) -> JWKSFetcher:
@@ -280,7 +346,7 @@ def create_app(
         oidc=oidc,
         digest=_digest_fn(keys),
         digest_inline=getattr(keys, "backend", None) == "local",  # Vault's HMAC is a network call
-        digests=_digests_fn(keys),
+        versioned_digest=_versioned_digest_fn(keys),
         audit_reader=audit_reader or _audit_reader(audit),
         state=store,
     )
@@ -349,7 +415,8 @@ def create_app(
         request_max_body_size=g.max_body_bytes,
         response_headers=SECURITY_HEADERS,
         before_send=[_hsts] if g.secure_cookies else [],
-        middleware=[_metrics_middleware(gateway)],
+        middleware=[_metrics_middleware(gateway), _refusal_middleware(gateway)],
+        request_class=GatewayRequest,
         lifespan=[lifespan],
         debug=False,
         logging_config=None,

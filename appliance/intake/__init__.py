@@ -7,6 +7,8 @@ fingerprint). See ``README.md`` in this package for the design and the measured 
 from __future__ import annotations
 
 from appliance.intake._dedup import deduplicate, normalise
+from appliance.intake._evaluate import Evaluation, evaluate_scrubber, read_labelled, write_misses
+from appliance.intake._labelled import generate_labelled_notes, write_labelled_notes
 from appliance.intake._prepare import (
     PreparedDataset,
     PreparedRecord,
@@ -17,6 +19,7 @@ from appliance.intake._prepare import (
     prepare,
     subject_digest,
 )
+from appliance.intake._residual import residual_counts
 from appliance.intake._schema import Record, read_records
 from appliance.intake._scrub import PLACEHOLDER_TYPES, Scrubber, ScrubReport
 from appliance.intake._scrub_file import scrub_file
@@ -24,6 +27,7 @@ from appliance.intake._synthetic import generate_records, labeled_cases, write_s
 
 __all__ = [
     "PLACEHOLDER_TYPES",
+    "Evaluation",
     "PrepareOptions",
     "PrepareResult",
     "PreparedDataset",
@@ -32,14 +36,20 @@ __all__ = [
     "ScrubReport",
     "Scrubber",
     "deduplicate",
+    "evaluate_scrubber",
     "fingerprint_dir",
+    "generate_labelled_notes",
     "generate_records",
     "labeled_cases",
     "load_prepared",
     "normalise",
     "prepare",
+    "read_labelled",
     "read_records",
+    "residual_counts",
     "scrub_file",
     "subject_digest",
+    "write_labelled_notes",
+    "write_misses",
     "write_synthetic",
 ]

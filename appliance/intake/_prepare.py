@@ -18,6 +18,7 @@ import json
 import os
 import secrets
 import shutil
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,10 +27,18 @@ from typing import Any
 
 import structlog
 
-from appliance.errors import Conflict, IntakeRejected, IntegrityViolation, NotFound, StorageUnavailable
+from appliance.errors import (
+    Conflict,
+    IntakeRejected,
+    IntegrityViolation,
+    NotFound,
+    PolicyViolation,
+    StorageUnavailable,
+)
 from appliance.intake._dedup import DEFAULT_NEAR_THRESHOLD, DEFAULT_NUM_PERM, deduplicate
+from appliance.intake._residual import residual_counts, residual_rate
 from appliance.intake._schema import DEFAULT_MAX_RECORD_BYTES, Record, read_records
-from appliance.intake._scrub import Scrubber, ScrubReport
+from appliance.intake._scrub import PLACEHOLDER_TYPES, Scrubber, ScrubReport
 
 __all__ = [
     "FORMAT_VERSION",
@@ -46,6 +55,7 @@ __all__ = [
 log = structlog.get_logger("appliance.intake")
 
 FORMAT_VERSION = 1
+DEFAULT_MAX_RESIDUAL_PER_1000 = 5.0  # suspected identifiers left after scrubbing, per 1000 prepared records
 _FILES = ("train.jsonl", "eval.jsonl")
 
 
@@ -58,8 +68,12 @@ class PrepareOptions:
     near_duplicate_threshold: float = DEFAULT_NEAR_THRESHOLD  # MinHash Jaccard; >= 1 disables near-dedup
     minhash_num_perm: int = DEFAULT_NUM_PERM
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    # above this many suspected identifiers per 1000 records left after scrubbing, the dataset is refused
+    max_residual_per_1000_records: float = DEFAULT_MAX_RESIDUAL_PER_1000
 
     def __post_init__(self) -> None:
+        if not self.max_residual_per_1000_records >= 0.0:
+            raise IntakeRejected("max_residual_per_1000_records must be >= 0")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise IntakeRejected("eval_fraction must be in [0, 1)")
         if not 0.0 < self.near_duplicate_threshold <= 1.0:
@@ -224,6 +238,7 @@ def prepare(
             f"{source.name}: {len(units)} subject(s) after deduplication; a train/eval split needs at least 2"
         )
     held = _split(sorted(units), units, opts.eval_fraction, opts.split_seed) if opts.eval_fraction > 0 else set()
+    residual = _residual_check(source, [texts for _, texts in kept], opts.max_residual_per_1000_records)
 
     salt = salt if salt is not None else secrets.token_bytes(32)
     digests = {key: subject_digest(salt, key.split("\x00", 1)[1]) for key in units}
@@ -250,6 +265,7 @@ def prepare(
             "eval": len(evals),
         },
         "scrub_report": report.as_dict(),
+        "residual": residual,
         "subjects": {"salt": salt.hex(), "digests": sorted(set(digests.values()))},
         "source": {"sha256": info.sha256, "records": info.records},
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -269,8 +285,35 @@ def prepare(
         **{k: v for k, v in manifest["counts"].items() if k != "invalid"},
         subjects=len(manifest["subjects"]["digests"]),
         phi_replaced=report.total,
+        residual_suspected=residual["total"],
     )
     return PrepareResult(out, fingerprint, manifest)
+
+
+def _residual_check(source: Path, texts: list[tuple[str, str]], limit: float) -> dict[str, Any]:
+    """Count the suspected identifiers a second pass finds in the scrubbed records (counts only); refuse the
+    dataset (``PolicyViolation``, nothing written) when there are more than ``limit`` per 1000 records."""
+    counts: Counter[str] = Counter()
+    for instruction, response in texts:
+        counts.update(residual_counts(instruction))
+        counts.update(residual_counts(response))
+    total = sum(counts.values())
+    rate = residual_rate(total, len(texts))
+    if rate > limit:
+        by_type = ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        raise PolicyViolation(
+            f"{source.name}: {total} suspected identifiers remain after scrubbing ({by_type}), "
+            f"{rate:.1f} per 1000 records, above intake.max_residual_per_1000_records = {limit:g}; nothing was "
+            "written. Measure the scrubber on annotated notes of this source (`appliance data evaluate-scrub`), "
+            "declare the patients' names and identifiers in each record's metadata so they are replaced "
+            "everywhere, or, after a privacy officer's review, raise the limit in the [intake] settings"
+        )
+    return {
+        "counts": {kind: int(counts.get(kind, 0)) for kind in PLACEHOLDER_TYPES},
+        "total": total,
+        "per_1000_records": round(rate, 2),
+        "max_per_1000_records": limit,
+    }
 
 
 def _commit(

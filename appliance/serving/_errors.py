@@ -60,7 +60,7 @@ def error_for_response(status: int, body: bytes, headers: Mapping[str, str] | No
     """The error a non-2xx HTTP answer stands for (424 generation errors become a plain BackendError)."""
     try:
         payload = json.loads(body) if body else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         payload = {}
     if not isinstance(payload, Mapping):
         payload = {}

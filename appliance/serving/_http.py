@@ -44,7 +44,7 @@ class Reply:
         """The JSON body; a malformed one is a BackendError."""
         try:
             return json.loads(self.body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than Python's stack
             raise BackendError("the backend answered malformed JSON") from exc
 
 

@@ -76,7 +76,7 @@ async def sse_data(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
             continue
         try:
             parsed = json.loads(data)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than Python's stack
             raise BackendError("the backend sent a malformed event") from exc
         if isinstance(parsed, dict):
             yield parsed

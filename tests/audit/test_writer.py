@@ -161,6 +161,30 @@ class TestRecordAhead:
         audit_log.close_sync()
         assert _verify(settings, keys, require_signed_end=True).ok
 
+    async def test_failed_sync_makes_the_writer_unready_until_a_sync_succeeds(
+        self, audit_log: AuditWriter, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """After an fdatasync fails, check_writable (readiness) raises, and keeps raising while syncs still fail, even
+        with free space and write permission; once the store syncs again it passes, before any further record."""
+        real_fdatasync, real_fsync = os.fdatasync, os.fsync
+
+        def broken(fd: int) -> None:
+            raise OSError(5, "Input/output error")
+
+        audit_log.check_writable()
+        monkeypatch.setattr(os, "fdatasync", broken)
+        monkeypatch.setattr(os, "fsync", broken)
+        written = await audit_log.record_ahead(make_event())
+        with pytest.raises(AuditUnavailable):
+            await written.durable
+        for _ in range(2):
+            with pytest.raises(AuditUnavailable):
+                await asyncio.to_thread(audit_log.check_writable)
+        monkeypatch.setattr(os, "fdatasync", real_fdatasync)
+        monkeypatch.setattr(os, "fsync", real_fsync)
+        await asyncio.to_thread(audit_log.check_writable)  # the probe's sync succeeded
+        assert (await audit_log.record(make_event())).seq > written.receipt.seq
+
     async def test_refused_when_the_store_cannot_take_it(self, settings: Settings, keys: LocalKeyService) -> None:
         """A closed writer refuses record_ahead with AuditUnavailable before anything is written."""
         writer = open_audit_log(settings, keys)
@@ -212,7 +236,7 @@ class TestValidation:
             {"route": "/v1/generate?prompt=hello"},
             {"request_id": "id with spaces"},
             {"prompt": "tell me about the patient"},
-            {"actor": {"subject": "a b", "auth_method": "oidc"}},
+            {"actor": {"subject": "", "auth_method": "oidc"}},
             {"source": {"ip": "not-an-ip"}},
             {"source": {"ip": "fe80::1%patient John Smith has diabetes"}},  # any text passes as an IPv6 zone
             {"digests": {"prompt": "not a digest"}},

@@ -59,9 +59,20 @@ def test_request_record_that_does_not_become_durable_withholds_the_answer(h: Har
     r = h.client.post("/v1/inference/adapter/triage/production", json=BODY, headers=h.bearer())
     assert r.status_code == 503 and r.json()["error_type"] == "AUDIT_UNAVAILABLE"
     assert "ok" not in r.text and len(h.backend.calls) == 1  # it ran; nothing of it was answered
-    r = h.client.post("/v1/inference/adapter/triage/production/stream", json=BODY, headers=h.bearer())
-    events = [json.loads(p[5:]) for p in r.text.split("\n\n") if p.startswith("data:")]
-    assert [e.get("error_type") for e in events] == ["AUDIT_UNAVAILABLE"]  # not one token before it
+    streams = {
+        "/v1/inference/adapter/triage/production/stream": BODY,
+        "/v1/completions": {"model": "triage@production", "prompt": "hi", "stream": True},
+        "/v1/chat/completions": {
+            "model": "triage@production",
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": True,
+        },
+    }
+    for path, body in streams.items():
+        r = h.client.post(path, json=body, headers=h.bearer())
+        # no status line of 200 before the request record is durable (issue 15 #2): 503, and no event at all
+        assert r.status_code == 503 and r.json()["error_type"] == "AUDIT_UNAVAILABLE", (path, r.text)
+        assert "data:" not in r.text
 
 
 def test_adapter_outside_role_is_403_and_audited(h: Harness) -> None:

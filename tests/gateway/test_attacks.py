@@ -8,10 +8,13 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from joserfc.jwk import RSAKey
 
+from appliance.config import Settings
 from appliance.gateway._service import SESSION_COOKIE
 from tests.gateway.conftest import Harness
 
@@ -199,6 +202,59 @@ def test_oversized_body_refused(h: Harness) -> None:
     assert h.backend.calls == []
 
 
+def _nested(depth: int, kind: str) -> bytes:
+    """A TGI body whose ``parameters.stop`` nests arrays (or objects) ``depth`` levels deep."""
+    open_, close = (b"[", b"]") if kind == "array" else (b'{"a":', b"}")
+    return b'{"inputs":"x","parameters":{"stop":' + open_ * depth + b"1" + close * depth + b"}}"
+
+
+JSON_ROUTES = [
+    URL,
+    URL + "/stream",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/console/generate",
+    "/v1/admin/keys",
+    "/v1/admin/breakglass",
+]
+
+
+@pytest.mark.parametrize("kind", ["array", "object"])
+@pytest.mark.parametrize("depth", [100_000, 2_000])
+def test_deeply_nested_json_is_refused_and_audited_on_every_route(h: Harness, kind: str, depth: int) -> None:
+    """A body nested deeper than the decoder can follow is a 400 on every JSON route, before authentication,
+    recorded as a gateway.denied whose id is the answer's X-Audit-Id, never a 500."""
+    for route in JSON_ROUTES:
+        before = len(h.audit.events)
+        r = h.client.post(route, content=_nested(depth, kind), headers={"Content-Type": "application/json"})
+        assert r.status_code == 400, (route, r.status_code, r.text)
+        assert r.json()["error_type"] == "REQUEST_MALFORMED"
+        denied = h.audit.events[before:]
+        assert len(denied) == 1 and denied[0]["type"] == "gateway.denied", route
+        assert denied[0]["outcome"]["http_status"] == 400 and denied[0]["outcome"]["error_class"] == "REQUEST_MALFORMED"
+        assert denied[0]["actor"]["subject"] == "anonymous" and denied[0]["route"].startswith(route[:8]), denied[0]
+        assert r.headers["X-Audit-Id"] == denied[0]["event_id"]
+    assert h.backend.calls == []
+
+
+def test_nesting_the_decoder_follows_is_refused_by_the_schema_and_audited(h: Harness) -> None:
+    """900 levels decode and reach the route's schema: a 422 VALIDATION_FAILED, audited the same way."""
+    r = h.client.post(URL, content=_nested(900, "array"), headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["error_type"] == "VALIDATION_FAILED"
+    assert r.headers["X-Audit-Id"] == h.audit.events[-1]["event_id"]
+    assert h.audit.events[-1]["type"] == "gateway.denied" and h.audit.events[-1]["outcome"]["http_status"] == 422
+
+
+def test_a_refusal_before_the_handler_fails_closed_when_the_trail_is_down(h: Harness) -> None:
+    """A body refused before any handler ran whose record cannot be written is a 503 AUDIT_UNAVAILABLE."""
+    h.audit.fail = True
+    r = h.client.post(URL, content=_nested(100_000, "array"), headers={"Content-Type": "application/json"})
+    assert r.status_code == 503 and r.json()["error_type"] == "AUDIT_UNAVAILABLE"
+    h.audit.fail = False
+    r = h.client.post(URL, content=b'{"inputs": 5}', headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.headers["X-Audit-Id"] == h.audit.events[-1]["event_id"]
+
+
 def _login(h: Harness, groups: list[str]) -> str:
     session = h.client.blocking_portal.call(
         h.gateway.sessions.create, {"subject": "adam", "name": "Adam", "groups": groups}
@@ -236,22 +292,115 @@ def test_forged_logout_is_refused_and_audited(h: Harness) -> None:
     assert r.status_code == 303 and h.audit.of_type("auth.logout")[-1]["details"]["reason"] == "user"
 
 
-def test_sign_out_also_ends_the_idp_session(h: Harness) -> None:
-    """Signing out ends the gateway session and sends the browser to the IdP's end-session endpoint (RP-initiated
-    logout), so the next "Sign in" on a shared workstation asks for a password instead of reusing the IdP session."""
+@pytest.fixture
+def web(make_harness: Callable[..., Harness], settings: Settings) -> Harness:
+    """A harness whose cookies travel over the test client's plain http (secure_cookies off), as a browser's would."""
+    gateway = settings.gateway.model_copy(update={"secure_cookies": False})
+    return make_harness(settings.model_copy(update={"gateway": gateway}))
+
+
+def _idp(h: Harness, end_session: bool = True) -> Any:
+    """An OIDC client whose discovery is already done (the IdP itself is not contacted by these tests)."""
     from appliance.gateway.auth.oidc import OIDCClient
 
     oidc = OIDCClient("https://idp.test.invalid", "web", None, "http://127.0.0.1:8443/auth/callback")
-    oidc._meta = {"issuer": "https://idp.test.invalid", "end_session_endpoint": "https://idp.test.invalid/session/end"}
+    oidc._meta = {
+        "issuer": "https://idp.test.invalid",
+        "authorization_endpoint": "https://idp.test.invalid/auth",
+        **({"end_session_endpoint": "https://idp.test.invalid/session/end"} if end_session else {}),
+    }
     oidc._meta_at = time.monotonic()
     h.gateway.oidc = oidc
-    csrf = _login(h, ["analysts"])
-    r = h.client.post("/auth/logout", data={"_csrf": csrf}, follow_redirects=False)
-    assert r.status_code == 303 and r.headers["location"] == (
-        "https://idp.test.invalid/session/end?client_id=web&post_logout_redirect_uri=http%3A%2F%2F127.0.0.1%3A8443%2Flogin"
+    return oidc
+
+
+def test_sign_out_also_ends_the_idp_session(web: Harness) -> None:
+    """Signing out ends the gateway session and sends the browser to the IdP's end-session endpoint (RP-initiated
+    logout) with the session's ID token as id_token_hint, the registered post_logout_redirect_uri and a state, so
+    the next "Sign in" on a shared workstation asks for a password instead of reusing the IdP session."""
+    from urllib.parse import parse_qs, urlsplit
+
+    _idp(web)
+    session = web.client.blocking_portal.call(
+        web.gateway.sessions.create, {"subject": "adam", "groups": ["analysts"], "id_token": "the.id.token"}
     )
-    assert h.client.get("/console", follow_redirects=False).headers["location"] == "/login"
-    assert h.audit.of_type("auth.logout")[-1]["details"]["reason"] == "user"
+    web.client.cookies.set(SESSION_COOKIE, session.id)
+    csrf = session.csrf
+    r = web.client.post("/auth/logout", data={"_csrf": csrf}, follow_redirects=False)
+    assert r.status_code == 303
+    where = urlsplit(r.headers["location"])
+    query = {k: v[0] for k, v in parse_qs(where.query).items()}
+    assert f"{where.scheme}://{where.netloc}{where.path}" == "https://idp.test.invalid/session/end"
+    assert query.pop("state")
+    assert query == {
+        "id_token_hint": "the.id.token",
+        "client_id": "web",
+        "post_logout_redirect_uri": "http://127.0.0.1:8443/auth/logged-out",
+    }
+    assert web.client.get("/console", follow_redirects=False).headers["location"] == "/login"
+    assert web.audit.of_type("auth.logout")[-1]["details"]["reason"] == "user"
+    page = web.client.get("/login")  # the IdP has not come back: nothing claims its session ended
+    assert "has not confirmed" in page.text and "of the identity provider." not in page.text
+
+
+@pytest.mark.parametrize(
+    ("end_session", "reachable", "says"),
+    [(False, True, "offers no sign-out"), (True, False, "could not be reached")],
+    ids=["no-end-session-endpoint", "idp-unreachable"],
+)
+def test_an_idp_that_cannot_end_its_session_is_said_so(
+    web: Harness, end_session: bool, reachable: bool, says: str
+) -> None:
+    """When the IdP has no end-session endpoint or cannot be reached, the page says so (never "signed out of the
+    identity provider") and the next sign-in asks the IdP for the password again (prompt=login)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from appliance.gateway.auth.oidc import OIDCClient
+
+    oidc = _idp(web, end_session)
+    csrf = _login(web, ["analysts"])
+    if not reachable:  # a closed loopback port, and no discovery cached
+        web.gateway.oidc = OIDCClient("http://127.0.0.1:9", "web", None, "http://127.0.0.1:8443/auth/callback")
+    r = web.client.post("/auth/logout", data={"_csrf": csrf}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    assert web.audit.of_type("auth.logout")[-1]["details"]["reason"] == "user"
+    page = web.client.get("/login")
+    assert says in page.text and "Close the browser" in page.text and "of the identity provider." not in page.text
+    web.gateway.oidc = oidc
+    r = web.client.get("/auth/login", follow_redirects=False)
+    assert parse_qs(urlsplit(r.headers["location"]).query)["prompt"] == ["login"]
+
+
+def test_a_forged_return_from_the_idp_does_not_claim_its_session_ended(web: Harness) -> None:
+    """A request to the post-logout URI without the state the gateway sent (or from nowhere) says the IdP did not
+    end its session, and a prompt=none answer with a wrong state is not taken as "signed out" either."""
+    _idp(web)
+    csrf = _login(web, ["analysts"])
+    assert web.client.post("/auth/logout", data={"_csrf": csrf}, follow_redirects=False).status_code == 303
+    r = web.client.get("/auth/logged-out?state=forged", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    assert "did not end your session" in web.client.get("/login").text
+    web.client.cookies.clear()
+    assert "did not end your session" in web.client.get("/auth/logged-out").text
+
+
+def test_the_post_logout_return_is_checked_with_the_idp_itself(web: Harness) -> None:
+    """Back from the end-session page with the right state, the gateway asks the IdP (prompt=none) whether its
+    session ended: only "login_required" with the check's own state says "signed out of the identity provider";
+    a code (the IdP still has a session) is never exchanged and says it did not end."""
+    from urllib.parse import parse_qs, urlsplit
+
+    for answer, says in [("error=login_required", "of the identity provider."), ("code=c", "did not end your")]:
+        _idp(web)
+        csrf = _login(web, ["analysts"])
+        out = web.client.post("/auth/logout", data={"_csrf": csrf}, follow_redirects=False)
+        state = parse_qs(urlsplit(out.headers["location"]).query)["state"][0]
+        check = web.client.get(f"/auth/logged-out?state={state}", follow_redirects=False)
+        query = parse_qs(urlsplit(check.headers["location"]).query)
+        assert query["prompt"] == ["none"] and check.headers["location"].startswith("https://idp.test.invalid/auth")
+        r = web.client.get(f"/auth/callback?{answer}&state={query['state'][0]}", follow_redirects=False)
+        assert r.headers["location"] == "/login"
+        assert says in web.client.get("/login").text
 
 
 def test_session_fixation_and_forged_cookies(h: Harness) -> None:
@@ -289,7 +438,7 @@ def test_sign_in_link_does_not_end_a_signed_in_session(h: Harness) -> None:
     from appliance.gateway.auth.oidc import LoginStart
 
     class FakeOIDC:
-        async def begin(self) -> LoginStart:
+        async def begin(self, *, prompt: str | None = None) -> LoginStart:
             return LoginStart("https://idp.test.invalid/authorize?state=s", "s", "n", "v")
 
     h.gateway.oidc = FakeOIDC()

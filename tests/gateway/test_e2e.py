@@ -318,9 +318,10 @@ def test_browser_analyst_login_query_refusal_and_idle_logoff(stack: Stack, brows
     assert page.locator("h1").inner_text() == "Not allowed"
     page.screenshot(path=str(artifacts_dir / "gateway-refused-compliance.png"), full_page=True)
 
-    time.sleep(IDLE_S + 1.5)  # idle: the server ends the session; the page's timer then reloads to the login page
-    page.goto(f"{stack.url}/console")
-    assert "/login" in page.url and "inactivity" in page.get_by_test_id("login-message").inner_text()
+    # idle: the server ends the session; the page's timer (idle.js, on the refusal page too, which now has the
+    # signed-in header) then reloads it, and the gateway sends it to the login page saying why
+    page.wait_for_url(f"{stack.url}/login?m=idle", timeout=(IDLE_S + 10) * 1000)
+    assert "inactivity" in page.get_by_test_id("login-message").inner_text()
     page.screenshot(path=str(artifacts_dir / "gateway-idle-logoff.png"), full_page=True)
     logouts = [r for r in _records(stack.settings) if r["type"] == "auth.logout"]
     assert logouts and logouts[-1]["details"]["reason"] == "idle" and logouts[-1]["actor"]["subject"] == "alice"

@@ -114,17 +114,39 @@ def test_all_gateway_events_accepted_and_phi_free(real: tuple[TestClient[Any], S
 def test_breakglass_subject_the_trail_cannot_hold_is_refused(
     real: tuple[TestClient[Any], Settings, Any], idp: IdP
 ) -> None:
-    """A grant for a subject the audit trail cannot record (a space, over 128 characters) is refused (422, audited)
+    """A grant for a subject no IdP issues (a control character, a bidi override) is refused (422, audited)
     instead of being stored in force while its audit record fails."""
     client, settings, gw = real
     admin = {"Authorization": f"Bearer {idp.token({'scope': 'admin', 'sub': 'adam'})}"}
-    for subject in ("Dr Alice", "a" * 200):
+    for subject in ("Dr\nAlice", "\u202eAlice"):
         grant = {"subject": subject, "role": "emergency-clinician", "reason": "Mass casualty incident, ED overflow"}
         r = client.post("/v1/admin/breakglass", json=grant, headers=admin)
         assert r.status_code == 422 and r.json()["error_type"] == "VALIDATION_FAILED", r.text
     assert gw.breakglass.list() == []
     denied = [r for r in _records(settings) if r["type"] == "gateway.denied"]
     assert len(denied) == 2 and all(r["action"] == "grant" for r in denied)
+
+
+def test_breakglass_for_an_accented_subject_is_granted_recorded_and_in_force(
+    real: tuple[TestClient[Any], Settings, Any], idp: IdP
+) -> None:
+    """A grant for 'José García' (typed precomposed) is recorded with that subject and is in force for the IdP's
+    token whatever Unicode form its sub uses."""
+    client, settings, _ = real
+    admin = {"Authorization": f"Bearer {idp.token({'scope': 'admin', 'sub': 'adam'})}"}
+    grant = {"subject": "José García", "role": "emergency-clinician", "reason": "Mass casualty incident, ED overflow"}
+    r = client.post("/v1/admin/breakglass", json=grant, headers=admin)
+    assert r.status_code == 201, r.text
+    (granted,) = [x for x in _records(settings) if x["type"] == "admin.breakglass.grant"]
+    assert granted["details"]["subject"] == "José García"
+    nfd = "Jose\u0301 Garci\u0301a"  # what an IdP on another platform may send
+    jose = {"Authorization": f"Bearer {idp.token({'sub': nfd, 'scope': 'none'})}"}
+    body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 2}}
+    r = client.post("/v1/inference/adapter/oncology/production", json=body, headers=jose)
+    assert r.status_code == 200, r.text
+    request = _records(settings)[-2]
+    assert request["type"] == "gateway.request" and request["details"]["breakglass"] == granted["details"]["grant_id"]
+    assert request["actor"]["subject"] == "José García"
 
 
 def test_api_key_name_the_trail_cannot_hold_is_refused(real: tuple[TestClient[Any], Settings, Any], idp: IdP) -> None:
@@ -204,3 +226,58 @@ def test_swept_logoff_is_accepted_by_the_real_trail(real: tuple[TestClient[Any],
     (logout,) = [r for r in _records(settings) if r["type"] == "auth.logout"]
     assert logout["details"]["reason"] == "idle" and logout["actor"]["session_id"] == session.handle
     assert session.id not in json.dumps(logout) and session.csrf not in json.dumps(logout)
+
+
+@pytest.mark.parametrize("subject", ["josé.garcía", "er-doc ", "Dr Alice Müller", "line\nbreak\u202e"])
+def test_any_identity_the_idp_signs_is_recorded_not_an_outage(
+    real: tuple[TestClient[Any], Settings, Any], idp: IdP, subject: str
+) -> None:
+    """A validly signed token whose sub (and azp) has spaces, accents or control characters is served on an allowed
+    adapter (plain and streamed) and refused on another with an audited 403, each record naming the subject in the
+    trail's escaped form: never a 503 AUDIT_UNAVAILABLE, which stays for storage faults."""
+    from appliance.audit import recordable_identity
+
+    client, settings, _ = real
+    bearer = {"Authorization": f"Bearer {idp.token({'sub': subject, 'azp': 'Ward PC ünit 7', 'client_id': None})}"}
+    body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 2}}
+    r = client.post("/v1/inference/adapter/triage/production", json=body, headers=bearer)
+    assert r.status_code == 200, r.text
+    served = r.headers["X-Audit-Id"]
+    r = client.post("/v1/inference/adapter/triage/production/stream", json=body, headers=bearer)
+    assert r.status_code == 200 and "generated_text" in r.text and "error_type" not in r.text
+    r = client.post("/v1/inference/adapter/oncology/1", json=body, headers=bearer)
+    assert r.status_code == 403 and r.headers["X-Audit-Id"] != "-", r.text
+    records = {rec["event_id"]: rec for rec in _records(settings)}
+    denied = records[r.headers["X-Audit-Id"]]
+    assert denied["type"] == "gateway.denied" and denied["outcome"]["http_status"] == 403
+    for rec in (records[served], denied):
+        assert rec["actor"]["subject"] == recordable_identity(subject)
+        assert rec["actor"]["client_id"] == "Ward PC ünit 7"
+    mine = [x for x in records.values() if x["actor"]["subject"] == recordable_identity(subject)]
+    assert sorted(x["type"] for x in mine) == sorted(["gateway.denied"] + ["gateway.request", "gateway.response"] * 2)
+
+
+def test_a_session_of_an_accented_subject_is_recorded_and_found(
+    real: tuple[TestClient[Any], Settings, Any], idp: IdP
+) -> None:
+    """The browser path: a session whose subject is 'José García' (as the login stored it) uses the console and signs
+    out, each recorded under that name; the compliance page finds those records by it."""
+    client, settings, gw = real
+    session = client.blocking_portal.call(
+        gw.sessions.create, {"subject": "José García", "name": "José", "groups": ["analysts", "compliance"]}
+    )
+    client.cookies.set(SESSION_COOKIE, session.id)
+    r = client.post(
+        "/console/generate",
+        json={"model": "triage@production", "prompt": PROMPT},
+        headers={"X-CSRF-Token": session.csrf},
+    )
+    assert r.status_code == 200 and '"done": true' in r.text, r.text
+    page = client.get("/compliance", params={"actor": "José García", "search": "1"})
+    assert page.status_code == 200 and "gateway.response" in page.text, page.text[:500]
+    r = client.post("/auth/logout", data={"_csrf": session.csrf}, follow_redirects=False)
+    assert r.status_code == 303
+    mine = [x for x in _records(settings) if x["actor"]["subject"] == "José García"]
+    assert {"gateway.request", "gateway.response", "auth.logout", "audit.search"} <= {x["type"] for x in mine}
+    (search,) = [x for x in mine if x["type"] == "audit.search"]
+    assert search["details"]["actor"] == "José García"  # who was searched for, as the trail records an identity

@@ -258,6 +258,17 @@ async def test_malformed_answers_are_backend_errors() -> None:
         with pytest.raises(BackendError, match="malformed event"):
             _ = [e async for e in backend.stream(None, "x", GREEDY)]
         await backend.aclose()
+    deep = b"[" * 100_000 + b"]" * 100_000  # nested deeper than Python's stack: a BackendError, not RecursionError
+    async with answering(_raw(deep)) as url:
+        backend = TGIBackend(url, published=None)
+        with pytest.raises(BackendError, match="malformed JSON"):
+            await backend.generate(None, "x", GREEDY)
+        await backend.aclose()
+    async with answering(_raw(b"data:" + deep + b"\n\n")) as url:
+        backend = TGIBackend(url, published=None)
+        with pytest.raises(BackendError, match="malformed event"):
+            _ = [e async for e in backend.stream(None, "x", GREEDY)]
+        await backend.aclose()
 
 
 async def test_local_backend_matches_the_http_engine(engine: object, engine_url: str) -> None:

@@ -76,6 +76,10 @@ class Sink(Protocol):
         """Raise ``AuditUnavailable`` when the store cannot currently be written (read-only, full, unreachable)."""
         ...
 
+    def sync_probe(self) -> None:
+        """Ask the storage for a sync now (after a failed one), or raise ``AuditUnavailable`` (writer thread only)."""
+        ...
+
     def close(self) -> None:
         """Release the chain (lock, connection)."""
         ...

@@ -374,6 +374,13 @@ class FileSink:
         if not os.access(self._dir, os.W_OK):
             raise AuditUnavailable("audit store is not writable")
 
+    def sync_probe(self) -> None:
+        assert self._dir is not None, "open() first"
+        try:
+            _fsync_dir(self._dir)  # the chain's directory: a sync the failing device must answer
+        except OSError as exc:
+            raise _unavailable("sync", exc) from exc
+
     def reader(self) -> FileStore:
         return self.store
 

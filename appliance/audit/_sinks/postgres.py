@@ -181,6 +181,9 @@ class PostgresSink:
             raise AuditUnavailable(f"audit chain {self._writer_id!r} was taken by another process")
         return self._head()
 
+    def sync_probe(self) -> None:
+        self.probe()  # a commit is the sync: the database answering writable is the probe
+
     def probe(self) -> None:
         import psycopg
 

@@ -30,6 +30,19 @@ class LoginStart:
     code_verifier: str
 
 
+@dataclass(frozen=True)
+class LoginResult:
+    """A validated login: the ID token's claims, and the token itself (kept server-side as the ``id_token_hint``
+    of RP-initiated logout; never logged)."""
+
+    claims: dict[str, Any]
+    id_token: str
+
+
+# prompt=none answers that say the IdP holds no session for this browser (OIDC Core 3.1.2.6)
+NO_IDP_SESSION = frozenset({"login_required", "interaction_required", "account_selection_required"})
+
+
 class OIDCClient:
     """The relying party: discovery (cached), the authorization URL, the code exchange and ID-token checks."""
 
@@ -90,20 +103,23 @@ class OIDCClient:
             verify=self.verify,
         )
 
-    async def begin(self) -> LoginStart:
+    async def begin(self, *, prompt: str | None = None) -> LoginStart:
+        """The authorization request. ``prompt="login"`` makes the IdP ask for credentials even when it holds a
+        session; ``prompt="none"`` asks it, without any page, whether it still holds one."""
         meta = await self.metadata()
         state, nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
         verifier = secrets.token_urlsafe(48)
+        extra = {"prompt": prompt} if prompt else {}
         async with self._client() as client:
             url, _ = client.create_authorization_url(
-                meta["authorization_endpoint"], state=state, nonce=nonce, code_verifier=verifier
+                meta["authorization_endpoint"], state=state, nonce=nonce, code_verifier=verifier, **extra
             )
         return LoginStart(url, state, nonce, verifier)
 
     async def finish(
         self, *, code: str, state: str, expected_state: str, code_verifier: str, nonce: str
-    ) -> dict[str, Any]:
-        if not hmac.compare_digest(state.encode(), expected_state.encode()):
+    ) -> LoginResult:
+        if not same_state(state, expected_state):
             raise Unauthenticated("login state mismatch (start the login again)")
         meta = await self.metadata()
         try:
@@ -117,13 +133,22 @@ class OIDCClient:
         if not isinstance(id_token, str):
             raise Unauthenticated("the identity provider returned no ID token")
         assert self._validator is not None
-        return await self._validator.validate(id_token, audience=self.client_id, nonce=nonce)
+        claims = await self._validator.validate(id_token, audience=self.client_id, nonce=nonce)
+        return LoginResult(claims, id_token)
 
-    def end_session_url(self, post_logout_redirect_uri: str) -> str | None:
-        """RP-initiated logout: the IdP's end-session URL sending the browser back to ``post_logout_redirect_uri``
-        (None when the IdP has no end_session_endpoint or discovery has not run)."""
-        if self._meta and self._meta.get("end_session_endpoint"):
-            endpoint = str(self._meta["end_session_endpoint"])
-            query = urlencode({"client_id": self.client_id, "post_logout_redirect_uri": post_logout_redirect_uri})
-            return f"{endpoint}{'&' if '?' in endpoint else '?'}{query}"
-        return None
+    def end_session_url(self, post_logout_redirect_uri: str, *, id_token_hint: str | None, state: str) -> str | None:
+        """RP-initiated logout 1.0: the IdP's end-session URL with the session's ID token as ``id_token_hint``,
+        our ``client_id``, the registered ``post_logout_redirect_uri`` and a ``state`` the IdP sends back (None when
+        the IdP has no end_session_endpoint or discovery has not run)."""
+        if not (self._meta and self._meta.get("end_session_endpoint")):
+            return None
+        endpoint = str(self._meta["end_session_endpoint"])
+        params = {"client_id": self.client_id, "post_logout_redirect_uri": post_logout_redirect_uri, "state": state}
+        if id_token_hint:
+            params = {"id_token_hint": id_token_hint, **params}
+        return f"{endpoint}{'&' if '?' in endpoint else '?'}{urlencode(params)}"
+
+
+def same_state(given: str | None, expected: str | None) -> bool:
+    """Constant-time comparison of an OAuth ``state`` that came back with the one we sent."""
+    return bool(given) and bool(expected) and hmac.compare_digest(str(given).encode(), str(expected).encode())

@@ -50,7 +50,7 @@ async def inference_stream(request: Request[Any, Any, Any], name: str, version: 
     allowed = data.parameters.wants_logprobs()
     admitted = await gw.admit(ctx, ref, data.inputs, wants_logprobs=allowed)
     logprobs_ok = gw.policy.current.may_logprobs(ctx.roles)
-    events = gw.stream(ctx, ref, data.inputs, data.parameters.to_params(), admitted)
+    events = await gw.open_stream(ctx, ref, data.inputs, data.parameters.to_params(), admitted)
 
     async def body() -> AsyncIterator[bytes]:
         async for ev in events:

@@ -58,7 +58,7 @@ async def _complete(
         body = {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice], "usage": usage}
         return Response(body, headers=headers)
 
-    events = gw.stream(ctx, ref, prompt, params, admitted)
+    events = await gw.open_stream(ctx, ref, prompt, params, admitted)
     obj = "chat.completion.chunk" if chat else "text_completion"
 
     async def body_stream() -> AsyncIterator[bytes]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -22,6 +23,8 @@ from litestar.response import Redirect, Stream, Template
 from appliance.errors import ApplianceError, PermissionDenied, Unauthenticated, ValidationFailed
 from appliance.gateway._service import SESSION_COOKIE, Ctx, Gateway
 from appliance.gateway._service import _ip as client_ip
+from appliance.gateway.auth.oidc import NO_IDP_SESSION, same_state
+from appliance.gateway.auth.sessions import Session
 from appliance.gateway.routes import admin as admin_api
 from appliance.gateway.routes._common import error_body, gateway_of, trace_headers
 from appliance.gateway.schemas import MAX_PROMPT_CHARS, BreakGlassCreate, InferenceParameters
@@ -34,6 +37,20 @@ MESSAGES = {
     "login_failed": "Sign-in failed. Please try again.",
     "expired": "Your session has ended. Please sign in again.",
 }
+# What a browser's sign-out did at the IdP, kept server-side in the browser's (signed-out) session: the page says
+# only what the IdP showed us, never more. Anything but "confirmed" makes the next sign-in here ask the IdP for
+# the password again (prompt=login), so the next person at a shared workstation is not signed in as this one.
+SIGNED_OUT_OF_IDP = "You have signed out of the appliance and of the identity provider."
+SIGNOUT_WARNINGS = {
+    "pending": "You have signed out of the appliance, but the identity provider has not confirmed that it ended "
+    "your session there.",
+    "unconfirmed": "You have signed out of the appliance, but the identity provider did not end your session there.",
+    "unsupported": "You have signed out of the appliance, but the identity provider offers no sign-out: your "
+    "session there goes on.",
+    "unreachable": "You have signed out of the appliance, but the identity provider could not be reached to end "
+    "your session there.",
+}
+SIGNOUT_ADVICE = "Close the browser before you leave this workstation. The next sign-in here will ask for a password."
 PAGES = (
     ("console", "/console", "Console"),
     ("audit.search", "/compliance", "Compliance"),
@@ -72,7 +89,13 @@ async def _page_ctx(
     try:
         return await gw.require(request, route, csrf=csrf)
     except PermissionDenied as exc:  # already audited by require(); an HTML page says why
-        denied = _render(request, "error.html", None, exc.http_status, message=exc.message)
+        signed_in = None
+        if request.method in ("GET", "HEAD"):  # the header (pages, sign-out) for who is signed in; no second record
+            try:
+                signed_in = await gw.require(request, None, audit_denial=False)
+            except ApplianceError:
+                signed_in = None
+        denied = _render(request, "error.html", signed_in, exc.http_status, message=exc.message)
         denied.headers["X-Audit-Id"] = getattr(exc, "audit_id", None) or "-"
         return denied
 
@@ -124,14 +147,32 @@ async def home(request: Request[Any, Any, Any]) -> Any:
 @get("/login", include_in_schema=False)
 async def login_page(request: Request[Any, Any, Any], m: str | None = None) -> Template:
     gw = gateway_of(request)
-    return _render(
+    message, warning, cookies = MESSAGES.get(m or ""), None, []
+    browser = await gw.session_of(request)
+    signout = browser.data.get("signout") if browser is not None and not browser.authenticated else None
+    if signout == "confirmed":  # said once, from the server's record (a query parameter could claim it)
+        assert browser is not None
+        await gw.sessions.delete(browser.id)
+        message = SIGNED_OUT_OF_IDP
+        cookies.append(_clear_cookie(gw))
+    elif signout in SIGNOUT_WARNINGS:
+        warning = f"{SIGNOUT_WARNINGS[signout]} {SIGNOUT_ADVICE}"
+    page = _render(
         request,
         "login.html",
         None,
-        message=MESSAGES.get(m or ""),
+        message=message,
+        warning=warning,
         oidc=gw.oidc is not None,
         demo_idp=gw.settings.environment == "development",
     )
+    page.cookies.extend(cookies)
+    return page
+
+
+def _must_reauthenticate(session: Session | None) -> bool:
+    """Whether this browser's last sign-out left the IdP's session possibly alive (then the IdP must ask again)."""
+    return session is not None and not session.authenticated and bool(session.data.get("force_login"))
 
 
 @get("/auth/login", include_in_schema=False)
@@ -142,12 +183,47 @@ async def auth_login(request: Request[Any, Any, Any]) -> Redirect:
     old = await gw.session_of(request)
     if old is not None and old.authenticated:  # signed in: a GET (a link from any site) must not end the session
         return Redirect("/")
-    start = await gw.oidc.begin()
-    pre = await gw.sessions.rotate(
-        old, {"oidc": {"state": start.state, "nonce": start.nonce, "verifier": start.code_verifier}}
-    )
+    force = _must_reauthenticate(old)
+    start = await gw.oidc.begin(prompt="login" if force else None)
+    flow = {"state": start.state, "nonce": start.nonce, "verifier": start.code_verifier}
+    pre = await gw.sessions.rotate(old, {"oidc": flow, **({"force_login": True} if force else {})})
     resp = Redirect(start.url)
     resp.cookies.append(_cookie(gw, pre.id))
+    return resp
+
+
+async def _signed_out(gw: Gateway, browser: Session | None, outcome: str) -> Redirect:
+    """To the login page, with what the sign-out did at the IdP kept in a fresh signed-out session."""
+    data: dict[str, Any] = {"signout": outcome, **({} if outcome == "confirmed" else {"force_login": True})}
+    marker = await gw.sessions.rotate(browser if browser is not None and not browser.authenticated else None, data)
+    resp = Redirect("/login", status_code=303)
+    resp.cookies.append(_cookie(gw, marker.id))
+    return resp
+
+
+@get("/auth/logged-out", include_in_schema=False)
+async def auth_logged_out(
+    request: Request[Any, Any, Any], oidc_state: Annotated[str | None, Parameter(query="state")] = None
+) -> Redirect:
+    """The registered ``post_logout_redirect_uri``: the IdP is back from its end-session page. Whether its session
+    really ended is then asked of the IdP itself (``prompt=none``: no page; "login_required" means it ended)."""
+    gw = gateway_of(request)
+    browser = await gw.session_of(request)
+    pending = browser.data if browser is not None and not browser.authenticated else {}
+    if (
+        gw.oidc is None
+        or pending.get("signout") != "pending"
+        or not same_state(oidc_state, pending.get("signout_state"))
+    ):
+        return await _signed_out(gw, browser, "unconfirmed")
+    try:
+        start = await gw.oidc.begin(prompt="none")
+    except Unauthenticated:
+        return await _signed_out(gw, browser, "unreachable")
+    check = {"state": start.state, "nonce": start.nonce, "verifier": start.code_verifier}
+    checking = await gw.sessions.rotate(browser, {"signout": "pending", "force_login": True, "idp_check": check})
+    resp = Redirect(start.url)
+    resp.cookies.append(_cookie(gw, checking.id))
     return resp
 
 
@@ -165,10 +241,14 @@ async def auth_callback(
         "ip": request.client.host if request.client else None,
         "user_agent": request.headers.get("user-agent", "")[:200],
     }
+    check = pre.data.get("idp_check") if pre is not None and not pre.authenticated else None
+    if gw.oidc is not None and check:  # the answer to the sign-out's prompt=none: a code is never exchanged
+        ended = same_state(oidc_state, check.get("state")) and error in NO_IDP_SESSION
+        return await _signed_out(gw, pre, "confirmed" if ended else "unconfirmed")
     if gw.oidc is None or pre is None or not flow or not code or not oidc_state or error:
         return Redirect("/login?m=login_failed")
     try:
-        claims = await gw.oidc.finish(
+        login = await gw.oidc.finish(
             code=code,
             state=oidc_state,
             expected_state=flow["state"],
@@ -198,11 +278,13 @@ async def auth_callback(
         resp = Redirect("/login?m=login_failed")
         resp.cookies.append(_clear_cookie(gw))
         return resp
+    claims = login.claims
     groups = claims.get("groups") or []
     data = {
         "subject": str(claims["sub"]),
         "name": str(claims.get("name") or claims.get("preferred_username") or claims["sub"])[:120],
         "groups": [str(g) for g in groups] if isinstance(groups, list) else [],
+        "id_token": login.id_token,  # the id_token_hint of the sign-out (server-side only)
     }
     session = await gw.sessions.rotate(pre, data)  # session fixation defence: a new id at login
     roles = gw.policy.current.roles_for(data["groups"], ())
@@ -251,15 +333,22 @@ async def auth_logout(request: Request[Any, Any, Any], data: dict[str, str] = FO
         await gw.sessions.delete(session.id)
         if gw.oidc is not None:  # end the IdP's session too, or the next "Sign in" on this browser (a shared
             # workstation) comes straight back as the same user without a password
+            state = secrets.token_urlsafe(24)
             try:
                 await gw.oidc.metadata()
-                idp_logout = gw.oidc.end_session_url(f"{gw.settings.gateway.public_url.rstrip('/')}/login")
-            except Unauthenticated:  # IdP unreachable: signed out here at least
-                idp_logout = None
-            if idp_logout is not None:
-                resp = Redirect(idp_logout, status_code=303)
-                resp.cookies.append(_clear_cookie(gw))
-                return resp
+                idp_logout = gw.oidc.end_session_url(
+                    f"{gw.settings.gateway.public_url.rstrip('/')}/auth/logged-out",
+                    id_token_hint=session.data.get("id_token"),
+                    state=state,
+                )
+            except Unauthenticated:  # IdP unreachable: signed out here, and the page says the IdP is not
+                return await _signed_out(gw, None, "unreachable")
+            if idp_logout is None:
+                return await _signed_out(gw, None, "unsupported")
+            pending = await gw.sessions.create({"signout": "pending", "signout_state": state, "force_login": True})
+            resp = Redirect(idp_logout, status_code=303)
+            resp.cookies.append(_cookie(gw, pending.id))
+            return resp
     resp = Redirect("/login?m=logged_out", status_code=303)
     resp.cookies.append(_clear_cookie(gw))
     return resp
@@ -298,7 +387,7 @@ async def console_generate(request: Request[Any, Any, Any], data: dict[str, Any]
     name, _, version = model.partition("@")
     ref = await gw.authorize_adapter(ctx, name, version or "production")
     admitted = await gw.admit(ctx, ref, prompt, wants_logprobs=False)
-    events = gw.stream(ctx, ref, prompt, InferenceParameters(max_new_tokens=max_new).to_params(), admitted)
+    events = await gw.open_stream(ctx, ref, prompt, InferenceParameters(max_new_tokens=max_new).to_params(), admitted)
 
     async def body() -> AsyncIterator[bytes]:
         async for ev in events:
@@ -317,6 +406,7 @@ async def console_generate(request: Request[Any, Any, Any], data: dict[str, Any]
 
 # --- compliance -----------------------------------------------------------------------------------------------------
 _FILTER_KEYS = ("since", "until", "actor", "adapter", "outcome")
+MAX_ACTOR_FILTER_CHARS = 1024  # the audit stage records an identity bounded; a longer one matches its bounded form
 _SAFE_FILTER = re.compile(r"^[A-Za-z0-9_.:@+\-]{0,128}$")
 
 
@@ -325,6 +415,11 @@ def _filters(request: Request[Any, Any, Any]) -> dict[str, str]:
     for k in _FILTER_KEYS:
         v = (request.query_params.get(k) or "").strip()
         if v:
+            if k == "actor":  # an identity as the IdP names it (spaces, accents); the trail's form is compared
+                if len(v) > MAX_ACTOR_FILTER_CHARS or not v.isprintable():
+                    raise ValidationFailed(f"filter {k!r} has characters that are not allowed")
+                out[k] = v
+                continue
             if not _SAFE_FILTER.match(v):
                 raise ValidationFailed(f"filter {k!r} has characters that are not allowed")
             if k in ("since", "until"):
@@ -353,7 +448,7 @@ async def compliance(request: Request[Any, Any, Any]) -> Any:
     rows = None
     if reader is not None and request.query_params.get("search"):
         rows = await reader.search(filters, 200)
-        await gw.record(gw.event("audit.search", ctx=ctx, action="search", details={k: v for k, v in filters.items()}))
+        await gw.record(gw.event("audit.search", ctx=ctx, action="search", details=dict(filters)))
     return _render(
         request,
         "compliance.html",
@@ -392,7 +487,12 @@ async def compliance_export(request: Request[Any, Any, Any], fmt: str = "jsonl")
     filters = _filters(request)
     data = await gw.audit_reader.export(filters, fmt)
     audit_id = await gw.record(
-        gw.event("audit.export", ctx=ctx, action="export", details={"format": fmt, "bytes": len(data), **filters})
+        gw.event(
+            "audit.export",
+            ctx=ctx,
+            action="export",
+            details={"format": fmt, "bytes": len(data), **filters},
+        )
     )
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     media = "text/csv" if fmt == "csv" else "application/x-ndjson"
@@ -534,6 +634,7 @@ ROUTES = [
     auth_login,
     auth_callback,
     auth_logout,
+    auth_logged_out,
     console,
     console_generate,
     compliance,

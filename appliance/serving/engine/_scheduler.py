@@ -269,17 +269,10 @@ class Scheduler:
         keep = [i for i, (seq, choice) in enumerate(zip(seqs, choices, strict=True)) if not self._accept(seq, choice)]
         if not keep:
             return
-        next_ids = torch.tensor([choices[i].token_id for i in keep], device=device)
-        new = _Batch(
-            seqs=[seqs[i] for i in keep],
-            cache=cache,
-            mask=mask,
-            positions=mask.sum(-1),
-            next_ids=torch.zeros(len(seqs), dtype=torch.long, device=device),
-        )
+        # every row of the prefill first, so that _select picks the unfinished ones by their row index
+        new = _Batch(seqs=seqs, cache=cache, mask=mask, positions=mask.sum(-1), next_ids=_chosen(choices, device))
         if len(keep) != len(seqs):
             _select(new, keep, device)
-        new.next_ids = next_ids
         self._batch = new if self._batch is None else _merge(self._batch, new)
 
     def _prefill_details(
@@ -331,10 +324,9 @@ class Scheduler:
         if not keep:
             self._batch = None
             return
-        next_ids = torch.tensor([choices[i].token_id for i in keep], device=batch.next_ids.device)
+        batch.next_ids = _chosen(choices, batch.next_ids.device)
         if len(keep) != len(batch.seqs):
             _select(batch, keep, self.runner.device)
-        batch.next_ids = next_ids
 
     def _accept(self, seq: _Seq, choice: Choice) -> bool:
         """Record one token; emit it (streams) or the final answer; True when the sequence is finished."""
@@ -387,15 +379,22 @@ class Scheduler:
         return ""
 
 
+def _chosen(choices: list[Choice], device: torch.device) -> torch.Tensor:
+    """The token each row chose: [B], the tokens to feed next."""
+    return torch.tensor([c.token_id for c in choices], dtype=torch.long, device=device)
+
+
 def _select(batch: _Batch, rows: list[int], device: torch.device) -> None:
-    """Keep only ``rows`` of the batch and trim columns no remaining row attends to."""
+    """Keep only ``rows`` (indices into the batch as it is now, every field of it one row per sequence) and trim
+    columns no remaining row attends to."""
+    if len(batch.seqs) != batch.next_ids.shape[0] or max(rows, default=-1) >= len(batch.seqs):
+        raise RuntimeError(f"batch rows out of step: {len(batch.seqs)} sequences, rows {rows}")
     index = torch.tensor(rows, device=device)
     batch.seqs = [batch.seqs[i] for i in rows]
     batch.cache.batch_select_indices(index)
     batch.mask = batch.mask[index]
     batch.positions = batch.positions[index]
-    if batch.next_ids.shape[0] > len(rows):
-        batch.next_ids = batch.next_ids[index]
+    batch.next_ids = batch.next_ids[index]
     used = batch.mask.any(dim=0).nonzero()
     first = int(used[0]) if used.numel() else 0
     if first > 0:

@@ -1,0 +1,111 @@
+"""The appliance role's appliance.toml and secrets file, rendered by Ansible for every appliance host of each
+inventory (and with the role's optional branches on), load as the appliance loads them: every key they write is a
+setting the appliance knows (unknown keys are refused, so a template that wrote one would stop the service)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.ansible.conftest import ANSIBLE_DIR, BIN, ansible_env
+
+pytestmark = [pytest.mark.ansible, pytest.mark.slow]
+
+ROLES = ANSIBLE_DIR / "roles"
+RENDER = """
+- name: Render the appliance role's settings and secrets file for every host that runs it
+  hosts: vault:gateway:gpu_nodes
+  connection: local
+  gather_facts: false
+  roles: [appliance]
+  post_tasks:
+    - name: Render the appliance's settings
+      ansible.builtin.template:
+        src: {roles}/appliance/templates/appliance.toml.j2
+        dest: "{out}/{{{{ inventory_hostname }}}}.toml"
+        mode: "0600"
+      tags: [render]
+    - name: Render the appliance's secrets file
+      ansible.builtin.template:
+        src: {roles}/appliance/templates/appliance.env.j2
+        dest: "{out}/{{{{ inventory_hostname }}}}.env"
+        mode: "0600"
+      no_log: true
+      tags: [render]
+"""
+# The role's optional branches: the gateway's TLS files, the shared state store with mutual TLS, secrets.
+BRANCHES = {
+    "appliance_gateway_tls_cert_src": "/control/gateway.pem",
+    "appliance_gateway_tls_key_src": "/control/gateway.key",
+    "appliance_state_store": "redis",
+    "appliance_gateway_workers": 2,
+    "redis_gateway_password": "test-only-password",
+    "appliance_redis_ca_src": "/control/redis-ca.pem",
+    "appliance_redis_client_cert_src": "/control/redis-client.pem",
+    "appliance_redis_client_key_src": "/control/redis-client.key",
+    "appliance_secrets": {"APPLIANCE_KEYS__VAULT_ROLE_ID": "role", "APPLIANCE_KEYS__VAULT_SECRET_ID": "secret"},
+}
+
+
+def _render(inventory: str, extra: dict[str, object], out: Path) -> list[str]:
+    """ansible-playbook --tags render; the hosts it rendered for."""
+    play = out / "render.yml"
+    play.write_text(RENDER.format(roles=ROLES, out=out))
+    extra_file = out / "extra.json"
+    extra_file.write_text(json.dumps(extra))
+    done = subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", inventory, str(play), "--tags", "render", "-e", f"@{extra_file}"],
+        cwd=ANSIBLE_DIR,
+        env=ansible_env(ANSIBLE_ROLES_PATH=str(ROLES)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    return sorted(p.stem for p in out.glob("*.toml"))
+
+
+@pytest.mark.parametrize(
+    ("inventory", "hosts", "extra"),
+    [
+        # the hospital's Redis password comes from Vault KV there; given here instead
+        ("inventories/hospital/hosts.yml", ["gpu1", "gpu2", "gpu3", "gw1", "vault1"], {"redis_gateway_password": "pw"}),
+        ("inventories/single-node/hosts.yml", ["node1"], {}),
+        ("inventories/single-node/hosts.yml", ["node1"], BRANCHES),
+        # the Molecule scenario's inventory (its chroot connection replaced: only templates are rendered)
+        ("molecule/inventory/single-node.yml", ["node1"], {"ansible_connection": "local"}),
+    ],
+    ids=["hospital", "single-node", "single-node-all-branches", "molecule"],
+)
+def test_rendered_settings_load(
+    inventory: str, hosts: list[str], extra: dict[str, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each appliance host's rendered appliance.toml plus its secrets file load without an unknown key."""
+    from appliance.config import load_settings
+
+    assert _render(inventory, extra, tmp_path) == hosts
+    for host in hosts:
+        env_lines = (tmp_path / f"{host}.env").read_text().splitlines()
+        secrets = dict(line.split("=", 1) for line in env_lines if line and not line.startswith("#"))
+        with monkeypatch.context() as scoped:
+            for key, value in secrets.items():
+                scoped.setenv(key, value)
+            settings = load_settings(config_file=tmp_path / f"{host}.toml")
+        assert settings.environment == "production"
+        if extra is BRANCHES:
+            assert settings.gateway.tls_cert_file and settings.gateway.redis_client_key
+            assert settings.gateway.redis_url is not None and settings.keys.vault_role_id == "role"
+
+
+def test_a_misspelt_key_in_appliance_settings_stops_the_appliance(tmp_path: Path) -> None:
+    """A misspelt key an operator puts into appliance_settings reaches appliance.toml and is refused there."""
+    from appliance.config import load_settings
+    from appliance.errors import ConfigError
+
+    misspelt = {"appliance_settings": {"environment": "production", "gateway": {"secure_cookie": True}}}
+    assert _render("inventories/single-node/hosts.yml", misspelt, tmp_path) == ["node1"]
+    with pytest.raises(ConfigError, match=r'section \[gateway\] has no key "secure_cookie".*"secure_cookies"'):
+        load_settings(config_file=tmp_path / "node1.toml")
