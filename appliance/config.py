@@ -77,6 +77,12 @@ class AuditSettings(_Section):
     # extra top-level event fields a deployment records, by kind; there is no free-text kind
     extra_fields: dict[str, Literal["identifier", "integer", "number", "boolean"]] = Field(default_factory=dict)
     record_timeout_s: float = 10.0  # seconds a record may wait for durability before AuditUnavailable (hung disk)
+    # Witnesses of every chain's signed head, outside the store (a cut or deleted chain is then detectable, and a
+    # writer refuses to write on one): a directory on another host's storage (NFS/WORM mount), and/or
+    # Vault/OpenBao KV v2 (needs keys.backend = "vault"), add-only under policies/vault/audit-writer.hcl.
+    witness_dir: str | None = None  # e.g. /mnt/audit-witness (another host); None: no file witness
+    witness_vault: bool = False  # KV v2 <keys.vault_kv_mount>/<keys.vault_key_prefix>/<witness_vault_path>/...
+    witness_vault_path: str = "audit-witness"
 
 
 class ServingSettings(_Section):
@@ -101,6 +107,10 @@ class ServingSettings(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto -> cuda when present
     torch_threads: int = 0  # CPU threads for the engine's forward passes; 0 -> torch's default
     admin_token: SecretStr | None = None  # bearer token for POST /admin/reload; None -> loopback callers only
+    # The registry's publication public keys (file from `appliance keyservice public-keys registry-signing --out`,
+    # root-owned, written at provisioning): what the engine and the TGI/vLLM launchers check a published list's
+    # signature with. None -> ask the key service (keys.backend) for them. Never a file beside the list.
+    publication_public_keys: str | None = None
 
 
 class GatewaySettings(_Section):

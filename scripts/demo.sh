@@ -23,10 +23,12 @@ dataset="$D/datasets/clinical"
 
 published=$("$A" registry list --json --name triage --status production 2>/dev/null | .venv/bin/python -c \
   'import json,sys; v=[a["version"] for a in json.load(sys.stdin)]; print(max(v) if v else "")' || true)
-if [ -n "$published" ] && ! .venv/bin/python -c 'import json,sys; sys.exit(any("config_sha256" not in a for a in
-    json.load(open(sys.argv[1]))["adapters"]))' "$D/serving/embedded/adapters.json" 2>/dev/null; then
-  echo "$D was made by an older version of the appliance (its publication has no config digest, which the engine"
-  echo "now requires). Move it aside or delete it (it holds only synthetic demo data), then run make demo again."
+if [ -n "$published" ] && { [ ! -f "$D/serving/embedded/adapters.json.sig" ] || ! .venv/bin/python -c \
+    'import json,sys; sys.exit(any("config_sha256" not in a for a in json.load(open(sys.argv[1]))["adapters"]))' \
+    "$D/serving/embedded/adapters.json" 2>/dev/null; }; then
+  echo "$D was made by an older version of the appliance (its publication has no config digest or no registry"
+  echo "signature, which the engine now requires). Move it aside or delete it (it holds only synthetic demo data),"
+  echo "then run make demo again."
   exit 1
 fi
 if [ -n "$published" ] && [ -z "${DEMO_RETRAIN:-}" ]; then

@@ -26,10 +26,13 @@ from appliance.audit._canonical import HASH_RULE, canonical_json
 from appliance.audit._checkpoint import (
     AUDIT_SIGNING_KEY,
     CHECKPOINT_TYPE,
+    chain_public_keys,
     decode_public_keys,
     encode_public_keys,
-    key_fingerprint,
+    named_fingerprint,
+    own_signing_key,
     sign,
+    signing_key_for,
     verify_signature,
 )
 from appliance.audit._identity import recordable_identity
@@ -240,8 +243,12 @@ def export(
     fmt: Format = "jsonl",
     on_progress: Callable[[int, int], None] | None = None,
     workers: int | None = None,
+    signer: str | None = None,
 ) -> dict[str, Any]:
     """Write the matching records and a signed manifest into ``out`` (new or empty); returns the manifest.
+
+    The manifest carries the public keys of every exported chain's signing key and is signed with ``signer``'s
+    (the exporting writer's; None: the node's ``audit-signing``), named in ``manifest_key``.
 
     The store is verified first: a filtered or time-range export cannot show a broken link or a checkpoint
     mismatch outside what it carries, so signing records from a chain that does not verify would vouch for them.
@@ -250,7 +257,7 @@ def export(
         raise ValidationFailed("export format must be 'jsonl' or 'csv'")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise Conflict(f"export directory {out} exists and is not empty")
-    checked = verify_store(store, keys.public_keys(AUDIT_SIGNING_KEY), workers=workers)
+    checked = verify_store(store, chain_public_keys(keys), workers=workers)
     if not checked.ok:
         raise IntegrityViolation(
             f"the audit trail does not verify ({len(checked.all_problems)} problems): not signing an export of it; "
@@ -295,7 +302,12 @@ def export(
         os.fsync(handle.fileno())
     file_digest = _sha256_file(tmp)
     os.replace(tmp, out / name)
-    public_keys = keys.public_keys(AUDIT_SIGNING_KEY)
+    manifest_key = AUDIT_SIGNING_KEY if signer is None else signing_key_for(keys, signer)
+    named = {manifest_key: dict(keys.public_keys(manifest_key))}
+    for wid in slices:
+        key_name = signing_key_for(keys, wid)
+        if key_name not in named:
+            named[key_name] = dict(keys.public_keys(key_name))
     count = sum(s.count for s in slices.values())
     first = next(iter(slices.values()), None)
     last = list(slices.values())[-1] if slices else None
@@ -315,10 +327,12 @@ def export(
         "last_hash": last.last_hash if last else None,
         "writers": {wid: s.as_dict() for wid, s in slices.items()},
         "checkpoints": checkpoints,
-        "public_keys": {AUDIT_SIGNING_KEY: encode_public_keys(public_keys)},
-        "key_fingerprint": key_fingerprint(public_keys),
+        "public_keys": {key: encode_public_keys(value) for key, value in sorted(named.items())},
+        "key_fingerprint": named_fingerprint(named),
     }
-    manifest["signature"] = sign(keys, _manifest_message(manifest))
+    if manifest_key != AUDIT_SIGNING_KEY:
+        manifest["manifest_key"] = manifest_key
+    manifest["signature"] = sign(keys, _manifest_message(manifest), signer)
     _write_atomic(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
     return manifest
 
@@ -387,8 +401,9 @@ def verify_export(directory: Path, *, expected_key_fingerprint: str | None = Non
         problem("manifest", "manifest.json", f"not an audit export manifest: {why}")
         return report
     name, fmt, writers_meta = manifest["records_file"], manifest["records_format"], manifest["writers"]
-    public_keys = decode_public_keys(manifest["public_keys"][AUDIT_SIGNING_KEY])
-    report.key_fingerprint = key_fingerprint(public_keys)
+    named = {str(name): decode_public_keys(value) for name, value in manifest["public_keys"].items()}
+    public_keys = named.get(str(manifest.get("manifest_key", AUDIT_SIGNING_KEY)), {})
+    report.key_fingerprint = named_fingerprint(named)
     if expected_key_fingerprint is not None and report.key_fingerprint != expected_key_fingerprint:
         problem(
             "bad_signature", "manifest.json", f"public key fingerprint {report.key_fingerprint} is not the expected one"
@@ -431,7 +446,7 @@ def verify_export(directory: Path, *, expected_key_fingerprint: str | None = Non
         chain = verify_chain(
             writer_id,
             ((name, line + b"\n", number) for number, line in rows),
-            public_keys=public_keys,
+            public_keys=_chain_keys(named, writer_id),
             start=start,
             allow_gaps=not manifest.get("complete", False),
             collect_hashes=True,
@@ -445,6 +460,11 @@ def verify_export(directory: Path, *, expected_key_fingerprint: str | None = Non
             f"{sum(c.records for c in report.chains)} records, the manifest says {manifest.get('count')}",
         )
     return report
+
+
+def _chain_keys(named: dict[str, dict[int, bytes]], writer_id: str) -> dict[int, bytes]:
+    """A chain's public keys in a manifest: its writer's own key (Vault/OpenBao), else the node's one key."""
+    return named.get(own_signing_key(writer_id)) or named.get(AUDIT_SIGNING_KEY, {})
 
 
 def _read_manifest(path: Path) -> tuple[dict[str, Any] | None, str]:
@@ -472,8 +492,11 @@ def _read_manifest(path: Path) -> tuple[dict[str, Any] | None, str]:
     for key, kind in expected.items():
         if not isinstance(manifest.get(key), kind):
             return None, f"{key} is not a JSON {'string' if kind is str else 'object'}"
-    if not isinstance(manifest["public_keys"].get(AUDIT_SIGNING_KEY), dict):
-        return None, f"public_keys.{AUDIT_SIGNING_KEY} is not a JSON object"
+    for name, value in manifest["public_keys"].items():
+        if not isinstance(value, dict):
+            return None, f"public_keys.{name} is not a JSON object"
+    if not isinstance(manifest["public_keys"].get(str(manifest.get("manifest_key", AUDIT_SIGNING_KEY))), dict):
+        return None, "public_keys has no entry for the key that signed the manifest"
     for writer_id, meta in manifest["writers"].items():
         if not isinstance(meta, dict):
             return None, f"writers[{writer_id!r}] is not a JSON object"

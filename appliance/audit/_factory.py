@@ -2,16 +2,43 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from appliance.audit._schema import check_extra_fields
 from appliance.audit._sinks._base import ChainReader, Sink
+from appliance.audit._witness import FileWitness, VaultWitness, Witness
 from appliance.audit._writer import AuditWriter
 from appliance.config import Settings
 from appliance.errors import ApplianceError, AuditUnavailable, ConfigError, ValidationFailed
 from appliance.protocols import KeyService
 
-__all__ = ["open_audit_log", "open_audit_store", "open_key_service_for_audit"]
+__all__ = ["open_audit_log", "open_audit_store", "open_key_service_for_audit", "open_witnesses"]
+
+
+def open_witnesses(settings: Settings, keys: KeyService) -> list[Witness]:
+    """The witnesses ``[audit]`` configures (``witness_dir``, ``witness_vault``); none is a loud warning in
+    production (a chain cut back to an earlier clean stop, or deleted, is then undetectable)."""
+    cfg = settings.audit
+    witnesses: list[Witness] = []
+    if cfg.witness_dir is not None:
+        witness_dir = Path(cfg.witness_dir)
+        if not witness_dir.is_absolute():
+            raise ConfigError(f"audit.witness_dir must be an absolute path (another host's mount), not {witness_dir}")
+        if witness_dir.resolve().is_relative_to(settings.audit_dir.resolve()):
+            raise ConfigError("audit.witness_dir must not be inside the audit store it witnesses")
+        witnesses.append(FileWitness(witness_dir))
+    if cfg.witness_vault:
+        if settings.keys.backend != "vault" or not hasattr(keys, "add_secret"):
+            raise ConfigError("audit.witness_vault needs keys.backend = 'vault' (KV v2 on Vault/OpenBao)")
+        witnesses.append(VaultWitness(keys, cfg.witness_vault_path))
+    if not witnesses and settings.environment == "production":
+        import structlog
+
+        structlog.get_logger("appliance.audit").warning(
+            "audit.no_witness", detail="set audit.witness_dir and/or audit.witness_vault: a cut chain is undetectable"
+        )
+    return witnesses
 
 
 def open_key_service_for_audit(settings: Settings) -> KeyService:
@@ -66,6 +93,7 @@ def open_audit_log(settings: Settings, keys: KeyService | None = None, *, writer
             checkpoint_interval_s=cfg.checkpoint_interval_s,
             extra_fields=extra_fields,
             record_timeout_s=cfg.record_timeout_s,
+            witnesses=open_witnesses(settings, keys),
         )
     except ValueError as exc:
         raise ConfigError(f"invalid audit settings: {exc}") from exc

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from appliance.audit._checkpoint import AUDIT_SIGNING_KEY
+from appliance.audit._checkpoint import chain_public_keys
 from appliance.audit._export import ExportFilter, export, parse_time
 from appliance.audit._sinks._base import ChainReader
 from appliance.audit._verify import verify_store
@@ -45,8 +45,9 @@ def _filter(filters: Mapping[str, Any]) -> ExportFilter:
 class StoreReader:
     """Search, export (records file only; the CLI export adds the signed manifest) and verify a store."""
 
-    def __init__(self, store: ChainReader, keys: KeyService) -> None:
+    def __init__(self, store: ChainReader, keys: KeyService, signer: str | None = None) -> None:
         self._store, self._keys = store, keys
+        self._signer = signer  # the writer whose key signs an export's manifest (None: the node's one key)
 
     def search_sync(self, filters: Mapping[str, Any], limit: int) -> list[dict[str, Any]]:
         """The newest ``limit`` records matching the filters (checkpoints excluded), newest first."""
@@ -77,12 +78,12 @@ class StoreReader:
             raise ValidationFailed("format must be jsonl or csv")
         with tempfile.TemporaryDirectory(prefix="audit-export-") as tmp:
             out = Path(tmp) / "export"
-            export(self._store, self._keys, out, filters=_filter(filters), fmt=fmt, workers=1)  # type: ignore[arg-type]
+            export(self._store, self._keys, out, filters=_filter(filters), fmt=fmt, workers=1, signer=self._signer)  # type: ignore[arg-type]
             return (out / f"records.{fmt}").read_bytes()
 
     def verify_sync(self) -> dict[str, Any]:
         """``{"ok", "records", "first_bad_seq", "problems", "key_fingerprint"}`` for the whole store."""
-        report = verify_store(self._store, self._keys.public_keys(AUDIT_SIGNING_KEY), workers=1)
+        report = verify_store(self._store, chain_public_keys(self._keys), workers=1)
         problems = report.all_problems
         seqs = [p.seq for p in problems if p.seq is not None]
         return {
@@ -109,4 +110,4 @@ def reader_for(audit: Any) -> StoreReader | None:
 
     if not isinstance(audit, AuditWriter):
         return None
-    return StoreReader(audit.store(), audit.keys)
+    return StoreReader(audit.store(), audit.keys, audit.writer_id)

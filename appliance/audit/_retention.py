@@ -142,7 +142,7 @@ def purge_files(
     ``done`` runs after the deletion. Neither runs on a dry run.
     """
     from appliance.audit._canonical import parse_line
-    from appliance.audit._checkpoint import AUDIT_SIGNING_KEY, sign, signed_message
+    from appliance.audit._checkpoint import chain_public_keys, sign, signed_message
     from appliance.audit._verify import verify_store
 
     cutoff = (now or datetime.now(UTC)) - timedelta(days=policy.audit.retain_days)
@@ -161,7 +161,7 @@ def purge_files(
         if not old:
             results.append(PurgeResult(writer_id, [], None, 0))
             continue
-        report = verify_store(store, keys.public_keys(AUDIT_SIGNING_KEY), writer_id=writer_id)
+        report = verify_store(store, chain_public_keys(keys), writer_id=writer_id)
         if not report.ok:
             raise IntegrityViolation(
                 f"audit chain {writer_id} does not verify ({len(report.all_problems)} problems): not purging evidence; "
@@ -182,7 +182,7 @@ def purge_files(
                 "purged_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
                 "retain_days": policy.audit.retain_days,
                 "segments": names,
-                "signature": sign(keys, signed_message("anchor", writer_id, seq, digest)),
+                "signature": sign(keys, signed_message("anchor", writer_id, seq, digest), writer_id),
             }
             if intent is not None:
                 intent(result)  # recorded before anything changes; raises: nothing is deleted

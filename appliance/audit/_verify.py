@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from appliance.audit._canonical import GENESIS_HASH
-from appliance.audit._checkpoint import key_fingerprint, signed_message, verify_signature
+from appliance.audit._checkpoint import (
+    ChainKeys,
+    PublicKeys,
+    key_fingerprint,
+    named_fingerprint,
+    signed_message,
+    verify_signature,
+)
 from appliance.audit._sinks._base import ChainReader
 
 __all__ = ["ChainReport", "Problem", "VerifyReport", "verify_chain", "verify_segments", "verify_store"]
@@ -66,6 +73,7 @@ class ChainReport:
     unsigned_tail: int = 0  # records after the last checkpoint record
     problems: list[Problem] = field(default_factory=list)
     hashes: list[tuple[int, str]] | None = None  # (seq, hash) of every record, when asked for
+    signed: dict[int, str] = field(default_factory=dict)  # signed seq -> hash, of every valid checkpoint
 
     @property
     def ok(self) -> bool:
@@ -269,11 +277,12 @@ def _check_checkpoint(
         problem("bad_signature", "checkpoint signature does not verify under the audit public key")
         return
     report.signed_through = signed_seq
+    report.signed[signed_seq] = signed_hash
 
 
 def verify_store(
     store: ChainReader,
-    public_keys: Mapping[int, bytes],
+    public_keys: PublicKeys,
     *,
     writer_id: str | None = None,
     workers: int | None = None,
@@ -283,19 +292,23 @@ def verify_store(
     A chain that no process holds must end with a checkpoint (a writer signs on close and on restart after a
     crash); one that a writer holds may end with records not yet signed. Segment files of a large store are
     verified in parallel processes (``workers``, default: one per CPU when there is more than 32 MiB).
+    ``public_keys`` is one key's versions for every chain, or a resolver giving each chain its writer's
+    (:func:`~appliance.audit._checkpoint.chain_public_keys`).
     """
-    report = VerifyReport(key_fingerprint=key_fingerprint(public_keys))
+    resolve = public_keys if callable(public_keys) else (lambda _: public_keys)
+    report = VerifyReport(key_fingerprint=None if callable(public_keys) else key_fingerprint(public_keys))
     writers = store.writers()
     if writer_id and writer_id not in writers:  # a mistyped or deleted chain must not verify as "OK: 0 records"
         report.problems.append(Problem(writer_id, "missing", "(store)", None, None, "no chain with this writer id"))
         return report
     for wid in [writer_id] if writer_id else writers:
+        chain_keys = resolve(wid)
         start: tuple[int, str] = (0, GENESIS_HASH)
         anchor = store.anchor(wid)
         if anchor is not None:
             start = (anchor.seq, anchor.hash)
             message = signed_message("anchor", wid, anchor.seq, anchor.hash)
-            if anchor.writer_id != wid or not verify_signature(public_keys, message, anchor.signature):
+            if anchor.writer_id != wid or not verify_signature(chain_keys, message, anchor.signature):
                 report.problems.append(
                     Problem(
                         wid, "bad_signature", "anchor.json", None, anchor.seq, "purge anchor signature does not verify"
@@ -306,19 +319,21 @@ def verify_store(
         n = workers if workers is not None else _default_workers(paths)
         if paths is not None and n > 1 and len(paths) > 1:
             chain = verify_segments(
-                wid, paths, public_keys=public_keys, start=start, require_signed_end=signed_end, workers=n
+                wid, paths, public_keys=chain_keys, start=start, require_signed_end=signed_end, workers=n
             )
         else:
             read = getattr(store, "read_mapped", store.read)
             chain = verify_chain(
                 wid,
                 read(wid),
-                public_keys=public_keys,
+                public_keys=chain_keys,
                 start=start,
                 require_signed_end=signed_end,
                 in_flight_end=not signed_end,
             )
         report.chains.append(chain)
+    if isinstance(public_keys, ChainKeys):
+        report.key_fingerprint = named_fingerprint(public_keys.resolved)
     return report
 
 
@@ -405,6 +420,7 @@ def verify_segments(
             report.first_seq, report.first_prev_hash = part.first_seq, part.first_prev_hash
         report.records += part.records
         report.checkpoints += part.checkpoints
+        report.signed.update(part.signed)
         if part.signed_through is not None:
             report.signed_through = max(report.signed_through or 0, part.signed_through)
         tail = part.unsigned_tail if part.checkpoints else tail + part.records

@@ -12,6 +12,10 @@ durable (the caller must wait for that before answering). The sync thus overlaps
 
 Fail-closed: when the batch cannot be made durable (or a due checkpoint cannot be signed), every caller in it gets
 ``AuditUnavailable`` and the writer re-reads the end of the chain from storage before the next batch.
+
+Witnesses (``_witness.py``): once a batch with a checkpoint is durable, its newest checkpoint is given to every
+witness before anyone in the batch is acknowledged. A witness that refuses it (it holds a longer chain, or another
+hash at that seq: the store was cut or rewritten) or cannot be reached fails the batch closed like a failed sync.
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ from typing import Any
 import structlog
 
 from appliance.audit._canonical import build_line, canonical_json
-from appliance.audit._checkpoint import checkpoint_body, sign, signed_message
+from appliance.audit._checkpoint import checkpoint_body, sign, signed_message, signing_key_for
 from appliance.audit._schema import _ExtraCheck, validate_event
 from appliance.audit._sinks._base import ChainHead, ChainReader, Sink
+from appliance.audit._witness import Witness, WitnessedCheckpoint
 from appliance.errors import ApplianceError, AuditUnavailable
 from appliance.ids import random_uuid
 from appliance.protocols import AuditReceipt, KeyService, WrittenRecord
@@ -98,6 +103,7 @@ class AuditWriter:
         checkpoint_interval_s: float = 60.0,
         extra_fields: Mapping[str, str] | None = None,
         record_timeout_s: float = 10.0,
+        witnesses: Sequence[Witness] = (),
     ) -> None:
         if checkpoint_every < 1 or checkpoint_interval_s <= 0 or record_timeout_s <= 0:
             raise ValueError("checkpoint_every >= 1, checkpoint_interval_s > 0 and record_timeout_s > 0")
@@ -122,6 +128,8 @@ class AuditWriter:
         self._unsynced_failure = False  # a batch failed to become durable; unready until a sync succeeds again
         self._sync_probe: concurrent.futures.Future[bool] | None = None  # asked by check_writable, run by the thread
         self._secondary_ok = True
+        self._witnesses = tuple(witnesses)
+        self._batch_checkpoint: WitnessedCheckpoint | None = None  # the newest checkpoint of the batch in hand
         self.writer_id = writer_id
         self.stats = {"batches": 0, "records": 0, "failed_batches": 0, "secondary_failures": 0}
 
@@ -341,12 +349,15 @@ class AuditWriter:
                         "kept_as": recovery.kept_as,
                     }
                     internal.append(system_event("audit.recovered", "truncate", details))
+            self._batch_checkpoint = None
             lines, receipts, head, checkpointed = self._chain(internal, batch)
             self._inflight_since, self._inflight = time.monotonic(), batch
             self._sink.write(lines, self._head.seq + 1)
             if any(p.written is not None for p in batch):
                 self._settle_written(batch, receipts)
             self._sink.sync()
+            if self._batch_checkpoint is not None:
+                self._witness(self._batch_checkpoint)
         except Exception as exc:
             self._needs_recovery = True
             self._unsynced_failure = True
@@ -393,12 +404,29 @@ class AuditWriter:
         return lines, receipts, ChainHead(writer_id, seq, prev), checkpointed
 
     def _checkpoint(self, lines: list[bytes], seq: int, prev: str) -> tuple[int, str]:
-        signature = sign(self._keys, signed_message("checkpoint", self.writer_id, seq, prev))
-        body = checkpoint_body(self.writer_id, seq, prev, signature)
+        signature = sign(self._keys, signed_message("checkpoint", self.writer_id, seq, prev), self.writer_id)
+        body = checkpoint_body(self.writer_id, seq, prev, signature, signing_key_for(self._keys, self.writer_id))
         line, digest = build_line(seq + 1, prev, self.writer_id, str(random_uuid()), _utc_now(), body)
         lines.append(line)
         self._last_checkpoint_at = time.monotonic()
+        self._batch_checkpoint = WitnessedCheckpoint(self.writer_id, seq, prev, signature)
         return seq + 1, digest
+
+    def _witness(self, checkpoint: WitnessedCheckpoint) -> None:
+        """Give every witness the batch's newest checkpoint; any refusal or outage fails the batch (closed)."""
+        for witness in self._witnesses:
+            try:
+                witness.add(checkpoint)
+            except ApplianceError as exc:
+                log.error("audit.witness_failed", writer_id=self.writer_id, witness=witness.name, code=exc.code)
+                raise AuditUnavailable(f"audit checkpoint not witnessed: {exc.message}") from None
+            except Exception as exc:
+                log.error(
+                    "audit.witness_failed", writer_id=self.writer_id, witness=witness.name, error=type(exc).__name__
+                )
+                raise AuditUnavailable(
+                    f"audit checkpoint not witnessed by {witness.name} ({type(exc).__name__})"
+                ) from None
 
     def _replicate(self, lines: Sequence[bytes], first_seq: int) -> None:
         assert self._secondary is not None

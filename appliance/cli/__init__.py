@@ -54,6 +54,9 @@ app.add_typer(ledger.app, name="ledger", help="The privacy-budget ledger.")
 app.add_typer(registry.app, name="registry", help="The adapter registry: add, approve, publish, retire.")
 app.add_typer(registry.erasure_app, name="erasure", help="GDPR erasure planning.")
 app.command("serve", help="Run the embedded TGI-protocol inference engine.")(serve.serve)
+app.command("serve-launch", help="Start TGI or vLLM with the registry's signed adapter list, checked first.")(
+    serve.serve_launch
+)
 app.add_typer(gateway.app, name="gateway", help="Run the gateway.")
 app.add_typer(keys.app, name="keys", help="Appliance API keys for services.")
 app.add_typer(keyservice.app, name="keyservice", help="Key service: status, create, rotate, public keys, secrets.")

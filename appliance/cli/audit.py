@@ -86,6 +86,7 @@ def export_cmd(
             filters=filters,
             fmt=fmt,  # type: ignore[arg-type]
             on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            signer=audit.writer_id,  # this process's own writer key signs the manifest (Vault: its only one)
         )
     console.print(
         f"exported {manifest['count']} records from {len(manifest['writers'])} chain(s) to {out} "
@@ -103,8 +104,13 @@ def verify_cmd(
         None, "--expect-key", help="The audit key fingerprint you trust (compare it out of band)."
     ),
     writer: str | None = typer.Option(None, "--writer", help="Only this writer's chain (live log)."),
+    witness_history: bool = typer.Option(
+        False, "--witness-history", help="Compare every checkpoint a Vault witness kept, not only the newest."
+    ),
 ) -> None:
-    """Check the chain, the checkpoint signatures and the sequence; print what is wrong and where."""
+    """Check the chain, the checkpoint signatures and the sequence; print what is wrong and where. The live log is
+    also compared with the witnesses ([audit] witness_dir, witness_vault): a chain shorter than, or absent from,
+    what they hold is reported."""
     from appliance.errors import IntegrityViolation
 
     if directory is not None:
@@ -112,13 +118,23 @@ def verify_cmd(
 
         report = verify_export(directory, expected_key_fingerprint=expect_key)
     else:
-        from appliance.audit._checkpoint import AUDIT_SIGNING_KEY
-        from appliance.audit._factory import open_audit_store, open_key_service_for_audit
-        from appliance.audit._verify import verify_store
+        from appliance.audit._checkpoint import chain_public_keys
+        from appliance.audit._factory import open_audit_store, open_key_service_for_audit, open_witnesses
+        from appliance.audit._verify import Problem, verify_store
+        from appliance.audit._witness import compare_with_witnesses
 
         settings = settings_of(ctx)
-        public_keys = open_key_service_for_audit(settings).public_keys(AUDIT_SIGNING_KEY)
-        report = verify_store(open_audit_store(settings), public_keys, writer_id=writer)
+        keys = open_key_service_for_audit(settings)
+        public_keys = chain_public_keys(keys)  # each writer's own key on Vault/OpenBao
+        store = open_audit_store(settings)
+        report = verify_store(store, public_keys, writer_id=writer)
+        chains = {c.writer_id: c for c in report.chains}
+        for found in compare_with_witnesses(
+            chains, open_witnesses(settings, keys), history=witness_history, only=writer
+        ):
+            report.problems.append(
+                Problem(found.writer_id, found.kind, f"witness {found.witness}", None, found.seq, found.message)
+            )
         if expect_key is not None and report.key_fingerprint != expect_key:
             raise IntegrityViolation(f"the key service's audit key {report.key_fingerprint} is not {expect_key}")
     table = Table("chain", "records", "seq", "checkpoints", "signed through", "unsigned tail")

@@ -209,10 +209,14 @@ def verify_cmd(
     else:
         for r in results:
             mark = "[green]ok[/]" if r.ok else f"[bold red]FAILED[/]: {r.error}"
-            console.print(f"{r.name} v{r.version}: {mark}", highlight=False)
-    bad = [f"{r.name} v{r.version}" for r in results if not r.ok]
+            console.print(f"{_verified(r.name, r.version)}: {mark}", highlight=False)
+    bad = [_verified(r.name, r.version) for r in results if not r.ok]
     if bad:
         raise IntegrityViolation(f"{len(bad)} adapter artifact(s) failed verification: {', '.join(bad)}")
+
+
+def _verified(name: str, version: int) -> str:
+    return name if version == 0 else f"{name} v{version}"  # version 0: a published list, not an adapter
 
 
 @app.command("lineage")

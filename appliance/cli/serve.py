@@ -34,8 +34,9 @@ def serve(
     import uvicorn
 
     from appliance.cli._common import settings_of
-    from appliance.serving import AdapterSpec, read_embedded_list
-    from appliance.serving._published import embedded_list_path, parse_adapter_pairs
+    from appliance.serving import AdapterSpec
+    from appliance.serving._published import embedded_list_path, parse_adapter_pairs, published_embedded_source
+    from appliance.serving._signed import load_publication_keys
     from appliance.serving.engine import Engine, Limits, create_app
 
     settings = settings_of(ctx)
@@ -44,15 +45,19 @@ def serve(
     if base_dir is None:
         raise ConfigError("no base model: pass --base DIR or set serving.base_model")
 
+    def signed(path: Path) -> tuple[list[AdapterSpec], Callable[[], list[AdapterSpec]]]:
+        # the registry's signature is checked (pinned or key-service public key) before any fingerprint in it
+        source = published_embedded_source(path, lambda: load_publication_keys(settings))
+        return source(), source
+
     def source_for(value: str | None) -> tuple[list[AdapterSpec], Callable[[], list[AdapterSpec]]]:
         if value is None:
-            path = embedded_list_path(settings.serving_dir)
-            return read_embedded_list(path), lambda: read_embedded_list(path)
+            return signed(embedded_list_path(settings.serving_dir))
         candidate = Path(value)
         if candidate.suffix == ".json" or candidate.is_file():
             if not candidate.is_file():
                 raise ConfigError(f"adapter list not found: {candidate}")
-            return read_embedded_list(candidate), lambda: read_embedded_list(candidate)
+            return signed(candidate)
         pairs = parse_adapter_pairs(value)
         err_console.print("warning: adapters given as id=path carry no published fingerprint", highlight=False)
         return pairs, lambda: pairs
@@ -99,3 +104,28 @@ def serve(
         )
     finally:
         engine.close()
+
+
+def serve_launch(
+    ctx: typer.Context,
+    target: str = typer.Argument(..., help="tgi or vllm: which published list and how to pass it on."),
+    command: list[str] = typer.Argument(..., help="The server command and its arguments (after --)."),
+    adapter_list: Path | None = typer.Option(
+        None, "--list", help="The published list (else <data_dir>/serving/<target>/ as the registry writes it)."
+    ),
+) -> None:
+    """Check the published list's signature and every adapter's digests, then exec TGI or vLLM with them."""
+    import os
+
+    from appliance.cli._common import settings_of
+    from appliance.serving._launch import plan_launch
+    from appliance.serving._published import tgi_list_path, vllm_list_path
+    from appliance.serving._signed import load_publication_keys
+
+    if target not in ("tgi", "vllm"):
+        raise ConfigError(f"unknown launch target {target!r}: use tgi or vllm")
+    settings = settings_of(ctx)
+    path = adapter_list or (tgi_list_path if target == "tgi" else vllm_list_path)(settings.serving_dir)
+    plan = plan_launch(target, path, load_publication_keys(settings), command)  # type: ignore[arg-type]
+    err_console.print(f"{target}: published list {path} verified; starting {plan.argv[0]}", highlight=False)
+    os.execvpe(plan.argv[0], plan.argv, {**os.environ, **plan.env})  # noqa: S606 (argv, no shell: the wrapper)

@@ -29,6 +29,7 @@ import structlog
 from appliance.config import KeysSettings
 from appliance.errors import (
     ConfigError,
+    Conflict,
     IntegrityViolation,
     KeyUnavailable,
     NotFound,
@@ -436,6 +437,33 @@ class VaultKeyService:
             ),
         )
         log.info("keys.secret_written", path=path, backend="vault")
+
+    def add_secret(self, path: str, data: Mapping[str, str]) -> None:
+        """Create the secret at ``<kv mount>/<prefix>/<path>`` only if it does not exist (KV v2 ``cas=0``): an
+        existing one is ``Conflict`` (or ``VaultForbidden`` under a policy that may create but not update)."""
+        full = f"{self._prefix}/{check_secret_path(path)}"
+        if not data or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+            raise KeyUnavailable(f"secret {path!r} must be a non-empty mapping of strings to strings")
+        try:
+            self._call(
+                f"add secret {path!r}",
+                lambda: self._client.secrets.kv.v2.create_or_update_secret(
+                    full, secret=dict(data), cas=0, mount_point=self._kv_mount
+                ),
+            )
+        except KeyUnavailable as exc:
+            if type(exc) is KeyUnavailable and "check-and-set" in exc.message:
+                raise Conflict(f"secret {path!r} exists already (add-only)") from None
+            raise
+
+    def list_secrets(self, path: str) -> list[str]:
+        """The names under ``<kv mount>/<prefix>/<path>/`` (a folder ends with '/'); NotFound when there are none."""
+        full = f"{self._prefix}/{check_secret_path(path)}"
+        response = self._call(
+            f"list secrets {path!r}",
+            lambda: self._client.secrets.kv.v2.list_secrets(full, mount_point=self._kv_mount),
+        )
+        return [str(k) for k in response["data"]["keys"]]
 
     # --- operator view ---------------------------------------------------------------------------------------
     def create(self, name: str, key_type: str = AES) -> None:

@@ -8,6 +8,10 @@
   "config_sha256"}]}``: the weights' SHA-256 and that of the adapter_config.json bytes the registry wrote (left out
   for a publication made before the registry recorded it: the engine refuses such an entry).
 
+Each list is signed: ``<list>.sig`` carries the registry's Ed25519 signature (key service key
+``registry-signing``) over the list's SHA-256 and every adapter's digests and path (``appliance.serving``'s
+``sign_publication`` builds it; the engine, the TGI/vLLM launchers and ``registry verify`` check it first).
+
 A list is always rendered from the registry's full set of active publications for that target, never patched,
 so a rewrite after a failure restores exactly what the database says.
 """
@@ -16,12 +20,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.errors import ConfigError, ValidationFailed
 from appliance.registry._artifacts import atomic_write
+from appliance.serving import sign_publication, signature_path
 
 __all__ = ["TARGETS", "PublishEntry", "Publisher"]
 
@@ -53,8 +58,9 @@ def check_target(target: str) -> str:
 class Publisher:
     """Renders and writes the backend lists under ``<data_dir>/serving``."""
 
-    def __init__(self, serving_dir: Path) -> None:
+    def __init__(self, serving_dir: Path, sign: Callable[[bytes], bytes] | None = None) -> None:
         self.serving_dir = Path(serving_dir).resolve()
+        self._sign = sign  # the registry's signing key (key service); None only for rendering
 
     def adapter_dir(self, served_id: str) -> Path:
         """Where a published adapter's decrypted files live."""
@@ -96,8 +102,25 @@ class Publisher:
             adapters.append(entry)
         return (json.dumps({"adapters": adapters}, indent=2) + "\n").encode()
 
+    @staticmethod
+    def signed_digests(entries: Sequence[PublishEntry]) -> dict[str, dict[str, str | None]]:
+        """What the signature binds for each served id: weights fingerprint, config digest and path."""
+        return {
+            e.served_id: {"fingerprint": e.fingerprint, "config_sha256": e.config_sha256, "path": e.path}
+            for e in entries
+        }
+
+    def signature(self, target: str, data: bytes, entries: Sequence[PublishEntry]) -> bytes:
+        """The signature document of a target's list bytes (signed through the key service)."""
+        if self._sign is None:
+            raise ConfigError("this publisher has no signing key: it cannot write a published list")
+        return sign_publication(self._sign, target, data, self.signed_digests(entries))
+
     def write(self, target: str, entries: Sequence[PublishEntry]) -> Path:
-        """Atomically replace a target's list with these entries."""
+        """Sign, then atomically replace a target's list and its signature (readers retry a pair in between)."""
         path = self.list_path(target)
-        atomic_write(path, self.render(target, entries), mode=0o644)
+        data = self.render(target, entries)
+        signature = self.signature(target, data, entries)  # a key service that cannot sign changes nothing
+        atomic_write(path, data, mode=0o644)
+        atomic_write(signature_path(path), signature, mode=0o644)
         return path

@@ -9,6 +9,7 @@ lists) are written before the commit and undone or re-rendered from the committe
 from __future__ import annotations
 
 import contextlib
+import hmac
 import re
 import shutil
 from collections.abc import Iterator, Mapping
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session, selectinload
 from appliance.errors import (
     ApplianceError,
     AuditUnavailable,
+    ConfigError,
     Conflict,
     IntegrityViolation,
     NotFound,
@@ -64,6 +66,7 @@ from appliance.registry._types import (
     PublishedAdapter,
     VerifyResult,
 )
+from appliance.serving import PUBLICATION_KEY, read_signed_list
 
 __all__ = ["REQUIRED_APPROVALS", "Registry", "check_subject"]
 
@@ -95,7 +98,7 @@ class Registry:
         self.keys = keys
         self.audit = audit
         self.artifacts = ArtifactStore(artifacts_dir, keys)
-        self.publisher = Publisher(serving_dir)
+        self.publisher = Publisher(serving_dir, sign=lambda data: keys.sign(PUBLICATION_KEY, data))
         self.policies_dir = Path(policies_dir)
         self.ledger_path = Path(ledger_path)
         self.verify_base_model = verify_base_model
@@ -512,7 +515,12 @@ class Registry:
     def verify(self, name: str | None = None, version: int | None = None) -> list[VerifyResult]:
         """Decrypt every artifact (or one name / version) and check each file's digest and the fingerprint; for a
         published adapter, also its decrypted copy under ``serving/adapters/`` (what TGI and vLLM load unchecked)
-        against the weights fingerprint and the config digest recorded at publish."""
+        against the weights fingerprint and the config digest recorded at publish.
+
+        Each published list's signature is checked first (:meth:`verify_publications`); an adapter served from a
+        list that fails is failed too, before any of its fingerprints is compared."""
+        lists = self.verify_publications()
+        refused = {r.name: r.error for r in lists if not r.ok}
         with self.db.session("reading adapters to verify") as s:
             if version is not None and name is not None:
                 adapters = [self._get(s, name, version)]
@@ -524,13 +532,23 @@ class Registry:
                 if name is not None and not adapters:
                     raise NotFound(f"no adapter named {name!r}")
             work = [(a.name, a.version, self._artifact(a), self._active(a)) for a in adapters]
+            bad_lists = {
+                (a.name, a.version): refused[f"{p.target} list"]
+                for a in adapters
+                for p in self._active(a)
+                if f"{p.target} list" in refused
+            }
             served = {  # one directory per adapter; any publication without a config digest fails it
                 (n, v): (Path(p[0].path), None if any(x.config_sha256 is None for x in p) else p[0].config_sha256)
                 for n, v, _, p in work
                 if p
             }
-        results = []
+        results = [r for r in lists if not r.ok]
         for a_name, a_version, artifact, _ in work:
+            if (a_name, a_version) in bad_lists:
+                error = f"served from a published list that does not verify: {bad_lists[(a_name, a_version)]}"
+                results.append(VerifyResult(a_name, a_version, ok=False, files=0, error=error))
+                continue
             try:
                 count = sum(1 for _ in self.artifacts.open(**artifact))
                 if (a_name, a_version) in served:
@@ -540,6 +558,32 @@ class Registry:
                 results.append(VerifyResult(a_name, a_version, ok=False, files=0, error=message))
             else:
                 results.append(VerifyResult(a_name, a_version, ok=True, files=count))
+        return results
+
+    def verify_publications(self) -> list[VerifyResult]:
+        """Each target's published list against its signature (the registry's public key from the key service)
+        and against what the database says is published; one result per target (``name`` = ``"<target> list"``,
+        ``version`` 0)."""
+        public_keys = self.keys.public_keys(PUBLICATION_KEY)
+        with self.db.session("reading publications to verify") as s:
+            expected = {t: self._entries(s, t) for t in TARGETS}
+        results = []
+        for target in TARGETS:
+            path = self.publisher.list_path(target)
+            try:
+                signed = read_signed_list(path, target, public_keys)
+                if signed is None:
+                    if expected[target]:
+                        raise IntegrityViolation(f"{path} is missing: {len(expected[target])} adapter(s) are published")
+                    continue
+                wanted = self.publisher.render(target, expected[target])
+                digests = Publisher.signed_digests(expected[target])
+                if not hmac.compare_digest(signed.data, wanted) or signed.adapters != digests:
+                    raise IntegrityViolation(f"{path} is signed but is not what the registry has published")
+            except (IntegrityViolation, ConfigError) as exc:
+                results.append(VerifyResult(f"{target} list", 0, ok=False, files=0, error=exc.message))
+            else:
+                results.append(VerifyResult(f"{target} list", 0, ok=True, files=1))
         return results
 
     def rewrap(self, actor: Actor) -> int:

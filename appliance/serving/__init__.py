@@ -7,16 +7,21 @@ benchmarks; this package's clients import only aiohttp.
 from appliance.serving._embedded import EmbeddedBackend
 from appliance.serving._factory import open_backend
 from appliance.serving._published import AdapterSpec, read_embedded_list, read_tgi_list, read_vllm_list
+from appliance.serving._signed import PUBLICATION_KEY, read_signed_list, sign_publication, signature_path
 from appliance.serving._tgi import TGIBackend
 from appliance.serving._vllm import VLLMBackend
 
 __all__ = [
+    "PUBLICATION_KEY",
     "AdapterSpec",
     "EmbeddedBackend",
     "TGIBackend",
     "VLLMBackend",
     "open_backend",
     "read_embedded_list",
+    "read_signed_list",
     "read_tgi_list",
     "read_vllm_list",
+    "sign_publication",
+    "signature_path",
 ]

@@ -5,13 +5,16 @@ A missing list means nothing is published (no adapter is routable); a malformed 
 
 from __future__ import annotations
 
+import hmac
 import json
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import ConfigError
+from appliance.errors import ConfigError, IntegrityViolation
+from appliance.serving._signed import read_signed_list
 
 ADAPTER_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -57,7 +60,16 @@ def read_embedded_list(path: Path) -> list[AdapterSpec]:
     if not path.is_file():
         return []
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read adapter list ({exc.strerror})") from exc
+    return parse_embedded_list(raw, path)
+
+
+def parse_embedded_list(raw: bytes, path: Path) -> list[AdapterSpec]:
+    """The specs in the bytes of an embedded list (``path`` names it in errors); see :func:`read_embedded_list`."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
         entries = data["adapters"]
         if not isinstance(entries, list):
             raise TypeError("adapters is not a list")
@@ -86,10 +98,37 @@ def read_embedded_list(path: Path) -> list[AdapterSpec]:
             )
     except ConfigError:
         raise
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise ConfigError(f"{path}: malformed adapter list ({exc})") from exc
     _no_duplicates(specs, path)
     return specs
+
+
+def read_published_embedded(path: Path, public_keys: Mapping[int, bytes]) -> list[AdapterSpec]:
+    """The embedded list the registry signed: the signature is checked before any fingerprint is read, and each
+    entry's digests must be the signed ones (``IntegrityViolation`` otherwise); [] when nothing is published."""
+    signed = read_signed_list(path, "embedded", public_keys)
+    if signed is None:
+        return []
+    specs = parse_embedded_list(signed.data, path)
+    check_signed_digests(specs, signed.adapters, path)
+    return specs
+
+
+def published_embedded_source(path: Path, keys: Callable[[], Mapping[int, bytes]]) -> Callable[[], list[AdapterSpec]]:
+    """A reader of the signed embedded list for the engine's start and every reload (keys fetched each time)."""
+    return lambda: read_published_embedded(path, keys())
+
+
+def check_signed_digests(specs: list[AdapterSpec], signed: Mapping[str, Mapping[str, Any]], path: Path) -> None:
+    """Every spec is in the signature with the same weights fingerprint and config digest (constant time)."""
+    if {s.id for s in specs} != set(signed):
+        raise IntegrityViolation(f"{path}: the adapters listed are not the ones the registry signed")
+    for spec in specs:
+        entry = signed[spec.id]
+        for field, value in (("fingerprint", spec.fingerprint), ("config_sha256", spec.config_sha256)):
+            if value is None or not hmac.compare_digest(str(entry.get(field) or ""), value):
+                raise IntegrityViolation(f"{path}: the {field} of {spec.id!r} is not the one the registry signed")
 
 
 def read_tgi_list(path: Path) -> list[AdapterSpec]:

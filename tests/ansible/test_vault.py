@@ -144,15 +144,17 @@ def test_policies_installed_from_policies_dir(bao: Bao) -> None:
 
 
 def test_gateway_approle_can_do_its_job(bao: Bao) -> None:
-    """The gateway's AppRole HMACs audit digests, signs checkpoints (audit-writer) and reads its own secrets."""
+    """The gateway's AppRole HMACs audit digests, signs checkpoints with its own key only (audit-writer, templated
+    on its identity) and reads its own secrets."""
     admin = bao.client(bao.root_token)
     admin.secrets.kv.v2.create_or_update_secret(path="appliance/gateway/session", secret={"key": "s3cr3t-session"})
     gw = _login(bao, "appliance-gateway")
     assert gw.secrets.transit.generate_hmac("appliance-audit-hmac", "aGVsbG8=")["data"]["hmac"].startswith("vault:v1:")
-    signed = gw.secrets.transit.sign_data("appliance-audit-signing", "aGVsbG8=")["data"]["signature"]
-    assert gw.secrets.transit.verify_signed_data("appliance-audit-signing", "aGVsbG8=", signature=signed)["data"][
-        "valid"
-    ]
+    signed = gw.secrets.transit.sign_data("appliance-audit-signing-gateway", "aGVsbG8=")["data"]["signature"]
+    assert gw.secrets.transit.verify_signed_data("appliance-audit-signing-gateway", "aGVsbG8=", signature=signed)[
+        "data"
+    ]["valid"]
+    assert _denied(lambda: gw.secrets.transit.sign_data("appliance-audit-signing-trainer", "aGVsbG8="))
     secret = gw.secrets.kv.v2.read_secret_version(path="appliance/gateway/session", raise_on_deleted_version=True)
     assert secret["data"]["data"] == {"key": "s3cr3t-session"}
 
@@ -207,9 +209,9 @@ def test_transit_keys_have_the_right_types(bao: Bao) -> None:
 def test_auditor_verifies_but_cannot_sign(bao: Bao) -> None:
     """The auditor's AppRole verifies checkpoint signatures and is refused signing and HMAC."""
     gw = _login(bao, "appliance-gateway")
-    signed = gw.secrets.transit.sign_data("appliance-audit-signing", "aGVsbG8=")["data"]["signature"]
+    signed = gw.secrets.transit.sign_data("appliance-audit-signing-gateway", "aGVsbG8=")["data"]["signature"]
     auditor = _login(bao, "appliance-auditor")
-    check = auditor.secrets.transit.verify_signed_data("appliance-audit-signing", "aGVsbG8=", signature=signed)
+    check = auditor.secrets.transit.verify_signed_data("appliance-audit-signing-gateway", "aGVsbG8=", signature=signed)
     assert check["data"]["valid"]
-    assert _denied(lambda: auditor.secrets.transit.sign_data("appliance-audit-signing", "aGVsbG8="))
+    assert _denied(lambda: auditor.secrets.transit.sign_data("appliance-audit-signing-gateway", "aGVsbG8="))
     assert _denied(lambda: auditor.secrets.transit.generate_hmac("appliance-audit-hmac", "aGVsbG8="))

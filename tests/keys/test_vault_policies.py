@@ -13,6 +13,7 @@ from appliance.config import load_settings
 from appliance.errors import VaultForbidden
 from appliance.keys import ARTIFACTS, AUDIT_HMAC, AUDIT_SIGNING, CHECKPOINTS, open_key_service
 from appliance.keys._vault import VaultKeyService
+from appliance.serving import PUBLICATION_KEY
 from tests.conftest import REPO_ROOT
 from tests.fixtures.openbao import OpenBaoServer
 
@@ -28,6 +29,7 @@ ROLE_POLICIES = {
     "auditor": ["auditor"],
 }
 ROLES = list(ROLE_POLICIES)
+WRITERS = [role for role, policies in ROLE_POLICIES.items() if "audit-writer" in policies]
 
 
 def provision(server: OpenBaoServer) -> None:
@@ -37,6 +39,7 @@ def provision(server: OpenBaoServer) -> None:
         root.sys.create_or_update_acl_policy(name=f"appliance-{path.stem}", policy=path.read_text())
     if "approle/" not in root.sys.list_auth_methods()["data"]:
         root.sys.enable_auth_method("approle")
+    accessor = root.sys.list_auth_methods()["data"]["approle/"]["accessor"]
     for role, policies in ROLE_POLICIES.items():
         root.auth.approle.create_or_update_approle(
             f"appliance-{role}",
@@ -44,6 +47,15 @@ def provision(server: OpenBaoServer) -> None:
             token_ttl="10m",
             secret_id_ttl="10m",
         )
+        if role in WRITERS:  # audit-writer is templated on the identity's audit_writer: one writer, one key
+            role_id = root.auth.approle.read_role_id(f"appliance-{role}")["data"]["role_id"]
+            root.secrets.identity.create_or_update_entity_by_name(
+                name=f"appliance-{role}", metadata={"audit_writer": role}
+            )
+            entity_id = root.secrets.identity.read_entity_by_name(f"appliance-{role}")["data"]["id"]
+            root.secrets.identity.create_or_update_entity_alias(
+                name=role_id, canonical_id=entity_id, mount_accessor=accessor
+            )
 
 
 def login_as(server: OpenBaoServer, role: str, data_dir: Path) -> VaultKeyService:
@@ -79,11 +91,18 @@ def estate(openbao: OpenBaoServer, tmp_path_factory: pytest.TempPathFactory) -> 
     _, checkpoint_key = root.data_key(CHECKPOINTS)
     _, artifact_key = root.data_key(ARTIFACTS)
     root.hmac(AUDIT_HMAC, b"x")
-    signature = root.sign(AUDIT_SIGNING, b"checkpoint")
+    for writer in WRITERS:
+        root.create(f"{AUDIT_SIGNING}-{writer}", "ed25519")
+    root.sign(AUDIT_SIGNING, b"checkpoint")  # the old shared key, still there: nobody may sign with it
+    signature = root.sign(GATEWAY_SIGNING, b"checkpoint")
+    root.create(PUBLICATION_KEY, "ed25519")
     root.put_secret("gateway/session", {"secret": "session-secret"})
     root.put_secret("registry/db", {"password": "db-password"})
     yield Estate({role: login_as(openbao, role, data_dir) for role in ROLES}, checkpoint_key, artifact_key, signature)
 
+
+GATEWAY_SIGNING = f"{AUDIT_SIGNING}-gateway"
+TRAINER_SIGNING = f"{AUDIT_SIGNING}-trainer"
 
 OPERATIONS: dict[str, Callable[[VaultKeyService, Estate], object]] = {
     "checkpoints.data_key": lambda s, e: s.data_key(CHECKPOINTS),
@@ -92,9 +111,13 @@ OPERATIONS: dict[str, Callable[[VaultKeyService, Estate], object]] = {
     "artifacts.unwrap": lambda s, e: s.unwrap(ARTIFACTS, e.artifact_key),
     "artifacts.rewrap": lambda s, e: s.rewrap(ARTIFACTS, e.artifact_key),
     "audit.hmac": lambda s, e: s.hmac(AUDIT_HMAC, b"prompt"),
-    "audit.sign": lambda s, e: s.sign(AUDIT_SIGNING, b"checkpoint"),
-    "audit.verify": lambda s, e: s.verify(AUDIT_SIGNING, b"checkpoint", e.signature),
-    "audit.public_keys": lambda s, e: s.public_keys(AUDIT_SIGNING),
+    "audit.sign.shared": lambda s, e: s.sign(AUDIT_SIGNING, b"checkpoint"),
+    "audit.sign.gateway": lambda s, e: s.sign(GATEWAY_SIGNING, b"checkpoint"),
+    "audit.sign.trainer": lambda s, e: s.sign(TRAINER_SIGNING, b"checkpoint"),
+    "audit.verify.gateway": lambda s, e: s.verify(GATEWAY_SIGNING, b"checkpoint", e.signature),
+    "audit.public_keys.gateway": lambda s, e: s.public_keys(GATEWAY_SIGNING),
+    "publication.sign": lambda s, e: s.sign(PUBLICATION_KEY, b"adapter list"),
+    "publication.public_keys": lambda s, e: s.public_keys(PUBLICATION_KEY),
     "key.rotate": lambda s, e: s.rotate(AUDIT_HMAC),
     "key.create": lambda s, e: s.create(f"made-{secrets.token_hex(3)}"),
     "secret.gateway.read": lambda s, e: s.get_secret("gateway/session"),
@@ -102,13 +125,22 @@ OPERATIONS: dict[str, Callable[[VaultKeyService, Estate], object]] = {
     "secret.write": lambda s, e: s.put_secret("gateway/session", {"secret": "session-secret"}),
 }
 
-AUDIT_WRITER = {"audit.sign", "audit.verify", "audit.public_keys"}
+AUDIT_WRITER = {"audit.public_keys.gateway"}  # every writer reads every writer's public keys; signs with its own
 ALLOWED: dict[str, set[str]] = {
-    "gateway": {"audit.hmac", "secret.gateway.read"} | AUDIT_WRITER,
-    "trainer": {"checkpoints.data_key", "checkpoints.unwrap"} | AUDIT_WRITER,
-    "registry": {"artifacts.data_key", "artifacts.unwrap", "artifacts.rewrap"} | AUDIT_WRITER,
-    "operator": {"artifacts.rewrap", "audit.public_keys", "key.rotate", "key.create", "secret.write"},
-    "auditor": {"audit.verify", "audit.public_keys"},
+    "gateway": {"audit.hmac", "secret.gateway.read", "audit.sign.gateway", "audit.verify.gateway"} | AUDIT_WRITER,
+    "trainer": {"checkpoints.data_key", "checkpoints.unwrap", "audit.sign.trainer"} | AUDIT_WRITER,
+    "registry": {"artifacts.data_key", "artifacts.unwrap", "artifacts.rewrap", "publication.sign"}
+    | {"publication.public_keys"}
+    | AUDIT_WRITER,
+    "operator": {
+        "artifacts.rewrap",
+        "audit.public_keys.gateway",
+        "publication.public_keys",
+        "key.rotate",
+        "key.create",
+        "secret.write",
+    },
+    "auditor": {"audit.verify.gateway", "audit.public_keys.gateway"},
 }
 
 
@@ -153,7 +185,7 @@ def test_trainer_policy_alone_cannot_sign_audit_checkpoints(openbao: OpenBaoServ
     trainer_only = VaultKeyService(openbao.client(token))
     trainer_only.data_key(CHECKPOINTS)
     with pytest.raises(VaultForbidden, match="sign"):
-        trainer_only.sign(AUDIT_SIGNING, b"forged checkpoint")
+        trainer_only.sign(TRAINER_SIGNING, b"forged checkpoint")
 
 
 def test_operator_rotates_but_never_sees_plaintext(estate: Estate) -> None:

@@ -130,6 +130,7 @@ def vault_registry(openbao_private: OpenBaoServer, data_dir: Path) -> Iterator[t
 
     root = open_key_service(_vault_settings(data_dir, openbao_private, openbao_private.root_token))
     root.create("artifacts")  # type: ignore[attr-defined]  # the operator creates keys; the registry may not
+    root.create("registry-signing", "ed25519")  # type: ignore[attr-defined]  # signs published lists
     settings = _vault_settings(data_dir, openbao_private, _policy_token(openbao_private, "registry"))
     reg = enrol(open_registry(settings, keys=open_key_service(settings), audit=RecordingAudit()))
     yield reg, openbao_private, root

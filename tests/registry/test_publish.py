@@ -233,3 +233,55 @@ def test_unsafe_serving_path_refused(tmp_path: Path, make_run: RunFactory, keys:
         assert reg.show("triage", 1).status == "approved"
     finally:
         reg.close()
+
+
+@pytest.mark.parametrize("target", ["embedded", "tgi", "vllm"])
+def test_verify_refuses_a_list_edited_on_the_serving_host(
+    registry: Registry, make_run: RunFactory, target: str, tmp_path: Path
+) -> None:
+    """Each list is signed; a list redirected to other weights (its digests edited to match) fails ``registry
+    verify`` on the list's signature before any fingerprint, and so does every adapter served from it."""
+    import shutil
+
+    from appliance.serving import signature_path
+
+    for name in ("triage", "discharge"):
+        _approved(registry, make_run, name)
+        registry.publish(name, 1, target, OPERATOR)
+    assert all(r.ok for r in registry.verify()) and all(r.ok for r in registry.verify_publications())
+    listing = registry.publisher.list_path(target)
+    assert signature_path(listing).is_file()
+    evil = tmp_path / "evil"
+    shutil.copytree(registry.publisher.adapter_dir("triage-v1"), evil)
+    shutil.copy(registry.publisher.adapter_dir("discharge-v1") / "adapter_model.safetensors", evil)
+    text_ = listing.read_text().replace(str(registry.publisher.adapter_dir("triage-v1")), str(evil))
+    if target == "embedded":
+        data = json.loads(text_)
+        weights = hashlib.sha256((evil / "adapter_model.safetensors").read_bytes()).hexdigest()
+        data["adapters"][[a["id"] for a in data["adapters"]].index("triage-v1")]["fingerprint"] = weights
+        text_ = json.dumps(data)
+    listing.write_text(text_)
+    results = {f"{r.name} v{r.version}": r for r in registry.verify()}
+    assert not results[f"{target} list v0"].ok
+    assert "not the one the registry signed" in (results[f"{target} list v0"].error or "")
+    assert not results["triage v1"].ok and "published list that does not verify" in (results["triage v1"].error or "")
+    registry.publish("triage", 1, "embedded" if target != "embedded" else "tgi", OPERATOR)  # re-renders its own
+    assert not all(r.ok for r in registry.verify_publications())  # the edited list is still refused
+
+
+def test_verify_refuses_a_list_re_signed_with_another_key(
+    registry: Registry, make_run: RunFactory, tmp_path: Path
+) -> None:
+    """A serving host that re-signs an edited list with a key of its own is refused: the registry's key decides."""
+    from appliance.keys import LocalKeyService
+    from appliance.serving import PUBLICATION_KEY, sign_publication, signature_path
+
+    _approved(registry, make_run, "triage")
+    registry.publish("triage", 1, "embedded", OPERATOR)
+    listing = registry.publisher.list_path("embedded")
+    forger = LocalKeyService(tmp_path / "keystore")
+    signature_path(listing).write_bytes(
+        sign_publication(lambda m: forger.sign(PUBLICATION_KEY, m), "embedded", listing.read_bytes(), {})
+    )
+    [bad] = [r for r in registry.verify_publications() if not r.ok]
+    assert bad.name == "embedded list" and "does not verify" in (bad.error or "")

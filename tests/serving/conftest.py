@@ -45,11 +45,62 @@ def config_digest(adapter_dir: Path) -> str:
     return hashlib.sha256((adapter_dir / "adapter_config.json").read_bytes()).hexdigest()
 
 
+_PUBLISHER_KEYS: list[Any] = []
+
+
+def publisher_keys() -> Any:
+    """The test registry's key service (a local keystore in a temporary directory, one per test process)."""
+    if not _PUBLISHER_KEYS:
+        import tempfile
+
+        from appliance.keys import LocalKeyService
+
+        _PUBLISHER_KEYS.append(LocalKeyService(Path(tempfile.mkdtemp(prefix="publisher-keys-")) / "keystore"))
+    return _PUBLISHER_KEYS[0]
+
+
+def publication_keys() -> dict[int, bytes]:
+    """The test registry's publication public keys (what a serving host pins)."""
+    from appliance.serving import PUBLICATION_KEY
+
+    return dict(publisher_keys().public_keys(PUBLICATION_KEY))
+
+
+def pin_publication_keys(path: Path) -> Path:
+    """Write the pinned public key file (as `appliance keyservice public-keys registry-signing --out` does)."""
+    import base64
+
+    from appliance.serving import PUBLICATION_KEY
+
+    document = {
+        "key": PUBLICATION_KEY,
+        "algorithm": "ed25519",
+        "public_keys": {str(v): base64.b64encode(k).decode() for v, k in publication_keys().items()},
+    }
+    path.write_text(json.dumps(document), encoding="utf-8")
+    return path
+
+
+def sign_list(path: Path, target: str = "embedded", digests: dict[str, dict[str, Any]] | None = None) -> None:
+    """Sign a published list as the registry does (its digests taken from the embedded list unless given)."""
+    from appliance.serving import PUBLICATION_KEY, sign_publication, signature_path
+
+    data = path.read_bytes()
+    if digests is None:
+        digests = {
+            e["id"]: {"fingerprint": e["fingerprint"], "config_sha256": e["config_sha256"], "path": e["path"]}
+            for e in json.loads(data)["adapters"]
+        }
+    keys = publisher_keys()
+    signature_path(path).write_bytes(sign_publication(lambda m: keys.sign(PUBLICATION_KEY, m), target, data, digests))
+
+
 def write_adapter_list(
-    path: Path, adapters: dict[str, tuple[Path, str]], configs: dict[str, str] | None = None
+    path: Path, adapters: dict[str, tuple[Path, str]], configs: dict[str, str] | None = None, *, signed: bool = True
 ) -> Path:
-    """The embedded adapter list in the registry's publish format (contracts.md); each config digest is
-    ``configs[id]`` when given, else that of the adapter_config.json on disk now."""
+    """The embedded adapter list in the registry's publish format (contracts.md), signed with the test registry's
+    key (``signed``); each config digest is ``configs[id]`` when given, else that of the adapter_config.json on
+    disk now."""
     path.parent.mkdir(parents=True, exist_ok=True)
     configs = configs or {}
     entries = [
@@ -66,6 +117,8 @@ def write_adapter_list(
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"adapters": entries}), encoding="utf-8")
     tmp.replace(path)
+    if signed:
+        sign_list(path)
     return path
 
 

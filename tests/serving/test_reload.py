@@ -16,7 +16,7 @@ import pytest
 
 from appliance.errors import ConfigError, IntegrityViolation
 from appliance.serving import AdapterSpec, read_embedded_list
-from tests.serving.conftest import ServerThread, config_digest, free_port, write_adapter_list
+from tests.serving.conftest import ServerThread, config_digest, free_port, pin_publication_keys, write_adapter_list
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -159,6 +159,7 @@ def test_cli_serve_reloads_on_sighup(tiny_model: Path, lora_adapters: Adapters, 
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
     env["APPLIANCE_DATA_DIR"] = str(tmp_path / "var")
+    env["APPLIANCE_SERVING__PUBLICATION_PUBLIC_KEYS"] = str(pin_publication_keys(tmp_path / "registry.pub.json"))
     command = [sys.executable, "-m", "appliance", "serve", "--base", str(tiny_model), "--adapters", str(listing)]
     proc = subprocess.Popen(
         [*command, "--port", str(port), "--threads", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -200,6 +201,7 @@ def test_cli_serve_does_not_take_the_loopback_rule_from_forwarded_headers(
 
     listing = write_adapter_list(tmp_path / "adapters.json", {"triage-v1": lora_adapters["triage-v1"]})
     monkeypatch.setenv("APPLIANCE_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("APPLIANCE_SERVING__PUBLICATION_PUBLIC_KEYS", str(pin_publication_keys(tmp_path / "pub.json")))
     monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")  # common in container images; uvicorn reads it
     answers: list[int] = []
 
@@ -285,6 +287,7 @@ def test_validation_workers_is_a_setting_and_a_serve_option(
 
     listing = write_adapter_list(tmp_path / "adapters.json", {"triage-v1": lora_adapters["triage-v1"]})
     monkeypatch.setenv("APPLIANCE_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("APPLIANCE_SERVING__PUBLICATION_PUBLIC_KEYS", str(pin_publication_keys(tmp_path / "pub.json")))
     reported: list[int] = []
 
     async def info(asgi: Any) -> int:

@@ -284,7 +284,7 @@ def purge_postgres(
     and after the commit."""
     from datetime import UTC, datetime, timedelta
 
-    from appliance.audit._checkpoint import AUDIT_SIGNING_KEY, sign, signed_message
+    from appliance.audit._checkpoint import chain_public_keys, sign, signed_message
     from appliance.audit._retention import PurgeResult
     from appliance.audit._verify import verify_store
     from appliance.errors import IntegrityViolation
@@ -307,7 +307,7 @@ def purge_postgres(
         if through is None:
             results.append(PurgeResult(writer_id, [], None, 0))
             continue
-        report = verify_store(store, keys.public_keys(AUDIT_SIGNING_KEY), writer_id=writer_id)
+        report = verify_store(store, chain_public_keys(keys), writer_id=writer_id)
         if not report.ok:
             raise IntegrityViolation(f"audit chain {writer_id} does not verify: not purging evidence")
         with store._connect() as conn:
@@ -317,7 +317,7 @@ def purge_postgres(
         digest = bytes(line)[-66:-2].decode("ascii")
         result = PurgeResult(writer_id, [f"seq <= {through}"], through, count, digest)
         if not dry_run:
-            signature = sign(keys, signed_message("anchor", writer_id, through, digest))
+            signature = sign(keys, signed_message("anchor", writer_id, through, digest), writer_id)
             if intent is not None:
                 intent(result)  # recorded before anything changes; raises: nothing is deleted
             with store._connect() as conn, conn.transaction():
