@@ -157,6 +157,10 @@ def train(
             f"  canaries {meta['canaries']['count']}  max exposure {meta['canaries']['max_exposure']:.2f} bits "
             f"(~1 bit = not memorised, 26.6 = fully)"
         )
+    if meta.get("evaluation"):
+        from appliance.cli.evaluate import print_report
+
+        print_report(meta["evaluation"])
 
 
 def _print_plan(config: TrainConfig, settings: Settings) -> None:

@@ -115,6 +115,7 @@ class _State:
     exposures: list[float] = field(default_factory=list)
     weights_sha256: str | None = None  # of the adapter_model.safetensors written
     config_sha256: str | None = None  # of the adapter_config.json written
+    evaluation: dict[str, Any] | None = None  # base vs adapter on the eval split (appliance.evaluation)
     ledger_open: bool = False
 
 
@@ -613,10 +614,19 @@ class TrainingRun:
             "perplexity": math.exp(min(eval_loss, 50.0)),
             "train_loss": sum(tail) / len(tail),
         }
+        self._evaluate_against_base(records)
         if self.s.canaries:
             self.s.exposures = measure_exposures(
                 model, self._tokenizer, self.s.canaries, candidates=cfg.canary_candidates, device=self._device
             )
+
+    def _evaluate_against_base(self, records: list[Record]) -> None:
+        """The same evaluation as `appliance eval`: base (adapter disabled) and adapter on the eval records."""
+        from appliance.evaluation import EvalOptions, evaluate_pair
+
+        options = EvalOptions(max_length=self.config.max_length, batch_size=self.config.physical_batch_size)
+        result = evaluate_pair(self._model, self._tokenizer, records, options, self._device)
+        self.s.evaluation = {"split": "eval", **result}
 
     # --- phase 6 ------------------------------------------------------------------------------------------------
     def write(self) -> TrainResult:
@@ -693,6 +703,7 @@ class TrainingRun:
             },
             "steps": self.s.step,
             "metrics": self.s.metrics,
+            "evaluation": self.s.evaluation,
             "canaries": {
                 "count": len(self.s.canaries),
                 "exposures": exposures,
@@ -750,7 +761,9 @@ class TrainingRun:
             max_exposure=exposure,
             weights_sha256=self.s.weights_sha256,
             config_sha256=self.s.config_sha256,
+            evaluation=json.dumps(result.metadata["evaluation"], sort_keys=True),
         )
+        evaluation = result.metadata["evaluation"] or {}
         self._audit.record(
             "training.finish",
             status="success",
@@ -760,6 +773,8 @@ class TrainingRun:
                 "steps_charged": entry.steps_taken,
                 "epsilon": entry.epsilon,
                 "eval_loss": round(self.s.metrics["eval_loss"], 4),
+                "eval_loss_delta": evaluation.get("delta", {}).get("loss"),
+                "exact_match_delta": evaluation.get("delta", {}).get("exact_match"),
             },
         )
         shutil.rmtree(self.run_dir, ignore_errors=True)  # checkpoints hold canary secrets; the adapter is final
