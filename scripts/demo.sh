@@ -37,12 +37,14 @@ if [ -n "$published" ] && [ -z "${DEMO_RETRAIN:-}" ]; then
   version="$published"
 else
   say "3/7 training: DP-LoRA with Opacus (epsilon 8), canaries, privacy-budget ledger, evaluation against the base"
-  # about one epoch of the bundled task in logical batches of 32 (sample rate 1/16); DP's noisy, clipped gradients
-  # need a larger learning rate than non-DP training's 0.002 (issue 14)
+  # The DP planner picks the logical batch, noise multiplier and learning rate from the dataset's privacy units and
+  # epsilon; the demo caps the steps (DEMO_STEPS) so that training fits ~10 minutes on 2 cores.
   run="$D/runs/triage-$(date +%Y%m%d-%H%M%S)"
-  "$A" train --dataset "$dataset" --base "$base" --out "$run" --epsilon 8 --steps "$STEPS" \
-    --batch-size 32 --physical-batch-size 8 --lr 0.02 --max-length 192 --target-modules q_proj,v_proj \
-    --canaries 2 --canary-repetitions 1,8 --canary-candidates 64 --trained-by demo-trainer
+  train_args=(--dataset "$dataset" --base "$base" --out "$run" --epsilon 8 --steps "$STEPS" --physical-batch-size 8
+    --max-length 192 --target-modules q_proj,v_proj --canaries 2 --canary-repetitions 1,8 --canary-candidates 64
+    --trained-by demo-trainer)
+  "$A" train "${train_args[@]}" --plan-only
+  "$A" train "${train_args[@]}"
   "$A" ledger show
 
   say "base model vs adapter on the eval split (what the approvers' quality gate reads)"
