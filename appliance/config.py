@@ -85,11 +85,24 @@ class AuditSettings(_Section):
     witness_vault_path: str = "audit-witness"
 
 
+class ReplicaSettings(_Section):
+    """One inference server behind the gateway (``[[serving.replicas]]``)."""
+
+    url: str  # the server's base URL, e.g. http://10.20.0.11:8081
+    kind: Literal["embedded", "tgi", "vllm"] | None = None  # None -> serving.backend
+    weight: float = Field(default=1.0, gt=0, le=1000)  # relative capacity: load is in-flight requests / weight
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")  # None -> host:port of the URL
+
+
 class ServingSettings(_Section):
-    """Which inference backend the gateway talks to."""
+    """Which inference backends the gateway talks to."""
 
     backend: Literal["embedded", "tgi", "vllm"] = "embedded"
-    url: str = "http://127.0.0.1:8081"  # the backend's base URL
+    url: str = "http://127.0.0.1:8081"  # the backend's base URL when ``replicas`` is empty (a one-replica list)
+    replicas: list[ReplicaSettings] = Field(default_factory=list)  # every server; the gateway routes among them
+    replica_probe_initial_s: float = Field(default=0.25, gt=0, le=60)  # first /health probe after a failure
+    replica_probe_max_s: float = Field(default=10.0, gt=0, le=600)  # probe back-off ceiling (doubles each miss)
+    replica_refresh_s: float = Field(default=2.0, gt=0, le=600)  # seconds between re-reads of what replicas hold
     timeout_s: float = 120.0  # seconds per generation request
     connect_timeout_s: float = 2.0
     max_concurrent: int = 64  # connection pool size
@@ -111,6 +124,10 @@ class ServingSettings(_Section):
     # root-owned, written at provisioning): what the engine and the TGI/vLLM launchers check a published list's
     # signature with. None -> ask the key service (keys.backend) for them. Never a file beside the list.
     publication_public_keys: str | None = None
+
+    def replica_list(self) -> list[ReplicaSettings]:
+        """``replicas``, or ``url`` with ``backend`` as the one replica when none are listed."""
+        return list(self.replicas) or [ReplicaSettings(url=self.url, kind=self.backend)]
 
 
 class GatewaySettings(_Section):

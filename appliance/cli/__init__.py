@@ -16,6 +16,7 @@ from appliance.cli import (
     audit,
     config_cmd,
     data,
+    evaluate,
     gateway,
     keys,
     keyservice,
@@ -48,6 +49,7 @@ app.add_typer(config_cmd.app, name="config", help="Show the effective settings (
 app.add_typer(models.app, name="models", help="Base models: bootstrap and inspect.")
 app.add_typer(data.app, name="data", help="Intake: check, scrub and prepare JSONL datasets.")
 app.command("train", help="Train a DP-LoRA adapter on a prepared dataset.")(train.train)
+app.command("eval", help="Evaluate a base model and an adapter on a prepared split.")(evaluate.evaluate)
 app.add_typer(ledger.app, name="ledger", help="The privacy-budget ledger.")
 app.add_typer(registry.app, name="registry", help="The adapter registry: add, approve, publish, retire.")
 app.add_typer(registry.erasure_app, name="erasure", help="GDPR erasure planning.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -161,6 +162,12 @@ def breakglass(
     console.print(f"[red]emergency access[/] {grant.id}: {subject} holds {role} for {minutes} min (flagged for review)")
 
 
+# one record of the bundled task (urgency from the vital signs: systolic BP below 90 -> high), for the demo's curl
+EXAMPLE_PROMPT = (
+    "Triage: classify the urgency of this note as low, medium or high.\n\n"
+    "67-year-old seen with community-acquired pneumonia. Vitals: BP 86/50 mmHg, HR 118 bpm, SpO2 91%, "
+    "temperature 38.6 C. Discharged on amoxicillin 875 mg every 12 hours. Follow up with primary care in 2 weeks."
+)
 DEMO_ACCOUNTS = {
     "alice": {"name": "Alice Analyst (demo)", "groups": ["analysts"]},
     "carol": {"name": "Carol Compliance (demo)", "groups": ["compliance"]},
@@ -280,10 +287,18 @@ def demo(
             f"  sign in at [bold]{gateway_url}/login[/] as alice (analyst), carol (compliance) or adam (admin)"
         )
         console.print(f"  demo API key {info.id} (scope service.inference, 24 h): ready curl command:\n")
-        body = '{"inputs": "Triage: 67-year-old with chest pain.", "parameters": {"max_new_tokens": 32}}'
+        # the bundled task's format (appliance/intake/_synthetic.py); the chat route applies the chat template the
+        # adapter was trained with. Expected answer by the task's rules: high (systolic BP below 90).
+        body = json.dumps(
+            {
+                "model": f"{adapter}@{version}",
+                "messages": [{"role": "user", "content": EXAMPLE_PROMPT}],
+                "max_tokens": 16,
+            }
+        )
         typer.echo(
             f"curl -s -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
-            f"-d '{body}' {gateway_url}/v1/inference/adapter/{adapter}/{version}\n"
+            f"-d '{body}' {gateway_url}/v1/chat/completions\n"
         )
         uvicorn.run(app_, host="127.0.0.1", port=port, access_log=False, log_level="warning", server_header=False)
     finally:

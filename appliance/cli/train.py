@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from appliance.cli._common import console, invoking_user, settings_of
+
+if TYPE_CHECKING:
+    from appliance.config import Settings
+    from appliance.training import TrainConfig
 
 
 def _csv_ints(value: str) -> list[int]:
@@ -23,10 +28,21 @@ def train(
     out: Path = typer.Option(..., "--out", help="Adapter directory to create (must not exist or be empty)."),
     epsilon: float | None = typer.Option(None, "--epsilon", help="Epsilon this run may spend (required with DP)."),
     delta: float | None = typer.Option(None, "--delta", help="Delta (default: the policy's for this dataset)."),
-    steps: int = typer.Option(100, "--steps", help="Optimizer steps (logical batches)."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Expected logical batch size (Poisson sampling)."),
+    steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (default: planned; no DP: 100)."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Expected logical batch size, Poisson sampling (default: planned; no DP: 16)."
+    ),
     physical_batch_size: int = typer.Option(8, "--physical-batch-size", help="Rows per forward pass (memory)."),
-    lr: float = typer.Option(2e-3, "--lr", help="Learning rate (AdamW)."),
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate, AdamW (default: planned; no DP: 0.002)."),
+    noise_multiplier: float | None = typer.Option(
+        None, "--noise-multiplier", help="DP noise multiplier (default: planned; checked against --epsilon)."
+    ),
+    grad_sample_mode: str = typer.Option(
+        "hooks", "--grad-sample-mode", help="Per-unit gradients: hooks, or ghost (Opacus fast gradient clipping)."
+    ),
+    plan_only: bool = typer.Option(
+        False, "--plan-only", help="Print the DP plan and stop: nothing is charged, audited or written."
+    ),
     max_length: int = typer.Option(256, "--max-length", help="Tokens per record (prompt + response)."),
     lora_r: int = typer.Option(8, "--lora-r", help="LoRA rank."),
     lora_alpha: int = typer.Option(16, "--lora-alpha", help="LoRA alpha."),
@@ -66,18 +82,20 @@ def train(
     settings = settings_of(ctx)
     if privacy_unit not in ("record", "subject"):
         raise typer.BadParameter("--privacy-unit must be record or subject")
+    if grad_sample_mode not in ("hooks", "ghost"):
+        raise typer.BadParameter("--grad-sample-mode must be hooks or ghost")
     if resume and epsilon is None and not no_dp:
         epsilon = 1.0  # placeholder: a resumed run takes every option from the interrupted run
+    given = {"steps": steps, "batch_size": batch_size, "learning_rate": lr, "noise_multiplier": noise_multiplier}
     config = make_config(
+        **{name: value for name, value in given.items() if value is not None},  # the rest are planned
         dataset=dataset,
         base=base,
         out=out,
         epsilon=epsilon,
         delta=delta,
-        steps=steps,
-        batch_size=batch_size,
         physical_batch_size=physical_batch_size,
-        learning_rate=lr,
+        grad_sample_mode=grad_sample_mode,
         max_length=max_length,
         lora_r=lora_r,
         lora_alpha=lora_alpha,
@@ -95,6 +113,9 @@ def train(
         seed=seed,
         trained_by=trained_by or invoking_user(),  # under sudo the person, not root: approval compares it
     )
+    if plan_only:
+        _print_plan(config, settings)
+        return
     progress = Progress(
         TextColumn("[bold]training"),
         BarColumn(),
@@ -120,6 +141,13 @@ def train(
     )
     console.print(f"[green]adapter written[/] {result.out}")
     console.print(f"  run {result.run_id}  steps {meta['steps']}  epsilon spent {spent}  unit {dp['privacy_unit']}")
+    if dp["enabled"]:
+        hp = meta["hyperparameters"]
+        console.print(
+            f"  batch {hp['batch_size']} (rate {100 * dp['sample_rate']:.2f}%)  noise multiplier "
+            f"{dp['noise_multiplier']:.4f}  noise/coordinate {dp['noise_per_coordinate']:.5f}  "
+            f"lr {hp['learning_rate']:.4g}"
+        )
     m = meta["metrics"]
     console.print(
         f"  eval loss {m['eval_loss']:.4f}  perplexity {m['perplexity']:.2f}  train loss {m['train_loss']:.4f}"
@@ -129,3 +157,17 @@ def train(
             f"  canaries {meta['canaries']['count']}  max exposure {meta['canaries']['max_exposure']:.2f} bits "
             f"(~1 bit = not memorised, 26.6 = fully)"
         )
+    if meta.get("evaluation"):
+        from appliance.cli.evaluate import print_report
+
+        print_report(meta["evaluation"])
+
+
+def _print_plan(config: TrainConfig, settings: Settings) -> None:
+    """``--plan-only``: the plan, without opening the key service, the audit trail or a new ledger."""
+    from appliance.training import TrainingRun
+
+    plan = TrainingRun(config, settings, use_stage_factories=False).plan_only()
+    console.print("[bold]DP plan[/] (* = chosen by the planner; nothing charged or written)")
+    for line in plan.describe():
+        console.print(f"  {line}")

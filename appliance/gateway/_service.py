@@ -29,6 +29,7 @@ from appliance.errors import (
     ApplianceError,
     AuditUnavailable,
     BackendError,
+    BackendUnavailable,
     BackendValidation,
     KeyUnavailable,
     NotFound,
@@ -59,6 +60,7 @@ from appliance.protocols import (
     TokenEvent,
     WrittenRecord,
 )
+from appliance.serving import ReplicaStatus, begin_routing, current_routing
 
 log = structlog.get_logger("appliance.gateway")
 
@@ -168,6 +170,11 @@ class Gateway:
         self.state = state  # None: this process's memory (limits); sessions is then a memory store too
         self.limits: LimitStore = state.limits if state is not None else MemoryLimitStore()
         self.metrics = GatewayMetrics()
+        replica_metrics = getattr(backend, "metrics", None)
+        if replica_metrics is not None and hasattr(replica_metrics, "collect"):  # a ReplicaSet: per-replica series
+            self.metrics.registry.register(replica_metrics)
+        self.replica_status: ReplicaStatus | None = None  # the last readiness check over replicas (/readyz)
+        self._salts: dict[str, str] = {}  # subject -> vLLM prefix-cache salt (see _cache_salt())
         self._served: set[str] = set()
         self._served_at = 0.0
         self._audit_ok = True
@@ -530,6 +537,24 @@ class Gateway:
         if ref.served_id not in self._served:
             raise BackendValidation(f"adapter {ref.name!r} version {ref.version} is published but not loaded yet")
 
+    async def _cache_salt(self, ctx: Ctx) -> str | None:
+        """vLLM's prefix-cache salt for the principal (None when no replica is vLLM): the audit HMAC of its subject,
+        so tenants never share cached prefixes (timing) and no client can choose a salt. Cached per subject."""
+        if not getattr(self.backend, "wants_cache_salt", False):
+            return None
+        subject = ctx.principal.subject
+        salt = self._salts.get(subject)
+        if salt is None:
+            text = "vllm.cache_salt\x00" + subject
+            try:
+                salt = self.digest(text) if self.digest_inline else await asyncio.to_thread(self.digest, text)
+            except Exception as exc:  # fail closed: no salt, no request
+                raise BackendUnavailable("the prefix-cache salt cannot be derived (key service)") from exc
+            if len(self._salts) >= 10_000:
+                self._salts.clear()
+            self._salts[subject] = salt
+        return salt
+
     # --- admission ---------------------------------------------------------------------------------------------
     async def admit(self, ctx: Ctx, ref: AdapterRef, prompt: str, *, wants_logprobs: bool) -> WrittenRecord:
         """Logprob rights, rate limits, extraction detector, then the request record, written into the chain.
@@ -628,7 +653,9 @@ class Gateway:
                 tokens=tokens,
                 latency_ms=latency_ms,
                 digests=digests,
-                details={"request_event": request_audit_id, "finish_reason": gen.finish_reason if gen else None},
+                details=_with_replica(
+                    {"request_event": request_audit_id, "finish_reason": gen.finish_reason if gen else None}
+                ),
             )
         )
         if failed is not None:
@@ -656,6 +683,7 @@ class Gateway:
         started = time.perf_counter()
         try:
             await self._ensure_served(ref)
+            begin_routing(ref.fingerprint, await self._cache_salt(ctx))
             gen = await self.backend.generate(ref.served_id, prompt, params)
         except BackendError as exc:
             await self.durable(admitted)
@@ -678,6 +706,7 @@ class Gateway:
         settled = False  # an outcome is recorded (or cannot be): nothing is left to record on the way out
         try:
             await self._ensure_served(ref)
+            begin_routing(ref.fingerprint, await self._cache_salt(ctx))
             async for ev in self.backend.stream(ref.served_id, prompt, params):
                 try:
                     if first:
@@ -736,7 +765,15 @@ class Gateway:
     async def readiness(self) -> dict[str, bool]:
         async def backend_ok() -> bool:
             try:
-                return bool(await asyncio.wait_for(self.backend.health(), 2.0))
+                healthy = bool(await asyncio.wait_for(self.backend.health(), 2.0))
+                status = getattr(self.backend, "status", None)
+                if status is None or not healthy:
+                    return healthy
+                production = [
+                    (a.served_id, a.fingerprint or None) for a in await self.catalog.published() if a.is_production
+                ]
+                self.replica_status = status(production)  # each production adapter needs one healthy holder
+                return bool(self.replica_status.ready)
             except Exception:
                 return False
 
@@ -765,6 +802,14 @@ class Gateway:
             "audit": await audit_ok(),
             "state": await self.state.ping() if self.state is not None else True,  # the shared store answers
         }
+
+
+def _with_replica(details: dict[str, Any]) -> dict[str, Any]:
+    """An outcome's details with the replica that answered, when the backend routed over replicas."""
+    note = current_routing()
+    if note is not None and note.replica is not None:
+        details["replica"] = note.replica
+    return details
 
 
 async def _primed(first: T, rest: AsyncGenerator[T, None]) -> AsyncIterator[T]:

@@ -4,12 +4,14 @@
 train`` and ``registry add``. The ledger row of the same run is written by the training process itself, so the
 registry checks the run directory's claims against it: the run must be there and ``finished``, and its dataset,
 trainer, DP parameters, epsilon, delta, steps, highest canary exposure, weights file and adapter_config.json (rank,
-scaling, target modules: what the adapter computes) must agree. The registry reads the SQLite file directly (as
+scaling, target modules: what the adapter computes) and its evaluation against the base model (what the
+quality gate reads) must agree. The registry reads the SQLite file directly (as
 ``_policy.py`` reads the policy) so that it never imports the training stack.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ class ClaimedRun:
     max_exposure: float | None  # None: no canary measured
     weights: str  # SHA-256 of adapter_model.safetensors
     config: str  # SHA-256 of adapter_config.json as training wrote it (before the registry rewrites its base path)
+    evaluation: dict[str, Any] | None = None  # the base-vs-adapter report (what the quality gate reads)
 
 
 def _read(path: Path, run_id: str) -> sqlite3.Row | None:
@@ -98,6 +101,15 @@ def check_against_ledger(ledger_path: Path, claimed: ClaimedRun) -> None:
     if claimed.config != config:  # an edited (or other run's) adapter_config.json under this run's metadata
         recorded = f"{config[:16]}..." if config else "none: the run finished before the ledger kept it; retrain"
         problems.append(f"adapter_config.json {claimed.config[:16]}... (ledger: {recorded})")
+    # the numbers the quality gate reads must be the ones the training process measured, not an edited file's
+    stored = row["evaluation"] if "evaluation" in row.keys() else None  # noqa: SIM118 (sqlite3.Row)
+    measured: Any = None
+    try:
+        measured = json.loads(stored) if stored else None
+    except json.JSONDecodeError:
+        measured = "unreadable"
+    if claimed.evaluation != measured:
+        problems.append("evaluation (base vs adapter) differs from the one the ledger recorded")
     # a finished run took every planned step; the ledger may have charged more (steps repeated after a resume)
     if claimed.steps != row["steps_planned"] or row["steps_taken"] < row["steps_planned"]:
         problems.append(

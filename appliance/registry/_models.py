@@ -118,6 +118,8 @@ class TrainingRun(Base):
     max_exposure: Mapped[float | None] = mapped_column(Float, nullable=True)
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # base vs adapter on the eval split (appliance.evaluation's report; NULL: registered before revision 0003)
+    evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     dp: Mapped[dict[str, Any]] = mapped_column(JSON)
     canaries: Mapped[dict[str, Any]] = mapped_column(JSON)
     lora: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -8,13 +8,14 @@ refuses approvals (fail closed): an adapter is never approved against limits nob
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from appliance.errors import ConfigError
+from appliance.errors import ConfigError, PolicyViolation
 from appliance.policy_files import read_yaml_mapping, validation_problems
 
-__all__ = ["ApprovalLimits", "load_approval_limits"]
+__all__ = ["ApprovalLimits", "check_quality", "load_approval_limits"]
 
 
 class ApprovalLimits(BaseModel):
@@ -25,6 +26,9 @@ class ApprovalLimits(BaseModel):
     max_epsilon: float = Field(gt=0)  # the run's epsilon must not exceed this
     max_canary_exposure: float = Field(gt=0)  # bits; the run's max canary exposure must not exceed this
     require_dp: bool = True  # adapters trained without DP cannot be approved
+    # quality: how much better than its base model the adapter must be on the eval split (strictly better always)
+    min_loss_improvement: float = Field(default=0.0, ge=0)  # nats of mean token loss the adapter must remove
+    min_exact_match_gain: float = Field(default=0.0, ge=0, le=1)  # exact-match fraction it must add
 
 
 def load_approval_limits(policies_dir: Path) -> ApprovalLimits:
@@ -38,3 +42,39 @@ def load_approval_limits(policies_dir: Path) -> ApprovalLimits:
         return ApprovalLimits.model_validate(section)
     except ValidationError as exc:
         raise ConfigError(f"privacy policy {path}: {validation_problems(exc, prefix='approval.')}") from exc
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def check_quality(where: str, evaluation: dict[str, Any] | None, limits: ApprovalLimits) -> None:
+    """The quality gate: the adapter must lower the eval loss of its base by more than 0 and by at least
+    ``min_loss_improvement``, and (where exact match was measured) gain at least ``min_exact_match_gain``.
+
+    An adapter identical to its base (delta 0) is always refused, whatever the thresholds; a run without an
+    evaluation is refused (no numbers, no approval). PolicyViolation names the rule and both numbers.
+    """
+    base = (evaluation or {}).get("base") or {}
+    adapter = (evaluation or {}).get("adapter") or {}
+    base_loss, adapter_loss = _number(base.get("loss")), _number(adapter.get("loss"))
+    if base_loss is None or adapter_loss is None:
+        raise PolicyViolation(
+            f"rule approval.min_loss_improvement: {where} has no evaluation against its base model (train it again)"
+        )
+    improvement = base_loss - adapter_loss
+    if not improvement > 0 or improvement < limits.min_loss_improvement:
+        raise PolicyViolation(
+            f"rule approval.min_loss_improvement: {where} improves the eval loss by {improvement:.4f} (base "
+            f"{base_loss:.4f}, adapter {adapter_loss:.4f}); the policy requires more than 0 and at least "
+            f"{limits.min_loss_improvement:.4f}"
+        )
+    base_em, adapter_em = _number(base.get("exact_match")), _number(adapter.get("exact_match"))
+    if base_em is None or adapter_em is None:
+        return  # no short answers in the eval split: nothing exact match could score
+    gain = adapter_em - base_em
+    if gain < limits.min_exact_match_gain - 1e-12:
+        raise PolicyViolation(
+            f"rule approval.min_exact_match_gain: {where} gains {gain:.4f} in exact match (base {base_em:.4f}, "
+            f"adapter {adapter_em:.4f}); the policy requires at least {limits.min_exact_match_gain:.4f}"
+        )

@@ -97,6 +97,7 @@ class RunMetadata(_Loose):
     hyperparameters: dict[str, Any]
     steps: int = Field(ge=0)
     metrics: dict[str, Any]
+    evaluation: dict[str, Any] | None = None  # appliance.evaluation's report (base vs adapter on the eval split)
     canaries: _Canaries
     packages: dict[str, Any] = Field(default_factory=dict)
     started_at: str | None = None

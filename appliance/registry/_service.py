@@ -52,7 +52,7 @@ from appliance.registry._models import (
     utcnow,
 )
 from appliance.registry._people import hash_token, new_token, verify_token
-from appliance.registry._policy import ApprovalLimits, load_approval_limits
+from appliance.registry._policy import ApprovalLimits, check_quality, load_approval_limits
 from appliance.registry._publish import TARGETS, PublishEntry, Publisher, check_target
 from appliance.registry._rundir import RunMetadata, check_name, read_run_dir, sha256_file
 from appliance.registry._types import (
@@ -161,6 +161,7 @@ class Registry:
                     max_exposure=meta.canaries.max_exposure if meta.canaries.exposures else None,
                     hyperparameters=meta.hyperparameters,
                     metrics=meta.metrics,
+                    evaluation=meta.evaluation,
                     dp=dp.model_dump(),
                     canaries=meta.canaries.model_dump(),
                     lora=meta.lora,
@@ -351,6 +352,7 @@ class Registry:
                 f"rule approval.max_canary_exposure: {where} has canary exposure {run.max_exposure:g} bits > the "
                 f"limit {limits.max_canary_exposure:g}"
             )
+        check_quality(where, run.evaluation, limits)
 
     # --- publish ---------------------------------------------------------------------------------------------
     def publish(self, name: str, version: int, target: str, actor: Actor) -> PublishedAdapter:
@@ -819,6 +821,7 @@ class Registry:
             dataset={"fingerprint": run.dataset.fingerprint, "path": run.dataset.path},
             dp=dict(run.dp),
             metrics=dict(run.metrics),
+            evaluation=dict(run.evaluation) if run.evaluation is not None else None,
             canaries=dict(run.canaries),
             hyperparameters=dict(run.hyperparameters),
             approvals=[
@@ -933,6 +936,7 @@ def _claimed_by_metadata(meta: RunMetadata, weights: str, config: str) -> Claime
         max_exposure=meta.canaries.max_exposure if meta.canaries.exposures else None,
         weights=weights,
         config=config,
+        evaluation=meta.evaluation,
     )
 
 
@@ -952,6 +956,7 @@ def _claimed_by_row(adapter: Adapter) -> ClaimedRun:
         max_exposure=run.max_exposure,
         weights=adapter.weights_fingerprint,
         config=str(adapter.files.get("adapter_config.json", {}).get("sha256")),  # the bytes sealed at add
+        evaluation=adapter.run.evaluation,
     )
 
 

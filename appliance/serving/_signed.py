@@ -98,12 +98,21 @@ def _read_regular(path: Path) -> bytes | None:
         raise IntegrityViolation(f"{path}: cannot be read ({exc.strerror})") from None
 
 
+def _names_no_adapter(data: bytes) -> bool:
+    """True for an empty list as provisioning writes it before the first publish ("", "[]", {"adapters": []})."""
+    try:
+        value = json.loads(data) if data.strip() else []
+    except (ValueError, RecursionError):
+        return False
+    return value == [] or value == {"adapters": []}
+
+
 def _verify_once(list_path: Path, target: str, public_keys: Mapping[int, bytes]) -> SignedList | None:
     data = _read_regular(list_path)
     sig_path = signature_path(list_path)
     raw = _read_regular(sig_path)
-    if data is None:
-        return None  # nothing published to this backend
+    if data is None or (raw is None and _names_no_adapter(data)):
+        return None  # nothing published to this backend (an unsigned empty list serves no adapter either)
     if raw is None:
         raise IntegrityViolation(
             f"{list_path}: the published list has no signature ({sig_path.name}); only a list the registry signed "

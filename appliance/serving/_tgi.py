@@ -106,6 +106,17 @@ class TGIBackend:
             return await self._served_adapters()
         return set(self._published.ids())
 
+    async def holdings(self) -> dict[str, str | None]:
+        """Each adapter this server serves, with the weights fingerprint it reports (None: it reports none)."""
+        if self._published is not None:
+            return dict.fromkeys(await self.adapters())
+        data = (await self._get("/v1/models")).json().get("data", [])
+        return {
+            str(m["id"]): (str(m["fingerprint"]).lower() if m.get("fingerprint") else None)
+            for m in data
+            if m.get("parent") is not None
+        }
+
     async def aclose(self) -> None:
         await self._http.aclose()
 

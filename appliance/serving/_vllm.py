@@ -18,6 +18,7 @@ from appliance.errors import BackendError, BackendValidation, ConfigError
 from appliance.protocols import Generation, GenerationParams, TokenEvent
 from appliance.serving._errors import error_for_payload, error_for_response
 from appliance.serving._published import AdapterSpec, read_vllm_list
+from appliance.serving._routing import current_routing
 from appliance.serving._tgi import PublishedList, TGIBackend
 from appliance.serving._wire import openai_parameters, sse_data
 
@@ -40,6 +41,15 @@ def _token_logprobs(choice: Mapping[str, Any]) -> list[float | None]:
     logprobs = choice.get("logprobs") or {}
     values = logprobs.get("token_logprobs") if isinstance(logprobs, Mapping) else None
     return list(values) if isinstance(values, list) else []
+
+
+def _salt(body: dict[str, Any]) -> None:
+    """vLLM's ``cache_salt``: the principal's, set by the gateway (``Routing.cache_salt``); one a client passed
+    through ``extra`` is dropped, so no caller can pick a salt and probe another tenant's cached prefixes."""
+    body.pop("cache_salt", None)
+    note = current_routing()
+    if note is not None and note.cache_salt:
+        body["cache_salt"] = note.cache_salt
 
 
 class VLLMBackend(TGIBackend):
@@ -69,6 +79,7 @@ class VLLMBackend(TGIBackend):
         await self._check_routable(adapter)
         body = {"model": await self._model_for(adapter), "prompt": prompt, "stream": False}
         body.update(openai_parameters(params))
+        _salt(body)
         payload = (await self._post("/v1/completions", body)).json()
         choice = (payload.get("choices") or [{}])[0]
         usage = payload.get("usage") or {}
@@ -87,6 +98,7 @@ class VLLMBackend(TGIBackend):
         await self._check_routable(adapter)
         body: dict[str, Any] = {"model": await self._model_for(adapter), "prompt": prompt, "stream": True}
         body.update(openai_parameters(params))
+        _salt(body)
         body["stream_options"] = {"include_usage": True}
         async with self._http.stream("POST", "/v1/completions", body) as response:
             if response.status != 200:

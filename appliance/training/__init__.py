@@ -8,7 +8,9 @@ the registry enforces). Design notes: ``appliance/training/README.md``.
 from appliance.training._accounting import composed_epsilon, noise_for_epsilon
 from appliance.training._canaries import exposure
 from appliance.training._config import TrainConfig, make_config
+from appliance.training._data import Record, encode, read_prepared
 from appliance.training._ledger import Ledger, LedgerEntry, LedgerSummary
+from appliance.training._planner import TrainingPlan, plan_training
 from appliance.training._policy import ApprovalLimits, DatasetBudget, PrivacyPolicy, load_privacy_policy
 from appliance.training._run import StepInfo, TrainingRun, TrainResult, read_metadata, train
 
@@ -19,15 +21,20 @@ __all__ = [
     "LedgerEntry",
     "LedgerSummary",
     "PrivacyPolicy",
+    "Record",
     "StepInfo",
     "TrainConfig",
     "TrainResult",
+    "TrainingPlan",
     "TrainingRun",
     "composed_epsilon",
+    "encode",
     "exposure",
     "load_privacy_policy",
     "make_config",
     "noise_for_epsilon",
+    "plan_training",
     "read_metadata",
+    "read_prepared",
     "train",
 ]

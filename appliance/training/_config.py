@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from appliance.errors import ValidationFailed
+from appliance.training._planner import PLANNED_OPTIONS, TrainingPlan
 
 __all__ = ["TrainConfig", "make_config"]
 
@@ -22,10 +23,14 @@ class TrainConfig(BaseModel):
     out: Path  # adapter directory, created atomically
     epsilon: float | None = Field(default=None, gt=0)  # epsilon this run may spend (None only with no_dp)
     delta: float | None = Field(default=None, gt=0, lt=1e-2)  # None -> the policy's delta for the dataset
+    # with DP, steps, batch_size, learning_rate and noise_multiplier not given are planned (_planner.py); the
+    # defaults below are the non-DP ones
     steps: int = Field(default=100, ge=1, le=1_000_000)  # optimizer (logical-batch) steps
     batch_size: int = Field(default=16, ge=1)  # expected logical batch (Poisson sampling rate = batch/units)
     physical_batch_size: int = Field(default=8, ge=1)  # rows per forward/backward pass (memory bound)
     learning_rate: float = Field(default=2e-3, gt=0, lt=1)
+    noise_multiplier: float | None = Field(default=None, gt=0)  # given: checked against epsilon; None: planned
+    grad_sample_mode: Literal["hooks", "ghost"] = "hooks"  # Opacus per-sample gradients, or ghost clipping
     max_length: int = Field(default=256, ge=8, le=32_768)  # tokens per record
     lora_r: int = Field(default=8, ge=1, le=256)
     lora_alpha: int = Field(default=16, ge=1)
@@ -64,13 +69,37 @@ class TrainConfig(BaseModel):
     def _dp_needs_epsilon(self) -> TrainConfig:
         if not self.no_dp and self.epsilon is None:
             raise ValueError("--epsilon is required unless --no-dp")
-        if self.physical_batch_size > self.batch_size:
+        if self.no_dp and self.noise_multiplier is not None:
+            raise ValueError("--noise-multiplier needs DP (it cannot be combined with --no-dp)")
+        planned_batch = self.dp and "batch_size" not in self.model_fields_set
+        if not planned_batch and self.physical_batch_size > self.batch_size:
             object.__setattr__(self, "physical_batch_size", self.batch_size)
         return self
 
     @property
     def dp(self) -> bool:
         return not self.no_dp
+
+    def given_plan_options(self) -> dict[str, Any]:
+        """The plannable options given explicitly (the planner keeps them and plans the rest)."""
+        return {
+            name: getattr(self, name)
+            for name in PLANNED_OPTIONS
+            if name in self.model_fields_set and getattr(self, name) is not None
+        }
+
+    def with_plan(self, plan: TrainingPlan) -> TrainConfig:
+        """This configuration with the plan's values (all explicit from then on: a resume reuses them)."""
+        physical = min(self.physical_batch_size, plan.batch_size)
+        return self.model_copy(
+            update={
+                "batch_size": plan.batch_size,
+                "steps": plan.steps,
+                "learning_rate": plan.learning_rate,
+                "noise_multiplier": plan.noise_multiplier,
+                "physical_batch_size": physical,
+            }
+        )
 
     def resume_view(self) -> dict[str, object]:
         """The fields a resumed run must share with the run it continues."""

@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS runs (
     source_sha256    TEXT,
     max_exposure     REAL,
     weights_sha256   TEXT,
-    config_sha256    TEXT
+    config_sha256    TEXT,
+    evaluation       TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_fingerprint ON runs (fingerprint);
 """
@@ -91,6 +92,7 @@ class LedgerEntry:
     max_exposure: float | None = None  # the finished run's highest canary exposure, bits (None: none measured)
     weights_sha256: str | None = None  # SHA-256 of the finished run's adapter_model.safetensors
     config_sha256: str | None = None  # SHA-256 of the finished run's adapter_config.json bytes
+    evaluation: str | None = None  # the finished run's base-vs-adapter evaluation, JSON (appliance.evaluation)
 
     @property
     def charged_steps(self) -> int:
@@ -139,6 +141,8 @@ class Ledger:
                     db.execute("ALTER TABLE runs ADD COLUMN weights_sha256 TEXT")
                 if "config_sha256" not in columns:  # a ledger written before runs recorded their adapter config
                     db.execute("ALTER TABLE runs ADD COLUMN config_sha256 TEXT")
+                if "evaluation" not in columns:  # a ledger written before runs recorded their evaluation
+                    db.execute("ALTER TABLE runs ADD COLUMN evaluation TEXT")
                 db.execute(_SOURCE_INDEX)
         except (sqlite3.Error, OSError) as exc:
             raise StorageUnavailable(f"privacy ledger {path} cannot be opened: {exc}") from exc
@@ -386,19 +390,21 @@ class Ledger:
         max_exposure: float | None = None,
         weights_sha256: str | None = None,
         config_sha256: str | None = None,
+        evaluation: str | None = None,
     ) -> LedgerEntry:
         """Close a run as ``finished`` or ``failed``; from then on it counts exactly the steps it took.
 
         ``max_exposure`` (the canary exposure in the run's metadata), ``weights_sha256`` and ``config_sha256`` (of
-        the adapter files it wrote) are kept so that the registry can check the run directory against them."""
+        the adapter files it wrote) and ``evaluation`` (the base-vs-adapter report as JSON, what the quality gate
+        reads) are kept so that the registry can check the run directory against them."""
         if status not in ("finished", "failed"):
             raise ValueError(f"unknown closing status {status!r}")
         now = _now()
         with self._transaction() as db:
             cur = db.execute(
                 "UPDATE runs SET status = ?, reason = ?, updated_at = ?, finished_at = ?, max_exposure = ?,"
-                " weights_sha256 = ?, config_sha256 = ? WHERE run_id = ? AND status = 'running'",
-                (status, reason, now, now, max_exposure, weights_sha256, config_sha256, run_id),
+                " weights_sha256 = ?, config_sha256 = ?, evaluation = ? WHERE run_id = ? AND status = 'running'",
+                (status, reason, now, now, max_exposure, weights_sha256, config_sha256, evaluation, run_id),
             )
             if cur.rowcount != 1:
                 raise Conflict(f"run {run_id} is not running in the privacy ledger")

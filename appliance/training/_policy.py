@@ -34,6 +34,8 @@ class ApprovalLimits(BaseModel):
     max_epsilon: float = Field(default=8.0, gt=0)
     max_canary_exposure: float = Field(default=12.0, gt=0)  # bits
     require_dp: bool = True
+    min_loss_improvement: float = Field(default=0.0, ge=0)  # nats; the registry also requires more than 0
+    min_exact_match_gain: float = Field(default=0.0, ge=0, le=1)  # exact-match fraction over the base model
 
 
 class PrivacyPolicy(BaseModel):

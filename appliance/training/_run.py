@@ -8,11 +8,13 @@ place) -> ``close``. :func:`train` runs them all.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
 import math
 import random
+import secrets
 import shutil
 import uuid
 import warnings
@@ -51,12 +53,16 @@ from appliance.training._output import (
     weights_changed,
     write_json,
 )
+from appliance.training._planner import TrainingPlan, plan_training, sample_rate_for
 from appliance.training._plots import write_curves
 from appliance.training._policy import DatasetBudget, PrivacyPolicy, load_privacy_policy
 
 __all__ = ["StepInfo", "TrainResult", "TrainingRun", "train"]
 
 log = structlog.get_logger("appliance.training")
+
+NOISE_SEEDING = "os-csprng-per-step"  # metadata.dp.noise_seeding: see TrainingRun._reseed_noise
+SAMPLING_SEEDING = "os-csprng"  # metadata.dp.sampling_seeding: the Poisson sampler's generator
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,7 @@ class _State:
     exposures: list[float] = field(default_factory=list)
     weights_sha256: str | None = None  # of the adapter_model.safetensors written
     config_sha256: str | None = None  # of the adapter_config.json written
+    evaluation: dict[str, Any] | None = None  # base vs adapter on the eval split (appliance.evaluation)
     ledger_open: bool = False
 
 
@@ -130,7 +137,6 @@ class TrainingRun:
         self.settings = settings
         self.config = config
         self.out = config.out.resolve()
-        self.ledger = Ledger(settings.ledger_path)
         self._policy = policy
         self._keys = keys if keys is not None or not use_stage_factories else open_keys_or_none(settings)
         self._audit = TrainingAudit(
@@ -140,17 +146,25 @@ class TrainingRun:
         self._on_checkpoint = on_checkpoint
         self.run_id = ""
         self.s = _State()
+        self.plan: TrainingPlan | None = None  # the DP plan (None for --no-dp and --resume)
+        self._noise_generator: Any = None  # reseeded from the OS CSPRNG before every optimizer step
         self._model: Any = None
         self._tokenizer: Any = None
         self._optimizer: Any = None
         self._loader: Any = None
         self._engine: Any = None
         self._device: Any = None
+        self._ghost_hooks: Any = None  # ghost clipping's hooks (per-sample norms, then a second, clipped backward)
         self._initial: dict[str, Any] = {}
         self._resume_state: dict[str, Any] | None = None
         self._resume_step = 0
         self._resume_rate: float | None = None
         self._resume_delta: float | None = None
+
+    @functools.cached_property
+    def ledger(self) -> Ledger:
+        """The privacy-budget ledger (opened, and created, on first use: ``plan_only`` never writes it)."""
+        return Ledger(self.settings.ledger_path)
 
     @property
     def run_dir(self) -> Path:
@@ -171,38 +185,9 @@ class TrainingRun:
         else:
             check_out_dir(self.out)
             self.run_id = uuid.uuid4().hex[:16]
-        dataset = read_prepared(cfg.dataset)
-        if resume_from is not None and dataset.fingerprint != resume_from:
-            raise ValidationFailed("the dataset changed since the interrupted run (fingerprint differs)")
-        self.s.dataset = dataset
-        # runs on every preparation of the source share one spend, and so its strictest override
-        preparations = self.ledger.preparations(dataset.fingerprint, dataset.source_sha256)
-        self.s.budget = budget = policy.budget_for(dataset.fingerprint, preparations)
-        self.s.delta = cfg.delta if cfg.delta is not None else budget.delta
-        if self._resume_delta is not None:  # the delta its noise was calibrated and its steps charged at
-            self.s.delta = self._resume_delta
-        if cfg.dp and self.s.delta > budget.delta:
-            raise ValidationFailed(f"delta {self.s.delta:g} is above the policy's {budget.delta:g} for this dataset")
-        self._load_base()
-        if resume_from is None:
-            self.s.canaries = make_canaries(cfg.canaries, cfg.canary_repetitions)
-        self._build_units()
-        n_units = len(self.s.units)
-        if cfg.batch_size > n_units:
-            raise ValidationFailed(f"batch size {cfg.batch_size} is larger than the {n_units} privacy units")
-        self.s.sample_rate = 1.0 / math.ceil(n_units / cfg.batch_size)
-        if self._resume_rate is not None and not math.isclose(self._resume_rate, self.s.sample_rate, rel_tol=1e-12):
-            raise ValidationFailed("the interrupted run's sample rate cannot be reproduced; start a new run")
-        if cfg.dp:
-            if self.s.delta >= 1.0 / n_units:
-                raise ValidationFailed(f"delta {self.s.delta:g} must be below 1/{n_units} (the number of units)")
-            if not cfg.resume:
-                from appliance.training._accounting import noise_for_epsilon
-
-                assert cfg.epsilon is not None
-                self.s.noise_multiplier = noise_for_epsilon(
-                    epsilon=cfg.epsilon, delta=self.s.delta, sample_rate=self.s.sample_rate, steps=cfg.steps
-                )
+        self._resolve(policy, resume_from, ledger_exists=True)
+        cfg, dataset = self.config, self.s.dataset
+        assert dataset is not None
         details: dict[str, str | int | float | bool | None] = {
             "run_id": self.run_id,
             "dataset_fingerprint": dataset.fingerprint,
@@ -243,6 +228,59 @@ class TrainingRun:
         if cfg.no_dp:
             log.warning("training.no_dp", run_id=self.run_id, effect="the adapter carries no privacy guarantee")
         self._audit.record("training.start", status="success", details=details)
+
+    def plan_only(self) -> TrainingPlan:
+        """The DP plan this run would follow, with nothing charged, audited or written (``--plan-only``)."""
+        policy = self._policy or load_privacy_policy(self.settings.policies_dir / "privacy.yaml")
+        if self.config.resume or not self.config.dp:
+            raise ValidationFailed("--plan-only plans a new DP run: it cannot be combined with --resume or --no-dp")
+        self._resolve(policy, None, ledger_exists=self.settings.ledger_path.is_file())
+        assert self.plan is not None
+        return self.plan
+
+    def _resolve(self, policy: PrivacyPolicy, resume_from: str | None, *, ledger_exists: bool) -> None:
+        """Dataset, budget, delta, base tokenizer, canaries, units and the DP plan; nothing is charged."""
+        cfg = self.config
+        dataset = read_prepared(cfg.dataset)
+        if resume_from is not None and dataset.fingerprint != resume_from:
+            raise ValidationFailed("the dataset changed since the interrupted run (fingerprint differs)")
+        self.s.dataset = dataset
+        # runs on every preparation of the source share one spend, and so its strictest override
+        preparations = (
+            self.ledger.preparations(dataset.fingerprint, dataset.source_sha256)
+            if ledger_exists
+            else {dataset.fingerprint}
+        )
+        self.s.budget = budget = policy.budget_for(dataset.fingerprint, preparations)
+        self.s.delta = cfg.delta if cfg.delta is not None else budget.delta
+        if self._resume_delta is not None:  # the delta its noise was calibrated and its steps charged at
+            self.s.delta = self._resume_delta
+        if cfg.dp and self.s.delta > budget.delta:
+            raise ValidationFailed(f"delta {self.s.delta:g} is above the policy's {budget.delta:g} for this dataset")
+        self._load_base()
+        if resume_from is None:
+            self.s.canaries = make_canaries(cfg.canaries, cfg.canary_repetitions)
+        self._build_units()
+        n_units = len(self.s.units)
+        if cfg.dp and self.s.delta >= 1.0 / n_units:
+            raise ValidationFailed(f"delta {self.s.delta:g} must be below 1/{n_units} (the number of units)")
+        if cfg.dp and not cfg.resume:  # a resumed run keeps its stored options and the ledger's noise
+            assert cfg.epsilon is not None
+            self.plan = plan_training(
+                units=n_units,
+                epsilon=cfg.epsilon,
+                delta=self.s.delta,
+                max_grad_norm=cfg.max_grad_norm,
+                **cfg.given_plan_options(),
+            )
+            self.config = cfg = cfg.with_plan(self.plan)
+            log.info("training.plan", **self.plan.as_dict())
+            self.s.noise_multiplier = self.plan.noise_multiplier
+        if cfg.batch_size > n_units:
+            raise ValidationFailed(f"batch size {cfg.batch_size} is larger than the {n_units} privacy units")
+        self.s.sample_rate = sample_rate_for(n_units, cfg.batch_size)
+        if self._resume_rate is not None and not math.isclose(self._resume_rate, self.s.sample_rate, rel_tol=1e-12):
+            raise ValidationFailed("the interrupted run's sample rate cannot be reproduced; start a new run")
 
     def _prepare_resume(self) -> str:
         """Find the interrupted run writing to ``out``; load its options and checkpoint. Returns its fingerprint."""
@@ -352,7 +390,9 @@ class TrainingRun:
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
         dataset = UnitDataset(self.s.units)
         pad = int(self._tokenizer.pad_token_id)
-        generator = torch.Generator().manual_seed(cfg.seed)
+        # DP: Poisson sampling must be secret (the amplification by subsampling assumes it), so its generator is
+        # seeded from the OS CSPRNG, not from the published --seed
+        generator = torch.Generator().manual_seed(secrets.randbits(64) if cfg.dp else cfg.seed)
         loader: Any = DataLoader(
             dataset,  # type: ignore[arg-type]
             batch_size=cfg.batch_size,
@@ -364,19 +404,29 @@ class TrainingRun:
         if cfg.dp:
             from opacus import PrivacyEngine
 
+            # "Secure RNG turned off": torchcsprng has no wheel; the noise generator is reseeded from the OS CSPRNG
+            warnings.filterwarnings("ignore", message="Secure RNG turned off", category=UserWarning)
             engine = PrivacyEngine(accountant="rdp")
             assert self.s.noise_multiplier is not None
-            _, optimizer, loader = engine.make_private(
+            self._noise_generator = torch.Generator(device=self._device)
+            private = engine.make_private(
                 module=model,
                 optimizer=optimizer,
                 data_loader=loader,
                 noise_multiplier=self.s.noise_multiplier,
                 max_grad_norm=cfg.max_grad_norm,
                 poisson_sampling=True,
-                grad_sample_mode="hooks",
+                grad_sample_mode=cfg.grad_sample_mode,
                 wrap_model=False,
                 loss_reduction="mean",
+                noise_generator=self._noise_generator,
+                criterion=torch.nn.CrossEntropyLoss(),  # ghost mode wraps it; the loss is unit_losses all the same
             )
+            if cfg.grad_sample_mode == "ghost":
+                _, optimizer, criterion, loader = private
+                self._ghost_hooks = criterion.module
+            else:
+                _, optimizer, loader = private
             actual_rate = loader.batch_sampler.sample_rate
             if not math.isclose(actual_rate, self.s.sample_rate or 0.0, rel_tol=1e-9):
                 raise TrainingFailed(
@@ -473,14 +523,18 @@ class TrainingRun:
                     rows = int(input_ids.shape[0])
                     if rows == 0:  # an empty Poisson batch still takes a noisy step
                         for p in optimizer.params:
-                            p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+                            if self._ghost_hooks is not None:
+                                p.grad = torch.zeros_like(p)
+                            else:
+                                p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
                     else:
                         input_ids, mask, weights = (t.to(self._device) for t in (input_ids, mask, weights))
                         logits = model(input_ids=input_ids, attention_mask=mask).logits
                         losses = unit_losses(logits, input_ids, weights)
-                        losses.mean().backward()
+                        self._backward(losses, optimizer)
                         step_loss += float(losses.detach().sum())
                         step_rows += rows
+                    self._reseed_noise()
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     if not optimizer._is_last_step_skipped:
@@ -489,6 +543,21 @@ class TrainingRun:
                         charge_due = True
                         if self.s.step >= cfg.steps:
                             break
+
+    def _backward(self, losses: Any, optimizer: Any) -> None:
+        """Per-unit gradients for the DP optimizer: Opacus hooks, or ghost clipping's two backward passes."""
+        if self._ghost_hooks is None:
+            losses.mean().backward()
+            return
+        from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+
+        DPTensorFastGradientClipping(self._ghost_hooks, optimizer, losses, loss_reduction="mean").backward()
+
+    def _reseed_noise(self) -> None:
+        """A fresh 64-bit seed from the OS CSPRNG for the noise of the coming step (Opacus's secure_mode needs
+        torchcsprng, which has no wheel): no noise can be predicted from the published --seed or an earlier step.
+        """
+        self._noise_generator.manual_seed(secrets.randbits(64))
 
     def _fit_plain(self) -> None:
         cfg = self.config
@@ -545,10 +614,19 @@ class TrainingRun:
             "perplexity": math.exp(min(eval_loss, 50.0)),
             "train_loss": sum(tail) / len(tail),
         }
+        self._evaluate_against_base(records)
         if self.s.canaries:
             self.s.exposures = measure_exposures(
                 model, self._tokenizer, self.s.canaries, candidates=cfg.canary_candidates, device=self._device
             )
+
+    def _evaluate_against_base(self, records: list[Record]) -> None:
+        """The same evaluation as `appliance eval`: base (adapter disabled) and adapter on the eval records."""
+        from appliance.evaluation import EvalOptions, evaluate_pair
+
+        options = EvalOptions(max_length=self.config.max_length, batch_size=self.config.physical_batch_size)
+        result = evaluate_pair(self._model, self._tokenizer, records, options, self._device)
+        self.s.evaluation = {"split": "eval", **result}
 
     # --- phase 6 ------------------------------------------------------------------------------------------------
     def write(self) -> TrainResult:
@@ -606,6 +684,7 @@ class TrainingRun:
                 "max_grad_norm": cfg.max_grad_norm if cfg.dp else None,
                 "privacy_unit": cfg.privacy_unit,
                 "accountant": "rdp",
+                **(self._dp_mechanics() if cfg.dp else {}),
             },
             "lora": {
                 "r": cfg.lora_r,
@@ -624,6 +703,7 @@ class TrainingRun:
             },
             "steps": self.s.step,
             "metrics": self.s.metrics,
+            "evaluation": self.s.evaluation,
             "canaries": {
                 "count": len(self.s.canaries),
                 "exposures": exposures,
@@ -632,6 +712,16 @@ class TrainingRun:
             "packages": {name: _package_version(name) for name in ("torch", "transformers", "peft", "opacus")},
             "started_at": self.s.started_at,
             "finished_at": _now(),
+        }
+
+    def _dp_mechanics(self) -> dict[str, Any]:
+        """How the DP noise and sampling were drawn and the per-unit gradients computed (metadata.dp)."""
+        cfg = self.config
+        return {
+            "noise_seeding": NOISE_SEEDING,
+            "sampling_seeding": SAMPLING_SEEDING,
+            "grad_sample_mode": cfg.grad_sample_mode,
+            "noise_per_coordinate": (self.s.noise_multiplier or 0.0) * cfg.max_grad_norm / cfg.batch_size,
         }
 
     # --- everything ---------------------------------------------------------------------------------------------
@@ -671,7 +761,9 @@ class TrainingRun:
             max_exposure=exposure,
             weights_sha256=self.s.weights_sha256,
             config_sha256=self.s.config_sha256,
+            evaluation=json.dumps(result.metadata["evaluation"], sort_keys=True),
         )
+        evaluation = result.metadata["evaluation"] or {}
         self._audit.record(
             "training.finish",
             status="success",
@@ -681,6 +773,8 @@ class TrainingRun:
                 "steps_charged": entry.steps_taken,
                 "epsilon": entry.epsilon,
                 "eval_loss": round(self.s.metrics["eval_loss"], 4),
+                "eval_loss_delta": evaluation.get("delta", {}).get("loss"),
+                "exact_match_delta": evaluation.get("delta", {}).get("exact_match"),
             },
         )
         shutil.rmtree(self.run_dir, ignore_errors=True)  # checkpoints hold canary secrets; the adapter is final

@@ -168,7 +168,8 @@ MATRIX = [
     ("lan", "10.10.0.2", "10.10.0.1", 8080, "blocked"),  # TGI not on the LAN
     ("lan", "10.10.0.2", "10.10.0.1", 8200, "blocked"),  # Vault not on the LAN
     ("lan", "10.10.0.2", "10.42.0.1", 8080, "blocked"),  # nor through the VLAN address from the LAN side
-    ("gpu", "10.42.0.2", "10.42.0.1", 8080, "pass"),  # TGI on the VLAN
+    ("gpu", "10.42.0.3", "10.42.0.1", 8080, "pass"),  # TGI on the VLAN from a gateway host
+    ("gpu", "10.42.0.2", "10.42.0.1", 8080, "blocked"),  # ... but not from another GPU node
     ("gpu", "10.42.0.2", "10.42.0.1", 8200, "pass"),  # Vault on the VLAN
     ("gpu", "10.42.0.2", "10.42.0.1", 22, "blocked"),  # no SSH from the VLAN
     ("gpu", "10.42.0.2", "10.42.0.1", 8443, "blocked"),  # the gateway port is for the LAN interface only

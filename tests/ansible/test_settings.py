@@ -35,6 +35,17 @@ RENDER = """
         mode: "0600"
       no_log: true
       tags: [render]
+    - name: Render the gateway's unit (its Environment= lines)
+      ansible.builtin.template:
+        src: {roles}/appliance/templates/unit.service.j2
+        dest: "{out}/{{{{ inventory_hostname }}}}.gateway.service"
+        mode: "0600"
+      vars:
+        appliance_unit: appliance-gateway
+        appliance_unit_description: the gateway
+        appliance_unit_exec: /bin/true
+        appliance_unit_audit_writer: "{{{{ appliance_gateway_audit_writer }}}}"
+      tags: [render]
 """
 # The role's optional branches: the gateway's TLS files, the shared state store with mutual TLS, secrets.
 BRANCHES = {
@@ -47,7 +58,17 @@ BRANCHES = {
     "appliance_redis_client_cert_src": "/control/redis-client.pem",
     "appliance_redis_client_key_src": "/control/redis-client.key",
     "appliance_secrets": {"APPLIANCE_KEYS__VAULT_ROLE_ID": "role", "APPLIANCE_KEYS__VAULT_SECRET_ID": "secret"},
+    "appliance_publication_public_keys_src": "/control/publication-keys.json",
 }
+
+
+def _unit_environment(unit: Path) -> dict[str, str]:
+    """The variables a rendered unit's Environment= lines set (space-separated assignments, as systemd reads them)."""
+    env: dict[str, str] = {}
+    for line in unit.read_text().splitlines():
+        if line.startswith("Environment="):
+            env.update(item.partition("=")[::2] for item in line.removeprefix("Environment=").split())
+    return env
 
 
 def _render(inventory: str, extra: dict[str, object], out: Path) -> list[str]:
@@ -69,35 +90,67 @@ def _render(inventory: str, extra: dict[str, object], out: Path) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    ("inventory", "hosts", "extra"),
+    ("inventory", "hosts", "extra", "writer"),
     [
         # the hospital's Redis password comes from Vault KV there; given here instead
-        ("inventories/hospital/hosts.yml", ["gpu1", "gpu2", "gpu3", "gw1", "vault1"], {"redis_gateway_password": "pw"}),
-        ("inventories/single-node/hosts.yml", ["node1"], {}),
-        ("inventories/single-node/hosts.yml", ["node1"], BRANCHES),
-        # the Molecule scenario's inventory (its chroot connection replaced: only templates are rendered)
-        ("molecule/inventory/single-node.yml", ["node1"], {"ansible_connection": "local"}),
+        (
+            "inventories/hospital/hosts.yml",
+            ["gpu1", "gpu2", "gpu3", "gw1", "vault1"],
+            {"redis_gateway_password": "pw"},
+            "gateway",
+        ),
+        ("inventories/single-node/hosts.yml", ["node1"], {}, "gateway"),
+        ("inventories/single-node/hosts.yml", ["node1"], BRANCHES, "gateway"),
+        # the Molecule scenario's inventory (its chroot connection replaced: only templates are rendered); it uses
+        # the local keystore, whose one key signs every chain: the settings' writer id stays
+        ("molecule/inventory/single-node.yml", ["node1"], {"ansible_connection": "local"}, None),
     ],
     ids=["hospital", "single-node", "single-node-all-branches", "molecule"],
 )
 def test_rendered_settings_load(
-    inventory: str, hosts: list[str], extra: dict[str, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    inventory: str,
+    hosts: list[str],
+    extra: dict[str, object],
+    writer: str | None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Each appliance host's rendered appliance.toml plus its secrets file load without an unknown key."""
-    from appliance.config import load_settings
+    """Each appliance host's rendered appliance.toml, its secrets file and the gateway unit's environment load
+    without an unknown key; on Vault the gateway writes as the writer its AppRole was provisioned with, witnessed
+    in Vault."""
+    from appliance.config import AuditSettings, load_settings
 
     assert _render(inventory, extra, tmp_path) == hosts
     for host in hosts:
         env_lines = (tmp_path / f"{host}.env").read_text().splitlines()
         secrets = dict(line.split("=", 1) for line in env_lines if line and not line.startswith("#"))
+        unit_env = _unit_environment(tmp_path / f"{host}.gateway.service")
+        assert unit_env.get("APPLIANCE_AUDIT__WRITER_ID") == writer
         with monkeypatch.context() as scoped:
-            for key, value in secrets.items():
-                scoped.setenv(key, value)
+            for key, value in {**secrets, **unit_env}.items():
+                if key.startswith("APPLIANCE_") and key != "APPLIANCE_CONFIG":
+                    scoped.setenv(key, value)
             settings = load_settings(config_file=tmp_path / f"{host}.toml")
         assert settings.environment == "production"
+        assert settings.audit.writer_id == (writer or AuditSettings().writer_id)
+        assert settings.audit.witness_vault is (settings.keys.backend == "vault")
+        assert (settings.keys.backend == "vault") is (writer is not None)
         if extra is BRANCHES:
             assert settings.gateway.tls_cert_file and settings.gateway.redis_client_key
             assert settings.gateway.redis_url is not None and settings.keys.vault_role_id == "role"
+        # pinned where the inventory gives the exported key file (hospital, single-node), not in Molecule
+        pinned = "/etc/appliance/publication-keys.json" if writer is not None else None
+        assert settings.serving.publication_public_keys == pinned
+
+
+def test_each_audit_writer_is_the_one_its_approle_was_provisioned_with() -> None:
+    """The appliance role's writer per service is the vault role's audit_writer of that service's AppRole (the
+    templated audit-writer policy signs only for that name)."""
+    import yaml
+
+    appliance = yaml.safe_load((ROLES / "appliance/defaults/main.yml").read_text())["appliance_audit_writers"]
+    vault = yaml.safe_load((ROLES / "vault/defaults/main.yml").read_text())["vault_audit_writers"]
+    assert {f"appliance-{service}": writer for service, writer in appliance.items()} == vault
 
 
 def test_a_misspelt_key_in_appliance_settings_stops_the_appliance(tmp_path: Path) -> None:

@@ -79,7 +79,7 @@ def _run_dir(root: Path, lora: Path, tiny_model: Path, n: int, ledger: Path) -> 
     from safetensors.numpy import load_file, save_file
 
     from appliance.models import model_hash
-    from tests.registry.conftest import make_dataset, record_in_ledger
+    from tests.registry.conftest import evaluation, make_dataset, record_in_ledger
 
     run = root / f"run-{n}"
     run.mkdir(parents=True)
@@ -109,6 +109,7 @@ def _run_dir(root: Path, lora: Path, tiny_model: Path, n: int, ledger: Path) -> 
         "hyperparameters": {"learning_rate": 1e-3, "batch_size": 4, "max_length": 64, "steps": 2, "seed": n},
         "steps": 2,
         "metrics": {"eval_loss": 5.1, "perplexity": 164.0, "train_loss": 5.3},
+        "evaluation": evaluation(base_loss=5.4, adapter_loss=5.1, base_em=0.25, adapter_em=0.5),  # passes the gate
         "canaries": {"count": 2, "exposures": [{"repetitions": 1, "exposure": 1.0}], "max_exposure": 2.0},
         "packages": {"torch": "2.13.0", "transformers": "5.23.0", "peft": "0.21.2", "opacus": "1.6.0"},
         "started_at": "2026-11-23T14:00:00Z",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import secrets
 import shutil
 import sqlite3
@@ -117,6 +118,7 @@ def record_in_ledger(ledger_path: Path, run: Path, **columns: Any) -> None:
         "max_exposure": metadata["canaries"]["max_exposure"] if metadata["canaries"]["exposures"] else None,
         "weights_sha256": hashlib.sha256((run / "adapter_model.safetensors").read_bytes()).hexdigest(),
         "config_sha256": hashlib.sha256((run / "adapter_config.json").read_bytes()).hexdigest(),
+        "evaluation": json.dumps(metadata["evaluation"], sort_keys=True) if metadata.get("evaluation") else None,
         **columns,
     }
     db = sqlite3.connect(ledger_path)
@@ -131,6 +133,39 @@ def record_in_ledger(ledger_path: Path, run: Path, **columns: Any) -> None:
 
 
 RunFactory = Callable[..., Path]
+
+
+def evaluation(
+    *, base_loss: float, adapter_loss: float, base_em: float | None, adapter_em: float | None
+) -> dict[str, Any]:
+    """An evaluation report (appliance.evaluation's format) with the given base and adapter figures."""
+
+    def figures(loss: float, em: float | None) -> dict[str, Any]:
+        return {
+            "loss": loss,
+            "loss_ci": [loss - 0.1, loss + 0.1],
+            "perplexity": round(math.exp(loss), 6),
+            "perplexity_ci": [0.0, 0.0],
+            "exact_match": em,
+            "exact_match_ci": None if em is None else [em, em],
+        }
+
+    gain = None if adapter_em is None or base_em is None else round(adapter_em - base_em, 6)
+    return {
+        "split": "eval",
+        "n": 8,
+        "exact_match_n": 0 if base_em is None else 8,
+        "base": figures(base_loss, base_em),
+        "adapter": figures(adapter_loss, adapter_em),
+        "delta": {
+            "loss": round(adapter_loss - base_loss, 6),
+            "loss_ci": [0.0, 0.0],
+            "perplexity": 0.0,
+            "exact_match": gain,
+            "exact_match_ci": None,
+        },
+        "bootstrap": {"resamples": 1000, "seed": 0, "level": 0.95},
+    }
 
 
 @pytest.fixture
@@ -189,6 +224,7 @@ def make_run(tmp_path: Path, lora_template: Path, tiny_model: Path, data_dir: Pa
             "hyperparameters": {"learning_rate": 1e-3, "batch_size": 4, "max_length": 64, "steps": 2, "seed": n},
             "steps": 2,
             "metrics": {"eval_loss": 5.1, "perplexity": 164.0, "train_loss": 5.3},
+            "evaluation": evaluation(base_loss=5.4, adapter_loss=5.1, base_em=0.25, adapter_em=0.5),
             "canaries": {"count": 2, "exposures": [{"repetitions": 1, "exposure": 1.0}], "max_exposure": max_exposure},
             "packages": {"torch": "2.13.0", "transformers": "5.23.0", "peft": "0.21.2", "opacus": "1.6.0"},
             "started_at": "2026-11-23T14:00:00Z",

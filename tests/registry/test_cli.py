@@ -111,6 +111,7 @@ def test_cli_lifecycle(cli: Cli, make_run: RunFactory, tmp_path: Path, data_dir:
     assert code == 0 and listed[0]["status"] == "production" and listed[0]["targets"] == ["tgi"]
     code, out, _ = cli("registry", "show", "triage", "1")
     assert code == 0 and [a["subject"] for a in json.loads(out)["approvals"]] == ["alice", "bob"]
+    assert json.loads(out)["evaluation"]["delta"]["loss"] == -0.3  # registry show prints the run's evaluation
     code, out, _ = cli("registry", "verify")
     assert code == 0 and "triage v1: ok" in out
 

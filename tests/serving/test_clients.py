@@ -238,12 +238,18 @@ async def test_retries_only_failures_before_sending() -> None:
 
 
 def test_open_backend_follows_settings(settings: Settings) -> None:
-    """open_backend returns the client the settings name, reading the list the registry publishes for it."""
-    assert isinstance(open_backend(settings), EmbeddedBackend)
+    """open_backend routes over one replica, ``serving.url``, with the client the settings name."""
+
+    def only_client(s: Settings) -> object:
+        backend = open_backend(s)
+        assert [r.name for r in backend.replicas] == ["127.0.0.1:8081"]
+        return backend.replicas[0].client
+
+    assert isinstance(only_client(settings), EmbeddedBackend)
     tgi = settings.model_copy(update={"serving": settings.serving.model_copy(update={"backend": "tgi"})})
-    assert type(open_backend(tgi)) is TGIBackend
+    assert type(only_client(tgi)) is TGIBackend
     vllm = settings.model_copy(update={"serving": settings.serving.model_copy(update={"backend": "vllm"})})
-    assert type(open_backend(vllm)) is VLLMBackend
+    assert type(only_client(vllm)) is VLLMBackend
 
 
 async def test_malformed_answers_are_backend_errors() -> None:

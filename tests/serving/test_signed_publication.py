@@ -71,6 +71,22 @@ def test_unsigned_or_foreign_signed_list_is_refused(lora_adapters: Adapters, tmp
         read_published_embedded(listing, publication_keys())
 
 
+@pytest.mark.parametrize("content", ["", "[]", '{"adapters": []}\n'])
+def test_unsigned_empty_list_is_nothing_published(content: str, tmp_path: Path) -> None:
+    """The empty list provisioning writes before the first publish serves no adapter; it is not refused."""
+    listing = tmp_path / "adapters.json"
+    listing.write_text(content)
+    assert read_published_embedded(listing, publication_keys()) == []
+
+
+def test_unsigned_list_naming_an_adapter_is_refused_even_when_tiny(tmp_path: Path) -> None:
+    """Only a list that names no adapter passes unsigned: one entry, however small, needs the signature."""
+    listing = tmp_path / "adapters.json"
+    listing.write_text(json.dumps({"adapters": [{"id": "x", "path": str(tmp_path)}]}))
+    with pytest.raises(IntegrityViolation, match="has no signature"):
+        read_published_embedded(listing, publication_keys())
+
+
 def test_engine_refuses_a_tampered_list_at_start(
     tiny_model: Path, lora_adapters: Adapters, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

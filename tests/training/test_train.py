@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 CONTRACT_KEYS = {
     "format_version", "appliance_version", "run_id", "trained_by", "base_model", "dataset", "dp", "lora",
-    "hyperparameters", "steps", "metrics", "canaries", "packages", "started_at", "finished_at",
+    "hyperparameters", "steps", "metrics", "evaluation", "canaries", "packages", "started_at", "finished_at",
 }  # fmt: skip
 
 
@@ -48,6 +48,17 @@ class TestRecordLevel:
         assert meta["canaries"]["count"] == 2 and len(meta["canaries"]["exposures"]) == 2
         assert all(e["exposure"] >= 0 for e in meta["canaries"]["exposures"])
         assert set(meta["metrics"]) == {"eval_loss", "perplexity", "train_loss"}
+        # every run ends with the evaluation of base and adapter on the eval split, kept by the ledger too
+        evaluation = meta["evaluation"]
+        assert evaluation["split"] == "eval" and evaluation["n"] == 8
+        assert evaluation["adapter"]["loss"] == pytest.approx(meta["metrics"]["eval_loss"], abs=1e-5)
+        assert evaluation["delta"]["loss"] == pytest.approx(
+            evaluation["adapter"]["loss"] - evaluation["base"]["loss"], abs=1e-5
+        )
+        entry = Ledger(train_settings.ledger_path).get(meta["run_id"])
+        assert entry.evaluation is not None and json.loads(entry.evaluation) == evaluation
+        finish = [e for e in audit.events if e["type"] == "training.finish"][-1]
+        assert finish["details"]["eval_loss_delta"] == evaluation["delta"]["loss"]
         assert {p.name for p in out.iterdir()} >= {
             "adapter_config.json", "adapter_model.safetensors", "metadata.json", "loss.png", "epsilon.png"
         }  # fmt: skip

@@ -19,9 +19,14 @@ async def healthz() -> dict[str, str]:
 
 @get("/readyz", summary="Readiness: backend, audit store and key service", tags=["ops"])
 async def readyz(request: Request[Any, Any, Any]) -> Response[Any]:
-    checks = await gateway_of(request).readiness()
+    gw = gateway_of(request)
+    checks = await gw.readiness()
     ok = all(checks.values())
-    return Response({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+    body: dict[str, Any] = {"ready": ok, "checks": checks}
+    if gw.replica_status is not None:  # replicas taken out, and production adapters no healthy replica holds
+        body["degraded"] = gw.replica_status.degraded
+        body["uncovered"] = gw.replica_status.uncovered
+    return Response(body, status_code=200 if ok else 503)
 
 
 METRICS_PATH = "/metrics"

@@ -573,6 +573,7 @@ def create_app(engine: Engine, *, admin_token: str | None = None, install_sighup
             "version": VERSION,
             "sha": None,
             "docker_label": None,
+            "adapters": [{"id": a, "fingerprint": f} for a, f in sorted(engine.fingerprints().items())],
         }
 
     @get("/health", sync_to_thread=False)
@@ -592,6 +593,7 @@ def create_app(engine: Engine, *, admin_token: str | None = None, install_sighup
             "root": engine.model_id,
             "parent": None,
         }
+        fingerprints = engine.fingerprints()  # what each adapter was loaded with: the gateway routes on it
         data = [base] + [
             {
                 "id": a,
@@ -600,6 +602,7 @@ def create_app(engine: Engine, *, admin_token: str | None = None, install_sighup
                 "owned_by": "appliance",
                 "root": a,
                 "parent": engine.model_id,
+                "fingerprint": fingerprints.get(a),
             }
             for a in sorted(engine.adapters())
         ]
