@@ -43,6 +43,10 @@ repair anastomosis approach incision retractor forceps sheath chart formula equa
 coma
 drains device collar brace splint frame valve shunt bag stockings boot boots mask questionnaire inventory index
 grade grading stage staging tool rule rules assessment risk suction lift blade hugger sump strips
+anaemia anemia pneumonia cellulitis sepsis asthma bronchitis bronchiolitis gastroenteritis pyelonephritis appendicitis
+cholecystitis pancreatitis diverticulitis colitis hepatitis meningitis migraine infection failure deficiency
+agonist agonists antagonist antagonists blocker blockers inhibitor inhibitors statin statins diuretic diuretics
+anticoagulant anticoagulants antibiotic antibiotics antiplatelet analgesic analgesics opioid opioids steroid steroids
 """
 )
 DRUGS = _words(
@@ -64,6 +68,7 @@ Advil Motrin Aleve Norco Percocet Vicodin Dilaudid Ativan Valium Xanax Haldol Se
 Nexium Prilosec Pepcid Zofran Lantus Levemir Humalog Novolog Tresiba Januvia Jardiance Farxiga Ozempic Victoza
 Trulicity Mounjaro Wegovy Entresto Plavix Brilinta Synthroid Levoxyl Flomax Proscar Norvasc Toprol Lopressor Coreg
 Zestril Prinivil Cozaar Diovan Aldactone Lanoxin Cordarone Ventolin ProAir Spiriva Symbicort Advair Singulair
+beta alpha ace arb ssri snri nsaid nsaids ppi
 Sinemet Zosyn Unasyn Rocephin Vancocin Lovenox Fragmin Arixtra Toradol Xeljanz Solu-Medrol Tegretol Depakote
 Lamictal Topamax Trileptal Vimpat Klonopin Restoril Dexilant Reglan Imitrex Lopid Tricor Zetia Vytorin Levaquin
 Biaxin Zithromax Cleocin Macrobid Bactroban Diflucan Sporanox Valcyte Epogen Procrit Neupogen Neulasta Xolair

@@ -127,6 +127,7 @@ administration nutrition dietitian chaplain interpreter transport security regis
 visit visits consult consults consultation driver pump recs review reviewed portal callback login
 email e-mail phone telephone tel fax cell mobile pager address zip code postcode postal
 minute minutes hour hours day days week weeks month months year years
+come go take see call keep stop avoid use get make give bring drink eat walk sleep wash change check watch seek
 """
 )
 

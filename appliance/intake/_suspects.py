@@ -303,7 +303,8 @@ def tagged_spans(
 ) -> tuple[list[tuple[int, int]], set[str], list[tuple[int, int]]]:
     """(name spans, name tokens to propagate, place spans) that the tagger finds in ``text``. ``strict_openers``:
     a doubtful sentence opener is excused only by the given-name lexicon (not by a surname list that also holds
-    "Draft" or "Review"), for the low threshold of the residual check."""
+    "Draft" or "Review"), and a lower-case word in mixed-case text needs P >= 0.8 whatever the lexicon says, for
+    the low threshold of the residual check."""
     names: list[tuple[int, int]] = []
     tokens: set[str] = set()
     places: list[tuple[int, int]] = []
@@ -321,6 +322,8 @@ def tagged_spans(
                 continue
             # "Draft a letter...", "Classify the...": a capitalised first word before a lower-case one is more
             # often a verb than a name; outside the lexicon it needs high confidence
+            if strict_openers and mode == "" and word[0].islower() and p_name < _LOWER_IN_MIXED:
+                continue  # residual pass: a lower-case word in mixed-case text ("iron-deficiency anaemia") needs 0.8
             excused = word.upper() in (lex.given if strict_openers else lex.names)
             if mode == "" and p_name < _LOWER_IN_MIXED and not excused and _opens_sentence(text, start, end):
                 continue

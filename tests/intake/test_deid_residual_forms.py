@@ -222,3 +222,20 @@ def test_a_licence_kind_between_label_and_value(scrub: Scrubber, text: str) -> N
     """ "license DEA G 92247": the licence's kind may stand between the label and the value."""
     out, counts = scrub.scrub_text(text)
     assert counts["LICENSE"] == 1 and not any(c.isdigit() for c in out)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Started a beta-2 agonist and an ACE inhibitor; statins continued.",
+        "Treated for iron-deficiency anaemia and community-acquired pneumonia.",
+        "Come back at once if you feel worse. Take lisinopril as prescribed.",
+    ],
+)
+def test_drug_classes_conditions_and_instructions_are_kept(scrub: Scrubber, text: str) -> None:
+    """Drug classes ("beta-2 agonist"), conditions ("anaemia") and imperative instructions ("Come back") are kept,
+    and the residual check finds nothing in them."""
+    from appliance.intake import residual_counts
+
+    assert scrub.scrub_text(text)[0] == text
+    assert residual_counts(text) == {}
