@@ -21,66 +21,11 @@ import faker
 import faker.providers.person as person
 import regex
 
+from appliance.intake._tagger._notes import translit  # one transliteration table for lexicon and notes
+
 DATA = Path(__file__).resolve().parents[2] / "appliance" / "intake" / "data"
-_CYRILLIC = dict(
-    zip(
-        "абвгдеёжзийклмнопрстуфхцчшщъыьэюяієїґ",
-        [
-            "a",
-            "b",
-            "v",
-            "g",
-            "d",
-            "e",
-            "e",
-            "zh",
-            "z",
-            "i",
-            "y",
-            "k",
-            "l",
-            "m",
-            "n",
-            "o",
-            "p",
-            "r",
-            "s",
-            "t",
-            "u",
-            "f",
-            "kh",
-            "ts",
-            "ch",
-            "sh",
-            "shch",
-            "-",
-            "y",
-            "-",
-            "e",
-            "yu",
-            "ya",
-            "i",
-            "ye",
-            "yi",
-            "g",
-        ],
-        strict=True,
-    )
-)
 _LATIN = regex.compile(r"^[\p{Latin}\p{M}'’ .-]+$")
 _WORD = regex.compile(r"\p{L}[\p{L}\p{M}]*(?:['’]\p{L}[\p{L}\p{M}]*)*")
-
-
-def translit(name: str) -> str:
-    out = []
-    for ch in name:
-        low = ch.lower()
-        if low in _CYRILLIC:
-            rep = _CYRILLIC[low].replace("-", "")
-            out.append(rep.capitalize() if ch != low else rep)
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 def names_of(provider: type, attrs: tuple[str, ...]) -> list[str]:
