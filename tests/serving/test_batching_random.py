@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.fixtures.processes import stop_process
-from tests.serving.conftest import ADAPTER_IDS, free_port
+from tests.serving.conftest import ADAPTER_IDS, free_port, pin_publication_keys
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -178,6 +178,8 @@ def engine_process(tiny_model: Path, adapter_list: Path, tmp_path_factory: pytes
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
     env["APPLIANCE_DATA_DIR"] = str(tmp_path_factory.mktemp("engine-var"))
+    pinned = pin_publication_keys(tmp_path_factory.mktemp("engine-keys") / "publication-keys.json")
+    env["APPLIANCE_SERVING__PUBLICATION_PUBLIC_KEYS"] = str(pinned)  # the list is signed by the test registry
     command = [sys.executable, "-m", "appliance", "serve", "--base", str(tiny_model), "--adapters", str(adapter_list)]
     command += ["--port", str(port), "--threads", "1", "--max-batch-size", "4", "--max-queue", "64"]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
