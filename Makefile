@@ -5,8 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Debian packages the tests and the demo need (servers are started by the tests on loopback).
-APT_PACKAGES := chromium postgresql redis-server debootstrap systemd-container nftables cryptsetup-bin iproute2
+# Debian packages the tests need: scripts/system-deps.sh (one list; servers are started by the tests on loopback).
 SYSTEM_STAMP := $(VENV)/.system-deps
 
 .PHONY: venv system-deps test lint typecheck pytest demo bench clean
