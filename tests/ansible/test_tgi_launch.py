@@ -1,7 +1,8 @@
 """The tgi role's podman-run unit starts the model server through `appliance serve-launch`: its ExecStart, rendered
 by Ansible for the hospital (vLLM) and single-node (TGI) inventories, is run as systemd would run it (podman and
-vllm replaced by recorders): a signed list reaches the server (TGI: LORA_ADAPTERS; vLLM: through the role's
-launcher script to `vllm serve --enable-lora ... --lora-modules`); an edited list starts nothing (exit 65)."""
+vllm replaced by recorders, since no TGI/vLLM image or GPU runs here): a signed list reaches the server (TGI:
+LORA_ADAPTERS; vLLM: through the role's launcher script to `vllm serve --enable-lora ... --lora-modules`); an
+edited list starts nothing (exit 65)."""
 
 from __future__ import annotations
 
