@@ -18,6 +18,7 @@ __all__ = [
     "AuditEventFields",
     "AuthMethod",
     "OutcomeStatus",
+    "SourceFields",
     "actor",
     "adapter_fields",
     "anonymous_actor",

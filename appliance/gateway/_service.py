@@ -19,11 +19,21 @@ import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import structlog
 from litestar import Request
 
+from appliance.audit import (
+    ActorFields,
+    AuditEventFields,
+    OutcomeStatus,
+    SourceFields,
+    actor_fields,
+    adapter_fields,
+    anonymous_actor,
+    audit_event,
+)
 from appliance.config import Settings
 from appliance.errors import (
     ApplianceError,
@@ -88,11 +98,11 @@ class Ctx:
     prompt_digest: tuple[int | None, str] | None = None  # (audit key version, hex), made by admit()
 
     @property
-    def actor(self) -> dict[str, Any]:
+    def actor(self) -> ActorFields:
         return self.principal.actor(self.roles)
 
     @property
-    def source(self) -> dict[str, Any]:
+    def source(self) -> SourceFields:
         return {"ip": self.ip, "user_agent": self.user_agent}
 
 
@@ -113,7 +123,7 @@ def _canonical_ip(host: str) -> str | None:
         return None
 
 
-def _attempted_method(request: Request[Any, Any, Any] | None) -> str:
+def _attempted_method(request: Request[Any, Any, Any] | None) -> Literal["oidc", "api_key", "jwt"]:
     header = request.headers.get("authorization", "") if request is not None else ""
     if not header:
         return "oidc"
@@ -181,18 +191,18 @@ class Gateway:
         self._background: set[asyncio.Future[str]] = set()  # outcomes of streams their clients left
         self.bounded_denial_s = 60.0  # see deny_bounded()
         self._bounded_denials: dict[tuple[str, str | None, str, str], tuple[float, int]] = {}
-        self._unrecorded_logoffs: list[dict[str, Any]] = []  # see sweep_sessions()
+        self._unrecorded_logoffs: list[AuditEventFields] = []  # see sweep_sessions()
         self.session_sweeper: asyncio.Task[None] | None = None  # started and stopped by the app's lifespan
 
     # --- audit ----------------------------------------------------------------------------------------------
-    async def record(self, event: dict[str, Any]) -> str:
+    async def record(self, event: AuditEventFields) -> str:
         """Make an event durable; AuditUnavailable (503) when it cannot be."""
-        receipt = await self._audited(self.audit.record(event), str(event.get("type")))
+        receipt = await self._audited(self.audit.record(event), event["type"])
         return receipt.event_id
 
-    async def record_ahead(self, event: dict[str, Any]) -> WrittenRecord:
+    async def record_ahead(self, event: AuditEventFields) -> WrittenRecord:
         """Write an event into the chain (its sync still running); AuditUnavailable (503) when the store refuses."""
-        return await self._audited(self.audit.record_ahead(event), str(event.get("type")))
+        return await self._audited(self.audit.record_ahead(event), event["type"])
 
     async def durable(self, written: WrittenRecord, event_type: str = "gateway.request") -> None:
         """Wait until a record from :meth:`record_ahead` is on stable storage; AuditUnavailable (503) if not."""
@@ -219,40 +229,39 @@ class Gateway:
         type_: str,
         *,
         ctx: Ctx | None = None,
-        actor: Mapping[str, Any] | None = None,
-        source: Mapping[str, Any] | None = None,
+        actor: ActorFields | None = None,
+        source: SourceFields | None = None,
         action: str,
         route: str | None = None,
         adapter: AdapterRef | None = None,
-        status: str | None = None,
+        status: OutcomeStatus | None = None,
         http_status: int | None = None,
         error_class: str | None = None,
         tokens: Mapping[str, int] | None = None,
         latency_ms: float | None = None,
         digests: Mapping[str, Any] | None = None,
         details: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    ) -> AuditEventFields:
+        """An event of this request (``ctx``: its actor, source, route and request id, unless given)."""
         d: dict[str, Any] = dict(details or {})
         if ctx is not None and ctx.principal.breakglass_id:
             d.update(breakglass=ctx.principal.breakglass_id, review_required=True)
-        return {
-            "type": type_,
-            "actor": dict(actor) if actor is not None else (ctx.actor if ctx else _anonymous()),
-            "source": dict(source) if source is not None else (ctx.source if ctx else {"ip": None, "user_agent": None}),
-            "action": action,
-            "route": route if route is not None else (ctx.path if ctx else None),
-            "adapter": (
-                {"name": adapter.name, "version": adapter.version, "fingerprint": adapter.fingerprint}
-                if adapter
-                else None
-            ),
-            "outcome": {"status": status or "success", "http_status": http_status, "error_class": error_class},
-            "tokens": dict(tokens) if tokens is not None else None,
-            "latency_ms": latency_ms,
-            "request_id": ctx.request_id if ctx else None,
-            "digests": dict(digests) if digests is not None else None,
-            "details": d,
-        }
+        return audit_event(
+            type_,
+            actor=actor if actor is not None else (ctx.actor if ctx else anonymous_actor()),
+            source=source if source is not None else (ctx.source if ctx else {"ip": None, "user_agent": None}),
+            action=action,
+            route=route if route is not None else (ctx.path if ctx else None),
+            adapter=adapter_fields(adapter.name, adapter.version, adapter.fingerprint) if adapter else None,
+            status=status or "success",
+            http_status=http_status,
+            error_class=error_class,
+            tokens=tokens,
+            latency_ms=latency_ms,
+            request_id=ctx.request_id if ctx else None,
+            digests=digests,
+            details=d,
+        )
 
     async def deny(
         self,
@@ -270,11 +279,11 @@ class Gateway:
         if isinstance(exc, RateLimited):
             kind = "extraction" if "throttled" in exc.message else exc.message.split("(")[-1].split(" per")[0]
             self.metrics.rate_limited.labels(kind).inc()
-        source = {"ip": _ip(request), "user_agent": _ua(request)} if request is not None else None
+        source: SourceFields | None = {"ip": _ip(request), "user_agent": _ua(request)} if request is not None else None
         event = self.event(
             "gateway.denied",
             ctx=ctx,
-            actor=None if ctx is not None else _anonymous(_attempted_method(request)),
+            actor=None if ctx is not None else anonymous_actor(_attempted_method(request)),
             source=source,
             action=action,
             route=path,
@@ -381,15 +390,9 @@ class Gateway:
 
     def expiry_event(
         self, reason: Expiry, subject: str, handle: str | None, *, ip: str | None, route: str | None
-    ) -> dict[str, Any]:
+    ) -> AuditEventFields:
         """The ``auth.logout`` of an idle or absolute expiry, seen by a request or by the sweeper (no ip, no route)."""
-        actor: dict[str, Any] = {
-            "subject": subject,
-            "client_id": self.settings.gateway.oidc_client_id,
-            "auth_method": "oidc",
-            "session_id": handle,
-            "roles": [],
-        }
+        actor = actor_fields(subject, "oidc", client_id=self.settings.gateway.oidc_client_id, session_id=handle)
         return self.event(
             "auth.logout",
             actor=actor,
@@ -423,7 +426,7 @@ class Gateway:
             self.metrics.logoffs_unrecorded.set(0)
         return recorded
 
-    def _keep_unrecorded(self, events: list[dict[str, Any]]) -> None:
+    def _keep_unrecorded(self, events: list[AuditEventFields]) -> None:
         dropped = max(0, len(events) - MAX_UNRECORDED_LOGOFFS)
         self._unrecorded_logoffs = events[dropped:]
         self.metrics.logoffs_unrecorded.set(len(self._unrecorded_logoffs))
@@ -820,15 +823,6 @@ async def _primed(first: T, rest: AsyncGenerator[T, None]) -> AsyncIterator[T]:
             yield item
     finally:
         await rest.aclose()
-
-
-def _anonymous(method: str = "oidc") -> dict[str, Any]:
-    """The actor of a refused, unauthenticated request: who is unknown, the method is the one attempted."""
-    return {"subject": "anonymous", "client_id": None, "auth_method": method, "session_id": None, "roles": []}
-
-
-def _system() -> dict[str, Any]:
-    return {"subject": "gateway", "client_id": None, "auth_method": "system", "session_id": None, "roles": []}
 
 
 def constant_time_equals(a: str, b: str) -> bool:
