@@ -17,6 +17,7 @@ __all__ = [
     "AdapterFields",
     "AuditEventFields",
     "AuthMethod",
+    "CheckpointDetails",
     "OutcomeStatus",
     "SourceFields",
     "actor",
@@ -30,6 +31,7 @@ __all__ = [
 
 AuthMethod = Literal["oidc", "jwt", "api_key", "cli", "system"]
 OutcomeStatus = Literal["success", "denied", "error"]
+WRITER_SUBJECT = "audit"  # the actor of the records the writer makes about itself (start, stop, checkpoints)
 UNKNOWN_USER = "unknown"  # the CLI's actor when the OS names nobody (no passwd entry, no $LOGNAME)
 
 
@@ -64,6 +66,15 @@ class SourceFields(TypedDict):
 
     ip: str | None
     user_agent: str | None
+
+
+class CheckpointDetails(TypedDict):
+    """The details of an ``audit.checkpoint``: what was signed (``signed_seq``, ``signed_hash``), by which key."""
+
+    key: str
+    signature: str
+    signed_hash: str
+    signed_seq: int
 
 
 class AuditEventFields(TypedDict):

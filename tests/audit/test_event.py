@@ -81,3 +81,25 @@ def test_every_constructed_event_validates_and_has_every_field() -> None:
         sparse = {"type": "registry.approve", "actor": dict(who), "action": "approve", "outcome": event["outcome"]}
         sparse |= {"adapter": event["adapter"], "details": event["details"]}
         assert validate_event(sparse) == validate_event(event)  # absent fields and None fields are the same record
+
+
+_SYSTEM = '"actor":{"auth_method":"system","client_id":null,"roles":[],"session_id":null,"subject":"audit"}'
+_EMPTY_TAIL = '"request_id":null,"route":null,"source":null,"tokens":null'
+_SUCCESS = '"outcome":{"error_class":null,"http_status":null,"status":"success"}'
+
+
+def test_the_writers_own_records_keep_their_bytes() -> None:
+    """Checkpoints and start records are the same bytes as before the constructor (old chains still verify)."""
+    from appliance.audit._checkpoint import checkpoint_body
+    from appliance.audit._writer import system_event
+
+    signed = "a" * 64
+    assert checkpoint_body("node-1", 7, signed, "ed25519:v1:AAAA", "audit-signing-gateway").decode() == (
+        '{"action":"checkpoint",' + _SYSTEM + ',"adapter":null,"details":{"key":"audit-signing-gateway",'
+        '"signature":"ed25519:v1:AAAA","signed_hash":"' + signed + '","signed_seq":7},"digests":null,'
+        '"latency_ms":null,' + _SUCCESS + "," + _EMPTY_TAIL + ',"type":"audit.checkpoint"}'
+    )
+    assert system_event("audit.start", "start", {"version": "1.0", "pid": 12}).decode() == (
+        '{"action":"start",' + _SYSTEM + ',"adapter":null,"details":{"pid":12,"version":"1.0"},"digests":null,'
+        '"latency_ms":null,' + _SUCCESS + "," + _EMPTY_TAIL + ',"type":"audit.start"}'
+    )
