@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from appliance._fs import atomic_write, fsync_dir
 from appliance.errors import ConfigError, IntegrityViolation
 
 if TYPE_CHECKING:
@@ -186,10 +187,10 @@ def purge_files(
             }
             if intent is not None:
                 intent(result)  # recorded before anything changes; raises: nothing is deleted
-            _write_atomic(store.anchor_path(writer_id), json.dumps(anchor, indent=2).encode() + b"\n")
+            atomic_write(store.anchor_path(writer_id), json.dumps(anchor, indent=2).encode() + b"\n")
             for _, path, _ in old:
                 path.unlink()
-            _fsync_dir(store.root / writer_id)
+            fsync_dir(store.root / writer_id)
             if done is not None:
                 done(result)
         results.append(result)
@@ -216,23 +217,3 @@ def _newest_time(path: Path) -> str | None:
         start += len(_TIME)
         newest = max(newest, line[start : line.find(b'"', start)].decode("ascii", "replace"))
     return newest or None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

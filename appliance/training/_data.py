@@ -8,7 +8,6 @@ loss (and so its gradient) depends on that unit alone.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from appliance._fs import sha256_files
 from appliance.errors import IntakeRejected, IntegrityViolation, NotFound
 
 if TYPE_CHECKING:
@@ -48,12 +48,7 @@ class PreparedDataset:
 
 
 def _fingerprint(path: Path) -> str:
-    digest = hashlib.sha256()
-    for name in ("train.jsonl", "eval.jsonl"):
-        with (path / name).open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_files(path / name for name in ("train.jsonl", "eval.jsonl"))
 
 
 def _read_jsonl(path: Path) -> list[Record]:
