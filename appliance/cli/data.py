@@ -193,9 +193,7 @@ def prepare(
                 audit.record_sync(_event("error", {"output": out.name[:128] or None}, exc.code))
         raise
     finally:
-        close = getattr(audit, "close_sync", None)
-        if callable(close):
-            close()
+        audit.close_sync()
     m = result.manifest
     c = m["counts"]
     summary = Table(title=f"prepared {out}", show_header=False)

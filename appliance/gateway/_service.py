@@ -55,7 +55,7 @@ from appliance.gateway.auth.oidc import OIDCClient
 from appliance.gateway.auth.principal import Principal
 from appliance.gateway.auth.sessions import Ended, Expiry, Lookup, Session, SessionStore
 from appliance.gateway.breakglass import BreakGlass
-from appliance.gateway.limits import LimitStore, MemoryLimitStore
+from appliance.gateway.limits import THROTTLED, LimitStore, MemoryLimitStore
 from appliance.gateway.metrics import GatewayMetrics
 from appliance.gateway.policy import ADAPTER_NAME, Entitlement, PolicyStore
 from appliance.gateway.ports import AdapterCatalog, AdapterRef, AuditReader, parse_version, resolve
@@ -133,7 +133,7 @@ def _attempted_method(request: Request[Any, Any, Any] | None) -> Literal["oidc",
 def refusal(exc: ApplianceError, audit_id: str | None = None) -> ApplianceError:
     """Attach the audit id of the denial record, for the error handler's ``X-Audit-Id``."""
     if audit_id is not None:
-        exc.audit_id = audit_id  # type: ignore[attr-defined]
+        exc.audit_id = audit_id
     return exc
 
 
@@ -187,7 +187,6 @@ class Gateway:
         self._salts: dict[str, str] = {}  # subject -> vLLM prefix-cache salt (see _cache_salt())
         self._served: set[str] = set()
         self._served_at = 0.0
-        self._audit_ok = True
         self._background: set[asyncio.Future[str]] = set()  # outcomes of streams their clients left
         self.bounded_denial_s = 60.0  # see deny_bounded()
         self._bounded_denials: dict[tuple[str, str | None, str, str], tuple[float, int]] = {}
@@ -212,16 +211,13 @@ class Gateway:
         try:
             result = await pending
         except AuditUnavailable:
-            self._audit_ok = False
             self.metrics.audit_failures.inc()
             log.error("audit.unavailable", event_type=event_type)
             raise
         except Exception as exc:  # a foreign error from a sink is still a failure to make it durable
-            self._audit_ok = False
             self.metrics.audit_failures.inc()
             log.error("audit.unavailable", event_type=event_type, error_class=type(exc).__name__)
             raise AuditUnavailable("the audit log cannot record this request") from exc
-        self._audit_ok = True
         return result
 
     def event(
@@ -277,8 +273,7 @@ class Gateway:
         """Record a refusal and return the error to raise (with its audit id)."""
         self.metrics.denied.labels(exc.code).inc()
         if isinstance(exc, RateLimited):
-            kind = "extraction" if "throttled" in exc.message else exc.message.split("(")[-1].split(" per")[0]
-            self.metrics.rate_limited.labels(kind).inc()
+            self.metrics.rate_limited.labels(exc.kind.replace(".", " ")).inc()  # "principal requests", "extraction"
         source: SourceFields | None = {"ip": _ip(request), "user_agent": _ua(request)} if request is not None else None
         event = self.event(
             "gateway.denied",
@@ -596,7 +591,7 @@ class Gateway:
                         details={"reason": flag.reason, "count": flag.count, "throttle_s": flag.throttle_s},
                     )
                 )
-                raise RateLimited("throttled: unusual request pattern (review pending)", retry_after=flag.throttle_s)
+                raise RateLimited(THROTTLED, kind="extraction", retry_after=flag.throttle_s)
         except (PolicyViolation, RateLimited, StateStoreUnavailable) as exc:
             raise await self.deny(exc, ctx=ctx, adapter=ref, action="generate") from None
         return await self.record_ahead(
@@ -788,14 +783,9 @@ class Gateway:
                 return False
 
         async def audit_ok() -> bool:
-            probe = getattr(self.audit, "check_writable", None) or getattr(self.audit, "health", None)
-            if probe is None:  # no probe: ready unless the last record failed
-                return self._audit_ok
             try:
-                result = await asyncio.to_thread(probe)
-                if asyncio.iscoroutine(result):
-                    result = await asyncio.wait_for(result, 2.0)
-                return result is None or bool(result)
+                await asyncio.to_thread(self.audit.check_writable)
+                return True
             except Exception:
                 return False
 

@@ -238,6 +238,9 @@ def test_rate_limit_429_with_retry_after(h: Harness, tmp_path) -> None:  # type:
     assert codes == [200, 200, 429]
     r = h.client.post("/v1/inference/adapter/triage/production", json=BODY, headers=h.bearer())
     assert int(r.headers["Retry-After"]) >= 1 and r.json()["error_type"] == "RATE_LIMITED"
+    assert r.headers["X-Audit-Id"] != "-"  # the refusal's audit record
+    limited = gw.metrics.rate_limited.labels("principal requests")._value.get()
+    assert limited == 2  # each refusal counted under its bucket, named as before
 
 
 def test_health_and_ready(h: Harness) -> None:

@@ -97,7 +97,7 @@ async def _page_ctx(
             except ApplianceError:
                 signed_in = None
         denied = _render(request, "error.html", signed_in, exc.http_status, message=exc.message)
-        denied.headers["X-Audit-Id"] = getattr(exc, "audit_id", None) or "-"
+        denied.headers["X-Audit-Id"] = exc.audit_id or "-"
         return denied
 
 
