@@ -142,7 +142,7 @@ def verify_chain(
             problems.append(torn)
             torn = None
         location, data = chunk[0], chunk[1]
-        first_line = chunk[2] if len(chunk) > 2 else 1  # type: ignore[misc]
+        first_line = chunk[2] if len(chunk) > 2 else 1
         view = memoryview(data)
         find = data.find  # data is bytes or a read-only mmap of a segment (no copy of the file)
         pos, lineno = 0, first_line - 1

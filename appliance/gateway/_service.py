@@ -1,4 +1,4 @@
-"""The request flow of ARCHITECTURE.md "One request through the gateway", independent of the HTTP routes:
+"""The request flow (README.md in this package, "The request flow"), independent of the HTTP routes:
 
 authenticate -> authorise (policy + the registry's published set) -> rate limits and the extraction detector ->
 ``await audit.record(request)`` (raises: 503, nothing reaches the backend) -> backend -> record the outcome

@@ -194,7 +194,7 @@ def _refusal_middleware(gateway: Gateway) -> Any:
             async def send_wrapper(message: Message) -> None:
                 if replaced[0]:
                     return  # the original body of an answer replaced by a 503
-                refused = scope.get(REFUSAL) if message["type"] == "http.response.start" else None  # type: ignore[misc]
+                refused = scope.get(REFUSAL) if message["type"] == "http.response.start" else None
                 if isinstance(refused, ApplianceError):
                     request: Request[Any, Any, Any] = Request(scope)
                     try:

@@ -1,7 +1,7 @@
 """Where the gateway keeps its request state: rate limits, the extraction detector and browser sessions.
 
 ``gateway.state_store = "memory"`` (default) keeps it in this process: right for one gateway. ``"redis"`` keeps it
-in a Redis that every gateway behind the load balancer shares (ARCHITECTURE.md "Scale-out"): one combined limit for
+in a Redis that every gateway behind the load balancer shares (README.md in this package): one combined limit for
 all of them, one detector, and a session made on one gateway is valid on the next
 (:mod:`appliance.gateway.state_redis`). A Redis that cannot be reached fails closed: an inference request is
 refused with StateStoreUnavailable (503) and audited like any other refusal; ``/readyz`` reports ``state``.

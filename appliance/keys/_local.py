@@ -267,7 +267,7 @@ class LocalKeyService:
             log.info("keys.created", key=name, type=key["type"], backend="local")
         if key_type is not None and not any_type and key["type"] != key_type:
             raise KeyUnavailable(f"key {name!r} is a {key['type']} key and cannot be used as a {key_type} key")
-        return key  # type: ignore[no-any-return]
+        return key
 
     @contextlib.contextmanager
     def _locked(self, mode: int) -> Iterator[None]:
