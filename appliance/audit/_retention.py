@@ -16,26 +16,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from appliance._fs import atomic_write, fsync_dir
+from appliance.audit._canonical import parse_line
+from appliance.audit._checkpoint import chain_public_keys, sign, signed_message
+from appliance.audit._sinks.files import FileStore
+from appliance.audit._verify import verify_store
 from appliance.errors import ConfigError, IntegrityViolation
-
-if TYPE_CHECKING:
-    from appliance.audit._sinks.files import FileStore
-    from appliance.protocols import KeyService
+from appliance.protocols import KeyService
 
 __all__ = [
-    "Anchor",
     "PurgeHook",
     "PurgeResult",
     "RetentionPolicy",
     "load_retention_policy",
     "purge_files",
-    "read_anchor",
 ]
 
 HIPAA_MINIMUM_DAYS = 2190
@@ -84,36 +83,6 @@ def load_retention_policy(path: Path) -> RetentionPolicy:
 
 
 @dataclass(frozen=True)
-class Anchor:
-    """The last purged record of a chain: the first remaining record must follow it."""
-
-    writer_id: str
-    seq: int
-    hash: str
-    purged_at: str
-    signature: str
-
-
-def read_anchor(path: Path) -> Anchor | None:
-    """The anchor stored at path, None when there is none; ``IntegrityViolation`` when it is unreadable."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    try:
-        data = json.loads(raw)
-        return Anchor(
-            writer_id=str(data["writer_id"]),
-            seq=int(data["seq"]),
-            hash=str(data["hash"]),
-            purged_at=str(data["purged_at"]),
-            signature=str(data["signature"]),
-        )
-    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:  # 1e999; nested too deep
-        raise IntegrityViolation(f"audit anchor {path.name} is malformed") from exc
-
-
-@dataclass(frozen=True)
 class PurgeResult:
     """What a purge dropped from one writer's chain."""
 
@@ -142,10 +111,6 @@ def purge_files(
     ``intent`` runs before the anchor is written or a segment deleted; if it raises, that chain keeps everything.
     ``done`` runs after the deletion. Neither runs on a dry run.
     """
-    from appliance.audit._canonical import parse_line
-    from appliance.audit._checkpoint import chain_public_keys, sign, signed_message
-    from appliance.audit._verify import verify_store
-
     cutoff = (now or datetime.now(UTC)) - timedelta(days=policy.audit.retain_days)
     cutoff_text = cutoff.isoformat(timespec="microseconds")[:-6] + "Z"
     results = []

@@ -32,6 +32,7 @@ from appliance.audit._checkpoint import (
     signed_message,
     verify_signature,
 )
+from appliance.audit._mapping import map_file
 from appliance.audit._sinks._base import ChainReader
 
 __all__ = ["ChainReport", "Problem", "VerifyReport", "verify_chain", "verify_segments", "verify_store"]
@@ -350,8 +351,6 @@ def _default_workers(paths: list[Path] | None) -> int:
 
 def _verify_segment(args: tuple[str, Path, dict[int, bytes], bool]) -> ChainReport:
     writer_id, path, public_keys, in_flight_end = args
-    from appliance.audit._sinks.files import map_file
-
     return verify_chain(writer_id, map_file(path), public_keys=public_keys, start=None, in_flight_end=in_flight_end)
 
 

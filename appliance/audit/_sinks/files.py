@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import mmap
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -24,11 +23,12 @@ from pathlib import Path
 
 from appliance._fs import fsync_dir
 from appliance.audit._canonical import GENESIS_HASH, record_hash, split_line
-from appliance.audit._retention import Anchor, read_anchor
+from appliance.audit._mapping import map_file
+from appliance.audit._sinks._anchor import Anchor, read_anchor
 from appliance.audit._sinks._base import ChainHead, Recovery, stopped_cleanly
 from appliance.errors import AuditUnavailable
 
-__all__ = ["FileSink", "FileStore", "map_file", "segment_name"]
+__all__ = ["FileSink", "FileStore", "segment_name"]
 
 _SEGMENT = re.compile(r"^segment-(\d{12})\.jsonl$")
 _WRITER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -40,16 +40,6 @@ _MIN_FREE_BYTES = 1 << 20  # probe: refuse when less than this is free
 def segment_name(first_seq: int) -> str:
     """The file name of the segment whose first record has sequence number ``first_seq``."""
     return f"segment-{first_seq:012d}.jsonl"
-
-
-def map_file(path: Path) -> Iterator[tuple[str, bytes]]:
-    """(name, read-only memory map of the file) for the duration of the iteration; an empty file gives b""."""
-    with path.open("rb") as handle:
-        if os.fstat(handle.fileno()).st_size == 0:
-            yield path.name, b""
-            return
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            yield path.name, mapped  # type: ignore[misc]  # bytes-like: find, slicing, len, buffer
 
 
 def _unavailable(what: str, exc: OSError) -> AuditUnavailable:
