@@ -322,12 +322,13 @@ def tail_cmd(
 
 def _newest_chunks(store: Any, writer_id: str, lines: int) -> list[tuple[str, bytes]]:
     """The last segments holding at least ``lines`` records (segment files), else the whole chain."""
-    segments = getattr(store, "live_segments", None)
-    if segments is None:
+    from appliance.audit._sinks.files import FileStore
+
+    if not isinstance(store, FileStore):
         return list(store.read(writer_id))
     chosen: list[tuple[str, bytes]] = []
     count = 0
-    for _, path in reversed(segments(writer_id)):
+    for _, path in reversed(store.live_segments(writer_id)):
         data = path.read_bytes()
         chosen.insert(0, (path.name, data))
         count += data.count(b"\n")
