@@ -149,3 +149,37 @@ def test_self_and_two_module_loops_are_told_apart(tmp_path: Path) -> None:
     (pkg / "x.py").write_text("import two.x\nfrom two import y\n")
     (pkg / "y.py").write_text("from two.x import thing\n")
     assert cycles(import_graph(pkg, "two")) == [["two.x", "two.y"]]
+
+
+def _guarded_package_imports(path: Path, package: str) -> Iterator[int]:
+    """Lines of a ``try`` that imports the package's own modules and catches ImportError (a fallback)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Try):
+            continue
+        caught = {
+            n.id
+            for handler in node.handlers
+            if handler.type is not None
+            for n in ast.walk(handler.type)
+            if isinstance(n, ast.Name)
+        }
+        if not caught & {"ImportError", "ModuleNotFoundError"}:
+            continue
+        for stmt in node.body:
+            for inner in ast.walk(stmt):
+                if isinstance(inner, ast.ImportFrom) and (inner.level or (inner.module or "").startswith(package)):
+                    yield inner.lineno
+                if isinstance(inner, ast.Import) and any(a.name.startswith(package) for a in inner.names):
+                    yield inner.lineno
+
+
+def test_no_stage_falls_back_when_another_is_missing() -> None:
+    """No module catches an ImportError of the package's own stages: they ship together, and a fallback would run
+    without encryption, audit or the intake checks if it were ever reached."""
+    found = [
+        f"{path.relative_to(ROOT)}:{line}"
+        for path in sorted((ROOT / "appliance").rglob("*.py"))
+        for line in _guarded_package_imports(path, "appliance")
+    ]
+    assert not found, found

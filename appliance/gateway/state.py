@@ -76,8 +76,6 @@ def open_state(settings: Settings, keys: KeyService, *, clock: Callable[[], floa
     if g.state_store == "memory":
         return MemoryState(idle_timeout_s=g.session_idle_timeout_s, absolute_timeout_s=g.session_absolute_timeout_s)
     check_production(settings)
-    try:
-        from appliance.gateway.state_redis import RedisState
-    except ImportError as exc:
-        raise ConfigError(f"gateway.state_store = 'redis' needs the redis package: {exc}") from exc
+    from appliance.gateway.state_redis import RedisState  # here: the memory store never imports redis
+
     return RedisState(g, salt=fingerprint_salt(keys), clock=clock)

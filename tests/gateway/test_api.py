@@ -252,6 +252,17 @@ def test_health_and_ready(h: Harness) -> None:
     assert r.status_code == 503 and r.json()["checks"]["backend"] is False
 
 
+def test_ready_asks_the_audit_log_itself(h: Harness) -> None:
+    """readyz asks ``AuditLog.check_writable`` (declared on the protocol): a log that refuses writes is not ready
+    before any request has failed on it, and is ready again once it takes writes."""
+    assert h.client.get("/readyz").json()["checks"]["audit"] is True
+    h.audit.fail = True
+    r = h.client.get("/readyz")
+    assert r.status_code == 503 and r.json()["checks"]["audit"] is False
+    h.audit.fail = False
+    assert h.client.get("/readyz").status_code == 200
+
+
 def test_metrics_not_public(h: Harness) -> None:
     """/metrics refuses an anonymous non-loopback caller and an analyst, and serves an admin."""
     assert h.client.get("/metrics").status_code == 403
