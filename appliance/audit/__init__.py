@@ -15,6 +15,7 @@ from appliance.audit._event import (
     AuthMethod,
     OutcomeStatus,
     SourceFields,
+    actor_fields,
     adapter_fields,
     anonymous_actor,
     audit_event,
@@ -22,7 +23,6 @@ from appliance.audit._event import (
     invoking_user,
     system_actor,
 )
-from appliance.audit._event import actor as actor_fields
 from appliance.audit._export import ExportFilter, export, verify_export
 from appliance.audit._factory import open_audit_log, open_audit_store
 from appliance.audit._identity import IDENTITY_MAX_CHARS, recordable_identity

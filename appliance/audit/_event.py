@@ -18,9 +18,10 @@ __all__ = [
     "AuditEventFields",
     "AuthMethod",
     "CheckpointDetails",
+    "OutcomeFields",
     "OutcomeStatus",
     "SourceFields",
-    "actor",
+    "actor_fields",
     "adapter_fields",
     "anonymous_actor",
     "audit_event",
@@ -94,7 +95,7 @@ class AuditEventFields(TypedDict):
     details: dict[str, Any]
 
 
-def actor(
+def actor_fields(
     subject: str,
     auth_method: AuthMethod,
     *,
@@ -129,17 +130,17 @@ def invoking_user() -> str:
 
 def cli_actor(subject: str | None = None, roles: Iterable[str] = ()) -> ActorFields:
     """An operator at the command line: ``subject`` as given (``--actor``), else :func:`invoking_user`."""
-    return actor(subject if subject is not None else invoking_user(), "cli", roles=roles)
+    return actor_fields(subject if subject is not None else invoking_user(), "cli", roles=roles)
 
 
 def system_actor(subject: str) -> ActorFields:
     """The appliance itself acting (``audit``: the writer's own records; ``gateway``: its housekeeping)."""
-    return actor(subject, "system")
+    return actor_fields(subject, "system")
 
 
 def anonymous_actor(auth_method: AuthMethod = "oidc") -> ActorFields:
     """The actor of a refused, unauthenticated request: who is unknown, the method is the one attempted."""
-    return actor("anonymous", auth_method)
+    return actor_fields("anonymous", auth_method)
 
 
 def adapter_fields(name: str, version: int | None, fingerprint: str | None = None) -> AdapterFields:
