@@ -275,3 +275,18 @@ def _fresh_routing() -> Iterator[None]:
     """Each test starts without a routing note (the variable is per context, tests share the main one)."""
     begin_routing(None)
     yield
+
+
+async def test_failover_rereads_holdings_when_no_other_replica_is_known_to_hold_the_adapter() -> None:
+    """A request whose replica went down moves to one that loaded the adapter since the last read (a fresh
+    publication), not a 503 on stale holdings."""
+    a, b = FakeEngine({"triage-v1": FP_A}), FakeEngine({})
+    async with serving(a, b, refresh_s=600) as (rs, runners):
+        begin_routing(FP_A)
+        await rs.generate("triage-v1", "x", GREEDY)
+        assert a.seen == ["triage-v1"] and b.seen == []
+        b.holdings["triage-v1"] = FP_A  # published to b since: the set has not re-read it yet
+        await runners[0].cleanup()  # a refuses connections from now on
+        note = begin_routing(FP_A)
+        assert (await rs.generate("triage-v1", "x", GREEDY)).text == "ok"
+        assert b.seen == ["triage-v1"] and note.replica == "r1"
