@@ -251,3 +251,39 @@ def test_publish_and_unpublish_reach_every_replica(
     assert last["details"]["failed_replicas"] == "gpu-b" and last["details"]["outcomes"] == "gpu-a=loaded|gpu-b=failed"
     assert [r["type"] for r in registry_trail].count("registry.publish") == 3  # each publication stays recorded
     assert ADMIN_TOKEN not in json.dumps(registry_trail)
+
+
+def test_reach_records_each_replica_without_free_text(
+    registry: Any, audit: RecordingAudit, make_run: RunFactory, data_dir: Path
+) -> None:
+    """Down replicas and a replica whose own list cannot be written fail alone; the registry.reload event names
+    them within an audit identifier's cap and passes the audit schema; the publication itself stays."""
+    from appliance.audit._schema import validate_event
+    from appliance.registry import reach_replicas
+
+    registry.add(make_run(ledger_db=registry.ledger_path), "triage", OPERATOR)
+    for approver in APPROVERS:
+        registry.approve("triage", 1, approver)
+    registry.publish("triage", 1, "embedded", OPERATOR)
+    (data_dir / "not-a-dir").write_text("")
+    down = [{"url": f"http://127.0.0.1:{free_port()}", "name": f"gpu-node-{i:02d}.hospital.example"} for i in range(12)]
+    blocked = {"url": f"http://127.0.0.1:{free_port()}", "name": "blocked", "list_path": str(data_dir / "not-a-dir/x")}
+    settings = load_settings(
+        data_dir=data_dir,
+        policies_dir=REPO_ROOT / "policies",
+        serving={"connect_timeout_s": 0.5, "connect_retries": 0, "replicas": [blocked, *down]},
+    )
+    report = reach_replicas(
+        registry, settings, change="publish", name="triage", version=1, targets=["embedded"], actor=OPERATOR
+    )
+    assert len(report.failed) == 13 and report.replicas[0].replica == "blocked"
+    assert (report.replicas[0].reason or "").startswith("cannot write its list")
+    assert all("BACKEND_UNAVAILABLE" in (r.reason or "") for r in report.replicas[1:])
+    event = audit.events[-1]
+    assert event["type"] == "registry.reload" and event["outcome"]["error_class"] == "REPLICA_RELOAD_FAILED"
+    details = event["details"]
+    assert details["failed"] == 13 and details["loaded"] == 0 and details["replicas"] == 13
+    assert len(details["outcomes"]) <= 128 and details["outcomes"].startswith("blocked=failed|gpu-node-00")
+    assert details["outcomes"].rsplit("|", 1)[1].startswith("+")  # how many were left out
+    validate_event(event)
+    assert registry.show("triage", 1).status == "production"
