@@ -295,9 +295,12 @@ class ReplicaSet:
         return any(r.healthy for r in self.replicas)
 
     async def adapters(self) -> set[str]:
-        """Every adapter some replica holds (healthy or not: a request for one whose holders are down is a 503)."""
+        """Every adapter some replica holds (healthy or not: a request for one whose holders are down is a 503).
+
+        Re-read when older than half a second (as before refusing a request): the gateway asks only when an
+        adapter is not in its cached set, and a publication that just reached the replicas must count at once."""
         self._start_maintainer()
-        if self._clock() - self._oldest_holdings() > self.refresh_s:
+        if self._clock() - self._oldest_holdings() > min(self.refresh_s, 0.5):
             await self._refresh_all()
         if not any(r.known for r in self.replicas):
             raise BackendUnavailable("no replica answers (what they hold is unknown)")

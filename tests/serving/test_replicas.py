@@ -290,3 +290,14 @@ async def test_failover_rereads_holdings_when_no_other_replica_is_known_to_hold_
         note = begin_routing(FP_A)
         assert (await rs.generate("triage-v1", "x", GREEDY)).text == "ok"
         assert b.seen == ["triage-v1"] and note.replica == "r1"
+
+
+async def test_a_fresh_publication_counts_at_once_in_what_the_set_serves() -> None:
+    """``adapters()`` (the gateway's "published but not loaded" check) re-reads holdings older than half a second,
+    whatever ``refresh_s``: an adapter a replica loaded since is served, not refused for up to refresh_s."""
+    a = FakeEngine({"triage-v1": FP_A})
+    async with serving(a, refresh_s=600) as (rs, _):
+        assert await rs.adapters() == {"triage-v1"}
+        a.holdings["coding-v1"] = FP_A  # registry publish reloaded the replica
+        await asyncio.sleep(0.6)
+        assert await rs.adapters() == {"triage-v1", "coding-v1"}
