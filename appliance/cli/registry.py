@@ -30,15 +30,35 @@ _TOKEN_HELP = "File holding the person's token (else read from stdin, or prompte
 _JSON_HELP = "Print JSON instead of a table."
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is when a line is written (a test may swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 @contextmanager
-def _registry(ctx: typer.Context) -> Iterator[Any]:
+def _registry(ctx: typer.Context, *, logs_to_stderr: bool = False) -> Iterator[Any]:
+    """The registry, closed afterwards; ``logs_to_stderr`` (``--json``) keeps log lines off stdout meanwhile."""
+    import structlog
+
     from appliance.registry import open_registry
 
-    reg = open_registry(settings_of(ctx))
+    saved = structlog.get_config()
+    if logs_to_stderr:
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(_Stderr()))  # type: ignore[arg-type]
     try:
-        yield reg
+        reg = open_registry(settings_of(ctx))
+        try:
+            yield reg
+        finally:
+            reg.close()
     finally:
-        reg.close()
+        if logs_to_stderr:
+            structlog.configure(**saved)
 
 
 def _actor(subject: str | None) -> Any:
@@ -153,14 +173,6 @@ def approve_cmd(
 _NO_RELOAD_HELP = "Only write the lists; ask no replica to load them (servers not started yet read them at start)."
 
 
-def _json_only_on_stdout(as_json: bool) -> None:
-    """With ``--json``, log lines go to stderr so that stdout is one JSON document."""
-    if as_json:
-        import structlog
-
-        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
-
-
 def _reach(
     ctx: typer.Context, reg: Any, change: str, name: str, version: int, targets: list[str], actor: Any, reload: bool
 ) -> Any:
@@ -209,10 +221,9 @@ def publish_cmd(
 ) -> None:
     """Decrypt an approved adapter for a backend, add it to that backend's adapter list (atomically, signed) and
     have every replica of that backend load it (exit 69 when one did not)."""
-    _json_only_on_stdout(as_json)
     settings = settings_of(ctx)
     who = _actor(actor)
-    with _registry(ctx) as reg:
+    with _registry(ctx, logs_to_stderr=as_json) as reg:
         published = reg.publish(name, version, target or settings.serving.backend, who)
         targets = [target or settings.serving.backend]
         report = _reach(ctx, reg, "publish", name, version, targets, who, not no_reload)
@@ -232,9 +243,8 @@ def unpublish_cmd(
 ) -> None:
     """Remove an adapter from a backend's list (every backend's by default), delete its decrypted copy and have
     every replica of those backends unload it (exit 69 when one did not)."""
-    _json_only_on_stdout(as_json)
     who = _actor(actor)
-    with _registry(ctx) as reg:
+    with _registry(ctx, logs_to_stderr=as_json) as reg:
         before = set(reg.show(name, version).targets)
         info = reg.unpublish(name, version, who, target=target)
         touched = sorted(before - set(info.targets))
@@ -254,9 +264,8 @@ def retire_cmd(
 ) -> None:
     """Retire an adapter for good (unpublished everywhere; never approved or published again); replicas that
     served it unload it (exit 69 when one did not)."""
-    _json_only_on_stdout(as_json)
     who = _actor(actor)
-    with _registry(ctx) as reg:
+    with _registry(ctx, logs_to_stderr=as_json) as reg:
         before = sorted(reg.show(name, version).targets)
         reg.retire(name, version, who, reason=reason)
         report = _reach(ctx, reg, "retire", name, version, before, who, not no_reload)
