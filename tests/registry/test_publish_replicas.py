@@ -287,3 +287,46 @@ def test_reach_records_each_replica_without_free_text(
     assert details["outcomes"].rsplit("|", 1)[1].startswith("+")  # how many were left out
     validate_event(event)
     assert registry.show("triage", 1).status == "production"
+
+
+def test_cli_publish_reports_each_replica_and_exits_69_when_one_failed(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch, make_run: RunFactory, data_dir: Path, tmp_path: Path
+) -> None:
+    """The table names each replica and why it failed, exit 69 with REPLICA_RELOAD_FAILED; --json is one document
+    on stdout; --no-reload asks nobody and exits 0; the publication is recorded either way."""
+    values = {
+        "data_dir": str(data_dir),
+        "policies_dir": str(REPO_ROOT / "policies"),
+        "serving": {
+            "connect_timeout_s": 0.5,
+            "connect_retries": 0,
+            "replicas": [{"url": f"http://127.0.0.1:{free_port()}", "name": "gpu-down"}],
+        },
+    }
+    monkeypatch.setenv("APPLIANCE_CONFIG", str(_write_toml(tmp_path / "appliance.toml", values)))
+    from appliance.registry import open_registry
+
+    reg = open_registry(load_settings(**values))
+    try:
+        reg.grant(OPERATOR.subject, "admin", OPERATOR)
+        for approver in APPROVERS:
+            reg.grant(approver.subject, "approver", OPERATOR)
+        reg.add(make_run(ledger_db=reg.ledger_path), "triage", OPERATOR)
+        for approver in APPROVERS:
+            reg.approve("triage", 1, approver)
+    finally:
+        reg.close()
+
+    code, out, err = cli("registry", "publish", "triage", "1", "--actor", "olga")
+    assert code == 69, (out, err)
+    assert "published triage-v1 to embedded" in out and "gpu-down" in out and "BACKEND_UNAVAILABLE" in out
+    assert "REPLICA_RELOAD_FAILED: not loaded on gpu-down" in err
+    code, out, err = cli("registry", "list", "--json")
+    assert code == 0 and json.loads(out)[0]["status"] == "production"  # the publication stays
+    code, out, err = cli("registry", "unpublish", "triage", "1", "--actor", "olga", "--json")
+    assert code == 69
+    document = json.loads(out)  # log lines went to stderr
+    assert document["change"] == "unpublish" and document["replicas"][0]["outcome"] == "failed"
+    code, out, err = cli("registry", "publish", "triage", "1", "--actor", "olga", "--no-reload")
+    assert code == 0, err
+    assert "gpu-down" not in out
