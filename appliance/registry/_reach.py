@@ -108,15 +108,19 @@ def reach_replicas(
 
     ``reload=False`` only writes the replicas' own list copies (servers not started yet read them at start): the
     report then lists only replicas whose copy could not be written."""
-    results: list[ReplicaReload] = []
     with registry._publish_lock():
         with registry.db.session("reading what is published") as s:
             published = {t: {e.served_id: e.fingerprint for e in registry._entries(s, t)} for t in targets}
-        for target in targets:
-            unwritten = _copy_lists(registry, settings, target)
-            results += unwritten.values()
-            if reload:
-                results += asyncio.run(reload_replicas(settings, target, published[target], skip=set(unwritten)))
+        unwritten = {t: _copy_lists(registry, settings, t) for t in targets}
+        results = [r for t in targets for r in unwritten[t].values()]
+        if reload:  # every target's replicas at once: one that is down holds up nobody
+
+            async def reach_all() -> list[list[ReplicaReload]]:
+                return await asyncio.gather(
+                    *(reload_replicas(settings, t, published[t], skip=set(unwritten[t])) for t in targets)
+                )
+
+            results += [r for reached in asyncio.run(reach_all()) for r in reached]
     report = PublicationReport(change, name, version, tuple(targets), results, reload)
     if results:  # no replica of these targets configured: nothing was asked, nothing to record
         _record(registry, report, actor)
