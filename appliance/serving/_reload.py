@@ -3,9 +3,9 @@
 - embedded: ``POST /admin/reload`` (bearer ``serving.admin_token``; the engine checks the signature and every
   fingerprint before it changes anything), then ``/v1/models`` read back: the replica is ``loaded`` only when it
   holds exactly the published adapters, each with its published fingerprint.
-- vLLM with ``serving.allow_runtime_lora_updates`` (``VLLM_ALLOW_RUNTIME_LORA_UPDATING``): unload what is no longer
-  published, load what is new (``/v1/load_lora_adapter``), then ``/v1/models`` read back (ids only: vLLM reports no
-  fingerprint; its launcher checked the files).
+- vLLM with ``serving.allow_runtime_lora_updates`` (``VLLM_ALLOW_RUNTIME_LORA_UPDATING``): the signed list and each
+  adapter's files are checked as ``serve-launch`` checks them, then what is no longer published is unloaded and
+  what is new loaded (``/v1/load_lora_adapter``), then ``/v1/models`` read back (ids only: vLLM reports none).
 - TGI, and vLLM without runtime updates: they load adapters only at start; the list change restarts them through
   ``appliance serve-launch`` (the ansible ``tgi`` role's path unit), which checks the signed list before it starts
   the server: ``restarting``. The gateway routes to them only once they serve the adapter.
@@ -26,8 +26,10 @@ from typing import Literal
 from appliance.config import ReplicaSettings, Settings
 from appliance.errors import ApplianceError
 from appliance.serving._embedded import EmbeddedBackend
+from appliance.serving._launch import verified_adapters
 from appliance.serving._published import vllm_list_path
 from appliance.serving._replicas import replica_name
+from appliance.serving._signed import load_publication_keys
 from appliance.serving._vllm import VLLMBackend
 
 __all__ = ["ReplicaReload", "reload_replicas", "replica_list_path", "replicas_of"]
@@ -120,6 +122,10 @@ async def _vllm_runtime(
         retries=cfg.connect_retries,
     )
     try:
+        # vLLM loads the directory as it finds it: the signed list and each adapter's files are checked first,
+        # as serve-launch does before a start
+        keys = await asyncio.to_thread(load_publication_keys, settings)
+        await asyncio.to_thread(verified_adapters, "vllm", list_path, keys)
         await client.sync()
         served = await client._served_adapters()
         return holding_problem(dict.fromkeys(served), dict.fromkeys(published))

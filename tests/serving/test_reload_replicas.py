@@ -5,6 +5,7 @@ tests/registry/test_publish_replicas.py)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -140,26 +141,45 @@ async def test_a_down_or_hanging_replica_fails_alone_within_the_deadline(data_di
     assert TOKEN not in reasons and "not-the-token" not in reasons
 
 
-async def test_vllm_loads_at_run_time_when_allowed_and_tgi_restarts(data_dir: Path) -> None:
-    """vLLM with runtime LoRA updates unloads what is gone and loads what is new from its list; without them (and
-    TGI) the launch wrapper restarts it on the list change: ``restarting``, never asked over HTTP."""
+async def test_vllm_loads_at_run_time_when_allowed_and_tgi_restarts(data_dir: Path, tmp_path: Path) -> None:
+    """vLLM with runtime LoRA updates unloads what is gone and loads what is new from its signed list, after its
+    files are checked (an edited one: failed, nothing loaded); without runtime updates (and TGI) the launch
+    wrapper restarts it on the list change: ``restarting``, never asked over HTTP."""
     from appliance.registry._publish import PublishEntry, Publisher
+    from tests.serving.conftest import pin_publication_keys, sign_list
 
+    adapter = data_dir / "adapters" / "triage-v1"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    (adapter / "adapter_config.json").write_bytes(b'{"r": 4}')
+    fingerprint, config = hashlib.sha256(b"weights").hexdigest(), hashlib.sha256(b'{"r": 4}').hexdigest()
     vllm_list = data_dir / "serving" / "vllm" / "lora_modules.json"
     vllm_list.parent.mkdir(parents=True)
-    entry = PublishEntry("triage-v1", "triage", 1, str(data_dir / "a"), FP_A, "/models/base")
+    entry = PublishEntry("triage-v1", "triage", 1, str(adapter), fingerprint, "/models/base", config)
     vllm_list.write_bytes(Publisher.render("vllm", [entry]))
+    sign_list(vllm_list, "vllm", Publisher.signed_digests([entry]))
+    pinned = str(pin_publication_keys(tmp_path / "publication-keys.json"))
     vllm = Server({"old-v1": None})
     tgi = Server({})
     async with servers(vllm, tgi) as urls:
         runtime = _settings(
-            data_dir, [{"url": urls[0], "kind": "vllm"}], allow_runtime_lora_updates=True, vllm_base_model_name="base"
+            data_dir,
+            [{"url": urls[0], "kind": "vllm"}],
+            allow_runtime_lora_updates=True,
+            vllm_base_model_name="base",
+            publication_public_keys=pinned,
         )
-        [loaded] = await reload_replicas(runtime, "vllm", {"triage-v1": FP_A})
+        [loaded] = await reload_replicas(runtime, "vllm", {"triage-v1": fingerprint})
         at_start = _settings(data_dir, [{"url": urls[0], "kind": "vllm"}, {"url": urls[1], "kind": "tgi"}])
-        [restart_vllm] = await reload_replicas(at_start, "vllm", {"triage-v1": FP_A})
-        [restart_tgi] = await reload_replicas(at_start, "tgi", {"triage-v1": FP_A})
-    assert loaded.outcome == "loaded" and set(vllm.holdings) == {"triage-v1"}
-    assert "/v1/unload_lora_adapter" in vllm.calls and "/v1/load_lora_adapter" in vllm.calls
-    assert restart_vllm.outcome == restart_tgi.outcome == "restarting"
-    assert tgi.calls == []
+        [restart_vllm] = await reload_replicas(at_start, "vllm", {"triage-v1": fingerprint})
+        [restart_tgi] = await reload_replicas(at_start, "tgi", {"triage-v1": fingerprint})
+        assert loaded.outcome == "loaded" and set(vllm.holdings) == {"triage-v1"}
+        assert "/v1/unload_lora_adapter" in vllm.calls and "/v1/load_lora_adapter" in vllm.calls
+        assert restart_vllm.outcome == restart_tgi.outcome == "restarting"
+        assert tgi.calls == []
+
+        vllm.holdings, vllm.calls = {}, []
+        (adapter / "adapter_model.safetensors").write_bytes(b"other weights")  # edited on the serving host
+        [refused] = await reload_replicas(runtime, "vllm", {"triage-v1": fingerprint})
+    assert refused.outcome == "failed" and "does not match the published digest" in (refused.reason or "")
+    assert vllm.holdings == {} and "/v1/load_lora_adapter" not in vllm.calls
