@@ -11,6 +11,7 @@ from appliance.protocols import AuditLog, KeyService
 from appliance.registry._db import Database
 from appliance.registry._lineage import subject_digest
 from appliance.registry._publish import TARGETS
+from appliance.registry._reach import PublicationReport, reach_replicas
 from appliance.registry._service import REQUIRED_APPROVALS, Registry
 from appliance.registry._types import (
     Actor,
@@ -28,10 +29,12 @@ __all__ = [
     "AdapterInfo",
     "ErasurePlan",
     "LineageReport",
+    "PublicationReport",
     "PublishedAdapter",
     "Registry",
     "VerifyResult",
     "open_registry",
+    "reach_replicas",
     "subject_digest",
 ]
 
