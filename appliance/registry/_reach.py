@@ -17,9 +17,9 @@ from typing import Any
 
 import structlog
 
+from appliance._fs import atomic_write
 from appliance.config import Settings
 from appliance.errors import ApplianceError, AuditUnavailable
-from appliance.registry._artifacts import atomic_write
 from appliance.registry._service import Registry
 from appliance.registry._types import Actor
 from appliance.serving import (

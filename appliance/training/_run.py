@@ -42,7 +42,7 @@ from appliance.training._canaries import Canary, make_canaries, measure_exposure
 from appliance.training._checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from appliance.training._config import TrainConfig
 from appliance.training._data import PreparedDataset, Record, Unit, UnitDataset, build_units, collate, read_prepared
-from appliance.training._hooks import TrainingAudit, open_audit_or_none, open_keys_or_none
+from appliance.training._hooks import TrainingAudit, open_audit, open_keys
 from appliance.training._ledger import Ledger
 from appliance.training._loss import unit_losses
 from appliance.training._output import (
@@ -138,9 +138,9 @@ class TrainingRun:
         self.config = config
         self.out = config.out.resolve()
         self._policy = policy
-        self._keys = keys if keys is not None or not use_stage_factories else open_keys_or_none(settings)
+        self._keys = keys if keys is not None or not use_stage_factories else open_keys(settings)
         self._audit = TrainingAudit(
-            audit if audit is not None or not use_stage_factories else open_audit_or_none(settings), config.trained_by
+            audit if audit is not None or not use_stage_factories else open_audit(settings), config.trained_by
         )
         self._on_step = on_step
         self._on_checkpoint = on_checkpoint
