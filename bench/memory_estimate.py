@@ -122,8 +122,7 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
 
     from appliance.config import load_settings
     from appliance.testing import MemoryAuditLog
-    from appliance.training import TrainingRun, make_config
-    from appliance.training._memory import estimate_memory, model_shape
+    from appliance.training import TrainingRun, estimate_memory, make_config, model_shape
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)

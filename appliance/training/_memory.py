@@ -27,9 +27,13 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from appliance.errors import ValidationFailed
+from appliance.training._quantization import ADAPTER_DTYPE, NF4_COMPUTE_DTYPE
+
+if TYPE_CHECKING:
+    from appliance.training._config import TrainConfig
 
 __all__ = [
     "MemoryEstimate",
@@ -37,6 +41,7 @@ __all__ = [
     "estimate_memory",
     "fit_physical_batch",
     "model_shape",
+    "size_run",
 ]
 
 Quantization = Literal["none", "nf4"]
@@ -47,7 +52,6 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 NF4_BYTES = 0.5  # 4 bits per quantised weight
 NF4_BLOCK = 64  # weights per absmax block (bitsandbytes' default for nf4)
 NF4_DOUBLE_QUANT_BYTES = 1 / NF4_BLOCK + 4 / (NF4_BLOCK * 256)  # 8-bit absmax + a float32 per 256 blocks
-ADAPTER_DTYPE = "float32"  # LoRA weights, their gradients, per-sample gradients and Adam moments
 ACT_HIDDEN = 10  # saved elements per token and layer, in units of the hidden size ...
 ACT_FFN = 4  # ... and of the MLP's intermediate size
 LOGIT_FP32_COPIES = 3  # float32 logits, log-softmax output, its gradient (besides the model's own logits)
@@ -155,7 +159,7 @@ def estimate_memory(
     device: Device = "cuda",
 ) -> MemoryEstimate:
     """The itemised peak memory of a run with these settings (see the module docstring for each part)."""
-    compute = "bfloat16" if quantization == "nf4" else "float32"
+    compute = NF4_COMPUTE_DTYPE if quantization == "nf4" else "float32"
     cbytes = DTYPE_BYTES[compute]
     abytes = DTYPE_BYTES[ADAPTER_DTYPE]
     b, t = physical_batch, max_length
@@ -209,10 +213,12 @@ def fit_physical_batch(
     if one.total > usable:
         biggest = sorted(one.parts, key=lambda part: -part[1])[:3]
         named = ", ".join(f"{name} {_gib(size)}" for name, size in biggest)
+        remedies = "a shorter --max-length, a lower --lora-r or a larger card"
+        if one.quantization == "none":
+            remedies = f"--quantize nf4, {remedies}"
         raise ValidationFailed(
             f"even a physical batch of 1 needs about {_gib(one.total)}, more than {_gib(int(usable))} usable of "
-            f"{_gib(capacity_bytes)} ({100 * margin:.0f}% kept free); largest parts: {named}. Use --quantize nf4, "
-            "a shorter --max-length, a lower --lora-r or a larger card"
+            f"{_gib(capacity_bytes)} ({100 * margin:.0f}% kept free); largest parts: {named}. Use {remedies}"
         )
     low, high = 1, max(1, upper)
     while low < high:
@@ -226,3 +232,37 @@ def fit_physical_batch(
 
 def _gib(size: int) -> str:
     return f"{size / (1 << 30):.2f} GiB"
+
+
+def size_run(config: TrainConfig, *, choose_batch: bool) -> MemoryEstimate:
+    """The estimate for a run's settings on its base; ``choose_batch``: the largest physical batch that fits
+    ``--gpu-memory`` (up to the logical batch). A given physical batch that does not fit is refused."""
+    shape = model_shape(config.base)
+    device: Device = "cpu" if config.device == "cpu" else "cuda"
+
+    def estimate_for(batch: int) -> MemoryEstimate:
+        return estimate_memory(
+            shape,
+            lora_rank=config.lora_r,
+            target_modules=config.target_modules,
+            max_length=config.max_length,
+            physical_batch=batch,
+            quantization=config.quantize,
+            dp_mode="none" if config.no_dp else config.grad_sample_mode,
+            device=device,
+        )
+
+    if config.gpu_memory_gb is None:
+        return estimate_for(config.physical_batch_size)
+    capacity = int(config.gpu_memory_gb * (1 << 30))
+    if choose_batch:
+        return fit_physical_batch(capacity, estimate_for, upper=config.batch_size)
+    given = estimate_for(config.physical_batch_size)
+    usable = capacity * (1 - SAFETY_MARGIN)
+    if given.total > usable:
+        raise ValidationFailed(
+            f"physical batch {config.physical_batch_size} needs about {_gib(given.total)}, more than "
+            f"{_gib(int(usable))} usable of --gpu-memory {config.gpu_memory_gb:g} GiB; leave --physical-batch-size "
+            "out to have the largest batch that fits chosen"
+        )
+    return given
