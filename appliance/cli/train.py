@@ -204,10 +204,16 @@ def _print_plan(config: TrainConfig, settings: Settings, *, as_json: bool = Fals
 
     from appliance.training import TrainingRun
 
-    if as_json:  # stdout carries the JSON alone; the log lines go to stderr
-        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     run = TrainingRun(config, settings, use_stage_factories=False)
-    plan = run.plan_only()
+    if as_json:  # stdout carries the JSON alone: the log lines of the planning go to stderr
+        previous = structlog.get_config()
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+        try:
+            plan = run.plan_only()
+        finally:
+            structlog.configure(**previous)
+    else:
+        plan = run.plan_only()
     memory = run.memory
     assert memory is not None
     if as_json:
