@@ -5,13 +5,14 @@ fit) on records long enough that every row fills ``--max-length`` (the estimate'
 hooks (or ``--dp-mode ghost|none``), a logical batch of twice the physical one and ``--steps`` steps. Measured:
 
 * CUDA: ``torch.cuda.max_memory_allocated`` over build + fit, against the estimate without its runtime part;
-* CPU: the peak of the process's resident memory (``/proc/self/statm``, sampled every 2 ms by a thread) over
-  build + fit, minus its value before build (libraries imported, tokenizer loaded). glibc is told to give every
+* CPU: the kernel's peak of the process's resident memory (``VmHWM``, reset through ``/proc/self/clear_refs``
+  just before build) over build + fit, minus the resident memory at that point (libraries imported, tokenizer
+  loaded); the weights' memory map counts once touched. glibc is told to give every
   allocation of 64 KiB or more its own memory map (see ``_child_env``), so freed tensors leave the resident set.
 
     .venv/bin/python bench/memory_estimate.py                          # tiny model, CPU (about a minute)
     .venv/bin/python bench/memory_estimate.py --model smollm2 --base var/models/smollm2-135m --batches 1,2
-    python bench/memory_estimate.py --device cuda --batches 1,4,16     # on a GPU (bench/gpu.sh --memory)
+    python bench/memory_estimate.py --device cuda --batches 4,16 [--quantize nf4]   # GPU (bench/gpu.sh --memory)
 
 Prints one line per configuration: estimate, measured, ratio estimate/measured (the test asserts it stays within
 ``tests/training/test_memory.py``'s factor), and ``--json FILE`` writes them.
@@ -27,8 +28,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -84,32 +83,17 @@ def write_long_dataset(path: Path, records: int) -> Path:
     return path
 
 
-def _resident_bytes() -> int:
-    """The process's resident memory, from /proc/self/statm (the weights' memory map included once touched)."""
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_bytes(field: str) -> int:
+    """A memory line of /proc/self/status (VmRSS: resident now; VmHWM: its peak since the last reset), in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise SystemExit(f"/proc/self/status has no {field}")
 
 
-class _PeakSampler:
-    """The peak of :func:`_anon_bytes` while it runs (a daemon thread sampling every 2 ms)."""
-
-    def __init__(self) -> None:
-        self.peak = _resident_bytes()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _resident_bytes())
-            time.sleep(0.002)
-
-    def __enter__(self) -> _PeakSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _resident_bytes())
+def _reset_peak() -> None:
+    """Reset the kernel's resident-memory high-water mark (VmHWM) to the current resident size."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def _child(args: argparse.Namespace) -> dict[str, Any]:
@@ -121,7 +105,6 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from appliance.config import load_settings
-    from appliance.testing import MemoryAuditLog
     from appliance.training import TrainingRun, estimate_memory, make_config, model_shape
 
     torch.set_num_threads(args.threads)
@@ -139,12 +122,14 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
         "target_modules": args.target_modules.split(","),
         "checkpoint_every": 10_000,
         "device": args.device,
+        "quantize": args.quantize,
     }
     if args.dp_mode == "none":
         options |= {"no_dp": True}
     else:
         options |= {"epsilon": 100.0, "noise_multiplier": 0.5, "grad_sample_mode": args.dp_mode}
-    run = TrainingRun(make_config(**options), settings, audit=MemoryAuditLog())
+    # no audit trail or key service: only torch, transformers, peft, opacus, pydantic and structlog are needed
+    run = TrainingRun(make_config(**options), settings, use_stage_factories=False)
     run.prepare()
     estimate = estimate_memory(
         model_shape(Path(args.base)),
@@ -152,6 +137,7 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
         target_modules=args.target_modules.split(","),
         max_length=args.max_length,
         physical_batch=args.physical_batch,
+        quantization=args.quantize,
         dp_mode=args.dp_mode,
         device=args.device,
     )
@@ -159,17 +145,18 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
     cuda = args.device == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    baseline = _resident_bytes()
-    with _PeakSampler() as sampler:
-        run.build()
-        run.fit()
-    measured = torch.cuda.max_memory_allocated() if cuda else sampler.peak - baseline
+    _reset_peak()
+    baseline = _status_bytes("VmRSS")
+    run.build()
+    run.fit()
+    measured = torch.cuda.max_memory_allocated() if cuda else _status_bytes("VmHWM") - baseline
     expected = estimate.allocated if cuda else estimate.total
     return {
         "device": args.device,
         "physical_batch": args.physical_batch,
         "max_length": args.max_length,
         "dp_mode": args.dp_mode,
+        "quantize": args.quantize,
         "estimate_bytes": expected,
         "measured_bytes": measured,
         "ratio": expected / measured,
@@ -209,14 +196,15 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
             cmd = [sys.executable, __file__, "--child", "--work", str(work), "--base", base]
             cmd += ["--physical-batch", str(batch), "--max-length", str(args.max_length), "--steps", str(args.steps)]
             cmd += ["--dp-mode", args.dp_mode, "--device", args.device, "--threads", str(args.threads)]
-            cmd += ["--lora-r", str(args.lora_r), "--target-modules", args.target_modules]
+            cmd += ["--lora-r", str(args.lora_r), "--target-modules", args.target_modules, "--quantize", args.quantize]
             proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False, env=_child_env())
             if proc.returncode != 0:
                 sys.stderr.write(proc.stderr[-4000:])
                 raise SystemExit(f"physical batch {batch}: run failed ({proc.returncode})")
             result = dict(json.loads(proc.stdout.strip().splitlines()[-1]))
             print(
-                f"{args.model} {args.device} {args.dp_mode} batch {batch} x {args.max_length} tokens: estimate "
+                f"{args.model} {args.device} {args.quantize} {args.dp_mode} batch {batch} x {args.max_length} tokens: "
+                f"estimate "
                 f"{result['estimate_bytes'] / 2**20:.0f} MiB, measured {result['measured_bytes'] / 2**20:.0f} MiB, "
                 f"ratio {result['ratio']:.2f}",
                 flush=True,
@@ -237,6 +225,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--target-modules", default="all-linear")
     p.add_argument("--dp-mode", choices=["hooks", "ghost", "none"], default="hooks")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--quantize", choices=["none", "nf4"], default="none", help="nf4: CUDA and bitsandbytes only")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
