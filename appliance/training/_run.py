@@ -180,7 +180,6 @@ class TrainingRun:
         policy = self._policy or load_privacy_policy(self.settings.policies_dir / "privacy.yaml")
         if cfg.no_dp and not policy.allow_no_dp:
             raise ValidationFailed("--no-dp is disabled by policies/privacy.yaml (allow_no_dp: false)")
-        require_quantization(cfg.quantize)  # no CUDA or no bitsandbytes: refused before anything is charged
         self.s.started_at = _now()
         resume_from: str | None = None
         if cfg.resume:
@@ -189,6 +188,7 @@ class TrainingRun:
         else:
             check_out_dir(self.out)
             self.run_id = uuid.uuid4().hex[:16]
+        require_quantization(cfg.quantize)  # no CUDA or no bitsandbytes: refused before anything is charged
         self._resolve(policy, resume_from, ledger_exists=True)
         cfg, dataset = self.config, self.s.dataset
         assert dataset is not None
