@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from appliance.cli import app
+from appliance.config import Settings
 from appliance.errors import ValidationFailed
 from appliance.training import MemoryEstimate, estimate_memory, model_shape
 from appliance.training._memory import CUDA_RUNTIME_BYTES, SAFETY_MARGIN, ModelShape, fit_physical_batch
@@ -179,3 +180,41 @@ def test_estimate_within_factor_of_a_measured_gpu_run(tmp_path: Path) -> None:
         pytest.skip("no CUDA device")
     for result in _measure("cuda", "4,16", tmp_path):
         assert 1 / MEASURED_FACTOR <= float(result["ratio"]) <= MEASURED_FACTOR, result  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_a_run_with_gpu_memory_stores_the_chosen_batch(
+    train_settings: Settings, prepared: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    """`--gpu-memory` without a physical batch: the run takes the largest that fits and stores it in its
+    config.json (a resume keeps it); a given physical batch is kept when it fits."""
+    from appliance.testing import MemoryAuditLog
+    from appliance.training import TrainingRun, make_config
+    from tests.training.conftest import tiny_options
+
+    options = tiny_options(prepared, tiny_model, tmp_path / "a", max_length=512, batch_size=16, gpu_memory_gb=0.9)
+    del options["physical_batch_size"]
+    run = TrainingRun(make_config(**options), train_settings, audit=MemoryAuditLog())
+    run.prepare()
+    assert run.memory is not None
+    chosen = run.memory.physical_batch
+    assert run.config.physical_batch_size == chosen
+    stored = json.loads((run.run_dir / "config.json").read_text())
+    assert stored["physical_batch_size"] == chosen and stored["gpu_memory_gb"] == 0.9
+    usable = 0.9 * (1 << 30) * (1 - SAFETY_MARGIN)
+    assert run.memory.total <= usable
+    if chosen < 16:
+        assert (
+            estimate_memory(
+                model_shape(tiny_model),
+                lora_rank=4,
+                target_modules=["all-linear"],
+                max_length=512,
+                physical_batch=chosen + 1,
+            ).total
+            > usable
+        )
+    given = {**options, "out": tmp_path / "b", "physical_batch_size": 1}
+    kept = TrainingRun(make_config(**given), train_settings, audit=MemoryAuditLog())
+    kept.prepare()
+    assert kept.config.physical_batch_size == 1
