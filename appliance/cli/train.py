@@ -10,8 +10,10 @@ import typer
 from appliance.cli._common import console, invoking_user, settings_of
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from appliance.config import Settings
-    from appliance.training import TrainConfig
+    from appliance.training import MemoryEstimate, TrainConfig
 
 
 def _csv_ints(value: str) -> list[int]:
@@ -32,7 +34,9 @@ def train(
     batch_size: int | None = typer.Option(
         None, "--batch-size", help="Expected logical batch size, Poisson sampling (default: planned; no DP: 16)."
     ),
-    physical_batch_size: int = typer.Option(8, "--physical-batch-size", help="Rows per forward pass (memory)."),
+    physical_batch_size: int | None = typer.Option(
+        None, "--physical-batch-size", help="Rows per forward pass (memory; default 8, or chosen by --gpu-memory)."
+    ),
     lr: float | None = typer.Option(None, "--lr", help="Learning rate, AdamW (default: planned; no DP: 0.002)."),
     noise_multiplier: float | None = typer.Option(
         None, "--noise-multiplier", help="DP noise multiplier (default: planned; checked against --epsilon)."
@@ -42,6 +46,16 @@ def train(
     ),
     plan_only: bool = typer.Option(
         False, "--plan-only", help="Print the DP plan and stop: nothing is charged, audited or written."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="With --plan-only: print the plan and memory as JSON."),
+    quantize: str = typer.Option(
+        "none", "--quantize", help="none, or nf4: the base in 4-bit NF4 (QLoRA; CUDA and bitsandbytes only)."
+    ),
+    serving_base: str = typer.Option(
+        "unquantised", "--serving-base", help="What the adapter is to be served on: unquantised, or engine."
+    ),
+    gpu_memory: float | None = typer.Option(
+        None, "--gpu-memory", help="GiB on the card: the largest physical batch whose estimated peak fits."
     ),
     max_length: int = typer.Option(256, "--max-length", help="Tokens per record (prompt + response)."),
     lora_r: int = typer.Option(8, "--lora-r", help="LoRA rank."),
@@ -84,6 +98,7 @@ def train(
         raise typer.BadParameter("--privacy-unit must be record or subject")
     if grad_sample_mode not in ("hooks", "ghost"):
         raise typer.BadParameter("--grad-sample-mode must be hooks or ghost")
+    sizing = _sizing_options(quantize, serving_base, gpu_memory, physical_batch_size)
     if resume and epsilon is None and not no_dp:
         epsilon = 1.0  # placeholder: a resumed run takes every option from the interrupted run
     given = {"steps": steps, "batch_size": batch_size, "learning_rate": lr, "noise_multiplier": noise_multiplier}
@@ -94,7 +109,7 @@ def train(
         out=out,
         epsilon=epsilon,
         delta=delta,
-        physical_batch_size=physical_batch_size,
+        **sizing,
         grad_sample_mode=grad_sample_mode,
         max_length=max_length,
         lora_r=lora_r,
@@ -114,7 +129,7 @@ def train(
         trained_by=trained_by or invoking_user(),  # under sudo the person, not root: approval compares it
     )
     if plan_only:
-        _print_plan(config, settings)
+        _print_plan(config, settings, as_json=as_json)
         return
     progress = Progress(
         TextColumn("[bold]training"),
@@ -163,11 +178,68 @@ def train(
         print_report(meta["evaluation"])
 
 
-def _print_plan(config: TrainConfig, settings: Settings) -> None:
-    """``--plan-only``: the plan, without opening the key service, the audit trail or a new ledger."""
+def _sizing_options(
+    quantize: str, serving_base: str, gpu_memory: float | None, physical_batch_size: int | None
+) -> dict[str, object]:
+    """The memory options, only those given (a physical batch left out is 8, or chosen by --gpu-memory)."""
+    if quantize not in ("none", "nf4"):
+        raise typer.BadParameter("--quantize must be none or nf4")
+    if serving_base not in ("unquantised", "engine"):
+        raise typer.BadParameter("--serving-base must be unquantised or engine")
+    options: dict[str, object] = {"quantize": quantize, "serving_base": serving_base}
+    if gpu_memory is not None:
+        options["gpu_memory_gb"] = gpu_memory
+    if physical_batch_size is not None:
+        options["physical_batch_size"] = physical_batch_size
+    return options
+
+
+def _print_plan(config: TrainConfig, settings: Settings, *, as_json: bool = False) -> None:
+    """``--plan-only``: the plan and the memory estimate, without opening the key service, the audit trail or a
+    new ledger."""
+    import json
+    import sys
+
+    import structlog
+
     from appliance.training import TrainingRun
 
-    plan = TrainingRun(config, settings, use_stage_factories=False).plan_only()
+    run = TrainingRun(config, settings, use_stage_factories=False)
+    if as_json:  # stdout carries the JSON alone: the log lines of the planning go to stderr
+        previous = structlog.get_config()
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+        try:
+            plan = run.plan_only()
+        finally:
+            structlog.configure(**previous)
+    else:
+        plan = run.plan_only()
+    memory = run.memory
+    assert memory is not None
+    if as_json:
+        typer.echo(json.dumps({"plan": plan.as_dict(), "memory": memory.as_dict()}, indent=2))
+        return
     console.print("[bold]DP plan[/] (* = chosen by the planner; nothing charged or written)")
     for line in plan.describe():
         console.print(f"  {line}")
+    chosen = " (the largest that fits --gpu-memory)" if config.sized_physical_batch() else ""
+    console.print(
+        f"[bold]Estimated peak memory[/]: physical batch {memory.physical_batch}{chosen} x {memory.max_length} "
+        f"tokens on {memory.device}; base {memory.quantization}, compute {memory.compute_dtype}, DP {memory.dp_mode}"
+    )
+    console.print(_memory_table(memory, config.gpu_memory_gb))
+
+
+def _memory_table(memory: MemoryEstimate, gpu_memory_gb: float | None) -> Table:
+    """The itemised peak-memory estimate as a rich table."""
+    from rich.table import Table
+
+    table = Table()
+    table.add_column("part")
+    table.add_column("MiB", justify="right")
+    for name, size in memory.parts:
+        table.add_row(name, f"{size / (1 << 20):,.1f}")
+    table.add_row("[bold]total", f"[bold]{memory.total / (1 << 20):,.1f}")
+    if gpu_memory_gb is not None:
+        table.add_row("card (--gpu-memory, 10% kept free)", f"{gpu_memory_gb * 1024:,.1f}")
+    return table

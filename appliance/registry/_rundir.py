@@ -74,6 +74,16 @@ class _Canaries(_Loose):
     max_exposure: float | None = None
 
 
+class _Quantization(_Loose):
+    """How the base was held in training and what the adapter is to be served on (absent before QLoRA)."""
+
+    method: Literal["none", "nf4"]
+    compute_dtype: Literal["float32", "bfloat16", "float16"]
+    adapter_dtype: Literal["float32", "bfloat16", "float16"]
+    double_quant: bool | None = None
+    serving: Literal["unquantised", "engine"]
+
+
 class RunMetadata(_Loose):
     """``metadata.json`` of a training run (contracts.md); unknown extra keys are kept, not refused."""
 
@@ -89,6 +99,7 @@ class RunMetadata(_Loose):
     steps: int = Field(ge=0)
     metrics: dict[str, Any]
     evaluation: dict[str, Any] | None = None  # appliance.evaluation's report (base vs adapter on the eval split)
+    quantization: _Quantization | None = None  # training.quantization_metadata; None: trained before QLoRA
     canaries: _Canaries
     packages: dict[str, Any] = Field(default_factory=dict)
     started_at: str | None = None

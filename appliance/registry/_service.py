@@ -823,6 +823,7 @@ class Registry:
             dp=dict(run.dp),
             metrics=dict(run.metrics),
             evaluation=dict(run.evaluation) if run.evaluation is not None else None,
+            quantization=_quantization_of(adapter.meta),
             canaries=dict(run.canaries),
             hyperparameters=dict(run.hyperparameters),
             approvals=[
@@ -911,6 +912,12 @@ def _check_served(directory: Path, config_sha256: str | None, weights_fingerprin
             raise IntegrityViolation(f"served copy {directory}: {file_name} unreadable ({exc.strerror})") from exc
         if actual != expected:
             raise IntegrityViolation(f"served copy {directory}: {file_name} differs from what the registry published")
+
+
+def _quantization_of(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The registered metadata's ``quantization`` (how the base was held in training, what it is served on)."""
+    value = (meta or {}).get("quantization")
+    return dict(value) if isinstance(value, dict) else None
 
 
 def _claimed_by_metadata(meta: RunMetadata, weights: str, config: str) -> ClaimedRun:

@@ -90,6 +90,7 @@ class AdapterInfo:
     canaries: dict[str, Any]
     hyperparameters: dict[str, Any]
     evaluation: dict[str, Any] | None = None  # base vs adapter on the eval split (None: registered before 0003)
+    quantization: dict[str, Any] | None = None  # metadata.quantization (None: trained before QLoRA)
     approvals: list[ApprovalInfo] = field(default_factory=list)
     targets: list[str] = field(default_factory=list)
     retired_reason: str | None = None

@@ -10,6 +10,7 @@ from appliance.training._canaries import exposure
 from appliance.training._config import TrainConfig, make_config
 from appliance.training._data import Record, encode, read_prepared
 from appliance.training._ledger import Ledger, LedgerEntry, LedgerSummary
+from appliance.training._memory import MemoryEstimate, estimate_memory, model_shape
 from appliance.training._planner import TrainingPlan, plan_training
 from appliance.training._policy import ApprovalLimits, DatasetBudget, PrivacyPolicy, load_privacy_policy
 from appliance.training._run import StepInfo, TrainingRun, TrainResult, read_metadata, train
@@ -20,6 +21,7 @@ __all__ = [
     "Ledger",
     "LedgerEntry",
     "LedgerSummary",
+    "MemoryEstimate",
     "PrivacyPolicy",
     "Record",
     "StepInfo",
@@ -29,9 +31,11 @@ __all__ = [
     "TrainingRun",
     "composed_epsilon",
     "encode",
+    "estimate_memory",
     "exposure",
     "load_privacy_policy",
     "make_config",
+    "model_shape",
     "noise_for_epsilon",
     "plan_training",
     "read_metadata",

@@ -49,6 +49,9 @@ class TrainConfig(BaseModel):
     trained_by: str = Field(default="cli", min_length=1, max_length=200)
     eval_max_records: int = Field(default=512, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    quantize: Literal["none", "nf4"] = "none"  # nf4: QLoRA base (bitsandbytes, CUDA only; _quantization.py)
+    serving_base: Literal["unquantised", "engine"] = "unquantised"  # what the adapter is to be served on
+    gpu_memory_gb: float | None = Field(default=None, gt=0, le=4096)  # picks the largest physical batch that fits
 
     @field_validator("target_modules")
     @classmethod
@@ -71,6 +74,8 @@ class TrainConfig(BaseModel):
             raise ValueError("--epsilon is required unless --no-dp")
         if self.no_dp and self.noise_multiplier is not None:
             raise ValueError("--noise-multiplier needs DP (it cannot be combined with --no-dp)")
+        if self.quantize != "none" and self.device == "cpu":
+            raise ValueError(f"--quantize {self.quantize} needs a CUDA device (bitsandbytes); --device cpu cannot")
         planned_batch = self.dp and "batch_size" not in self.model_fields_set
         if not planned_batch and self.physical_batch_size > self.batch_size:
             object.__setattr__(self, "physical_batch_size", self.batch_size)
@@ -100,6 +105,10 @@ class TrainConfig(BaseModel):
                 "physical_batch_size": physical,
             }
         )
+
+    def sized_physical_batch(self) -> bool:
+        """True when ``--gpu-memory`` chooses the physical batch (it was not given explicitly)."""
+        return self.gpu_memory_gb is not None and "physical_batch_size" not in self.model_fields_set
 
     def resume_view(self) -> dict[str, object]:
         """The fields a resumed run must share with the run it continues."""

@@ -45,6 +45,7 @@ from appliance.training._data import PreparedDataset, Record, Unit, UnitDataset,
 from appliance.training._hooks import TrainingAudit, open_audit, open_keys
 from appliance.training._ledger import Ledger
 from appliance.training._loss import unit_losses
+from appliance.training._memory import MemoryEstimate, size_run
 from appliance.training._output import (
     check_adapter,
     check_out_dir,
@@ -56,6 +57,7 @@ from appliance.training._output import (
 from appliance.training._planner import TrainingPlan, plan_training, sample_rate_for
 from appliance.training._plots import write_curves
 from appliance.training._policy import DatasetBudget, PrivacyPolicy, load_privacy_policy
+from appliance.training._quantization import load_base_model, quantization_metadata, require_quantization
 
 __all__ = ["StepInfo", "TrainResult", "TrainingRun", "train"]
 
@@ -147,6 +149,7 @@ class TrainingRun:
         self.run_id = ""
         self.s = _State()
         self.plan: TrainingPlan | None = None  # the DP plan (None for --no-dp and --resume)
+        self.memory: MemoryEstimate | None = None  # peak-memory estimate (--plan-only, --gpu-memory)
         self._noise_generator: Any = None  # reseeded from the OS CSPRNG before every optimizer step
         self._model: Any = None
         self._tokenizer: Any = None
@@ -185,6 +188,7 @@ class TrainingRun:
         else:
             check_out_dir(self.out)
             self.run_id = uuid.uuid4().hex[:16]
+        require_quantization(cfg.quantize)  # no CUDA or no bitsandbytes: refused before anything is charged
         self._resolve(policy, resume_from, ledger_exists=True)
         cfg, dataset = self.config, self.s.dataset
         assert dataset is not None
@@ -236,11 +240,14 @@ class TrainingRun:
             raise ValidationFailed("--plan-only plans a new DP run: it cannot be combined with --resume or --no-dp")
         self._resolve(policy, None, ledger_exists=self.settings.ledger_path.is_file())
         assert self.plan is not None
+        if self.memory is None:
+            self._size_memory(choose_batch=False)
         return self.plan
 
     def _resolve(self, policy: PrivacyPolicy, resume_from: str | None, *, ledger_exists: bool) -> None:
         """Dataset, budget, delta, base tokenizer, canaries, units and the DP plan; nothing is charged."""
         cfg = self.config
+        choose_batch = cfg.sized_physical_batch()  # before the plan makes every option explicit
         dataset = read_prepared(cfg.dataset)
         if resume_from is not None and dataset.fingerprint != resume_from:
             raise ValidationFailed("the dataset changed since the interrupted run (fingerprint differs)")
@@ -281,6 +288,15 @@ class TrainingRun:
         self.s.sample_rate = sample_rate_for(n_units, cfg.batch_size)
         if self._resume_rate is not None and not math.isclose(self._resume_rate, self.s.sample_rate, rel_tol=1e-12):
             raise ValidationFailed("the interrupted run's sample rate cannot be reproduced; start a new run")
+        if cfg.gpu_memory_gb is not None and not cfg.resume:  # a resumed run keeps its stored physical batch
+            self._size_memory(choose_batch=choose_batch)
+
+    def _size_memory(self, *, choose_batch: bool) -> None:
+        """The peak-memory estimate; with ``--gpu-memory`` and no physical batch given, the largest that fits."""
+        self.memory = size_run(self.config, choose_batch=choose_batch)
+        if self.memory.physical_batch != self.config.physical_batch_size:
+            self.config = self.config.model_copy(update={"physical_batch_size": self.memory.physical_batch})
+        log.info("training.memory", physical_batch=self.memory.physical_batch, estimate_bytes=self.memory.total)
 
     def _prepare_resume(self) -> str:
         """Find the interrupted run writing to ``out``; load its options and checkpoint. Returns its fingerprint."""
@@ -348,7 +364,6 @@ class TrainingRun:
         import torch
         from peft import LoraConfig, get_peft_model
         from torch.utils.data import DataLoader
-        from transformers import AutoModelForCausalLM
 
         cfg = self.config
         torch.manual_seed(cfg.seed)
@@ -362,12 +377,11 @@ class TrainingRun:
         if device_name == "cuda" and not torch.cuda.is_available():
             raise ValidationFailed("device 'cuda' requested but no CUDA device is available")
         self._device = torch.device(device_name)
-        try:
-            model: Any = AutoModelForCausalLM.from_pretrained(str(cfg.base), dtype=torch.float32, local_files_only=True)
+        try:  # on its device before peft and Opacus (Opacus #820)
+            model: Any = load_base_model(cfg.base, cfg.quantize, self._device)
         except (OSError, ValueError) as exc:
             raise ValidationFailed(f"base model {cfg.base} cannot be loaded: {exc}") from exc
         model.config.use_cache = False
-        model.to(self._device)  # before peft and Opacus (Opacus #820)
         targets: str | list[str] = "all-linear" if cfg.target_modules == ["all-linear"] else list(cfg.target_modules)
         lora = LoraConfig(
             r=cfg.lora_r,
@@ -694,6 +708,7 @@ class TrainingRun:
                     {m.rsplit(".", 1)[-1] for m in self._model.peft_config["default"].target_modules}
                 ),
             },
+            "quantization": quantization_metadata(cfg.quantize, cfg.serving_base),
             "hyperparameters": {
                 "learning_rate": cfg.learning_rate,
                 "batch_size": cfg.batch_size,

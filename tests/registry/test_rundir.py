@@ -103,3 +103,25 @@ def test_same_run_id_refused(registry: Registry, make_run: RunFactory) -> None:
     with pytest.raises(Conflict, match="already registered"):
         registry.add(second, "triage", OPERATOR)
     assert snapshot(registry) == before
+
+
+QLORA = {
+    "method": "nf4",
+    "compute_dtype": "bfloat16",
+    "adapter_dtype": "float32",
+    "double_quant": True,
+    "serving": "engine",
+}
+
+
+def test_quantization_metadata_accepted_and_kept(registry: Registry, make_run: RunFactory) -> None:
+    """A QLoRA run's metadata.quantization (nf4 base, what it is served on) is accepted and kept as provenance."""
+    info = registry.add(make_run(quantization=QLORA), "triage", OPERATOR)
+    assert registry.show("triage", info.version).quantization == QLORA
+    assert registry.show("triage", info.version).to_dict()["quantization"] == QLORA
+
+
+def test_unknown_quantization_refused(registry: Registry, make_run: RunFactory) -> None:
+    """A quantization method or serving base the appliance does not know is refused, naming the field."""
+    _refused(registry, make_run(quantization={**QLORA, "method": "int3"}), ValidationFailed, "quantization.method")
+    _refused(registry, make_run(quantization={**QLORA, "serving": "gguf"}), ValidationFailed, "quantization.serving")
