@@ -211,4 +211,4 @@ def _launch_ranks(launch: LaunchOptions, *, no_dp: bool, trained_by: str) -> Non
         argv += ["--trained-by", trained_by]  # the person who launched, as a single process would record
     status = launch_ranks(launch, argv)
     if status:
-        raise typer.Exit(status)
+        sys.exit(status)  # rank 0's own error is already on stderr (typer.Exit's status is lost without standalone)

@@ -150,11 +150,16 @@ class DistributedTrainingRun(TrainingRun):
             use_stage_factories=main,  # the other ranks never reach the key service, the audit trail or the ledger
         )
         self.world = world
+        self.leader_stopped: str | None = None  # the error code with which rank 0 refused to start the run
 
     # --- phase 1: rank 0 prepares and charges; the others receive what they need ------------------------------
     def prepare(self) -> None:
         if not self.world.is_main:
-            self._follow(_share(None))
+            spec = _share(None)
+            if not spec["ok"]:  # rank 0 reports its own error (and exit status); this rank has nothing to do
+                self.leader_stopped = str(spec["code"])
+                return
+            self._follow(spec)
             return
         try:
             super().prepare()
@@ -180,11 +185,8 @@ class DistributedTrainingRun(TrainingRun):
             }
         )
 
-    def _follow(self, spec: dict[str, Any] | None) -> None:
+    def _follow(self, spec: dict[str, Any]) -> None:
         """Rebuild rank 0's run from its broadcast: same options, dataset, canaries, units and checkpoint."""
-        if spec is None or not spec.get("ok"):
-            code = None if spec is None else spec.get("code")
-            raise TrainingFailed(f"rank 0 did not start the run ({code}); rank {self.world.rank} stops")
         self.config = TrainConfig.model_validate_json(spec["config"])
         self.run_id = str(spec["run_id"])
         dataset = read_prepared(self.config.dataset)
@@ -237,6 +239,9 @@ class DistributedTrainingRun(TrainingRun):
             if self.world.is_main:
                 return self.run()
             self.prepare()
+            if self.leader_stopped is not None:
+                log.info("training.rank_stopped", rank=self.world.rank, leader_error=self.leader_stopped)
+                return None
             self.build()
             self.restore()
             self.fit()

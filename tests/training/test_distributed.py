@@ -274,6 +274,29 @@ def test_a_killed_rank_fails_the_run_and_resume_completes_it_exactly(
     assert not checkpoint.parent.exists()  # the run directory (canary secrets) goes with the final adapter
 
 
+@pytest.mark.slow
+def test_an_over_budget_run_exits_with_rank_0s_status(
+    tmp_path: Path, make_policy: Callable[..., Path], prepared: Path, tiny_model: Path
+) -> None:
+    """Refused by the ledger on rank 0: the command exits 77 with rank 0's PRIVACY_BUDGET_EXHAUSTED, the other
+    rank stops without an error of its own, and nothing is charged."""
+    directory = tmp_path / "var-budget"
+    directory.mkdir()
+    settings = load_settings(data_dir=directory, policies_dir=make_policy(default={"epsilon_budget": 2.0}))
+    child = subprocess.run(
+        _train_cmd(prepared, tiny_model, tmp_path / "a", *TINY),
+        cwd=REPO,
+        env=_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert child.returncode == 77, child.stderr[-3000:]
+    assert "PRIVACY_BUDGET_EXHAUSTED" in child.stderr and "TRAINING_FAILED" not in child.stderr
+    (entry,) = Ledger(settings.ledger_path).runs()
+    assert entry.status == "refused" and entry.steps_taken == 0
+
+
 def test_no_dp_is_refused_on_several_processes(
     dist_settings: Settings, prepared: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
