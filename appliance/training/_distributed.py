@@ -123,6 +123,18 @@ def _step_aligned_sampler(sampler: Any) -> Any:
     return aligned
 
 
+def step_aligned_loader(loader: Any) -> Any:
+    """Opacus's distributed DP data loader with the step-aligned sampler (same dataset, collate and generator)."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(
+        loader.dataset,
+        batch_sampler=_step_aligned_sampler(loader.batch_sampler),
+        collate_fn=loader.collate_fn,  # Opacus's: an empty draw becomes a zero-row batch
+        generator=loader.generator,
+    )
+
+
 class DistributedTrainingRun(TrainingRun):
     """One rank of a data-parallel run: rank 0 is the run; the others follow it step for step."""
 
@@ -212,14 +224,7 @@ class DistributedTrainingRun(TrainingRun):
         return DifferentiallyPrivateDistributedDataParallel(model)  # broadcasts rank 0's parameters
 
     def _dp_loader(self, loader: Any) -> Any:
-        from torch.utils.data import DataLoader
-
-        return DataLoader(
-            loader.dataset,
-            batch_sampler=_step_aligned_sampler(loader.batch_sampler),
-            collate_fn=loader.collate_fn,  # Opacus's: an empty draw becomes a zero-row batch
-            generator=loader.generator,
-        )
+        return step_aligned_loader(loader)
 
     # --- rank 0 alone writes ----------------------------------------------------------------------------------
     def _charge_step(self) -> None:

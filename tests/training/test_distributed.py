@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ from appliance.training import (
     make_config,
     without_launcher_options,
 )
-from appliance.training._distributed import _step_aligned_sampler, is_peer_failure
+from appliance.training._distributed import _step_aligned_sampler, is_peer_failure, step_aligned_loader
 from tests.training.conftest import tiny_options
 
 REPO = Path(__file__).resolve().parents[2]
@@ -168,6 +169,79 @@ def test_every_rank_takes_every_step_even_with_an_empty_draw(tmp_path: Path) -> 
         assert all(0 <= i < 20 for draw in draws for i in draw) and aligned.sample_rate == 0.02
     finally:
         dist.destroy_process_group()
+
+
+UNITS, BATCH, CLIP, WIDTH = 64, 16, 1.0, 4000  # rate 1/4: 4 steps per pass, expected logical batch 16
+
+
+def _dp_step_worker(rank: int, store: str, out: str) -> None:
+    """One rank: a linear model whose every unit's gradient is 10·e0 (clipped to C·e0), trained with Opacus's
+    distributed DP and the step-aligned loader; rank 0 records each step's final gradient and the global rows."""
+    import torch
+    import torch.distributed as dist
+    from opacus import PrivacyEngine
+    from opacus.distributed import DifferentiallyPrivateDistributedDataParallel
+    from torch.utils.data import DataLoader, TensorDataset
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    inputs = torch.zeros(UNITS, WIDTH)
+    inputs[:, 0] = 10.0
+    record: dict[str, list[Any]] = {}
+    for sigma in (0.0, 1.0):
+        model = torch.nn.Linear(WIDTH, 1, bias=False)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        loader = DataLoader(TensorDataset(inputs), batch_size=BATCH)
+        _, optimizer, loader = PrivacyEngine(accountant="rdp").make_private(
+            module=DifferentiallyPrivateDistributedDataParallel(model),
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=sigma,
+            max_grad_norm=CLIP,
+            poisson_sampling=True,
+            wrap_model=False,
+            loss_reduction="mean",
+            noise_generator=torch.Generator().manual_seed(rank + 1),
+        )
+        grads, rows = [], []
+        for (x,) in step_aligned_loader(loader):
+            if x.shape[0] == 0:
+                model.weight.grad_sample = torch.zeros((0, *model.weight.shape))
+            else:
+                model(x).mean().backward()
+            optimizer.step()
+            count = torch.tensor([float(x.shape[0])])
+            dist.all_reduce(count)
+            other = model.weight.grad.clone()
+            dist.broadcast(other, src=1)  # rank 1's final gradient, to compare with rank 0's
+            grads.append(model.weight.grad.flatten().tolist())
+            rows.append(int(count.item()))
+            assert torch.equal(other, model.weight.grad), "the ranks step with different gradients"
+            optimizer.zero_grad(set_to_none=True)
+        record[str(sigma)] = [grads, rows]
+    if rank == 0:
+        Path(out).write_text(json.dumps(record))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_clip_sum_and_noise_like_one_process(tmp_path: Path) -> None:
+    """Over two gloo ranks each step's gradient is (Σ clipped units of both ranks + N(0, σ²C²)) / B, the
+    single-process DP-SGD step: the clipped sum spans both ranks, the noise is added once (not twice, which would
+    be √2 too large) and divided by the expected logical batch (not the per-rank one, 2× too large)."""
+    import statistics
+
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "grads.json"
+    mp.spawn(_dp_step_worker, args=(str(tmp_path / "store"), str(out)), nprocs=2, join=True)
+    record = json.loads(out.read_text())
+    grads, rows = record["0.0"]
+    assert len(rows) == UNITS // BATCH and sum(rows) > 0
+    for grad, count in zip(grads, rows, strict=True):
+        assert grad[0] == pytest.approx(count * CLIP / BATCH, rel=1e-6) and not any(grad[1:])
+    grads, rows = record["1.0"]
+    noise = [g for grad in grads for g in grad[1:]]  # coordinates with no signal: noise alone
+    assert statistics.pstdev(noise) == pytest.approx(1.0 * CLIP / BATCH, rel=0.05)
 
 
 @pytest.mark.slow
