@@ -204,18 +204,19 @@ def _dp_step_worker(rank: int, store: str, out: str) -> None:
         )
         grads, rows = [], []
         for (x,) in step_aligned_loader(loader):
+            weight: Any = model.weight
             if x.shape[0] == 0:
-                model.weight.grad_sample = torch.zeros((0, *model.weight.shape))
+                weight.grad_sample = torch.zeros((0, *weight.shape))
             else:
                 model(x).mean().backward()
             optimizer.step()
             count = torch.tensor([float(x.shape[0])])
             dist.all_reduce(count)
-            other = model.weight.grad.clone()
+            other = weight.grad.clone()
             dist.broadcast(other, src=1)  # rank 1's final gradient, to compare with rank 0's
-            grads.append(model.weight.grad.flatten().tolist())
+            grads.append(weight.grad.flatten().tolist())
             rows.append(int(count.item()))
-            assert torch.equal(other, model.weight.grad), "the ranks step with different gradients"
+            assert torch.equal(other, weight.grad), "the ranks step with different gradients"
             optimizer.zero_grad(set_to_none=True)
         record[str(sigma)] = [grads, rows]
     if rank == 0:
