@@ -15,6 +15,7 @@ of the single-process run with the same options.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -224,7 +225,7 @@ class DistributedTrainingRun(TrainingRun):
         return DifferentiallyPrivateDistributedDataParallel(model)  # broadcasts rank 0's parameters
 
     def _dp_loader(self, loader: Any) -> Any:
-        return step_aligned_loader(loader)
+        return super()._dp_loader(step_aligned_loader(loader))
 
     # --- rank 0 alone writes ----------------------------------------------------------------------------------
     def _charge_step(self) -> None:
@@ -260,6 +261,12 @@ class DistributedTrainingRun(TrainingRun):
             ) from exc
 
 
+def _interrupted(signum: int, frame: Any) -> None:
+    """SIGTERM from the launcher (another rank failed): an interruption, so rank 0 leaves the run resumable and
+    audits it (``training.finish``, resumable) instead of dying silently."""
+    raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+
+
 def run_distributed(
     config: TrainConfig,
     settings: Settings,
@@ -272,6 +279,7 @@ def run_distributed(
     import torch
     import torch.distributed as dist
 
+    signal.signal(signal.SIGTERM, _interrupted)  # the launcher stops the other ranks when one dies
     cuda = _uses_cuda(config, settings)
     if cuda:
         torch.cuda.set_device(world.local_rank)  # "cuda" now means this rank's GPU

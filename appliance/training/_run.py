@@ -442,8 +442,17 @@ class TrainingRun:
         return model
 
     def _dp_loader(self, loader: Any) -> Any:
-        """The Poisson loader the steps draw from (one process: Opacus's own)."""
-        return loader
+        """The Poisson loader the steps draw from: Opacus's sampler with our collate for every draw. Ours gives an
+        empty draw the batch's three zero-row tensors; Opacus's wrapper gives an empty *first* draw the dataset's
+        two (ids, weights), which no step can unpack."""
+        from torch.utils.data import DataLoader
+
+        return DataLoader(
+            loader.dataset,
+            batch_sampler=loader.batch_sampler,
+            collate_fn=collate(int(self._tokenizer.pad_token_id)),
+            generator=loader.generator,
+        )
 
     # --- phase 3 ------------------------------------------------------------------------------------------------
     def restore(self) -> None:

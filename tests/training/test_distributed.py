@@ -287,11 +287,13 @@ def test_two_ranks_spend_exactly_what_one_process_spends(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("victim", [1, 0], ids=["rank-1", "rank-0"])
 def test_a_killed_rank_fails_the_run_and_resume_completes_it_exactly(
-    dist_settings: Settings, prepared: Path, tiny_model: Path, tmp_path: Path
+    victim: int, dist_settings: Settings, prepared: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
-    """SIGKILL of rank 1 after a checkpoint: the launcher fails with a clear error and exit status, the ledger keeps
-    the run open with every step charged, and --resume on two ranks finishes it with the exact charge."""
+    """SIGKILL of either rank after a checkpoint: the launcher fails with a clear error and exit status, the
+    ledger keeps the run open with every step charged, and --resume on two ranks finishes it with the exact
+    charge."""
     out = tmp_path / "adapter"
     steps = 12
     options = [*TINY, "--steps", str(steps), "--checkpoint-every", "3"]  # the later --steps wins
@@ -310,16 +312,16 @@ def test_a_killed_rank_fails_the_run_and_resume_completes_it_exactly(
             assert launcher.poll() is None, launcher.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "no checkpoint within 300 s"
             time.sleep(0.02)
-        victim = _rank_pid(launcher.pid, 1)
-        assert victim is not None
-        os.kill(victim, signal.SIGKILL)
+        pid = _rank_pid(launcher.pid, victim)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
         _, stderr = launcher.communicate(timeout=120)
     finally:
         if launcher.poll() is None:
             launcher.kill()
             launcher.wait()
     assert launcher.returncode == 70, stderr[-3000:]
-    assert "TRAINING_FAILED" in stderr and "rank 1 (local rank 1) was killed by SIGKILL" in stderr
+    assert "TRAINING_FAILED" in stderr and f"rank {victim} (local rank {victim}) was killed by SIGKILL" in stderr
     assert "--resume" in stderr
     (entry,) = Ledger(dist_settings.ledger_path).runs()
     checkpoint = dist_settings.runs_dir / entry.run_id / "checkpoint.bin"
@@ -347,6 +349,10 @@ def test_a_killed_rank_fails_the_run_and_resume_completes_it_exactly(
     assert finished.epsilon == pytest.approx(expected) and meta["dp"]["epsilon"] == pytest.approx(expected)
     assert meta["steps"] == steps
     assert not checkpoint.parent.exists()  # the run directory (canary secrets) goes with the final adapter
+    types = _audit_types(dist_settings)
+    assert types.count("training.start") == 2  # the run and its resume, by rank 0 alone
+    # a surviving rank 0 records the interruption (peer lost, or the launcher's SIGTERM), then the resume finishes
+    assert types.count("training.finish") == (2 if victim == 1 else 1)
 
 
 @pytest.mark.slow
