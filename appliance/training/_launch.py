@@ -9,7 +9,6 @@ ledger with every step it charged, for ``--resume``.
 from __future__ import annotations
 
 import signal
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -110,10 +109,8 @@ def launch(options: LaunchOptions, worker_argv: Sequence[str]) -> int:
             return int(failures[0].exitcode)
         what = "; ".join(_describe(r, f.exitcode, f.local_rank) for r, f in sorted(failures.items()))
         raise TrainingFailed(
-            f"the distributed run failed: {what}. The run stays open in the privacy ledger with every step it "
-            "charged: rerun the same command with --resume to continue it from its last checkpoint, or close it "
-            "with `appliance ledger abandon RUN`"
+            f"the distributed run failed: {what}. A run that had started stays open in the privacy ledger with "
+            "every step it charged: rerun the same command with --resume to continue it from its last "
+            "checkpoint, or close it with `appliance ledger abandon RUN`"
         ) from None
-    finally:
-        sys.stdout.flush()
     return 0
