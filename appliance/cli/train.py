@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from appliance.config import Settings
-    from appliance.training import MemoryEstimate, TrainConfig
+    from appliance.training import LaunchOptions, MemoryEstimate, TrainConfig
 
 
 def _csv_ints(value: str) -> list[int]:
@@ -79,6 +79,13 @@ def train(
     trained_by: str | None = typer.Option(
         None, "--trained-by", help="Who trains (default: $SUDO_USER, else the login name)."
     ),
+    nproc_per_node: int | None = typer.Option(
+        None, "--nproc-per-node", help="Data-parallel DP: processes on this node (one per GPU), via torchrun."
+    ),
+    nnodes: int = typer.Option(1, "--nnodes", help="Data-parallel DP: number of nodes."),
+    node_rank: int = typer.Option(0, "--node-rank", help="Data-parallel DP: this node's rank (0 runs the ledger)."),
+    master_addr: str | None = typer.Option(None, "--master-addr", help="Data-parallel DP: rank 0's node address."),
+    master_port: int | None = typer.Option(None, "--master-port", help="Data-parallel DP: rank 0's node port."),
 ) -> None:
     """Train a DP-LoRA adapter on a prepared dataset, charging the privacy-budget ledger."""
     from rich.progress import (
@@ -90,7 +97,7 @@ def train(
         TimeRemainingColumn,
     )
 
-    from appliance.training import StepInfo, make_config
+    from appliance.training import StepInfo, current_world, make_config, run_distributed
     from appliance.training import train as run_training
 
     settings = settings_of(ctx)
@@ -131,6 +138,12 @@ def train(
     if plan_only:
         _print_plan(config, settings, as_json=as_json)
         return
+    if nproc_per_node is not None:
+        from appliance.training import LaunchOptions
+
+        launch = LaunchOptions(nproc_per_node, nnodes, node_rank, master_addr, master_port)
+        _launch_ranks(launch, no_dp=no_dp, trained_by=config.trained_by)
+        return
     progress = Progress(
         TextColumn("[bold]training"),
         BarColumn(),
@@ -147,8 +160,17 @@ def train(
         eps = "no DP" if info.epsilon is None else f"{info.epsilon:.3f}"
         progress.update(task, completed=info.step, total=info.total, loss=f"{info.loss:.4f}", eps=eps)
 
+    world = current_world()
+    if world is not None and not world.is_main:  # a follower rank: no progress bar, nothing to print
+        run_distributed(config, settings, world)
+        return
     with progress:
-        result = run_training(config, settings, on_step=on_step)
+        if world is not None:
+            distributed = run_distributed(config, settings, world, on_step=on_step)
+            assert distributed is not None  # rank 0 returns the run's result
+            result = distributed
+        else:
+            result = run_training(config, settings, on_step=on_step)
     meta = result.metadata
     dp = meta["dp"]
     spent = (
@@ -243,3 +265,22 @@ def _memory_table(memory: MemoryEstimate, gpu_memory_gb: float | None) -> Table:
     if gpu_memory_gb is not None:
         table.add_row("card (--gpu-memory, 10% kept free)", f"{gpu_memory_gb * 1024:,.1f}")
     return table
+
+
+def _launch_ranks(launch: LaunchOptions, *, no_dp: bool, trained_by: str) -> None:
+    """``--nproc-per-node``: run this command's ranks under ``torch.distributed.run`` (the ranks run it again)."""
+    import sys
+
+    from appliance.errors import ValidationFailed
+    from appliance.training import current_world, launch_ranks, without_launcher_options
+
+    if current_world() is not None:
+        raise ValidationFailed("--nproc-per-node starts the ranks itself: not under torchrun (drop it there)")
+    if no_dp:
+        raise ValidationFailed("several processes train DP runs only (--no-dp is a single-process baseline)")
+    argv = without_launcher_options(sys.argv[1:])
+    if "--trained-by" not in argv and not any(a.startswith("--trained-by=") for a in argv):
+        argv += ["--trained-by", trained_by]  # the person who launched, as a single process would record
+    status = launch_ranks(launch, argv)
+    if status:
+        sys.exit(status)  # rank 0's own error is already on stderr (typer.Exit's status is lost without standalone)

@@ -424,7 +424,7 @@ class TrainingRun:
             assert self.s.noise_multiplier is not None
             self._noise_generator = torch.Generator(device=self._device)
             private = engine.make_private(
-                module=model,
+                module=self._dp_module(model),  # several processes: Opacus's DPDDP (see _distributed.py)
                 optimizer=optimizer,
                 data_loader=loader,
                 noise_multiplier=self.s.noise_multiplier,
@@ -447,8 +447,26 @@ class TrainingRun:
                     f"Opacus sample rate {actual_rate} differs from the accounted {self.s.sample_rate}"
                 )
             self._engine = engine
+            loader = self._dp_loader(loader)
         self._optimizer = optimizer
         self._loader = loader
+
+    def _dp_module(self, model: Any) -> Any:
+        """The module handed to ``make_private`` (one process: the peft model itself)."""
+        return model
+
+    def _dp_loader(self, loader: Any) -> Any:
+        """The Poisson loader the steps draw from: Opacus's sampler with our collate for every draw. Ours gives an
+        empty draw the batch's three zero-row tensors; Opacus's wrapper gives an empty *first* draw the dataset's
+        two (ids, weights), which no step can unpack."""
+        from torch.utils.data import DataLoader
+
+        return DataLoader(
+            loader.dataset,
+            batch_sampler=loader.batch_sampler,
+            collate_fn=collate(int(self._tokenizer.pad_token_id)),
+            generator=loader.generator,
+        )
 
     # --- phase 3 ------------------------------------------------------------------------------------------------
     def restore(self) -> None:
@@ -498,6 +516,10 @@ class TrainingRun:
         else:
             self._fit_plain()
 
+    def _charge_step(self) -> None:
+        """Charge the coming step to the ledger, durably, before it runs."""
+        self.ledger.charge_step(self.run_id)
+
     def _epsilon(self) -> float | None:
         """Epsilon of the steps taken so far (the same RDP computation the ledger makes, cached per step)."""
         if not self.config.dp or self.s.noise_multiplier is None or self.s.sample_rate is None:
@@ -532,7 +554,7 @@ class TrainingRun:
             ) as batches:
                 for input_ids, mask, weights in batches:
                     if charge_due:
-                        self.ledger.charge_step(self.run_id)
+                        self._charge_step()
                         charge_due = False
                     rows = int(input_ids.shape[0])
                     if rows == 0:  # an empty Poisson batch still takes a noisy step
@@ -579,7 +601,7 @@ class TrainingRun:
         model.train()
         while self.s.step < cfg.steps:
             for input_ids, mask, weights in self._loader:
-                self.ledger.charge_step(self.run_id)
+                self._charge_step()
                 rows = int(input_ids.shape[0])
                 total = 0.0
                 for start in range(0, rows, cfg.physical_batch_size):
@@ -739,6 +761,10 @@ class TrainingRun:
             "noise_per_coordinate": (self.s.noise_multiplier or 0.0) * cfg.max_grad_norm / cfg.batch_size,
         }
 
+    def _resumable(self, exc: BaseException) -> bool:
+        """Whether a failure leaves the run open for ``--resume`` (else it closes as failed)."""
+        return isinstance(exc, (KeyboardInterrupt, StorageUnavailable, KeyUnavailable))
+
     # --- everything ---------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         """All phases in order; on failure the ledger and the audit trail say so and no output is left."""
@@ -749,14 +775,13 @@ class TrainingRun:
             self.fit()
             self.evaluate()
             result = self.write()
-        except (KeyboardInterrupt, StorageUnavailable, KeyUnavailable) as exc:
-            # resumable: the run stays open in the ledger with everything it charged
-            code = exc.code if isinstance(exc, ApplianceError) else "INTERRUPTED"
-            self._audit.record(
-                "training.finish", status="error", details={"run_id": self.run_id, "resumable": True}, error=code
-            )
-            raise
         except BaseException as exc:
+            if self._resumable(exc):  # the run stays open in the ledger with everything it charged
+                code = exc.code if isinstance(exc, ApplianceError) else "INTERRUPTED"
+                self._audit.record(
+                    "training.finish", status="error", details={"run_id": self.run_id, "resumable": True}, error=code
+                )
+                raise
             reason = exc.code if isinstance(exc, ApplianceError) else type(exc).__name__
             try:
                 self.ledger.close(self.run_id, status="failed", reason=reason)

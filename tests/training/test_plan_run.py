@@ -126,6 +126,31 @@ def test_noise_is_reseeded_from_the_os_csprng_every_step(
     assert all(torch.equal(plain[0][k], plain[1][k]) for k in plain[0])
 
 
+def test_an_empty_first_poisson_draw_takes_a_noisy_step(
+    train_settings: Settings, prepared: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    """A run whose very first Poisson draw is empty takes it as a noisy step with zero rows (Opacus's collate
+    wrapper would hand that first empty draw over in the dataset's shape, which the step cannot unpack)."""
+    run = TrainingRun(
+        make_config(**tiny_options(prepared, tiny_model, tmp_path / "a", batch_size=1, steps=2)),
+        train_settings,
+        audit=MemoryAuditLog(),
+    )
+    run.prepare()
+    run.build()
+    sampler = run._loader.batch_sampler
+    units = len(run.s.units)
+    seed = next(  # a seed whose first draw samples no unit (probability (1 - 1/48)^48, about 0.36)
+        s
+        for s in range(1000)
+        if not bool((torch.rand(units, generator=torch.Generator().manual_seed(s)) < sampler.sample_rate).any())
+    )
+    sampler.generator.manual_seed(seed)
+    assert list(run._loader.collate_fn([])[0].shape) == [0, 1]  # ids, mask, weights: three zero-row tensors
+    run.fit()
+    assert run.s.step == 2 and Ledger(train_settings.ledger_path).get(run.run_id).steps_taken == 2
+
+
 def _clipped_sum(settings: Settings, options: dict[str, object], mode: str) -> dict[str, torch.Tensor]:
     """The sum of the clipped per-unit gradients of the first 6 units, before noise."""
     from appliance.training._data import UnitDataset, collate
