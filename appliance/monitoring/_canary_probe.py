@@ -26,7 +26,7 @@ from typing import Any, Literal
 import structlog
 
 from appliance.canaries import SPACE_BITS, ProbeCanary, candidate_pool, exposure
-from appliance.errors import BackendError
+from appliance.errors import BackendError, BackendValidation
 from appliance.protocols import AuditLog, Backend, GenerationParams
 
 __all__ = [
@@ -123,7 +123,13 @@ async def _probe_one(
 ) -> tuple[str, float, int]:
     """(method used, exposure, requests sent) for one canary."""
     async with limit:
-        first = await backend.generate(adapter, probe.prompt, _params(_GREEDY_TOKENS, prefill=method != "greedy"))
+        try:
+            first = await backend.generate(adapter, probe.prompt, _params(_GREEDY_TOKENS, prefill=method != "greedy"))
+        except BackendValidation:
+            if method != "auto":
+                raise
+            method = "greedy"  # a backend that refuses decoder_input_details (OpenAI-style servers may)
+            first = await backend.generate(adapter, probe.prompt, _params(_GREEDY_TOKENS, prefill=False))
     prompt_entries = _prefill(first.details) if method != "greedy" else None
     if prompt_entries is None:
         if method == "logprobs":

@@ -137,11 +137,14 @@ def served(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         log_file.close()
 
 
-def _probe(served: Served, **kwargs: Any) -> CanaryProbeResult:
-    from appliance.serving import EmbeddedBackend
+def _probe(served: Served, *, protocol: str = "tgi", **kwargs: Any) -> CanaryProbeResult:
+    from appliance.serving import EmbeddedBackend, VLLMBackend
 
     async def go() -> CanaryProbeResult:
-        backend = EmbeddedBackend(served.url, timeout_s=60)
+        if protocol == "tgi":
+            backend: Any = EmbeddedBackend(served.url, timeout_s=60)
+        else:  # the OpenAI/vLLM client against the same engine: no prompt log-probabilities on that protocol
+            backend = VLLMBackend(served.url, published_file=None, timeout_s=60)
         try:
             limits = served.registry.approval_limits()
             kwargs.setdefault("max_exposure", limits.max_canary_exposure)
@@ -258,6 +261,16 @@ class TestProbeThroughTheEngine:
         result = _probe(served, method="greedy")
         assert result.method == "greedy" and result.requests == 2 and result.candidates == 0
         assert all(e in (0.0, SPACE_BITS) for e in result.exposures)
+
+    def test_backend_without_prompt_logprobs_is_probed_greedily(self, served: Served) -> None:
+        """Through the vLLM client (OpenAI protocol) ``auto`` falls back to greedy completions; ``logprobs`` insists
+        and fails closed with BackendError instead of reporting a number it did not measure."""
+        from appliance.errors import BackendError
+
+        result = _probe(served, protocol="vllm")
+        assert result.method == "greedy" and result.requests == 2
+        with pytest.raises(BackendError):
+            _probe(served, protocol="vllm", method="logprobs")
 
     def test_probe_is_audited_and_alerts_above_the_threshold(self, served: Served) -> None:
         """A probe is one adapter.canary_probe event (numbers only); above the threshold an adapter.canary_alert
