@@ -37,7 +37,7 @@ formats. Codes are stable strings: never reuse or rename one.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 
 class ApplianceError(Exception):
@@ -51,6 +51,7 @@ class ApplianceError(Exception):
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        self.audit_id: str | None = None  # the audit record of this refusal, once recorded (the gateway's X-Audit-Id)
 
     def __str__(self) -> str:
         return self.message
@@ -247,12 +248,20 @@ class BackendValidation(BackendError):
     exit_code = 65
 
 
+LimitKind = Literal["principal.requests", "principal.tokens", "adapter.requests", "adapter.tokens", "extraction"]
+
+
 class RateLimited(ApplianceError):
-    """A per-principal or per-adapter limit was reached (carries retry_after seconds)."""
+    """A per-principal or per-adapter limit was reached, or the extraction detector throttles the principal
+    (``kind`` says which; carries retry_after seconds)."""
 
     code = "RATE_LIMITED"
     http_status = 429
     exit_code = 75
+
+    def __init__(self, message: str, *, kind: LimitKind, retry_after: float | None = None) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.kind: LimitKind = kind
 
 
 class TrainingFailed(ApplianceError):

@@ -110,7 +110,18 @@ class AuditLog(Protocol):
         """The same as :meth:`record` for synchronous callers (CLI, training loop)."""
         ...
 
-    async def close(self) -> None: ...
+    def check_writable(self) -> None:
+        """Readiness: return when a record could be made durable now, else raise ``AuditUnavailable``. It may wait
+        (a sync of the store, at most a few seconds): async callers run it in a thread."""
+        ...
+
+    def close_sync(self) -> None:
+        """Record the end of this writer's chain and release it; later records are refused (synchronous callers)."""
+        ...
+
+    async def close(self) -> None:
+        """:meth:`close_sync` for async callers."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from appliance.audit import open_audit_log  # noqa: E402
+from appliance.audit import actor_fields, adapter_fields, audit_event, open_audit_log  # noqa: E402
 from appliance.audit._sinks.files import FileStore  # noqa: E402
 from appliance.audit._verify import verify_store  # noqa: E402
 from appliance.config import load_settings  # noqa: E402
@@ -33,20 +33,20 @@ from appliance.keys import AUDIT_SIGNING, LocalKeyService  # noqa: E402
 APPEND_TARGET = 20_000
 VERIFY_TARGET = 500_000
 
-EVENT = {
-    "type": "gateway.request",
-    "actor": {"subject": "alice", "client_id": "web", "auth_method": "oidc", "session_id": "s-1", "roles": ["analyst"]},
-    "source": {"ip": "10.1.2.3", "user_agent": "Mozilla/5.0 Firefox/128.0"},
-    "action": "generate",
-    "route": "/v1/inference/adapter/{name}/{version}",
-    "adapter": {"name": "triage", "version": 2, "fingerprint": "ab" * 32},
-    "outcome": {"status": "success", "http_status": 200, "error_class": None},
-    "tokens": {"prompt": 120, "generated": 64},
-    "latency_ms": 412.5,
-    "request_id": "0b5c4f4e-8f51-4c2e-9d7e-1f0f7f1d2a3b",
-    "digests": {"prompt": "cd" * 32, "output": "ef" * 32},
-    "details": {"stream": False},
-}
+EVENT = audit_event(
+    "gateway.request",
+    actor=actor_fields("alice", "oidc", client_id="web", session_id="s-1", roles=["analyst"]),
+    source={"ip": "10.1.2.3", "user_agent": "Mozilla/5.0 Firefox/128.0"},
+    action="generate",
+    route="/v1/inference/adapter/{name}/{version}",
+    adapter=adapter_fields("triage", 2, "ab" * 32),
+    http_status=200,
+    tokens={"prompt": 120, "generated": 64},
+    latency_ms=412.5,
+    request_id="0b5c4f4e-8f51-4c2e-9d7e-1f0f7f1d2a3b",
+    digests={"prompt": "cd" * 32, "output": "ef" * 32},
+    details={"stream": False},
+)
 
 
 async def _appends(audit: object, records: int, concurrency: int) -> tuple[float, list[float]]:

@@ -28,6 +28,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from appliance.audit._canonical import canonical_json
+from appliance.audit._event import WRITER_SUBJECT, CheckpointDetails, audit_event, system_actor
 from appliance.errors import ApplianceError, KeyUnavailable
 from appliance.keys import AUDIT_HMAC, AUDIT_SIGNING
 from appliance.protocols import KeyService
@@ -128,26 +129,14 @@ def checkpoint_body(
     writer_id: str, signed_seq: int, signed_hash: str, signature: str, key: str = AUDIT_SIGNING_KEY
 ) -> bytes:
     """The event body of a checkpoint record (built by the writer, not by callers); ``key`` names the signing key."""
+    details: CheckpointDetails = {
+        "key": key,
+        "signature": signature,
+        "signed_hash": signed_hash,
+        "signed_seq": signed_seq,
+    }
     return canonical_json(
-        {
-            "action": "checkpoint",
-            "actor": {"auth_method": "system", "client_id": None, "roles": [], "session_id": None, "subject": "audit"},
-            "adapter": None,
-            "details": {
-                "key": key,
-                "signature": signature,
-                "signed_hash": signed_hash,
-                "signed_seq": signed_seq,
-            },
-            "digests": None,
-            "latency_ms": None,
-            "outcome": {"error_class": None, "http_status": None, "status": "success"},
-            "request_id": None,
-            "route": None,
-            "source": None,
-            "tokens": None,
-            "type": CHECKPOINT_TYPE,
-        }
+        audit_event(CHECKPOINT_TYPE, actor=system_actor(WRITER_SUBJECT), action="checkpoint", details=details)
     )
 
 

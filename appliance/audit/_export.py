@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from appliance._fs import atomic_write, sha256_file
 from appliance.audit._canonical import HASH_RULE, canonical_json
 from appliance.audit._checkpoint import (
     AUDIT_SIGNING_KEY,
@@ -300,7 +301,7 @@ def export(
                     handle.write(line.decode("utf-8") + "\n")
         handle.flush()
         os.fsync(handle.fileno())
-    file_digest = _sha256_file(tmp)
+    file_digest = sha256_file(tmp)
     os.replace(tmp, out / name)
     manifest_key = AUDIT_SIGNING_KEY if signer is None else signing_key_for(keys, signer)
     named = {manifest_key: dict(keys.public_keys(manifest_key))}
@@ -333,7 +334,7 @@ def export(
     if manifest_key != AUDIT_SIGNING_KEY:
         manifest["manifest_key"] = manifest_key
     manifest["signature"] = sign(keys, _manifest_message(manifest), signer)
-    _write_atomic(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
+    atomic_write(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
     return manifest
 
 
@@ -351,28 +352,6 @@ def _records(
                 continue  # a torn or corrupt line: verify reports it; an export carries only records
             if isinstance(record, dict):
                 yield line, record
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _version() -> str:
@@ -424,7 +403,7 @@ def verify_export(directory: Path, *, expected_key_fingerprint: str | None = Non
         problem("manifest", name, "records file is missing")
         return report
     try:
-        if _sha256_file(path) != manifest.get("records_sha256"):
+        if sha256_file(path) != manifest.get("records_sha256"):
             problem("manifest", name, "records file differs from the one exported (details below)")
         if fmt == "csv":
             lines = _csv_lines(path, report)

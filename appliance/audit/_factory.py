@@ -11,6 +11,7 @@ from appliance.audit._witness import FileWitness, VaultWitness, Witness
 from appliance.audit._writer import AuditWriter
 from appliance.config import Settings
 from appliance.errors import ApplianceError, AuditUnavailable, ConfigError, ValidationFailed
+from appliance.keys import open_key_service
 from appliance.protocols import KeyService
 
 __all__ = ["open_audit_log", "open_audit_store", "open_key_service_for_audit", "open_witnesses"]
@@ -43,10 +44,6 @@ def open_witnesses(settings: Settings, keys: KeyService) -> list[Witness]:
 
 def open_key_service_for_audit(settings: Settings) -> KeyService:
     """The appliance's key service (``appliance.keys``); ``AuditUnavailable`` when it cannot be opened."""
-    try:
-        from appliance.keys import open_key_service
-    except ImportError as exc:
-        raise AuditUnavailable("the key service is not available to the audit trail") from exc
     try:
         return open_key_service(settings)
     except ApplianceError as exc:

@@ -16,25 +16,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from appliance._fs import atomic_write, fsync_dir
+from appliance.audit._canonical import parse_line
+from appliance.audit._checkpoint import chain_public_keys, sign, signed_message
+from appliance.audit._sinks.files import FileStore
+from appliance.audit._verify import verify_store
 from appliance.errors import ConfigError, IntegrityViolation
-
-if TYPE_CHECKING:
-    from appliance.audit._sinks.files import FileStore
-    from appliance.protocols import KeyService
+from appliance.protocols import KeyService
 
 __all__ = [
-    "Anchor",
     "PurgeHook",
     "PurgeResult",
     "RetentionPolicy",
     "load_retention_policy",
     "purge_files",
-    "read_anchor",
 ]
 
 HIPAA_MINIMUM_DAYS = 2190
@@ -83,36 +83,6 @@ def load_retention_policy(path: Path) -> RetentionPolicy:
 
 
 @dataclass(frozen=True)
-class Anchor:
-    """The last purged record of a chain: the first remaining record must follow it."""
-
-    writer_id: str
-    seq: int
-    hash: str
-    purged_at: str
-    signature: str
-
-
-def read_anchor(path: Path) -> Anchor | None:
-    """The anchor stored at path, None when there is none; ``IntegrityViolation`` when it is unreadable."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    try:
-        data = json.loads(raw)
-        return Anchor(
-            writer_id=str(data["writer_id"]),
-            seq=int(data["seq"]),
-            hash=str(data["hash"]),
-            purged_at=str(data["purged_at"]),
-            signature=str(data["signature"]),
-        )
-    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:  # 1e999; nested too deep
-        raise IntegrityViolation(f"audit anchor {path.name} is malformed") from exc
-
-
-@dataclass(frozen=True)
 class PurgeResult:
     """What a purge dropped from one writer's chain."""
 
@@ -141,10 +111,6 @@ def purge_files(
     ``intent`` runs before the anchor is written or a segment deleted; if it raises, that chain keeps everything.
     ``done`` runs after the deletion. Neither runs on a dry run.
     """
-    from appliance.audit._canonical import parse_line
-    from appliance.audit._checkpoint import chain_public_keys, sign, signed_message
-    from appliance.audit._verify import verify_store
-
     cutoff = (now or datetime.now(UTC)) - timedelta(days=policy.audit.retain_days)
     cutoff_text = cutoff.isoformat(timespec="microseconds")[:-6] + "Z"
     results = []
@@ -186,10 +152,10 @@ def purge_files(
             }
             if intent is not None:
                 intent(result)  # recorded before anything changes; raises: nothing is deleted
-            _write_atomic(store.anchor_path(writer_id), json.dumps(anchor, indent=2).encode() + b"\n")
+            atomic_write(store.anchor_path(writer_id), json.dumps(anchor, indent=2).encode() + b"\n")
             for _, path, _ in old:
                 path.unlink()
-            _fsync_dir(store.root / writer_id)
+            fsync_dir(store.root / writer_id)
             if done is not None:
                 done(result)
         results.append(result)
@@ -216,23 +182,3 @@ def _newest_time(path: Path) -> str | None:
         start += len(_TIME)
         newest = max(newest, line[start : line.find(b'"', start)].decode("ascii", "replace"))
     return newest or None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

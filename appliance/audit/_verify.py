@@ -32,7 +32,9 @@ from appliance.audit._checkpoint import (
     signed_message,
     verify_signature,
 )
+from appliance.audit._mapping import map_file
 from appliance.audit._sinks._base import ChainReader
+from appliance.audit._sinks.files import FileStore
 
 __all__ = ["ChainReport", "Problem", "VerifyReport", "verify_chain", "verify_segments", "verify_store"]
 
@@ -142,7 +144,7 @@ def verify_chain(
             problems.append(torn)
             torn = None
         location, data = chunk[0], chunk[1]
-        first_line = chunk[2] if len(chunk) > 2 else 1  # type: ignore[misc]
+        first_line = chunk[2] if len(chunk) > 2 else 1
         view = memoryview(data)
         find = data.find  # data is bytes or a read-only mmap of a segment (no copy of the file)
         pos, lineno = 0, first_line - 1
@@ -322,10 +324,9 @@ def verify_store(
                 wid, paths, public_keys=chain_keys, start=start, require_signed_end=signed_end, workers=n
             )
         else:
-            read = getattr(store, "read_mapped", store.read)
             chain = verify_chain(
                 wid,
-                read(wid),
+                store.read_mapped(wid) if isinstance(store, FileStore) else store.read(wid),  # files: no copy
                 public_keys=chain_keys,
                 start=start,
                 require_signed_end=signed_end,
@@ -338,8 +339,8 @@ def verify_store(
 
 
 def _segment_paths(store: ChainReader, writer_id: str) -> list[Path] | None:
-    live = getattr(store, "live_segments", None)
-    return None if live is None else [path for _, path in live(writer_id)]
+    """The chain's segment files (verified in parallel when large), None for a store that has none."""
+    return [path for _, path in store.live_segments(writer_id)] if isinstance(store, FileStore) else None
 
 
 def _default_workers(paths: list[Path] | None) -> int:
@@ -350,8 +351,6 @@ def _default_workers(paths: list[Path] | None) -> int:
 
 def _verify_segment(args: tuple[str, Path, dict[int, bytes], bool]) -> ChainReport:
     writer_id, path, public_keys, in_flight_end = args
-    from appliance.audit._sinks.files import map_file
-
     return verify_chain(writer_id, map_file(path), public_keys=public_keys, start=None, in_flight_end=in_flight_end)
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from appliance._fs import atomic_write
 from appliance.audit._checkpoint import writer_of_lane, writer_slug
 from appliance.errors import ApplianceError, AuditUnavailable, Conflict, IntegrityViolation, NotFound, VaultForbidden
 
@@ -170,18 +171,8 @@ class FileWitness:
             if not check_successor(self._read(checkpoint.origin), checkpoint, self.name):
                 return
             path = self._path(checkpoint.origin)
-            tmp = path.with_name(f".{path.name}.tmp")
             try:
-                with open(tmp, "wb") as fh:
-                    fh.write(json.dumps(checkpoint.as_dict(), sort_keys=True).encode() + b"\n")
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
-                dir_fd = os.open(self.directory, os.O_RDONLY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
+                atomic_write(path, json.dumps(checkpoint.as_dict(), sort_keys=True).encode() + b"\n", mode=0o644)
             except OSError as exc:
                 raise AuditUnavailable(f"witness {self.name} cannot be written ({exc.strerror})") from None
 

@@ -35,6 +35,7 @@ import structlog
 
 from appliance.audit._canonical import build_line, canonical_json
 from appliance.audit._checkpoint import checkpoint_body, sign, signed_message, signing_key_for
+from appliance.audit._event import WRITER_SUBJECT, OutcomeStatus, audit_event, system_actor
 from appliance.audit._schema import _ExtraCheck, validate_event
 from appliance.audit._sinks._base import ChainHead, ChainReader, Sink
 from appliance.audit._witness import Witness, WitnessedCheckpoint
@@ -46,13 +47,7 @@ __all__ = ["AuditWriter"]
 
 log = structlog.get_logger("appliance.audit")
 
-_SYSTEM_ACTOR: dict[str, Any] = {
-    "auth_method": "system",
-    "client_id": None,
-    "roles": [],
-    "session_id": None,
-    "subject": "audit",
-}
+_SYSTEM_ACTOR = system_actor(WRITER_SUBJECT)
 
 
 @dataclass
@@ -69,24 +64,9 @@ def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
-def system_event(type_: str, action: str, details: Mapping[str, Any], status: str = "success") -> bytes:
+def system_event(type_: str, action: str, details: Mapping[str, Any], status: OutcomeStatus = "success") -> bytes:
     """The canonical body of an event the audit trail records about itself (start, stop, recovery, purge)."""
-    return canonical_json(
-        {
-            "action": action,
-            "actor": _SYSTEM_ACTOR,
-            "adapter": None,
-            "details": dict(sorted(details.items())),
-            "digests": None,
-            "latency_ms": None,
-            "outcome": {"error_class": None, "http_status": None, "status": status},
-            "request_id": None,
-            "route": None,
-            "source": None,
-            "tokens": None,
-            "type": type_,
-        }
-    )
+    return canonical_json(audit_event(type_, actor=_SYSTEM_ACTOR, action=action, status=status, details=details))
 
 
 class AuditWriter:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
-import os
 from pathlib import Path
 
 import typer
@@ -16,8 +14,10 @@ err_console = Console(stderr=True)
 
 
 def invoking_user() -> str:
-    """Who runs the command: the user behind sudo, else the login name (what the audit trail records as actor)."""
-    return os.environ.get("SUDO_USER") or getpass.getuser()
+    """Who runs the command (``appliance.audit.invoking_user``: $SUDO_USER, else the login name), imported late."""
+    from appliance.audit import invoking_user as rule
+
+    return rule()
 
 
 def settings_of(ctx: typer.Context) -> Settings:

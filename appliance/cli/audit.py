@@ -10,33 +10,30 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
-from appliance.cli._common import console, err_console, invoking_user, settings_of
+from appliance.cli._common import console, err_console, settings_of
+
+if TYPE_CHECKING:
+    from appliance.audit import AuditEventFields
 
 app = typer.Typer(no_args_is_help=True)
 
 
-def _operator() -> str:
-    try:
-        return f"os:{invoking_user()}"  # the person behind sudo, not the service account the command runs as
-    except Exception:  # no passwd entry (containers)
-        return "os:unknown"
+def _cli_event(type_: str, action: str, details: dict[str, Any], error_class: str | None = None) -> AuditEventFields:
+    from appliance.audit import audit_event, cli_actor
 
-
-def _cli_event(
-    type_: str, action: str, details: dict[str, Any], outcome: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    return {
-        "type": type_,
-        "actor": {"subject": _operator(), "auth_method": "cli", "roles": []},
-        "action": action,
-        "outcome": outcome or {"status": "success"},
-        "details": details,
-    }
+    return audit_event(
+        type_,
+        actor=cli_actor(),  # the person behind sudo, not the service account the command runs as
+        action=action,
+        status="success" if error_class is None else "error",
+        error_class=error_class,
+        details=details,
+    )
 
 
 @app.command("export")
@@ -258,12 +255,12 @@ def purge_cmd(
                 store, keys, retention.audit.retain_days, dry_run=dry_run, intent=intent, done=done
             )
     except Exception as exc:
-        outcome = {"status": "error", "error_class": type(exc).__name__}
+        error_class = type(exc).__name__
         for result in pending:
             # Announced, then failed before the deletion ended: say so (best effort; the intent is on record).
             with contextlib.suppress(Exception):
                 assert audit is not None
-                audit.record_sync(_cli_event("audit.purge", "purge", details(result), outcome))
+                audit.record_sync(_cli_event("audit.purge", "purge", details(result), error_class))
         raise
     finally:
         if audit is not None:
@@ -325,12 +322,13 @@ def tail_cmd(
 
 def _newest_chunks(store: Any, writer_id: str, lines: int) -> list[tuple[str, bytes]]:
     """The last segments holding at least ``lines`` records (segment files), else the whole chain."""
-    segments = getattr(store, "live_segments", None)
-    if segments is None:
+    from appliance.audit._sinks.files import FileStore
+
+    if not isinstance(store, FileStore):
         return list(store.read(writer_id))
     chosen: list[tuple[str, bytes]] = []
     count = 0
-    for _, path in reversed(segments(writer_id)):
+    for _, path in reversed(store.live_segments(writer_id)):
         data = path.read_bytes()
         chosen.insert(0, (path.name, data))
         count += data.count(b"\n")

@@ -12,10 +12,11 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from appliance.cli._common import console, err_console, invoking_user, settings_of
+from appliance.cli._common import console, err_console, settings_of
 from appliance.errors import ApplianceError
 
 if TYPE_CHECKING:
+    from appliance.audit import AuditEventFields, OutcomeStatus
     from appliance.config import Settings
     from appliance.protocols import AuditLog
 
@@ -68,30 +69,12 @@ def _report_table(title: str, counts: dict[str, int]) -> Table:
     return table
 
 
-def _actor() -> dict[str, Any]:
-    return {
-        "subject": invoking_user(),
-        "client_id": None,
-        "auth_method": "cli",
-        "session_id": None,
-        "roles": [],
-    }
+def _event(status: OutcomeStatus, details: dict[str, Any], error_class: str | None = None) -> AuditEventFields:
+    from appliance.audit import audit_event, cli_actor
 
-
-def _event(status: str, details: dict[str, Any], error_class: str | None = None) -> dict[str, Any]:
-    return {
-        "type": "data.prepare",
-        "actor": _actor(),
-        "action": "prepare",
-        "route": None,
-        "adapter": None,
-        "outcome": {"status": status, "http_status": None, "error_class": error_class},
-        "tokens": None,
-        "latency_ms": None,
-        "request_id": None,
-        "digests": None,
-        "details": details,
-    }
+    return audit_event(
+        "data.prepare", actor=cli_actor(), action="prepare", status=status, error_class=error_class, details=details
+    )
 
 
 def open_intake_audit(settings: Settings) -> AuditLog:
@@ -210,9 +193,7 @@ def prepare(
                 audit.record_sync(_event("error", {"output": out.name[:128] or None}, exc.code))
         raise
     finally:
-        close = getattr(audit, "close_sync", None)
-        if callable(close):
-            close()
+        audit.close_sync()
     m = result.manifest
     c = m["counts"]
     summary = Table(title=f"prepared {out}", show_header=False)

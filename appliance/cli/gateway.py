@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from appliance.cli._common import console, settings_of
+from appliance.cli._common import console, invoking_user, settings_of
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -140,7 +140,7 @@ def breakglass(
     minutes: int = typer.Option(60, "--minutes", min=1, help="How long the elevation lasts."),
 ) -> None:
     """Grant time-boxed emergency access from the console (when the web admin page is unreachable)."""
-    from appliance.cli.keys import _audit, _operator
+    from appliance.cli.keys import _audit
     from appliance.gateway._db import GatewayDB, db_path
     from appliance.gateway.breakglass import BreakGlass
     from appliance.gateway.policy import PolicyStore, policy_path
@@ -148,7 +148,7 @@ def breakglass(
     settings = settings_of(ctx)
     rules = PolicyStore(policy_path(settings.policies_dir)).current.breakglass
     bg = BreakGlass(GatewayDB(db_path(settings.data_dir)))
-    grant = bg.grant(subject, role, reason, minutes * 60, granted_by=_operator(), rules=rules)
+    grant = bg.grant(subject, role, reason, minutes * 60, granted_by=invoking_user(), rules=rules)
     try:
         _audit(
             ctx,

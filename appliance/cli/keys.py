@@ -5,7 +5,6 @@ Every change is an audit event; when the audit trail cannot record it, nothing i
 
 from __future__ import annotations
 
-import getpass
 import json
 import time
 from datetime import UTC, datetime
@@ -13,7 +12,7 @@ from typing import Any
 
 import typer
 
-from appliance.cli._common import console, settings_of
+from appliance.cli._common import console, invoking_user, settings_of
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -25,35 +24,13 @@ def _store(ctx: typer.Context) -> Any:
     return ApiKeyStore(GatewayDB(db_path(settings_of(ctx).data_dir)))
 
 
-def _operator() -> str:
-    try:
-        return f"os:{getpass.getuser()}"
-    except Exception:  # no passwd entry (containers)
-        return "os:unknown"
-
-
 def _audit(ctx: typer.Context, type_: str, action: str, details: dict[str, Any]) -> None:
     """Record a CLI change in the audit trail (raises AuditUnavailable when it cannot)."""
-    from appliance.audit import open_audit_log
+    from appliance.audit import audit_event, cli_actor, open_audit_log
 
     audit = open_audit_log(settings_of(ctx))
     try:
-        audit.record_sync(
-            {
-                "type": type_,
-                "actor": {
-                    "subject": _operator(),
-                    "client_id": None,
-                    "auth_method": "cli",
-                    "session_id": None,
-                    "roles": [],
-                },
-                "action": action,
-                "route": None,
-                "outcome": {"status": "success", "http_status": None, "error_class": None},
-                "details": details,
-            }
-        )
+        audit.record_sync(audit_event(type_, actor=cli_actor(), action=action, details=details))
     finally:
         audit.close_sync()
 
@@ -80,7 +57,7 @@ def create(
     if not policy.roles_for((), scope):
         raise PolicyViolation(f"scopes {scope} grant no role in {policy_path(settings.policies_dir)}")
     store = _store(ctx)
-    key, info = store.create(name, scope, ttl_s=days * 86_400, created_by=_operator())
+    key, info = store.create(name, scope, ttl_s=days * 86_400, created_by=invoking_user())
     try:
         _audit(ctx, "admin.apikey.create", "create", {"key_id": info.id, "scopes": scopes_detail(info.scopes)})
     except Exception:
@@ -130,7 +107,7 @@ def revoke(
     store = _store(ctx)
     store.get(key_id)  # NotFound before anything is recorded
     _audit(ctx, "admin.apikey.revoke", "revoke", {"key_id": key_id})
-    info, *cascaded = store.revoke(key_id, revoked_by=_operator())  # with the keys it created, transitively
+    info, *cascaded = store.revoke(key_id, revoked_by=invoking_user())  # with the keys it created, transitively
     for child in cascaded:
         _audit(ctx, "admin.apikey.revoke", "revoke", {"key_id": child.id, "revoked_with": key_id})
     console.print(f"[yellow]revoked[/] {info.id} ({info.name})")

@@ -15,13 +15,16 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
-from appliance.cli._common import console, invoking_user, settings_of
+from appliance.cli._common import console, settings_of
 from appliance.errors import ApplianceError, ValidationFailed
+
+if TYPE_CHECKING:
+    from appliance.audit import AuditEventFields, OutcomeStatus
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -34,22 +37,17 @@ def _service(ctx: typer.Context) -> Any:
     return open_key_service(settings_of(ctx))
 
 
-def _event(action: str, status: str, details: dict[str, Any], error: str | None = None) -> dict[str, Any]:
-    return {
-        "type": f"keys.{action}",
-        "actor": {
-            "subject": invoking_user(),
-            "client_id": None,
-            "auth_method": "cli",
-            "session_id": None,
-            "roles": ["operator"],
-        },
-        "action": action,
-        "route": None,
-        "adapter": None,
-        "outcome": {"status": status, "http_status": None, "error_class": error},
-        "details": details,
-    }
+def _event(action: str, status: OutcomeStatus, details: dict[str, Any], error: str | None = None) -> AuditEventFields:
+    from appliance.audit import audit_event, cli_actor
+
+    return audit_event(
+        f"keys.{action}",
+        actor=cli_actor(roles=["operator"]),
+        action=action,
+        status=status,
+        error_class=error,
+        details=details,
+    )
 
 
 @contextmanager
@@ -67,9 +65,7 @@ def _audited(ctx: typer.Context, keys: Any, action: str, details: dict[str, Any]
                 audit.record_sync(_event(action, "error", details, exc.code))
             raise
     finally:
-        close = getattr(audit, "close_sync", None)
-        if callable(close):
-            close()
+        audit.close_sync()
 
 
 @app.command("status")

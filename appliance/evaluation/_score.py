@@ -1,6 +1,6 @@
 """Scoring one model on records: per-record mean token loss of the reference response, and greedy answers.
 
-Both use training's own tokenisation (``appliance.training.encode``: the chat template, the prompt truncated the
+Both use training's own tokenisation (``appliance.training.data.encode``: the chat template, the prompt truncated the
 same way, the response followed by EOS), so a loss here is the loss training minimised and the prompt a model
 answers is the prompt it was trained on.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from appliance.training import Record, encode
+from appliance.training.data import Record, encode
 
 __all__ = ["greedy_answers", "record_losses"]
 

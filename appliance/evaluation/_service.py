@@ -28,7 +28,7 @@ from typing import Any
 from appliance.errors import NotFound, ValidationFailed
 from appliance.evaluation._metrics import RESAMPLES, SEED, Estimate, bootstrap, exact_match
 from appliance.evaluation._score import greedy_answers, record_losses
-from appliance.training import Record, read_prepared
+from appliance.training.data import Record, read_prepared
 
 __all__ = ["EvalOptions", "ModelScores", "evaluate_dirs", "evaluate_pair", "report", "score_model"]
 

@@ -1,4 +1,4 @@
-"""The request flow of ARCHITECTURE.md "One request through the gateway", independent of the HTTP routes:
+"""The request flow (README.md in this package, "The request flow"), independent of the HTTP routes:
 
 authenticate -> authorise (policy + the registry's published set) -> rate limits and the extraction detector ->
 ``await audit.record(request)`` (raises: 503, nothing reaches the backend) -> backend -> record the outcome
@@ -19,11 +19,21 @@ import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import structlog
 from litestar import Request
 
+from appliance.audit import (
+    ActorFields,
+    AuditEventFields,
+    OutcomeStatus,
+    SourceFields,
+    actor_fields,
+    adapter_fields,
+    anonymous_actor,
+    audit_event,
+)
 from appliance.config import Settings
 from appliance.errors import (
     ApplianceError,
@@ -45,7 +55,7 @@ from appliance.gateway.auth.oidc import OIDCClient
 from appliance.gateway.auth.principal import Principal
 from appliance.gateway.auth.sessions import Ended, Expiry, Lookup, Session, SessionStore
 from appliance.gateway.breakglass import BreakGlass
-from appliance.gateway.limits import LimitStore, MemoryLimitStore
+from appliance.gateway.limits import THROTTLED, LimitStore, MemoryLimitStore
 from appliance.gateway.metrics import GatewayMetrics
 from appliance.gateway.policy import ADAPTER_NAME, Entitlement, PolicyStore
 from appliance.gateway.ports import AdapterCatalog, AdapterRef, AuditReader, parse_version, resolve
@@ -88,11 +98,11 @@ class Ctx:
     prompt_digest: tuple[int | None, str] | None = None  # (audit key version, hex), made by admit()
 
     @property
-    def actor(self) -> dict[str, Any]:
+    def actor(self) -> ActorFields:
         return self.principal.actor(self.roles)
 
     @property
-    def source(self) -> dict[str, Any]:
+    def source(self) -> SourceFields:
         return {"ip": self.ip, "user_agent": self.user_agent}
 
 
@@ -113,7 +123,7 @@ def _canonical_ip(host: str) -> str | None:
         return None
 
 
-def _attempted_method(request: Request[Any, Any, Any] | None) -> str:
+def _attempted_method(request: Request[Any, Any, Any] | None) -> Literal["oidc", "api_key", "jwt"]:
     header = request.headers.get("authorization", "") if request is not None else ""
     if not header:
         return "oidc"
@@ -123,7 +133,7 @@ def _attempted_method(request: Request[Any, Any, Any] | None) -> str:
 def refusal(exc: ApplianceError, audit_id: str | None = None) -> ApplianceError:
     """Attach the audit id of the denial record, for the error handler's ``X-Audit-Id``."""
     if audit_id is not None:
-        exc.audit_id = audit_id  # type: ignore[attr-defined]
+        exc.audit_id = audit_id
     return exc
 
 
@@ -177,22 +187,21 @@ class Gateway:
         self._salts: dict[str, str] = {}  # subject -> vLLM prefix-cache salt (see _cache_salt())
         self._served: set[str] = set()
         self._served_at = 0.0
-        self._audit_ok = True
         self._background: set[asyncio.Future[str]] = set()  # outcomes of streams their clients left
         self.bounded_denial_s = 60.0  # see deny_bounded()
         self._bounded_denials: dict[tuple[str, str | None, str, str], tuple[float, int]] = {}
-        self._unrecorded_logoffs: list[dict[str, Any]] = []  # see sweep_sessions()
+        self._unrecorded_logoffs: list[AuditEventFields] = []  # see sweep_sessions()
         self.session_sweeper: asyncio.Task[None] | None = None  # started and stopped by the app's lifespan
 
     # --- audit ----------------------------------------------------------------------------------------------
-    async def record(self, event: dict[str, Any]) -> str:
+    async def record(self, event: AuditEventFields) -> str:
         """Make an event durable; AuditUnavailable (503) when it cannot be."""
-        receipt = await self._audited(self.audit.record(event), str(event.get("type")))
+        receipt = await self._audited(self.audit.record(event), event["type"])
         return receipt.event_id
 
-    async def record_ahead(self, event: dict[str, Any]) -> WrittenRecord:
+    async def record_ahead(self, event: AuditEventFields) -> WrittenRecord:
         """Write an event into the chain (its sync still running); AuditUnavailable (503) when the store refuses."""
-        return await self._audited(self.audit.record_ahead(event), str(event.get("type")))
+        return await self._audited(self.audit.record_ahead(event), event["type"])
 
     async def durable(self, written: WrittenRecord, event_type: str = "gateway.request") -> None:
         """Wait until a record from :meth:`record_ahead` is on stable storage; AuditUnavailable (503) if not."""
@@ -202,16 +211,13 @@ class Gateway:
         try:
             result = await pending
         except AuditUnavailable:
-            self._audit_ok = False
             self.metrics.audit_failures.inc()
             log.error("audit.unavailable", event_type=event_type)
             raise
         except Exception as exc:  # a foreign error from a sink is still a failure to make it durable
-            self._audit_ok = False
             self.metrics.audit_failures.inc()
             log.error("audit.unavailable", event_type=event_type, error_class=type(exc).__name__)
             raise AuditUnavailable("the audit log cannot record this request") from exc
-        self._audit_ok = True
         return result
 
     def event(
@@ -219,40 +225,39 @@ class Gateway:
         type_: str,
         *,
         ctx: Ctx | None = None,
-        actor: Mapping[str, Any] | None = None,
-        source: Mapping[str, Any] | None = None,
+        actor: ActorFields | None = None,
+        source: SourceFields | None = None,
         action: str,
         route: str | None = None,
         adapter: AdapterRef | None = None,
-        status: str | None = None,
+        status: OutcomeStatus | None = None,
         http_status: int | None = None,
         error_class: str | None = None,
         tokens: Mapping[str, int] | None = None,
         latency_ms: float | None = None,
         digests: Mapping[str, Any] | None = None,
         details: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    ) -> AuditEventFields:
+        """An event of this request (``ctx``: its actor, source, route and request id, unless given)."""
         d: dict[str, Any] = dict(details or {})
         if ctx is not None and ctx.principal.breakglass_id:
             d.update(breakglass=ctx.principal.breakglass_id, review_required=True)
-        return {
-            "type": type_,
-            "actor": dict(actor) if actor is not None else (ctx.actor if ctx else _anonymous()),
-            "source": dict(source) if source is not None else (ctx.source if ctx else {"ip": None, "user_agent": None}),
-            "action": action,
-            "route": route if route is not None else (ctx.path if ctx else None),
-            "adapter": (
-                {"name": adapter.name, "version": adapter.version, "fingerprint": adapter.fingerprint}
-                if adapter
-                else None
-            ),
-            "outcome": {"status": status or "success", "http_status": http_status, "error_class": error_class},
-            "tokens": dict(tokens) if tokens is not None else None,
-            "latency_ms": latency_ms,
-            "request_id": ctx.request_id if ctx else None,
-            "digests": dict(digests) if digests is not None else None,
-            "details": d,
-        }
+        return audit_event(
+            type_,
+            actor=actor if actor is not None else (ctx.actor if ctx else anonymous_actor()),
+            source=source if source is not None else (ctx.source if ctx else {"ip": None, "user_agent": None}),
+            action=action,
+            route=route if route is not None else (ctx.path if ctx else None),
+            adapter=adapter_fields(adapter.name, adapter.version, adapter.fingerprint) if adapter else None,
+            status=status or "success",
+            http_status=http_status,
+            error_class=error_class,
+            tokens=tokens,
+            latency_ms=latency_ms,
+            request_id=ctx.request_id if ctx else None,
+            digests=digests,
+            details=d,
+        )
 
     async def deny(
         self,
@@ -268,13 +273,12 @@ class Gateway:
         """Record a refusal and return the error to raise (with its audit id)."""
         self.metrics.denied.labels(exc.code).inc()
         if isinstance(exc, RateLimited):
-            kind = "extraction" if "throttled" in exc.message else exc.message.split("(")[-1].split(" per")[0]
-            self.metrics.rate_limited.labels(kind).inc()
-        source = {"ip": _ip(request), "user_agent": _ua(request)} if request is not None else None
+            self.metrics.rate_limited.labels(exc.kind.replace(".", " ")).inc()  # "principal requests", "extraction"
+        source: SourceFields | None = {"ip": _ip(request), "user_agent": _ua(request)} if request is not None else None
         event = self.event(
             "gateway.denied",
             ctx=ctx,
-            actor=None if ctx is not None else _anonymous(_attempted_method(request)),
+            actor=None if ctx is not None else anonymous_actor(_attempted_method(request)),
             source=source,
             action=action,
             route=path,
@@ -381,15 +385,9 @@ class Gateway:
 
     def expiry_event(
         self, reason: Expiry, subject: str, handle: str | None, *, ip: str | None, route: str | None
-    ) -> dict[str, Any]:
+    ) -> AuditEventFields:
         """The ``auth.logout`` of an idle or absolute expiry, seen by a request or by the sweeper (no ip, no route)."""
-        actor: dict[str, Any] = {
-            "subject": subject,
-            "client_id": self.settings.gateway.oidc_client_id,
-            "auth_method": "oidc",
-            "session_id": handle,
-            "roles": [],
-        }
+        actor = actor_fields(subject, "oidc", client_id=self.settings.gateway.oidc_client_id, session_id=handle)
         return self.event(
             "auth.logout",
             actor=actor,
@@ -423,7 +421,7 @@ class Gateway:
             self.metrics.logoffs_unrecorded.set(0)
         return recorded
 
-    def _keep_unrecorded(self, events: list[dict[str, Any]]) -> None:
+    def _keep_unrecorded(self, events: list[AuditEventFields]) -> None:
         dropped = max(0, len(events) - MAX_UNRECORDED_LOGOFFS)
         self._unrecorded_logoffs = events[dropped:]
         self.metrics.logoffs_unrecorded.set(len(self._unrecorded_logoffs))
@@ -593,7 +591,7 @@ class Gateway:
                         details={"reason": flag.reason, "count": flag.count, "throttle_s": flag.throttle_s},
                     )
                 )
-                raise RateLimited("throttled: unusual request pattern (review pending)", retry_after=flag.throttle_s)
+                raise RateLimited(THROTTLED, kind="extraction", retry_after=flag.throttle_s)
         except (PolicyViolation, RateLimited, StateStoreUnavailable) as exc:
             raise await self.deny(exc, ctx=ctx, adapter=ref, action="generate") from None
         return await self.record_ahead(
@@ -785,14 +783,9 @@ class Gateway:
                 return False
 
         async def audit_ok() -> bool:
-            probe = getattr(self.audit, "check_writable", None) or getattr(self.audit, "health", None)
-            if probe is None:  # no probe: ready unless the last record failed
-                return self._audit_ok
             try:
-                result = await asyncio.to_thread(probe)
-                if asyncio.iscoroutine(result):
-                    result = await asyncio.wait_for(result, 2.0)
-                return result is None or bool(result)
+                await asyncio.to_thread(self.audit.check_writable)
+                return True
             except Exception:
                 return False
 
@@ -820,15 +813,6 @@ async def _primed(first: T, rest: AsyncGenerator[T, None]) -> AsyncIterator[T]:
             yield item
     finally:
         await rest.aclose()
-
-
-def _anonymous(method: str = "oidc") -> dict[str, Any]:
-    """The actor of a refused, unauthenticated request: who is unknown, the method is the one attempted."""
-    return {"subject": "anonymous", "client_id": None, "auth_method": method, "session_id": None, "roles": []}
-
-
-def _system() -> dict[str, Any]:
-    return {"subject": "gateway", "client_id": None, "auth_method": "system", "session_id": None, "roles": []}
 
 
 def constant_time_equals(a: str, b: str) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -27,11 +27,11 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from appliance.audit import digest, open_audit_log, reader_for, versioned_digest
 from appliance.config import Settings
 from appliance.errors import (
     ApplianceError,
     AuditUnavailable,
-    ConfigError,
     RequestMalformed,
     RequestTooLarge,
     ValidationFailed,
@@ -46,7 +46,10 @@ from appliance.gateway.policy import PolicyStore, policy_path
 from appliance.gateway.ports import AuditReader, CachedCatalog, RegistryCatalog
 from appliance.gateway.routes import admin, inference, openai, ops, web
 from appliance.gateway.state import State, open_state
+from appliance.keys import open_key_service
 from appliance.protocols import AuditLog, Backend, KeyService
+from appliance.registry import open_registry
+from appliance.serving import open_backend
 
 log = structlog.get_logger("appliance.gateway")
 WEB_DIR = Path(__file__).parent / "web"
@@ -96,8 +99,7 @@ def _error_response(exc: ApplianceError) -> Response[Any]:
     headers: dict[str, str] = {"Cache-Control": "no-store"}
     if exc.retry_after is not None:
         headers["Retry-After"] = str(int(max(1, exc.retry_after)))
-    audit_id = getattr(exc, "audit_id", None)
-    headers["X-Audit-Id"] = audit_id or "-"
+    headers["X-Audit-Id"] = exc.audit_id or "-"
     headers["X-Adapter-Fingerprint"] = "-"
     if exc.http_status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="appliance"'
@@ -192,7 +194,7 @@ def _refusal_middleware(gateway: Gateway) -> Any:
             async def send_wrapper(message: Message) -> None:
                 if replaced[0]:
                     return  # the original body of an answer replaced by a 503
-                refused = scope.get(REFUSAL) if message["type"] == "http.response.start" else None  # type: ignore[misc]
+                refused = scope.get(REFUSAL) if message["type"] == "http.response.start" else None
                 if isinstance(refused, ApplianceError):
                     request: Request[Any, Any, Any] = Request(scope)
                     try:
@@ -202,7 +204,7 @@ def _refusal_middleware(gateway: Gateway) -> Any:
                         await _error_response(exc).to_asgi_response(app=None, request=request)(scope, receive, send)
                         return
                     headers = MutableScopeHeaders.from_message(message)
-                    headers["X-Audit-Id"] = getattr(audited, "audit_id", None) or "-"
+                    headers["X-Audit-Id"] = audited.audit_id or "-"
                 await send(message)
 
             await app(scope, receive, send_wrapper)
@@ -210,34 +212,6 @@ def _refusal_middleware(gateway: Gateway) -> Any:
         return middleware
 
     return factory
-
-
-def _open_stage(what: str, opener: Callable[[], Any]) -> Any:
-    try:
-        return opener()
-    except ApplianceError:
-        raise
-    except ImportError as exc:
-        raise ConfigError(f"the {what} stage is not installed: {exc}") from exc
-
-
-def _digest_fn(keys: KeyService) -> Callable[[str], str]:
-    """``appliance.audit.digest`` when the audit stage provides it, else HMAC under the key service's audit key."""
-    try:
-        from appliance.audit import digest as audit_digest
-
-        return lambda text: str(audit_digest(keys, text))
-    except ImportError:
-        return lambda text: keys.hmac("audit-hmac", text.encode("utf-8")).hex()
-
-
-def _versioned_digest_fn(keys: KeyService) -> Callable[[str, int | None], tuple[int | None, str]] | None:
-    """``appliance.audit.versioned_digest`` (the key version with the digest) when the audit stage provides it."""
-    try:
-        from appliance.audit import versioned_digest
-    except ImportError:
-        return None
-    return lambda text, version: versioned_digest(keys, text, version)
 
 
 def discovery_jwks_fetcher(issuer: str, *, timeout_s: float = 5.0, verify: bool | str = True) -> JWKSFetcher:
@@ -256,15 +230,11 @@ def discovery_jwks_fetcher(issuer: str, *, timeout_s: float = 5.0, verify: bool 
     return fetch
 
 
-def _audit_reader(audit: Any) -> AuditReader | None:
-    if all(callable(getattr(audit, n, None)) for n in ("search", "export", "verify")):
-        return audit  # type: ignore[no-any-return]
-    try:
-        from appliance.audit import reader_for  # type: ignore[attr-defined]
-
-        return reader_for(audit)  # type: ignore[no-any-return]
-    except ImportError:
-        return None
+def _audit_reader(audit: AuditLog) -> AuditReader | None:
+    """The compliance pages' reader: the audit log itself when it is one (the in-memory log), else its store's."""
+    if isinstance(audit, AuditReader):
+        return audit
+    return reader_for(audit)
 
 
 def create_app(
@@ -283,26 +253,13 @@ def create_app(
     """Build the gateway. Neighbours not given are opened from settings (their stages' factories)."""
     g = settings.gateway
     if keys is None:
-        from appliance import keys as keys_stage
-
-        keys = _open_stage("keys", lambda: keys_stage.open_key_service(settings))  # type: ignore[attr-defined]
-    assert keys is not None
+        keys = open_key_service(settings)
     if audit is None:
-        from appliance import audit as audit_stage
-
-        audit = _open_stage("audit", lambda: audit_stage.open_audit_log(settings, keys=keys))  # type: ignore[attr-defined]
+        audit = open_audit_log(settings, keys=keys)
     if registry is None:
-        from appliance import registry as registry_stage
-
-        registry = _open_stage(
-            "registry",
-            lambda: registry_stage.open_registry(settings, keys=keys, audit=audit),  # type: ignore[attr-defined]
-        )
+        registry = open_registry(settings, keys=keys, audit=audit)
     if backend is None:
-        from appliance import serving
-
-        backend = _open_stage("serving", lambda: serving.open_backend(settings))  # type: ignore[attr-defined]
-    assert audit is not None and backend is not None
+        backend = open_backend(settings)
 
     # gateway.state_store: rate limits, the extraction detector and sessions in this process or a shared Redis
     store = state if state is not None else open_state(settings, keys)
@@ -344,9 +301,9 @@ def create_app(
         sessions=store.sessions,
         jwt=validator,
         oidc=oidc,
-        digest=_digest_fn(keys),
+        digest=lambda text: digest(keys, text),
         digest_inline=getattr(keys, "backend", None) == "local",  # Vault's HMAC is a network call
-        versioned_digest=_versioned_digest_fn(keys),
+        versioned_digest=lambda text, version: versioned_digest(keys, text, version),
         audit_reader=audit_reader or _audit_reader(audit),
         state=store,
     )

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from appliance.errors import RateLimited
+from appliance.errors import LimitKind, RateLimited
 from appliance.gateway.policy import AdapterLimits, ExtractionRules, LimitProfile
 
 
@@ -116,14 +116,21 @@ def _ceil(seconds: float) -> float:
     return float(max(1, math.ceil(seconds)))
 
 
+_BUCKETS: tuple[LimitKind, ...] = ("principal.requests", "principal.tokens", "adapter.requests", "adapter.tokens")
+
+
 def rate_limited(kind: str, wait: float) -> RateLimited:
     """The refusal for a full bucket (``kind`` as in :class:`LimitDecision`), the same from every store."""
-    return RateLimited(f"rate limit reached ({kind.replace('.', ' ')} per minute)", retry_after=_ceil(wait))
+    for bucket in _BUCKETS:
+        if bucket == kind:
+            message = f"rate limit reached ({bucket.replace('.', ' ')} per minute)"
+            return RateLimited(message, kind=bucket, retry_after=_ceil(wait))
+    raise ValueError(f"unknown rate limit kind {kind!r}")
 
 
 def throttled(wait: float) -> RateLimited:
     """The refusal for a principal the extraction detector flagged."""
-    return RateLimited(THROTTLED, retry_after=_ceil(wait))
+    return RateLimited(THROTTLED, kind="extraction", retry_after=_ceil(wait))
 
 
 THROTTLED = "throttled: unusual request pattern (review pending)"

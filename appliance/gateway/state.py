@@ -1,7 +1,7 @@
 """Where the gateway keeps its request state: rate limits, the extraction detector and browser sessions.
 
 ``gateway.state_store = "memory"`` (default) keeps it in this process: right for one gateway. ``"redis"`` keeps it
-in a Redis that every gateway behind the load balancer shares (ARCHITECTURE.md "Scale-out"): one combined limit for
+in a Redis that every gateway behind the load balancer shares (README.md in this package): one combined limit for
 all of them, one detector, and a session made on one gateway is valid on the next
 (:mod:`appliance.gateway.state_redis`). A Redis that cannot be reached fails closed: an inference request is
 refused with StateStoreUnavailable (503) and audited like any other refusal; ``/readyz`` reports ``state``.
@@ -76,8 +76,6 @@ def open_state(settings: Settings, keys: KeyService, *, clock: Callable[[], floa
     if g.state_store == "memory":
         return MemoryState(idle_timeout_s=g.session_idle_timeout_s, absolute_timeout_s=g.session_absolute_timeout_s)
     check_production(settings)
-    try:
-        from appliance.gateway.state_redis import RedisState
-    except ImportError as exc:
-        raise ConfigError(f"gateway.state_store = 'redis' needs the redis package: {exc}") from exc
+    from appliance.gateway.state_redis import RedisState  # here: the memory store never imports redis
+
     return RedisState(g, salt=fingerprint_salt(keys), clock=clock)

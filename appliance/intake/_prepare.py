@@ -27,6 +27,7 @@ from typing import Any
 
 import structlog
 
+from appliance._fs import fsync_dir, sha256_files
 from appliance.errors import (
     Conflict,
     IntakeRejected,
@@ -157,12 +158,7 @@ def _split(units: list[str], sizes: dict[str, int], eval_fraction: float, seed: 
 
 def fingerprint_dir(path: Path) -> str:
     """SHA-256 hex over the bytes of train.jsonl followed by eval.jsonl (contracts.md)."""
-    digest = hashlib.sha256()
-    for name in _FILES:
-        with (path / name).open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_files(path / name for name in _FILES)
 
 
 def _jsonl(records: list[PreparedRecord]) -> bytes:
@@ -179,14 +175,6 @@ def _write(path: Path, data: bytes) -> None:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _check_output(out: Path) -> None:
@@ -335,7 +323,7 @@ def _commit(
         _write(tmp / "train.jsonl", train_bytes)
         _write(tmp / "eval.jsonl", eval_bytes)
         _write(tmp / "manifest.json", (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if before_commit is not None:
             before_commit(manifest)
         _check_output(out)
@@ -345,7 +333,7 @@ def _commit(
             if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 raise Conflict(f"output {out} appeared while preparing; nothing was written") from exc
             raise
-        _fsync_dir(parent)
+        fsync_dir(parent)
     except OSError as exc:
         raise StorageUnavailable(f"cannot write the prepared dataset under {parent}: {exc.strerror}") from exc
     finally:

@@ -40,6 +40,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from appliance.intake._case import STATES as _STATES
+from appliance.intake._case import case_normalised as _case_normalised
 from appliance.intake._names import find_names, labelled_name_tokens, propagate_spans
 from appliance.intake._suspects import drop_protected, tagged_spans
 
@@ -73,10 +75,6 @@ _NameHits = tuple[list[tuple[int, int]], set[str], list[tuple[int, int]]]
 _SEP = r"\s*(?:[:#=]|\bno\.?|\bnumber\b|\bnum\b|\bnbr\b|\bid\b|\bis\b)?\s*(?:[:#=]\s*)?"
 # at least one digit, 4-32 chars; or a number printed in groups ("123 4567", "1234 5678 9012")
 _VALUE = r"(?P<v>\d{1,4}(?: \d{3,4}){1,5}(?![\w-])|(?=[A-Z0-9-]*\d)[A-Z0-9][A-Z0-9-]{2,30}[A-Z0-9])"
-_STATES = (
-    "AL|AK|AZ|AR|CA|CO|CT|DE|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|NE|NV|NH|NJ|NM|NY|NC|ND|OH|OK|"
-    "OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY|DC|PR"
-)
 _STATES_NO_CRED = "|".join(st for st in _STATES.split("|") if st not in ("MD", "PA"))
 _STATE_NAMES = (
     "Alabama|Alaska|Arizona|Arkansas|California|Colorado|Connecticut|Delaware|Florida|Georgia|Hawaii|Idaho|"
@@ -827,48 +825,6 @@ def _key_type(key: str | None) -> str | None:
 
 def _is_placeholder(value: str) -> bool:
     return re.fullmatch(r"\[[A-Z]+\]", value.strip()) is not None
-
-
-_PLACEHOLDER_WORD = re.compile(r"\[[A-Z]{2,10}\]")
-_UPPER = re.compile(r"[^\W\d_a-z]")  # letters that are not ASCII lower case (approximately: upper case)
-_LOWER = re.compile(r"[a-z]")
-
-
-def _case_normalised(text: str) -> tuple[str, str]:
-    """A word-cased copy of an ALL-CAPS or all-lower-case text, same length, and which of the two it was.
-
-    "JOHN SMITH" / "john smith" -> "John Smith", so the rules written for ordinary case apply to the copy; a
-    state abbreviation after ", " is upper case in the copy ("boston, ma 02115" -> "Boston, MA 02115"). Text in
-    ordinary case is returned unchanged with mode "".
-    """
-    letters_of = _PLACEHOLDER_WORD.sub("", text) if "[" in text else text  # "[NAME]" says nothing of the case
-    upper, lower = len(_UPPER.findall(letters_of)), len(_LOWER.findall(letters_of))
-    letters = upper + lower
-    if letters < 8:
-        return text, ""
-    if upper >= 0.6 * letters:
-        mode = "upper"
-    elif upper <= 0.005 * letters:
-        mode = "lower"
-    else:
-        return text, ""
-
-    def one(c: str, up: bool) -> str:
-        changed = c.upper() if up else c.lower()
-        return changed if len(changed) == 1 else c
-
-    def word_case(m: re.Match[str]) -> str:
-        word = m.group(0)
-        if m.start() > 0 and text[m.start() - 1] == "[" and text[m.end() : m.end() + 1] == "]" and word.isupper():
-            return word  # a placeholder stays as the scrubber wrote it
-        if word.upper() in _STATE_SET and (mode == "upper" or text[max(0, m.start() - 2) : m.start()] == ", "):
-            return "".join(one(c, True) for c in word)
-        return one(word[0], True) + "".join(one(c, False) for c in word[1:])
-
-    return re.sub(r"[^\W\d_]+", word_case, text), mode
-
-
-_STATE_SET = frozenset(_STATES.split("|"))
 
 
 def _strings(value: Any) -> Iterator[str]:

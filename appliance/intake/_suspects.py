@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 import regex
 
+from appliance.intake._case import case_normalised
 from appliance.intake._clinical import CLINICAL_WORDS, UNITS, is_protected
 from appliance.intake._lexicon import Lexicon, lexicon
 from appliance.intake._names import COMMON_WORDS
@@ -346,9 +347,7 @@ def tagged_spans(
 def suspect_name_spans(text: str, threshold: float = SUSPECT_THRESHOLD) -> list[tuple[int, int]]:
     """Spans of ``text`` that the tagger thinks may be a person's name at ``threshold`` (placeholders and clinical
     vocabulary excepted): for a residual check over scrubbed text. Never logs or returns the text itself."""
-    from appliance.intake._scrub import _case_normalised
-
-    _, mode = _case_normalised(text)
+    _, mode = case_normalised(text)
     names, _, _ = tagged_spans(text, mode, name_threshold=threshold, place_threshold=2.0, strict_openers=True)
     return names
 

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from appliance._fs import fsync_dir
 from appliance.errors import IntegrityViolation, KeystoreInsecure, KeyUnavailable, NotFound, ValidationFailed
 from appliance.keys._names import check_name, check_secret_path
 from appliance.keys._signature import format_signature, parse_signature
@@ -266,7 +267,7 @@ class LocalKeyService:
             log.info("keys.created", key=name, type=key["type"], backend="local")
         if key_type is not None and not any_type and key["type"] != key_type:
             raise KeyUnavailable(f"key {name!r} is a {key['type']} key and cannot be used as a {key_type} key")
-        return key  # type: ignore[no-any-return]
+        return key
 
     @contextlib.contextmanager
     def _locked(self, mode: int) -> Iterator[None]:
@@ -378,11 +379,7 @@ class LocalKeyService:
             else:
                 os.link(tmp, self._path)  # exclusive create: fails if another writer created it meanwhile
                 tmp.unlink()
-            dir_fd = os.open(self._path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            fsync_dir(self._path.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise KeyUnavailable(f"cannot write the keystore {self._path}: {exc.strerror}") from None

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import structlog
 
+from appliance.audit import AuditEventFields, adapter_fields, audit_event, system_actor
 from appliance.canaries import SPACE_BITS, ProbeCanary, candidate_pool, exposure
 from appliance.errors import BackendError, BackendValidation
 from appliance.protocols import AuditLog, Backend, GenerationParams
@@ -42,13 +43,7 @@ __all__ = [
 log = structlog.get_logger("appliance.monitoring")
 
 Method = Literal["auto", "logprobs", "greedy"]
-MONITOR_ACTOR: Mapping[str, Any] = {
-    "subject": "appliance-monitor",
-    "client_id": None,
-    "auth_method": "system",
-    "session_id": None,
-    "roles": [],
-}
+MONITOR_ACTOR = "appliance-monitor"  # the actor subject of the probe's audit events (auth_method "system")
 _GREEDY_TOKENS = 24  # "MRN " and 8 digits, even one token per character, plus slack
 
 
@@ -192,29 +187,22 @@ async def probe_canaries(
 # --- what a probe leaves behind: audit events and a gauge ------------------------------------------------------
 def _event(
     event_type: str, action: str, result: CanaryProbeResult, name: str, version: int, fingerprint: str | None
-) -> dict[str, Any]:
-    return {
-        "type": event_type,
-        "actor": dict(MONITOR_ACTOR),
-        "source": {"ip": None, "user_agent": None},
-        "action": action,
-        "route": None,
-        "adapter": {"name": name, "version": version, "fingerprint": fingerprint},
-        "outcome": {"status": "success", "http_status": None, "error_class": None},
-        "tokens": None,
-        "latency_ms": None,
-        "request_id": None,
-        "digests": None,
-        "details": result.details(),
-    }
+) -> AuditEventFields:
+    return audit_event(
+        event_type,
+        actor=system_actor(MONITOR_ACTOR),
+        action=action,
+        adapter=adapter_fields(name, version, fingerprint),
+        details=result.details(),
+    )
 
 
-def probe_event(result: CanaryProbeResult, *, name: str, version: int, fingerprint: str | None) -> dict[str, Any]:
+def probe_event(result: CanaryProbeResult, *, name: str, version: int, fingerprint: str | None) -> AuditEventFields:
     """The ``adapter.canary_probe`` audit event (contracts.md shape; numbers only)."""
     return _event("adapter.canary_probe", "canary_probe", result, name, version, fingerprint)
 
 
-def alert_event(result: CanaryProbeResult, *, name: str, version: int, fingerprint: str | None) -> dict[str, Any]:
+def alert_event(result: CanaryProbeResult, *, name: str, version: int, fingerprint: str | None) -> AuditEventFields:
     """The ``adapter.canary_alert`` audit event: the served exposure is above the approval threshold."""
     return _event("adapter.canary_alert", "canary_alert", result, name, version, fingerprint)
 

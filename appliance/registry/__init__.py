@@ -6,16 +6,12 @@ the gateway calls :meth:`Registry.resolve` / :meth:`Registry.published` to route
 
 from __future__ import annotations
 
-import asyncio
-import inspect
-from typing import Any
-
 from appliance.config import Settings
-from appliance.errors import AuditUnavailable
 from appliance.protocols import AuditLog, KeyService
 from appliance.registry._db import Database
 from appliance.registry._lineage import subject_digest
 from appliance.registry._publish import TARGETS
+from appliance.registry._reach import PublicationReport, reach_replicas
 from appliance.registry._service import REQUIRED_APPROVALS, Registry
 from appliance.registry._types import (
     Actor,
@@ -33,10 +29,12 @@ __all__ = [
     "AdapterInfo",
     "ErasurePlan",
     "LineageReport",
+    "PublicationReport",
     "PublishedAdapter",
     "Registry",
     "VerifyResult",
     "open_registry",
+    "reach_replicas",
     "subject_digest",
 ]
 
@@ -54,12 +52,8 @@ def open_registry(settings: Settings, keys: KeyService | None = None, audit: Aud
         keys = open_key_service(settings)
     opened_audit = False
     if audit is None:
-        try:
-            from appliance.audit import open_audit_log
-        except ImportError as exc:
-            raise AuditUnavailable(
-                "the audit trail (appliance.audit) is not available; registry changes refused"
-            ) from exc
+        from appliance.audit import open_audit_log
+
         audit = open_audit_log(settings, keys=keys)
         opened_audit = True
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -74,15 +68,5 @@ def open_registry(settings: Settings, keys: KeyService | None = None, audit: Aud
         ledger_path=settings.ledger_path,
     )
     if opened_audit:
-        registry._on_close.append(lambda: _close(audit))
+        registry._on_close.append(audit.close_sync)
     return registry
-
-
-def _close(audit: Any) -> None:
-    close_sync = getattr(audit, "close_sync", None)
-    if callable(close_sync):
-        close_sync()
-        return
-    result = audit.close()
-    if inspect.isawaitable(result):
-        asyncio.run(result)  # type: ignore[arg-type]

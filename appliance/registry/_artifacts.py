@@ -14,7 +14,6 @@ registration from ever writing over a committed one.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import os
@@ -26,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance._fs import fsync_dir
 from appliance.errors import IntegrityViolation, StorageUnavailable
 from appliance.protocols import KeyService
 
-__all__ = ["PROBE_FILE", "PURPOSE", "ArtifactStore", "SealedArtifact", "aad_for", "atomic_write", "fsync_dir"]
+__all__ = ["PROBE_FILE", "PURPOSE", "ArtifactStore", "SealedArtifact", "aad_for"]
 
 PURPOSE = "artifacts"  # appliance.keys.ARTIFACTS: the key encryption key for adapter data keys
 PROBE_FILE = "canaries.json"  # the run's canary secrets: sealed like the other files, never decrypted to disk
@@ -49,33 +49,6 @@ class SealedArtifact:
     purpose: str
     wrapped_key: bytes
     files: dict[str, dict[str, Any]]  # file name -> {"sha256": hex, "size": int}
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a directory's entries (a rename, a new file) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o640) -> None:
-    """Write a file so that readers see the old or the new content, never a partial one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 class ArtifactStore:

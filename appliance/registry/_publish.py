@@ -24,8 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance._fs import atomic_write
 from appliance.errors import ConfigError, ValidationFailed
-from appliance.registry._artifacts import atomic_write
 from appliance.serving import sign_publication, signature_path
 
 __all__ = ["TARGETS", "PublishEntry", "Publisher"]

@@ -8,7 +8,6 @@ when its directory is present.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import struct
@@ -19,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from appliance._fs import sha256_file
 from appliance.errors import IntegrityViolation, ValidationFailed
 
 __all__ = ["NAME_PATTERN", "DatasetInfo", "RunDir", "RunMetadata", "check_name", "read_run_dir", "sha256_file"]
@@ -35,15 +35,6 @@ def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise ValidationFailed(f"invalid adapter name {name!r}: use 1-63 of a-z, 0-9, '-', '_' (starting a-z/0-9)")
     return name
-
-
-def sha256_file(path: Path) -> str:
-    """SHA-256 hex of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class _Loose(BaseModel):

@@ -21,6 +21,7 @@ import structlog
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
+from appliance.audit import AuditEventFields, OutcomeStatus, adapter_fields, audit_event
 from appliance.canaries import SEALED_FILE, CanaryDocument, check_count, open_document, read_document, render_document
 from appliance.errors import (
     ApplianceError,
@@ -871,28 +872,20 @@ class Registry:
         action: str,
         actor: Actor,
         adapter: Adapter | None,
-        status: str,
+        status: OutcomeStatus,
         error_class: str | None = None,
         details: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        return {
-            "type": event_type,
-            "actor": actor.audit(),
-            "source": {"ip": None, "user_agent": None},
-            "action": action,
-            "route": None,
-            "adapter": (
-                {"name": adapter.name, "version": adapter.version, "fingerprint": adapter.weights_fingerprint}
-                if adapter is not None
-                else None
-            ),
-            "outcome": {"status": status, "http_status": None, "error_class": error_class},
-            "tokens": None,
-            "latency_ms": None,
-            "request_id": None,
-            "digests": None,
-            "details": dict(details or {}),
-        }
+    ) -> AuditEventFields:
+        return audit_event(
+            event_type,
+            actor=actor.audit(),
+            source={"ip": None, "user_agent": None},
+            action=action,
+            adapter=adapter_fields(adapter.name, adapter.version, adapter.weights_fingerprint) if adapter else None,
+            status=status,
+            error_class=error_class,
+            details=details,
+        )
 
     def _record(
         self,

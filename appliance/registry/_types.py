@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from appliance.audit import ActorFields, AuthMethod, actor_fields
+
 __all__ = [
     "ROLES",
     "Actor",
@@ -33,19 +35,15 @@ class Actor:
 
     subject: str
     roles: frozenset[str] = frozenset()
-    auth_method: str = "cli"
+    auth_method: AuthMethod = "cli"
     client_id: str | None = None
     session_id: str | None = None
 
-    def audit(self) -> dict[str, Any]:
+    def audit(self) -> ActorFields:
         """The audit event's ``actor`` object (contracts.md)."""
-        return {
-            "subject": self.subject,
-            "client_id": self.client_id,
-            "auth_method": self.auth_method,
-            "session_id": self.session_id,
-            "roles": sorted(self.roles),
-        }
+        return actor_fields(
+            self.subject, self.auth_method, client_id=self.client_id, session_id=self.session_id, roles=self.roles
+        )
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ does it exec the server with the adapters (TGI: ``LORA_ADAPTERS``; vLLM: ``--ena
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 from collections.abc import Mapping, Sequence
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from appliance._fs import sha256_file
 from appliance.errors import ConfigError, IntegrityViolation
 from appliance.serving._published import ADAPTER_ID, parse_adapter_pairs
 from appliance.serving._signed import read_signed_list
@@ -33,14 +33,6 @@ class LaunchPlan:
 
     argv: list[str]
     env: dict[str, str]
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _listed(target: Literal["tgi", "vllm"], data: bytes, source: Path) -> list[tuple[str, str, dict[str, Any]]]:
@@ -84,7 +76,7 @@ def verified_adapters(
             if not isinstance(expected, str):
                 raise IntegrityViolation(f"{list_path}: the signature carries no {field} for {adapter_id!r}")
             try:
-                actual = _sha256_file(Path(path) / name)
+                actual = sha256_file(Path(path) / name)
             except OSError as exc:
                 raise IntegrityViolation(f"adapter {adapter_id!r}: {name} unreadable ({exc.strerror})") from None
             if not hmac.compare_digest(actual, expected):

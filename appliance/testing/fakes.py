@@ -156,6 +156,13 @@ class MemoryAuditLog:
         durable.set_result(receipt)
         return WrittenRecord(receipt, durable)
 
+    def check_writable(self) -> None:
+        if self.fail:
+            raise AuditUnavailable("fake audit log refuses (test)")
+
+    def close_sync(self) -> None:
+        return None
+
     async def close(self) -> None:
         return None
 

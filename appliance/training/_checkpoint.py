@@ -20,9 +20,10 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from appliance._fs import atomic_write
 from appliance.errors import IntegrityViolation, NotFound
 from appliance.protocols import KeyService
-from appliance.training._fs import atomic_write
+from appliance.training._fs import storage_errors
 
 __all__ = ["CHECKPOINT_NAME", "load_checkpoint", "save_checkpoint"]
 
@@ -55,7 +56,8 @@ def save_checkpoint(directory: Path, *, run_id: str, step: int, state: dict[str,
         header_bytes = json.dumps(header, sort_keys=True).encode()
         payload = plaintext
     path = directory / CHECKPOINT_NAME
-    atomic_write(path, _MAGIC + struct.pack(">I", len(header_bytes)) + header_bytes + payload)
+    with storage_errors(str(path)):
+        atomic_write(path, _MAGIC + struct.pack(">I", len(header_bytes)) + header_bytes + payload)
     return path
 
 

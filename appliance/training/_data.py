@@ -8,15 +8,14 @@ loss (and so its gradient) depends on that unit alone.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from appliance.errors import IntakeRejected, IntegrityViolation, NotFound
+from appliance.errors import IntakeRejected
+from appliance.intake import load_prepared
 
 if TYPE_CHECKING:
     import torch
@@ -47,42 +46,6 @@ class PreparedDataset:
     source_sha256: str | None = None  # the raw input's SHA-256: the same for every preparation of it
 
 
-def _fingerprint(path: Path) -> str:
-    digest = hashlib.sha256()
-    for name in ("train.jsonl", "eval.jsonl"):
-        with (path / name).open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _read_jsonl(path: Path) -> list[Record]:
-    records: list[Record] = []
-    try:
-        lines = path.read_bytes().split(b"\n")
-    except OSError as exc:
-        raise IntakeRejected(f"{path.name}: cannot be read: {exc}") from exc
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise IntakeRejected(f"{path.name} line {number}: not UTF-8") from exc
-        except json.JSONDecodeError as exc:
-            raise IntakeRejected(f"{path.name} line {number}: invalid JSON ({exc.msg})") from exc
-        if not isinstance(obj, dict):
-            raise IntakeRejected(f"{path.name} line {number}: expected a JSON object")
-        for field in ("instruction", "response"):
-            if not isinstance(obj.get(field), str) or not obj[field].strip():
-                raise IntakeRejected(f"{path.name} line {number}: field '{field}' must be a non-empty string")
-        subject = obj.get("subject")
-        if subject is not None and not isinstance(subject, str):
-            raise IntakeRejected(f"{path.name} line {number}: field 'subject' must be a string")
-        records.append(Record(obj["instruction"], obj["response"], subject or None))
-    return records
-
-
 def _source_sha256(manifest: Any) -> str | None:
     """``manifest.source.sha256`` (the raw input's hash), or None when the manifest does not say."""
     source = manifest.get("source") if isinstance(manifest, dict) else None
@@ -90,54 +53,16 @@ def _source_sha256(manifest: Any) -> str | None:
     return digest if isinstance(digest, str) and digest else None
 
 
-def _intake_loader() -> Any:
-    try:
-        from appliance.intake import load_prepared
-    except ImportError:  # the intake stage is not installed: read the contracts.md format ourselves
-        return None
-    return load_prepared
-
-
 def read_prepared(path: Path) -> PreparedDataset:
-    """Read a prepared dataset, verifying its manifest and fingerprint; errors name the file, line and field.
-
-    Uses ``appliance.intake.load_prepared`` (which also checks counts and subjects) when the intake stage is there.
-    """
-    loader = _intake_loader()
-    if loader is not None:
-        loaded = loader(path)
-        train = [Record(r.instruction, r.response, r.subject or None) for r in loaded.train]
-        evals = [Record(r.instruction, r.response, r.subject or None) for r in loaded.eval]
-        for name, recs in (("train.jsonl", train), ("eval.jsonl", evals)):
-            if not recs:
-                raise IntakeRejected(f"{path / name}: no records")
-        return PreparedDataset(
-            Path(loaded.path), str(loaded.fingerprint), train, evals, _source_sha256(loaded.manifest)
-        )
-    if not path.is_dir():
-        raise NotFound(f"prepared dataset not found: {path}")
-    manifest_path = path / "manifest.json"
-    for name in ("train.jsonl", "eval.jsonl", "manifest.json"):
-        if not (path / name).is_file():
-            raise IntakeRejected(f"{path} is not a prepared dataset: {name} is missing (run `appliance data prepare`)")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IntakeRejected(f"{manifest_path}: invalid JSON") from exc
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("fingerprint"), str):
-        raise IntakeRejected(f"{manifest_path}: field 'fingerprint' is missing")
-    actual = _fingerprint(path)
-    if actual != manifest["fingerprint"]:
-        raise IntegrityViolation(
-            f"prepared dataset {path} does not match its manifest fingerprint (changed after `data prepare`)"
-        )
-    train = _read_jsonl(path / "train.jsonl")
-    evals = _read_jsonl(path / "eval.jsonl")
-    if not train:
-        raise IntakeRejected(f"{path / 'train.jsonl'}: no records")
-    if not evals:
-        raise IntakeRejected(f"{path / 'eval.jsonl'}: no records")
-    return PreparedDataset(path.resolve(), actual, train, evals, _source_sha256(manifest))
+    """Read a prepared dataset through ``appliance.intake.load_prepared``, which verifies its manifest, fingerprint,
+    counts and subjects; errors name the file, line and field. A split without records is refused."""
+    loaded = load_prepared(path)
+    train = [Record(r.instruction, r.response, r.subject or None) for r in loaded.train]
+    evals = [Record(r.instruction, r.response, r.subject or None) for r in loaded.eval]
+    for name, recs in (("train.jsonl", train), ("eval.jsonl", evals)):
+        if not recs:
+            raise IntakeRejected(f"{path / name}: no records")
+    return PreparedDataset(Path(loaded.path), str(loaded.fingerprint), train, evals, _source_sha256(loaded.manifest))
 
 
 # --- tokenising ------------------------------------------------------------------------------------------------

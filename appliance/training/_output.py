@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from appliance._fs import fsync_dir
 from appliance.errors import TrainingFailed, ValidationFailed
-from appliance.training._fs import fsync_dir, storage_errors
+from appliance.training._fs import storage_errors
 
 if TYPE_CHECKING:
     import torch

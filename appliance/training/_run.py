@@ -42,7 +42,7 @@ from appliance.training._canaries import Canary, make_canaries, measure_exposure
 from appliance.training._checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from appliance.training._config import TrainConfig
 from appliance.training._data import PreparedDataset, Record, Unit, UnitDataset, build_units, collate, read_prepared
-from appliance.training._hooks import TrainingAudit, open_audit_or_none, open_keys_or_none
+from appliance.training._hooks import TrainingAudit, open_audit, open_keys
 from appliance.training._ledger import Ledger
 from appliance.training._loss import unit_losses
 from appliance.training._output import (
@@ -138,9 +138,9 @@ class TrainingRun:
         self.config = config
         self.out = config.out.resolve()
         self._policy = policy
-        self._keys = keys if keys is not None or not use_stage_factories else open_keys_or_none(settings)
+        self._keys = keys if keys is not None or not use_stage_factories else open_keys(settings)
         self._audit = TrainingAudit(
-            audit if audit is not None or not use_stage_factories else open_audit_or_none(settings), config.trained_by
+            audit if audit is not None or not use_stage_factories else open_audit(settings), config.trained_by
         )
         self._on_step = on_step
         self._on_checkpoint = on_checkpoint
@@ -669,13 +669,16 @@ class TrainingRun:
             if self.s.canaries:
                 log.warning("training.canaries_not_sealed", effect="no key service: production probes impossible")
             return
+        from appliance._fs import atomic_write
         from appliance.canaries import SEALED_FILE, ProbeCanary, render_document, seal_document
         from appliance.training._data import prompt_text
-        from appliance.training._fs import atomic_write
+        from appliance.training._fs import storage_errors
 
         probes = [ProbeCanary(c, prompt_text(self._tokenizer, c.instruction)) for c in self.s.canaries]
         plaintext = render_document(self.run_id, self.config.canary_candidates, probes)
-        atomic_write(directory / SEALED_FILE, seal_document(self._keys, self.run_id, plaintext), mode=0o600)
+        sealed = seal_document(self._keys, self.run_id, plaintext)
+        with storage_errors(str(directory / SEALED_FILE)):
+            atomic_write(directory / SEALED_FILE, sealed, mode=0o600)
 
     def _metadata(self, epsilon: float | None) -> dict[str, Any]:
         cfg = self.config

@@ -168,4 +168,4 @@ def test_cli_actor_is_the_user_behind_sudo(
     assert runner.invoke(app, ["audit", "hash", "some text"]).exit_code == 0
     tail = runner.invoke(app, ["audit", "tail", "-n", "3", "--json"]).output
     (record,) = [json.loads(x) for x in tail.splitlines() if x.startswith("{") and '"audit.hash"' in x]
-    assert record["actor"]["subject"] == "os:dr-ops"
+    assert record["actor"]["subject"] == "dr-ops"  # the same form as every other command (audit.invoking_user)

@@ -218,7 +218,7 @@ def test_purge_that_fails_after_its_intent_records_the_error(old_trail: Settings
         def spy(self: AuditWriter, event: Mapping[str, Any]) -> Any:
             receipt = real(self, event)
             if event.get("action") == "purge.intent":
-                patch.setattr(_retention, "_write_atomic", broken)
+                patch.setattr(_retention, "atomic_write", broken)
                 patch.setattr(PostgresStore, "_connect", broken)  # the purge's; the log writes on its own connection
             return receipt
 

@@ -238,6 +238,9 @@ def test_rate_limit_429_with_retry_after(h: Harness, tmp_path) -> None:  # type:
     assert codes == [200, 200, 429]
     r = h.client.post("/v1/inference/adapter/triage/production", json=BODY, headers=h.bearer())
     assert int(r.headers["Retry-After"]) >= 1 and r.json()["error_type"] == "RATE_LIMITED"
+    assert r.headers["X-Audit-Id"] != "-"  # the refusal's audit record
+    limited = gw.metrics.rate_limited.labels("principal requests")._value.get()
+    assert limited == 2  # each refusal counted under its bucket, named as before
 
 
 def test_health_and_ready(h: Harness) -> None:
@@ -247,6 +250,17 @@ def test_health_and_ready(h: Harness) -> None:
     h.backend.healthy = False
     r = h.client.get("/readyz")
     assert r.status_code == 503 and r.json()["checks"]["backend"] is False
+
+
+def test_ready_asks_the_audit_log_itself(h: Harness) -> None:
+    """readyz asks ``AuditLog.check_writable`` (declared on the protocol): a log that refuses writes is not ready
+    before any request has failed on it, and is ready again once it takes writes."""
+    assert h.client.get("/readyz").json()["checks"]["audit"] is True
+    h.audit.fail = True
+    r = h.client.get("/readyz")
+    assert r.status_code == 503 and r.json()["checks"]["audit"] is False
+    h.audit.fail = False
+    assert h.client.get("/readyz").status_code == 200
 
 
 def test_metrics_not_public(h: Harness) -> None:

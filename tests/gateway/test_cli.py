@@ -89,6 +89,26 @@ def test_keys_create_with_several_scopes_is_audited(env: Path) -> None:
     assert "admin.apikey.create" in _audit_types(env)
 
 
+def test_keys_cli_records_the_person_behind_sudo(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run as `sudo -u appliance appliance keys create`, the audit actor and the key's creator are the person."""
+    monkeypatch.setenv("LOGNAME", "appliance")
+    monkeypatch.setenv("USER", "appliance")
+    monkeypatch.setenv("SUDO_USER", "dr-ops")
+    r = CliRunner().invoke(app, ["keys", "create", "lab-system", "--scope", "service.inference", "--json"])
+    assert r.exit_code == 0, r.output
+    lines = [seg.read_text().splitlines() for seg in sorted((env / "audit").rglob("segment-*.jsonl"))]
+    (record,) = [json.loads(x) for seg in lines for x in seg if '"admin.apikey.create"' in x]
+    assert record["actor"] == {
+        "auth_method": "cli",
+        "client_id": None,
+        "roles": [],
+        "session_id": None,
+        "subject": "dr-ops",
+    }
+    store = ApiKeyStore(GatewayDB(db_path(env)), cache_s=0.0)
+    assert [k.created_by for k in store.list()] == ["dr-ops"]
+
+
 def test_keys_create_refuses_scope_without_role(env: Path) -> None:
     """A scope the policy does not know grants nothing, so no key is made."""
     r = CliRunner().invoke(app, ["keys", "create", "x", "--scope", "no-such-scope"])

@@ -31,12 +31,25 @@ def test_token_bucket_refills_and_charges_tokens() -> None:
     with pytest.raises(RateLimited) as exc:
         limiter.check("p", profile, "a", adapter)
     assert exc.value.retry_after == 30
+    assert exc.value.kind == "principal.requests"
     clock.now += 30
     limiter.check("p", profile, "a", adapter)
     limiter.charge_tokens("p", "a", 250)  # over the token budget: the balance goes negative
     clock.now += 60
-    with pytest.raises(RateLimited, match="tokens"):
+    with pytest.raises(RateLimited, match="tokens") as tokens:
         limiter.check("p", profile, "a", adapter)
+    assert tokens.value.kind == "principal.tokens"
+
+
+def test_refusals_carry_their_kind_typed() -> None:
+    """A bucket refusal names its bucket, a throttle says extraction; a kind no store produces is a misuse error."""
+    from appliance.gateway.limits import rate_limited, throttled
+
+    assert rate_limited("adapter.tokens", 2.5).kind == "adapter.tokens"
+    assert "adapter tokens per minute" in rate_limited("adapter.tokens", 2.5).message
+    assert throttled(30).kind == "extraction"
+    with pytest.raises(ValueError):
+        rate_limited("principal.coffee", 1)
 
 
 def test_extraction_detector_flags_distinct_prompts_and_throttles() -> None:

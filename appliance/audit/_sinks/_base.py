@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from appliance.audit._canonical import GENESIS_HASH
-
-if TYPE_CHECKING:
-    from appliance.audit._retention import Anchor
+from appliance.audit._sinks._anchor import Anchor
 
 __all__ = ["ChainHead", "ChainReader", "Recovery", "Sink", "stopped_cleanly"]
 

@@ -16,18 +16,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import mmap
 import os
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from appliance._fs import fsync_dir
 from appliance.audit._canonical import GENESIS_HASH, record_hash, split_line
-from appliance.audit._retention import Anchor, read_anchor
+from appliance.audit._mapping import map_file
+from appliance.audit._sinks._anchor import Anchor, read_anchor
 from appliance.audit._sinks._base import ChainHead, Recovery, stopped_cleanly
 from appliance.errors import AuditUnavailable
 
-__all__ = ["FileSink", "FileStore", "map_file", "segment_name"]
+__all__ = ["FileSink", "FileStore", "segment_name"]
 
 _SEGMENT = re.compile(r"^segment-(\d{12})\.jsonl$")
 _WRITER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -39,24 +40,6 @@ _MIN_FREE_BYTES = 1 << 20  # probe: refuse when less than this is free
 def segment_name(first_seq: int) -> str:
     """The file name of the segment whose first record has sequence number ``first_seq``."""
     return f"segment-{first_seq:012d}.jsonl"
-
-
-def map_file(path: Path) -> Iterator[tuple[str, bytes]]:
-    """(name, read-only memory map of the file) for the duration of the iteration; an empty file gives b""."""
-    with path.open("rb") as handle:
-        if os.fstat(handle.fileno()).st_size == 0:
-            yield path.name, b""
-            return
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            yield path.name, mapped  # type: ignore[misc]  # bytes-like: find, slicing, len, buffer
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unavailable(what: str, exc: OSError) -> AuditUnavailable:
@@ -181,7 +164,7 @@ class FileSink:
             if not self.root.is_dir():
                 with contextlib.suppress(FileExistsError):  # another process may create it first
                     self.root.mkdir(parents=True, mode=0o700)
-                _fsync_dir(self.root.parent)  # the new directory's entry survives a crash
+                fsync_dir(self.root.parent)  # the new directory's entry survives a crash
         except OSError as exc:
             raise _unavailable("create its directory", exc) from exc
         lanes = [writer_id] if exact else [writer_id] + [f"{writer_id}.{n}" for n in range(2, _MAX_LANES + 1)]
@@ -197,7 +180,7 @@ class FileSink:
             if not directory.is_dir():
                 with contextlib.suppress(FileExistsError):
                     directory.mkdir(mode=0o700)
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
             fd = os.open(directory / ".lock", os.O_RDONLY | os.O_CREAT, 0o600)  # no write access held
         except OSError as exc:
             raise _unavailable("open its lock file", exc) from exc
@@ -239,7 +222,7 @@ class FileSink:
                     self._open_segment(path, records=0)
                 elif self._segment != path:
                     path.unlink()
-                    _fsync_dir(self._dir)
+                    fsync_dir(self._dir)
         except OSError as exc:
             raise _unavailable("recover the end of its chain", exc) from exc
         self._head_seq = head_seq
@@ -293,7 +276,7 @@ class FileSink:
             os.fsync(fd)
         finally:
             os.close(fd)
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
         return Recovery(location=f"{self._writer_id}/{path.name}", truncated_bytes=size - good_end, kept_as=keep.name)
 
     def _open_segment(self, path: Path, *, records: int) -> None:
@@ -311,7 +294,7 @@ class FileSink:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.fsync(fd)
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
         except OSError:
             os.close(fd)
             raise
@@ -377,7 +360,7 @@ class FileSink:
     def sync_probe(self) -> None:
         assert self._dir is not None, "open() first"
         try:
-            _fsync_dir(self._dir)  # the chain's directory: a sync the failing device must answer
+            fsync_dir(self._dir)  # the chain's directory: a sync the failing device must answer
         except OSError as exc:
             raise _unavailable("sync", exc) from exc
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from appliance.audit._canonical import GENESIS_HASH
-from appliance.audit._retention import Anchor
+from appliance.audit._sinks._anchor import Anchor
 from appliance.audit._sinks._base import ChainHead, stopped_cleanly
 from appliance.errors import AuditUnavailable
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from appliance.audit import ActorFields, actor_fields
+
 AuthMethod = Literal["oidc", "jwt", "api_key"]
 
 
@@ -28,12 +30,8 @@ class Principal:
     display_name: str | None = None
     claims: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
-    def actor(self, roles: frozenset[str] | set[str] | None = None) -> dict[str, Any]:
+    def actor(self, roles: frozenset[str] | set[str] | None = None) -> ActorFields:
         """The ``actor`` object of an audit event (contracts.md)."""
-        return {
-            "subject": self.subject,
-            "client_id": self.client_id,
-            "auth_method": self.auth_method,
-            "session_id": self.session_id,
-            "roles": sorted(roles or ()),
-        }
+        return actor_fields(
+            self.subject, self.auth_method, client_id=self.client_id, session_id=self.session_id, roles=roles or ()
+        )

@@ -7,6 +7,7 @@ from typing import Any
 
 from litestar import Request, Response, delete, get, post
 
+from appliance.audit import system_actor
 from appliance.errors import AuditUnavailable, ConfigError, PolicyViolation, Unauthenticated, ValidationFailed
 from appliance.gateway._service import Ctx, Gateway
 from appliance.gateway.auth.apikeys import ApiKeyInfo, check_new_key, scopes_detail
@@ -15,13 +16,7 @@ from appliance.gateway.routes._common import gateway_of
 from appliance.gateway.schemas import ApiKeyCreate, BreakGlassCreate
 
 SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
-SYSTEM_ACTOR: dict[str, Any] = {
-    "subject": "gateway",
-    "client_id": None,
-    "auth_method": "system",
-    "session_id": None,
-    "roles": [],
-}
+SYSTEM_ACTOR = system_actor("gateway")
 
 
 def key_json(info: ApiKeyInfo) -> dict[str, Any]:

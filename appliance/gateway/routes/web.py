@@ -20,6 +20,7 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body, Parameter
 from litestar.response import Redirect, Stream, Template
 
+from appliance.audit import SourceFields, actor_fields
 from appliance.errors import ApplianceError, PermissionDenied, Unauthenticated, ValidationFailed
 from appliance.gateway._service import SESSION_COOKIE, Ctx, Gateway
 from appliance.gateway._service import _ip as client_ip
@@ -96,7 +97,7 @@ async def _page_ctx(
             except ApplianceError:
                 signed_in = None
         denied = _render(request, "error.html", signed_in, exc.http_status, message=exc.message)
-        denied.headers["X-Audit-Id"] = getattr(exc, "audit_id", None) or "-"
+        denied.headers["X-Audit-Id"] = exc.audit_id or "-"
         return denied
 
 
@@ -237,7 +238,7 @@ async def auth_callback(
     gw = gateway_of(request)
     pre = await gw.session_of(request)
     flow = pre.data.get("oidc") if pre else None
-    source = {
+    source: SourceFields = {
         "ip": request.client.host if request.client else None,
         "user_agent": request.headers.get("user-agent", "")[:200],
     }
@@ -260,13 +261,7 @@ async def auth_callback(
         await gw.record(
             gw.event(
                 "auth.login",
-                actor={
-                    "subject": "anonymous",
-                    "client_id": gw.oidc.client_id,
-                    "auth_method": "oidc",
-                    "session_id": None,
-                    "roles": [],
-                },
+                actor=actor_fields("anonymous", "oidc", client_id=gw.oidc.client_id),
                 source=source,
                 action="login",
                 route="/auth/callback",
@@ -291,13 +286,9 @@ async def auth_callback(
     await gw.record(
         gw.event(
             "auth.login",
-            actor={
-                "subject": data["subject"],
-                "client_id": gw.oidc.client_id,
-                "auth_method": "oidc",
-                "session_id": session.handle,
-                "roles": sorted(roles),
-            },
+            actor=actor_fields(
+                str(data["subject"]), "oidc", client_id=gw.oidc.client_id, session_id=session.handle, roles=roles
+            ),
             source=source,
             action="login",
             route="/auth/callback",
@@ -317,13 +308,12 @@ async def auth_logout(request: Request[Any, Any, Any], data: dict[str, str] = FO
         await gw.record(
             gw.event(
                 "auth.logout",
-                actor={
-                    "subject": session.data["subject"],
-                    "client_id": gw.settings.gateway.oidc_client_id,
-                    "auth_method": "oidc",
-                    "session_id": session.handle,
-                    "roles": [],
-                },
+                actor=actor_fields(
+                    session.data["subject"],
+                    "oidc",
+                    client_id=gw.settings.gateway.oidc_client_id,
+                    session_id=session.handle,
+                ),
                 source={"ip": client_ip(request), "user_agent": None},
                 action="logout",
                 route="/auth/logout",

@@ -245,7 +245,7 @@ def create_app(engine: Engine, *, admin_token: str | None = None, install_sighup
                 body["details"] = _details(job, fin)
             return Response(content=[body] if compat else body, status_code=200, headers=_headers(job, fin, started))
 
-        return await _record(work())  # type: ignore[no-any-return]
+        return await _record(work())
 
     def _generate_stream(req: GenerateRequest) -> Stream:
         async def events() -> AsyncIterator[bytes]:
@@ -434,7 +434,7 @@ def create_app(engine: Engine, *, admin_token: str | None = None, install_sighup
                 status_code=200,
             )
 
-        return await _record(work())  # type: ignore[no-any-return]
+        return await _record(work())
 
     @post("/v1/chat/completions", status_code=200)
     async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any] | Stream:
@@ -532,7 +532,7 @@ def create_app(engine: Engine, *, admin_token: str | None = None, install_sighup
                 status_code=200,
             )
 
-        return await _record(work())  # type: ignore[no-any-return]
+        return await _record(work())
 
     @post("/tokenize", status_code=200)
     async def tokenize(request: Request[Any, Any, Any]) -> Response[bytes]:

@@ -225,7 +225,7 @@ class Engine:
             while True:
                 kind, payload = await queue.get()
                 if kind == "done":
-                    return payload  # type: ignore[no-any-return]
+                    return payload
                 if kind == "error":
                     raise _generation_error(payload)
         except BaseException:

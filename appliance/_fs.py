@@ -1,0 +1,62 @@
+"""Durable files, once for every stage: directory fsync, atomic replacement, streamed SHA-256.
+
+Errors are the OS's (``OSError``); each caller turns them into its own (``StorageUnavailable``,
+``AuditUnavailable``, ``KeyUnavailable``), since only it knows what the file was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = ["atomic_write", "fsync_dir", "sha256_file", "sha256_files"]
+
+_CHUNK = 1 << 20
+
+
+def fsync_dir(path: Path | str) -> None:
+    """Make the entries of directory ``path`` (a rename, a new or removed file) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` so that a reader, or a crash, sees the old file or the whole new one.
+
+    A temporary file beside it (created with ``mode``) is written and fsync-ed, renamed over ``path``, and the
+    directory fsync-ed; the parent directories are created when missing. On any failure the temporary is removed.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def sha256_files(paths: Iterable[Path]) -> str:
+    """SHA-256 hex over the bytes of the files one after the other, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(_CHUNK), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 hex of a file, read in 1 MiB chunks."""
+    return sha256_files([path])
