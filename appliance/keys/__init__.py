@@ -10,7 +10,7 @@ from __future__ import annotations
 from appliance.keys._envelope import decrypt, encrypt
 from appliance.keys._factory import open_key_service
 from appliance.keys._local import LocalKeyService
-from appliance.keys._names import ARTIFACTS, AUDIT_HMAC, AUDIT_SIGNING, CHECKPOINTS, SECRETS_GATEWAY
+from appliance.keys._names import ARTIFACTS, AUDIT_HMAC, AUDIT_SIGNING, CANARIES, CHECKPOINTS, SECRETS_GATEWAY
 from appliance.keys._protocols import ManagedKeyService, SecretStore
 from appliance.keys._signature import parse_signature, verify_offline
 from appliance.keys._status import KeyInfo, KeyServiceStatus
@@ -19,6 +19,7 @@ __all__ = [
     "ARTIFACTS",
     "AUDIT_HMAC",
     "AUDIT_SIGNING",
+    "CANARIES",
     "CHECKPOINTS",
     "SECRETS_GATEWAY",
     "KeyInfo",

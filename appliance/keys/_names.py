@@ -6,10 +6,11 @@ import re
 
 from appliance.errors import ValidationFailed
 
-__all__ = ["ARTIFACTS", "AUDIT_HMAC", "AUDIT_SIGNING", "CHECKPOINTS", "SECRETS_GATEWAY", "check_name"]
+__all__ = ["ARTIFACTS", "AUDIT_HMAC", "AUDIT_SIGNING", "CANARIES", "CHECKPOINTS", "SECRETS_GATEWAY", "check_name"]
 
 CHECKPOINTS = "checkpoints"  # data keys for training checkpoints (trainer)
 ARTIFACTS = "artifacts"  # data keys for encrypted adapters at rest (registry / publisher)
+CANARIES = "canaries"  # data keys sealing canary secrets: the trainer makes them, only the registry unwraps
 AUDIT_HMAC = "audit-hmac"  # HMAC-SHA256 digests of prompts and outputs (audit writer)
 AUDIT_SIGNING = "audit-signing"  # Ed25519 signatures of audit checkpoints (audit writer)
 SECRETS_GATEWAY = "gateway"  # KV path prefix for the gateway's secrets (session secret, OIDC client secret)

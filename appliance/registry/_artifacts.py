@@ -29,9 +29,10 @@ from appliance._fs import fsync_dir
 from appliance.errors import IntegrityViolation, StorageUnavailable
 from appliance.protocols import KeyService
 
-__all__ = ["PURPOSE", "ArtifactStore", "SealedArtifact", "aad_for"]
+__all__ = ["PROBE_FILE", "PURPOSE", "ArtifactStore", "SealedArtifact", "aad_for"]
 
 PURPOSE = "artifacts"  # appliance.keys.ARTIFACTS: the key encryption key for adapter data keys
+PROBE_FILE = "canaries.json"  # the run's canary secrets: sealed like the other files, never decrypted to disk
 _SUFFIX = ".enc"
 
 
@@ -57,8 +58,9 @@ class ArtifactStore:
         self.root = Path(root)
         self.keys = keys
 
-    def seal(self, name: str, version: int, files: Mapping[str, Path]) -> SealedArtifact:
-        """Encrypt each file under a fresh data key into a new directory (renamed into place when complete)."""
+    def seal(self, name: str, version: int, files: Mapping[str, Path | bytes]) -> SealedArtifact:
+        """Encrypt each file (a path, or bytes held in memory) under a fresh data key into a new directory
+        (renamed into place when complete)."""
         from appliance.keys import encrypt
 
         plaintext_key, wrapped = self.keys.data_key(PURPOSE)
@@ -69,7 +71,7 @@ class ArtifactStore:
         digests: dict[str, dict[str, Any]] = {}
         try:
             for file_name, src in sorted(files.items()):
-                data = src.read_bytes()
+                data = src if isinstance(src, bytes) else src.read_bytes()
                 digests[file_name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
                 blob = encrypt(data, plaintext_key, aad_for(name, version, file_name))
                 _write_new(tmp / (file_name + _SUFFIX), blob)
@@ -144,6 +146,8 @@ class ArtifactStore:
         written: dict[str, str] = {}
         try:
             for file_name, data in self.open(**artifact):
+                if file_name == PROBE_FILE:  # checked with the rest, but a serving host never needs the secrets
+                    continue
                 if file_name == "adapter_config.json" and base_model_path is not None:
                     config = json.loads(data)
                     config["base_model_name_or_path"] = base_model_path

@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from appliance.audit import AuditEventFields, OutcomeStatus, adapter_fields, audit_event
+from appliance.canaries import SEALED_FILE, CanaryDocument, check_count, open_document, read_document, render_document
 from appliance.errors import (
     ApplianceError,
     AuditUnavailable,
@@ -36,7 +37,7 @@ from appliance.errors import (
     ValidationFailed,
 )
 from appliance.protocols import AuditLog, KeyService
-from appliance.registry._artifacts import ArtifactStore
+from appliance.registry._artifacts import PROBE_FILE, ArtifactStore
 from appliance.registry._db import Database, exclusive_file_lock
 from appliance.registry._ledger import ClaimedRun, check_against_ledger
 from appliance.registry._lineage import describe, subject_digest
@@ -133,7 +134,7 @@ class Registry:
                     self._denied("registry.add", "add", actor, None, exc, details={"run_id": meta.run_id})
                     raise
                 version = (s.scalar(select(func.max(Adapter.version)).where(Adapter.name == name)) or 0) + 1
-                sealed = self.artifacts.seal(name, version, run.files)
+                sealed = self.artifacts.seal(name, version, self._files_to_seal(run.files, meta))
                 base = s.scalar(select(BaseModel).where(BaseModel.sha256 == meta.base_model.sha256))
                 if base is None:
                     base = BaseModel(sha256=meta.base_model.sha256, path=meta.base_model.path)
@@ -198,6 +199,38 @@ class Registry:
             raise
         log.info("registry.added", adapter=name, version=version, fingerprint=run.weights_fingerprint[:16])
         return info
+
+    def _files_to_seal(self, files: Mapping[str, Path], meta: RunMetadata) -> dict[str, Path | bytes]:
+        """The run's files, its sealed canaries opened (``canaries`` unwrap: the trainer cannot) and re-sealed as
+        ``canaries.json`` with the adapter; the plaintext stays in memory. A run whose metadata says its canaries
+        were sealed must bring them (ValidationFailed otherwise); a file sealed for another run is refused."""
+        out: dict[str, Path | bytes] = {k: v for k, v in files.items() if k not in (SEALED_FILE, PROBE_FILE)}
+        promised = bool(meta.canaries.model_extra and meta.canaries.model_extra.get("sealed"))
+        if SEALED_FILE not in files:
+            if promised:
+                raise ValidationFailed(
+                    f"the run's metadata says its canaries were sealed, but {SEALED_FILE} is missing"
+                )
+            return out
+        document = open_document(self.keys, meta.run_id, files[SEALED_FILE].read_bytes())
+        check_count(document, meta.canaries.count)
+        out[PROBE_FILE] = render_document(document.run_id, document.candidates, document.canaries)
+        return out
+
+    def canaries(self, name: str, version: int, actor: Actor) -> CanaryDocument:
+        """The canary secrets and prompts of one adapter, decrypted in memory only (for the production probe);
+        NotFound when it was registered without sealed canaries. The read is audited (counts only)."""
+        with self.db.session("reading an adapter's canaries") as s:
+            adapter = self._get(s, name, version)
+            artifact = self._artifact(adapter)
+            if PROBE_FILE not in artifact["files"]:
+                raise NotFound(f"adapter {name} v{version} was registered without sealed canaries")
+            artifact["files"] = {PROBE_FILE: artifact["files"][PROBE_FILE]}
+            document = read_document(dict(self.artifacts.open(**artifact))[PROBE_FILE])
+            self._record(
+                "registry.canary_read", "canary_read", actor, adapter, details={"canaries": len(document.canaries)}
+            )
+        return document
 
     def _check_base_model(self, path: Path, sha256: str) -> None:
         if not (path / "config.json").is_file():

@@ -688,6 +688,7 @@ class TrainingRun:
                 self.s.weights_sha256 = hashlib.sha256((tmp / "adapter_model.safetensors").read_bytes()).hexdigest()
                 self.s.config_sha256 = hashlib.sha256((tmp / "adapter_config.json").read_bytes()).hexdigest()
             metadata = self._metadata(entry.epsilon if cfg.dp else None)
+            self._seal_canaries(tmp)
             write_json(tmp / "metadata.json", metadata)
             with storage_errors(str(tmp)):
                 write_curves(tmp, self.s.losses, self.s.epsilons)
@@ -696,6 +697,24 @@ class TrainingRun:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return TrainResult(self.out, self.run_id, metadata)
+
+    def _seal_canaries(self, directory: Path) -> None:
+        """The canaries' secrets and prompts for the registry (and so the production probe), sealed under a
+        ``canaries`` data key (appliance.canaries); without a key service they are dropped, never written in clear."""
+        if not self.s.canaries or self._keys is None:
+            if self.s.canaries:
+                log.warning("training.canaries_not_sealed", effect="no key service: production probes impossible")
+            return
+        from appliance._fs import atomic_write
+        from appliance.canaries import SEALED_FILE, ProbeCanary, render_document, seal_document
+        from appliance.training._data import prompt_text
+        from appliance.training._fs import storage_errors
+
+        probes = [ProbeCanary(c, prompt_text(self._tokenizer, c.instruction)) for c in self.s.canaries]
+        plaintext = render_document(self.run_id, self.config.canary_candidates, probes)
+        sealed = seal_document(self._keys, self.run_id, plaintext)
+        with storage_errors(str(directory / SEALED_FILE)):
+            atomic_write(directory / SEALED_FILE, sealed, mode=0o600)
 
     def _metadata(self, epsilon: float | None) -> dict[str, Any]:
         cfg = self.config
@@ -745,6 +764,7 @@ class TrainingRun:
                 "count": len(self.s.canaries),
                 "exposures": exposures,
                 "max_exposure": max((e["exposure"] for e in exposures), default=0.0),
+                "sealed": bool(self.s.canaries) and self._keys is not None,  # canaries.sealed beside it
             },
             "packages": {name: _package_version(name) for name in ("torch", "transformers", "peft", "opacus")},
             "started_at": self.s.started_at,

@@ -179,7 +179,8 @@ def test_gateway_approle_can_do_nothing_more(bao: Bao) -> None:
 
 
 def test_trainer_and_registry_keys_are_separate(bao: Bao) -> None:
-    """The trainer makes checkpoint data keys but not adapter ones; the registry the other way round."""
+    """The trainer makes checkpoint data keys but not adapter ones; the registry the other way round. Canary data
+    keys go one way: the trainer makes them and cannot unwrap them, the registry unwraps them and cannot make them."""
     trainer = _login(bao, "appliance-trainer")
     wrapped = trainer.secrets.transit.generate_data_key("appliance-checkpoints", key_type="plaintext")["data"]
     assert trainer.secrets.transit.decrypt_data("appliance-checkpoints", ciphertext=wrapped["ciphertext"])
@@ -189,18 +190,30 @@ def test_trainer_and_registry_keys_are_separate(bao: Bao) -> None:
     assert _denied(
         lambda: registry.secrets.transit.decrypt_data("appliance-checkpoints", ciphertext=wrapped["ciphertext"])
     )
+    sealed = trainer.secrets.transit.generate_data_key("appliance-canaries", key_type="plaintext")["data"]
+    assert _denied(lambda: trainer.secrets.transit.decrypt_data("appliance-canaries", ciphertext=sealed["ciphertext"]))
+    opened = registry.secrets.transit.decrypt_data("appliance-canaries", ciphertext=sealed["ciphertext"])
+    assert opened["data"]["plaintext"] == sealed["plaintext"]
+    assert _denied(lambda: registry.secrets.transit.generate_data_key("appliance-canaries", key_type="plaintext"))
 
 
 def test_transit_keys_have_the_right_types(bao: Bao) -> None:
-    """The role created the four appliance keys: AES-GCM for data keys and HMAC, Ed25519 for signing."""
+    """The role created the appliance keys: AES-GCM for data keys and HMAC, Ed25519 for signing."""
     admin = bao.client(bao.root_token)
     types = {
         name: admin.secrets.transit.read_key(name)["data"]["type"]
-        for name in ("appliance-checkpoints", "appliance-artifacts", "appliance-audit-hmac", "appliance-audit-signing")
+        for name in (
+            "appliance-checkpoints",
+            "appliance-artifacts",
+            "appliance-canaries",
+            "appliance-audit-hmac",
+            "appliance-audit-signing",
+        )
     }
     assert types == {
         "appliance-checkpoints": "aes256-gcm96",
         "appliance-artifacts": "aes256-gcm96",
+        "appliance-canaries": "aes256-gcm96",
         "appliance-audit-hmac": "aes256-gcm96",
         "appliance-audit-signing": "ed25519",
     }

@@ -11,7 +11,7 @@ import pytest
 
 from appliance.config import load_settings
 from appliance.errors import VaultForbidden
-from appliance.keys import ARTIFACTS, AUDIT_HMAC, AUDIT_SIGNING, CHECKPOINTS, open_key_service
+from appliance.keys import ARTIFACTS, AUDIT_HMAC, AUDIT_SIGNING, CANARIES, CHECKPOINTS, open_key_service
 from appliance.keys._vault import VaultKeyService
 from appliance.serving import PUBLICATION_KEY
 from tests.conftest import REPO_ROOT
@@ -79,6 +79,7 @@ class Estate:
     services: dict[str, VaultKeyService]
     checkpoint_key: bytes
     artifact_key: bytes
+    canary_key: bytes
     signature: bytes
 
 
@@ -90,6 +91,7 @@ def estate(openbao: OpenBaoServer, tmp_path_factory: pytest.TempPathFactory) -> 
     root = VaultKeyService(openbao.client())
     _, checkpoint_key = root.data_key(CHECKPOINTS)
     _, artifact_key = root.data_key(ARTIFACTS)
+    _, canary_key = root.data_key(CANARIES)
     root.hmac(AUDIT_HMAC, b"x")
     for writer in WRITERS:
         root.create(f"{AUDIT_SIGNING}-{writer}", "ed25519")
@@ -98,7 +100,9 @@ def estate(openbao: OpenBaoServer, tmp_path_factory: pytest.TempPathFactory) -> 
     root.create(PUBLICATION_KEY, "ed25519")
     root.put_secret("gateway/session", {"secret": "session-secret"})
     root.put_secret("registry/db", {"password": "db-password"})
-    yield Estate({role: login_as(openbao, role, data_dir) for role in ROLES}, checkpoint_key, artifact_key, signature)
+    yield Estate(
+        {role: login_as(openbao, role, data_dir) for role in ROLES}, checkpoint_key, artifact_key, canary_key, signature
+    )
 
 
 GATEWAY_SIGNING = f"{AUDIT_SIGNING}-gateway"
@@ -110,6 +114,8 @@ OPERATIONS: dict[str, Callable[[VaultKeyService, Estate], object]] = {
     "artifacts.data_key": lambda s, e: s.data_key(ARTIFACTS),
     "artifacts.unwrap": lambda s, e: s.unwrap(ARTIFACTS, e.artifact_key),
     "artifacts.rewrap": lambda s, e: s.rewrap(ARTIFACTS, e.artifact_key),
+    "canaries.data_key": lambda s, e: s.data_key(CANARIES),
+    "canaries.unwrap": lambda s, e: s.unwrap(CANARIES, e.canary_key),
     "audit.hmac": lambda s, e: s.hmac(AUDIT_HMAC, b"prompt"),
     "audit.sign.shared": lambda s, e: s.sign(AUDIT_SIGNING, b"checkpoint"),
     "audit.sign.gateway": lambda s, e: s.sign(GATEWAY_SIGNING, b"checkpoint"),
@@ -128,8 +134,8 @@ OPERATIONS: dict[str, Callable[[VaultKeyService, Estate], object]] = {
 AUDIT_WRITER = {"audit.public_keys.gateway"}  # every writer reads every writer's public keys; signs with its own
 ALLOWED: dict[str, set[str]] = {
     "gateway": {"audit.hmac", "secret.gateway.read", "audit.sign.gateway", "audit.verify.gateway"} | AUDIT_WRITER,
-    "trainer": {"checkpoints.data_key", "checkpoints.unwrap", "audit.sign.trainer"} | AUDIT_WRITER,
-    "registry": {"artifacts.data_key", "artifacts.unwrap", "artifacts.rewrap", "publication.sign"}
+    "trainer": {"checkpoints.data_key", "checkpoints.unwrap", "canaries.data_key", "audit.sign.trainer"} | AUDIT_WRITER,
+    "registry": {"artifacts.data_key", "artifacts.unwrap", "artifacts.rewrap", "canaries.unwrap", "publication.sign"}
     | {"publication.public_keys"}
     | AUDIT_WRITER,
     "operator": {

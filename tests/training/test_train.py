@@ -94,7 +94,8 @@ class TestRecordLevel:
     def test_metadata_never_holds_secrets(
         self, train_settings: Settings, prepared: Path, tiny_model: Path, tmp_path: Path
     ) -> None:
-        """Canary secrets and training text appear nowhere in the output directory's JSON."""
+        """Canary secrets and training text appear nowhere in the output directory (metadata.json, the sealed
+        canaries, every other file) or the audit events; the sealed file is there, owner-only."""
         audit = MemoryAuditLog()
         run = TrainingRun(
             make_config(**tiny_options(prepared, tiny_model, tmp_path / "a", canaries=1)), train_settings, audit=audit
@@ -103,6 +104,10 @@ class TestRecordLevel:
         secret = run.s.canaries[0].secret
         text = (tmp_path / "a" / "metadata.json").read_text() + json.dumps(audit.events, default=str)
         assert secret not in text and "Summarise visit" not in text
+        sealed = tmp_path / "a" / "canaries.sealed"
+        assert sealed.is_file() and sealed.stat().st_mode & 0o077 == 0
+        for path in (tmp_path / "a").rglob("*"):
+            assert not path.is_file() or secret.encode() not in path.read_bytes(), path
 
 
 class TestSubjectLevel:
