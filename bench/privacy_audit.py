@@ -112,8 +112,11 @@ def main() -> None:
         base = _base(work, args.model, args.base)
         units = args.records + args.canaries / 2  # expected: the dataset's train split is a little smaller
         steps = max(1, math.ceil(args.epochs * units / args.batch_size))
-        print(f"model={args.model} records<={args.records} canaries={args.canaries} steps={steps} "
-              f"batch={args.batch_size} lr={args.lr} lora=r{args.lora_r} {args.target_modules}", flush=True)
+        print(
+            f"model={args.model} records<={args.records} canaries={args.canaries} steps={steps} "
+            f"batch={args.batch_size} lr={args.lr} lora=r{args.lora_r} {args.target_modules}",
+            flush=True,
+        )
         nodp = _run("non-DP", work, base, args, steps, no_dp=True)
         dp = _run("DP", work, base, args, steps, epsilon=args.epsilon)
     print(f"{'':8}{'guesses':>9}{'correct':>9}{'eps lower bound':>17}{'claimed eps':>13}{'train loss':>12}{'s':>8}")
@@ -126,8 +129,10 @@ def main() -> None:
     separated = nodp["epsilon_lower_bound"] > dp["epsilon_lower_bound"] + 0.5
     within = dp["epsilon_lower_bound"] <= dp["claimed_epsilon"]
     print(f"non-DP bound clearly above DP bound (by > 0.5): {'OK' if separated else 'MISSED'}")
-    print(f"DP bound {dp['epsilon_lower_bound']:.3f} <= claimed epsilon {dp['claimed_epsilon']:.3f}: "
-          f"{'OK' if within else 'BROKEN (approval would be refused)'}")
+    print(
+        f"DP bound {dp['epsilon_lower_bound']:.3f} <= claimed epsilon {dp['claimed_epsilon']:.3f}: "
+        f"{'OK' if within else 'BROKEN (approval would be refused)'}"
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"args": vars(args), "non_dp": nodp, "dp": dp}, indent=2, default=str))
