@@ -8,6 +8,11 @@ run is set up to memorise (many epochs at a high learning rate on a few hundred 
 sampling, clipping and the noise for ``--epsilon``. Expected: the non-DP bound clearly above the DP bound, and
 the DP bound below the epsilon its accountant claims.
 
+Measured on the 2-core shared VM (2026-12-06): the tiny model (random-initialised Llama, hidden 64) does not
+memorise through LoRA at these settings (non-DP bound 0.0 with M = 500, 237 steps at lr 0.01; 0.0-0.55 with
+M = 100 over lr, rank 16-64, hidden 64-256): its separation check prints MISSED. Memorisation needs a pretrained
+base (``--model smollm2`` or ``--base DIR``), which did not finish inside this session's time on that machine.
+
     .venv/bin/python bench/privacy_audit.py                          # tiny model, a few minutes on 2 cores
     .venv/bin/python bench/privacy_audit.py --model smollm2 --records 32 --canaries 100 --epochs 6
 """
@@ -99,7 +104,7 @@ def main() -> None:
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--target-modules", default="all-linear")
     parser.add_argument("--epsilon", type=float, default=2.0, help="the DP run's epsilon")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
 
