@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -72,6 +72,9 @@ def train(
     canaries: int = typer.Option(0, "--canaries", help="Number of canaries to insert and measure."),
     canary_repetitions: str = typer.Option("1,4,16", "--canary-repetitions", help="Repetition counts, cycled."),
     canary_candidates: int = typer.Option(256, "--canary-candidates", help="Sampled candidates per exposure."),
+    audit_canaries: int = typer.Option(
+        0, "--audit-canaries", help="One-run privacy audit: M canaries, each trained on with probability 1/2."
+    ),
     checkpoint_every: int | None = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run that writes to --out."),
     no_dp: bool = typer.Option(False, "--no-dp", help="Baselines only: train without DP (policy must allow it)."),
@@ -129,6 +132,7 @@ def train(
         canaries=canaries,
         canary_repetitions=_csv_ints(canary_repetitions),
         canary_candidates=canary_candidates,
+        audit_canaries=audit_canaries,
         checkpoint_every=checkpoint_every or settings.training.checkpoint_every,
         resume=resume,
         no_dp=no_dp,
@@ -194,6 +198,7 @@ def train(
             f"  canaries {meta['canaries']['count']}  max exposure {meta['canaries']['max_exposure']:.2f} bits "
             f"(~1 bit = not memorised, 26.6 = fully)"
         )
+    _print_privacy_audit(meta.get("privacy_audit"))
     if meta.get("evaluation"):
         from appliance.cli.evaluate import print_report
 
@@ -214,6 +219,24 @@ def _sizing_options(
     if physical_batch_size is not None:
         options["physical_batch_size"] = physical_batch_size
     return options
+
+
+def _print_privacy_audit(audit: dict[str, Any] | None) -> None:
+    """The one-run audit's bound next to the accountant's epsilon (counts only)."""
+    if not audit:
+        return
+    claimed = audit.get("claimed_epsilon")
+    verdict = (
+        "no DP claim to check"
+        if claimed is None
+        else ("[red]EXCEEDS the claimed epsilon: approval will be refused[/]")
+        if audit["epsilon_lower_bound"] > claimed
+        else f"within the claimed epsilon {claimed:.3f}"
+    )
+    console.print(
+        f"  privacy audit: {audit['m']} canaries, {audit['correct']}/{audit['guesses']} guesses correct, "
+        f"empirical epsilon >= {audit['epsilon_lower_bound']:.3f} (95%, δ={audit['delta']:g}): {verdict}"
+    )
 
 
 def _print_plan(config: TrainConfig, settings: Settings, *, as_json: bool = False) -> None:

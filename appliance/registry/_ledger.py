@@ -43,6 +43,7 @@ class ClaimedRun:
     weights: str  # SHA-256 of adapter_model.safetensors
     config: str  # SHA-256 of adapter_config.json as training wrote it (before the registry rewrites its base path)
     evaluation: dict[str, Any] | None = None  # the base-vs-adapter report (what the quality gate reads)
+    privacy_audit: dict[str, Any] | None = None  # the one-run audit (what the audit gate reads)
 
 
 def _read(path: Path, run_id: str) -> sqlite3.Row | None:
@@ -64,6 +65,15 @@ def _same(a: float | None, b: float | None) -> bool:
     if a is None or b is None:
         return a is None and b is None
     return math.isclose(a, b, rel_tol=_REL_TOL, abs_tol=1e-15)
+
+
+def _json_column(row: sqlite3.Row, name: str) -> Any:
+    """A JSON column of the row (None: absent, as in a ledger from before the column, or empty)."""
+    stored = row[name] if name in row.keys() else None  # noqa: SIM118 (sqlite3.Row)
+    try:
+        return json.loads(stored) if stored else None
+    except json.JSONDecodeError:
+        return "unreadable"
 
 
 def check_against_ledger(ledger_path: Path, claimed: ClaimedRun) -> None:
@@ -110,6 +120,8 @@ def check_against_ledger(ledger_path: Path, claimed: ClaimedRun) -> None:
         measured = "unreadable"
     if claimed.evaluation != measured:
         problems.append("evaluation (base vs adapter) differs from the one the ledger recorded")
+    if claimed.privacy_audit != _json_column(row, "privacy_audit"):
+        problems.append("privacy_audit (epsilon lower bound) differs from the one the ledger recorded")
     # a finished run took every planned step; the ledger may have charged more (steps repeated after a resume)
     if claimed.steps != row["steps_planned"] or row["steps_taken"] < row["steps_planned"]:
         problems.append(

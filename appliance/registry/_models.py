@@ -120,6 +120,8 @@ class TrainingRun(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     # base vs adapter on the eval split (appliance.evaluation's report; NULL: registered before revision 0003)
     evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # the one-run privacy audit's counts and bound (NULL: not audited, or registered before revision 0005)
+    privacy_audit: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     dp: Mapped[dict[str, Any]] = mapped_column(JSON)
     canaries: Mapped[dict[str, Any]] = mapped_column(JSON)
     lora: Mapped[dict[str, Any]] = mapped_column(JSON)

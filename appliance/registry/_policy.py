@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from appliance.errors import ConfigError, PolicyViolation
 from appliance.policy_files import read_yaml_mapping, validation_problems
 
-__all__ = ["ApprovalLimits", "check_quality", "load_approval_limits"]
+__all__ = ["ApprovalLimits", "check_privacy_audit", "check_quality", "load_approval_limits"]
 
 
 class ApprovalLimits(BaseModel):
@@ -77,4 +77,22 @@ def check_quality(where: str, evaluation: dict[str, Any] | None, limits: Approva
         raise PolicyViolation(
             f"rule approval.min_exact_match_gain: {where} gains {gain:.4f} in exact match (base {base_em:.4f}, "
             f"adapter {adapter_em:.4f}); the policy requires at least {limits.min_exact_match_gain:.4f}"
+        )
+
+
+def check_privacy_audit(where: str, claimed_epsilon: float | None, audit: dict[str, Any] | None) -> None:
+    """The audit gate: an empirical epsilon lower bound above the accountant's epsilon means the DP implementation
+    (or its accounting) is broken, so the adapter is refused, with both numbers. A run without an audit, or
+    without DP (``require_dp`` refuses it already), has nothing to compare.
+    """
+    info = audit or {}
+    bound = _number(info.get("epsilon_lower_bound"))
+    if bound is None or claimed_epsilon is None:
+        return
+    if bound > claimed_epsilon:
+        raise PolicyViolation(
+            f"rule privacy_audit: {where} has an empirical epsilon lower bound of {bound:.4f} (one-run audit, "
+            f"{info.get('correct')}/{info.get('guesses')} guesses of {info.get('m')} canaries, delta "
+            f"{info.get('delta')}) above the epsilon {claimed_epsilon:.4f} its accountant claims: the DP "
+            "implementation is broken; do not approve"
         )

@@ -84,6 +84,24 @@ class _Quantization(_Loose):
     serving: Literal["unquantised", "engine"]
 
 
+class _PrivacyAudit(_Loose):
+    """The one-run privacy audit's counts and bound (Steinke et al. 2023; ``appliance train --audit-canaries``)."""
+
+    m: int = Field(ge=2)  # audit canaries, each trained on with probability 1/2
+    guesses: int = Field(ge=0)
+    correct: int = Field(ge=0)
+    epsilon_lower_bound: float = Field(ge=0)  # empirical, at confidence 1 - significance, at ``delta``
+    claimed_epsilon: float | None = None  # what the accountant claims (None: no DP)
+    delta: float = Field(gt=0, lt=1)
+    significance: float = Field(gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _counts(self) -> _PrivacyAudit:
+        if not self.correct <= self.guesses <= self.m:
+            raise ValueError("need correct <= guesses <= m")
+        return self
+
+
 class RunMetadata(_Loose):
     """``metadata.json`` of a training run (contracts.md); unknown extra keys are kept, not refused."""
 
@@ -101,6 +119,7 @@ class RunMetadata(_Loose):
     evaluation: dict[str, Any] | None = None  # appliance.evaluation's report (base vs adapter on the eval split)
     quantization: _Quantization | None = None  # training.quantization_metadata; None: trained before QLoRA
     canaries: _Canaries
+    privacy_audit: _PrivacyAudit | None = None  # absent or null: the run was not audited
     packages: dict[str, Any] = Field(default_factory=dict)
     started_at: str | None = None
     finished_at: str | None = None

@@ -54,7 +54,7 @@ from appliance.registry._models import (
     utcnow,
 )
 from appliance.registry._people import hash_token, new_token, verify_token
-from appliance.registry._policy import ApprovalLimits, check_quality, load_approval_limits
+from appliance.registry._policy import ApprovalLimits, check_privacy_audit, check_quality, load_approval_limits
 from appliance.registry._publish import TARGETS, PublishEntry, Publisher, check_target
 from appliance.registry._rundir import RunMetadata, check_name, read_run_dir, sha256_file
 from appliance.registry._types import (
@@ -164,6 +164,7 @@ class Registry:
                     hyperparameters=meta.hyperparameters,
                     metrics=meta.metrics,
                     evaluation=meta.evaluation,
+                    privacy_audit=_audit_of(meta),
                     dp=dp.model_dump(),
                     canaries=meta.canaries.model_dump(),
                     lora=meta.lora,
@@ -387,6 +388,7 @@ class Registry:
                 f"limit {limits.max_canary_exposure:g}"
             )
         check_quality(where, run.evaluation, limits)
+        check_privacy_audit(where, run.epsilon if run.dp_enabled else None, run.privacy_audit)
 
     # --- publish ---------------------------------------------------------------------------------------------
     def publish(self, name: str, version: int, target: str, actor: Actor) -> PublishedAdapter:
@@ -857,6 +859,7 @@ class Registry:
             metrics=dict(run.metrics),
             evaluation=dict(run.evaluation) if run.evaluation is not None else None,
             quantization=_quantization_of(adapter.meta),
+            privacy_audit=dict(run.privacy_audit) if run.privacy_audit is not None else None,
             canaries=dict(run.canaries),
             hyperparameters=dict(run.hyperparameters),
             approvals=[
@@ -970,7 +973,12 @@ def _claimed_by_metadata(meta: RunMetadata, weights: str, config: str) -> Claime
         weights=weights,
         config=config,
         evaluation=meta.evaluation,
+        privacy_audit=_audit_of(meta),
     )
+
+
+def _audit_of(meta: RunMetadata) -> dict[str, Any] | None:
+    return meta.privacy_audit.model_dump() if meta.privacy_audit is not None else None
 
 
 def _claimed_by_row(adapter: Adapter) -> ClaimedRun:
@@ -990,6 +998,7 @@ def _claimed_by_row(adapter: Adapter) -> ClaimedRun:
         weights=adapter.weights_fingerprint,
         config=str(adapter.files.get("adapter_config.json", {}).get("sha256")),  # the bytes sealed at add
         evaluation=adapter.run.evaluation,
+        privacy_audit=adapter.run.privacy_audit,
     )
 
 

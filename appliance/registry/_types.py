@@ -91,6 +91,7 @@ class AdapterInfo:
     hyperparameters: dict[str, Any]
     evaluation: dict[str, Any] | None = None  # base vs adapter on the eval split (None: registered before 0003)
     quantization: dict[str, Any] | None = None  # metadata.quantization (None: trained before QLoRA)
+    privacy_audit: dict[str, Any] | None = None  # the one-run audit's counts and epsilon lower bound (None: none)
     approvals: list[ApprovalInfo] = field(default_factory=list)
     targets: list[str] = field(default_factory=list)
     retired_reason: str | None = None

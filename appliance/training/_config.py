@@ -42,6 +42,7 @@ class TrainConfig(BaseModel):
     canaries: int = Field(default=0, ge=0, le=64)
     canary_repetitions: list[int] = Field(default_factory=lambda: [1, 4, 16])  # cycled over the canaries
     canary_candidates: int = Field(default=256, ge=8, le=100_000)  # sampled candidates for the exposure rank
+    audit_canaries: int = Field(default=0, ge=0, le=100_000)  # one-run privacy audit: M records, each in w.p. 1/2
     checkpoint_every: int = Field(default=50, ge=1)
     resume: bool = False
     no_dp: bool = False
@@ -66,6 +67,13 @@ class TrainConfig(BaseModel):
     def _reps(cls, value: list[int]) -> list[int]:
         if not value or any(r < 1 or r > 1000 for r in value):
             raise ValueError("canary repetitions must be between 1 and 1000")
+        return value
+
+    @field_validator("audit_canaries")
+    @classmethod
+    def _audit(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("a privacy audit needs at least 2 audit canaries (0 turns it off)")
         return value
 
     @model_validator(mode="after")

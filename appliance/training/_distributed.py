@@ -25,6 +25,7 @@ import structlog
 from appliance.config import Settings
 from appliance.errors import ApplianceError, TrainingFailed, ValidationFailed
 from appliance.protocols import AuditLog, KeyService
+from appliance.training._audit import AuditCanary
 from appliance.training._canaries import Canary
 from appliance.training._config import TrainConfig
 from appliance.training._data import read_prepared
@@ -194,6 +195,7 @@ class DistributedTrainingRun(TrainingRun):
                 "canaries": [
                     {"code": c.code, "secret": c.secret, "repetitions": c.repetitions} for c in self.s.canaries
                 ],
+                "audit_canaries": [[c.code, c.secret, c.included] for c in self.s.audit_canaries],
                 "resume_state": self._resume_state,
             }
         )
@@ -213,6 +215,7 @@ class DistributedTrainingRun(TrainingRun):
         self.s.noise_multiplier = spec["noise_multiplier"]
         self.s.sample_rate = spec["sample_rate"]
         self.s.canaries = [Canary(c["code"], c["secret"], int(c["repetitions"])) for c in spec["canaries"]]
+        self.s.audit_canaries = [AuditCanary(str(c), str(s), bool(i)) for c, s, i in spec["audit_canaries"]]
         self._build_units()
         if len(self.s.units) != spec["units"]:
             raise ValidationFailed(f"rank {self.world.rank} built {len(self.s.units)} units, rank 0 {spec['units']}")

@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS runs (
     max_exposure     REAL,
     weights_sha256   TEXT,
     config_sha256    TEXT,
-    evaluation       TEXT
+    evaluation       TEXT,
+    privacy_audit    TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_fingerprint ON runs (fingerprint);
 """
@@ -93,6 +94,7 @@ class LedgerEntry:
     weights_sha256: str | None = None  # SHA-256 of the finished run's adapter_model.safetensors
     config_sha256: str | None = None  # SHA-256 of the finished run's adapter_config.json bytes
     evaluation: str | None = None  # the finished run's base-vs-adapter evaluation, JSON (appliance.evaluation)
+    privacy_audit: str | None = None  # the finished run's one-run audit (counts, bound, claimed epsilon), JSON
 
     @property
     def charged_steps(self) -> int:
@@ -143,6 +145,8 @@ class Ledger:
                     db.execute("ALTER TABLE runs ADD COLUMN config_sha256 TEXT")
                 if "evaluation" not in columns:  # a ledger written before runs recorded their evaluation
                     db.execute("ALTER TABLE runs ADD COLUMN evaluation TEXT")
+                if "privacy_audit" not in columns:  # a ledger written before runs recorded a privacy audit
+                    db.execute("ALTER TABLE runs ADD COLUMN privacy_audit TEXT")
                 db.execute(_SOURCE_INDEX)
         except (sqlite3.Error, OSError) as exc:
             raise StorageUnavailable(f"privacy ledger {path} cannot be opened: {exc}") from exc
@@ -391,20 +395,34 @@ class Ledger:
         weights_sha256: str | None = None,
         config_sha256: str | None = None,
         evaluation: str | None = None,
+        privacy_audit: str | None = None,
     ) -> LedgerEntry:
         """Close a run as ``finished`` or ``failed``; from then on it counts exactly the steps it took.
 
         ``max_exposure`` (the canary exposure in the run's metadata), ``weights_sha256`` and ``config_sha256`` (of
         the adapter files it wrote) and ``evaluation`` (the base-vs-adapter report as JSON, what the quality gate
-        reads) are kept so that the registry can check the run directory against them."""
+        reads) and ``privacy_audit`` (the one-run audit's bound, what the audit gate reads, as JSON) are kept so
+        that the registry can check the run directory against them."""
         if status not in ("finished", "failed"):
             raise ValueError(f"unknown closing status {status!r}")
         now = _now()
         with self._transaction() as db:
             cur = db.execute(
                 "UPDATE runs SET status = ?, reason = ?, updated_at = ?, finished_at = ?, max_exposure = ?,"
-                " weights_sha256 = ?, config_sha256 = ?, evaluation = ? WHERE run_id = ? AND status = 'running'",
-                (status, reason, now, now, max_exposure, weights_sha256, config_sha256, evaluation, run_id),
+                " weights_sha256 = ?, config_sha256 = ?, evaluation = ?, privacy_audit = ?"
+                " WHERE run_id = ? AND status = 'running'",
+                (
+                    status,
+                    reason,
+                    now,
+                    now,
+                    max_exposure,
+                    weights_sha256,
+                    config_sha256,
+                    evaluation,
+                    privacy_audit,
+                    run_id,
+                ),
             )
             if cur.rowcount != 1:
                 raise Conflict(f"run {run_id} is not running in the privacy ledger")

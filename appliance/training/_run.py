@@ -38,6 +38,7 @@ from appliance.errors import (
 )
 from appliance.protocols import AuditLog, KeyService
 from appliance.training._accounting import composed_epsilon
+from appliance.training._audit import AuditCanary, make_audit_canaries, run_audit
 from appliance.training._canaries import Canary, make_canaries, measure_exposures
 from appliance.training._checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from appliance.training._config import TrainConfig
@@ -118,6 +119,8 @@ class _State:
     weights_sha256: str | None = None  # of the adapter_model.safetensors written
     config_sha256: str | None = None  # of the adapter_config.json written
     evaluation: dict[str, Any] | None = None  # base vs adapter on the eval split (appliance.evaluation)
+    audit_canaries: list[AuditCanary] = field(default_factory=list)  # --audit-canaries (secret: which are in)
+    privacy_audit: dict[str, Any] | None = None  # the one-run audit's counts and bound (no canary, no score)
     ledger_open: bool = False
 
 
@@ -267,6 +270,7 @@ class TrainingRun:
         self._load_base()
         if resume_from is None:
             self.s.canaries = make_canaries(cfg.canaries, cfg.canary_repetitions)
+            self.s.audit_canaries = make_audit_canaries(cfg.audit_canaries)
         self._build_units()
         n_units = len(self.s.units)
         if cfg.dp and self.s.delta >= 1.0 / n_units:
@@ -323,8 +327,10 @@ class TrainingRun:
             self._resume_state = state
             self._resume_step = step
             self.s.canaries = [Canary(c["code"], c["secret"], int(c["repetitions"])) for c in state["canaries"]]
+            self.s.audit_canaries = _audit_canaries_from(state)
         else:  # interrupted before its first checkpoint: start over under the same ledger entry
             self.s.canaries = make_canaries(stored.canaries, stored.canary_repetitions)
+            self.s.audit_canaries = make_audit_canaries(stored.audit_canaries)
         return entry.fingerprint
 
     def _load_base(self) -> None:
@@ -349,6 +355,7 @@ class TrainingRun:
         records: list[Record] = list(self.s.dataset.train)
         for canary in self.s.canaries:
             records.extend(canary.records())
+        records.extend(c.record() for c in self.s.audit_canaries if c.included)
         self.s.units = build_units(
             self._tokenizer,
             records,
@@ -502,6 +509,7 @@ class TrainingRun:
             "losses": list(self.s.losses),
             "epsilons": [-1.0 if e is None else e for e in self.s.epsilons],
             "canaries": [{"code": c.code, "secret": c.secret, "repetitions": c.repetitions} for c in self.s.canaries],
+            "audit_canaries": [[c.code, c.secret, c.included] for c in self.s.audit_canaries],
         }
         save_checkpoint(self.run_dir, run_id=self.run_id, step=self.s.step, state=state, keys=self._keys)
         log.info("training.checkpoint", run_id=self.run_id, step=self.s.step)
@@ -655,6 +663,24 @@ class TrainingRun:
             self.s.exposures = measure_exposures(
                 model, self._tokenizer, self.s.canaries, candidates=cfg.canary_candidates, device=self._device
             )
+        if self.s.audit_canaries:
+            self._audit_privacy()
+
+    def _audit_privacy(self) -> None:
+        """The one-run privacy audit (Steinke et al. 2023): score the audit canaries, bound epsilon at the run's
+        delta. Only counts and the bound are kept; which canary was in stays secret."""
+        assert self.s.delta is not None
+        bound = run_audit(
+            self._model,
+            self._tokenizer,
+            self.s.audit_canaries,
+            delta=self.s.delta,
+            max_length=self.config.max_length,
+            batch_size=self.config.physical_batch_size,
+            device=self._device,
+        )
+        self.s.privacy_audit = bound.as_dict()
+        log.info("training.privacy_audit", run_id=self.run_id, **self.s.privacy_audit)
 
     def _evaluate_against_base(self, records: list[Record]) -> None:
         """The same evaluation as `appliance eval`: base (adapter disabled) and adapter on the eval records."""
@@ -766,10 +792,20 @@ class TrainingRun:
                 "max_exposure": max((e["exposure"] for e in exposures), default=0.0),
                 "sealed": bool(self.s.canaries) and self._keys is not None,  # canaries.sealed beside it
             },
+            "privacy_audit": self._privacy_audit_claim(epsilon),
             "packages": {name: _package_version(name) for name in ("torch", "transformers", "peft", "opacus")},
             "started_at": self.s.started_at,
             "finished_at": _now(),
         }
+
+    def _privacy_audit_claim(self, epsilon: float | None) -> dict[str, Any] | None:
+        """metadata.privacy_audit: the audit's counts and bound beside the epsilon the accountant claims."""
+        if self.s.privacy_audit is None:
+            return None
+        claim = {**self.s.privacy_audit, "claimed_epsilon": epsilon}
+        if epsilon is not None and claim["epsilon_lower_bound"] > epsilon:
+            log.warning("training.privacy_audit_exceeds_claim", run_id=self.run_id, **claim)
+        return claim
 
     def _dp_mechanics(self) -> dict[str, Any]:
         """How the DP noise and sampling were drawn and the per-unit gradients computed (metadata.dp)."""
@@ -822,6 +858,7 @@ class TrainingRun:
             weights_sha256=self.s.weights_sha256,
             config_sha256=self.s.config_sha256,
             evaluation=json.dumps(result.metadata["evaluation"], sort_keys=True),
+            privacy_audit=_json_or_none(result.metadata["privacy_audit"]),
         )
         evaluation = result.metadata["evaluation"] or {}
         self._audit.record(
@@ -835,10 +872,20 @@ class TrainingRun:
                 "eval_loss": round(self.s.metrics["eval_loss"], 4),
                 "eval_loss_delta": evaluation.get("delta", {}).get("loss"),
                 "exact_match_delta": evaluation.get("delta", {}).get("exact_match"),
+                "epsilon_lower_bound": (result.metadata["privacy_audit"] or {}).get("epsilon_lower_bound"),
             },
         )
         shutil.rmtree(self.run_dir, ignore_errors=True)  # checkpoints hold canary secrets; the adapter is final
         return result
+
+
+def _audit_canaries_from(state: dict[str, Any]) -> list[AuditCanary]:
+    """The audit canaries of a checkpoint (none in one written before --audit-canaries existed)."""
+    return [AuditCanary(str(code), str(secret), bool(inc)) for code, secret, inc in state.get("audit_canaries", [])]
+
+
+def _json_or_none(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True)
 
 
 def train(

@@ -119,6 +119,7 @@ def record_in_ledger(ledger_path: Path, run: Path, **columns: Any) -> None:
         "weights_sha256": hashlib.sha256((run / "adapter_model.safetensors").read_bytes()).hexdigest(),
         "config_sha256": hashlib.sha256((run / "adapter_config.json").read_bytes()).hexdigest(),
         "evaluation": json.dumps(metadata["evaluation"], sort_keys=True) if metadata.get("evaluation") else None,
+        "privacy_audit": json.dumps(metadata["privacy_audit"]) if metadata.get("privacy_audit") else None,
         **columns,
     }
     db = sqlite3.connect(ledger_path)

@@ -32,9 +32,10 @@ def test_train_then_ledger_show(cli_env: Path, prepared: Path, tiny_model: Path,
     runner = CliRunner()
     out = tmp_path / "adapter"
     args = ["train", "--dataset", str(prepared), "--base", str(tiny_model), "--out", str(out), "--epsilon", "3"]
-    result = runner.invoke(app, [*args, *TINY, "--trained-by", "analyst-7"])
+    result = runner.invoke(app, [*args, *TINY, "--trained-by", "analyst-7", "--audit-canaries", "6"])
     assert result.exit_code == 0, result.output
     assert "epsilon spent" in result.output and "eval loss" in result.output
+    assert "privacy audit: 6 canaries" in result.output and "within the claimed epsilon" in result.output
     assert json.loads((out / "metadata.json").read_text())["trained_by"] == "analyst-7"
     shown = runner.invoke(app, ["ledger", "show"])
     assert shown.exit_code == 0, shown.output

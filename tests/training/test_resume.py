@@ -45,7 +45,7 @@ def test_resume_after_sigkill_keeps_the_ledger_exact(
 ) -> None:
     """Killed (SIGKILL) after the step-4 checkpoint, resumed to step 8: the ledger holds exactly 8 steps."""
     out = tmp_path / "adapter"
-    options = tiny_options(prepared, tiny_model, out, steps=8, checkpoint_every=2, canaries=1)
+    options = tiny_options(prepared, tiny_model, out, steps=8, checkpoint_every=2, canaries=1, audit_canaries=6)
     script = CHILD.format(
         data_dir=str(train_settings.data_dir),
         policies=str(train_settings.policies_dir),
@@ -67,9 +67,11 @@ def test_resume_after_sigkill_keeps_the_ledger_exact(
     run.run()
     assert run.run_id == entry.run_id
     assert run.s.canaries and len(run.s.losses) == 8  # canaries and curves carried over from the checkpoint
+    assert len(run.s.audit_canaries) == 6  # the audit canaries and their coins too (the units must not change)
     finished = ledger.get(entry.run_id)
     meta = json.loads((out / "metadata.json").read_text())
     assert finished.status == "finished" and finished.steps_taken == 8 and meta["steps"] == 8
+    assert meta["privacy_audit"]["m"] == 6 and json.loads(finished.privacy_audit or "{}") == meta["privacy_audit"]
     expected = composed_epsilon([(entry.noise_multiplier, entry.sample_rate, 8)], entry.delta)  # type: ignore[list-item]
     assert finished.epsilon == pytest.approx(expected) and meta["dp"]["epsilon"] == pytest.approx(expected)
 

@@ -21,8 +21,8 @@ pytestmark = pytest.mark.slow
 
 CONTRACT_KEYS = {
     "format_version", "appliance_version", "run_id", "trained_by", "base_model", "dataset", "dp", "lora",
-    "hyperparameters", "steps", "metrics", "evaluation", "canaries", "packages", "started_at", "finished_at",
-    "quantization",
+    "hyperparameters", "steps", "metrics", "evaluation", "canaries", "privacy_audit", "packages", "started_at",
+    "finished_at", "quantization",
 }  # fmt: skip
 
 
