@@ -1,6 +1,7 @@
 """What the engine's route modules share: the app state (a Litestar dependency), metrics, errors, bodies.
 
-Each route takes ``engine_state: EngineState``, provided from ``app.state`` (``create_app`` puts it there).
+Each route takes ``engine_state: EngineStateDep`` (an EngineState), provided from ``app.state`` (``create_app``
+puts it there).
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ import json
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import structlog
 from litestar import Request, Response
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from appliance.errors import (
@@ -34,6 +36,7 @@ from appliance.serving.engine._scheduler import Finished
 log = structlog.get_logger(__name__)
 
 STATE_KEY = "engine_state"
+SSE_HEADERS = {"x-accel-buffering": "no"}  # no proxy buffering of event streams
 
 
 class Metrics:
@@ -89,6 +92,9 @@ class EngineState:
         kind = error_type(exc)[1]
         self.metrics.failure.labels(err=kind).inc()
         return error_body(exc.message, kind)
+
+
+EngineStateDep: TypeAlias = NamedDependency[EngineState]  # a route's ``engine_state`` parameter
 
 
 def provide_engine_state(state: State) -> EngineState:

@@ -19,8 +19,14 @@ from appliance.serving.engine import _answers as answers
 from appliance.serving.engine._engine import Engine, Job
 from appliance.serving.engine._protocol import ChatRequest, CompletionRequest, StreamOptions, parse
 from appliance.serving.engine._scheduler import Finished, TokenOut
-from appliance.serving.engine.routes._common import EngineState, all_or_none, cancel_on_disconnect, json_body
-from appliance.serving.engine.routes.tgi import SSE_HEADERS
+from appliance.serving.engine.routes._common import (
+    SSE_HEADERS,
+    EngineState,
+    EngineStateDep,
+    all_or_none,
+    cancel_on_disconnect,
+    json_body,
+)
 
 # (choice index, text, finish reason, the token or None) -> one stream chunk
 Chunk = Callable[[int, str, str | None, TokenOut | None], dict[str, Any]]
@@ -87,7 +93,7 @@ def _chat_logprobs(tokens: list[TokenOut]) -> dict[str, Any]:
 
 
 @post("/v1/completions", status_code=200)
-async def completions(request: Request[Any, Any, Any], engine_state: EngineState) -> Response[Any] | Stream:
+async def completions(request: Request[Any, Any, Any], engine_state: EngineStateDep) -> Response[Any] | Stream:
     engine, metrics = engine_state.engine, engine_state.metrics
     req: CompletionRequest = parse(CompletionRequest, await json_body(request))
     adapter = _adapter_for_model(engine, req.model)
@@ -151,7 +157,7 @@ async def completions(request: Request[Any, Any, Any], engine_state: EngineState
 
 
 @post("/v1/chat/completions", status_code=200)
-async def chat_completions(request: Request[Any, Any, Any], engine_state: EngineState) -> Response[Any] | Stream:
+async def chat_completions(request: Request[Any, Any, Any], engine_state: EngineStateDep) -> Response[Any] | Stream:
     engine, metrics = engine_state.engine, engine_state.metrics
     req: ChatRequest = parse(ChatRequest, await json_body(request))
     adapter = _adapter_for_model(engine, req.model)

@@ -11,11 +11,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from appliance.errors import BackendUnavailable, PermissionDenied, Unauthenticated
 from appliance.serving.engine._answers import VERSION
-from appliance.serving.engine.routes._common import EngineState, error_response
+from appliance.serving.engine.routes._common import EngineStateDep, error_response
 
 
 @get("/info", sync_to_thread=False)
-def info(engine_state: EngineState) -> dict[str, Any]:
+def info(engine_state: EngineStateDep) -> dict[str, Any]:
     engine = engine_state.engine
     limits = engine.limits
     return {
@@ -38,14 +38,14 @@ def info(engine_state: EngineState) -> dict[str, Any]:
 
 
 @get("/health", sync_to_thread=False)
-def health(engine_state: EngineState) -> Response[Any]:
+def health(engine_state: EngineStateDep) -> Response[Any]:
     if engine_state.engine.healthy():
         return Response(content=b"", status_code=200)
     return error_response(BackendUnavailable("unhealthy"))
 
 
 @get("/v1/models", sync_to_thread=False)
-def models(engine_state: EngineState) -> dict[str, Any]:
+def models(engine_state: EngineStateDep) -> dict[str, Any]:
     engine = engine_state.engine
     created = 0
     base = {
@@ -73,7 +73,7 @@ def models(engine_state: EngineState) -> dict[str, Any]:
 
 
 @get("/metrics", sync_to_thread=False)
-def prometheus(engine_state: EngineState) -> Response[bytes]:
+def prometheus(engine_state: EngineStateDep) -> Response[bytes]:
     body = generate_latest(engine_state.metrics.registry)
     return Response(content=body, media_type=CONTENT_TYPE_LATEST, status_code=200)
 
@@ -88,7 +88,7 @@ def _is_loopback(host: str | None) -> bool:
 
 
 @post("/admin/reload", status_code=200)
-async def admin_reload(request: Request[Any, Any, Any], engine_state: EngineState) -> dict[str, Any]:
+async def admin_reload(request: Request[Any, Any, Any], engine_state: EngineStateDep) -> dict[str, Any]:
     token = engine_state.admin_token
     if token is not None:
         given = request.headers.get("authorization", "")

@@ -17,9 +17,13 @@ from appliance.errors import ApplianceError, BackendValidation
 from appliance.serving.engine import _answers as answers
 from appliance.serving.engine._protocol import CompatGenerateRequest, GenerateRequest, check_text, parse
 from appliance.serving.engine._scheduler import TokenOut
-from appliance.serving.engine.routes._common import EngineState, cancel_on_disconnect, json_body
-
-SSE_HEADERS = {"x-accel-buffering": "no"}
+from appliance.serving.engine.routes._common import (
+    SSE_HEADERS,
+    EngineState,
+    EngineStateDep,
+    cancel_on_disconnect,
+    json_body,
+)
 
 
 async def _generate(
@@ -69,7 +73,7 @@ def _generate_stream(es: EngineState, req: GenerateRequest) -> Stream:
 
 
 @post("/", status_code=200)
-async def compat_generate(request: Request[Any, Any, Any], engine_state: EngineState) -> Response[Any] | Stream:
+async def compat_generate(request: Request[Any, Any, Any], engine_state: EngineStateDep) -> Response[Any] | Stream:
     req = parse(CompatGenerateRequest, await json_body(request))
     if req.stream:
         return _generate_stream(engine_state, req)
@@ -77,17 +81,17 @@ async def compat_generate(request: Request[Any, Any, Any], engine_state: EngineS
 
 
 @post("/generate", status_code=200)
-async def generate(request: Request[Any, Any, Any], engine_state: EngineState) -> Response[Any]:
+async def generate(request: Request[Any, Any, Any], engine_state: EngineStateDep) -> Response[Any]:
     return await _generate(request, engine_state, parse(GenerateRequest, await json_body(request)), compat=False)
 
 
 @post("/generate_stream", status_code=200)
-async def generate_stream(request: Request[Any, Any, Any], engine_state: EngineState) -> Stream:
+async def generate_stream(request: Request[Any, Any, Any], engine_state: EngineStateDep) -> Stream:
     return _generate_stream(engine_state, parse(GenerateRequest, await json_body(request)))
 
 
 @post("/tokenize", status_code=200)
-async def tokenize(request: Request[Any, Any, Any], engine_state: EngineState) -> Response[bytes]:
+async def tokenize(request: Request[Any, Any, Any], engine_state: EngineStateDep) -> Response[bytes]:
     req = parse(GenerateRequest, await json_body(request))
     if not req.inputs:
         raise BackendValidation("`inputs` cannot be empty")
