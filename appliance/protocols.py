@@ -7,8 +7,10 @@ tests live in ``appliance/testing``; every seam is also tested against its real 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
+
+from appliance.contracts import GenerationParams  # re-exported: the Backend's parameters (appliance.contracts)
 
 
 @runtime_checkable
@@ -122,24 +124,6 @@ class AuditLog(Protocol):
     async def close(self) -> None:
         """:meth:`close_sync` for async callers."""
         ...
-
-
-@dataclass(frozen=True)
-class GenerationParams:
-    """TGI's generation parameters (``adapter_id`` is never here: the caller of the backend chooses it)."""
-
-    max_new_tokens: int = 64
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    repetition_penalty: float | None = None
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-    do_sample: bool = False
-    details: bool = False
-    return_full_text: bool = False
-    truncate: int | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)  # any further TGI parameter, passed through
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,8 @@ def start_redis(work: Path) -> tuple[subprocess.Popen[bytes], str]:
 def routing_cost_us(replicas: int, requests: int = 20_000) -> float:
     """CPU microseconds the ReplicaSet adds to one request over ``replicas`` replicas: the same requests through it
     and straight to an in-memory client that answers at once (the decision, bookkeeping and metrics)."""
-    from appliance.protocols import Generation, GenerationParams
+    from appliance.contracts import GenerationParams
+    from appliance.protocols import Generation
     from appliance.serving import ReplicaSet, begin_routing
     from appliance.serving._replicas import Replica
 

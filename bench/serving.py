@@ -90,7 +90,7 @@ def _sync(dev: Any) -> None:
 
 
 async def engine_single(engine: Any, adapter: str, tokens: int, runs: int) -> dict[str, float]:
-    from appliance.serving.engine import GenerateParameters
+    from appliance.contracts import GenerateParameters
 
     params = GenerateParameters(max_new_tokens=tokens)
     await engine.generate(await engine.prepare(PROMPT, params, stream=False, adapter=adapter))
@@ -106,7 +106,7 @@ async def engine_single(engine: Any, adapter: str, tokens: int, runs: int) -> di
 
 async def engine_concurrent(engine: Any, adapters: list[str], tokens: int, runs: int) -> dict[str, float]:
     """len(adapters) requests at once (one per entry), repeated ``runs`` times."""
-    from appliance.serving.engine import GenerateParameters
+    from appliance.contracts import GenerateParameters
 
     params = GenerateParameters(max_new_tokens=tokens)
     generated, elapsed = 0, 0.0

@@ -9,7 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from appliance.protocols import GenerationParams
+from appliance.contracts import API_LIMITS as LIMITS
+from appliance.contracts import GenerationParams
 
 MAX_PROMPT_CHARS = 32_768
 LOGPROB_FIELDS = ("details", "decoder_input_details", "top_n_tokens")
@@ -20,52 +21,32 @@ class _Body(BaseModel):
 
 
 class InferenceParameters(_Body):
-    """TGI's generation parameters (a subset; no adapter_id)."""
+    """TGI's generation parameters (a subset; no adapter_id), bounded by ``API_LIMITS``."""
 
-    max_new_tokens: int = Field(default=64, ge=1, le=4096)
-    temperature: float | None = Field(default=None, gt=0, le=100)
+    max_new_tokens: int = Field(default=64, ge=1, le=LIMITS.max_new_tokens)
+    temperature: float | None = Field(default=None, gt=0, le=LIMITS.max_temperature)
     top_p: float | None = Field(default=None, gt=0, lt=1)
-    top_k: int | None = Field(default=None, gt=0, le=10_000)
+    top_k: int | None = Field(default=None, gt=0, le=LIMITS.max_top_k)
     typical_p: float | None = Field(default=None, gt=0, lt=1)
-    repetition_penalty: float | None = Field(default=None, gt=0, le=100)
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    stop: list[str] = Field(default_factory=list, max_length=4)
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    repetition_penalty: float | None = Field(default=None, gt=0, le=LIMITS.max_repetition_penalty)
+    frequency_penalty: float | None = Field(
+        default=None, ge=-LIMITS.max_abs_frequency_penalty, le=LIMITS.max_abs_frequency_penalty
+    )
+    stop: list[str] = Field(default_factory=list, max_length=LIMITS.max_stop_sequences)
+    seed: int | None = Field(default=None, ge=0, le=LIMITS.max_seed)
     do_sample: bool = False
     return_full_text: bool = False
-    truncate: int | None = Field(default=None, ge=1, le=1_000_000)
+    truncate: int | None = Field(default=None, ge=1, le=LIMITS.max_truncate)
     watermark: bool = False
     details: bool = False
     decoder_input_details: bool = False
-    top_n_tokens: int | None = Field(default=None, ge=1, le=10)
+    top_n_tokens: int | None = Field(default=None, ge=1, le=LIMITS.max_top_n_tokens)
 
     def wants_logprobs(self) -> bool:
         return bool(self.details or self.decoder_input_details or self.top_n_tokens)
 
     def to_params(self) -> GenerationParams:
-        extra: dict[str, Any] = {}
-        for name in ("typical_p", "frequency_penalty", "top_n_tokens"):
-            value = getattr(self, name)
-            if value is not None:
-                extra[name] = value
-        if self.watermark:
-            extra["watermark"] = True
-        if self.decoder_input_details:
-            extra["decoder_input_details"] = True
-        return GenerationParams(
-            max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            repetition_penalty=self.repetition_penalty,
-            stop=list(self.stop),
-            seed=self.seed,
-            do_sample=self.do_sample,
-            details=self.details,
-            return_full_text=self.return_full_text,
-            truncate=self.truncate,
-            extra=extra,
-        )
+        return GenerationParams.from_tgi(self.model_dump())
 
 
 class InferenceRequest(_Body):
@@ -87,30 +68,27 @@ class ChatMessage(_Body):
 
 class _OpenAICommon(_Body):
     model: str = Field(min_length=3, max_length=80, description="`name@version` (version: number or production)")
-    max_tokens: int = Field(default=64, ge=1, le=4096)
-    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int = Field(default=64, ge=1, le=LIMITS.max_new_tokens)
+    temperature: float | None = Field(default=None, ge=0, le=LIMITS.openai_max_temperature)
     top_p: float | None = Field(default=None, gt=0, le=1)
     stop: list[str] | str | None = None
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    seed: int | None = Field(default=None, ge=0, le=LIMITS.max_seed)
     stream: bool = False
     logprobs: bool | int | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=10)
+    top_logprobs: int | None = Field(default=None, ge=0, le=LIMITS.max_top_logprobs)
     user: str | None = Field(default=None, max_length=128)
 
     def wants_logprobs(self) -> bool:
         return bool(self.logprobs) or bool(self.top_logprobs)
 
     def to_params(self) -> GenerationParams:
-        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        sample = bool(self.temperature)
-        return GenerationParams(
-            max_new_tokens=self.max_tokens,
-            temperature=self.temperature if sample else None,
-            top_p=self.top_p if self.top_p is not None and self.top_p < 1 else None,
-            stop=stops[:4],
+        return GenerationParams.from_openai(
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            stop=self.stop,
             seed=self.seed,
-            do_sample=sample,
-            details=self.wants_logprobs(),
+            logprobs=self.wants_logprobs(),
         )
 
 

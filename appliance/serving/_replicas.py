@@ -30,6 +30,7 @@ import structlog
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from appliance.contracts import GenerationParams
 from appliance.errors import (
     BackendError,
     BackendOverloaded,
@@ -37,7 +38,7 @@ from appliance.errors import (
     BackendUnavailable,
     BackendValidation,
 )
-from appliance.protocols import Generation, GenerationParams, TokenEvent
+from appliance.protocols import Generation, TokenEvent
 from appliance.serving._routing import current_routing
 
 __all__ = ["Replica", "ReplicaSet", "ReplicaStatus", "replica_name"]

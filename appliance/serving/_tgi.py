@@ -13,12 +13,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from appliance.contracts import GenerationParams
 from appliance.errors import BackendError, BackendValidation
-from appliance.protocols import Generation, GenerationParams, TokenEvent
+from appliance.protocols import Generation, TokenEvent
 from appliance.serving._errors import error_for_payload, error_for_response
 from appliance.serving._http import BackendHTTP, Reply
 from appliance.serving._published import AdapterSpec
-from appliance.serving._wire import generation_from_tgi, sse_data, tgi_parameters, token_event_from_tgi
+from appliance.serving._wire import generation_from_tgi, sse_data, token_event_from_tgi
 
 
 class PublishedList:
@@ -75,7 +76,7 @@ class TGIBackend:
     # --- the Backend protocol -------------------------------------------------------------------------------
     async def generate(self, adapter: str | None, prompt: str, params: GenerationParams) -> Generation:
         await self._check_routable(adapter)
-        body = {"inputs": prompt, "parameters": tgi_parameters(params, adapter)}
+        body = {"inputs": prompt, "parameters": params.tgi_parameters(adapter)}
         response = await self._post("/generate", body)
         payload = response.json()
         if isinstance(payload, list):  # POST / answers a one-element list; /generate an object
@@ -84,7 +85,7 @@ class TGIBackend:
 
     async def stream(self, adapter: str | None, prompt: str, params: GenerationParams) -> AsyncIterator[TokenEvent]:
         await self._check_routable(adapter)
-        body = {"inputs": prompt, "parameters": tgi_parameters(params, adapter), "stream": True}
+        body = {"inputs": prompt, "parameters": params.tgi_parameters(adapter), "stream": True}
         async with self._http.stream("POST", "/generate_stream", body) as response:
             if response.status != 200:
                 raise error_for_response(response.status, await response.read(), response.headers)

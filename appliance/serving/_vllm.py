@@ -14,13 +14,14 @@ from typing import Any
 
 import structlog
 
+from appliance.contracts import GenerationParams
 from appliance.errors import BackendError, BackendValidation, ConfigError
-from appliance.protocols import Generation, GenerationParams, TokenEvent
+from appliance.protocols import Generation, TokenEvent
 from appliance.serving._errors import error_for_payload, error_for_response
 from appliance.serving._published import AdapterSpec, read_vllm_list
 from appliance.serving._routing import current_routing
 from appliance.serving._tgi import PublishedList, TGIBackend
-from appliance.serving._wire import openai_parameters, sse_data
+from appliance.serving._wire import sse_data
 
 log = structlog.get_logger(__name__)
 
@@ -78,7 +79,7 @@ class VLLMBackend(TGIBackend):
     async def generate(self, adapter: str | None, prompt: str, params: GenerationParams) -> Generation:
         await self._check_routable(adapter)
         body = {"model": await self._model_for(adapter), "prompt": prompt, "stream": False}
-        body.update(openai_parameters(params))
+        body.update(params.openai_parameters())
         _salt(body)
         payload = (await self._post("/v1/completions", body)).json()
         choice = (payload.get("choices") or [{}])[0]
@@ -97,7 +98,7 @@ class VLLMBackend(TGIBackend):
     async def stream(self, adapter: str | None, prompt: str, params: GenerationParams) -> AsyncIterator[TokenEvent]:
         await self._check_routable(adapter)
         body: dict[str, Any] = {"model": await self._model_for(adapter), "prompt": prompt, "stream": True}
-        body.update(openai_parameters(params))
+        body.update(params.openai_parameters())
         _salt(body)
         body["stream_options"] = {"include_usage": True}
         async with self._http.stream("POST", "/v1/completions", body) as response:

@@ -1,4 +1,7 @@
-"""What the HTTP clients share: GenerationParams on the wire, SSE lines, answers into Generation/TokenEvent."""
+"""What the HTTP clients share: SSE lines, answers into Generation/TokenEvent.
+
+The parameters' wire shapes are the contract's own (``GenerationParams.tgi_parameters``/``.openai_parameters``).
+"""
 
 from __future__ import annotations
 
@@ -7,46 +10,9 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from appliance.errors import BackendError
-from appliance.protocols import Generation, GenerationParams, TokenEvent
+from appliance.protocols import Generation, TokenEvent
 
 _FINISH = {"length", "eos_token", "stop_sequence"}
-
-
-def tgi_parameters(params: GenerationParams, adapter: str | None, *, details: bool = True) -> dict[str, Any]:
-    """TGI's ``parameters`` object; ``adapter_id`` is set from ``adapter`` only, never from ``extra``."""
-    body: dict[str, Any] = {k: v for k, v in params.extra.items() if k != "adapter_id"}
-    body.update(
-        max_new_tokens=params.max_new_tokens,
-        do_sample=params.do_sample,
-        details=details,
-        return_full_text=params.return_full_text,
-        stop=list(params.stop),
-    )
-    for name in ("temperature", "top_p", "top_k", "repetition_penalty", "seed", "truncate"):
-        value = getattr(params, name)
-        if value is not None:
-            body[name] = value
-    body["adapter_id"] = adapter
-    return body
-
-
-def openai_parameters(params: GenerationParams) -> dict[str, Any]:
-    """The OpenAI/vLLM completion fields for the same parameters (greedy is temperature 0)."""
-    body: dict[str, Any] = {k: v for k, v in params.extra.items() if k not in ("model", "adapter_id")}
-    body["max_tokens"] = params.max_new_tokens
-    sampling = params.do_sample or params.temperature is not None or params.top_p is not None
-    body["temperature"] = (params.temperature if params.temperature is not None else 1.0) if sampling else 0.0
-    for name in ("top_p", "top_k", "repetition_penalty", "seed"):
-        value = getattr(params, name)
-        if value is not None:
-            body[name] = value
-    if params.stop:
-        body["stop"] = list(params.stop)
-    if params.details:
-        body["logprobs"] = 1
-    if params.truncate is not None:
-        body["truncate_prompt_tokens"] = params.truncate
-    return body
 
 
 def generation_from_tgi(payload: Mapping[str, Any], headers: Mapping[str, str], want_details: bool) -> Generation:

@@ -15,9 +15,10 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from appliance.contracts import GenerationParams
 from appliance.errors import AuditUnavailable, BackendUnavailable, BackendValidation, KeyUnavailable, NotFound
 from appliance.gateway.ports import AdapterRef
-from appliance.protocols import AuditReceipt, Generation, GenerationParams, TokenEvent, WrittenRecord
+from appliance.protocols import AuditReceipt, Generation, TokenEvent, WrittenRecord
 
 
 class FakeBackend:

@@ -72,7 +72,7 @@ def batch_engine(tiny_model: Path, lora_adapters: dict[str, tuple[Path, str]]) -
 
 
 async def _run(engine: Any, case: Case) -> Outcome:
-    from appliance.serving.engine import GenerateParameters
+    from appliance.contracts import GenerateParameters
 
     params = GenerateParameters(max_new_tokens=case.max_new_tokens, stop=case.stop, details=True)
     job = await engine.prepare(case.prompt, params, stream=case.stream, adapter=case.adapter)
@@ -94,7 +94,7 @@ def _prompt(rng: random.Random) -> str:
 
 async def _draw_cases(engine: Any, rng: random.Random, count: int) -> list[Case]:
     """Random requests; their stops are cut from what each prompt generates alone, so many stop at once."""
-    from appliance.serving.engine import GenerateParameters
+    from appliance.contracts import GenerateParameters
 
     cases: list[Case] = []
     for _ in range(count):

@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 
 from appliance.config import Settings
+from appliance.contracts import GenerationParams
 from appliance.errors import (
     BackendError,
     BackendOverloaded,
@@ -27,7 +28,7 @@ from appliance.errors import (
     BackendValidation,
     ConfigError,
 )
-from appliance.protocols import Backend, GenerationParams
+from appliance.protocols import Backend
 from appliance.serving import EmbeddedBackend, TGIBackend, VLLMBackend, open_backend
 from appliance.serving._published import read_tgi_list
 from appliance.serving._tgi import PublishedList

@@ -47,7 +47,7 @@ def _reference_tokens(base: Path, adapter_dir: Path | None, prompt: str, max_new
 
 async def test_mixed_adapter_batch_matches_one_at_a_time(engine: Any) -> None:
     """Eight concurrent requests over the base model and three adapters give the tokens each gives alone."""
-    from appliance.serving.engine import GenerateParameters
+    from appliance.contracts import GenerateParameters
 
     adapters = [None, "triage-v1", "notes-v1", "coding-v1", "triage-v1", None, "coding-v1", "notes-v1"]
     params = GenerateParameters(max_new_tokens=12)
@@ -64,7 +64,7 @@ def test_engine_matches_plain_transformers_generate(
     engine: Any, tiny_model: Path, lora_adapters: dict[str, tuple[Path, str]]
 ) -> None:
     """The engine's greedy tokens equal transformers' generate on the same model and adapter."""
-    from appliance.serving.engine import GenerateParameters
+    from appliance.contracts import GenerateParameters
 
     async def run(prompt: str, adapter: str | None) -> list[int]:
         job = await engine.prepare(prompt, GenerateParameters(max_new_tokens=10), stream=False, adapter=adapter)
@@ -198,7 +198,7 @@ async def test_failed_forward_pass_is_a_424_and_the_engine_goes_on(
 
 async def test_requests_joining_a_running_batch_keep_their_tokens(engine: Any) -> None:
     """Requests admitted while a batch runs (caches merged, then rows dropped) give the tokens they give alone."""
-    from appliance.serving.engine import GenerateParameters
+    from appliance.contracts import GenerateParameters
 
     specs = [
         (PROMPTS[1], "triage-v1", 40),
@@ -219,7 +219,7 @@ async def test_requests_joining_a_running_batch_keep_their_tokens(engine: Any) -
 
 async def test_a_tiny_temperature_does_not_fail_the_requests_batched_with_it(engine: Any) -> None:
     """A valid but tiny temperature overflows the scaled logits; that row must not fail its batchmates."""
-    from appliance.serving.engine import GenerateParameters
+    from appliance.contracts import GenerateParameters
 
     good = await engine.prepare(PROMPTS[0], GenerateParameters(max_new_tokens=4), stream=False)
     tiny = await engine.prepare(PROMPTS[2], GenerateParameters(max_new_tokens=4, temperature=1e-45), stream=False)
@@ -251,7 +251,7 @@ async def test_a_refused_prompt_of_a_completions_batch_cancels_its_siblings(smal
 
 async def test_an_abandoned_waiting_request_gives_its_queue_place_back(small_engine: Any) -> None:
     """A queued request whose client went away must not keep the next request out with a 429."""
-    from appliance.serving.engine import GenerateParameters
+    from appliance.contracts import GenerateParameters
 
     engine, _url = small_engine
     long = await engine.prepare(PROMPTS[0], GenerateParameters(max_new_tokens=900), stream=False)
@@ -276,8 +276,8 @@ async def test_requests_in_prefill_count_against_the_bound(small_engine: Any, mo
     """While a request is being prefilled it holds its batch slot: one running + one waiting, the next is a 429."""
     import threading
 
+    from appliance.contracts import GenerateParameters
     from appliance.errors import BackendOverloaded
-    from appliance.serving.engine import GenerateParameters
 
     engine, _url = small_engine
     real = engine.runner.forward
@@ -335,7 +335,7 @@ async def test_tokenizing_a_large_prompt_leaves_the_event_loop_free(engine: Any,
     for text, reply in zip(texts, answers, strict=True):
         assert reply.status_code == 200
         assert [t["id"] for t in reply.json()] == engine.runner.tokenizer(text)["input_ids"]
-    from appliance.serving.engine import GenerateParameters
+    from appliance.contracts import GenerateParameters
 
     params = GenerateParameters(max_new_tokens=1, truncate=4)
     jobs = await asyncio.gather(*(engine.prepare(t, params, stream=False) for t in texts))

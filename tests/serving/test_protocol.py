@@ -86,8 +86,8 @@ def test_values_tgi_cannot_deserialize_are_422_not_5xx(engine_url: str, route: s
 
 async def test_nan_sampling_values_are_refused_before_the_scheduler(engine: Any) -> None:
     """NaN passes ``<= 0`` checks; it must be refused at validation, not fail a prefill shared with others."""
+    from appliance.contracts import GenerateParameters
     from appliance.errors import BackendValidation
-    from appliance.serving.engine import GenerateParameters
 
     for field in ("temperature", "repetition_penalty"):
         with pytest.raises(BackendValidation, match=f"`{field}` must be strictly positive"):
@@ -192,8 +192,8 @@ async def test_an_empty_adapter_id_is_the_base_model_only_on_tgis_wire(engine: A
 
     Everywhere else an empty id names no adapter: ``resolve_adapter`` and an explicit ``adapter=""`` refuse it.
     """
+    from appliance.contracts import GenerateParameters
     from appliance.errors import BackendValidation
-    from appliance.serving.engine import GenerateParameters
 
     body = {"inputs": "the patient was", "parameters": {"max_new_tokens": 6}}
     base = _post(engine_url, "/generate", body)

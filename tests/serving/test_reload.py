@@ -230,8 +230,9 @@ def test_a_reload_that_fails_while_applying_changes_nothing(
     import json
     import shutil
 
+    from appliance.contracts import GenerateParameters
     from appliance.errors import ApplianceError
-    from appliance.serving.engine import Engine, GenerateParameters
+    from appliance.serving.engine import Engine
 
     misfit = tmp_path / "misfit-v1"
     shutil.copytree(lora_adapters["coding-v1"][0], misfit)

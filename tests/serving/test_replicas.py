@@ -15,8 +15,8 @@ import pytest
 from aiohttp import web
 
 from appliance.config import load_settings
+from appliance.contracts import GenerationParams
 from appliance.errors import BackendError, BackendUnavailable, BackendValidation
-from appliance.protocols import GenerationParams
 from appliance.serving import EmbeddedBackend, ReplicaSet, VLLMBackend, begin_routing, open_backend
 from appliance.serving._replicas import Replica
 from tests.serving.test_clients import _free_port

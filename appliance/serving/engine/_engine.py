@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 
 import structlog
 
+from appliance.contracts import GenerateParameters, SamplingParams
 from appliance.errors import ApplianceError, BackendError, BackendOverloaded, BackendUnavailable, BackendValidation
 from appliance.serving._published import AdapterSpec
 from appliance.serving.engine._model import ModelRunner, prepare_adapter
-from appliance.serving.engine._protocol import GenerateParameters, Limits, validate_lengths, validate_parameters
-from appliance.serving.engine._sampling import SamplingParams
+from appliance.serving.engine._protocol import Limits, validate_lengths, validate_parameters
 from appliance.serving.engine._scheduler import Finished, Scheduler, Submission, TokenOut
 
 log = structlog.get_logger(__name__)
@@ -171,23 +171,12 @@ class Engine:
         if not ids:
             raise BackendValidation("`inputs` cannot be empty")
         max_new = validate_lengths(len(ids), params.max_new_tokens, self.limits)
-        sampling = SamplingParams(
-            do_sample=params.do_sample,
-            temperature=params.temperature,
-            top_k=params.top_k,
-            top_p=params.top_p,
-            typical_p=params.typical_p,
-            repetition_penalty=params.repetition_penalty,
-            frequency_penalty=params.frequency_penalty,
-            seed=params.seed,
-            top_n_tokens=params.top_n_tokens or 0,
-        )
         return Job(
             inputs=inputs,
             input_ids=list(ids),
             adapter=adapter_id,
             max_new_tokens=max_new,
-            sampling=sampling,
+            sampling=params.sampling(),
             stop=list(params.stop),
             details=params.details,
             decoder_input_details=params.decoder_input_details,

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
-from appliance.protocols import Generation, GenerationParams, TokenEvent
-from appliance.serving.engine._app import _details, _generated_text
+from appliance.contracts import GenerateParameters, GenerationParams
+from appliance.protocols import Generation, TokenEvent
+from appliance.serving.engine import _answers as answers
 from appliance.serving.engine._engine import Engine, Job
-from appliance.serving.engine._protocol import GenerateParameters, parse
+from appliance.serving.engine._protocol import parse
 from appliance.serving.engine._scheduler import Finished, TokenOut
 
 
@@ -21,31 +21,17 @@ class LocalBackend:
         self.engine = engine
 
     async def _job(self, adapter: str | None, prompt: str, params: GenerationParams, *, stream: bool) -> Job:
-        fields: dict[str, Any] = {k: v for k, v in params.extra.items() if k != "adapter_id"}
-        fields.update(
-            max_new_tokens=params.max_new_tokens,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            top_k=params.top_k,
-            repetition_penalty=params.repetition_penalty,
-            stop=list(params.stop),
-            seed=params.seed,
-            do_sample=params.do_sample,
-            details=params.details,
-            return_full_text=params.return_full_text,
-            truncate=params.truncate,
-        )
-        parameters: GenerateParameters = parse(GenerateParameters, fields)
-        parameters.adapter_id = None
+        # the same TGI parameters the HTTP clients send (the adapter is chosen here, never by ``extra``)
+        parameters: GenerateParameters = parse(GenerateParameters, params.tgi_parameters(None, details=params.details))
         return await self.engine.prepare(prompt, parameters, stream=stream, adapter=adapter)
 
     def _generation(self, job: Job, fin: Finished) -> Generation:
         return Generation(
-            text=_generated_text(job, fin),
+            text=answers.generated_text(job, fin),
             generated_tokens=len(fin.token_ids),
             prompt_tokens=fin.input_length,
             finish_reason=fin.finish_reason,
-            details=_details(job, fin) if job.details else None,
+            details=answers.details(job, fin) if job.details else None,
         )
 
     async def generate(self, adapter: str | None, prompt: str, params: GenerationParams) -> Generation:

@@ -1,5 +1,7 @@
 """TGI's request and response shapes (router/src/lib.rs) and its validation rules (router/src/validation.rs).
 
+The ``parameters`` object itself, and its OpenAI mapping, are the contract's (``appliance.contracts.generation``).
+
 Unknown fields are ignored as TGI's serde models do. Validation messages are TGI's own, word for word, so clients
 that match on them keep working. One deliberate difference: an unknown ``adapter_id`` is an error (422), never a
 silent fall-back to the base model (TGI #2505).
@@ -12,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from appliance.contracts import GenerateParameters
 from appliance.errors import BackendValidation
 
 DEFAULT_MAX_NEW_TOKENS = 100
@@ -32,30 +35,6 @@ class Limits:
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
-
-
-class GenerateParameters(_Lenient):
-    """``parameters`` of ``/generate``, ``/generate_stream`` and ``POST /``."""
-
-    adapter_id: str | None = None
-    best_of: int | None = None
-    temperature: float | None = None
-    repetition_penalty: float | None = None
-    frequency_penalty: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    typical_p: float | None = None
-    do_sample: bool = False
-    max_new_tokens: int | None = None
-    return_full_text: bool | None = None
-    stop: list[str] = Field(default_factory=list)
-    truncate: int | None = None
-    watermark: bool = False
-    details: bool = False
-    decoder_input_details: bool = False
-    seed: int | None = None
-    top_n_tokens: int | None = None
-    grammar: dict[str, Any] | None = None
 
 
 class GenerateRequest(_Lenient):
@@ -129,7 +108,7 @@ class CompletionRequest(_Lenient):
     truncate_prompt_tokens: int | None = None
 
 
-def parse(model: type[_Lenient], payload: Any) -> Any:
+def parse(model: type[BaseModel], payload: Any) -> Any:
     """The request model of a JSON payload, or a 422 naming the first bad field."""
     try:
         return model.model_validate(payload)
@@ -218,50 +197,6 @@ def validate_lengths(input_length: int, max_new_tokens: int | None, limits: Limi
     if input_length > limits.max_input_tokens:
         raise BackendValidation(f"`inputs` must have less than {limits.max_input_tokens} tokens. Given: {input_length}")
     return max_new_tokens
-
-
-def stop_list(stop: list[str] | str | None) -> list[str]:
-    if stop is None:
-        return []
-    return [stop] if isinstance(stop, str) else list(stop)
-
-
-def openai_to_parameters(
-    *,
-    max_tokens: int | None,
-    temperature: float | None,
-    top_p: float | None,
-    top_k: int | None = None,
-    seed: int | None,
-    stop: list[str] | str | None,
-    frequency_penalty: float | None,
-    repetition_penalty: float | None,
-    presence_penalty: float | None,
-    logprobs: bool,
-    top_logprobs: int | None = None,
-    truncate: int | None = None,
-) -> GenerateParameters:
-    """TGI's mapping of OpenAI fields onto generate parameters (temperature 0 means greedy)."""
-    do_sample = True
-    if temperature is not None and temperature == 0.0:
-        do_sample, temperature = False, None
-    if repetition_penalty is None and presence_penalty is not None:
-        repetition_penalty = (presence_penalty + 2.0) / 2.0
-    return GenerateParameters(
-        max_new_tokens=max_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        seed=seed,
-        stop=stop_list(stop),
-        frequency_penalty=frequency_penalty,
-        repetition_penalty=repetition_penalty,
-        do_sample=do_sample if (temperature is not None or top_p is not None or top_k is not None) else False,
-        details=True,
-        decoder_input_details=False,
-        top_n_tokens=top_logprobs if logprobs else None,
-        truncate=truncate,
-    )
 
 
 FinishReason = Literal["length", "eos_token", "stop_sequence"]

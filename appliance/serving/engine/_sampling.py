@@ -20,31 +20,7 @@ from transformers.generation.logits_process import (
     TypicalLogitsWarper,
 )
 
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """Validated sampling parameters of one request."""
-
-    do_sample: bool = False
-    temperature: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    typical_p: float | None = None
-    repetition_penalty: float | None = None
-    frequency_penalty: float | None = None
-    seed: int | None = None
-    top_n_tokens: int = 0
-
-    @property
-    def sampling(self) -> bool:
-        """TGI samples when asked to or when any warper is set."""
-        warpers = (
-            (self.temperature is not None and self.temperature != 1.0)
-            or bool(self.top_k)
-            or (self.top_p is not None and self.top_p < 1.0)
-            or (self.typical_p is not None and self.typical_p < 1.0)
-        )
-        return self.do_sample or warpers
+from appliance.contracts import SamplingParams
 
 
 @dataclass(frozen=True)

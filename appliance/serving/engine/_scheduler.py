@@ -25,9 +25,10 @@ import structlog
 import torch
 from transformers import DynamicCache
 
+from appliance.contracts import SamplingParams
 from appliance.errors import BackendOverloaded, BackendValidation
 from appliance.serving.engine._model import ModelRunner
-from appliance.serving.engine._sampling import Choice, SamplingParams, TokenChooser, choose_batch
+from appliance.serving.engine._sampling import Choice, TokenChooser, choose_batch
 
 log = structlog.get_logger(__name__)
 

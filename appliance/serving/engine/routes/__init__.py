@@ -1,0 +1,1 @@
+"""The engine's HTTP routes, one module per concern (``tgi``, ``openai``, ``ops``); ``create_app`` assembles them."""
