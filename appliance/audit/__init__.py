@@ -23,7 +23,8 @@ from appliance.audit._event import (
     invoking_user,
     system_actor,
 )
-from appliance.audit._export import ExportFilter, export, verify_export
+from appliance.audit._export import ExportFilter, export
+from appliance.audit._export_verify import verify_export
 from appliance.audit._factory import open_audit_log, open_audit_store
 from appliance.audit._identity import IDENTITY_MAX_CHARS, recordable_identity
 from appliance.audit._reader import StoreReader, reader_for

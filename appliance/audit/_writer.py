@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +34,7 @@ import structlog
 from appliance.audit._canonical import build_line, canonical_json
 from appliance.audit._checkpoint import checkpoint_body, sign, signed_message, signing_key_for
 from appliance.audit._event import WRITER_SUBJECT, OutcomeStatus, audit_event, system_actor
+from appliance.audit._pending import Pending, retrieved, settle, settle_written
 from appliance.audit._schema import _ExtraCheck, validate_event
 from appliance.audit._sinks._base import ChainHead, ChainReader, Sink
 from appliance.audit._witness import Witness, WitnessedCheckpoint
@@ -48,16 +47,6 @@ __all__ = ["AuditWriter"]
 log = structlog.get_logger("appliance.audit")
 
 _SYSTEM_ACTOR = system_actor(WRITER_SUBJECT)
-
-
-@dataclass
-class _Pending:
-    body: bytes
-    done: asyncio.Future[AuditReceipt] | concurrent.futures.Future[AuditReceipt]
-    loop: asyncio.AbstractEventLoop | None
-    checkpoint: bool = False  # sign right after this record (start, stop)
-    since: float = field(default_factory=time.monotonic)  # when it was queued (the watchdog's clock)
-    written: asyncio.Future[AuditReceipt] | None = None  # record_ahead: settled once the batch is written
 
 
 def _utc_now() -> str:
@@ -88,7 +77,7 @@ class AuditWriter:
         if checkpoint_every < 1 or checkpoint_interval_s <= 0 or record_timeout_s <= 0:
             raise ValueError("checkpoint_every >= 1, checkpoint_interval_s > 0 and record_timeout_s > 0")
         self._timeout = record_timeout_s
-        self._inflight: Sequence[_Pending] = ()  # the batch being written (the watchdog's view)
+        self._inflight: Sequence[Pending] = ()  # the batch being written (the watchdog's view)
         self._inflight_since = 0.0
         self._sink, self._secondary, self._keys = sink, secondary, keys
         self._requested_writer_id = writer_id
@@ -96,7 +85,7 @@ class AuditWriter:
         self._extras = _ExtraCheck(extra_fields or {})
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._queue: list[_Pending] = []
+        self._queue: list[Pending] = []
         self._idle = True
         self._closing = False
         self._closed = True
@@ -178,7 +167,7 @@ class AuditWriter:
         while not self._closed:
             time.sleep(period)
             now = time.monotonic()
-            expired: list[_Pending] = []
+            expired: list[Pending] = []
             inflight = self._inflight
             if inflight and now - self._inflight_since > self._timeout:
                 expired.extend(inflight)
@@ -189,7 +178,7 @@ class AuditWriter:
                     self._queue = [p for p in self._queue if now - p.since <= self._timeout]
             if expired:
                 log.error("audit.record_timeout", writer_id=self.writer_id, records=len(expired))
-                self._settle(expired, None, AuditUnavailable(f"audit record not durable within {self._timeout:g} s"))
+                settle(expired, None, AuditUnavailable(f"audit record not durable within {self._timeout:g} s"))
 
     # --- recording -----------------------------------------------------------------------------------------
     async def record(self, event: Mapping[str, Any]) -> AuditReceipt:
@@ -197,7 +186,7 @@ class AuditWriter:
         body = validate_event(event, self._extras)
         loop = asyncio.get_running_loop()
         done: asyncio.Future[AuditReceipt] = loop.create_future()
-        self._submit(_Pending(body, done, loop))
+        self._submit(Pending(body, done, loop))
         return await done  # the watchdog fails it after record_timeout_s if storage hangs
 
     async def record_ahead(self, event: Mapping[str, Any]) -> WrittenRecord:
@@ -206,8 +195,8 @@ class AuditWriter:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[AuditReceipt] = loop.create_future()
         written: asyncio.Future[AuditReceipt] = loop.create_future()
-        done.add_done_callback(_retrieved)  # a caller that gave up early must not leave an unretrieved error
-        self._submit(_Pending(body, done, loop, written=written))
+        done.add_done_callback(retrieved)  # a caller that gave up early must not leave an unretrieved error
+        self._submit(Pending(body, done, loop, written=written))
         return WrittenRecord(await written, done)
 
     def record_sync(self, event: Mapping[str, Any]) -> AuditReceipt:
@@ -250,10 +239,10 @@ class AuditWriter:
 
     def _submit_body_sync(self, body: bytes, *, checkpoint: bool = False, last: bool = False) -> AuditReceipt:
         done: concurrent.futures.Future[AuditReceipt] = concurrent.futures.Future()
-        self._submit(_Pending(body, done, None, checkpoint), last=last)
+        self._submit(Pending(body, done, None, checkpoint), last=last)
         return done.result()  # the watchdog fails it after record_timeout_s if storage hangs
 
-    def _submit(self, pending: _Pending, *, last: bool = False) -> None:
+    def _submit(self, pending: Pending, *, last: bool = False) -> None:
         with self._lock:
             if self._closing or self._closed:
                 raise AuditUnavailable("audit writer is closed")
@@ -272,7 +261,7 @@ class AuditWriter:
             with self._lock:
                 self._closing = True
                 batch, self._queue = self._queue, []
-            self._settle(batch, None, AuditUnavailable("audit writer stopped"))
+            settle(batch, None, AuditUnavailable("audit writer stopped"))
             raise
 
     def _loop(self) -> None:
@@ -316,7 +305,7 @@ class AuditWriter:
             except Exception:
                 log.warning("audit.checkpoint_failed", writer_id=self.writer_id)
 
-    def _commit(self, batch: Sequence[_Pending]) -> None:
+    def _commit(self, batch: Sequence[Pending]) -> None:
         try:
             internal: list[bytes] = []
             if self._needs_recovery:
@@ -334,7 +323,7 @@ class AuditWriter:
             self._inflight_since, self._inflight = time.monotonic(), batch
             self._sink.write(lines, self._head.seq + 1)
             if any(p.written is not None for p in batch):
-                self._settle_written(batch, receipts)
+                settle_written(batch, receipts)
             self._sink.sync()
             if self._batch_checkpoint is not None:
                 self._witness(self._batch_checkpoint)
@@ -345,7 +334,7 @@ class AuditWriter:
             log.error("audit.append_failed", writer_id=self.writer_id, error=error.message, records=len(batch))
             self.stats["failed_batches"] += 1
             self._inflight = ()
-            self._settle(batch, None, error)
+            settle(batch, None, error)
             return
         self._head, self._checkpointed_seq = head, checkpointed
         if lines:  # they were written and synced: the store syncs again
@@ -355,10 +344,10 @@ class AuditWriter:
         if self._secondary is not None:
             self._replicate(lines, self._head.seq - len(lines) + 1)
         self._inflight = ()
-        self._settle(batch, receipts, None)
+        settle(batch, receipts, None)
 
     def _chain(
-        self, internal: Sequence[bytes], batch: Sequence[_Pending]
+        self, internal: Sequence[bytes], batch: Sequence[Pending]
     ) -> tuple[list[bytes], list[AuditReceipt], ChainHead, int]:
         seq, prev = self._head.seq, self._head.hash
         writer_id = self.writer_id
@@ -422,58 +411,6 @@ class AuditWriter:
         self._secondary_ok = False
         self.stats["secondary_failures"] += 1
         log.warning("audit.secondary_failed", writer_id=self.writer_id, error=type(exc).__name__)
-
-    @staticmethod
-    def _settle_written(batch: Sequence[_Pending], receipts: Sequence[AuditReceipt]) -> None:
-        """Tell record_ahead callers their record is written (their durability is settled by _settle)."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[AuditReceipt], Any]]] = {}
-        for pending, receipt in zip(batch, receipts, strict=True):
-            if pending.written is not None and pending.loop is not None:
-                by_loop.setdefault(pending.loop, []).append((pending.written, receipt))
-        _post(by_loop)
-
-    @staticmethod
-    def _settle(
-        batch: Sequence[_Pending], receipts: Sequence[AuditReceipt] | None, error: AuditUnavailable | None
-    ) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[AuditReceipt], Any]]] = {}
-        for i, pending in enumerate(batch):
-            outcome: Any = error if receipts is None else receipts[i]
-            if pending.written is not None and pending.loop is not None and error is not None:
-                by_loop.setdefault(pending.loop, []).append((pending.written, outcome))  # not written (or too late)
-            if pending.loop is None:
-                assert isinstance(pending.done, concurrent.futures.Future)
-                with contextlib.suppress(concurrent.futures.InvalidStateError):  # settled by the watchdog
-                    if error is None:
-                        pending.done.set_result(outcome)
-                    else:
-                        pending.done.set_exception(AuditUnavailable(error.message))
-            else:
-                assert isinstance(pending.done, asyncio.Future)
-                by_loop.setdefault(pending.loop, []).append((pending.done, outcome))
-        _post(by_loop)
-
-
-def _post(by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[AuditReceipt], Any]]]) -> None:
-    """Settle futures on their own event loops (one wake-up per loop)."""
-    for loop, settled in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody is waiting for these
-            loop.call_soon_threadsafe(_resolve, settled)
-
-
-def _retrieved(future: asyncio.Future[AuditReceipt]) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
-def _resolve(settled: list[tuple[asyncio.Future[AuditReceipt], Any]]) -> None:
-    for future, outcome in settled:
-        if future.done():
-            continue
-        if isinstance(outcome, AuditUnavailable):
-            future.set_exception(AuditUnavailable(outcome.message))
-        else:
-            future.set_result(outcome)
 
 
 def _reason(exc: BaseException) -> str:

@@ -111,7 +111,7 @@ def verify_cmd(
     from appliance.errors import IntegrityViolation
 
     if directory is not None:
-        from appliance.audit._export import verify_export
+        from appliance.audit._export_verify import verify_export
 
         report = verify_export(directory, expected_key_fingerprint=expect_key)
     else:

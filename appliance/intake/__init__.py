@@ -19,12 +19,14 @@ from appliance.intake._prepare import (
     prepare,
     subject_digest,
 )
+from appliance.intake._recall_cases import labeled_cases
 from appliance.intake._residual import residual_counts
 from appliance.intake._schema import Record, read_records
-from appliance.intake._scrub import PLACEHOLDER_TYPES, Scrubber, ScrubReport
+from appliance.intake._scrub import PLACEHOLDER_TYPES
 from appliance.intake._scrub_file import scrub_file
+from appliance.intake._scrubber import Scrubber, ScrubReport
 from appliance.intake._suspects import suspect_name_spans
-from appliance.intake._synthetic import generate_records, labeled_cases, write_synthetic
+from appliance.intake._synthetic import generate_records, write_synthetic
 
 __all__ = [
     "PLACEHOLDER_TYPES",

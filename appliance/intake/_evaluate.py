@@ -35,7 +35,7 @@ from typing import Any
 
 from appliance.errors import IntakeRejected, NotFound, StorageUnavailable
 from appliance.intake._schema import Problem, Record, _summarise, _validate
-from appliance.intake._scrub import Scrubber
+from appliance.intake._scrubber import Scrubber
 
 __all__ = [
     "Evaluation",

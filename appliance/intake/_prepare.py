@@ -39,7 +39,8 @@ from appliance.errors import (
 from appliance.intake._dedup import DEFAULT_NEAR_THRESHOLD, DEFAULT_NUM_PERM, deduplicate
 from appliance.intake._residual import residual_counts, residual_rate
 from appliance.intake._schema import DEFAULT_MAX_RECORD_BYTES, Record, read_records
-from appliance.intake._scrub import PLACEHOLDER_TYPES, Scrubber, ScrubReport
+from appliance.intake._scrub import PLACEHOLDER_TYPES
+from appliance.intake._scrubber import Scrubber, ScrubReport
 
 __all__ = [
     "FORMAT_VERSION",

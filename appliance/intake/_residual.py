@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from functools import cache
 from typing import Any
 
-from appliance.intake._scrub import Scrubber
+from appliance.intake._scrubber import Scrubber
 
 __all__ = ["RESIDUAL_NAME_THRESHOLD", "residual_counts", "residual_rate"]
 

@@ -93,7 +93,7 @@ _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 
 def safe_field_name(name: str) -> str:
     """The field name when it is safe to print (identifier-shaped, nothing the scrubber would replace)."""
-    from appliance.intake._scrub import Scrubber
+    from appliance.intake._scrubber import Scrubber
 
     words = name.replace("_", " ")
     if _FIELD_NAME.match(name) and Scrubber().scrub_text(words)[0] == words:

@@ -19,7 +19,7 @@ import structlog
 
 from appliance.errors import Conflict, StorageUnavailable
 from appliance.intake._schema import DEFAULT_MAX_RECORD_BYTES, read_records
-from appliance.intake._scrub import Scrubber, ScrubReport
+from appliance.intake._scrubber import Scrubber, ScrubReport
 
 __all__ = ["scrub_file"]
 

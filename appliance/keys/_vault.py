@@ -1,9 +1,7 @@
 """``KeyService`` on HashiCorp Vault or OpenBao through hvac: transit for keys, KV v2 for secrets.
 
-Every call into hvac goes through :func:`_seam`, which turns hvac's and requests' errors into ours and names the
-operation and the key (never the token): sealed -> ``VaultSealed``, unreachable/timeout -> ``VaultUnreachable``,
-403/401 -> ``VaultForbidden``, a ciphertext or signature Vault rejects -> ``IntegrityViolation``, the rest ->
-``KeyUnavailable``. Nothing here falls back to the local keystore.
+Every call into hvac goes through :func:`~appliance.keys._vault_seam.seam`, which turns hvac's and requests' errors
+into ours and names the operation and the key (never the token); nothing here falls back to the local keystore.
 
 Key name ``n`` is the transit key ``<prefix>-<n>``; secret path ``p`` is KV v2 ``<kv mount>/<prefix>/<p>``. A key
 that does not exist is created on first use (AES-256-GCM96 for data keys and HMAC, Ed25519 for signing) when the
@@ -14,16 +12,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import hvac
-import hvac.exceptions as hvac_errors
-import requests
 import structlog
 
 from appliance.config import KeysSettings
@@ -35,12 +30,11 @@ from appliance.errors import (
     NotFound,
     ValidationFailed,
     VaultForbidden,
-    VaultSealed,
-    VaultUnreachable,
 )
 from appliance.keys._names import check_name, check_secret_path
 from appliance.keys._signature import format_signature, parse_signature
 from appliance.keys._status import KeyInfo, KeyServiceStatus
+from appliance.keys._vault_seam import KeyMissing, seam
 
 __all__ = ["VaultKeyService"]
 
@@ -50,66 +44,6 @@ T = TypeVar("T")
 AES = "aes256-gcm96"
 ED25519 = "ed25519"
 _VAULT_VALUE = re.compile(r"^vault:v([1-9][0-9]{0,9}):([A-Za-z0-9+/=]+)$")
-_MISSING = re.compile(r"key not found|no existing key named|could not find key", re.IGNORECASE)
-_REJECTED = re.compile(
-    r"invalid ciphertext|message authentication failed|unable to decrypt|version is too new|"
-    r"invalid signature|signature verification|illegal base64|failed to decode|ciphertext",
-    re.IGNORECASE,
-)
-
-
-class _KeyMissing(Exception):
-    """Internal signal: the transit key does not exist (Vault answered 'key not found'); never leaves this module."""
-
-
-def _vault_message(exc: BaseException) -> str:
-    errors = getattr(exc, "errors", None)
-    has_errors = isinstance(errors, list) and bool(errors)
-    text = "; ".join(str(e) for e in errors) if has_errors else str(exc).split(", on ", 1)[0]  # type: ignore[union-attr]
-    return " ".join(text.split())[:200]
-
-
-@contextlib.contextmanager
-def _seam(operation: str, addr: str) -> Iterator[None]:
-    """Translate hvac/requests errors raised inside into ``KeyUnavailable`` subclasses naming the operation."""
-    try:
-        yield
-    except (hvac_errors.VaultDown, hvac_errors.VaultNotInitialized) as exc:
-        message = _vault_message(exc)
-        if "seal" in message.lower() or isinstance(exc, hvac_errors.VaultNotInitialized):
-            raise VaultSealed(f"Vault/OpenBao at {addr} is sealed; refused: {operation}") from None
-        raise VaultUnreachable(f"Vault/OpenBao at {addr} is unavailable ({message}); refused: {operation}") from None
-    except (hvac_errors.Forbidden, hvac_errors.Unauthorized):
-        raise VaultForbidden(
-            f"Vault/OpenBao refused {operation}: permission denied under this token's policy (or the token expired)"
-        ) from None
-    except hvac_errors.InvalidRequest as exc:
-        message = _vault_message(exc)
-        if _MISSING.search(message):
-            raise _KeyMissing(message) from None
-        if _REJECTED.search(message):
-            raise IntegrityViolation(f"Vault/OpenBao rejected the data in {operation}: {message}") from None
-        raise KeyUnavailable(f"Vault/OpenBao refused {operation}: {message}") from None
-    except hvac_errors.InvalidPath:
-        raise NotFound(f"Vault/OpenBao has nothing at the path of {operation}") from None
-    except hvac_errors.RateLimitExceeded:
-        raise KeyUnavailable(f"Vault/OpenBao rate-limited {operation}; retry later", retry_after=1.0) from None
-    except hvac_errors.BadGateway as exc:
-        raise VaultUnreachable(
-            f"Vault/OpenBao at {addr} is unreachable behind its proxy ({_vault_message(exc)}); refused: {operation}"
-        ) from None
-    except hvac_errors.VaultError as exc:
-        raise KeyUnavailable(f"Vault/OpenBao failed {operation}: {_vault_message(exc)}") from None
-    except requests.exceptions.SSLError:
-        raise VaultUnreachable(
-            f"TLS to Vault/OpenBao at {addr} failed (check vault_ca_cert); refused: {operation}"
-        ) from None
-    except requests.exceptions.Timeout:
-        raise VaultUnreachable(f"Vault/OpenBao at {addr} timed out; refused: {operation}") from None
-    except requests.exceptions.RequestException as exc:
-        raise VaultUnreachable(
-            f"cannot reach Vault/OpenBao at {addr} ({type(exc).__name__}); refused: {operation}"
-        ) from None
 
 
 def _b64(data: bytes) -> str:
@@ -147,9 +81,9 @@ class VaultKeyService:
         self._prefix = check_name(prefix)
         self._login = login
         if login is not None:
-            with _seam("login (AppRole)", self._addr):
+            with seam("login (AppRole)", self._addr):
                 login(client)
-        with _seam("token lookup (login check)", self._addr):
+        with seam("token lookup (login check)", self._addr):
             client.auth.token.lookup_self()
 
     @classmethod
@@ -197,28 +131,28 @@ class VaultKeyService:
     def _call(self, operation: str, fn: Callable[[], T], *, signal_missing: bool = False) -> T:
         """Run one hvac call at the seam; with AppRole, log in again once when the token itself has expired.
 
-        A missing transit key is ``NotFound``, or the internal ``_KeyMissing`` when ``signal_missing`` asks for it.
+        A missing transit key is ``NotFound``, or the internal ``KeyMissing`` when ``signal_missing`` asks for it.
         """
         try:
             try:
-                with _seam(operation, self._addr):
+                with seam(operation, self._addr):
                     return fn()
             except VaultForbidden:
                 if self._login is None or self._token_is_valid():
                     raise  # a policy refusal, not an expired token
-                with _seam("login (AppRole)", self._addr):
+                with seam("login (AppRole)", self._addr):
                     self._login(self._client)
                 log.info("keys.vault_relogin", addr=self._addr)
-                with _seam(operation, self._addr):
+                with seam(operation, self._addr):
                     return fn()
-        except _KeyMissing as exc:
+        except KeyMissing as exc:
             if signal_missing:
                 raise
             raise NotFound(f"Vault/OpenBao: {exc} ({operation})") from None
 
     def _token_is_valid(self) -> bool:
         try:
-            with _seam("token lookup", self._addr):
+            with seam("token lookup", self._addr):
                 self._client.auth.token.lookup_self()
         except VaultForbidden:
             return False
@@ -229,13 +163,13 @@ class VaultKeyService:
         transit = self._transit_name(name)
         try:
             return self._call(f"{operation} with key {name!r}", lambda: fn(transit), signal_missing=True)
-        except _KeyMissing:
+        except KeyMissing:
             if key_type is None:
                 raise NotFound(f"Vault/OpenBao has no transit key {transit!r} ({operation})") from None
         self._create(name, transit, key_type)
         try:
             return self._call(f"{operation} with key {name!r}", lambda: fn(transit), signal_missing=True)
-        except _KeyMissing:
+        except KeyMissing:
             raise KeyUnavailable(f"transit key {transit!r} is still missing after creating it") from None
 
     def _create(self, name: str, transit: str, key_type: str) -> None:

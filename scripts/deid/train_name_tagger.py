@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pycrfsuite
 
-from appliance.intake._scrub import _case_normalised
+from appliance.intake._case import case_normalised as _case_normalised
 from appliance.intake._tagger import MODEL_FILE
 from appliance.intake._tagger._features import sequence_features
 from appliance.intake._tagger._notes import Note, Phi, generate_notes

@@ -169,7 +169,7 @@ def test_all_caps_notes_lose_names_outside_the_lexicon() -> None:
     every clinical phrase to keep survives."""
     import regex
 
-    from appliance.intake._scrub import _case_normalised
+    from appliance.intake._case import case_normalised as _case_normalised
     from appliance.intake._tagger._notes import generate_notes
 
     scrub = Scrubber()

@@ -21,9 +21,9 @@ from appliance.intake import (
     residual_counts,
     write_synthetic,
 )
+from appliance.intake._case import case_normalised as _case_normalised
 from appliance.intake._prepare import _residual_check
 from appliance.intake._residual import _suspect_names
-from appliance.intake._scrub import _case_normalised
 
 SALT = bytes(range(32))
 

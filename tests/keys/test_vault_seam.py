@@ -18,13 +18,13 @@ from appliance.errors import (
     VaultSealed,
     VaultUnreachable,
 )
-from appliance.keys._vault import _KeyMissing, _seam
+from appliance.keys._vault_seam import KeyMissing, seam
 
 ADDR = "http://127.0.0.1:8200"
 
 
 def _raise_through_seam(exc: BaseException) -> BaseException:
-    with pytest.raises((ApplianceError, _KeyMissing)) as info, _seam("test op", ADDR):
+    with pytest.raises((ApplianceError, KeyMissing)) as info, seam("test op", ADDR):
         raise exc
     return info.value
 
@@ -37,7 +37,7 @@ def test_every_hvac_error_is_mapped() -> None:
     assert len(classes) > 8
     for cls in classes:
         out = _raise_through_seam(cls("boom", errors=["boom"]))
-        assert isinstance(out, KeyUnavailable | NotFound | IntegrityViolation | _KeyMissing), cls
+        assert isinstance(out, KeyUnavailable | NotFound | IntegrityViolation | KeyMissing), cls
         assert not isinstance(out, hvac_errors.VaultError)
 
 
@@ -48,7 +48,7 @@ def test_every_hvac_error_is_mapped() -> None:
         (hvac_errors.VaultDown("standby", errors=["node is in standby"]), VaultUnreachable),
         (hvac_errors.Forbidden("permission denied", errors=["permission denied"]), VaultForbidden),
         (hvac_errors.Unauthorized("missing client token"), VaultForbidden),
-        (hvac_errors.InvalidRequest("x", errors=["encryption key not found"]), _KeyMissing),
+        (hvac_errors.InvalidRequest("x", errors=["encryption key not found"]), KeyMissing),
         (hvac_errors.InvalidRequest("x", errors=["cipher: message authentication failed"]), IntegrityViolation),
         (hvac_errors.InvalidRequest("x", errors=["missing input"]), KeyUnavailable),
         (hvac_errors.InvalidPath(), NotFound),

@@ -1,5 +1,5 @@
 """Sentence templates of the synthetic notes, in two disjoint families (train / heldout). ``{SLOT}`` is filled by
-``_notes._Filler``: P/R/C/C2/C3 people (patient, relative, clinicians) in a random form, PG/RG/CG a given name alone,
+``_filler.Filler``: P/R/C/C2/C3 people (patient, relative, clinicians) in a random form, PG/RG/CG a given name alone,
 PL/CL a surname form; REL a relation word; DATE, SDATE (9/8), DOB, AGE, PHONE, MRN, ADDR, CITY, EMAIL, SSN, LIC,
 IBAN, PLATE, URL identifiers; DRUG, DOSE, LAB, EPO clinical phrases that must survive."""
 
