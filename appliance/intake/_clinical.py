@@ -47,6 +47,10 @@ anaemia anemia pneumonia cellulitis sepsis asthma bronchitis bronchiolitis gastr
 cholecystitis pancreatitis diverticulitis colitis hepatitis meningitis migraine infection failure deficiency
 agonist agonists antagonist antagonists blocker blockers inhibitor inhibitors statin statins diuretic diuretics
 anticoagulant anticoagulants antibiotic antibiotics antiplatelet analgesic analgesics opioid opioids steroid steroids
+colonoscopy endoscopy bronchoscopy gastroscopy sigmoidoscopy cystoscopy laparoscopy arthroscopy thoracoscopy biopsy
+mammogram mammography echocardiogram echocardiography electrocardiogram angiogram angiography angioplasty ultrasound
+sonogram radiograph radiography tomography arthroplasty appendectomy cholecystectomy hysterectomy mastectomy colectomy
+tonsillectomy dialysis transfusion intubation extubation catheterization catheterisation spirometry
 """
 )
 DRUGS = _words(
