@@ -909,6 +909,41 @@ class Registry:
             self._record("adapter.degraded", "degraded", actor, adapter, details=dict(details or {}))
             return self._info(adapter)
 
+    def _fallback(self, s: Session, name: str, below: int, limits: ApprovalLimits) -> tuple[Adapter | None, list[str]]:
+        """The newest version of ``name`` older than ``below`` a rollback may serve: approved or in production,
+        not degraded, two current approvers, and still within the approval policy and its ledger row; with why
+        each newer candidate was passed over."""
+        candidates = s.scalars(
+            select(Adapter)
+            .options(*self._eager())
+            .where(
+                Adapter.name == name,
+                Adapter.version < below,
+                Adapter.status.in_(("approved", "production")),
+                Adapter.degraded_at.is_(None),
+            )
+            .order_by(Adapter.version.desc())
+        )
+        skipped: list[str] = []
+        for candidate in candidates:
+            try:
+                if len(self._current_approvers(s, candidate)) < REQUIRED_APPROVALS:
+                    raise PolicyViolation("lacks two approvals by current approvers")
+                self._check_limits(candidate, limits)
+                self._check_ledger(candidate)
+            except (PolicyViolation, IntegrityViolation) as exc:
+                skipped.append(f"v{candidate.version}: {exc.message}")
+                continue
+            return candidate, skipped
+        return None, skipped
+
+    def previous_approved(self, name: str, version: int) -> int | None:
+        """The version a rollback from ``name`` v``version`` would serve (None: there is none)."""
+        limits = self.approval_limits()
+        with self.db.session("finding the previous approved version") as s:
+            previous, _ = self._fallback(s, name, version, limits)
+            return previous.version if previous is not None else None
+
     def rollback(
         self, name: str, actor: Actor, *, reason: str | None = None, details: Mapping[str, Any] | None = None
     ) -> RollbackResult:
@@ -931,29 +966,7 @@ class Registry:
             )
             if current is None:
                 raise Conflict(f"no version of adapter {name!r} is published; there is nothing to roll back")
-            candidates = s.scalars(
-                select(Adapter)
-                .options(*self._eager())
-                .where(
-                    Adapter.name == name,
-                    Adapter.version < current.version,
-                    Adapter.status.in_(("approved", "production")),
-                    Adapter.degraded_at.is_(None),
-                )
-                .order_by(Adapter.version.desc())
-            )
-            previous, skipped = None, []
-            for candidate in candidates:
-                try:
-                    if len(self._current_approvers(s, candidate)) < REQUIRED_APPROVALS:
-                        raise PolicyViolation("lacks two approvals by current approvers")
-                    self._check_limits(candidate, limits)
-                    self._check_ledger(candidate)
-                except (PolicyViolation, IntegrityViolation) as exc:
-                    skipped.append(f"v{candidate.version}: {exc.message}")
-                    continue
-                previous = candidate
-                break
+            previous, skipped = self._fallback(s, name, current.version, limits)
             if previous is None:
                 why = f" ({'; '.join(skipped)})" if skipped else ""
                 refusal = Conflict(

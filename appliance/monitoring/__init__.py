@@ -1,0 +1,31 @@
+"""Monitoring: continuous evaluation of production adapters through serving, degradation and rollback.
+
+``Monitor(settings, registry, backend, policy).run_once()`` is one pass (``appliance monitor run --once``);
+``load_monitoring_policy`` reads ``policies/monitoring.yaml``; ``AdapterCheck`` is the shape of an extra per-adapter
+check (``Monitor(checks=[...])``). Design notes: ``appliance/monitoring/README.md``.
+"""
+
+from appliance.monitoring._judge import EVAL_SPLIT_REF, Comparison, Verdict, failing_streak, judge
+from appliance.monitoring._metrics import TextfileCollector, metrics_path
+from appliance.monitoring._policy import MonitoringPolicy, load_monitoring_policy, policy_path
+from appliance.monitoring._replicas import Alert
+from appliance.monitoring._service import MONITOR_ACTOR, AdapterCheck, CheckContext, Monitor, RunReport
+
+__all__ = [
+    "EVAL_SPLIT_REF",
+    "MONITOR_ACTOR",
+    "AdapterCheck",
+    "Alert",
+    "CheckContext",
+    "Comparison",
+    "Monitor",
+    "MonitoringPolicy",
+    "RunReport",
+    "TextfileCollector",
+    "Verdict",
+    "failing_streak",
+    "judge",
+    "load_monitoring_policy",
+    "metrics_path",
+    "policy_path",
+]
