@@ -179,6 +179,22 @@ def unpublish_cmd(
     console.print(f"unpublished {name} v{version}; status {info.status}")
 
 
+@app.command("rollback")
+def rollback_cmd(
+    ctx: typer.Context,
+    name: str,
+    reason: str | None = typer.Option(None, "--reason", help="Why (recorded with the degraded mark)."),
+    actor: str | None = typer.Option(None, "--actor", help=_ACTOR_HELP),
+) -> None:
+    """Serve the previous two-person-approved version again; the current one is unpublished and marked degraded."""
+    with _registry(ctx) as reg:
+        result = reg.rollback(name, _actor(actor), reason=reason)
+    console.print(
+        f"rolled back {name}: v{result.from_version} -> v{result.to_version} on {', '.join(result.targets)} "
+        f"({result.to_fingerprint}); reload the replicas that do not re-read the list"
+    )
+
+
 @app.command("retire")
 def retire_cmd(
     ctx: typer.Context,
