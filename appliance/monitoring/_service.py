@@ -354,7 +354,7 @@ class Monitor:
             "action": "run",
             "route": None,
             "adapter": None,
-            "outcome": {"status": "success" if report.ok else "failure", "http_status": None, "error_class": None},
+            "outcome": {"status": "success" if report.ok else "error", "http_status": None, "error_class": None},
             "tokens": None,
             "latency_ms": None,
             "request_id": None,
@@ -379,7 +379,7 @@ class Monitor:
                     "type": "monitor.alert",
                     "action": alert.kind,
                     "adapter": {"name": alert.adapter, "version": alert.version, "fingerprint": None},
-                    "outcome": {"status": "failure", "http_status": None, "error_class": None},
+                    "outcome": {"status": "error", "http_status": None, "error_class": None},
                     "details": {"run_id": report.run_id, "kind": alert.kind, "replica": alert.replica},
                 },
             )
