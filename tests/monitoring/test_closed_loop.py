@@ -187,25 +187,53 @@ def test_monitor_detects_the_worse_version_and_rolls_back(loop: Any) -> None:
     assert 'appliance_adapter_eval_degraded{adapter="triage",version="2"} 1.0' in gauges
 
 
-def test_a_served_fingerprint_that_differs_raises_the_alert(loop: Any) -> None:
-    """A replica serving triage-v1 with weights other than the published ones is reported (exit 1, a
-    fingerprint_mismatch alert, monitor.alert in the trail, the gauge at 0)."""
-    from appliance.monitoring import metrics_path
-
-    settings, _, fingerprints, _ = loop
-    listing = settings.serving_dir / "embedded" / "adapters.json"
-    # the replica's own state drifts: the engine is told v1 has other weights (its list re-read on reload)
-    data = json.loads(listing.read_text())
-    copy = Path(data["adapters"][0]["path"])
-    other = copy.parent / "tampered-v1"
-    shutil.copytree(copy, other)
-    _worse(other)
+def test_a_served_fingerprint_that_differs_raises_the_alert(loop: Any, tiny_model: Path, tmp_path: Path) -> None:
+    """A second replica serving triage-v1 with weights other than the published ones: the pass exits 1 with a
+    fingerprint_mismatch alert naming that replica, the trail has monitor.alert, the gauge is 0 for it and 1 for
+    the replica that serves the published weights."""
     import hashlib
 
-    from tests.serving.conftest import sign_list  # noqa: F401  (the registry's key signs in the fixture's keystore)
+    from appliance.monitoring import metrics_path
+    from appliance.serving import AdapterSpec
+    from appliance.serving.engine import Engine, Limits, create_app
+    from tests.serving.conftest import ServerThread
 
-    del sign_list
-    result = _cli(settings, "monitor", "run", "--once", "--json", "--adapter", "triage")
-    report = json.loads(result.stdout)
-    assert result.exit_code == 0 or report["alerts"], result.output
-    del hashlib, fingerprints, metrics_path
+    settings, _, fingerprints, good_url = loop
+    policy = settings.policies_dir / "monitoring.yaml"
+    policy.write_text(policy.read_text().replace("auto_rollback: true", "auto_rollback: false"))
+    published = json.loads((settings.serving_dir / "embedded" / "adapters.json").read_text())["adapters"]
+    rogue_dir = tmp_path / "rogue-triage-v1"
+    shutil.copytree(next(a["path"] for a in published if a["id"] == "triage-v1"), rogue_dir)
+    _worse(rogue_dir)
+    rogue = AdapterSpec(
+        id="triage-v1",
+        path=rogue_dir,
+        fingerprint=hashlib.sha256((rogue_dir / "adapter_model.safetensors").read_bytes()).hexdigest(),
+        config_sha256=hashlib.sha256((rogue_dir / "adapter_config.json").read_bytes()).hexdigest(),
+    )
+    engine = Engine.start(tiny_model, [rogue], device="cpu", limits=Limits(max_input_tokens=256, max_total_tokens=512))
+    try:
+        with ServerThread(create_app(engine)) as server:
+            config = settings.data_dir.parent / "appliance.toml"
+            config.write_text(
+                f'data_dir = "{settings.data_dir}"\npolicies_dir = "{settings.policies_dir}"\n'
+                f'[serving]\nbackend = "embedded"\n'
+                f'[[serving.replicas]]\nurl = "{good_url}"\nname = "good"\n'
+                f'[[serving.replicas]]\nurl = "{server.url}"\nname = "rogue"\n'
+            )
+            result = CliRunner().invoke(app, ["--config", str(config), "monitor", "run", "--once", "--json"])
+    finally:
+        engine.close()
+    assert result.exit_code == 1, result.output
+    report = _json(result.stdout)
+    mismatches = [a for a in report["alerts"] if a["kind"] == "fingerprint_mismatch"]
+    assert [(a["adapter"], a["version"], a["replica"]) for a in mismatches] == [("triage", 1, "rogue")]
+    checks = {(f["replica"], f["version"]): f["ok"] for f in report["fingerprints"]}
+    assert checks[("good", 1)] is True and checks[("rogue", 1)] is False
+    assert fingerprints[1][:16] in mismatches[0]["message"]
+    gauges = metrics_path(settings.data_dir).read_text()
+    assert 'appliance_adapter_eval_fingerprint_ok{adapter="triage",replica="rogue",version="1"} 0.0' in gauges
+    assert 'appliance_adapter_eval_fingerprint_ok{adapter="triage",replica="good",version="1"} 1.0' in gauges
+    trail = CliRunner().invoke(app, ["--config", str(config), "audit", "tail", "-n", "40", "--json"])
+    alerts = [json.loads(x) for x in trail.stdout.splitlines() if '"monitor.alert"' in x]
+    assert alerts and alerts[0]["details"]["replica"] == "rogue" and alerts[0]["adapter"]["name"] == "triage"
