@@ -176,7 +176,24 @@ def test_monitor_detects_the_worse_version_and_rolls_back(loop: Any) -> None:
     served = {m["id"]: m["fingerprint"] for m in models if m.get("parent")}
     assert served == {"triage-v1": fingerprints[1]}  # reloaded: v2 no longer served
 
-    trail = _cli(settings, "audit", "tail", "-n", "40", "--json")
+    # the gateway, opened from the same settings (its own registry, audit trail and Backend), answers production
+    # requests with v1's fingerprint
+    from litestar.testing import TestClient
+
+    from appliance.gateway import create_app
+
+    created = _cli(settings, "keys", "create", "lab-system", "--scope", "service.inference", "--days", "1", "--json")
+    key = json.loads(next(x for x in created.stdout.splitlines() if x.startswith("{")))["key"]
+    with TestClient(create_app(settings)) as client:
+        answer = client.post(
+            "/v1/inference/adapter/triage/production",
+            json={"inputs": "q3", "parameters": {"max_new_tokens": 2}},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-adapter-fingerprint"] == fingerprints[1]
+
+    trail = _cli(settings, "audit", "tail", "-n", "60", "--json")
     types = [json.loads(line)["type"] for line in trail.stdout.splitlines() if line.startswith("{")]
     assert "adapter.degraded" in types and "registry.rollback" in types and "monitor.run" in types
     rollback = next(json.loads(x) for x in trail.stdout.splitlines() if '"registry.rollback"' in x)
