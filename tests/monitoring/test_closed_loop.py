@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from appliance.cli import app
@@ -184,12 +185,19 @@ def test_monitor_detects_the_worse_version_and_rolls_back(loop: Any) -> None:
 
     created = _cli(settings, "keys", "create", "lab-system", "--scope", "service.inference", "--days", "1", "--json")
     key = json.loads(next(x for x in created.stdout.splitlines() if x.startswith("{")))["key"]
-    with TestClient(create_app(settings)) as client:
+    token = "m" * 32
+    gateway_settings = settings.model_copy(
+        update={"gateway": settings.gateway.model_copy(update={"metrics_token": SecretStr(token)})}
+    )
+    with TestClient(create_app(gateway_settings)) as client:
         answer = client.post(
             "/v1/inference/adapter/triage/production",
             json={"inputs": "q3", "parameters": {"max_new_tokens": 2}},
             headers={"Authorization": f"Bearer {key}"},
         )
+        scraped = client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+    assert scraped.status_code == 200, scraped.text
+    assert 'appliance_adapter_eval_degraded{adapter="triage",version="2"} 1.0' in scraped.text
     assert answer.status_code == 200, answer.text
     assert answer.headers["x-adapter-fingerprint"] == fingerprints[1]
 
