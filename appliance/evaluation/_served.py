@@ -123,9 +123,7 @@ async def score_served(
             loss, measured, mismatch = await _loss(backend, adapter, tokenizer, ids, prompt_len)
             match: float | None = None
             if short[i] and not mismatch:
-                answer = await _answer(
-                    backend, adapter, tokenizer, ids, prompt_len, options.max_answer_tokens + 2
-                )
+                answer = await _answer(backend, adapter, tokenizer, ids, prompt_len, options.max_answer_tokens + 2)
                 if answer is None:
                     mismatch = True
                 else:

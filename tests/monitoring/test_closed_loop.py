@@ -29,7 +29,10 @@ def _worse(run: Path) -> None:
     tensors = load_file(str(run / "adapter_model.safetensors"))
     rng = np.random.default_rng(7)
     save_file(
-        {k: (rng.standard_normal(v.shape) * (40.0 if "lora_B" in k else 1.0)).astype(v.dtype) for k, v in tensors.items()},
+        {
+            k: (rng.standard_normal(v.shape) * (40.0 if "lora_B" in k else 1.0)).astype(v.dtype)
+            for k, v in tensors.items()
+        },
         str(run / "adapter_model.safetensors"),
     )
 
@@ -89,8 +92,9 @@ def loop(tmp_path: Path, data_dir: Path, make_run: RunFactory, tiny_model: Path,
     from appliance.serving.engine import Engine, Limits, create_app
     from tests.serving.conftest import ServerThread
 
-    policies = _policies(tmp_path, consecutive_failures=1, auto_rollback=True,
-                         tolerated_drop={"loss": 50.0, "exact_match": 1.0})
+    policies = _policies(
+        tmp_path, consecutive_failures=1, auto_rollback=True, tolerated_drop={"loss": 50.0, "exact_match": 1.0}
+    )
     settings = load_settings(data_dir=data_dir, policies_dir=policies)
     registry = enrol(open_registry(settings))
     v1 = make_run(ledger=None)
