@@ -11,7 +11,6 @@ import pytest
 
 from appliance.evaluation import EvalOptions, model_figures, score_model, score_served
 from appliance.training import Record
-from tests.serving.conftest import engine, engine_url, lora_adapters, adapter_list  # noqa: F401
 
 RECORDS = [
     Record("Triage: classify the urgency of this note as low, medium or high.\n\nSpO2 88%.", "high"),
@@ -32,7 +31,9 @@ def _local(tiny_model: Path, adapter_dir: Path, options: EvalOptions) -> Any:
 
 
 def test_served_scores_equal_the_local_evaluator(
-    tiny_model: Path, engine_url: str, lora_adapters: dict[str, tuple[Path, str]]  # noqa: F811
+    tiny_model: Path,
+    engine_url: str,
+    lora_adapters: dict[str, tuple[Path, str]],
 ) -> None:
     """Per-record losses and exact matches through the engine's HTTP API equal the local evaluator's (the long
     prompt loses its middle the same way on both sides)."""
@@ -58,7 +59,8 @@ def test_served_scores_equal_the_local_evaluator(
 
 
 def test_a_backend_that_receives_other_tokens_is_not_comparable(
-    tiny_model: Path, engine_url: str  # noqa: F811
+    tiny_model: Path,
+    engine_url: str,
 ) -> None:
     """A prompt the backend tokenises differently (here: it adds special tokens the evaluator did not score) and a
     record over the backend's input limit get no score: counted as mismatched, never as a low or high score."""
