@@ -6,7 +6,8 @@ those ids are decoded to text and sent, and the backend's answer says which toke
 
 - loss: prompt + response is sent with ``decoder_input_details`` (TGI's prefill log-probabilities, which the
   embedded engine gives too) and one new token; the record's loss is the mean negative log-probability of the
-  response tokens, the same number ``record_losses`` computes. The prefill ids must equal the evaluator's ids.
+  response tokens, the same number ``record_losses`` computes. The prefill ids must equal the evaluator's ids. A
+  backend that refuses the request (prompt + response over its input limit) measures no loss for that record.
 - exact match: the (truncated) prompt is sent for a greedy answer of at most ``max_answer_tokens + 2`` tokens; the
   backend's prompt token count must equal the evaluator's.
 
@@ -65,8 +66,8 @@ async def _loss(
     params = GenerationParams(max_new_tokens=1, details=True, extra={"decoder_input_details": True})
     try:
         gen = await backend.generate(adapter, text, params)
-    except BackendValidation:  # over the backend's input limit, or refused as sent: it never saw these ids
-        return math.nan, False, True
+    except BackendValidation:  # over its input limit, or a backend that refuses the details: no loss measured;
+        return math.nan, False, False  # the greedy-answer request then says whether the prompt is comparable
     parsed = _prefill_ids_and_logprobs(gen.details)
     if parsed is None:
         return math.nan, False, gen.prompt_tokens != len(ids)
@@ -122,6 +123,9 @@ async def score_served(
         async with gate:
             loss, measured, mismatch = await _loss(backend, adapter, tokenizer, ids, prompt_len)
             match: float | None = None
+            if not measured and not mismatch and not short[i]:  # no loss and no answer would say what it received
+                answer_only = await _answer(backend, adapter, tokenizer, ids, prompt_len, 1)
+                mismatch = answer_only is None
             if short[i] and not mismatch:
                 answer = await _answer(backend, adapter, tokenizer, ids, prompt_len, options.max_answer_tokens + 2)
                 if answer is None:

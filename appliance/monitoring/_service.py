@@ -260,6 +260,7 @@ class Monitor:
         )
         stored = figures | {
             "max_length": options.max_length,
+            "loss_measured": served.loss_measured,
             "reasons": verdict.reasons,
             "compared": verdict.compared,
             "records": {"loss": losses, "exact_match": matches},
@@ -329,9 +330,6 @@ class Monitor:
                 break
             await asyncio.sleep(0.5)
         report.alerts += alerts
-        refresh = getattr(self.backend, "_refresh_all", None)
-        if callable(refresh):
-            await refresh()
 
     @staticmethod
     def _figures(p: PublishedAdapter, report: RunReport) -> dict[str, Any]:

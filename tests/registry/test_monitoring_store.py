@@ -146,3 +146,34 @@ def test_a_degraded_version_is_never_rolled_back_to(reg: Registry, make_run: Run
     assert reg.rollback("triage", OPERATOR).to_version == 2
     with pytest.raises(Conflict):
         reg.rollback("triage", OPERATOR)
+
+
+def test_upgrade_from_0003_and_back(any_settings: Settings) -> None:
+    """A database at 0003 upgrades in place to 0004 (eval sets, the series, degraded columns) with a schema equal to
+    the models, and 0004 downgrades cleanly."""
+    from alembic import command
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlalchemy import inspect
+
+    from appliance.registry._db import VERSION_TABLE, Database, _alembic_config
+    from appliance.registry._models import Base
+
+    db = Database(any_settings.registry_url, migrate=False)
+    try:
+        with db.engine.begin() as conn:
+            command.upgrade(_alembic_config(conn), "0003")
+        assert "eval_sets" not in inspect(db.engine).get_table_names()
+        db.migrate()
+        assert db.current() == db.head() == "0004"
+        tables = set(inspect(db.engine).get_table_names())
+        assert {"eval_sets", "monitor_results"} <= tables
+        assert "degraded_at" in {c["name"] for c in inspect(db.engine).get_columns("adapters")}
+        with db.engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        assert [d for d in diff if not (d[0] == "remove_table" and d[1].name == VERSION_TABLE)] == []
+        with db.engine.begin() as conn:
+            command.downgrade(_alembic_config(conn), "0003")
+        assert "eval_sets" not in inspect(db.engine).get_table_names()
+    finally:
+        db.engine.dispose()
