@@ -266,3 +266,41 @@ def test_a_served_fingerprint_that_differs_raises_the_alert(loop: Any, tiny_mode
     trail = CliRunner().invoke(app, ["--config", str(config), "audit", "tail", "-n", "40", "--json"])
     alerts = [json.loads(x) for x in trail.stdout.splitlines() if '"monitor.alert"' in x]
     assert alerts and alerts[0]["details"]["replica"] == "rogue" and alerts[0]["adapter"]["name"] == "triage"
+
+
+def test_extra_per_adapter_checks_run_and_raise_alerts(loop: Any) -> None:
+    """A check given to the Monitor (where canary probes plug in) runs once per published version with its
+    context, and the alerts it returns are the run's (with auto_rollback off and a high bar, nothing else fires)."""
+    import asyncio
+
+    from appliance.monitoring import Alert, CheckContext, Monitor, load_monitoring_policy, policy_path
+    from appliance.registry import open_registry
+    from appliance.serving import open_backend
+
+    settings, _, fingerprints, _ = loop
+    policy = load_monitoring_policy(policy_path(settings.policies_dir)).model_copy(
+        update={"auto_rollback": False, "consecutive_failures": 5}
+    )
+    seen: list[tuple[str, int, str]] = []
+
+    async def probe(ctx: CheckContext) -> list[Alert]:
+        seen.append((ctx.adapter.name, ctx.adapter.version, ctx.adapter.fingerprint))
+        return (
+            [Alert("canary_exposed", "test probe", ctx.adapter.name, ctx.adapter.version)]
+            if ctx.adapter.version == 2
+            else []
+        )
+
+    async def run() -> Any:
+        registry = open_registry(settings)
+        backend = open_backend(settings)
+        try:
+            return await Monitor(settings, registry, backend, policy, checks=[probe]).run_once("triage")
+        finally:
+            await backend.aclose()
+            registry.close()
+
+    report = asyncio.run(run())
+    assert seen == [("triage", 1, fingerprints[1]), ("triage", 2, fingerprints[2])]
+    assert [(a.kind, a.version) for a in report.alerts] == [("canary_exposed", 2)] and not report.ok
+    assert report.rollbacks == [] and report.degraded == []
