@@ -60,6 +60,12 @@ def run_cmd(
 ) -> None:
     """Score every production adapter through serving, store the series, act on degradation (exit 1 on alerts)."""
     settings = settings_of(ctx)
+    if as_json:  # stdout carries the report alone; log lines go to stderr
+        import sys
+
+        import structlog
+
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
     while True:
         policy = _policy(settings)  # re-read every pass: an edited policy applies at the next one
         report = asyncio.run(_run(settings, policy, adapter))
