@@ -177,3 +177,29 @@ def test_upgrade_from_0003_and_back(any_settings: Settings) -> None:
         assert "eval_sets" not in inspect(db.engine).get_table_names()
     finally:
         db.engine.dispose()
+
+
+def test_registry_rollback_by_hand(
+    settings: Settings, make_run: RunFactory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`appliance registry rollback NAME` does the same by hand (real audit trail); with nothing older approved it
+    is refused with the Conflict exit code and changes nothing."""
+    from tests.registry.test_cli import Cli
+
+    monkeypatch.setenv("APPLIANCE_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("APPLIANCE_POLICIES_DIR", str(settings.policies_dir))
+    registry = enrol(open_registry(settings))
+    try:
+        _publish(registry, make_run, 2)
+    finally:
+        registry.close()
+    cli = Cli(capsys, monkeypatch)
+    code, out, err = cli("registry", "rollback", "triage", "--reason", "worse on ward 2027", "--actor", "olga")
+    assert code == 0, err
+    assert "v2 -> v1" in out
+    code, out, err = cli("registry", "rollback", "triage", "--actor", "olga")
+    assert code == Conflict.exit_code and "CONFLICT" in err
+    code, out, _ = cli("audit", "tail", "-n", "10", "--json")
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    rollbacks = [(e["outcome"]["status"], e["actor"]["subject"]) for e in events if e["type"] == "registry.rollback"]
+    assert rollbacks == [("success", "olga"), ("denied", "olga")]
