@@ -32,8 +32,7 @@ from appliance.monitoring._judge import EVAL_SPLIT_REF, Comparison, failing_stre
 from appliance.monitoring._metrics import MonitorGauges, metrics_path
 from appliance.monitoring._policy import MonitoringPolicy
 from appliance.monitoring._replicas import Alert, FingerprintCheck, check_fingerprints, reload_replicas
-from appliance.registry import Actor, PublishedAdapter, Registry
-from appliance.registry._types import RollbackResult, SeriesPoint
+from appliance.registry import Actor, PublishedAdapter, Registry, RollbackResult, SeriesPoint
 
 __all__ = ["MONITOR_ACTOR", "AdapterCheck", "CheckContext", "Monitor", "RunReport"]
 

@@ -13,8 +13,7 @@ import pytest
 
 from appliance.config import Settings
 from appliance.errors import Conflict, IntegrityViolation, NotFound, PolicyViolation
-from appliance.registry import Registry, open_registry
-from appliance.registry._types import SeriesPoint
+from appliance.registry import Registry, SeriesPoint, open_registry
 from tests.registry.conftest import APPROVERS, OPERATOR, RecordingAudit, RunFactory, enrol, make_dataset, snapshot
 
 
