@@ -202,3 +202,19 @@ def test_registry_rollback_by_hand(
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     rollbacks = [(e["outcome"]["status"], e["actor"]["subject"]) for e in events if e["type"] == "registry.rollback"]
     assert rollbacks == [("success", "olga"), ("denied", "olga")]
+
+
+def test_kept_sets_check_the_intake_fingerprint(tmp_path: Path) -> None:
+    """The registry checks a dataset with intake's own fingerprint (train.jsonl then eval.jsonl), so a dataset
+    `appliance data prepare` wrote is accepted and one byte changed is not."""
+    from appliance.intake import fingerprint_dir
+    from appliance.registry._evalsets import dataset_records
+
+    dataset = make_dataset(tmp_path / "ds", ["p-1", "p-2"], ["p-3"])
+    fingerprint = fingerprint_dir(dataset)
+    data, count = dataset_records(dataset, fingerprint, ("train", "eval"))
+    assert count == 3 and b"subject" not in data
+    with (dataset / "train.jsonl").open("ab") as fh:
+        fh.write(b" ")
+    with pytest.raises(IntegrityViolation):
+        dataset_records(dataset, fingerprint, ("eval",))
