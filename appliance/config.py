@@ -92,6 +92,9 @@ class ReplicaSettings(_Section):
     kind: Literal["embedded", "tgi", "vllm"] | None = None  # None -> serving.backend
     weight: float = Field(default=1.0, gt=0, le=1000)  # relative capacity: load is in-flight requests / weight
     name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")  # None -> host:port of the URL
+    # Where the registry also writes this replica's copy of its target's signed list (a replica that does not read
+    # <data_dir>/serving/<kind>/ on this host, e.g. a mounted directory of its own); None -> it reads that one.
+    list_path: str | None = None
 
 
 class ServingSettings(_Section):
@@ -103,6 +106,7 @@ class ServingSettings(_Section):
     replica_probe_initial_s: float = Field(default=0.25, gt=0, le=60)  # first /health probe after a failure
     replica_probe_max_s: float = Field(default=10.0, gt=0, le=600)  # probe back-off ceiling (doubles each miss)
     replica_refresh_s: float = Field(default=2.0, gt=0, le=600)  # seconds between re-reads of what replicas hold
+    reload_timeout_s: float = Field(default=60.0, gt=0, le=600)  # per replica: a publication's reload + read-back
     timeout_s: float = 120.0  # seconds per generation request
     connect_timeout_s: float = 2.0
     max_concurrent: int = 64  # connection pool size

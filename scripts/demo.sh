@@ -77,7 +77,7 @@ PY
   done
 
   say "5/7 publish to the embedded engine"
-  "$A" registry publish triage "$version" --target embedded --actor demo-admin
+  "$A" registry publish triage "$version" --target embedded --actor demo-admin --no-reload  # the engine starts below
   "$A" registry list
 fi
 

@@ -68,7 +68,7 @@ app.add_typer(audit.app, name="audit", help="The audit trail: export, verify, ha
 def main() -> None:
     """Console-script entry point: run the app and map domain errors to exit codes."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # a command's `raise typer.Exit(n)` comes back as n in this mode
     except ApplianceError as exc:
         err_console.print(f"[bold red]{exc.code}[/]: {exc.message}", highlight=False, markup=True)
         sys.exit(exc.exit_code)
@@ -86,3 +86,5 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)

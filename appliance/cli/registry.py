@@ -19,7 +19,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from appliance.cli._common import console, invoking_user, settings_of
+from appliance.cli._common import console, err_console, invoking_user, settings_of
 from appliance.errors import IntegrityViolation, Unauthenticated, ValidationFailed
 
 app = typer.Typer(no_args_is_help=True)
@@ -30,15 +30,35 @@ _TOKEN_HELP = "File holding the person's token (else read from stdin, or prompte
 _JSON_HELP = "Print JSON instead of a table."
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is when a line is written (a test may swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 @contextmanager
-def _registry(ctx: typer.Context) -> Iterator[Any]:
+def _registry(ctx: typer.Context, *, logs_to_stderr: bool = False) -> Iterator[Any]:
+    """The registry, closed afterwards; ``logs_to_stderr`` (``--json``) keeps log lines off stdout meanwhile."""
+    import structlog
+
     from appliance.registry import open_registry
 
-    reg = open_registry(settings_of(ctx))
+    saved = structlog.get_config()
+    if logs_to_stderr:
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(_Stderr()))  # type: ignore[arg-type]
     try:
-        yield reg
+        reg = open_registry(settings_of(ctx))
+        try:
+            yield reg
+        finally:
+            reg.close()
     finally:
-        reg.close()
+        if logs_to_stderr:
+            structlog.configure(**saved)
 
 
 def _actor(subject: str | None) -> Any:
@@ -150,6 +170,45 @@ def approve_cmd(
     console.print(f"{actor} approved {name} v{version}: {len(info.approvals)} of 2 approvals, status {info.status}")
 
 
+_NO_RELOAD_HELP = "Only write the lists; ask no replica to load them (servers not started yet read them at start)."
+
+
+def _reach(
+    ctx: typer.Context, reg: Any, change: str, name: str, version: int, targets: list[str], actor: Any, reload: bool
+) -> Any:
+    """Write the replicas' own lists and (unless ``--no-reload``) ask them to load the change; None: no target."""
+    from appliance.registry import reach_replicas
+
+    if not targets:
+        return None
+    settings = settings_of(ctx)
+    return reach_replicas(
+        reg, settings, change=change, name=name, version=version, targets=targets, actor=actor, reload=reload
+    )
+
+
+def _report(report: Any, summary: str, as_json: bool) -> None:
+    """Print the change and what each replica did; exit 69 when one failed (the change itself stays recorded)."""
+    from appliance.errors import BackendUnavailable
+
+    if as_json:
+        _print_json({"summary": summary, **(report.as_dict() if report is not None else {"replicas": None})})
+    else:
+        console.print(summary)
+        if report is not None and report.replicas:
+            table = Table("replica", "kind", "outcome", "reason")
+            colour = {"loaded": "green", "restarting": "yellow", "failed": "red"}
+            for r in report.replicas:
+                table.add_row(r.replica, r.kind, f"[{colour[r.outcome]}]{r.outcome}[/]", r.reason or "")
+            console.print(table)
+        elif report is not None and report.reloaded:
+            console.print(f"no replica of {', '.join(report.targets)} is configured (serving.replicas)")
+    if report is not None and report.failed:
+        err = ", ".join(r.replica for r in report.failed)
+        err_console.print(f"REPLICA_RELOAD_FAILED: not loaded on {err}; the gateway does not route it there")
+        raise typer.Exit(BackendUnavailable.exit_code)
+
+
 @app.command("publish")
 def publish_cmd(
     ctx: typer.Context,
@@ -157,12 +216,19 @@ def publish_cmd(
     version: int,
     target: str | None = typer.Option(None, "--target", help="tgi, vllm or embedded (default: serving.backend)."),
     actor: str | None = typer.Option(None, "--actor", help=_ACTOR_HELP),
+    no_reload: bool = typer.Option(False, "--no-reload", help=_NO_RELOAD_HELP),
+    as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
 ) -> None:
-    """Decrypt an approved adapter for a backend and add it to that backend's adapter list (atomically)."""
+    """Decrypt an approved adapter for a backend, add it to that backend's adapter list (atomically, signed) and
+    have every replica of that backend load it (exit 69 when one did not)."""
     settings = settings_of(ctx)
-    with _registry(ctx) as reg:
-        published = reg.publish(name, version, target or settings.serving.backend, _actor(actor))
-    console.print(f"published {published.served_id} to {', '.join(published.targets)} ({published.fingerprint})")
+    who = _actor(actor)
+    with _registry(ctx, logs_to_stderr=as_json) as reg:
+        published = reg.publish(name, version, target or settings.serving.backend, who)
+        targets = [target or settings.serving.backend]
+        report = _reach(ctx, reg, "publish", name, version, targets, who, not no_reload)
+    summary = f"published {published.served_id} to {', '.join(published.targets)} ({published.fingerprint})"
+    _report(report, summary, as_json)
 
 
 @app.command("unpublish")
@@ -172,11 +238,18 @@ def unpublish_cmd(
     version: int,
     target: str | None = typer.Option(None, "--target", help="One target (default: every target)."),
     actor: str | None = typer.Option(None, "--actor", help=_ACTOR_HELP),
+    no_reload: bool = typer.Option(False, "--no-reload", help=_NO_RELOAD_HELP),
+    as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
 ) -> None:
-    """Remove an adapter from a backend's list (every backend's by default) and delete its decrypted copy."""
-    with _registry(ctx) as reg:
-        info = reg.unpublish(name, version, _actor(actor), target=target)
-    console.print(f"unpublished {name} v{version}; status {info.status}")
+    """Remove an adapter from a backend's list (every backend's by default), delete its decrypted copy and have
+    every replica of those backends unload it (exit 69 when one did not)."""
+    who = _actor(actor)
+    with _registry(ctx, logs_to_stderr=as_json) as reg:
+        before = set(reg.show(name, version).targets)
+        info = reg.unpublish(name, version, who, target=target)
+        touched = sorted(before - set(info.targets))
+        report = _reach(ctx, reg, "unpublish", name, version, touched, who, not no_reload)
+    _report(report, f"unpublished {name} v{version}; status {info.status}", as_json)
 
 
 @app.command("rollback")
@@ -202,11 +275,17 @@ def retire_cmd(
     version: int,
     reason: str | None = typer.Option(None, "--reason", help="Why (kept in the registry)."),
     actor: str | None = typer.Option(None, "--actor", help=_ACTOR_HELP),
+    no_reload: bool = typer.Option(False, "--no-reload", help=_NO_RELOAD_HELP),
+    as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
 ) -> None:
-    """Retire an adapter for good (unpublished everywhere; never approved or published again)."""
-    with _registry(ctx) as reg:
-        reg.retire(name, version, _actor(actor), reason=reason)
-    console.print(f"retired {name} v{version}")
+    """Retire an adapter for good (unpublished everywhere; never approved or published again); replicas that
+    served it unload it (exit 69 when one did not)."""
+    who = _actor(actor)
+    with _registry(ctx, logs_to_stderr=as_json) as reg:
+        before = sorted(reg.show(name, version).targets)
+        reg.retire(name, version, who, reason=reason)
+        report = _reach(ctx, reg, "retire", name, version, before, who, not no_reload)
+    _report(report, f"retired {name} v{version}", as_json)
 
 
 @app.command("verify")

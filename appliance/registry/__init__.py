@@ -16,6 +16,7 @@ from appliance.protocols import AuditLog, KeyService
 from appliance.registry._db import Database
 from appliance.registry._lineage import subject_digest
 from appliance.registry._publish import TARGETS
+from appliance.registry._reach import PublicationReport, reach_replicas
 from appliance.registry._service import REQUIRED_APPROVALS, Registry
 from appliance.registry._types import (
     Actor,
@@ -37,12 +38,14 @@ __all__ = [
     "ErasurePlan",
     "EvalSetInfo",
     "LineageReport",
+    "PublicationReport",
     "PublishedAdapter",
     "Registry",
     "RollbackResult",
     "SeriesPoint",
     "VerifyResult",
     "open_registry",
+    "reach_replicas",
     "subject_digest",
 ]
 

@@ -40,7 +40,7 @@ from appliance.errors import (
 from appliance.protocols import Generation, GenerationParams, TokenEvent
 from appliance.serving._routing import current_routing
 
-__all__ = ["Replica", "ReplicaSet", "ReplicaStatus"]
+__all__ = ["Replica", "ReplicaSet", "ReplicaStatus", "replica_name"]
 
 log = structlog.get_logger(__name__)
 
@@ -238,7 +238,7 @@ class ReplicaSet:
             try:
                 gen = await current.client.generate(adapter, prompt, params)
             except BackendError as exc:
-                again = self._failed(current, exc, adapter, fingerprint, attempt)
+                again = await self._failed(current, exc, adapter, fingerprint, attempt)
                 if again is None:
                     raise
                 replica = again
@@ -274,7 +274,7 @@ class ReplicaSet:
                     if _takes_out(exc):
                         self._take_out(current, type(exc).__name__)
                     raise
-                again = self._failed(current, exc, adapter, fingerprint, attempt)
+                again = await self._failed(current, exc, adapter, fingerprint, attempt)
                 if again is None:
                     raise
                 replica = again
@@ -295,9 +295,12 @@ class ReplicaSet:
         return any(r.healthy for r in self.replicas)
 
     async def adapters(self) -> set[str]:
-        """Every adapter some replica holds (healthy or not: a request for one whose holders are down is a 503)."""
+        """Every adapter some replica holds (healthy or not: a request for one whose holders are down is a 503).
+
+        Re-read when older than half a second (as before refusing a request): the gateway asks only when an
+        adapter is not in its cached set, and a publication that just reached the replicas must count at once."""
         self._start_maintainer()
-        if self._clock() - self._oldest_holdings() > self.refresh_s:
+        if self._clock() - self._oldest_holdings() > min(self.refresh_s, 0.5):
             await self._refresh_all()
         if not any(r.known for r in self.replicas):
             raise BackendUnavailable("no replica answers (what they hold is unknown)")
@@ -324,16 +327,22 @@ class ReplicaSet:
     def _count_error(self, replica: Replica, exc: BackendError) -> None:
         self.metrics.errors.labels(replica.name, exc.code).inc()
 
-    def _failed(
+    async def _failed(
         self, replica: Replica, exc: BackendError, adapter: str | None, fingerprint: str | None, attempt: int
     ) -> Replica | None:
-        """Count the failure, take the replica out if it stopped answering; the replica to try next, if any."""
+        """Count the failure, take the replica out if it stopped answering; the replica to try next, if any.
+
+        When no other replica is known to hold the adapter, what they hold is read again first: a publication
+        that reached them since the last read (``registry publish`` reloads every replica) counts."""
         self._count_error(replica, exc)
         if _takes_out(exc):
             self._take_out(replica, type(exc).__name__)
         if attempt > 0 or not _failover_worthy(exc):
             return None
         again = self.choose(adapter, fingerprint, exclude=(replica,))
+        if again is None and len(self.replicas) > 1:
+            await self._refresh_all()
+            again = self.choose(adapter, fingerprint, exclude=(replica,))
         if again is not None:
             self.metrics.failovers.inc()
             log.warning("replica.failover", replica=replica.name, to=again.name, error=exc.code)
