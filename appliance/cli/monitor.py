@@ -59,23 +59,28 @@ def run_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Score every production adapter through serving, store the series, act on degradation (exit 1 on alerts)."""
+    import structlog
+
+    from appliance.cli.registry import _Stderr
+
     settings = settings_of(ctx)
-    if as_json:  # stdout carries the report alone; log lines go to stderr
-        import sys
-
-        import structlog
-
-        structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
-    while True:
-        policy = _policy(settings)  # re-read every pass: an edited policy applies at the next one
-        report = asyncio.run(_run(settings, policy, adapter))
+    saved = structlog.get_config()
+    if as_json:  # stdout carries the report alone; log lines go to stderr while the command runs
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(_Stderr()))  # type: ignore[arg-type]
+    try:
+        while True:
+            policy = _policy(settings)  # re-read every pass: an edited policy applies at the next one
+            report = asyncio.run(_run(settings, policy, adapter))
+            if as_json:
+                typer.echo(json.dumps(report.to_dict(), sort_keys=True, default=str))
+            else:
+                _print_report(report)
+            if once:
+                raise typer.Exit(0 if report.ok else 1)
+            time.sleep(policy.schedule.interval_minutes * 60)
+    finally:
         if as_json:
-            typer.echo(json.dumps(report.to_dict(), sort_keys=True, default=str))
-        else:
-            _print_report(report)
-        if once:
-            raise typer.Exit(0 if report.ok else 1)
-        time.sleep(policy.schedule.interval_minutes * 60)
+            structlog.configure(**saved)
 
 
 @app.command("add-reference")

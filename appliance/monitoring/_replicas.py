@@ -16,9 +16,7 @@ from typing import Any
 
 import structlog
 
-from appliance.config import Settings
-
-__all__ = ["Alert", "FingerprintCheck", "check_fingerprints", "reload_replicas"]
+__all__ = ["Alert", "FingerprintCheck", "check_fingerprints"]
 
 log = structlog.get_logger("appliance.monitoring")
 
@@ -103,38 +101,3 @@ async def check_fingerprints(backend: Any, published: Iterable[Any]) -> tuple[li
             else:
                 checks.append(FingerprintCheck(p.name, p.version, replica.name, True))
     return checks, alerts
-
-
-async def reload_replicas(settings: Settings, targets: Iterable[str]) -> list[Alert]:
-    """Ask every embedded replica of ``targets`` to re-read the published list (``POST /admin/reload``, the
-    admin token from settings). TGI reads its list only at start and vLLM loads adapters through its own API:
-    for those the fingerprint check that follows says whether the version is loaded."""
-    import aiohttp
-
-    wanted = set(targets)
-    cfg = settings.serving
-    token = cfg.admin_token.get_secret_value() if cfg.admin_token is not None else None
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    alerts: list[Alert] = []
-    timeout = aiohttp.ClientTimeout(total=cfg.timeout_s, connect=cfg.connect_timeout_s)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        for replica in cfg.replica_list():
-            kind = replica.kind or cfg.backend
-            if kind != "embedded" or kind not in wanted:
-                continue
-            name = replica.name or replica.url
-            try:
-                async with session.post(replica.url.rstrip("/") + "/admin/reload", headers=headers) as response:
-                    if response.status != 200:
-                        alerts.append(
-                            Alert(
-                                "reload_failed", f"replica {name} refused the reload ({response.status})", replica=name
-                            )
-                        )
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                alerts.append(
-                    Alert(
-                        "reload_failed", f"replica {name} unreachable for reload ({type(exc).__name__})", replica=name
-                    )
-                )
-    return alerts

@@ -31,7 +31,7 @@ from appliance.errors import ApplianceError, BackendError, NotFound
 from appliance.monitoring._judge import EVAL_SPLIT_REF, Comparison, failing_streak, judge
 from appliance.monitoring._metrics import MonitorGauges, metrics_path
 from appliance.monitoring._policy import MonitoringPolicy
-from appliance.monitoring._replicas import Alert, FingerprintCheck, check_fingerprints, reload_replicas
+from appliance.monitoring._replicas import Alert, FingerprintCheck, check_fingerprints
 from appliance.registry import Actor, PublishedAdapter, Registry, RollbackResult, SeriesPoint
 
 __all__ = ["MONITOR_ACTOR", "AdapterCheck", "CheckContext", "Monitor", "RunReport"]
@@ -318,8 +318,30 @@ class Monitor:
             await self._ensure_loaded(result, report)
 
     async def _ensure_loaded(self, result: RollbackResult, report: RunReport) -> None:
-        """The version rolled back to is loaded with its fingerprint on every replica of its targets."""
-        report.alerts += await reload_replicas(self.settings, result.targets)
+        """The version rolled back to is loaded with its fingerprint on every replica of its targets (the registry's
+        ``reach_replicas``, as after a publish: list copies, reloads, the ``registry.reload`` event), then checked."""
+        from appliance.registry import reach_replicas
+
+        reached = await self._sync(
+            reach_replicas,
+            self.registry,
+            self.settings,
+            change="rollback",
+            name=result.name,
+            version=result.to_version,
+            targets=list(result.targets),
+            actor=self.actor,
+        )
+        for r in reached.failed:
+            report.alerts.append(
+                Alert(
+                    "reload_failed",
+                    f"replica {r.replica} did not load the rollback",
+                    result.name,
+                    result.to_version,
+                    r.replica,
+                )
+            )
         published = await self._sync(self.registry.published)
         wanted = [p for p in published if p.name == result.name and p.version == result.to_version]
         deadline = time.monotonic() + 30

@@ -193,7 +193,9 @@ def test_registry_rollback_by_hand(
     finally:
         registry.close()
     cli = Cli(capsys, monkeypatch)
-    code, out, err = cli("registry", "rollback", "triage", "--reason", "worse on ward 2027", "--actor", "olga")
+    code, out, err = cli(
+        "registry", "rollback", "triage", "--reason", "worse on ward 2027", "--actor", "olga", "--no-reload"
+    )
     assert code == 0, err
     assert "v2 -> v1" in out
     code, out, err = cli("registry", "rollback", "triage", "--actor", "olga")
