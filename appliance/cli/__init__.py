@@ -22,6 +22,7 @@ from appliance.cli import (
     keyservice,
     ledger,
     models,
+    monitor,
     registry,
     serve,
     train,
@@ -52,6 +53,7 @@ app.command("train", help="Train a DP-LoRA adapter on a prepared dataset.")(trai
 app.command("eval", help="Evaluate a base model and an adapter on a prepared split.")(evaluate.evaluate)
 app.add_typer(ledger.app, name="ledger", help="The privacy-budget ledger.")
 app.add_typer(registry.app, name="registry", help="The adapter registry: add, approve, publish, retire.")
+app.add_typer(monitor.app, name="monitor", help="Continuous evaluation of production adapters; rollback.")
 app.add_typer(registry.erasure_app, name="erasure", help="GDPR erasure planning.")
 app.command("serve", help="Run the embedded TGI-protocol inference engine.")(serve.serve)
 app.command("serve-launch", help="Start TGI or vLLM with the registry's signed adapter list, checked first.")(

@@ -252,6 +252,28 @@ def unpublish_cmd(
     _report(report, f"unpublished {name} v{version}; status {info.status}", as_json)
 
 
+@app.command("rollback")
+def rollback_cmd(
+    ctx: typer.Context,
+    name: str,
+    reason: str | None = typer.Option(None, "--reason", help="Why (recorded with the degraded mark)."),
+    actor: str | None = typer.Option(None, "--actor", help=_ACTOR_HELP),
+    no_reload: bool = typer.Option(False, "--no-reload", help=_NO_RELOAD_HELP),
+    as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
+) -> None:
+    """Serve the previous two-person-approved version again (the current one is unpublished and marked degraded)
+    and have every replica of its targets load the change (exit 69 when one did not)."""
+    who = _actor(actor)
+    with _registry(ctx, logs_to_stderr=as_json) as reg:
+        result = reg.rollback(name, who, reason=reason)
+        report = _reach(ctx, reg, "rollback", name, result.to_version, list(result.targets), who, not no_reload)
+    summary = (
+        f"rolled back {name}: v{result.from_version} -> v{result.to_version} on {', '.join(result.targets)} "
+        f"({result.to_fingerprint})"
+    )
+    _report(report, summary, as_json)
+
+
 @app.command("retire")
 def retire_cmd(
     ctx: typer.Context,

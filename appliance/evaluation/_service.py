@@ -30,7 +30,7 @@ from appliance.evaluation._metrics import RESAMPLES, SEED, Estimate, bootstrap, 
 from appliance.evaluation._score import greedy_answers, record_losses
 from appliance.training.data import Record, read_prepared
 
-__all__ = ["EvalOptions", "ModelScores", "evaluate_dirs", "evaluate_pair", "report", "score_model"]
+__all__ = ["EvalOptions", "ModelScores", "evaluate_dirs", "evaluate_pair", "model_figures", "report", "score_model"]
 
 _DIGITS = 6  # stored figures are rounded, so that the report reads the same everywhere it is kept
 
@@ -107,9 +107,21 @@ def _model_figures(scores: ModelScores, options: EvalOptions) -> dict[str, Any]:
         "loss_ci": _interval(loss),
         "perplexity": _r(_exp(loss.mean)),
         "perplexity_ci": _interval(loss, _exp),
-        "exact_match": None,
-        "exact_match_ci": None,
     }
+    return figures | _match_figures(scores, options)
+
+
+def model_figures(scores: ModelScores, options: EvalOptions) -> dict[str, Any]:
+    """One model's figures (the report's ``base``/``adapter`` object); loss fields None when no record has one
+    (a backend that gives no prefill log-probabilities)."""
+    if any(math.isfinite(x) for x in scores.losses):
+        return _model_figures(scores, options)
+    empty = {"loss": None, "loss_ci": None, "perplexity": None, "perplexity_ci": None}
+    return empty | _match_figures(scores, options)
+
+
+def _match_figures(scores: ModelScores, options: EvalOptions) -> dict[str, Any]:
+    figures: dict[str, Any] = {"exact_match": None, "exact_match_ci": None}
     matches = [m for m in scores.matches if m is not None]
     if matches:
         em = bootstrap(matches, resamples=options.resamples, seed=options.seed)

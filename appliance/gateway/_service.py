@@ -183,6 +183,9 @@ class Gateway:
         replica_metrics = getattr(backend, "metrics", None)
         if replica_metrics is not None and hasattr(replica_metrics, "collect"):  # a ReplicaSet: per-replica series
             self.metrics.registry.register(replica_metrics)
+        from appliance.monitoring import TextfileCollector, metrics_path  # the monitor's appliance_adapter_eval_*
+
+        self.metrics.registry.register(TextfileCollector(metrics_path(settings.data_dir)))
         self.replica_status: ReplicaStatus | None = None  # the last readiness check over replicas (/readyz)
         self._salts: dict[str, str] = {}  # subject -> vLLM prefix-cache salt (see _cache_salt())
         self._served: set[str] = set()

@@ -33,6 +33,8 @@ __all__ = [
     "BaseModel",
     "Dataset",
     "DatasetSubject",
+    "EvalSet",
+    "MonitorResult",
     "Person",
     "PersonRole",
     "Publication",
@@ -154,6 +156,9 @@ class Adapter(Base):
     registered_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     retired_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # set when the monitor found it degraded (revision 0004): never chosen by a rollback or published again by one
+    degraded_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    degraded_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     run: Mapped[TrainingRun] = relationship()
     approvals: Mapped[list[Approval]] = relationship(back_populates="adapter", order_by="Approval.id")
@@ -227,3 +232,53 @@ class PersonRole(Base):
     granted_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     person: Mapped[Person] = relationship(back_populates="roles")
+
+
+class EvalSet(Base):
+    """A labelled record set the monitor scores adapters on, encrypted at rest like an adapter (revision 0004).
+
+    ``kind`` ``eval_split``: the run's eval split, kept at registration, bound to the adapter's weights fingerprint
+    and carrying the approval-time figures; ``reference``: a newer labelled set the hospital registered, bound to
+    its prepared dataset's fingerprint.
+    """
+
+    __tablename__ = "eval_sets"
+    __table_args__ = (UniqueConstraint("kind", "name", name="uq_eval_sets_kind_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(80))  # the reference's name, or the adapter's served id
+    adapter_id: Mapped[int | None] = mapped_column(ForeignKey("adapters.id"), nullable=True)
+    binding: Mapped[str] = mapped_column(String(64))  # fingerprint the ciphertext is bound to (AAD)
+    dataset_fingerprint: Mapped[str] = mapped_column(String(64))
+    records: Mapped[int] = mapped_column(Integer)
+    artifact_dir: Mapped[str] = mapped_column(Text)  # relative to <data_dir>/evalsets
+    key_purpose: Mapped[str] = mapped_column(String(63))
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))  # of the plaintext JSONL
+    size: Mapped[int] = mapped_column(Integer)
+    # eval split: the run's evaluation report (approval-time figures, appliance.evaluation's format)
+    approval: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    registered_by: Mapped[str] = mapped_column(String(128))
+    registered_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MonitorResult(Base):
+    """One point of the monitor's time series: an adapter version scored on one record set through serving."""
+
+    __tablename__ = "monitor_results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(40), index=True)  # one `appliance monitor run` pass
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id"), index=True)
+    name: Mapped[str] = mapped_column(String(63))
+    version: Mapped[int] = mapped_column(Integer)
+    fingerprint: Mapped[str] = mapped_column(String(64))  # the published weights fingerprint scored
+    reference: Mapped[str] = mapped_column(String(80))  # "eval-split" or a reference set's name
+    measured_at: Mapped[datetime] = mapped_column(default=utcnow)
+    n: Mapped[int] = mapped_column(Integer)  # records sent
+    mismatched: Mapped[int] = mapped_column(Integer)  # records the backend received differently
+    loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    exact_match: Mapped[float | None] = mapped_column(Float, nullable=True)
+    outcome: Mapped[str] = mapped_column(String(16))  # pass | fail | not_comparable | error
+    figures: Mapped[dict[str, Any]] = mapped_column(JSON)  # figures, per-record scores, reasons (numbers only)

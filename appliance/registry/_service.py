@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import json
 import re
 import shutil
 from collections.abc import Iterator, Mapping
@@ -39,6 +40,7 @@ from appliance.errors import (
 from appliance.protocols import AuditLog, KeyService
 from appliance.registry._artifacts import PROBE_FILE, ArtifactStore
 from appliance.registry._db import Database, exclusive_file_lock
+from appliance.registry._evalsets import EVAL_SPLIT, REFERENCE, EvalSetStore, dataset_records
 from appliance.registry._ledger import ClaimedRun, check_against_ledger
 from appliance.registry._lineage import describe, subject_digest
 from appliance.registry._models import (
@@ -47,6 +49,8 @@ from appliance.registry._models import (
     BaseModel,
     Dataset,
     DatasetSubject,
+    EvalSet,
+    MonitorResult,
     Person,
     PersonRole,
     Publication,
@@ -64,8 +68,11 @@ from appliance.registry._types import (
     ApprovalInfo,
     ErasureItem,
     ErasurePlan,
+    EvalSetInfo,
     LineageReport,
     PublishedAdapter,
+    RollbackResult,
+    SeriesPoint,
     VerifyResult,
 )
 from appliance.serving import PUBLICATION_KEY, read_signed_list
@@ -100,6 +107,7 @@ class Registry:
         self.keys = keys
         self.audit = audit
         self.artifacts = ArtifactStore(artifacts_dir, keys)
+        self.evalsets = EvalSetStore(artifacts_dir, keys)
         self.publisher = Publisher(serving_dir, sign=lambda data: keys.sign(PUBLICATION_KEY, data))
         self.policies_dir = Path(policies_dir)
         self.ledger_path = Path(ledger_path)
@@ -115,6 +123,7 @@ class Registry:
         if self.verify_base_model:
             self._check_base_model(Path(meta.base_model.path), meta.base_model.sha256)
         sealed = None
+        kept: str | None = None
         try:
             with self.db.session("registering an adapter") as s:
                 dup = s.scalar(select(Adapter).where(Adapter.weights_fingerprint == run.weights_fingerprint))
@@ -186,6 +195,7 @@ class Registry:
                 )
                 s.add(adapter)
                 s.flush()
+                kept = self._keep_eval_split(s, adapter, Path(run.dataset.path), run.dataset.fingerprint, actor)
                 self._record(
                     "registry.add",
                     "add",
@@ -197,6 +207,8 @@ class Registry:
         except BaseException:
             if sealed is not None:
                 self.artifacts.remove(sealed.rel_dir)
+            if kept is not None:
+                self.evalsets.remove(kept)
             raise
         log.info("registry.added", adapter=name, version=version, fingerprint=run.weights_fingerprint[:16])
         return info
@@ -722,6 +734,343 @@ class Registry:
             )
         return ErasurePlan(items=items)
 
+    # --- monitoring: kept record sets, the time series, degradation, rollback --------------------------------
+    def _keep_eval_split(
+        self, s: Session, adapter: Adapter, dataset_path: Path, dataset_fingerprint: str, actor: Actor
+    ) -> str:
+        """Seal the run's eval split, bound to the adapter's weights fingerprint, with the approval-time figures."""
+        data, count = dataset_records(dataset_path, dataset_fingerprint, ("eval",))
+        sealed = self.evalsets.seal(EVAL_SPLIT, adapter.served_id, adapter.weights_fingerprint, data)
+        s.add(
+            EvalSet(
+                kind=EVAL_SPLIT,
+                name=adapter.served_id,
+                adapter_id=adapter.id,
+                binding=adapter.weights_fingerprint,
+                dataset_fingerprint=dataset_fingerprint,
+                records=count,
+                artifact_dir=sealed.rel_dir,
+                key_purpose=sealed.purpose,
+                wrapped_key=sealed.wrapped_key,
+                sha256=sealed.sha256,
+                size=sealed.size,
+                approval=adapter.run.evaluation,
+                registered_by=actor.subject,
+            )
+        )
+        return sealed.rel_dir
+
+    @staticmethod
+    def _set_info(row: EvalSet) -> EvalSetInfo:
+        return EvalSetInfo(
+            kind=row.kind,
+            name=row.name,
+            records=row.records,
+            dataset_fingerprint=row.dataset_fingerprint,
+            registered_by=row.registered_by,
+            registered_at=_aware(row.registered_at),
+            approval=dict(row.approval) if row.approval is not None else None,
+        )
+
+    def eval_split(self, name: str, version: int) -> tuple[EvalSetInfo, bytes]:
+        """The adapter's kept eval split (JSONL of instruction/response) and its approval-time figures.
+
+        Decrypted under AAD bound to the adapter's weights fingerprint; NotFound for an adapter registered before
+        revision 0004 (nothing was kept)."""
+        with self.db.session("reading an eval split") as s:
+            adapter = self._get(s, name, version)
+            row = s.scalar(select(EvalSet).where(EvalSet.kind == EVAL_SPLIT, EvalSet.adapter_id == adapter.id))
+            if row is None:
+                raise NotFound(f"adapter {name} v{version} has no kept eval split (registered before revision 0004)")
+            return self._set_info(row), self.evalsets.open(EVAL_SPLIT, row.name, adapter.weights_fingerprint, row)
+
+    def add_reference(self, name: str, dataset_dir: Path, actor: Actor) -> EvalSetInfo:
+        """Keep a newer labelled reference set (a prepared dataset, both splits) encrypted for the monitor.
+
+        Refused: a name already used (Conflict), a dataset that changed since it was prepared
+        (IntegrityViolation), and a dataset an adapter was trained on (PolicyViolation: it is no reference)."""
+        check_name(name)
+        dataset_dir = Path(dataset_dir)
+        from appliance.registry._rundir import read_dataset
+
+        try:
+            manifest = json.loads((dataset_dir / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ValidationFailed(f"{dataset_dir} is not a prepared dataset (manifest.json unreadable)") from exc
+        fingerprint = manifest.get("fingerprint") if isinstance(manifest, dict) else None
+        if not isinstance(fingerprint, str):
+            raise ValidationFailed(f"{dataset_dir / 'manifest.json'}: field 'fingerprint' is missing")
+        read_dataset(dataset_dir, fingerprint)  # the manifest itself is well formed
+        data, count = dataset_records(dataset_dir, fingerprint, ("train", "eval"))
+        if count == 0:
+            raise ValidationFailed(f"reference set {dataset_dir} has no records")
+        sealed_dir: str | None = None
+        try:
+            with self.db.session("adding a reference set") as s:
+                if s.scalar(select(EvalSet).where(EvalSet.kind == REFERENCE, EvalSet.name == name)) is not None:
+                    raise Conflict(f"a reference set named {name!r} already exists")
+                if s.scalar(select(Dataset).where(Dataset.fingerprint == fingerprint)) is not None:
+                    refused = PolicyViolation(
+                        f"rule monitoring.independent_reference: dataset {fingerprint[:16]}... trained a registered "
+                        "adapter; a reference set must be data no adapter saw"
+                    )
+                    self._denied("registry.reference_add", "reference_add", actor, None, refused, {"reference": name})
+                    raise refused
+                sealed = self.evalsets.seal(REFERENCE, name, fingerprint, data)
+                sealed_dir = sealed.rel_dir
+                row = EvalSet(
+                    kind=REFERENCE,
+                    name=name,
+                    adapter_id=None,
+                    binding=fingerprint,
+                    dataset_fingerprint=fingerprint,
+                    records=count,
+                    artifact_dir=sealed.rel_dir,
+                    key_purpose=sealed.purpose,
+                    wrapped_key=sealed.wrapped_key,
+                    sha256=sealed.sha256,
+                    size=sealed.size,
+                    approval=None,
+                    registered_by=actor.subject,
+                )
+                s.add(row)
+                s.flush()
+                self._record(
+                    "registry.reference_add",
+                    "reference_add",
+                    actor,
+                    None,
+                    details={"reference": name, "records": count, "dataset": fingerprint[:16]},
+                )
+                return self._set_info(row)
+        except BaseException:
+            if sealed_dir is not None:
+                self.evalsets.remove(sealed_dir)
+            raise
+
+    def references(self) -> list[EvalSetInfo]:
+        """Every reference set, oldest first (never their records)."""
+        with self.db.session("listing reference sets") as s:
+            query = select(EvalSet).where(EvalSet.kind == REFERENCE).order_by(EvalSet.registered_at, EvalSet.id)
+            return [self._set_info(r) for r in s.scalars(query)]
+
+    def reference_records(self, name: str) -> bytes:
+        """A reference set's records (JSONL), decrypted and checked."""
+        with self.db.session("reading a reference set") as s:
+            row = s.scalar(select(EvalSet).where(EvalSet.kind == REFERENCE, EvalSet.name == name))
+            if row is None:
+                raise NotFound(f"no reference set named {name!r}")
+            return self.evalsets.open(REFERENCE, name, row.dataset_fingerprint, row)
+
+    def record_series(self, points: list[SeriesPoint], actor: Actor) -> None:
+        """Store one monitor pass's points; one ``monitor.evaluate`` audit event per adapter version, recorded
+        before the rows commit."""
+        groups: dict[tuple[str, int], list[SeriesPoint]] = {}
+        for point in points:
+            groups.setdefault((point.name, point.version), []).append(point)
+        with self.db.session("recording monitor results") as s:
+            for (name, version), group in groups.items():
+                adapter = self._get(s, name, version)
+                for p in group:
+                    s.add(
+                        MonitorResult(
+                            run_id=p.run_id,
+                            adapter_id=adapter.id,
+                            name=name,
+                            version=version,
+                            fingerprint=p.fingerprint,
+                            reference=p.reference,
+                            measured_at=p.measured_at or utcnow(),
+                            n=p.n,
+                            mismatched=p.mismatched,
+                            loss=p.loss,
+                            exact_match=p.exact_match,
+                            outcome=p.outcome,
+                            figures=p.figures,
+                        )
+                    )
+                s.flush()
+                outcomes = [p.outcome for p in group]
+                details: dict[str, Any] = {
+                    "run_id": group[0].run_id,
+                    "sets": len(group),
+                    **{o: outcomes.count(o) for o in ("pass", "fail", "not_comparable", "error")},
+                }
+                for p in group:
+                    if p.reference == "eval-split":
+                        details |= {"eval_split_loss": p.loss, "eval_split_exact_match": p.exact_match}
+                self._record("monitor.evaluate", "evaluate", actor, adapter, details=details)
+
+    def series(
+        self, name: str | None = None, version: int | None = None, reference: str | None = None, limit: int = 200
+    ) -> list[SeriesPoint]:
+        """The monitor's time series, newest first."""
+        with self.db.session("reading monitor results") as s:
+            query = select(MonitorResult).order_by(MonitorResult.measured_at.desc(), MonitorResult.id.desc())
+            if name is not None:
+                query = query.where(MonitorResult.name == name)
+            if version is not None:
+                query = query.where(MonitorResult.version == version)
+            if reference is not None:
+                query = query.where(MonitorResult.reference == reference)
+            return [
+                SeriesPoint(
+                    run_id=r.run_id,
+                    name=r.name,
+                    version=r.version,
+                    fingerprint=r.fingerprint,
+                    reference=r.reference,
+                    n=r.n,
+                    mismatched=r.mismatched,
+                    loss=r.loss,
+                    exact_match=r.exact_match,
+                    outcome=r.outcome,
+                    figures=dict(r.figures),
+                    measured_at=_aware(r.measured_at),
+                )
+                for r in s.scalars(query.limit(limit))
+            ]
+
+    def mark_degraded(
+        self, name: str, version: int, actor: Actor, reason: str, details: Mapping[str, Any] | None = None
+    ) -> AdapterInfo:
+        """Record that the monitor found ``name`` v``version`` degraded (``adapter.degraded``); a rollback never
+        chooses it again. Its publication is left to :meth:`rollback`."""
+        with self.db.session("marking an adapter degraded") as s:
+            adapter = self._get(s, name, version, lock=True)
+            adapter.degraded_at = adapter.degraded_at or utcnow()
+            adapter.degraded_reason = reason[:2000]
+            adapter.updated_at = utcnow()
+            s.flush()
+            self._record("adapter.degraded", "degraded", actor, adapter, details=dict(details or {}))
+            return self._info(adapter)
+
+    def _fallback(self, s: Session, name: str, below: int, limits: ApprovalLimits) -> tuple[Adapter | None, list[str]]:
+        """The newest version of ``name`` older than ``below`` a rollback may serve: approved or in production,
+        not degraded, two current approvers, and still within the approval policy and its ledger row; with why
+        each newer candidate was passed over."""
+        candidates = s.scalars(
+            select(Adapter)
+            .options(*self._eager())
+            .where(
+                Adapter.name == name,
+                Adapter.version < below,
+                Adapter.status.in_(("approved", "production")),
+                Adapter.degraded_at.is_(None),
+            )
+            .order_by(Adapter.version.desc())
+        )
+        skipped: list[str] = []
+        for candidate in candidates:
+            try:
+                if len(self._current_approvers(s, candidate)) < REQUIRED_APPROVALS:
+                    raise PolicyViolation("lacks two approvals by current approvers")
+                self._check_limits(candidate, limits)
+                self._check_ledger(candidate)
+            except (PolicyViolation, IntegrityViolation) as exc:
+                skipped.append(f"v{candidate.version}: {exc.message}")
+                continue
+            return candidate, skipped
+        return None, skipped
+
+    def previous_approved(self, name: str, version: int) -> int | None:
+        """The version a rollback from ``name`` v``version`` would serve (None: there is none)."""
+        limits = self.approval_limits()
+        with self.db.session("finding the previous approved version") as s:
+            previous, _ = self._fallback(s, name, version, limits)
+            return previous.version if previous is not None else None
+
+    def rollback(
+        self, name: str, actor: Actor, *, reason: str | None = None, details: Mapping[str, Any] | None = None
+    ) -> RollbackResult:
+        """Serve the previous two-person-approved version of ``name`` again (never a newer one).
+
+        The version ``production`` resolves to now (and any published version newer than the one rolled back to)
+        is unpublished and marked degraded, so no rollback chooses it again; the newest earlier version that is
+        not degraded, has two current approvers and still meets the approval policy and its ledger row is
+        published to every target the unpublished ones were on. Refused (Conflict, audited as denied, nothing
+        changed) when no such version exists."""
+        limits = self.approval_limits()
+        with self._serving_change(*TARGETS) as s:
+            current = s.scalar(
+                select(Adapter)
+                .options(*self._eager())
+                .where(Adapter.name == name, Adapter.status == "production")
+                .order_by(Adapter.version.desc())
+                .limit(1)
+                .with_for_update()
+            )
+            if current is None:
+                raise Conflict(f"no version of adapter {name!r} is published; there is nothing to roll back")
+            previous, skipped = self._fallback(s, name, current.version, limits)
+            if previous is None:
+                why = f" ({'; '.join(skipped)})" if skipped else ""
+                refusal = Conflict(
+                    f"no earlier version of adapter {name} is approved by two current approvers and not degraded; "
+                    f"v{current.version} keeps serving{why}"
+                )
+                self._denied(
+                    "registry.rollback", "rollback", actor, current, refusal, details={"from_version": current.version}
+                )
+                raise refusal
+            newer = list(
+                s.scalars(
+                    select(Adapter)
+                    .options(*self._eager())
+                    .where(Adapter.name == name, Adapter.status == "production", Adapter.version > previous.version)
+                    .with_for_update()
+                )
+            )
+            targets = sorted({p.target for a in newer for p in self._active(a)})
+            now = utcnow()
+            for adapter in newer:
+                self._end_publications(adapter, self._active(adapter), actor)
+                adapter.status = "approved"
+                if adapter.degraded_at is None:
+                    adapter.degraded_at = now
+                    adapter.degraded_reason = (reason or f"rolled back by {actor.subject}")[:2000]
+            for target in targets:
+                if any(p.target == target and p.unpublished_at is None for p in previous.publications):
+                    continue
+                out = self.publisher.adapter_dir(previous.served_id)
+                written = self.artifacts.decrypt_to(
+                    out, base_model_path=previous.run.base_model.path, **self._artifact(previous)
+                )
+                s.add(
+                    Publication(
+                        adapter=previous,
+                        target=target,
+                        served_id=previous.served_id,
+                        path=str(out),
+                        config_sha256=written["adapter_config.json"],
+                        published_by=actor.subject,
+                    )
+                )
+            previous.status = "production"
+            previous.updated_at = now
+            s.flush()
+            for target in targets:
+                self.publisher.write(target, self._entries(s, target))
+            self._record(
+                "registry.rollback",
+                "rollback",
+                actor,
+                current,
+                details={
+                    **dict(details or {}),
+                    "from_version": current.version,
+                    "to_version": previous.version,
+                    "to_fingerprint": previous.weights_fingerprint,
+                    "unpublished": len(newer),
+                    "targets": "|".join(targets) or None,
+                },
+            )
+            result = RollbackResult(
+                name, current.version, previous.version, previous.weights_fingerprint, tuple(targets)
+            )
+        log.info("registry.rolled_back", adapter=name, from_version=result.from_version, to_version=result.to_version)
+        return result
+
     # --- people (CLI identities) -----------------------------------------------------------------------------
     def grant(self, subject: str, role: str, actor: Actor, token: str | None = None) -> str | None:
         """Give ``subject`` a role, creating the person with a new personal token (returned once) if needed.
@@ -868,6 +1217,7 @@ class Registry:
             ],
             targets=sorted(p.target for p in self._active(adapter)),
             retired_reason=adapter.retired_reason,
+            degraded_reason=adapter.degraded_reason,
         )
 
     def _event(

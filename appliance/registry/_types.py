@@ -15,8 +15,11 @@ __all__ = [
     "ApprovalInfo",
     "ErasureItem",
     "ErasurePlan",
+    "EvalSetInfo",
     "LineageReport",
     "PublishedAdapter",
+    "RollbackResult",
+    "SeriesPoint",
     "VerifyResult",
 ]
 
@@ -95,6 +98,7 @@ class AdapterInfo:
     approvals: list[ApprovalInfo] = field(default_factory=list)
     targets: list[str] = field(default_factory=list)
     retired_reason: str | None = None
+    degraded_reason: str | None = None  # set by the monitor (revision 0004): never rolled back to
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view."""
@@ -158,3 +162,51 @@ class ErasurePlan:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view."""
         return {"items": [asdict(i) for i in self.items]}
+
+
+@dataclass(frozen=True)
+class EvalSetInfo:
+    """A kept record set (an adapter's eval split or a reference set): what it is, never its records."""
+
+    kind: str  # "eval_split" | "reference"
+    name: str  # the reference's name, or the adapter's served id
+    records: int
+    dataset_fingerprint: str
+    registered_by: str
+    registered_at: datetime
+    approval: dict[str, Any] | None = None  # eval split: the run's evaluation report (approval-time figures)
+
+
+@dataclass(frozen=True)
+class SeriesPoint:
+    """One point of the monitor's time series (figures only: never a record's text)."""
+
+    run_id: str
+    name: str
+    version: int
+    fingerprint: str
+    reference: str  # "eval-split" or a reference set's name
+    n: int
+    mismatched: int
+    loss: float | None
+    exact_match: float | None
+    outcome: str  # "pass" | "fail" | "not_comparable" | "error"
+    figures: dict[str, Any] = field(default_factory=dict)
+    measured_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view."""
+        data = asdict(self)
+        data["measured_at"] = self.measured_at.isoformat() if self.measured_at else None
+        return data
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    """A rollback: which version stopped serving and which serves again, on which targets."""
+
+    name: str
+    from_version: int
+    to_version: int
+    to_fingerprint: str
+    targets: tuple[str, ...]

@@ -19,6 +19,7 @@ from tests.ansible.conftest import Converged
 pytestmark = [pytest.mark.ansible, pytest.mark.slow]
 
 UNITS = ("appliance-gateway.service", "appliance-engine.service")
+TIMERS = ("appliance-monitor.timer",)  # started at boot; its service (monitor run --once) runs later
 # Where the role puts things (ansible/roles/appliance, molecule group_vars).
 VENV = "/opt/appliance/venv"
 BASE_MODEL = "/srv/appliance/models/base"
@@ -54,6 +55,7 @@ PROBE_SCRIPT = r"""
 import json, ssl, subprocess, sys, time, urllib.error, urllib.request
 
 UNITS = {units!r}
+TIMERS = {timers!r}
 REDIS_UNIT, REDIS_ADDR, REDIS_CA, REDIS_CLIENT = {redis_unit!r}, {redis_addr!r}, {redis_ca!r}, {redis_client!r}
 TARGETS = {{"gateway": {gateway_url!r}, "engine": {engine_url!r}, "ready": {ready_url!r}}}
 TLS = ssl.create_default_context(cafile={gateway_ca!r})  # verifies the certificate and 127.0.0.1 against it
@@ -119,7 +121,9 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
         continue
 props = "Id,ActiveState,SubState,NRestarts,ExecMainCode,ExecMainStatus,User,NoNewPrivileges,ProtectSystem,"
 props += "PrivateTmp,CapabilityBoundingSet,ReadWritePaths,UMask,LimitCORE,PrivateIPC,ExecStart"
-show = subprocess.run(["systemctl", "show", "-p", props, *UNITS, REDIS_UNIT], capture_output=True, text=True).stdout
+show = subprocess.run(
+    ["systemctl", "show", "-p", props, *UNITS, REDIS_UNIT, *TIMERS], capture_output=True, text=True
+).stdout
 units = {{}}
 for block in show.split("\n\n"):
     values = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
@@ -155,8 +159,8 @@ with open("/var/tmp/probe.json", "w") as out:
 
 
 def test_units_pass_systemd_analyze_verify(converged: Converged) -> None:
-    """systemd-analyze verify accepts both units in the converged root."""
-    paths = [f"/etc/systemd/system/{u}" for u in UNITS]
+    """systemd-analyze verify accepts both units, the monitor's service and its timer in the converged root."""
+    paths = [f"/etc/systemd/system/{u}" for u in (*UNITS, "appliance-monitor.service", *TIMERS)]
     result = subprocess.run(
         ["chroot", str(converged.root), "systemd-analyze", "verify", "--man=no", *paths],
         capture_output=True,
@@ -199,6 +203,7 @@ def _install_probe(root: Path) -> None:
     units = " ".join(UNITS)
     script = PROBE_SCRIPT.format(
         units=list(UNITS),
+        timers=list(TIMERS),
         gateway_url=GATEWAY_URL,
         engine_url=ENGINE_URL,
         gateway_ca=GATEWAY_CA,
@@ -277,6 +282,27 @@ def test_units_run_sandboxed_and_answer_in_nspawn(booted: dict[str, Any]) -> Non
         assert props["CapabilityBoundingSet"] == ""
         assert props["ReadWritePaths"].split() == ["/srv/appliance"]
     assert "Overall exposure level" in found["security"]
+
+
+def test_monitor_timer_started_and_its_service_sandboxed_in_nspawn(
+    booted: dict[str, Any], converged: Converged
+) -> None:
+    """The monitor's timer is started at boot (active, waiting for its first run) and its oneshot service runs
+    `appliance monitor run --once` as the appliance user under the same sandbox as the other units."""
+    timer = booted["units"]["appliance-monitor.timer"]
+    assert (timer["ActiveState"], timer["SubState"]) == ("active", "waiting"), timer
+    service = (converged.root / "etc/systemd/system/appliance-monitor.service").read_text()
+    for line in (
+        "Type=oneshot",
+        "User=appliance",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "PrivateTmp=yes",
+        "CapabilityBoundingSet=",
+        "ReadWritePaths=/srv/appliance",
+    ):
+        assert line in service.splitlines(), line
+    assert "monitor run --once" in service and "Restart=" not in service and "[Install]" not in service
 
 
 def test_redis_runs_with_the_roles_drop_in_in_nspawn(booted: dict[str, Any]) -> None:
