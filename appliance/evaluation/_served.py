@@ -28,7 +28,7 @@ from appliance.errors import BackendValidation
 from appliance.evaluation._metrics import exact_match
 from appliance.evaluation._service import EvalOptions, ModelScores
 from appliance.protocols import Backend, GenerationParams
-from appliance.training import Record, encode
+from appliance.training.data import Record, encode
 
 __all__ = ["ServedScores", "score_served"]
 

@@ -148,8 +148,8 @@ def test_a_degraded_version_is_never_rolled_back_to(reg: Registry, make_run: Run
 
 
 def test_upgrade_from_0003_and_back(any_settings: Settings) -> None:
-    """A database at 0003 upgrades in place to 0004 (eval sets, the series, degraded columns) with a schema equal to
-    the models, and 0004 downgrades cleanly."""
+    """A database at 0003 upgrades in place to the head (0004: eval sets, the series, degraded columns; 0005: the
+    privacy audit) with a schema equal to the models, and downgrades cleanly to 0003."""
     from alembic import command
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
@@ -164,7 +164,7 @@ def test_upgrade_from_0003_and_back(any_settings: Settings) -> None:
             command.upgrade(_alembic_config(conn), "0003")
         assert "eval_sets" not in inspect(db.engine).get_table_names()
         db.migrate()
-        assert db.current() == db.head() == "0004"
+        assert db.current() == db.head() == "0005"
         tables = set(inspect(db.engine).get_table_names())
         assert {"eval_sets", "monitor_results"} <= tables
         assert "degraded_at" in {c["name"] for c in inspect(db.engine).get_columns("adapters")}
