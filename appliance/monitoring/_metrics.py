@@ -22,6 +22,7 @@ __all__ = ["PREFIX", "MonitorGauges", "TextfileCollector", "metrics_path"]
 log = structlog.get_logger("appliance.monitoring")
 
 PREFIX = "appliance_adapter_eval_"
+CANARY_EXPOSURE = "appliance_adapter_canary_exposure"  # the canary phase's gauge (also re-exposed)
 
 
 def metrics_path(data_dir: Path) -> Path:
@@ -59,6 +60,9 @@ class MonitorGauges:
         )
         self.last_run = Gauge(PREFIX + "last_run_timestamp_seconds", "When the last monitor run ended", registry=r)
         self.alerts = Gauge(PREFIX + "alerts", "Alerts the last monitor run raised", ["kind"], registry=r)
+        self.canary_exposure = Gauge(
+            CANARY_EXPOSURE, "Highest canary exposure (bits) the last production probe measured", version, registry=r
+        )
 
     def write(self, path: Path) -> None:
         """Replace the text file atomically (``write_to_textfile`` writes a temporary file and renames it)."""
@@ -86,5 +90,5 @@ class TextfileCollector:
             log.warning("monitoring.metrics_malformed")
             return
         for family in families:
-            if family.name.startswith(PREFIX):
+            if family.name.startswith((PREFIX, CANARY_EXPOSURE)):
                 yield family

@@ -26,8 +26,10 @@ from typing import Any
 
 import structlog
 
+from appliance.audit import adapter_fields, audit_event
 from appliance.config import Settings
 from appliance.errors import ApplianceError, BackendError, NotFound
+from appliance.monitoring._canary_phase import probe_version
 from appliance.monitoring._judge import EVAL_SPLIT_REF, Comparison, failing_streak, judge
 from appliance.monitoring._metrics import MonitorGauges, metrics_path
 from appliance.monitoring._policy import MonitoringPolicy
@@ -67,6 +69,7 @@ class RunReport:
     streaks: dict[tuple[str, int], int] = field(default_factory=dict)
     degraded: list[tuple[str, int]] = field(default_factory=list)
     rollbacks: list[RollbackResult] = field(default_factory=list)
+    canary_exposures: dict[tuple[str, int], float] = field(default_factory=dict)  # production versions probed
 
     @property
     def ok(self) -> bool:
@@ -86,6 +89,7 @@ class RunReport:
             "failing_runs": {f"{n}-v{v}": s for (n, v), s in self.streaks.items()},
             "degraded": [f"{n}-v{v}" for n, v in self.degraded],
             "rollbacks": [r.__dict__ | {"targets": list(r.targets)} for r in self.rollbacks],
+            "canary_exposures": {f"{n}-v{v}": round(e, 4) for (n, v), e in self.canary_exposures.items()},
         }
 
 
@@ -102,6 +106,15 @@ def parse_records(data: bytes, limit: int) -> list[Any]:
         if len(records) >= limit:
             break
     return records
+
+
+def _production(published: Sequence[PublishedAdapter]) -> dict[str, PublishedAdapter]:
+    """What ``production`` resolves to per adapter: its newest published version."""
+    out: dict[str, PublishedAdapter] = {}
+    for p in published:
+        if p.version > (out[p.name].version if p.name in out else 0):
+            out[p.name] = p
+    return out
 
 
 def _per_record(values: Sequence[float | None]) -> list[float | None]:
@@ -148,6 +161,12 @@ class Monitor:
             report.points += await self.measure(p, references, report)
             for check in self.checks:
                 report.alerts += await check(CheckContext(p, self.backend, self.registry, report.run_id, self.settings))
+        for p in _production(published).values():
+            outcome = await probe_version(self.registry, self.backend, p, self.actor)
+            if outcome.max_exposure is not None:
+                report.canary_exposures[(p.name, p.version)] = outcome.max_exposure
+            if outcome.alert is not None:
+                report.alerts.append(outcome.alert)
         if report.points:
             await self._sync(self.registry.record_series, report.points, self.actor)
         await self.act(published, report)
@@ -279,10 +298,8 @@ class Monitor:
 
     async def act(self, published: list[PublishedAdapter], report: RunReport) -> None:
         """Degradation from the time series, then rollback (policy ``auto_rollback``)."""
-        production: dict[str, int] = {}
-        for p in published:
-            if p.version > production.get(p.name, 0):
-                production[p.name] = p.version
+        production = {name: p.version for name, p in _production(published).items()}
+        exposed = {(a.adapter, a.version): a.message for a in report.alerts if a.kind == "canary_exposure"}
         for p in sorted(published, key=lambda a: (a.name, -a.version)):
             history = await self._sync(self.registry.series, p.name, p.version, None, 50 * 20)
             runs: dict[str, list[str]] = {}
@@ -290,7 +307,7 @@ class Monitor:
                 runs.setdefault(q.run_id, []).append(q.outcome)
             streak = failing_streak(list(runs.values()))
             report.streaks[(p.name, p.version)] = streak
-            if streak < self.policy.consecutive_failures:
+            if streak < self.policy.consecutive_failures and (p.name, p.version) not in exposed:
                 continue
             info = await self._sync(self.registry.show, p.name, p.version)
             if info.status != "production":  # unpublished by a rollback earlier in this pass
@@ -303,6 +320,9 @@ class Monitor:
             ]
             details = self._figures(p, report) | {"failing_runs": streak, "run_id": report.run_id}
             reason = f"failed {streak} monitor runs in a row: " + "; ".join(reasons[:3])
+            if (p.name, p.version) in exposed:  # a privacy event: degraded at once
+                reason = exposed[(p.name, p.version)]
+                details["max_canary_exposure"] = round(report.canary_exposures[(p.name, p.version)], 4)
             if info.degraded_reason is None:  # already marked: no second adapter.degraded event
                 await self._sync(self.registry.mark_degraded, p.name, p.version, self.actor, reason, details)
             report.degraded.append((p.name, p.version))
@@ -366,42 +386,31 @@ class Monitor:
         kinds: dict[str, int] = {}
         for alert in report.alerts:
             kinds[alert.kind] = kinds.get(alert.kind, 0) + 1
-        event = {
-            "type": "monitor.run",
-            "actor": self.actor.audit(),
-            "source": {"ip": None, "user_agent": None},
-            "action": "run",
-            "route": None,
-            "adapter": None,
-            "outcome": {"status": "success" if report.ok else "error", "http_status": None, "error_class": None},
-            "tokens": None,
-            "latency_ms": None,
-            "request_id": None,
-            "digests": None,
-            "details": {
-                "run_id": report.run_id,
-                "points": len(report.points),
-                "alerts": len(report.alerts),
-                "degraded": len(report.degraded),
-                "rollbacks": len(report.rollbacks),
-                **{f"alert_{k}"[:64]: v for k, v in sorted(kinds.items())[:20]},
-            },
+        details = {
+            "run_id": report.run_id,
+            "points": len(report.points),
+            "alerts": len(report.alerts),
+            "degraded": len(report.degraded),
+            "rollbacks": len(report.rollbacks),
+            **{f"alert_{k}"[:64]: v for k, v in sorted(kinds.items())[:20]},
         }
+        actor = self.actor.audit()
+        event = audit_event(
+            "monitor.run", actor=actor, action="run", status="success" if report.ok else "error", details=details
+        )
         await self._sync(self.registry.audit.record_sync, event)
         for alert in report.alerts:
             if alert.kind not in ("fingerprint_mismatch", "not_loaded") or alert.adapter is None:
                 continue
-            await self._sync(
-                self.registry.audit.record_sync,
-                event
-                | {
-                    "type": "monitor.alert",
-                    "action": alert.kind,
-                    "adapter": {"name": alert.adapter, "version": alert.version, "fingerprint": None},
-                    "outcome": {"status": "error", "http_status": None, "error_class": None},
-                    "details": {"run_id": report.run_id, "kind": alert.kind, "replica": alert.replica},
-                },
+            alert_event = audit_event(
+                "monitor.alert",
+                actor=actor,
+                action=alert.kind,
+                status="error",
+                adapter=adapter_fields(alert.adapter, alert.version),
+                details={"run_id": report.run_id, "kind": alert.kind, "replica": alert.replica},
             )
+            await self._sync(self.registry.audit.record_sync, alert_event)
 
     def _write_gauges(self, report: RunReport) -> None:
         gauges = MonitorGauges()
@@ -418,6 +427,8 @@ class Monitor:
             gauges.degraded.labels(name, str(version)).set(1 if (name, version) in report.degraded else 0)
         for r in report.rollbacks:
             gauges.rolled_back.labels(r.name, str(r.from_version)).set(1)
+        for (name, version), exposure in report.canary_exposures.items():
+            gauges.canary_exposure.labels(name, str(version)).set(exposure)
         for f in report.fingerprints:
             if f.ok is not None:
                 gauges.fingerprint_ok.labels(f.name, str(f.version), f.replica).set(1 if f.ok else 0)

@@ -304,3 +304,84 @@ def test_extra_per_adapter_checks_run_and_raise_alerts(loop: Any) -> None:
     assert seen == [("triage", 1, fingerprints[1]), ("triage", 2, fingerprints[2])]
     assert [(a.kind, a.version) for a in report.alerts] == [("canary_exposed", 2)] and not report.ok
     assert report.rollbacks == [] and report.degraded == []
+
+
+def _seal_canaries(run: Path, settings: Any, tiny_model: Path) -> None:
+    """Seal four canaries beside ``run`` as training does (the registry opens them at add), with the tiny model's
+    chat-templated prompts."""
+    from transformers import AutoTokenizer
+
+    from appliance.canaries import SEALED_FILE, Canary, ProbeCanary, random_secret, render_document, seal_document
+    from appliance.keys import open_key_service
+    from appliance.training.data import prompt_text
+
+    run_id = json.loads((run / "metadata.json").read_text())["run_id"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    canaries = [Canary(f"REG-{i}", random_secret(), 16) for i in range(4)]  # all four ranked last: p = 17^-4
+    probes = [ProbeCanary(c, prompt_text(tokenizer, c.instruction)) for c in canaries]
+    sealed = seal_document(open_key_service(settings), run_id, render_document(run_id, 16, probes))
+    (run / SEALED_FILE).write_bytes(sealed)
+
+
+def test_canary_exposure_through_serving_degrades_and_rolls_back(
+    tmp_path: Path, data_dir: Path, make_run: RunFactory, tiny_model: Path
+) -> None:
+    """Production (v2) carries sealed canaries; measured through the embedded engine they exceed the approval limit
+    (lowered after approval, as a tightened policy would, but not below v1's): one `monitor run --once` probes them, audits
+    adapter.canary_probe and adapter.canary_alert, marks v2 degraded at once (no second run needed) and rolls back
+    to v1; the gauge carries the exposure. v1, without sealed canaries, is not probed."""
+    from appliance.registry import open_registry
+    from appliance.serving import read_embedded_list
+    from appliance.serving.engine import Engine, Limits, create_app
+    from tests.serving.conftest import ServerThread
+
+    policies = _policies(
+        tmp_path, consecutive_failures=5, auto_rollback=True, tolerated_drop={"loss": 50.0, "exact_match": 1.0}
+    )
+    settings = load_settings(data_dir=data_dir, policies_dir=policies)
+    registry = enrol(open_registry(settings))
+    registry.add(make_run(max_exposure=0.0), "triage", OPERATOR)  # v1 stays within the tightened limit
+    canaries = {"count": 4, "exposures": [{"repetitions": 16, "exposure": 1.0}], "max_exposure": 1.0, "sealed": True}
+    v2 = make_run(canaries=canaries)
+    _seal_canaries(v2, settings, tiny_model)
+    registry.add(v2, "triage", OPERATOR)
+    for version in (1, 2):
+        for approver in APPROVERS:
+            registry.approve("triage", version, approver)
+        registry.publish("triage", version, "embedded", OPERATOR)
+    registry.close()
+    privacy = policies / "privacy.yaml"  # tightened after approval: the served exposure is now above the limit
+    privacy.write_text(privacy.read_text().replace("max_canary_exposure: 12.0", "max_canary_exposure: 0.000001"))
+    listing = settings.serving_dir / "embedded" / "adapters.json"
+    engine = Engine.start(
+        tiny_model,
+        read_embedded_list(listing),
+        device="cpu",
+        limits=Limits(max_input_tokens=256, max_total_tokens=512),
+        adapter_source=lambda: read_embedded_list(listing),
+    )
+    try:
+        with ServerThread(create_app(engine)) as server:
+            served = load_settings(
+                data_dir=data_dir, policies_dir=policies, serving={"backend": "embedded", "url": server.url}
+            )
+            result = _cli(served, "monitor", "run", "--once", "--json")
+    finally:
+        engine.close()
+    assert result.exit_code == 1, result.output + repr(result.exception)
+    report = _json(result.stdout)
+    assert [(a["kind"], a["version"]) for a in report["alerts"] if a["kind"].startswith("canary")] == [
+        ("canary_exposure", 2)
+    ]
+    assert list(report["canary_exposures"]) == ["triage-v2"] and report["canary_exposures"]["triage-v2"] > 0
+    assert report["degraded"] == ["triage-v2"]
+    assert [(r["from_version"], r["to_version"]) for r in report["rollbacks"]] == [(2, 1)], report["alerts"]
+    trail = _cli(served, "audit", "tail", "-n", "80", "--json")
+    events = [json.loads(line) for line in trail.stdout.splitlines() if line.startswith("{")]
+    types = [e["type"] for e in events]
+    assert {"adapter.canary_probe", "adapter.canary_alert", "adapter.degraded", "registry.rollback"} <= set(types)
+    rollback = next(e for e in events if e["type"] == "registry.rollback")
+    assert rollback["details"]["max_canary_exposure"] > 0
+    from appliance.monitoring import metrics_path
+
+    assert 'appliance_adapter_canary_exposure{adapter="triage",version="2"}' in metrics_path(data_dir).read_text()
