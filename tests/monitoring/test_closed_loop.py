@@ -327,9 +327,9 @@ def test_canary_exposure_through_serving_degrades_and_rolls_back(
     tmp_path: Path, data_dir: Path, make_run: RunFactory, tiny_model: Path
 ) -> None:
     """Production (v2) carries sealed canaries; measured through the embedded engine they exceed the approval limit
-    (lowered after approval, as a tightened policy would, but not below v1's): one `monitor run --once` probes them, audits
-    adapter.canary_probe and adapter.canary_alert, marks v2 degraded at once (no second run needed) and rolls back
-    to v1; the gauge carries the exposure. v1, without sealed canaries, is not probed."""
+    (lowered after approval, as a tightened policy would, but not below v1's): one `monitor run --once` probes
+    them, audits adapter.canary_probe and adapter.canary_alert, marks v2 degraded at once (no second run needed)
+    and rolls back to v1; the gauge carries the exposure. v1, without sealed canaries, is not probed."""
     from appliance.registry import open_registry
     from appliance.serving import read_embedded_list
     from appliance.serving.engine import Engine, Limits, create_app
