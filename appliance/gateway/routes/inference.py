@@ -49,7 +49,7 @@ async def inference_stream(request: Request[Any, Any, Any], name: str, version: 
     ref = await gw.authorize_adapter(ctx, name, version)
     allowed = data.parameters.wants_logprobs()
     admitted = await gw.admit(ctx, ref, data.inputs, wants_logprobs=allowed)
-    logprobs_ok = gw.policy.current.may_logprobs(ctx.roles)
+    logprobs_ok = ctx.policy.may_logprobs(ctx.roles)
     events = await gw.open_stream(ctx, ref, data.inputs, data.parameters.to_params(), admitted)
 
     async def body() -> AsyncIterator[bytes]:

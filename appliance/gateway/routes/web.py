@@ -22,8 +22,8 @@ from litestar.response import Redirect, Stream, Template
 
 from appliance.audit import SourceFields, actor_fields
 from appliance.errors import ApplianceError, PermissionDenied, Unauthenticated, ValidationFailed
-from appliance.gateway._service import SESSION_COOKIE, Ctx, Gateway
-from appliance.gateway._service import _ip as client_ip
+from appliance.gateway._context import SESSION_COOKIE, Ctx, client_ip
+from appliance.gateway._service import Gateway
 from appliance.gateway.auth.oidc import NO_IDP_SESSION, same_state
 from appliance.gateway.auth.sessions import Session
 from appliance.gateway.routes import admin as admin_api
