@@ -9,7 +9,7 @@ from litestar import Request, Response, post
 from litestar.response import Stream
 
 from appliance.errors import ApplianceError
-from appliance.gateway.routes._common import error_body, gateway_of, sse, trace_headers
+from appliance.gateway.routes._common import GatewayDep, error_body, sse, trace_headers
 from appliance.gateway.schemas import InferenceRequest, InferenceResponse
 from appliance.protocols import TokenEvent
 
@@ -24,8 +24,9 @@ SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
     security=SECURITY,
     status_code=200,
 )
-async def inference(request: Request[Any, Any, Any], name: str, version: str, data: InferenceRequest) -> Response[Any]:
-    gw = gateway_of(request)
+async def inference(
+    request: Request[Any, Any, Any], gw: GatewayDep, name: str, version: str, data: InferenceRequest
+) -> Response[Any]:
     ctx = await gw.require(request, "inference")
     ref = await gw.authorize_adapter(ctx, name, version)
     admitted = await gw.admit(ctx, ref, data.inputs, wants_logprobs=data.parameters.wants_logprobs())
@@ -43,8 +44,9 @@ async def inference(request: Request[Any, Any, Any], name: str, version: str, da
     security=SECURITY,
     status_code=200,
 )
-async def inference_stream(request: Request[Any, Any, Any], name: str, version: str, data: InferenceRequest) -> Stream:
-    gw = gateway_of(request)
+async def inference_stream(
+    request: Request[Any, Any, Any], gw: GatewayDep, name: str, version: str, data: InferenceRequest
+) -> Stream:
     ctx = await gw.require(request, "inference")
     ref = await gw.authorize_adapter(ctx, name, version)
     allowed = data.parameters.wants_logprobs()

@@ -12,7 +12,7 @@ from litestar.response import Stream
 from appliance.errors import ApplianceError, NotFound
 from appliance.gateway._service import Ctx, Gateway
 from appliance.gateway.ports import AdapterRef
-from appliance.gateway.routes._common import FINISH, error_body, gateway_of, sse, trace_headers
+from appliance.gateway.routes._common import FINISH, GatewayDep, error_body, gateway_of, sse, trace_headers
 from appliance.gateway.schemas import ChatCompletionRequest, CompletionRequest, render_chat
 from appliance.ids import random_uuid
 
@@ -95,8 +95,7 @@ async def completions(request: Request[Any, Any, Any], data: CompletionRequest) 
 
 
 @get("/v1/models", summary="The adapters the caller may use", tags=["openai"], security=SECURITY)
-async def models(request: Request[Any, Any, Any]) -> Response[Any]:
-    gw = gateway_of(request)
+async def models(request: Request[Any, Any, Any], gw: GatewayDep) -> Response[Any]:
     ctx = await gw.require(request, "models")
     items = []
     for a in await gw.visible_adapters(ctx):

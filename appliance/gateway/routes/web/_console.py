@@ -11,7 +11,7 @@ from litestar.response import Stream
 
 from appliance.errors import ApplianceError, ValidationFailed
 from appliance.gateway._context import Ctx
-from appliance.gateway.routes._common import error_body, gateway_of, trace_headers
+from appliance.gateway.routes._common import GatewayDep, error_body, gateway_of, trace_headers
 from appliance.gateway.routes.web._pages import page_ctx, render
 from appliance.gateway.schemas import MAX_PROMPT_CHARS, InferenceParameters
 
@@ -35,9 +35,8 @@ async def console(request: Request[Any, Any, Any]) -> Any:
 
 
 @post("/console/generate", include_in_schema=False, status_code=200)
-async def console_generate(request: Request[Any, Any, Any], data: dict[str, Any]) -> Any:
+async def console_generate(request: Request[Any, Any, Any], gw: GatewayDep, data: dict[str, Any]) -> Any:
     """The console's streamed answer: ``{"model": "name@version", "prompt": str}`` -> SSE ``{"text": ...}`` events."""
-    gw = gateway_of(request)
     ctx = await gw.require(request, "console")  # session + CSRF header
     model, prompt = str(data.get("model", "")), data.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > MAX_PROMPT_CHARS:

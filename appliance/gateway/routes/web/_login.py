@@ -15,7 +15,7 @@ from appliance.gateway._context import Ctx, client_ip
 from appliance.gateway._service import Gateway
 from appliance.gateway.auth.oidc import NO_IDP_SESSION, same_state
 from appliance.gateway.auth.sessions import Session
-from appliance.gateway.routes._common import gateway_of
+from appliance.gateway.routes._common import GatewayDep
 from appliance.gateway.routes.web._pages import FORM, clear_cookie, cookie, nav_links, page_ctx, render
 
 MESSAGES = {
@@ -42,8 +42,7 @@ SIGNOUT_ADVICE = "Close the browser before you leave this workstation. The next 
 
 
 @get("/", include_in_schema=False)
-async def home(request: Request[Any, Any, Any]) -> Any:
-    gw = gateway_of(request)
+async def home(request: Request[Any, Any, Any], gw: GatewayDep) -> Any:
     ctx = await page_ctx(request, None)
     if not isinstance(ctx, Ctx):
         return ctx
@@ -54,8 +53,7 @@ async def home(request: Request[Any, Any, Any]) -> Any:
 
 
 @get("/login", include_in_schema=False)
-async def login_page(request: Request[Any, Any, Any], m: str | None = None) -> Template:
-    gw = gateway_of(request)
+async def login_page(request: Request[Any, Any, Any], gw: GatewayDep, m: str | None = None) -> Template:
     message, warning, cookies = MESSAGES.get(m or ""), None, []
     browser = await gw.session_of(request)
     signout = browser.data.get("signout") if browser is not None and not browser.authenticated else None
@@ -85,8 +83,7 @@ def _must_reauthenticate(session: Session | None) -> bool:
 
 
 @get("/auth/login", include_in_schema=False)
-async def auth_login(request: Request[Any, Any, Any]) -> Redirect:
-    gw = gateway_of(request)
+async def auth_login(request: Request[Any, Any, Any], gw: GatewayDep) -> Redirect:
     if gw.oidc is None:
         raise Unauthenticated("browser sign-in is not configured (gateway.oidc_issuer)")
     old = await gw.session_of(request)
@@ -112,11 +109,10 @@ async def _signed_out(gw: Gateway, browser: Session | None, outcome: str) -> Red
 
 @get("/auth/logged-out", include_in_schema=False)
 async def auth_logged_out(
-    request: Request[Any, Any, Any], oidc_state: Annotated[str | None, Parameter(query="state")] = None
+    request: Request[Any, Any, Any], gw: GatewayDep, oidc_state: Annotated[str | None, Parameter(query="state")] = None
 ) -> Redirect:
     """The registered ``post_logout_redirect_uri``: the IdP is back from its end-session page. Whether its session
     really ended is then asked of the IdP itself (``prompt=none``: no page; "login_required" means it ended)."""
-    gw = gateway_of(request)
     browser = await gw.session_of(request)
     pending = browser.data if browser is not None and not browser.authenticated else {}
     if (
@@ -139,11 +135,11 @@ async def auth_logged_out(
 @get("/auth/callback", include_in_schema=False)
 async def auth_callback(
     request: Request[Any, Any, Any],
+    gw: GatewayDep,
     code: str | None = None,
     oidc_state: Annotated[str | None, Parameter(query="state")] = None,
     error: str | None = None,
 ) -> Redirect:
-    gw = gateway_of(request)
     pre = await gw.session_of(request)
     flow = pre.data.get("oidc") if pre else None
     source: SourceFields = {
@@ -208,8 +204,7 @@ async def auth_callback(
 
 
 @post("/auth/logout", include_in_schema=False, status_code=303)
-async def auth_logout(request: Request[Any, Any, Any], data: dict[str, str] = FORM) -> Redirect:
-    gw = gateway_of(request)
+async def auth_logout(request: Request[Any, Any, Any], gw: GatewayDep, data: dict[str, str] = FORM) -> Redirect:
     session = await gw.session_of(request)
     if session is not None and session.authenticated:
         await gw.require(request, None, csrf=data.get("_csrf"))  # a forged sign-out is refused and audited
