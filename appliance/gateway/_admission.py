@@ -21,7 +21,7 @@ from appliance.errors import (
 )
 from appliance.gateway._auditing import AuditDigests, RequestAuditor
 from appliance.gateway._authn import Authenticator
-from appliance.gateway._context import SAFE_METHODS, Ctx, client_ip, user_agent_of
+from appliance.gateway._context import SAFE_METHODS, Admitted, Ctx, client_ip, user_agent_of
 from appliance.gateway.auth.principal import Principal
 from appliance.gateway.breakglass import BreakGlass
 from appliance.gateway.limits import THROTTLED, LimitStore
@@ -143,12 +143,18 @@ class Admission:
             raise await self.auditor.deny(exc, ctx=ctx) from None
         return ref
 
-    async def admit(self, ctx: Ctx, ref: AdapterRef, prompt: str, *, wants_logprobs: bool) -> WrittenRecord:
-        """Logprob rights, rate limits, extraction detector, then the request record, written into the chain.
+    async def admit(self, ctx: Ctx, name: str, version: str, prompt: str, *, wants_logprobs: bool) -> Admitted:
+        """The adapter (:meth:`authorize_adapter`), then the request (:meth:`_admit_request`): one decision.
 
         The backend may be called once this returns; the record's sync runs meanwhile, and the inference
         waits for it (``RequestAuditor.durable``) before it answers anything.
         """
+        ref = await self.authorize_adapter(ctx, name, version)
+        record = await self._admit_request(ctx, ref, prompt, wants_logprobs=wants_logprobs)
+        return Admitted(ctx, ref, prompt, record)
+
+    async def _admit_request(self, ctx: Ctx, ref: AdapterRef, prompt: str, *, wants_logprobs: bool) -> WrittenRecord:
+        """Logprob rights, rate limits, extraction detector, then the request record, written into the chain."""
         policy = ctx.policy
         try:  # the key service answers before the backend is asked: a stream cannot start that could not be audited
             ctx.prompt_digest = await self.digests.versioned_digest(prompt, None)

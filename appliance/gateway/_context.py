@@ -16,7 +16,9 @@ from appliance.errors import ApplianceError
 from appliance.gateway.auth.principal import Principal
 from appliance.gateway.auth.sessions import Session
 from appliance.gateway.policy import AccessPolicy
+from appliance.gateway.ports import AdapterRef
 from appliance.ids import random_uuid
+from appliance.protocols import WrittenRecord
 
 SESSION_COOKIE = "appliance_session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -44,6 +46,22 @@ class Ctx:
     @property
     def source(self) -> SourceFields:
         return {"ip": self.ip, "user_agent": self.user_agent}
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A generation the admission allowed: who asks, which adapter, the prompt, and its request record (written into
+    the chain; the inference waits for it to be durable before it answers anything)."""
+
+    ctx: Ctx
+    ref: AdapterRef
+    prompt: str
+    record: WrittenRecord
+
+    @property
+    def audit_id(self) -> str:
+        """The request record's id, sent back in ``X-Audit-Id``."""
+        return self.record.receipt.event_id
 
 
 def user_agent_of(request: Request[Any, Any, Any]) -> str | None:

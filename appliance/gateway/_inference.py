@@ -12,11 +12,11 @@ import structlog
 
 from appliance.errors import ApplianceError, AuditUnavailable, BackendError, BackendUnavailable, BackendValidation
 from appliance.gateway._auditing import AuditDigests, RequestAuditor
-from appliance.gateway._context import Ctx, refusal
+from appliance.gateway._context import Admitted, Ctx, refusal
 from appliance.gateway.limits import LimitStore
 from appliance.gateway.metrics import GatewayMetrics
 from appliance.gateway.ports import AdapterRef
-from appliance.protocols import Backend, Generation, GenerationParams, TokenEvent, WrittenRecord
+from appliance.protocols import Backend, Generation, GenerationParams, TokenEvent
 from appliance.serving import begin_routing, current_routing
 
 log = structlog.get_logger("appliance.gateway")
@@ -132,31 +132,31 @@ class Inference:
             raise refusal(failed, request_audit_id)
         return audit_id
 
-    async def generate(
-        self, ctx: Ctx, ref: AdapterRef, prompt: str, params: GenerationParams, admitted: WrittenRecord
-    ) -> Generation:
+    async def generate(self, admitted: Admitted, params: GenerationParams) -> Generation:
         """The backend's answer, returned only once the request and outcome records are durable."""
-        audit_id = admitted.receipt.event_id
+        ctx, ref, prompt, record = admitted.ctx, admitted.ref, admitted.prompt, admitted.record
+        audit_id = admitted.audit_id
         started = time.perf_counter()
         try:
             await self._ensure_served(ref)
             begin_routing(ref.fingerprint, await self._cache_salt(ctx))
             gen = await self.backend.generate(ref.served_id, prompt, params)
         except BackendError as exc:
-            await self.auditor.durable(admitted)
+            await self.auditor.durable(record)
             await self._outcome(ctx, ref, audit_id, started, prompt=prompt, gen=None, error=exc)
             raise refusal(exc, audit_id) from None
-        await self.auditor.durable(admitted)
+        await self.auditor.durable(record)
         await self._outcome(ctx, ref, audit_id, started, prompt=prompt, gen=gen, error=None)
         return gen
 
     async def stream(
-        self, ctx: Ctx, ref: AdapterRef, prompt: str, params: GenerationParams, admitted: WrittenRecord
+        self, admitted: Admitted, params: GenerationParams
     ) -> AsyncGenerator[TokenEvent | ApplianceError, None]:
         """Token events, the first once the request record is durable, the last once the outcome is (else an
         error is yielded in their place). A client that leaves mid-stream still gets an outcome record (what it
         was sent, CLIENT_CLOSED) and is charged the tokens it was sent."""
-        audit_id = admitted.receipt.event_id
+        ctx, ref, prompt, record = admitted.ctx, admitted.ref, admitted.prompt, admitted.record
+        audit_id = admitted.audit_id
         started = time.perf_counter()
         first = True
         sent: list[str] = []  # the text the client has been given
@@ -167,7 +167,7 @@ class Inference:
             async for ev in self.backend.stream(ref.served_id, prompt, params):
                 try:
                     if first:
-                        await self.auditor.durable(admitted)
+                        await self.auditor.durable(record)
                         first = False
                     if ev.final is not None:
                         settled = True
@@ -184,7 +184,7 @@ class Inference:
         except BackendError as exc:
             settled = True
             try:
-                await self.auditor.durable(admitted)
+                await self.auditor.durable(record)
                 await self._outcome(ctx, ref, audit_id, started, prompt=prompt, gen=None, error=exc)
             except ApplianceError as audit_exc:
                 yield audit_exc
@@ -200,17 +200,17 @@ class Inference:
             raise
 
     async def open_stream(
-        self, ctx: Ctx, ref: AdapterRef, prompt: str, params: GenerationParams, admitted: WrittenRecord
+        self, admitted: Admitted, params: GenerationParams
     ) -> AsyncIterator[TokenEvent | ApplianceError]:
         """:meth:`stream` with its first event already in hand, for the routes to call before they send a status line:
         the request record is then durable (GW-07: durable before the first byte of the answer) and the backend has
         started. A failure before that is raised (503 ``AUDIT_UNAVAILABLE``, the backend's error with the request's
         audit id), so a stream that could not be audited never answers 200."""
-        events = self.stream(ctx, ref, prompt, params, admitted)
+        events = self.stream(admitted, params)
         first = await anext(events)
         if isinstance(first, ApplianceError):
             await events.aclose()
-            raise first if isinstance(first, AuditUnavailable) else refusal(first, admitted.receipt.event_id)
+            raise first if isinstance(first, AuditUnavailable) else refusal(first, admitted.audit_id)
         return _primed(first, events)
 
     def _forget(self, task: asyncio.Future[str]) -> None:

@@ -28,13 +28,12 @@ async def inference(
     request: Request[Any, Any, Any], gw: GatewayDep, name: str, version: str, data: InferenceRequest
 ) -> Response[Any]:
     ctx = await gw.require(request, "inference")
-    ref = await gw.authorize_adapter(ctx, name, version)
-    admitted = await gw.admit(ctx, ref, data.inputs, wants_logprobs=data.parameters.wants_logprobs())
-    gen = await gw.generate(ctx, ref, data.inputs, data.parameters.to_params(), admitted)
+    admitted = await gw.admit(ctx, name, version, data.inputs, wants_logprobs=data.parameters.wants_logprobs())
+    gen = await gw.generate(admitted, data.parameters.to_params())
     body = InferenceResponse(
         generated_text=gen.text, details=dict(gen.details) if data.parameters.details and gen.details else None
     )
-    return Response(body.model_dump(exclude_none=True), headers=trace_headers(admitted.receipt.event_id, ref))
+    return Response(body.model_dump(exclude_none=True), headers=trace_headers(admitted.audit_id, admitted.ref))
 
 
 @post(
@@ -48,11 +47,9 @@ async def inference_stream(
     request: Request[Any, Any, Any], gw: GatewayDep, name: str, version: str, data: InferenceRequest
 ) -> Stream:
     ctx = await gw.require(request, "inference")
-    ref = await gw.authorize_adapter(ctx, name, version)
-    allowed = data.parameters.wants_logprobs()
-    admitted = await gw.admit(ctx, ref, data.inputs, wants_logprobs=allowed)
+    admitted = await gw.admit(ctx, name, version, data.inputs, wants_logprobs=data.parameters.wants_logprobs())
     logprobs_ok = ctx.policy.may_logprobs(ctx.roles)
-    events = await gw.open_stream(ctx, ref, data.inputs, data.parameters.to_params(), admitted)
+    events = await gw.open_stream(admitted, data.parameters.to_params())
 
     async def body() -> AsyncIterator[bytes]:
         async for ev in events:
@@ -64,7 +61,7 @@ async def inference_stream(
     return Stream(
         body(),
         media_type="text/event-stream",
-        headers={**trace_headers(admitted.receipt.event_id, ref), "Cache-Control": "no-store"},
+        headers={**trace_headers(admitted.audit_id, admitted.ref), "Cache-Control": "no-store"},
     )
 
 

@@ -45,9 +45,8 @@ async def console_generate(request: Request[Any, Any, Any], gw: GatewayDep, data
     if not isinstance(max_new, int) or not 1 <= max_new <= 1024:
         raise ValidationFailed("max_new_tokens must be 1-1024")
     name, _, version = model.partition("@")
-    ref = await gw.authorize_adapter(ctx, name, version or "production")
-    admitted = await gw.admit(ctx, ref, prompt, wants_logprobs=False)
-    events = await gw.open_stream(ctx, ref, prompt, InferenceParameters(max_new_tokens=max_new).to_params(), admitted)
+    admitted = await gw.admit(ctx, name, version or "production", prompt, wants_logprobs=False)
+    events = await gw.open_stream(admitted, InferenceParameters(max_new_tokens=max_new).to_params())
 
     async def body() -> AsyncIterator[bytes]:
         async for ev in events:
@@ -60,5 +59,5 @@ async def console_generate(request: Request[Any, Any, Any], gw: GatewayDep, data
     return Stream(
         body(),
         media_type="text/event-stream",
-        headers={**trace_headers(admitted.receipt.event_id, ref), "Cache-Control": "no-store"},
+        headers={**trace_headers(admitted.audit_id, admitted.ref), "Cache-Control": "no-store"},
     )
