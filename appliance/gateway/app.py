@@ -1,47 +1,55 @@
-"""The one factory: ``create_app(settings, *, backend=None, audit=None, registry=None, keys=None)``.
+"""The composition root: ``create_app(settings, *, backend=None, audit=None, registry=None, keys=None)``.
 
-Each neighbour left as ``None`` is opened from settings through its stage's factory (contracts.md); a stage that
-cannot be opened stops start-up (fail closed). Errors are mapped here, once: an ``ApplianceError`` becomes its
-``http_status`` and ``{"error": message, "error_type": code}`` (plus ``Retry-After`` and ``X-Audit-Id``).
+Named configure steps, run in order (as litestar-fullstack's ``ApplicationCore`` wires its app in one place):
+the neighbours (each left as ``None`` is opened from settings through its stage's factory, contracts.md; a stage
+that cannot be opened stops start-up, fail closed), the state store, the audit, the authentication, the
+admission and the inference collaborators, the :class:`Gateway` façade over them; then the Litestar app: routes,
+errors, web pages, OpenAPI, limits and headers, middleware, lifespan. Errors are mapped once, in ``_http.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncGenerator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import structlog
-from litestar import Litestar, Request, Response
+from litestar import Litestar
+from litestar.config.app import AppConfig
 from litestar.contrib.jinja import JinjaTemplateEngine
-from litestar.datastructures import MutableScopeHeaders, ResponseHeader
-from litestar.exceptions import ClientException, HTTPException, NotFoundException, ValidationException
+from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from appliance.audit import digest, open_audit_log, reader_for, versioned_digest
 from appliance.config import Settings
-from appliance.errors import (
-    ApplianceError,
-    AuditUnavailable,
-    RequestMalformed,
-    RequestTooLarge,
-    ValidationFailed,
-)
+from appliance.gateway._admission import Admission
+from appliance.gateway._auditing import AuditDigests, RequestAuditor
+from appliance.gateway._authn import ApiKeyAuth, Authenticator, BearerJWTAuth, SessionAuth
 from appliance.gateway._db import GatewayDB, db_path
+from appliance.gateway._http import (
+    EXCEPTION_HANDLERS,
+    SECURITY_HEADERS,
+    GatewayRequest,
+    hsts,
+    metrics_middleware,
+    refusal_middleware,
+)
+from appliance.gateway._inference import Inference
+from appliance.gateway._logoff import SessionLogoffs
 from appliance.gateway._service import Gateway
 from appliance.gateway.auth.apikeys import ApiKeyStore
 from appliance.gateway.auth.jwt import JWKSCache, JWKSFetcher, JWTValidator
 from appliance.gateway.auth.oidc import OIDCClient
 from appliance.gateway.breakglass import BreakGlass
+from appliance.gateway.metrics import GatewayMetrics
 from appliance.gateway.policy import PolicyStore, policy_path
 from appliance.gateway.ports import AuditReader, CachedCatalog, RegistryCatalog
 from appliance.gateway.routes import admin, inference, openai, ops, web
@@ -53,165 +61,18 @@ from appliance.serving import open_backend
 
 log = structlog.get_logger("appliance.gateway")
 WEB_DIR = Path(__file__).parent / "web"
-SECURITY_HEADERS = [
-    ResponseHeader(name="X-Content-Type-Options", value="nosniff"),
-    ResponseHeader(name="X-Frame-Options", value="DENY"),
-    ResponseHeader(name="Referrer-Policy", value="no-referrer"),
-    ResponseHeader(
-        name="Content-Security-Policy",
-        value="default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-        "frame-ancestors 'none'; form-action 'self' http: https:; base-uri 'none'",
-    ),
-]
-HSTS = "max-age=31536000"
-REFUSAL = "appliance.refusal"  # scope key: a refusal made before the handler ran, audited by _refusal_middleware
 SWEEPER_STOP_S = 10.0  # how long shutdown waits for a session sweep under way
+Lifespan = Callable[[Litestar], AbstractAsyncContextManager[None]]
 
 
-async def _hsts(message: Message, scope: Scope) -> None:
-    """Served over HTTPS (gateway.secure_cookies, required in production): browsers must not fall back to HTTP.
-    A before-send hook of this app, not a response header (those are resolved once per handler, for every app)."""
-    if message["type"] == "http.response.start":
-        MutableScopeHeaders.from_message(message)["Strict-Transport-Security"] = HSTS
+@dataclass(frozen=True)
+class Neighbours:
+    """The stages the gateway talks to, opened once."""
 
-
-class GatewayRequest(Request[Any, Any, Any]):
-    """Litestar's request, with one JSON decoding point for every route: a body nested deeper than the decoder can
-    follow (msgspec raises RecursionError past Python's recursion limit, about 1,000 levels) is refused with 400
-    REQUEST_MALFORMED, not a 500. Shallower bodies reach the route's schema (422 for a shape it does not take). No
-    walk over the decoded value: its cost would grow with the body (a 1 MiB body of small objects is ~0.1 s)."""
-
-    async def json(self) -> Any:
-        try:
-            return await super().json()
-        except RecursionError:
-            raise ClientException("request body nested too deeply") from None
-
-
-def _mark_refusal(request: Request[Any, Any, Any], exc: ApplianceError) -> ApplianceError:
-    """Have :func:`_refusal_middleware` audit a refusal that Litestar made before any handler code ran."""
-    if request.scope.get("path_template"):  # a route matched: an identifiable request, not a scan of unknown paths
-        request.scope[REFUSAL] = exc  # type: ignore[literal-required]
-    return exc
-
-
-def _error_response(exc: ApplianceError) -> Response[Any]:
-    headers: dict[str, str] = {"Cache-Control": "no-store"}
-    if exc.retry_after is not None:
-        headers["Retry-After"] = str(int(max(1, exc.retry_after)))
-    headers["X-Audit-Id"] = exc.audit_id or "-"
-    headers["X-Adapter-Fingerprint"] = "-"
-    if exc.http_status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="appliance"'
-    return Response({"error": exc.message, "error_type": exc.code}, status_code=exc.http_status, headers=headers)
-
-
-def _appliance_error(request: Request[Any, Any, Any], exc: ApplianceError) -> Response[Any]:
-    if exc.http_status >= 500:
-        log.warning("request.failed", error_type=exc.code, status=exc.http_status)
-    return _error_response(exc)
-
-
-def _validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
-    # Name the fields, never echo the submitted values (they may be prompt text).
-    fields = sorted({str(e.get("key", "body")) for e in (exc.extra or []) if isinstance(e, dict)})
-    where = ", ".join(fields) if fields else "body"
-    return _error_response(_mark_refusal(request, ValidationFailed(f"invalid request: check {where}")))
-
-
-def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
-    if exc.status_code == 413:
-        return _error_response(_mark_refusal(request, RequestTooLarge("request body too large")))
-    if exc.status_code == 400:  # a body that cannot be decoded (malformed, nested too deeply)
-        refused = RequestMalformed("invalid request: the body is not valid JSON or is nested too deeply")
-        return _error_response(_mark_refusal(request, refused))
-    if isinstance(exc, NotFoundException):
-        return Response(
-            {"error": "not found", "error_type": "NOT_FOUND"},
-            status_code=404,
-            headers={"X-Audit-Id": "-", "X-Adapter-Fingerprint": "-"},
-        )
-    code = "VALIDATION_FAILED" if exc.status_code in (400, 422) else f"HTTP_{exc.status_code}"
-    detail = exc.detail if exc.status_code < 500 and exc.status_code not in (400, 422) else "bad request"
-    if exc.status_code >= 500:
-        detail = "internal error"
-    return Response(
-        {"error": detail, "error_type": code},
-        status_code=exc.status_code,
-        headers={**(exc.headers or {}), "X-Audit-Id": "-", "X-Adapter-Fingerprint": "-"},
-    )
-
-
-def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    log.error("request.crashed", error_class=type(exc).__name__)  # the class only: messages may carry input
-    return Response(
-        {"error": "internal error", "error_type": "INTERNAL"},
-        status_code=500,
-        headers={"X-Audit-Id": "-", "X-Adapter-Fingerprint": "-"},
-    )
-
-
-def _metrics_middleware(gateway: Gateway) -> Any:
-    """Count requests by route template and status, and time them to the last byte."""
-
-    def factory(app: ASGIApp) -> ASGIApp:
-        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] != "http":
-                await app(scope, receive, send)
-                return
-            started = time.perf_counter()
-            status = [500]
-
-            async def send_wrapper(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    status[0] = message["status"]
-                await send(message)
-
-            try:
-                await app(scope, receive, send_wrapper)
-            finally:
-                route = scope.get("path_template") or "unmatched"
-                gateway.metrics.requests.labels(route, str(status[0])).inc()
-                gateway.metrics.latency.labels(route).observe(time.perf_counter() - started)
-
-        return middleware
-
-    return factory
-
-
-def _refusal_middleware(gateway: Gateway) -> Any:
-    """Audit the refusals Litestar makes before a handler runs (a body that does not decode or validate, one too
-    large) as ``gateway.denied`` of an anonymous caller, durable before the answer, whose id goes out in
-    ``X-Audit-Id``. If the trail cannot record it, the answer is 503 ``AUDIT_UNAVAILABLE`` instead."""
-
-    def factory(app: ASGIApp) -> ASGIApp:
-        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] != "http":
-                await app(scope, receive, send)
-                return
-            replaced = [False]
-
-            async def send_wrapper(message: Message) -> None:
-                if replaced[0]:
-                    return  # the original body of an answer replaced by a 503
-                refused = scope.get(REFUSAL) if message["type"] == "http.response.start" else None
-                if isinstance(refused, ApplianceError):
-                    request: Request[Any, Any, Any] = Request(scope)
-                    try:
-                        audited = await gateway.deny(refused, request=request, path=scope.get("path_template"))
-                    except AuditUnavailable as exc:
-                        replaced[0] = True
-                        await _error_response(exc).to_asgi_response(app=None, request=request)(scope, receive, send)
-                        return
-                    headers = MutableScopeHeaders.from_message(message)
-                    headers["X-Audit-Id"] = audited.audit_id or "-"
-                await send(message)
-
-            await app(scope, receive, send_wrapper)
-
-        return middleware
-
-    return factory
+    keys: KeyService
+    audit: AuditLog
+    registry: Any
+    backend: Backend
 
 
 def discovery_jwks_fetcher(issuer: str, *, timeout_s: float = 5.0, verify: bool | str = True) -> JWKSFetcher:
@@ -230,11 +91,243 @@ def discovery_jwks_fetcher(issuer: str, *, timeout_s: float = 5.0, verify: bool 
     return fetch
 
 
+# --- the gateway's parts ------------------------------------------------------------------------------------------
+def configure_neighbours(
+    settings: Settings,
+    *,
+    keys: KeyService | None,
+    audit: AuditLog | None,
+    registry: Any,
+    backend: Backend | None,
+) -> Neighbours:
+    """Open each neighbour not given through its stage's factory (a stage that cannot be opened stops start-up)."""
+    keys = keys if keys is not None else open_key_service(settings)
+    audit = audit if audit is not None else open_audit_log(settings, keys=keys)
+    registry = registry if registry is not None else open_registry(settings, keys=keys, audit=audit)
+    backend = backend if backend is not None else open_backend(settings)
+    return Neighbours(keys, audit, registry, backend)
+
+
+def configure_state(settings: Settings, keys: KeyService, state: State | None) -> State:
+    """gateway.state_store: rate limits, the extraction detector and sessions in this process or a shared Redis."""
+    return state if state is not None else open_state(settings, keys)
+
+
+def configure_audit(settings: Settings, n: Neighbours) -> tuple[RequestAuditor, AuditDigests]:
+    """The request auditor (its metrics count the backend's replicas and re-expose the monitor's gauges too) and
+    the audit key's digests."""
+    from appliance.monitoring import TextfileCollector, metrics_path  # appliance_adapter_eval_*, canary exposure
+
+    metrics = GatewayMetrics()
+    replica_metrics = getattr(n.backend, "metrics", None)
+    if replica_metrics is not None and hasattr(replica_metrics, "collect"):  # a ReplicaSet: per-replica series
+        metrics.registry.register(replica_metrics)
+    metrics.registry.register(TextfileCollector(metrics_path(settings.data_dir)))
+    keys = n.keys
+    digests = AuditDigests(
+        lambda text: digest(keys, text),
+        lambda text, version: versioned_digest(keys, text, version),
+        inline=getattr(keys, "backend", None) == "local",  # Vault's HMAC is a network call
+    )
+    return RequestAuditor(n.audit, metrics), digests
+
+
+def configure_jwt(settings: Settings, jwks_fetcher: JWKSFetcher | None, jwt_issuer: str | None) -> JWTValidator | None:
+    """Bearer JWTs from the identity provider, when one is configured."""
+    g = settings.gateway
+    issuer = jwt_issuer or g.oidc_issuer
+    if issuer is None:
+        return None
+    fetcher = jwks_fetcher or discovery_jwks_fetcher(issuer, verify=g.oidc_ca_cert or True)
+    return JWTValidator(
+        JWKSCache(fetcher, ttl_s=g.jwks_cache_ttl_s),
+        issuer=issuer,
+        audience=g.jwt_audience,
+        algorithms=g.jwt_algorithms,
+    )
+
+
+def configure_oidc(settings: Settings) -> OIDCClient | None:
+    """The browser's sign-in (authorization code + PKCE), when a client is configured."""
+    g = settings.gateway
+    if not (g.oidc_issuer and g.oidc_client_id):
+        return None
+    secret = g.oidc_client_secret.get_secret_value() if g.oidc_client_secret else None
+    return OIDCClient(
+        g.oidc_issuer,
+        g.oidc_client_id,
+        secret,
+        f"{g.public_url.rstrip('/')}/auth/callback",
+        algorithms=g.jwt_algorithms,
+        jwks_ttl_s=g.jwks_cache_ttl_s,
+        verify=g.oidc_ca_cert or True,
+    )
+
+
+def configure_auth(
+    settings: Settings, db: GatewayDB, store: State, auditor: RequestAuditor, jwt: JWTValidator | None
+) -> tuple[Authenticator, SessionLogoffs]:
+    """One strategy per scheme: API keys, bearer JWTs, the session cookie (with its logoff records)."""
+    client_id = settings.gateway.oidc_client_id
+    logoffs = SessionLogoffs(store.sessions, auditor, auditor.metrics, client_id)
+    authenticator = Authenticator(ApiKeyAuth(ApiKeyStore(db)), BearerJWTAuth(jwt), SessionAuth(logoffs, client_id))
+    return authenticator, logoffs
+
+
+def configure_gateway(
+    settings: Settings,
+    n: Neighbours,
+    *,
+    jwks_fetcher: JWKSFetcher | None,
+    jwt_issuer: str | None,
+    audit_reader: AuditReader | None,
+    catalog_ttl_s: float | None,
+    state: State | None,
+) -> tuple[Gateway, GatewayDB]:
+    """The collaborators, each of one concern, and the façade the routes call."""
+    g = settings.gateway
+    store = configure_state(settings, n.keys, state)
+    db = GatewayDB(db_path(settings.data_dir))
+    auditor, digests = configure_audit(settings, n)
+    authenticator, logoffs = configure_auth(
+        settings, db, store, auditor, configure_jwt(settings, jwks_fetcher, jwt_issuer)
+    )
+    catalog = CachedCatalog(
+        RegistryCatalog(n.registry), ttl_s=g.catalog_ttl_s if catalog_ttl_s is None else catalog_ttl_s
+    )
+    admission = Admission(
+        policy=PolicyStore(policy_path(settings.policies_dir)),
+        authenticator=authenticator,
+        breakglass=BreakGlass(db),
+        catalog=catalog,
+        limits=store.limits,
+        auditor=auditor,
+        digests=digests,
+        metrics=auditor.metrics,
+    )
+    inference_ = Inference(n.backend, limits=store.limits, auditor=auditor, digests=digests, metrics=auditor.metrics)
+    gateway = Gateway(
+        settings,
+        auditor=auditor,
+        digests=digests,
+        authenticator=authenticator,
+        logoffs=logoffs,
+        admission=admission,
+        inference=inference_,
+        catalog=catalog,
+        oidc=configure_oidc(settings),
+        audit_reader=audit_reader or _audit_reader(n.audit),
+        state=store,
+    )
+    return gateway, db
+
+
 def _audit_reader(audit: AuditLog) -> AuditReader | None:
     """The compliance pages' reader: the audit log itself when it is one (the in-memory log), else its store's."""
     if isinstance(audit, AuditReader):
         return audit
     return reader_for(audit)
+
+
+# --- the Litestar app ---------------------------------------------------------------------------------------------
+def configure_routes(config: AppConfig, gateway: Gateway) -> None:
+    """The API, the web pages and their static files; each handler gets the façade as the ``gw`` dependency."""
+    config.route_handlers += [
+        inference.inference,
+        inference.inference_stream,
+        openai.chat_completions,
+        openai.completions,
+        openai.models,
+        ops.healthz,
+        ops.readyz,
+        ops.metrics,
+        admin.list_keys,
+        admin.post_key,
+        admin.delete_key,
+        admin.list_grants,
+        admin.post_grant,
+        admin.delete_grant,
+        admin.post_reload,
+        *web.ROUTES,
+        create_static_files_router(path="/static", directories=[WEB_DIR / "static"], include_in_schema=False),
+    ]
+    config.dependencies["gw"] = Provide(lambda: gateway, use_cache=True, sync_to_thread=False)
+    config.signature_namespace["Gateway"] = Gateway
+    config.state["gateway"] = gateway
+
+
+def configure_errors(config: AppConfig) -> None:
+    """Every error mapped once (``_http.py``); Litestar's debug pages and log config stay off."""
+    config.exception_handlers.update(EXCEPTION_HANDLERS)
+    config.debug = False
+    config.logging_config = None
+
+
+def configure_web(config: AppConfig) -> None:
+    """Server-rendered pages (Jinja templates beside this file)."""
+    config.template_config = TemplateConfig(directory=WEB_DIR / "templates", engine=JinjaTemplateEngine)
+
+
+def configure_openapi(config: AppConfig) -> None:
+    """``/schema/openapi.json`` (the server-rendered ``/docs`` page reads it; no CDN)."""
+    config.openapi_config = OpenAPIConfig(
+        title="Appliance gateway",
+        version="1",
+        path="/schema",
+        render_plugins=[JsonRenderPlugin()],
+        components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
+    )
+
+
+def configure_limits_and_headers(config: AppConfig, settings: Settings) -> None:
+    """The body size limit, one JSON decoding point, security headers, HSTS when served over HTTPS."""
+    config.request_max_body_size = settings.gateway.max_body_bytes
+    config.request_class = GatewayRequest
+    config.response_headers = list(SECURITY_HEADERS)
+    if settings.gateway.secure_cookies:
+        config.before_send.append(hsts)
+
+
+def configure_middleware(config: AppConfig, gateway: Gateway) -> None:
+    """Request metrics, and the audit of refusals Litestar makes before a handler runs."""
+    config.middleware += [metrics_middleware(gateway), refusal_middleware(gateway)]
+
+
+def configure_lifespan(config: AppConfig, settings: Settings, gateway: Gateway, n: Neighbours, db: GatewayDB) -> None:
+    """Start the session sweeper; on shutdown stop it (a sweep under way finishes), then close what was opened."""
+    g = settings.gateway
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:
+        log.info(
+            "gateway.start",
+            policy_sha256=gateway.policy.sha256[:16],
+            oidc=gateway.oidc is not None,
+            jwt=gateway.jwt is not None,
+            state_store=g.state_store,
+        )
+        stop_sweeper = asyncio.Event()
+        sweeper = asyncio.create_task(gateway.run_session_sweeper(g.session_sweep_interval_s, stop_sweeper))
+        gateway.session_sweeper = sweeper
+        try:
+            yield
+        finally:
+            stop_sweeper.set()  # a sweep under way finishes its records before the audit log closes
+            try:
+                await asyncio.wait_for(sweeper, SWEEPER_STOP_S)
+            except Exception as exc:  # still running after SWEEPER_STOP_S: cancelled by wait_for
+                log.warning("gateway.sweeper_stop_failed", error_class=type(exc).__name__)
+            closers = [n.backend.aclose, n.audit.close]
+            if gateway.state is not None:
+                closers.append(gateway.state.aclose)
+            for closer in closers:
+                try:
+                    await closer()
+                except Exception as exc:  # closing must not hide the shutdown
+                    log.warning("gateway.close_failed", error_class=type(exc).__name__)
+            db.close()
+
+    config.lifespan.append(lifespan)
 
 
 def create_app(
@@ -251,132 +344,22 @@ def create_app(
     state: State | None = None,
 ) -> Litestar:
     """Build the gateway. Neighbours not given are opened from settings (their stages' factories)."""
-    g = settings.gateway
-    if keys is None:
-        keys = open_key_service(settings)
-    if audit is None:
-        audit = open_audit_log(settings, keys=keys)
-    if registry is None:
-        registry = open_registry(settings, keys=keys, audit=audit)
-    if backend is None:
-        backend = open_backend(settings)
-
-    # gateway.state_store: rate limits, the extraction detector and sessions in this process or a shared Redis
-    store = state if state is not None else open_state(settings, keys)
-    policy = PolicyStore(policy_path(settings.policies_dir))
-    db = GatewayDB(db_path(settings.data_dir))
-    issuer = jwt_issuer or g.oidc_issuer
-    validator = None
-    if issuer is not None:
-        fetcher = jwks_fetcher or discovery_jwks_fetcher(issuer, verify=g.oidc_ca_cert or True)
-        validator = JWTValidator(
-            JWKSCache(fetcher, ttl_s=g.jwks_cache_ttl_s),
-            issuer=issuer,
-            audience=g.jwt_audience,
-            algorithms=g.jwt_algorithms,
-        )
-    oidc = None
-    if g.oidc_issuer and g.oidc_client_id:
-        secret = g.oidc_client_secret.get_secret_value() if g.oidc_client_secret else None
-        oidc = OIDCClient(
-            g.oidc_issuer,
-            g.oidc_client_id,
-            secret,
-            f"{g.public_url.rstrip('/')}/auth/callback",
-            algorithms=g.jwt_algorithms,
-            jwks_ttl_s=g.jwks_cache_ttl_s,
-            verify=g.oidc_ca_cert or True,
-        )
-    gateway = Gateway(
+    n = configure_neighbours(settings, keys=keys, audit=audit, registry=registry, backend=backend)
+    gateway, db = configure_gateway(
         settings,
-        backend=backend,
-        audit=audit,
-        catalog=CachedCatalog(
-            RegistryCatalog(registry), ttl_s=g.catalog_ttl_s if catalog_ttl_s is None else catalog_ttl_s
-        ),
-        keys=keys,
-        policy=policy,
-        apikeys=ApiKeyStore(db),
-        breakglass=BreakGlass(db),
-        sessions=store.sessions,
-        jwt=validator,
-        oidc=oidc,
-        digest=lambda text: digest(keys, text),
-        digest_inline=getattr(keys, "backend", None) == "local",  # Vault's HMAC is a network call
-        versioned_digest=lambda text, version: versioned_digest(keys, text, version),
-        audit_reader=audit_reader or _audit_reader(audit),
-        state=store,
+        n,
+        jwks_fetcher=jwks_fetcher,
+        jwt_issuer=jwt_issuer,
+        audit_reader=audit_reader,
+        catalog_ttl_s=catalog_ttl_s,
+        state=state,
     )
-
-    @asynccontextmanager
-    async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:
-        log.info(
-            "gateway.start",
-            policy_sha256=policy.sha256[:16],
-            oidc=oidc is not None,
-            jwt=validator is not None,
-            state_store=g.state_store,
-        )
-        stop_sweeper = asyncio.Event()
-        sweeper = asyncio.create_task(gateway.run_session_sweeper(g.session_sweep_interval_s, stop_sweeper))
-        gateway.session_sweeper = sweeper
-        try:
-            yield
-        finally:
-            stop_sweeper.set()  # a sweep under way finishes its records before the audit log closes
-            try:
-                await asyncio.wait_for(sweeper, SWEEPER_STOP_S)
-            except Exception as exc:  # still running after SWEEPER_STOP_S: cancelled by wait_for
-                log.warning("gateway.sweeper_stop_failed", error_class=type(exc).__name__)
-            for closer in (backend.aclose, audit.close, store.aclose):
-                try:
-                    await closer()
-                except Exception as exc:  # closing must not hide the shutdown
-                    log.warning("gateway.close_failed", error_class=type(exc).__name__)
-            db.close()
-
-    app = Litestar(
-        route_handlers=[
-            inference.inference,
-            inference.inference_stream,
-            openai.chat_completions,
-            openai.completions,
-            openai.models,
-            ops.healthz,
-            ops.readyz,
-            ops.metrics,
-            admin.list_keys,
-            admin.post_key,
-            admin.delete_key,
-            admin.list_grants,
-            admin.post_grant,
-            admin.delete_grant,
-            admin.post_reload,
-            *web.ROUTES,
-            create_static_files_router(path="/static", directories=[WEB_DIR / "static"], include_in_schema=False),
-        ],
-        exception_handlers={
-            ApplianceError: _appliance_error,
-            ValidationException: _validation_error,
-            HTTPException: _http_error,
-            Exception: _internal_error,
-        },
-        template_config=TemplateConfig(directory=WEB_DIR / "templates", engine=JinjaTemplateEngine),
-        openapi_config=OpenAPIConfig(
-            title="Appliance gateway",
-            version="1",
-            path="/schema",
-            render_plugins=[JsonRenderPlugin()],
-            components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
-        ),
-        request_max_body_size=g.max_body_bytes,
-        response_headers=SECURITY_HEADERS,
-        before_send=[_hsts] if g.secure_cookies else [],
-        middleware=[_metrics_middleware(gateway), _refusal_middleware(gateway)],
-        request_class=GatewayRequest,
-        lifespan=[lifespan],
-        debug=False,
-        logging_config=None,
-    )
-    app.state.gateway = gateway
-    return app
+    config = AppConfig()
+    configure_routes(config, gateway)
+    configure_errors(config)
+    configure_web(config)
+    configure_openapi(config)
+    configure_limits_and_headers(config, settings)
+    configure_middleware(config, gateway)
+    configure_lifespan(config, settings, gateway, n, db)
+    return Litestar.from_config(config)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeAlias
 
 from litestar import Request
+from litestar.di import NamedDependency
 
 from appliance.gateway._service import Gateway
 from appliance.gateway.ports import AdapterRef
+
+GatewayDep: TypeAlias = NamedDependency[Gateway]  # the façade, provided by the app as the "gw" dependency
 
 
 def gateway_of(request: Request[Any, Any, Any]) -> Gateway:

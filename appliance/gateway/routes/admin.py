@@ -12,7 +12,7 @@ from appliance.errors import AuditUnavailable, ConfigError, PolicyViolation, Una
 from appliance.gateway._service import Ctx, Gateway
 from appliance.gateway.auth.apikeys import ApiKeyInfo, check_new_key, scopes_detail
 from appliance.gateway.breakglass import Grant
-from appliance.gateway.routes._common import gateway_of
+from appliance.gateway.routes._common import GatewayDep
 from appliance.gateway.schemas import ApiKeyCreate, BreakGlassCreate
 
 SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -171,15 +171,13 @@ async def reload_policy(gw: Gateway, ctx: Ctx | None) -> tuple[bool, str, str]:
 
 
 @get("/v1/admin/keys", summary="List API keys (never their secrets)", tags=["admin"], security=SECURITY)
-async def list_keys(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    gw = gateway_of(request)
+async def list_keys(request: Request[Any, Any, Any], gw: GatewayDep) -> dict[str, Any]:
     await gw.require(request, "admin.keys")
     return {"keys": [key_json(i) for i in gw.apikeys.list()]}
 
 
 @post("/v1/admin/keys", summary="Create an API key (shown once)", tags=["admin"], security=SECURITY, status_code=201)
-async def post_key(request: Request[Any, Any, Any], data: ApiKeyCreate) -> Response[Any]:
-    gw = gateway_of(request)
+async def post_key(request: Request[Any, Any, Any], gw: GatewayDep, data: ApiKeyCreate) -> Response[Any]:
     ctx = await gw.require(request, "admin.keys")
     key, info, audit_id = await create_key(gw, ctx, data.name, data.scopes, data.ttl_s)
     return Response(
@@ -188,16 +186,14 @@ async def post_key(request: Request[Any, Any, Any], data: ApiKeyCreate) -> Respo
 
 
 @delete("/v1/admin/keys/{key_id:str}", summary="Revoke an API key", tags=["admin"], security=SECURITY, status_code=200)
-async def delete_key(request: Request[Any, Any, Any], key_id: str) -> Response[Any]:
-    gw = gateway_of(request)
+async def delete_key(request: Request[Any, Any, Any], gw: GatewayDep, key_id: str) -> Response[Any]:
     ctx = await gw.require(request, "admin.keys")
     info, audit_id = await revoke_key(gw, ctx, key_id)
     return Response(key_json(info), headers={"X-Audit-Id": audit_id})
 
 
 @get("/v1/admin/breakglass", summary="List break-glass grants", tags=["admin"], security=SECURITY)
-async def list_grants(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    gw = gateway_of(request)
+async def list_grants(request: Request[Any, Any, Any], gw: GatewayDep) -> dict[str, Any]:
     await gw.require(request, "admin.breakglass")
     return {"grants": [grant_json(g) for g in gw.breakglass.list()]}
 
@@ -209,8 +205,7 @@ async def list_grants(request: Request[Any, Any, Any]) -> dict[str, Any]:
     security=SECURITY,
     status_code=201,
 )
-async def post_grant(request: Request[Any, Any, Any], data: BreakGlassCreate) -> Response[Any]:
-    gw = gateway_of(request)
+async def post_grant(request: Request[Any, Any, Any], gw: GatewayDep, data: BreakGlassCreate) -> Response[Any]:
     ctx = await gw.require(request, "admin.breakglass")
     g, audit_id = await grant_breakglass(gw, ctx, data)
     return Response(grant_json(g), status_code=201, headers={"X-Audit-Id": audit_id})
@@ -223,8 +218,7 @@ async def post_grant(request: Request[Any, Any, Any], data: BreakGlassCreate) ->
     security=SECURITY,
     status_code=200,
 )
-async def delete_grant(request: Request[Any, Any, Any], grant_id: str) -> Response[Any]:
-    gw = gateway_of(request)
+async def delete_grant(request: Request[Any, Any, Any], gw: GatewayDep, grant_id: str) -> Response[Any]:
     ctx = await gw.require(request, "admin.breakglass")
     g, audit_id = await revoke_breakglass(gw, ctx, grant_id)
     return Response(grant_json(g), headers={"X-Audit-Id": audit_id})
@@ -233,8 +227,7 @@ async def delete_grant(request: Request[Any, Any, Any], grant_id: str) -> Respon
 @post(
     "/v1/admin/policy/reload", summary="Reload policies/access.yaml", tags=["admin"], security=SECURITY, status_code=200
 )
-async def post_reload(request: Request[Any, Any, Any]) -> Response[Any]:
-    gw = gateway_of(request)
+async def post_reload(request: Request[Any, Any, Any], gw: GatewayDep) -> Response[Any]:
     ctx = await gw.require(request, "admin.policy")
     ok, message, sha = await reload_policy(gw, ctx)
     return Response({"applied": ok, "message": message, "sha256": sha}, status_code=200 if ok else 422)

@@ -9,7 +9,7 @@ from litestar import Request, Response, post
 from litestar.response import Stream
 
 from appliance.errors import ApplianceError
-from appliance.gateway.routes._common import error_body, gateway_of, sse, trace_headers
+from appliance.gateway.routes._common import GatewayDep, error_body, sse, trace_headers
 from appliance.gateway.schemas import InferenceRequest, InferenceResponse
 from appliance.protocols import TokenEvent
 
@@ -24,16 +24,16 @@ SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
     security=SECURITY,
     status_code=200,
 )
-async def inference(request: Request[Any, Any, Any], name: str, version: str, data: InferenceRequest) -> Response[Any]:
-    gw = gateway_of(request)
+async def inference(
+    request: Request[Any, Any, Any], gw: GatewayDep, name: str, version: str, data: InferenceRequest
+) -> Response[Any]:
     ctx = await gw.require(request, "inference")
-    ref = await gw.authorize_adapter(ctx, name, version)
-    admitted = await gw.admit(ctx, ref, data.inputs, wants_logprobs=data.parameters.wants_logprobs())
-    gen = await gw.generate(ctx, ref, data.inputs, data.parameters.to_params(), admitted)
+    admitted = await gw.admit(ctx, name, version, data.inputs, wants_logprobs=data.parameters.wants_logprobs())
+    gen = await gw.generate(admitted, data.parameters.to_params())
     body = InferenceResponse(
         generated_text=gen.text, details=dict(gen.details) if data.parameters.details and gen.details else None
     )
-    return Response(body.model_dump(exclude_none=True), headers=trace_headers(admitted.receipt.event_id, ref))
+    return Response(body.model_dump(exclude_none=True), headers=trace_headers(admitted.audit_id, admitted.ref))
 
 
 @post(
@@ -43,14 +43,13 @@ async def inference(request: Request[Any, Any, Any], name: str, version: str, da
     security=SECURITY,
     status_code=200,
 )
-async def inference_stream(request: Request[Any, Any, Any], name: str, version: str, data: InferenceRequest) -> Stream:
-    gw = gateway_of(request)
+async def inference_stream(
+    request: Request[Any, Any, Any], gw: GatewayDep, name: str, version: str, data: InferenceRequest
+) -> Stream:
     ctx = await gw.require(request, "inference")
-    ref = await gw.authorize_adapter(ctx, name, version)
-    allowed = data.parameters.wants_logprobs()
-    admitted = await gw.admit(ctx, ref, data.inputs, wants_logprobs=allowed)
-    logprobs_ok = gw.policy.current.may_logprobs(ctx.roles)
-    events = await gw.open_stream(ctx, ref, data.inputs, data.parameters.to_params(), admitted)
+    admitted = await gw.admit(ctx, name, version, data.inputs, wants_logprobs=data.parameters.wants_logprobs())
+    logprobs_ok = ctx.policy.may_logprobs(ctx.roles)
+    events = await gw.open_stream(admitted, data.parameters.to_params())
 
     async def body() -> AsyncIterator[bytes]:
         async for ev in events:
@@ -62,7 +61,7 @@ async def inference_stream(request: Request[Any, Any, Any], name: str, version: 
     return Stream(
         body(),
         media_type="text/event-stream",
-        headers={**trace_headers(admitted.receipt.event_id, ref), "Cache-Control": "no-store"},
+        headers={**trace_headers(admitted.audit_id, admitted.ref), "Cache-Control": "no-store"},
     )
 
 

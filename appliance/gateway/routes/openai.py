@@ -11,19 +11,19 @@ from litestar.response import Stream
 
 from appliance.errors import ApplianceError, NotFound
 from appliance.gateway._service import Ctx, Gateway
-from appliance.gateway.ports import AdapterRef
-from appliance.gateway.routes._common import FINISH, error_body, gateway_of, sse, trace_headers
+from appliance.gateway.routes._common import FINISH, GatewayDep, error_body, gateway_of, sse, trace_headers
 from appliance.gateway.schemas import ChatCompletionRequest, CompletionRequest, render_chat
 from appliance.ids import random_uuid
 
 SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
-async def _resolve_model(gw: Gateway, ctx: Ctx, model: str) -> AdapterRef:
+async def _model_name(gw: Gateway, ctx: Ctx, model: str) -> tuple[str, str]:
+    """``name@version`` split; anything else is an audited 404."""
     name, sep, version = model.partition("@")
     if not sep:
         raise await gw.deny(NotFound("model must be 'name@version' (version: a number or 'production')"), ctx=ctx)
-    return await gw.authorize_adapter(ctx, name, version)
+    return name, version
 
 
 async def _complete(
@@ -31,16 +31,17 @@ async def _complete(
 ) -> Any:
     gw = gateway_of(request)
     ctx = await gw.require(request, "openai")
-    ref = await _resolve_model(gw, ctx, data.model)
+    name, version = await _model_name(gw, ctx, data.model)
     prompt = render_chat(data.messages) if isinstance(data, ChatCompletionRequest) else data.prompt
-    admitted = await gw.admit(ctx, ref, prompt, wants_logprobs=data.wants_logprobs())
+    admitted = await gw.admit(ctx, name, version, prompt, wants_logprobs=data.wants_logprobs())
+    ref = admitted.ref
     params = data.to_params()
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{random_uuid().hex}"
     created = int(time.time())
     model = f"{ref.name}@{ref.version}"
-    headers = trace_headers(admitted.receipt.event_id, ref)
+    headers = trace_headers(admitted.audit_id, ref)
     if not data.stream:
-        gen = await gw.generate(ctx, ref, prompt, params, admitted)
+        gen = await gw.generate(admitted, params)
         finish = FINISH.get(gen.finish_reason, "stop")
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
         if data.wants_logprobs() and gen.details:
@@ -58,7 +59,7 @@ async def _complete(
         body = {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice], "usage": usage}
         return Response(body, headers=headers)
 
-    events = await gw.open_stream(ctx, ref, prompt, params, admitted)
+    events = await gw.open_stream(admitted, params)
     obj = "chat.completion.chunk" if chat else "text_completion"
 
     async def body_stream() -> AsyncIterator[bytes]:
@@ -95,8 +96,7 @@ async def completions(request: Request[Any, Any, Any], data: CompletionRequest) 
 
 
 @get("/v1/models", summary="The adapters the caller may use", tags=["openai"], security=SECURITY)
-async def models(request: Request[Any, Any, Any]) -> Response[Any]:
-    gw = gateway_of(request)
+async def models(request: Request[Any, Any, Any], gw: GatewayDep) -> Response[Any]:
     ctx = await gw.require(request, "models")
     items = []
     for a in await gw.visible_adapters(ctx):

@@ -9,7 +9,7 @@ from litestar import Request, Response, get
 
 from appliance.errors import PermissionDenied, StateStoreUnavailable, Unauthenticated
 from appliance.gateway._service import Ctx, constant_time_equals
-from appliance.gateway.routes._common import gateway_of
+from appliance.gateway.routes._common import GatewayDep
 
 
 @get("/healthz", summary="Liveness", tags=["ops"])
@@ -18,8 +18,7 @@ async def healthz() -> dict[str, str]:
 
 
 @get("/readyz", summary="Readiness: backend, audit store and key service", tags=["ops"])
-async def readyz(request: Request[Any, Any, Any]) -> Response[Any]:
-    gw = gateway_of(request)
+async def readyz(request: Request[Any, Any, Any], gw: GatewayDep) -> Response[Any]:
     checks = await gw.readiness()
     ok = all(checks.values())
     body: dict[str, Any] = {"ready": ok, "checks": checks}
@@ -41,8 +40,7 @@ def _loopback(request: Request[Any, Any, Any]) -> bool:
 
 
 @get("/metrics", summary="Prometheus metrics (metrics token, a role with 'metrics', or loopback)", tags=["ops"])
-async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
-    gw = gateway_of(request)
+async def metrics(request: Request[Any, Any, Any], gw: GatewayDep) -> Response[bytes]:
     token = gw.settings.gateway.metrics_token
     header = request.headers.get("authorization", "")
     presented = header[7:].strip() if header.lower().startswith("bearer ") else ""
