@@ -4,6 +4,7 @@ Nothing here imports a stage (``appliance.serving``, ``appliance.gateway``...); 
 this package. A plain re-export list: each module owns one contract.
 """
 
+from appliance.contracts.approval import ApprovalLimits
 from appliance.contracts.generation import (
     API_LIMITS,
     ApiLimits,
@@ -15,6 +16,7 @@ from appliance.contracts.generation import (
 __all__ = [
     "API_LIMITS",
     "ApiLimits",
+    "ApprovalLimits",
     "GenerateParameters",
     "GenerationParams",
     "SamplingParams",
