@@ -12,12 +12,36 @@ from appliance.contracts.generation import (
     GenerationParams,
     SamplingParams,
 )
+from appliance.contracts.ledger import LedgerEntry, ledger_entry, read_ledger_entry
+from appliance.contracts.run_metadata import (
+    METADATA_FORMAT_VERSION,
+    BaseModelRef,
+    CanaryReport,
+    DatasetRef,
+    DPParameters,
+    PrivacyAuditReport,
+    QuantizationInfo,
+    RunMetadata,
+    run_metadata_json,
+)
 
 __all__ = [
     "API_LIMITS",
+    "METADATA_FORMAT_VERSION",
     "ApiLimits",
     "ApprovalLimits",
+    "BaseModelRef",
+    "CanaryReport",
+    "DPParameters",
+    "DatasetRef",
     "GenerateParameters",
     "GenerationParams",
+    "LedgerEntry",
+    "PrivacyAuditReport",
+    "QuantizationInfo",
+    "RunMetadata",
     "SamplingParams",
+    "ledger_entry",
+    "read_ledger_entry",
+    "run_metadata_json",
 ]

@@ -27,6 +27,17 @@ from typing import Any
 import structlog
 
 from appliance.config import Settings
+from appliance.contracts import (
+    METADATA_FORMAT_VERSION,
+    BaseModelRef,
+    CanaryReport,
+    DatasetRef,
+    DPParameters,
+    PrivacyAuditReport,
+    QuantizationInfo,
+    RunMetadata,
+    run_metadata_json,
+)
 from appliance.errors import (
     ApplianceError,
     BudgetExhausted,
@@ -713,7 +724,7 @@ class TrainingRun:
             with storage_errors(str(tmp)):
                 self.s.weights_sha256 = hashlib.sha256((tmp / "adapter_model.safetensors").read_bytes()).hexdigest()
                 self.s.config_sha256 = hashlib.sha256((tmp / "adapter_config.json").read_bytes()).hexdigest()
-            metadata = self._metadata(entry.epsilon if cfg.dp else None)
+            metadata = run_metadata_json(self._metadata(entry.epsilon if cfg.dp else None))
             self._seal_canaries(tmp)
             write_json(tmp / "metadata.json", metadata)
             with storage_errors(str(tmp)):
@@ -742,32 +753,34 @@ class TrainingRun:
         with storage_errors(str(directory / SEALED_FILE)):
             atomic_write(directory / SEALED_FILE, sealed, mode=0o600)
 
-    def _metadata(self, epsilon: float | None) -> dict[str, Any]:
+    def _metadata(self, epsilon: float | None) -> RunMetadata:
         cfg = self.config
         assert self.s.dataset is not None
         exposures = [
             {"repetitions": c.repetitions, "exposure": round(e, 4)}
             for c, e in zip(self.s.canaries, self.s.exposures, strict=True)
         ]
-        return {
-            "format_version": 1,
-            "appliance_version": _package_version("appliance"),
-            "run_id": self.run_id,
-            "trained_by": cfg.trained_by,
-            "base_model": {"path": str(cfg.base.resolve()), "sha256": self.s.base_hash},
-            "dataset": {"fingerprint": self.s.dataset.fingerprint, "path": str(self.s.dataset.path)},
-            "dp": {
-                "enabled": cfg.dp,
-                "epsilon": epsilon,
-                "delta": self.s.delta if cfg.dp else None,
-                "noise_multiplier": self.s.noise_multiplier if cfg.dp else None,
-                "sample_rate": self.s.sample_rate if cfg.dp else None,
-                "max_grad_norm": cfg.max_grad_norm if cfg.dp else None,
-                "privacy_unit": cfg.privacy_unit,
-                "accountant": "rdp",
-                **(self._dp_mechanics() if cfg.dp else {}),
-            },
-            "lora": {
+        mechanics: dict[str, Any] = self._dp_mechanics() if cfg.dp else {}  # extra keys of metadata.dp
+        sealed: dict[str, Any] = {"sealed": bool(self.s.canaries) and self._keys is not None}  # canaries.sealed
+        return RunMetadata(
+            format_version=METADATA_FORMAT_VERSION,
+            appliance_version=_package_version("appliance"),
+            run_id=self.run_id,
+            trained_by=cfg.trained_by,
+            base_model=BaseModelRef(path=str(cfg.base.resolve()), sha256=self.s.base_hash),
+            dataset=DatasetRef(fingerprint=self.s.dataset.fingerprint, path=str(self.s.dataset.path)),
+            dp=DPParameters(
+                enabled=cfg.dp,
+                epsilon=epsilon,
+                delta=self.s.delta if cfg.dp else None,
+                noise_multiplier=self.s.noise_multiplier if cfg.dp else None,
+                sample_rate=self.s.sample_rate if cfg.dp else None,
+                max_grad_norm=cfg.max_grad_norm if cfg.dp else None,
+                privacy_unit=cfg.privacy_unit,
+                accountant="rdp",
+                **mechanics,
+            ),
+            lora={
                 "r": cfg.lora_r,
                 "alpha": cfg.lora_alpha,
                 "dropout": cfg.lora_dropout,
@@ -775,37 +788,37 @@ class TrainingRun:
                     {m.rsplit(".", 1)[-1] for m in self._model.peft_config["default"].target_modules}
                 ),
             },
-            "quantization": quantization_metadata(cfg.quantize, cfg.serving_base),
-            "hyperparameters": {
+            quantization=QuantizationInfo.model_validate(quantization_metadata(cfg.quantize, cfg.serving_base)),
+            hyperparameters={
                 "learning_rate": cfg.learning_rate,
                 "batch_size": cfg.batch_size,
                 "max_length": cfg.max_length,
                 "steps": cfg.steps,
                 "seed": cfg.seed,
             },
-            "steps": self.s.step,
-            "metrics": self.s.metrics,
-            "evaluation": self.s.evaluation,
-            "canaries": {
-                "count": len(self.s.canaries),
-                "exposures": exposures,
-                "max_exposure": max((e["exposure"] for e in exposures), default=0.0),
-                "sealed": bool(self.s.canaries) and self._keys is not None,  # canaries.sealed beside it
-            },
-            "privacy_audit": self._privacy_audit_claim(epsilon),
-            "packages": {name: _package_version(name) for name in ("torch", "transformers", "peft", "opacus")},
-            "started_at": self.s.started_at,
-            "finished_at": _now(),
-        }
+            steps=self.s.step,
+            metrics=self.s.metrics,
+            evaluation=self.s.evaluation,
+            canaries=CanaryReport(
+                count=len(self.s.canaries),
+                exposures=exposures,
+                max_exposure=max((e["exposure"] for e in exposures), default=0.0),
+                **sealed,
+            ),
+            privacy_audit=self._privacy_audit_claim(epsilon),
+            packages={name: _package_version(name) for name in ("torch", "transformers", "peft", "opacus")},
+            started_at=self.s.started_at,
+            finished_at=_now(),
+        )
 
-    def _privacy_audit_claim(self, epsilon: float | None) -> dict[str, Any] | None:
+    def _privacy_audit_claim(self, epsilon: float | None) -> PrivacyAuditReport | None:
         """metadata.privacy_audit: the audit's counts and bound beside the epsilon the accountant claims."""
         if self.s.privacy_audit is None:
             return None
         claim = {**self.s.privacy_audit, "claimed_epsilon": epsilon}
         if epsilon is not None and claim["epsilon_lower_bound"] > epsilon:
             log.warning("training.privacy_audit_exceeds_claim", run_id=self.run_id, **claim)
-        return claim
+        return PrivacyAuditReport.model_validate(claim)
 
     def _dp_mechanics(self) -> dict[str, Any]:
         """How the DP noise and sampling were drawn and the per-unit gradients computed (metadata.dp)."""
