@@ -98,7 +98,7 @@ class TestRecordLevel:
             make_config(**tiny_options(prepared, tiny_model, tmp_path / "a", canaries=1)), train_settings, audit=audit
         )
         run.run()
-        secret = run.s.canaries[0].secret
+        secret = run.prepared.canaries[0].secret
         text = (tmp_path / "a" / "metadata.json").read_text() + json.dumps(audit.events, default=str)
         assert secret not in text and "Summarise visit" not in text
         sealed = tmp_path / "a" / "canaries.sealed"
