@@ -95,7 +95,7 @@ def _child(args: argparse.Namespace) -> None:
     cpu_marks = [cpu_start, *cpu_stamps]
     cpu_times = [b - a for a, b in itertools.pairwise(cpu_marks)]
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
-    eps = run.s.epsilons[-1] if run.s.epsilons else None
+    eps = run.progress.epsilons[-1] if run.progress.epsilons else None
     print(
         json.dumps(
             {
@@ -109,11 +109,11 @@ def _child(args: argparse.Namespace) -> None:
                 "learning_rate": run.config.learning_rate,
                 "batch_size": run.config.batch_size,
                 "peak_rss_mb": rss_mb,
-                "eval_loss": run.s.metrics["eval_loss"],
-                "train_loss": run.s.metrics["train_loss"],
+                "eval_loss": run.evaluated.metrics["eval_loss"],
+                "train_loss": run.evaluated.metrics["train_loss"],
                 "epsilon": eps,
-                "noise_multiplier": run.s.noise_multiplier,
-                "sample_rate": run.s.sample_rate,
+                "noise_multiplier": run.prepared.noise_multiplier,
+                "sample_rate": run.prepared.sample_rate,
             }
         )
     )
@@ -126,7 +126,7 @@ def count_rows(run: object, rows_seen: list[int]) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
         rows_seen[0] += int(ids.shape[0])  # type: ignore[union-attr]
 
-    run._model.register_forward_pre_hook(hook, with_kwargs=True)  # type: ignore[attr-defined]
+    run.built.model.register_forward_pre_hook(hook, with_kwargs=True)  # type: ignore[attr-defined]
 
 
 def _prepare(work: Path, model: str, base: str | None) -> str:

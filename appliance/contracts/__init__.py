@@ -4,6 +4,7 @@ Nothing here imports a stage (``appliance.serving``, ``appliance.gateway``...); 
 this package. A plain re-export list: each module owns one contract.
 """
 
+from appliance.contracts.approval import ApprovalLimits
 from appliance.contracts.generation import (
     API_LIMITS,
     ApiLimits,
@@ -11,11 +12,36 @@ from appliance.contracts.generation import (
     GenerationParams,
     SamplingParams,
 )
+from appliance.contracts.ledger import LedgerEntry, ledger_entry, read_ledger_entry
+from appliance.contracts.run_metadata import (
+    METADATA_FORMAT_VERSION,
+    BaseModelRef,
+    CanaryReport,
+    DatasetRef,
+    DPParameters,
+    PrivacyAuditReport,
+    QuantizationInfo,
+    RunMetadata,
+    run_metadata_json,
+)
 
 __all__ = [
     "API_LIMITS",
+    "METADATA_FORMAT_VERSION",
     "ApiLimits",
+    "ApprovalLimits",
+    "BaseModelRef",
+    "CanaryReport",
+    "DPParameters",
+    "DatasetRef",
     "GenerateParameters",
     "GenerationParams",
+    "LedgerEntry",
+    "PrivacyAuditReport",
+    "QuantizationInfo",
+    "RunMetadata",
     "SamplingParams",
+    "ledger_entry",
+    "read_ledger_entry",
+    "run_metadata_json",
 ]

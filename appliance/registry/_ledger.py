@@ -5,8 +5,8 @@ train`` and ``registry add``. The ledger row of the same run is written by the t
 registry checks the run directory's claims against it: the run must be there and ``finished``, and its dataset,
 trainer, DP parameters, epsilon, delta, steps, highest canary exposure, weights file and adapter_config.json (rank,
 scaling, target modules: what the adapter computes) and its evaluation against the base model (what the
-quality gate reads) must agree. The registry reads the SQLite file directly (as
-``_policy.py`` reads the policy) so that it never imports the training stack.
+quality gate reads) must agree. The registry reads the row through ``appliance.contracts.read_ledger_entry``
+(the file opened read-only; training owns its schema and writes), so that it never imports the training stack.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.contracts import LedgerEntry, read_ledger_entry
 from appliance.errors import IntegrityViolation, StorageUnavailable
 
 __all__ = ["ClaimedRun", "check_against_ledger"]
@@ -46,17 +47,9 @@ class ClaimedRun:
     privacy_audit: dict[str, Any] | None = None  # the one-run audit (what the audit gate reads)
 
 
-def _read(path: Path, run_id: str) -> sqlite3.Row | None:
-    if not path.is_file():
-        return None
+def _read(path: Path, run_id: str) -> LedgerEntry | None:
     try:
-        db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=30.0)
-        try:
-            db.row_factory = sqlite3.Row
-            row: sqlite3.Row | None = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-            return row
-        finally:
-            db.close()
+        return read_ledger_entry(path, run_id)
     except sqlite3.Error as exc:
         raise StorageUnavailable(f"privacy ledger {path} cannot be read: {exc}") from exc
 
@@ -67,9 +60,8 @@ def _same(a: float | None, b: float | None) -> bool:
     return math.isclose(a, b, rel_tol=_REL_TOL, abs_tol=1e-15)
 
 
-def _json_column(row: sqlite3.Row, name: str) -> Any:
-    """A JSON column of the row (None: absent, as in a ledger from before the column, or empty)."""
-    stored = row[name] if name in row.keys() else None  # noqa: SIM118 (sqlite3.Row)
+def _json(stored: str | None) -> Any:
+    """A JSON column's value (None: absent, as in a ledger from before the column, or empty)."""
     try:
         return json.loads(stored) if stored else None
     except json.JSONDecodeError:
@@ -82,15 +74,14 @@ def check_against_ledger(ledger_path: Path, claimed: ClaimedRun) -> None:
     where = f"training run {claimed.run_id!r}"
     if row is None:
         raise IntegrityViolation(f"{where} is not in the privacy ledger {ledger_path}; only runs trained here register")
-    status, reason = row["status"], row["reason"]
-    if status != "finished":
-        state = "abandoned" if reason == "abandoned" else status
+    if row.status != "finished":
+        state = "abandoned" if row.reason == "abandoned" else row.status
         raise IntegrityViolation(f"{where} is {state} in the privacy ledger; only finished runs register")
     ledger: dict[str, Any] = {
-        "dataset": row["fingerprint"],
-        "trained_by": row["trained_by"],
-        "dp": bool(row["dp"]),
-        "privacy_unit": row["privacy_unit"],
+        "dataset": row.fingerprint,
+        "trained_by": row.trained_by,
+        "dp": row.dp,
+        "privacy_unit": row.privacy_unit,
     }
     problems = [
         f"{field} {getattr(claimed, field)!r} (ledger: {value!r})"
@@ -98,34 +89,24 @@ def check_against_ledger(ledger_path: Path, claimed: ClaimedRun) -> None:
         if getattr(claimed, field) != value
     ]
     for field in ("epsilon", "delta", "noise_multiplier", "sample_rate"):
-        if not _same(getattr(claimed, field), row[field]):
-            problems.append(f"{field} {getattr(claimed, field)!r} (ledger: {row[field]!r})")
+        if not _same(getattr(claimed, field), getattr(row, field)):
+            problems.append(f"{field} {getattr(claimed, field)!r} (ledger: {getattr(row, field)!r})")
     # recorded when the run closed; a run finished before the ledger kept it has none and cannot claim one
-    exposure = row["max_exposure"] if "max_exposure" in row.keys() else None  # noqa: SIM118 (sqlite3.Row)
-    if not _same(claimed.max_exposure, exposure):
-        problems.append(f"canary max_exposure {claimed.max_exposure!r} (ledger: {exposure!r})")
-    weights = row["weights_sha256"] if "weights_sha256" in row.keys() else None  # noqa: SIM118 (sqlite3.Row)
-    if claimed.weights != weights:  # other weights under this run's metadata
-        problems.append(f"weights {claimed.weights[:16]}... (ledger: {str(weights)[:16]}...)")
-    config = row["config_sha256"] if "config_sha256" in row.keys() else None  # noqa: SIM118 (sqlite3.Row)
-    if claimed.config != config:  # an edited (or other run's) adapter_config.json under this run's metadata
+    if not _same(claimed.max_exposure, row.max_exposure):
+        problems.append(f"canary max_exposure {claimed.max_exposure!r} (ledger: {row.max_exposure!r})")
+    if claimed.weights != row.weights_sha256:  # other weights under this run's metadata
+        problems.append(f"weights {claimed.weights[:16]}... (ledger: {str(row.weights_sha256)[:16]}...)")
+    if claimed.config != row.config_sha256:  # an edited (or other run's) adapter_config.json under this metadata
+        config = row.config_sha256
         recorded = f"{config[:16]}..." if config else "none: the run finished before the ledger kept it; retrain"
         problems.append(f"adapter_config.json {claimed.config[:16]}... (ledger: {recorded})")
     # the numbers the quality gate reads must be the ones the training process measured, not an edited file's
-    stored = row["evaluation"] if "evaluation" in row.keys() else None  # noqa: SIM118 (sqlite3.Row)
-    measured: Any = None
-    try:
-        measured = json.loads(stored) if stored else None
-    except json.JSONDecodeError:
-        measured = "unreadable"
-    if claimed.evaluation != measured:
+    if claimed.evaluation != _json(row.evaluation):
         problems.append("evaluation (base vs adapter) differs from the one the ledger recorded")
-    if claimed.privacy_audit != _json_column(row, "privacy_audit"):
+    if claimed.privacy_audit != _json(row.privacy_audit):
         problems.append("privacy_audit (epsilon lower bound) differs from the one the ledger recorded")
     # a finished run took every planned step; the ledger may have charged more (steps repeated after a resume)
-    if claimed.steps != row["steps_planned"] or row["steps_taken"] < row["steps_planned"]:
-        problems.append(
-            f"steps {claimed.steps!r} (ledger: {row['steps_planned']} planned, {row['steps_taken']} charged)"
-        )
+    if claimed.steps != row.steps_planned or row.steps_taken < row.steps_planned:
+        problems.append(f"steps {claimed.steps!r} (ledger: {row.steps_planned} planned, {row.steps_taken} charged)")
     if problems:
         raise IntegrityViolation(f"{where}: the metadata does not match the privacy ledger: {'; '.join(problems)}")

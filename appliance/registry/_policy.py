@@ -1,8 +1,9 @@
 """The approval limits the registry enforces, read from ``policies/privacy.yaml`` (its ``approval`` section).
 
-The training stage owns the file and validates all of it; the registry reads only the section it enforces with
-its own small model, so that approving an adapter never imports the training stack. A missing or invalid file
-refuses approvals (fail closed): an adapter is never approved against limits nobody could read.
+The training stage owns the file and validates all of it; the registry reads only the section it enforces, with
+the one model of it (``appliance.contracts.ApprovalLimits``), so that approving never imports the training stack.
+A missing or invalid file refuses approvals (fail closed): an adapter is never approved against limits nobody
+could read.
 """
 
 from __future__ import annotations
@@ -10,25 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
+from appliance.contracts import ApprovalLimits
 from appliance.errors import ConfigError, PolicyViolation
 from appliance.policy_files import read_yaml_mapping, validation_problems
 
 __all__ = ["ApprovalLimits", "check_privacy_audit", "check_quality", "load_approval_limits"]
-
-
-class ApprovalLimits(BaseModel):
-    """Limits an adapter must meet before it may be approved."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_epsilon: float = Field(gt=0)  # the run's epsilon must not exceed this
-    max_canary_exposure: float = Field(gt=0)  # bits; the run's max canary exposure must not exceed this
-    require_dp: bool = True  # adapters trained without DP cannot be approved
-    # quality: how much better than its base model the adapter must be on the eval split (strictly better always)
-    min_loss_improvement: float = Field(default=0.0, ge=0)  # nats of mean token loss the adapter must remove
-    min_exact_match_gain: float = Field(default=0.0, ge=0, le=1)  # exact-match fraction it must add
 
 
 def load_approval_limits(policies_dir: Path) -> ApprovalLimits:

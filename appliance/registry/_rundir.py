@@ -1,9 +1,10 @@
 """Reading a training run directory (contracts.md "Training output") and the prepared dataset it names.
 
-Everything is checked before anything is written: the metadata against its schema (every problem reported at
-once), the weights file's key names (a ``_module.`` prefix from Opacus would make TGI silently serve the base
-model), the dataset's manifest against the fingerprint the run recorded, and the base model's content hash
-when its directory is present.
+Everything is checked before anything is written: the metadata against its schema
+(``appliance.contracts.RunMetadata``, the model training writes it with; every problem reported at once), the
+weights file's key names (a ``_module.`` prefix from Opacus would make TGI silently serve the base model), the
+dataset's manifest against the fingerprint the run recorded, and the base model's content hash when its
+directory is present.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import struct
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 
 from appliance._fs import sha256_file
+from appliance.contracts import RunMetadata
 from appliance.errors import IntegrityViolation, ValidationFailed
 
 __all__ = ["NAME_PATTERN", "DatasetInfo", "RunDir", "RunMetadata", "check_name", "read_run_dir", "sha256_file"]
@@ -35,94 +37,6 @@ def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise ValidationFailed(f"invalid adapter name {name!r}: use 1-63 of a-z, 0-9, '-', '_' (starting a-z/0-9)")
     return name
-
-
-class _Loose(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class _BaseModelRef(_Loose):
-    path: str = Field(min_length=1)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-
-
-class _DatasetRef(_Loose):
-    fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$")
-    path: str = Field(min_length=1)
-
-
-class _DP(_Loose):
-    enabled: bool
-    epsilon: float | None = Field(default=None, ge=0)
-    delta: float | None = Field(default=None, ge=0, lt=1)
-    noise_multiplier: float | None = None
-    sample_rate: float | None = None
-    max_grad_norm: float | None = None
-    privacy_unit: Literal["record", "subject"] = "record"
-    accountant: str | None = None
-
-    @model_validator(mode="after")
-    def _complete(self) -> _DP:
-        if self.enabled and (self.epsilon is None or self.delta is None):
-            raise ValueError("a DP run must record its epsilon and delta")
-        return self
-
-
-class _Canaries(_Loose):
-    count: int = Field(ge=0)
-    exposures: list[dict[str, Any]] = Field(default_factory=list)
-    max_exposure: float | None = None
-
-
-class _Quantization(_Loose):
-    """How the base was held in training and what the adapter is to be served on (absent before QLoRA)."""
-
-    method: Literal["none", "nf4"]
-    compute_dtype: Literal["float32", "bfloat16", "float16"]
-    adapter_dtype: Literal["float32", "bfloat16", "float16"]
-    double_quant: bool | None = None
-    serving: Literal["unquantised", "engine"]
-
-
-class _PrivacyAudit(_Loose):
-    """The one-run privacy audit's counts and bound (Steinke et al. 2023; ``appliance train --audit-canaries``)."""
-
-    m: int = Field(ge=2)  # audit canaries, each trained on with probability 1/2
-    guesses: int = Field(ge=0)
-    correct: int = Field(ge=0)
-    epsilon_lower_bound: float = Field(ge=0)  # empirical, at confidence 1 - significance, at ``delta``
-    claimed_epsilon: float | None = None  # what the accountant claims (None: no DP)
-    delta: float = Field(gt=0, lt=1)
-    significance: float = Field(gt=0, lt=1)
-
-    @model_validator(mode="after")
-    def _counts(self) -> _PrivacyAudit:
-        if not self.correct <= self.guesses <= self.m:
-            raise ValueError("need correct <= guesses <= m")
-        return self
-
-
-class RunMetadata(_Loose):
-    """``metadata.json`` of a training run (contracts.md); unknown extra keys are kept, not refused."""
-
-    format_version: Literal[1]
-    appliance_version: str | None = None
-    run_id: str = Field(min_length=1, max_length=128)
-    trained_by: str = Field(min_length=1, max_length=128)
-    base_model: _BaseModelRef
-    dataset: _DatasetRef
-    dp: _DP
-    lora: dict[str, Any]
-    hyperparameters: dict[str, Any]
-    steps: int = Field(ge=0)
-    metrics: dict[str, Any]
-    evaluation: dict[str, Any] | None = None  # appliance.evaluation's report (base vs adapter on the eval split)
-    quantization: _Quantization | None = None  # training.quantization_metadata; None: trained before QLoRA
-    canaries: _Canaries
-    privacy_audit: _PrivacyAudit | None = None  # absent or null: the run was not audited
-    packages: dict[str, Any] = Field(default_factory=dict)
-    started_at: str | None = None
-    finished_at: str | None = None
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,9 @@ from appliance.training._audit import AuditCanary
 from appliance.training._canaries import Canary
 from appliance.training._config import TrainConfig
 from appliance.training._data import read_prepared
+from appliance.training._metadata import now
+from appliance.training._phases import Prepared, Resume
+from appliance.training._prepare import load_tokenizer, run_units
 from appliance.training._run import StepInfo, TrainingRun, TrainResult
 
 __all__ = ["World", "current_world", "run_distributed"]
@@ -137,6 +140,14 @@ def step_aligned_loader(loader: Any) -> Any:
     )
 
 
+class _LeaderStopped(Exception):
+    """Rank 0 refused to start the run (its own error, with its exit status, is the run's); this rank stops."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
 class DistributedTrainingRun(TrainingRun):
     """One rank of a data-parallel run: rank 0 is the run; the others follow it step for step."""
 
@@ -164,62 +175,76 @@ class DistributedTrainingRun(TrainingRun):
             use_stage_factories=main,  # the other ranks never reach the key service, the audit trail or the ledger
         )
         self.world = world
-        self.leader_stopped: str | None = None  # the error code with which rank 0 refused to start the run
 
     # --- phase 1: rank 0 prepares and charges; the others receive what they need ------------------------------
-    def prepare(self) -> None:
+    def prepare(self) -> Prepared:
         if not self.world.is_main:
             spec = _share(None)
             if not spec["ok"]:  # rank 0 reports its own error (and exit status); this rank has nothing to do
-                self.leader_stopped = str(spec["code"])
-                return
-            self._follow(spec)
-            return
+                raise _LeaderStopped(str(spec["code"]))
+            return self._follow(spec)
         try:
-            super().prepare()
+            prepared = super().prepare()
         except BaseException as exc:
             _share({"ok": False, "code": exc.code if isinstance(exc, ApplianceError) else type(exc).__name__})
             raise
-        assert self.s.dataset is not None
         _share(
             {
                 "ok": True,
                 "run_id": self.run_id,
                 "config": self.config.model_dump_json(),
-                "fingerprint": self.s.dataset.fingerprint,
-                "base_sha256": self.s.base_hash,
-                "delta": self.s.delta,
-                "noise_multiplier": self.s.noise_multiplier,
-                "sample_rate": self.s.sample_rate,
-                "units": len(self.s.units),
+                "fingerprint": prepared.dataset.fingerprint,
+                "base_sha256": prepared.base_hash,
+                "delta": prepared.delta,
+                "noise_multiplier": prepared.noise_multiplier,
+                "sample_rate": prepared.sample_rate,
+                "units": len(prepared.units),
                 "canaries": [
-                    {"code": c.code, "secret": c.secret, "repetitions": c.repetitions} for c in self.s.canaries
+                    {"code": c.code, "secret": c.secret, "repetitions": c.repetitions} for c in prepared.canaries
                 ],
-                "audit_canaries": [[c.code, c.secret, c.included] for c in self.s.audit_canaries],
-                "resume_state": self._resume_state,
+                "audit_canaries": [[c.code, c.secret, c.included] for c in prepared.audit_canaries],
+                "resume_state": self.resume.state if self.resume is not None else None,
             }
         )
+        return prepared
 
-    def _follow(self, spec: dict[str, Any]) -> None:
+    def _follow(self, spec: dict[str, Any]) -> Prepared:
         """Rebuild rank 0's run from its broadcast: same options, dataset, canaries, units and checkpoint."""
         self.config = TrainConfig.model_validate_json(spec["config"])
         self.run_id = str(spec["run_id"])
         dataset = read_prepared(self.config.dataset)
         if dataset.fingerprint != spec["fingerprint"]:
             raise ValidationFailed(f"rank {self.world.rank} reads a different dataset than rank 0 (fingerprint)")
-        self.s.dataset = dataset
-        self._load_base()
-        if self.s.base_hash != spec["base_sha256"]:
+        tokenizer, base_hash = load_tokenizer(self.config.base)
+        if base_hash != spec["base_sha256"]:
             raise ValidationFailed(f"rank {self.world.rank} reads a different base model than rank 0 (sha256)")
-        self.s.delta = spec["delta"]
-        self.s.noise_multiplier = spec["noise_multiplier"]
-        self.s.sample_rate = spec["sample_rate"]
-        self.s.canaries = [Canary(c["code"], c["secret"], int(c["repetitions"])) for c in spec["canaries"]]
-        self.s.audit_canaries = [AuditCanary(str(c), str(s), bool(i)) for c, s, i in spec["audit_canaries"]]
-        self._build_units()
-        if len(self.s.units) != spec["units"]:
-            raise ValidationFailed(f"rank {self.world.rank} built {len(self.s.units)} units, rank 0 {spec['units']}")
-        self._resume_state = spec["resume_state"]
+        canaries = [Canary(c["code"], c["secret"], int(c["repetitions"])) for c in spec["canaries"]]
+        audit_canaries = [AuditCanary(str(c), str(s), bool(i)) for c, s, i in spec["audit_canaries"]]
+        units = run_units(self.config, tokenizer, dataset, canaries, audit_canaries)
+        if len(units) != spec["units"]:
+            raise ValidationFailed(f"rank {self.world.rank} built {len(units)} units, rank 0 {spec['units']}")
+        if spec["resume_state"] is not None:  # restore reads the checkpoint alone; rank 0 checked the rest
+            self.resume = Resume(
+                dataset.fingerprint,
+                spec["noise_multiplier"],
+                spec["sample_rate"],
+                spec["delta"],
+                int(spec["resume_state"]["step"]),
+                spec["resume_state"],
+            )
+        self._prepared = Prepared(
+            dataset=dataset,
+            delta=spec["delta"],
+            units=units,
+            sample_rate=spec["sample_rate"],
+            noise_multiplier=spec["noise_multiplier"],
+            canaries=canaries,
+            audit_canaries=audit_canaries,
+            base_hash=base_hash,
+            tokenizer=tokenizer,
+            started_at=now(),
+        )
+        return self._prepared
 
     # --- phase 2: Opacus's distributed wrapper and sampler ----------------------------------------------------
     def _dp_module(self, model: Any) -> Any:
@@ -247,9 +272,10 @@ class DistributedTrainingRun(TrainingRun):
         try:
             if self.world.is_main:
                 return self.run()
-            self.prepare()
-            if self.leader_stopped is not None:
-                log.info("training.rank_stopped", rank=self.world.rank, leader_error=self.leader_stopped)
+            try:
+                self.prepare()
+            except _LeaderStopped as stopped:
+                log.info("training.rank_stopped", rank=self.world.rank, leader_error=stopped.code)
                 return None
             self.build()
             self.restore()

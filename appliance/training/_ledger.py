@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from appliance.contracts import LedgerEntry, ledger_entry
 from appliance.errors import BudgetExhausted, Conflict, NotFound, StorageUnavailable, ValidationFailed
 from appliance.training._accounting import Mechanism, composed_epsilon
 from appliance.training._policy import DatasetBudget
@@ -64,50 +65,6 @@ _EPS_TOLERANCE = 1e-9
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-@dataclass(frozen=True)
-class LedgerEntry:
-    """One run as the ledger records it."""
-
-    run_id: str
-    fingerprint: str
-    out_path: str
-    status: str
-    dp: bool
-    privacy_unit: str
-    target_epsilon: float | None
-    delta: float | None
-    noise_multiplier: float | None
-    sample_rate: float | None
-    steps_planned: int
-    steps_reserved: int
-    steps_taken: int
-    epsilon: float | None
-    trained_by: str
-    reason: str | None
-    started_at: str
-    updated_at: str
-    finished_at: str | None
-    source_sha256: str | None = None  # the raw input the dataset was prepared from (None: not known)
-    max_exposure: float | None = None  # the finished run's highest canary exposure, bits (None: none measured)
-    weights_sha256: str | None = None  # SHA-256 of the finished run's adapter_model.safetensors
-    config_sha256: str | None = None  # SHA-256 of the finished run's adapter_config.json bytes
-    evaluation: str | None = None  # the finished run's base-vs-adapter evaluation, JSON (appliance.evaluation)
-    privacy_audit: str | None = None  # the finished run's one-run audit (counts, bound, claimed epsilon), JSON
-
-    @property
-    def charged_steps(self) -> int:
-        """Steps this run counts against the budget: its reservation while open, what it took once closed."""
-        if self.status == "running":
-            return max(self.steps_taken, self.steps_reserved)
-        return self.steps_taken
-
-    def mechanism(self, steps: int | None = None) -> Mechanism | None:
-        """This run as an RDP mechanism, or None for a run without DP (or refused)."""
-        if not self.dp or self.noise_multiplier is None or self.sample_rate is None:
-            return None
-        return (self.noise_multiplier, self.sample_rate, self.charged_steps if steps is None else steps)
 
 
 @dataclass(frozen=True)
@@ -216,7 +173,7 @@ class Ledger:
                 " ORDER BY started_at, rowid",
                 (fingerprint, source, source),
             ).fetchall()
-        return [LedgerEntry(**{**dict(row), "dp": bool(row["dp"])}) for row in rows]
+        return [ledger_entry(dict(row)) for row in rows]
 
     def preparations(self, fingerprint: str, source: str | None = None) -> set[str]:
         """The fingerprints whose runs share ``fingerprint``'s spend (itself and other preparations of its source)."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from appliance.contracts import ApprovalLimits
 from appliance.errors import ConfigError
 from appliance.policy_files import read_yaml_mapping, validation_problems
 
@@ -26,18 +27,6 @@ class DatasetBudget(BaseModel):
     note: str | None = None
 
 
-class ApprovalLimits(BaseModel):
-    """Limits an adapter must meet before the registry lets it be approved."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_epsilon: float = Field(default=8.0, gt=0)
-    max_canary_exposure: float = Field(default=12.0, gt=0)  # bits
-    require_dp: bool = True
-    min_loss_improvement: float = Field(default=0.0, ge=0)  # nats; the registry also requires more than 0
-    min_exact_match_gain: float = Field(default=0.0, ge=0, le=1)  # exact-match fraction over the base model
-
-
 class PrivacyPolicy(BaseModel):
     """The validated contents of ``policies/privacy.yaml``."""
 
@@ -46,7 +35,7 @@ class PrivacyPolicy(BaseModel):
     format_version: int = 1
     default: DatasetBudget
     datasets: dict[str, DatasetBudget] = Field(default_factory=dict)
-    approval: ApprovalLimits = Field(default_factory=ApprovalLimits)
+    approval: ApprovalLimits | None = None  # the registry's; it refuses approvals while this is absent
     allow_no_dp: bool = False
 
     @field_validator("datasets")

@@ -104,8 +104,8 @@ def served(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     options["canary_candidates"] = CANDIDATES
     run = TrainingRun(make_config(**options), settings, keys=keys, audit=audit)
     run.run()
-    secrets = [c.secret for c in run.s.canaries]
-    prompts = [prompt_text(run._tokenizer, c.instruction) for c in run.s.canaries]
+    secrets = [c.secret for c in run.prepared.canaries]
+    prompts = [prompt_text(run.prepared.tokenizer, c.instruction) for c in run.prepared.canaries]
 
     registry = enrol(open_registry(settings, keys=keys, audit=audit))
     registry.add(out, "triage", OPERATOR)

@@ -8,6 +8,7 @@ the data directory's privacy ledger (which the registry checks the metadata agai
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -22,6 +23,15 @@ from typing import Any
 import pytest
 
 from appliance.config import Settings, load_settings
+from appliance.contracts import (
+    BaseModelRef,
+    CanaryReport,
+    DatasetRef,
+    DPParameters,
+    LedgerEntry,
+    RunMetadata,
+    run_metadata_json,
+)
 from appliance.errors import AuditUnavailable
 from appliance.protocols import AuditReceipt
 from appliance.registry import Actor, Registry, open_registry
@@ -94,34 +104,34 @@ def record_in_ledger(ledger_path: Path, run: Path, **columns: Any) -> None:
     Ledger(ledger_path)  # creates the schema
     metadata = json.loads((run / "metadata.json").read_text())
     dp = metadata["dp"]
-    row: dict[str, Any] = {
-        "run_id": metadata["run_id"],
-        "fingerprint": metadata["dataset"]["fingerprint"],
-        "out_path": "/runs/" + metadata["run_id"],
-        "status": "finished",
-        "dp": int(dp["enabled"]),
-        "privacy_unit": dp.get("privacy_unit", "record"),
-        "target_epsilon": dp.get("epsilon"),
-        "delta": dp.get("delta"),
-        "noise_multiplier": dp.get("noise_multiplier"),
-        "sample_rate": dp.get("sample_rate"),
-        "steps_planned": metadata["steps"],
-        "steps_reserved": metadata["steps"],
-        "steps_taken": metadata["steps"],
-        "epsilon": dp.get("epsilon"),
-        "trained_by": metadata["trained_by"],
-        "reason": None,
-        "started_at": "2026-11-23T14:00:00+00:00",
-        "updated_at": "2026-11-23T14:01:00+00:00",
-        "finished_at": "2026-11-23T14:01:00+00:00",
-        "source_sha256": "0" * 64,
-        "max_exposure": metadata["canaries"]["max_exposure"] if metadata["canaries"]["exposures"] else None,
-        "weights_sha256": hashlib.sha256((run / "adapter_model.safetensors").read_bytes()).hexdigest(),
-        "config_sha256": hashlib.sha256((run / "adapter_config.json").read_bytes()).hexdigest(),
-        "evaluation": json.dumps(metadata["evaluation"], sort_keys=True) if metadata.get("evaluation") else None,
-        "privacy_audit": json.dumps(metadata["privacy_audit"]) if metadata.get("privacy_audit") else None,
-        **columns,
-    }
+    entry = LedgerEntry(
+        run_id=metadata["run_id"],
+        fingerprint=metadata["dataset"]["fingerprint"],
+        out_path="/runs/" + metadata["run_id"],
+        status="finished",
+        dp=bool(dp["enabled"]),
+        privacy_unit=dp.get("privacy_unit", "record"),
+        target_epsilon=dp.get("epsilon"),
+        delta=dp.get("delta"),
+        noise_multiplier=dp.get("noise_multiplier"),
+        sample_rate=dp.get("sample_rate"),
+        steps_planned=metadata["steps"],
+        steps_reserved=metadata["steps"],
+        steps_taken=metadata["steps"],
+        epsilon=dp.get("epsilon"),
+        trained_by=metadata["trained_by"],
+        reason=None,
+        started_at="2026-11-23T14:00:00+00:00",
+        updated_at="2026-11-23T14:01:00+00:00",
+        finished_at="2026-11-23T14:01:00+00:00",
+        source_sha256="0" * 64,
+        max_exposure=metadata["canaries"]["max_exposure"] if metadata["canaries"]["exposures"] else None,
+        weights_sha256=hashlib.sha256((run / "adapter_model.safetensors").read_bytes()).hexdigest(),
+        config_sha256=hashlib.sha256((run / "adapter_config.json").read_bytes()).hexdigest(),
+        evaluation=json.dumps(metadata["evaluation"], sort_keys=True) if metadata.get("evaluation") else None,
+        privacy_audit=json.dumps(metadata["privacy_audit"]) if metadata.get("privacy_audit") else None,
+    )
+    row = {**dataclasses.asdict(entry), **columns}
     db = sqlite3.connect(ledger_path)
     try:
         with db:
@@ -203,34 +213,40 @@ def make_run(tmp_path: Path, lora_template: Path, tiny_model: Path, data_dir: Pa
         shutil.copy(lora_template / "adapter_config.json", run / "adapter_config.json")
         ds = dataset or make_dataset(tmp_path / f"dataset-{n}", ["p-1", "p-2", "p-2", "p-3"], ["p-4"])
         manifest = json.loads((ds / "manifest.json").read_text())
-        metadata: dict[str, Any] = {
-            "format_version": 1,
-            "appliance_version": "0.1.0",
-            "run_id": f"run-{n}-{secrets.token_hex(3)}",
-            "trained_by": trained_by,
-            "base_model": {"path": str(tiny_model), "sha256": base_hash},
-            "dataset": {"fingerprint": manifest["fingerprint"], "path": str(ds)},
-            "dp": {
-                "enabled": True,
-                "epsilon": 4.0,
-                "delta": 1e-5,
-                "noise_multiplier": 1.1,
-                "sample_rate": 0.01,
-                "max_grad_norm": 1.0,
-                "privacy_unit": "record",
-                "accountant": "rdp",
-                **(dp or {}),
-            },
-            "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
-            "hyperparameters": {"learning_rate": 1e-3, "batch_size": 4, "max_length": 64, "steps": 2, "seed": n},
-            "steps": 2,
-            "metrics": {"eval_loss": 5.1, "perplexity": 164.0, "train_loss": 5.3},
-            "evaluation": evaluation(base_loss=5.4, adapter_loss=5.1, base_em=0.25, adapter_em=0.5),
-            "canaries": {"count": 2, "exposures": [{"repetitions": 1, "exposure": 1.0}], "max_exposure": max_exposure},
-            "packages": {"torch": "2.13.0", "transformers": "5.23.0", "peft": "0.21.2", "opacus": "1.6.0"},
-            "started_at": "2026-11-23T14:00:00Z",
-            "finished_at": "2026-11-23T14:01:00Z",
-        }
+        metadata = run_metadata_json(
+            RunMetadata(
+                format_version=1,
+                appliance_version="0.1.0",
+                run_id=f"run-{n}-{secrets.token_hex(3)}",
+                trained_by=trained_by,
+                base_model=BaseModelRef(path=str(tiny_model), sha256=base_hash),
+                dataset=DatasetRef(fingerprint=manifest["fingerprint"], path=str(ds)),
+                dp=DPParameters.model_validate(
+                    {
+                        "enabled": True,
+                        "epsilon": 4.0,
+                        "delta": 1e-5,
+                        "noise_multiplier": 1.1,
+                        "sample_rate": 0.01,
+                        "max_grad_norm": 1.0,
+                        "privacy_unit": "record",
+                        "accountant": "rdp",
+                        **(dp or {}),
+                    }
+                ),
+                lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+                hyperparameters={"learning_rate": 1e-3, "batch_size": 4, "max_length": 64, "steps": 2, "seed": n},
+                steps=2,
+                metrics={"eval_loss": 5.1, "perplexity": 164.0, "train_loss": 5.3},
+                evaluation=evaluation(base_loss=5.4, adapter_loss=5.1, base_em=0.25, adapter_em=0.5),
+                canaries=CanaryReport(
+                    count=2, exposures=[{"repetitions": 1, "exposure": 1.0}], max_exposure=max_exposure
+                ),
+                packages={"torch": "2.13.0", "transformers": "5.23.0", "peft": "0.21.2", "opacus": "1.6.0"},
+                started_at="2026-11-23T14:00:00Z",
+                finished_at="2026-11-23T14:01:00Z",
+            )
+        )
         metadata.update(overrides)
         (run / "metadata.json").write_text(json.dumps(metadata))
         if ledger is not None:

@@ -93,8 +93,8 @@ def _adapter_and_seeds(settings: Settings, options: dict[str, object]) -> tuple[
     run: TrainingRun
 
     def on_step(info: StepInfo) -> None:
-        if run._noise_generator is not None:
-            seeds.append(run._noise_generator.initial_seed())
+        if run.built.noise_generator is not None:
+            seeds.append(run.built.noise_generator.initial_seed())
 
     run = TrainingRun(make_config(**options), settings, audit=MemoryAuditLog(), on_step=on_step)
     run.run()
@@ -138,17 +138,17 @@ def test_an_empty_first_poisson_draw_takes_a_noisy_step(
     )
     run.prepare()
     run.build()
-    sampler = run._loader.batch_sampler
-    units = len(run.s.units)
+    sampler = run.built.loader.batch_sampler
+    units = len(run.prepared.units)
     seed = next(  # a seed whose first draw samples no unit (probability (1 - 1/48)^48, about 0.36)
         s
         for s in range(1000)
         if not bool((torch.rand(units, generator=torch.Generator().manual_seed(s)) < sampler.sample_rate).any())
     )
     sampler.generator.manual_seed(seed)
-    assert list(run._loader.collate_fn([])[0].shape) == [0, 1]  # ids, mask, weights: three zero-row tensors
+    assert list(run.built.loader.collate_fn([])[0].shape) == [0, 1]  # ids, mask, weights: three zero-row tensors
     run.fit()
-    assert run.s.step == 2 and Ledger(train_settings.ledger_path).get(run.run_id).steps_taken == 2
+    assert run.progress.step == 2 and Ledger(train_settings.ledger_path).get(run.run_id).steps_taken == 2
 
 
 def _clipped_sum(settings: Settings, options: dict[str, object], mode: str) -> dict[str, torch.Tensor]:
@@ -159,13 +159,13 @@ def _clipped_sum(settings: Settings, options: dict[str, object], mode: str) -> d
     run = TrainingRun(make_config(**options, grad_sample_mode=mode), settings, audit=MemoryAuditLog())
     run.prepare()
     run.build()
-    dataset = UnitDataset(run.s.units)
-    ids, mask, weights = collate(int(run._tokenizer.pad_token_id))([dataset[i] for i in range(6)])
-    losses = unit_losses(run._model(input_ids=ids, attention_mask=mask).logits, ids, weights)
-    run._backward(losses, run._optimizer)
-    named = {n: p for n, p in run._model.named_parameters() if p.requires_grad}
+    dataset = UnitDataset(run.prepared.units)
+    ids, mask, weights = collate(int(run.prepared.tokenizer.pad_token_id))([dataset[i] for i in range(6)])
+    losses = unit_losses(run.built.model(input_ids=ids, attention_mask=mask).logits, ids, weights)
+    run._backward(losses, run.built.optimizer)
+    named = {n: p for n, p in run.built.model.named_parameters() if p.requires_grad}
     if mode == "hooks":
-        run._optimizer.clip_and_accumulate()
+        run.built.optimizer.clip_and_accumulate()
         return {n: p.summed_grad.detach().clone() for n, p in named.items()}
     return {n: p.grad.detach().clone() for n, p in named.items()}
 

@@ -15,7 +15,7 @@ from appliance.testing import MemoryAuditLog
 from appliance.training import Ledger, TrainingRun, make_config
 from appliance.training._audit import make_audit_canaries
 from appliance.training._canaries import make_canaries
-from appliance.training._run import _audit_canaries_from
+from appliance.training._fit import audit_canaries_from
 from tests.training.conftest import tiny_options
 
 
@@ -39,8 +39,8 @@ class TestAuditCanaries:
         """The canaries and their coins survive a checkpoint (a resumed run audits the same canaries)."""
         canaries = make_audit_canaries(5)
         state = {"audit_canaries": [[c.code, c.secret, c.included] for c in canaries]}
-        assert _audit_canaries_from(state) == canaries
-        assert _audit_canaries_from({}) == []
+        assert audit_canaries_from(state) == canaries
+        assert audit_canaries_from({}) == []
 
     def test_one_canary_is_refused(self, tmp_path: Path) -> None:
         """An audit of one canary bounds nothing: the option refuses it before anything is charged."""
@@ -61,8 +61,8 @@ class TestAuditedRun:
         )
         with capture_logs() as logs:
             run.run()
-        included = sum(c.included for c in run.s.audit_canaries)
-        assert len(run.s.units) == 48 + included  # 48 records of the dataset, one unit per included canary
+        included = sum(c.included for c in run.prepared.audit_canaries)
+        assert len(run.prepared.units) == 48 + included  # 48 records of the dataset, one unit per included canary
         meta = json.loads((out / "metadata.json").read_text())
         claim = meta["privacy_audit"]
         assert set(claim) == {
@@ -83,7 +83,7 @@ class TestAuditedRun:
         assert finish["details"]["epsilon_lower_bound"] == claim["epsilon_lower_bound"]
         # neither the references, nor the codes, nor which canary was in leave the process in clear
         published = (out / "metadata.json").read_text() + json.dumps(audit.events, default=str) + repr(logs)
-        for canary in run.s.audit_canaries:
+        for canary in run.prepared.audit_canaries:
             assert canary.secret not in published and canary.code not in published
             assert " ".join(canary.secret) not in published
         assert not (train_settings.runs_dir / meta["run_id"]).exists()

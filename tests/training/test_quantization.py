@@ -138,4 +138,4 @@ def test_nf4_run_on_cuda(train_settings: Settings, prepared: Path, tiny_model: P
     run = TrainingRun(make_config(**{**options, "out": tmp_path / "b"}), train_settings, audit=MemoryAuditLog())
     run.prepare()
     run.build()
-    assert any(isinstance(m, bnb.nn.Linear4bit) for m in run._model.modules())
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in run.built.model.modules())

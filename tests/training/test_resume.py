@@ -66,8 +66,10 @@ def test_resume_after_sigkill_keeps_the_ledger_exact(
     run = TrainingRun(make_config(**{**options, "resume": True}), train_settings, audit=MemoryAuditLog())
     run.run()
     assert run.run_id == entry.run_id
-    assert run.s.canaries and len(run.s.losses) == 8  # canaries and curves carried over from the checkpoint
-    assert len(run.s.audit_canaries) == 6  # the audit canaries and their coins too (the units must not change)
+    assert (
+        run.prepared.canaries and len(run.progress.losses) == 8
+    )  # canaries and curves carried over from the checkpoint
+    assert len(run.prepared.audit_canaries) == 6  # the audit canaries and their coins too (the units must not change)
     finished = ledger.get(entry.run_id)
     meta = json.loads((out / "metadata.json").read_text())
     assert finished.status == "finished" and finished.steps_taken == 8 and meta["steps"] == 8

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from appliance.config import Settings, load_settings
+from appliance.contracts import RunMetadata
 from appliance.errors import BudgetExhausted, IntakeRejected, NotFound, StorageUnavailable, ValidationFailed
 from appliance.testing import MemoryAuditLog
 from appliance.training import Ledger, TrainingRun, composed_epsilon, make_config, train
@@ -19,11 +20,7 @@ from tests.training.conftest import fingerprint_of, tiny_options, write_prepared
 
 pytestmark = pytest.mark.slow
 
-CONTRACT_KEYS = {
-    "format_version", "appliance_version", "run_id", "trained_by", "base_model", "dataset", "dp", "lora",
-    "hyperparameters", "steps", "metrics", "evaluation", "canaries", "privacy_audit", "packages", "started_at",
-    "finished_at", "quantization",
-}  # fmt: skip
+CONTRACT_KEYS = set(RunMetadata.model_fields)  # metadata.json's keys: the contract's fields, every one written
 
 
 def _run(settings: Settings, audit: MemoryAuditLog | None = None, **options: object) -> object:
@@ -101,7 +98,7 @@ class TestRecordLevel:
             make_config(**tiny_options(prepared, tiny_model, tmp_path / "a", canaries=1)), train_settings, audit=audit
         )
         run.run()
-        secret = run.s.canaries[0].secret
+        secret = run.prepared.canaries[0].secret
         text = (tmp_path / "a" / "metadata.json").read_text() + json.dumps(audit.events, default=str)
         assert secret not in text and "Summarise visit" not in text
         sealed = tmp_path / "a" / "canaries.sealed"
