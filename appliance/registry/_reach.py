@@ -20,6 +20,7 @@ import structlog
 from appliance._fs import atomic_write
 from appliance.config import Settings
 from appliance.errors import ApplianceError, AuditUnavailable
+from appliance.registry._lists import entries
 from appliance.registry._service import Registry
 from appliance.registry._types import Actor
 from appliance.serving import (
@@ -108,9 +109,9 @@ def reach_replicas(
 
     ``reload=False`` only writes the replicas' own list copies (servers not started yet read them at start): the
     report then lists only replicas whose copy could not be written."""
-    with registry._publish_lock():
+    with registry.lists.lock():
         with registry.db.session("reading what is published") as s:
-            published = {t: {e.served_id: e.fingerprint for e in registry._entries(s, t)} for t in targets}
+            published = {t: {e.served_id: e.fingerprint for e in entries(s, t)} for t in targets}
         unwritten = {t: _copy_lists(registry, settings, t) for t in targets}
         results = [r for t in targets for r in unwritten[t].values()]
         if reload:  # every target's replicas at once: one that is down holds up nobody
@@ -131,7 +132,7 @@ def reach_replicas(
 
 def _record(registry: Registry, report: PublicationReport, actor: Actor) -> None:
     failed = [r.replica for r in report.failed]
-    event = registry._event(
+    event = registry.context.event(
         "registry.reload",
         "reload",
         actor,
