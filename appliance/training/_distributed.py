@@ -175,6 +175,7 @@ class DistributedTrainingRun(TrainingRun):
             use_stage_factories=main,  # the other ranks never reach the key service, the audit trail or the ledger
         )
         self.world = world
+        self.leader_stopped = False  # rank 0 refused the run before it started (this rank trained nothing)
 
     # --- phase 1: rank 0 prepares and charges; the others receive what they need ------------------------------
     def prepare(self) -> Prepared:
@@ -276,6 +277,7 @@ class DistributedTrainingRun(TrainingRun):
                 self.prepare()
             except _LeaderStopped as stopped:
                 log.info("training.rank_stopped", rank=self.world.rank, leader_error=stopped.code)
+                self.leader_stopped = True  # rank 0 has left already: nobody to leave together with
                 return None
             self.build()
             self.restore()
@@ -288,6 +290,20 @@ class DistributedTrainingRun(TrainingRun):
                 f"rank {self.world.rank} lost another rank of run {self.run_id or '(not started)'}; the run stays "
                 "open in the ledger with every step it charged: rerun with --resume"
             ) from exc
+
+
+def _leave_together(world: World) -> None:
+    """Every rank leaves together: a rank that tears gloo down while rank 0 still evaluates and writes can be
+    aborted by its pair threads ("terminate called without an active exception"), failing a finished run. A peer
+    already gone (rank 0 refused the run, or failed after it) is no error here: rank 0's own exit decides."""
+    import torch.distributed as dist
+
+    try:
+        dist.barrier()
+    except Exception as exc:
+        if not is_peer_failure(exc):
+            raise
+        log.info("training.rank_left_alone", rank=world.rank)
 
 
 def _interrupted(signum: int, frame: Any) -> None:
@@ -315,6 +331,10 @@ def run_distributed(
     dist.init_process_group(backend="nccl" if cuda else "gloo", rank=world.rank, world_size=world.world_size)
     log.info("training.rank", rank=world.rank, world_size=world.world_size, backend=dist.get_backend())
     try:
-        return DistributedTrainingRun(config, settings, world, on_step=on_step, **kwargs).run_rank()
+        run = DistributedTrainingRun(config, settings, world, on_step=on_step, **kwargs)
+        result = run.run_rank()
+        if not run.leader_stopped:
+            _leave_together(world)
+        return result
     finally:
         dist.destroy_process_group()

@@ -80,6 +80,11 @@ def without_launcher_options(argv: Sequence[str]) -> list[str]:
     return kept
 
 
+# how a rank ends when the launcher stops it after another rank failed: SIGTERM, or 130 when its handler turned
+# the signal into an interruption (the run left resumable)
+_STOPPED_BY_LAUNCHER = (-signal.SIGTERM, 130)
+
+
 def _describe(rank: int, exitcode: int, local_rank: int) -> str:
     if exitcode < 0:
         try:
@@ -104,7 +109,8 @@ def launch(options: LaunchOptions, worker_argv: Sequence[str]) -> int:
         run(args)
     except ChildFailedError as exc:
         failures = {int(rank): failure for rank, failure in exc.failures.items()}
-        only_main = set(failures) == {0} and failures[0].exitcode > 0
+        own = {r: f for r, f in failures.items() if f.exitcode not in _STOPPED_BY_LAUNCHER}  # not collateral
+        only_main = set(own) == {0} and own[0].exitcode > 0
         if only_main and options.node_rank == 0:
             return int(failures[0].exitcode)
         what = "; ".join(_describe(r, f.exitcode, f.local_rank) for r, f in sorted(failures.items()))
