@@ -21,7 +21,7 @@ import hmac
 import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
-from contextlib import aclosing
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 from urllib.parse import urlsplit
@@ -39,7 +39,7 @@ from appliance.errors import (
     BackendValidation,
 )
 from appliance.protocols import Generation, TokenEvent
-from appliance.serving._routing import current_routing
+from appliance.serving._routing import Routing, current_routing
 
 __all__ = ["Replica", "ReplicaSet", "ReplicaStatus", "replica_name"]
 
@@ -227,48 +227,59 @@ class ReplicaSet:
         return replica
 
     # --- the Backend protocol -----------------------------------------------------------------------------
-    async def generate(self, adapter: str | None, prompt: str, params: GenerationParams) -> Generation:
+    async def _route(self, adapter: str | None) -> tuple[Routing | None, str | None, Replica]:
+        """The request's routing note, the fingerprint it must be served with, and the first replica to ask."""
         note = current_routing()
         fingerprint = note.fingerprint if note is not None and adapter is not None else None
-        replica = await self._first_choice(adapter, fingerprint)
+        return note, fingerprint, await self._first_choice(adapter, fingerprint)
+
+    @contextmanager
+    def _attempt(self, note: Routing | None, replica: Replica) -> Iterator[None]:
+        """One try on ``replica``: named in the routing note, counted in flight, its latency observed."""
+        if note is not None:
+            note.replica = replica.name
+        started = time.perf_counter()
+        replica.inflight += 1
+        try:
+            yield
+        finally:
+            replica.inflight -= 1
+            self.metrics.latency.labels(replica.name).observe(time.perf_counter() - started)
+
+    def _succeeded(self, replica: Replica) -> None:
+        self.metrics.requests.labels(replica.name).inc()
+        self._answered(replica)
+
+    async def generate(self, adapter: str | None, prompt: str, params: GenerationParams) -> Generation:
+        note, fingerprint, replica = await self._route(adapter)
         for attempt in (0, 1):
-            if note is not None:
-                note.replica = replica.name
-            current, started = replica, time.perf_counter()
-            current.inflight += 1
+            current = replica
             try:
-                gen = await current.client.generate(adapter, prompt, params)
+                with self._attempt(note, current):
+                    gen = await current.client.generate(adapter, prompt, params)
             except BackendError as exc:
                 again = await self._failed(current, exc, adapter, fingerprint, attempt)
                 if again is None:
                     raise
                 replica = again
                 continue
-            finally:
-                current.inflight -= 1
-                self.metrics.latency.labels(current.name).observe(time.perf_counter() - started)
-            self.metrics.requests.labels(current.name).inc()
-            self._answered(current)
+            self._succeeded(current)
             return gen
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def stream(self, adapter: str | None, prompt: str, params: GenerationParams) -> AsyncIterator[TokenEvent]:
-        note = current_routing()
-        fingerprint = note.fingerprint if note is not None and adapter is not None else None
-        replica = await self._first_choice(adapter, fingerprint)
+        note, fingerprint, replica = await self._route(adapter)
         for attempt in (0, 1):
-            if note is not None:
-                note.replica = replica.name
-            current, started = replica, time.perf_counter()
+            current = replica
             yielded = False
-            current.inflight += 1
             try:
-                async with aclosing(
-                    cast(AsyncGenerator[TokenEvent], current.client.stream(adapter, prompt, params))
-                ) as events:
-                    async for event in events:
-                        yielded = True
-                        yield event
+                with self._attempt(note, current):
+                    async with aclosing(
+                        cast(AsyncGenerator[TokenEvent], current.client.stream(adapter, prompt, params))
+                    ) as events:
+                        async for event in events:
+                            yielded = True
+                            yield event
             except BackendError as exc:
                 if yielded:  # the caller has tokens: never replayed, the error ends its stream
                     self._count_error(current, exc)
@@ -280,11 +291,7 @@ class ReplicaSet:
                     raise
                 replica = again
                 continue
-            finally:
-                current.inflight -= 1
-                self.metrics.latency.labels(current.name).observe(time.perf_counter() - started)
-            self.metrics.requests.labels(current.name).inc()
-            self._answered(current)
+            self._succeeded(current)
             return
 
     async def health(self) -> bool:
