@@ -9,6 +9,7 @@ not noise to be confirmed by the next run.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import structlog
@@ -34,8 +35,6 @@ class CanaryOutcome:
 
 async def probe_version(registry: Registry, backend: Backend, adapter: PublishedAdapter, actor: Actor) -> CanaryOutcome:
     """Probe ``adapter`` (a production version) with its own canaries; audited by ``record_probe``."""
-    import asyncio
-
     try:
         document = await asyncio.to_thread(registry.canaries, adapter.name, adapter.version, actor)
     except NotFound:
