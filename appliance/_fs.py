@@ -1,4 +1,5 @@
-"""Durable files, once for every stage: directory fsync, atomic replacement, streamed SHA-256.
+"""Durable files, once for every stage: directory fsync, atomic replacement, exclusive creation, lock files,
+streamed SHA-256.
 
 Errors are the OS's (``OSError``); each caller turns them into its own (``StorageUnavailable``,
 ``AuditUnavailable``, ``KeyUnavailable``), since only it knows what the file was.
@@ -6,13 +7,15 @@ Errors are the OS's (``OSError``); each caller turns them into its own (``Storag
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write", "fsync_dir", "sha256_file", "sha256_files"]
+__all__ = ["atomic_write", "exclusive_lock", "fsync_dir", "sha256_file", "sha256_files", "write_new"]
 
 _CHUNK = 1 << 20
 
@@ -45,6 +48,40 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def write_new(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Create ``path``, which must not exist (nor be a link), holding all of ``data``, fsync-ed, with ``mode``
+    whatever the umask says; on any failure the partial file is removed before the error is raised."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, refuse: Callable[[OSError], Exception]) -> Iterator[None]:
+    """Hold an exclusive flock on the lock file ``path`` (created 0600) for the block, waiting for other processes.
+
+    A lock file that cannot be opened raises ``refuse(error)``, the caller's own error (without the OS's as cause).
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise refuse(exc) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def sha256_files(paths: Iterable[Path]) -> str:

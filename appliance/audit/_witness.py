@@ -18,16 +18,14 @@ every checkpoint it was given (one key each), which verify can check with ``--wi
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from appliance._fs import atomic_write
+from appliance._fs import atomic_write, exclusive_lock
 from appliance.audit._checkpoint import writer_of_lane, writer_slug
 from appliance.errors import ApplianceError, AuditUnavailable, Conflict, IntegrityViolation, NotFound, VaultForbidden
 
@@ -140,17 +138,16 @@ class FileWitness:
         return self.directory / f"{origin}.json"
 
     @contextlib.contextmanager
-    def _locked(self) -> Any:
+    def _locked(self) -> Iterator[None]:
         try:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
-            raise AuditUnavailable(f"witness {self.name} cannot be opened ({exc.strerror})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            raise self._unopenable(exc) from None
+        with exclusive_lock(self.directory / ".lock", self._unopenable):
             yield
-        finally:
-            os.close(fd)
+
+    def _unopenable(self, exc: OSError) -> AuditUnavailable:
+        return AuditUnavailable(f"witness {self.name} cannot be opened ({exc.strerror})")
 
     def _read(self, origin: str) -> WitnessedCheckpoint | None:
         path = self._path(origin)

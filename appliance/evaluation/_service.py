@@ -28,6 +28,7 @@ from typing import Any
 from appliance.errors import NotFound, ValidationFailed
 from appliance.evaluation._metrics import RESAMPLES, SEED, Estimate, bootstrap, exact_match
 from appliance.evaluation._score import greedy_answers, record_losses
+from appliance.models import adapter_and_base
 from appliance.training.data import Record, read_prepared
 
 __all__ = ["EvalOptions", "ModelScores", "evaluate_dirs", "evaluate_pair", "model_figures", "report", "score_model"]
@@ -165,14 +166,7 @@ def evaluate_pair(
     model: Any, tokenizer: Any, records: Sequence[Record], options: EvalOptions, device: Any
 ) -> dict[str, Any]:
     """Base and adapter side by side from one peft model: the base is the same model with its adapter disabled."""
-    was_training = model.training
-    model.eval()
-    try:
-        adapter = score_model(model, tokenizer, records, options, device)
-        with model.disable_adapter():
-            base = score_model(model, tokenizer, records, options, device)
-    finally:
-        model.train(was_training)
+    adapter, base = adapter_and_base(model, lambda: score_model(model, tokenizer, records, options, device))
     return report(base, adapter, options)
 
 

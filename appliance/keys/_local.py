@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from appliance._fs import fsync_dir
+from appliance._fs import fsync_dir, write_new
 from appliance.errors import IntegrityViolation, KeystoreInsecure, KeyUnavailable, NotFound, ValidationFailed
 from appliance.keys._names import check_name, check_secret_path
 from appliance.keys._signature import format_signature, parse_signature
@@ -361,18 +361,7 @@ class LocalKeyService:
     def _write(self, doc: dict[str, Any]) -> None:
         payload = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
         tmp = self._path.with_name(f".{self._path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # whatever the umask said
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
+        write_new(tmp, payload)  # mode 0600 whatever the umask said
         try:
             if self._path.exists() or self._path.is_symlink():
                 os.replace(tmp, self._path)

@@ -9,8 +9,6 @@ tables without a revision) is refused with a migration-mismatch error rather tha
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from appliance._fs import exclusive_lock
 from appliance.errors import ApplianceError, ConfigError, Conflict, MigrationMismatch, StorageUnavailable
 
 __all__ = ["VERSION_TABLE", "Database", "translate_errors"]
@@ -51,15 +50,8 @@ def translate_errors(what: str) -> Iterator[None]:
 def exclusive_file_lock(path: Path, refusal: str) -> Iterator[None]:
     """Hold an exclusive flock on path (created 0600) for the block, waiting for other processes; a lock file
     that cannot be opened is StorageUnavailable(``refusal: <reason>``)."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise StorageUnavailable(f"{refusal}: {exc.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with exclusive_lock(path, lambda exc: StorageUnavailable(f"{refusal}: {exc.strerror}")):
         yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def _short(exc: DBAPIError) -> str:

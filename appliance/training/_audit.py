@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from appliance.models import adapter_and_base
 from appliance.training._audit_bound import AuditBound, audit_bound
 from appliance.training._data import Record, UnitDataset, build_units, collate
 from appliance.training._loss import unit_losses
@@ -94,14 +95,7 @@ def membership_scores(
         seed=0,
     )
     pad = int(tokenizer.pad_token_id)
-    was_training = model.training
-    model.eval()
-    try:
-        adapter = _losses(model, units, pad, batch_size, device)
-        with model.disable_adapter():
-            base = _losses(model, units, pad, batch_size, device)
-    finally:
-        model.train(was_training)
+    adapter, base = adapter_and_base(model, lambda: _losses(model, units, pad, batch_size, device))
     return [b - a for a, b in zip(adapter, base, strict=True)]
 
 

@@ -21,6 +21,7 @@ from appliance.evaluation import (
     report,
     score_model,
 )
+from appliance.models import adapter_and_base
 from appliance.training import Record, encode
 from tests.training.conftest import write_prepared
 
@@ -105,6 +106,30 @@ class TestPair:
         assert result["base"]["loss"] == pytest.approx(sum(alone.losses) / 3, abs=1e-6)
         assert result["delta"]["loss"] != 0.0
         assert result["delta"]["loss"] == pytest.approx(result["adapter"]["loss"] - result["base"]["loss"], abs=1e-5)
+
+    def test_both_scores_run_in_eval_mode_and_the_model_is_left_as_it_was(self, tiny_model: Path) -> None:
+        """The adapter scores first, then the base; afterwards the model is back in train mode with its adapter on."""
+        import torch
+        from peft import LoraConfig, get_peft_model
+
+        model, _ = _load(tiny_model)
+        peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+        with torch.no_grad():
+            for name, p in peft_model.named_parameters():
+                if "lora_B" in name:
+                    p.add_(0.5)
+        ids = torch.tensor([[1, 2, 3, 4]])
+
+        def logits() -> tuple[bool, Any]:
+            with torch.no_grad():
+                return peft_model.training, peft_model(input_ids=ids).logits
+
+        peft_model.train()
+        (adapter_mode, adapter), (base_mode, base) = adapter_and_base(peft_model, logits)
+        assert not adapter_mode and not base_mode and peft_model.training
+        assert not torch.allclose(adapter, base)
+        peft_model.eval()
+        assert torch.allclose(logits()[1], adapter)
 
 
 class TestExactMatch:

@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from appliance._fs import fsync_dir
+from appliance._fs import fsync_dir, write_new
 from appliance.audit._canonical import GENESIS_HASH, record_hash, split_line
 from appliance.audit._mapping import map_file
 from appliance.audit._sinks._anchor import Anchor, read_anchor
@@ -259,17 +259,7 @@ class FileSink:
         n = 1
         while (keep := path.with_name(f"{path.name}.torn-{n}")).exists():
             n += 1
-        fd = os.open(keep, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            view = memoryview(torn)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        except OSError:
-            os.close(fd)
-            keep.unlink(missing_ok=True)  # nothing is cut until the torn bytes are safely kept
-            raise
-        os.close(fd)
+        write_new(keep, torn)  # nothing is cut until the torn bytes are safely kept
         fd = os.open(path, os.O_WRONLY)
         try:
             os.ftruncate(fd, good_end)
