@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import os
 import pwd
 import re
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ansible.conftest import ANSIBLE_DIR, BIN, ansible_env
+from tests.ansible._render import HOST, ROLES, appliance_env, appliance_toml, play, render, template
 from tests.fixtures.processes import stop_process
 
 pytestmark = [pytest.mark.ansible, pytest.mark.redis]
@@ -40,104 +39,50 @@ from redis.backoff import NoBackoff  # noqa: E402
 from redis.retry import Retry  # noqa: E402
 
 REDIS_SERVER = Path("/usr/bin/redis-server")
-ROLES = ANSIBLE_DIR / "roles"
 PREFIX = "appliance:gw:"  # the role's default redis_gateway_key_prefix (and gateway.redis_key_prefix's)
 USER = "appliance-gw"  # the role's default redis_gateway_user
 MAXMEMORY = "4mb"  # small, so that the memory test fills it quickly
 
-RENDER_LOCAL = """
-- name: Render the redis role's files and the appliance role's settings for a local test server
-  hosts: localhost
-  connection: local
-  gather_facts: false
-  roles: [redis, appliance]  # their defaults and vars at role precedence; their tasks are skipped (--tags render)
-  post_tasks:
-    - name: Read the server's version as the role does
-      ansible.builtin.include_tasks:
-        file: {roles}/redis/tasks/version.yml
-        apply: {{tags: [render]}}
-      tags: [render]
-    - name: Render the ACL file
-      ansible.builtin.template:
-        src: {roles}/redis/templates/users.acl.j2
-        dest: "{{{{ redis_acl_file }}}}"
-        mode: "0600"
-      no_log: true
-      tags: [render]
-    - name: Render the server configuration
-      ansible.builtin.template:
-        src: {roles}/redis/templates/redis.conf.j2
-        dest: "{{{{ redis_config_file }}}}"
-        mode: "0600"
-      tags: [render]
-    - name: Render the configuration check
-      ansible.builtin.template:
-        src: {roles}/redis/templates/redis-check.py.j2
-        dest: "{out}/redis-check"
-        mode: "0755"
-      tags: [render]
-    - name: Render the appliance's settings
-      ansible.builtin.template:
-        src: {roles}/appliance/templates/appliance.toml.j2
-        dest: "{out}/appliance.toml"
-        mode: "0600"
-      tags: [render]
-    - name: Render the appliance's secrets file
-      ansible.builtin.template:
-        src: {roles}/appliance/templates/appliance.env.j2
-        dest: "{out}/appliance.env"
-        mode: "0600"
-      no_log: true
-      tags: [render]
-"""
 
-RENDER_HOSPITAL = """
-- name: Render the hospital inventory's rulesets and gateway settings
-  hosts: gw1:gpu1:vault1
-  connection: local
-  gather_facts: false
-  roles: [network, appliance]
-  post_tasks:
-    - name: Render the ruleset
-      ansible.builtin.template:
-        src: {roles}/network/templates/nftables.conf.j2
-        dest: "{out}/{{{{ inventory_hostname }}}}.nft"
-        mode: "0600"
-      tags: [render]
-    - name: Render the appliance's settings
-      ansible.builtin.template:
-        src: {roles}/appliance/templates/appliance.toml.j2
-        dest: "{out}/{{{{ inventory_hostname }}}}.toml"
-        mode: "0600"
-      tags: [render]
-    - name: Render the appliance's secrets file
-      ansible.builtin.template:
-        src: {roles}/appliance/templates/appliance.env.j2
-        dest: "{out}/{{{{ inventory_hostname }}}}.env"
-        mode: "0600"
-      no_log: true
-      tags: [render]
-"""
+def _local_play(out: Path) -> str:
+    """The redis role's files and the appliance role's settings for a local test server."""
+    version = {
+        "name": "Read the server's version as the role does",
+        "ansible.builtin.include_tasks": {
+            "file": str(ROLES / "redis/tasks/version.yml"),
+            "apply": {"tags": ["render"]},
+        },
+        "tags": ["render"],
+    }
+    return play(
+        "Render the redis role's files and the appliance role's settings for a local test server",
+        "localhost",
+        ["redis", "appliance"],  # their defaults and vars at role precedence; their tasks are skipped (--tags render)
+        [
+            version,
+            template("Render the ACL file", "redis/templates/users.acl.j2", "{{ redis_acl_file }}", no_log=True),
+            template("Render the server configuration", "redis/templates/redis.conf.j2", "{{ redis_config_file }}"),
+            template(
+                "Render the configuration check", "redis/templates/redis-check.py.j2", f"{out}/redis-check", mode="0755"
+            ),
+            appliance_toml(out, "appliance"),
+            appliance_env(out, "appliance"),
+        ],
+    )
 
 
-def _playbook(text: str, inventory: str, extra: dict[str, object], work: Path) -> subprocess.CompletedProcess[str]:
-    """ansible-playbook --tags render on the given play; the extra variables (they hold the password) in a 0600 file."""
-    play = work / f"render-{secrets.token_hex(4)}.yml"
-    play.write_text(text)
-    extra_file = work / f"extra-{secrets.token_hex(4)}.json"
-    extra_file.touch(mode=0o600)
-    extra_file.write_text(json.dumps(extra))
-    try:
-        return subprocess.run(
-            [str(BIN / "ansible-playbook"), "-i", inventory, str(play), "--tags", "render", "-e", f"@{extra_file}"],
-            cwd=ANSIBLE_DIR,
-            env=ansible_env(ANSIBLE_ROLES_PATH=str(ROLES)),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    finally:
-        extra_file.unlink()
+def _hospital_play(out: Path) -> str:
+    """The hospital inventory's rulesets and gateway settings."""
+    return play(
+        "Render the hospital inventory's rulesets and gateway settings",
+        "gw1:gpu1:vault1",
+        ["network", "appliance"],
+        [
+            template("Render the ruleset", "network/templates/nftables.conf.j2", f"{out}/{HOST}.nft"),
+            appliance_toml(out),
+            appliance_env(out),
+        ],
+    )
 
 
 def _free_port() -> int:
@@ -350,9 +295,8 @@ def server() -> Iterator[Server]:
                 "gateway": {"session_idle_timeout_s": 1},
             },
         }
-        rendered = _playbook(RENDER_LOCAL.format(roles=ROLES, out=out), "localhost,", extra, work)
+        rendered = render("localhost,", _local_play(out), work, extra=extra)
         render_output = rendered.stdout + rendered.stderr
-        assert rendered.returncode == 0, rendered.stdout[-6000:] + rendered.stderr[-3000:]
         for name in ("server.pem", "server.key", "ca.pem"):  # what the role's tls.yml copies
             shutil.copyfile(pki[name], config_dir / "tls" / name)
         files = [config_dir / "redis.conf", config_dir / "users.acl", *(config_dir / "tls").iterdir()]
@@ -732,13 +676,9 @@ def test_hospital_inventory_opens_redis_to_the_gateways_only(tmp_path: Path) -> 
 
     tmp_path.chmod(0o700)
     password = secrets.token_hex(32)
-    rendered = _playbook(
-        RENDER_HOSPITAL.format(roles=ROLES, out=tmp_path),
-        "inventories/hospital/hosts.yml",
-        {"redis_gateway_password": password},
-        tmp_path,
+    rendered = render(
+        "inventories/hospital/hosts.yml", _hospital_play(tmp_path), tmp_path, extra={"redis_gateway_password": password}
     )
-    assert rendered.returncode == 0, rendered.stdout[-6000:] + rendered.stderr[-3000:]
     in_output = password in rendered.stdout + rendered.stderr
     assert not in_output, "the password is in ansible-playbook's output"
     gw1, gpu1, vault1 = ((tmp_path / f"{h}.nft").read_text() for h in ("gw1", "gpu1", "vault1"))

@@ -4,7 +4,6 @@ single-node inventory keeps its one local engine. Rendered with ansible-playbook
 
 from __future__ import annotations
 
-import secrets
 import subprocess
 import tomllib
 from pathlib import Path
@@ -12,47 +11,18 @@ from pathlib import Path
 import pytest
 
 from appliance.config import ServingSettings
-from tests.ansible.conftest import ANSIBLE_DIR, BIN, ansible_env
+from tests.ansible._render import HOST, appliance_toml, play, render, template
 
 pytestmark = [pytest.mark.ansible, pytest.mark.slow]
 
-ROLES = ANSIBLE_DIR / "roles"
-RENDER = """
-- name: Render the gateway's settings and the rulesets
-  hosts: {hosts}
-  connection: local
-  gather_facts: false
-  roles: [network, appliance]
-  post_tasks:
-    - name: Render the ruleset
-      ansible.builtin.template:
-        src: {roles}/network/templates/nftables.conf.j2
-        dest: "{out}/{{{{ inventory_hostname }}}}.nft"
-        mode: "0600"
-      tags: [render]
-    - name: Render the appliance's settings
-      ansible.builtin.template:
-        src: {roles}/appliance/templates/appliance.toml.j2
-        dest: "{out}/{{{{ inventory_hostname }}}}.toml"
-        mode: "0600"
-      tags: [render]
-"""
-
 
 def _render(inventory: str, hosts: str, out: Path, *extra: str) -> None:
-    play = out / f"render-{secrets.token_hex(4)}.yml"
-    play.write_text(RENDER.format(hosts=hosts, roles=ROLES, out=out))
+    """The gateway's settings and the rulesets of ``hosts``."""
+    ruleset = template("Render the ruleset", "network/templates/nftables.conf.j2", f"{out}/{HOST}.nft")
+    tasks = [ruleset, appliance_toml(out)]
+    rendered = play("Render the gateway's settings and the rulesets", hosts, ["network", "appliance"], tasks)
     # the Redis password is looked up in Vault for the real hospital; any value renders the same settings
-    command = [str(BIN / "ansible-playbook"), "-i", inventory, str(play), "--tags", "render"]
-    done = subprocess.run(
-        [*command, "-e", "redis_gateway_password=render-only", *extra],
-        cwd=ANSIBLE_DIR,
-        env=ansible_env(ANSIBLE_ROLES_PATH=str(ROLES)),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    render(inventory, rendered, out, args=["-e", "redis_gateway_password=render-only", *extra])
 
 
 def test_hospital_gateway_routes_among_the_three_gpu_nodes(tmp_path: Path) -> None:

@@ -4,49 +4,36 @@ setting the appliance knows (unknown keys are refused, so a template that wrote 
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.ansible.conftest import ANSIBLE_DIR, BIN, ansible_env
+from tests.ansible._render import HOST, ROLES, appliance_env, appliance_toml, play, render, template
 
 pytestmark = [pytest.mark.ansible, pytest.mark.slow]
 
-ROLES = ANSIBLE_DIR / "roles"
-RENDER = """
-- name: Render the appliance role's settings and secrets file for every host that runs it
-  hosts: vault:gateway:gpu_nodes
-  connection: local
-  gather_facts: false
-  roles: [appliance]
-  post_tasks:
-    - name: Render the appliance's settings
-      ansible.builtin.template:
-        src: {roles}/appliance/templates/appliance.toml.j2
-        dest: "{out}/{{{{ inventory_hostname }}}}.toml"
-        mode: "0600"
-      tags: [render]
-    - name: Render the appliance's secrets file
-      ansible.builtin.template:
-        src: {roles}/appliance/templates/appliance.env.j2
-        dest: "{out}/{{{{ inventory_hostname }}}}.env"
-        mode: "0600"
-      no_log: true
-      tags: [render]
-    - name: Render the gateway's unit (its Environment= lines)
-      ansible.builtin.template:
-        src: {roles}/appliance/templates/unit.service.j2
-        dest: "{out}/{{{{ inventory_hostname }}}}.gateway.service"
-        mode: "0600"
-      vars:
-        appliance_unit: appliance-gateway
-        appliance_unit_description: the gateway
-        appliance_unit_exec: /bin/true
-        appliance_unit_audit_writer: "{{{{ appliance_gateway_audit_writer }}}}"
-      tags: [render]
-"""
+
+def _play(out: Path) -> str:
+    """The appliance role's settings and secrets file for every host that runs it, and the gateway's unit."""
+    gateway_unit = template(
+        "Render the gateway's unit (its Environment= lines)",
+        "appliance/templates/unit.service.j2",
+        f"{out}/{HOST}.gateway.service",
+        variables={
+            "appliance_unit": "appliance-gateway",
+            "appliance_unit_description": "the gateway",
+            "appliance_unit_exec": "/bin/true",
+            "appliance_unit_audit_writer": "{{ appliance_gateway_audit_writer }}",
+        },
+    )
+    return play(
+        "Render the appliance role's settings and secrets file for every host that runs it",
+        "vault:gateway:gpu_nodes",
+        ["appliance"],
+        [appliance_toml(out), appliance_env(out), gateway_unit],
+    )
+
+
 # The role's optional branches: the gateway's TLS files, the shared state store with mutual TLS, secrets.
 BRANCHES = {
     "appliance_gateway_tls_cert_src": "/control/gateway.pem",
@@ -73,19 +60,7 @@ def _unit_environment(unit: Path) -> dict[str, str]:
 
 def _render(inventory: str, extra: dict[str, object], out: Path) -> list[str]:
     """ansible-playbook --tags render; the hosts it rendered for."""
-    play = out / "render.yml"
-    play.write_text(RENDER.format(roles=ROLES, out=out))
-    extra_file = out / "extra.json"
-    extra_file.write_text(json.dumps(extra))
-    done = subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", inventory, str(play), "--tags", "render", "-e", f"@{extra_file}"],
-        cwd=ANSIBLE_DIR,
-        env=ansible_env(ANSIBLE_ROLES_PATH=str(ROLES)),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    render(inventory, _play(out), out, extra=extra)
     return sorted(p.stem for p in out.glob("*.toml"))
 
 

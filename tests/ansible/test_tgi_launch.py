@@ -16,41 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.ansible.conftest import ANSIBLE_DIR, BIN, ansible_env
+from tests.ansible._render import HOST, play, render, template
 from tests.serving.conftest import pin_publication_keys, sign_list
 
 pytestmark = [pytest.mark.ansible, pytest.mark.slow]
 
-ROLES = ANSIBLE_DIR / "roles"
 VENV_APPLIANCE = "/opt/appliance/venv/bin/appliance"
 PINNED = "/etc/appliance-serving/publication-keys.json"
 IMAGES = {"tgi": "ghcr.io/huggingface/text-generation-inference:3.3.6", "vllm": "docker.io/vllm/vllm-openai:v0.11.0"}
-RENDER = """
-- name: Render the tgi role's podman-run unit and vLLM launcher script
-  hosts: gpu_nodes
-  connection: local
-  gather_facts: false
-  roles: [tgi]
-  post_tasks:
-    - name: Render the unit
-      ansible.builtin.template:
-        src: {roles}/tgi/templates/service.j2
-        dest: "{out}/{{{{ inventory_hostname }}}}.service"
-        mode: "0600"
-      tags: [render]
-    - name: Render the quadlet
-      ansible.builtin.template:
-        src: {roles}/tgi/templates/container.j2
-        dest: "{out}/{{{{ inventory_hostname }}}}.container"
-        mode: "0600"
-      tags: [render]
-    - name: Render the vLLM launcher script
-      ansible.builtin.template:
-        src: {roles}/tgi/templates/vllm-launch.py.j2
-        dest: "{out}/{{{{ inventory_hostname }}}}.vllm-launch.py"
-        mode: "0600"
-      tags: [render]
-"""
 # Writes its argv and LORA_ADAPTERS as JSON to $RECORD (stands in for podman and for vllm).
 RECORDER = """#!{python}
 import json, os, sys
@@ -60,20 +33,15 @@ with open(os.environ["RECORD_" + os.path.basename(sys.argv[0]).upper()], "w") as
 
 
 def _render(inventory: str, out: Path, unit_style: str = "service") -> None:
-    play = out / "render.yml"
-    play.write_text(RENDER.format(roles=ROLES, out=out))
-    extra = out / "extra.json"  # the unit style (vars/Debian-12.yml: service), without gathering facts
-    extra.write_text(json.dumps({"tgi_unit_style": unit_style}))
-    playbook = [str(BIN / "ansible-playbook"), "-i", inventory, str(play), "--tags", "render", "--skip-tags", "always"]
-    done = subprocess.run(
-        [*playbook, "-e", f"@{extra}"],
-        cwd=ANSIBLE_DIR,
-        env=ansible_env(ANSIBLE_ROLES_PATH=str(ROLES)),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    """The tgi role's podman-run unit, quadlet and vLLM launcher script for every GPU node."""
+    tasks = [
+        template("Render the unit", "tgi/templates/service.j2", f"{out}/{HOST}.service"),
+        template("Render the quadlet", "tgi/templates/container.j2", f"{out}/{HOST}.container"),
+        template("Render the vLLM launcher script", "tgi/templates/vllm-launch.py.j2", f"{out}/{HOST}.vllm-launch.py"),
+    ]
+    rendered = play("Render the tgi role's podman-run unit and vLLM launcher script", "gpu_nodes", ["tgi"], tasks)
+    # the unit style (vars/Debian-12.yml: service), without gathering facts
+    render(inventory, rendered, out, extra={"tgi_unit_style": unit_style}, args=["--skip-tags", "always"])
 
 
 def _exec_start(unit: Path) -> tuple[list[str], dict[str, str]]:

@@ -12,25 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.ansible.conftest import ANSIBLE_DIR, BIN, ansible_env
+from tests.ansible._render import HOST, play, render, template
 
 pytestmark = [pytest.mark.ansible]
 
-ROLES = ANSIBLE_DIR / "roles"
-RENDER = """
-- name: Render the appliance role's multi-GPU training command
-  hosts: gpu_nodes
-  connection: local
-  gather_facts: false
-  roles: [appliance]
-  post_tasks:
-    - name: Render appliance-train-gpus
-      ansible.builtin.template:
-        src: {roles}/appliance/templates/appliance-train-gpus.j2
-        dest: "{out}/{{{{ inventory_hostname }}}}.appliance-train-gpus"
-        mode: "0700"
-      tags: [render]
-"""
 RECORDER = """#!{python}
 import json, os, sys
 with open(os.environ["RECORD"], "w") as f:
@@ -43,32 +28,18 @@ echo "GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-1)"
 
 
 def _render(out: Path, venv: Path) -> Path:
-    play = out / "render.yml"
-    play.write_text(RENDER.format(roles=ROLES, out=out))
-    extra = out / "extra.json"
-    extra.write_text(json.dumps({"appliance_venv": str(venv), "network_vlan_interface": "vlan42"}))
-    done = subprocess.run(
-        [
-            str(BIN / "ansible-playbook"),
-            "-i",
-            "inventories/hospital/hosts.yml",
-            str(play),
-            "--tags",
-            "render",
-            "--skip-tags",
-            "always",
-            "--limit",
-            "gpu1",
-            "-e",
-            f"@{extra}",
-        ],
-        cwd=ANSIBLE_DIR,
-        env=ansible_env(ANSIBLE_ROLES_PATH=str(ROLES)),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    """The appliance role's multi-GPU training command for gpu1 of the hospital inventory."""
+    script = template(
+        "Render appliance-train-gpus",
+        "appliance/templates/appliance-train-gpus.j2",
+        f"{out}/{HOST}.appliance-train-gpus",
+        mode="0700",
     )
-    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    rendered = play("Render the appliance role's multi-GPU training command", "gpu_nodes", ["appliance"], [script])
+    extra = {"appliance_venv": str(venv), "network_vlan_interface": "vlan42"}
+    render(
+        "inventories/hospital/hosts.yml", rendered, out, extra=extra, args=["--skip-tags", "always", "--limit", "gpu1"]
+    )
     return out / "gpu1.appliance-train-gpus"
 
 
