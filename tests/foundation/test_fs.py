@@ -118,7 +118,12 @@ def test_exclusive_lock_that_cannot_be_opened_raises_the_callers_error(tmp_path:
     class Refused(Exception):
         pass
 
-    with pytest.raises(Refused, match="No such file") as caught:
-        with exclusive_lock(tmp_path / "missing" / "x.lock", lambda exc: Refused(exc.strerror)):
-            pass
+    def refuse(exc: OSError) -> Refused:
+        return Refused(exc.strerror)
+
+    with (
+        pytest.raises(Refused, match="No such file") as caught,
+        exclusive_lock(tmp_path / "missing" / "x.lock", refuse),
+    ):
+        pass
     assert caught.value.__cause__ is None

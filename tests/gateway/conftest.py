@@ -50,6 +50,19 @@ class IdP:
         return self.jwks
 
 
+def new_idp(kid: str) -> IdP:
+    """A test IdP with a fresh RSA signing key (slow: generate one per test at most)."""
+    key = RSAKey.generate_key(2048, parameters={"kid": kid})
+    return IdP(key, KeySet([key]).as_dict(private=False))
+
+
+def gateway_app(settings: Settings, idp: IdP, **neighbours: Any) -> Litestar:
+    """The gateway over the given neighbours (backend, audit, registry, keys, ...), trusting ``idp``'s tokens and
+    asking the registry afresh on every request (catalog_ttl_s 0, unless given)."""
+    neighbours.setdefault("catalog_ttl_s", 0.0)
+    return create_app(settings, jwks_fetcher=idp.fetch, jwt_issuer=ISSUER, **neighbours)
+
+
 @pytest.fixture(scope="session")
 def rsa_key() -> RSAKey:
     """One RSA key for the session (generating keys is slow)."""
@@ -89,17 +102,7 @@ def make_harness(settings: Settings, idp: IdP) -> Iterator[Callable[..., Harness
         s = s or settings
         backend = FakeBackend({a.served_id for a in ADAPTERS})
         audit, catalog, keys = MemoryAuditLog(), StaticCatalog(ADAPTERS), FakeKeyService()
-        app = create_app(
-            s,
-            backend=backend,
-            audit=audit,
-            registry=catalog,
-            keys=keys,
-            jwks_fetcher=idp.fetch,
-            jwt_issuer=ISSUER,
-            catalog_ttl_s=0.0,
-            **kwargs,
-        )
+        app = gateway_app(s, idp, backend=backend, audit=audit, registry=catalog, keys=keys, **kwargs)
         client = TestClient(app, base_url="http://127.0.0.1")
         client.__enter__()
         clients.append(client)

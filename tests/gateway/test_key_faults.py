@@ -16,12 +16,11 @@ import pytest
 from litestar.testing import TestClient
 
 from appliance.config import Settings, load_settings
-from appliance.gateway import create_app
 from appliance.protocols import GenerationParams, TokenEvent
 from appliance.testing import FakeBackend, StaticCatalog
 from tests.conftest import REPO_ROOT
 from tests.fixtures.openbao import OpenBaoServer
-from tests.gateway.conftest import ADAPTERS, ISSUER, IdP
+from tests.gateway.conftest import ADAPTERS, IdP, gateway_app
 
 BODY = {"inputs": "a patient note", "parameters": {"max_new_tokens": 4}}
 ROUTES: dict[str, dict[str, Any]] = {
@@ -57,15 +56,7 @@ def _gateway(settings: Settings, idp: IdP) -> tuple[TestClient[Any], FaultAfterF
     keys = open_key_service(settings)
     audit = open_audit_log(settings, keys=keys)
     backend = FaultAfterFirstToken({a.served_id for a in ADAPTERS})
-    app = create_app(
-        settings,
-        backend=backend,
-        audit=audit,
-        registry=StaticCatalog(ADAPTERS),
-        keys=keys,
-        jwks_fetcher=idp.fetch,
-        jwt_issuer=ISSUER,
-    )
+    app = gateway_app(settings, idp, backend=backend, audit=audit, registry=StaticCatalog(ADAPTERS), keys=keys)
     return TestClient(app, base_url="http://127.0.0.1"), backend
 
 

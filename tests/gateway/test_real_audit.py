@@ -13,11 +13,10 @@ import pytest
 from litestar.testing import TestClient
 
 from appliance.config import Settings, load_settings
-from appliance.gateway import create_app
 from appliance.gateway._service import SESSION_COOKIE
 from appliance.testing import FakeBackend, StaticCatalog
 from tests.conftest import REPO_ROOT
-from tests.gateway.conftest import ADAPTERS, ISSUER, IdP
+from tests.gateway.conftest import ADAPTERS, IdP, gateway_app
 
 PROMPT = "ZEBRA-PROMPT-MARKER patient note text"
 
@@ -35,15 +34,7 @@ def real(data_dir: Path, idp: IdP, tmp_path: Path) -> Iterator[tuple[TestClient[
     keys = open_key_service(settings)
     audit = open_audit_log(settings, keys=keys)
     backend = FakeBackend({a.served_id for a in ADAPTERS}, word="ZEBRA-OUTPUT")
-    app = create_app(
-        settings,
-        backend=backend,
-        audit=audit,
-        registry=StaticCatalog(ADAPTERS),
-        keys=keys,
-        jwks_fetcher=idp.fetch,
-        jwt_issuer=ISSUER,
-    )
+    app = gateway_app(settings, idp, backend=backend, audit=audit, registry=StaticCatalog(ADAPTERS), keys=keys)
     with TestClient(app, base_url="http://127.0.0.1") as client:
         yield client, settings, app.state.gateway
 

@@ -15,10 +15,9 @@ from aiohttp import web
 from litestar.testing import TestClient
 
 from appliance.config import Settings
-from appliance.gateway import create_app
 from appliance.serving import open_backend
 from appliance.testing import FakeKeyService, MemoryAuditLog, StaticCatalog
-from tests.gateway.conftest import ADAPTERS, ISSUER, IdP
+from tests.gateway.conftest import ADAPTERS, IdP, gateway_app
 from tests.serving.conftest import free_port
 
 BODY = {"inputs": "synthetic prompt for the test", "parameters": {"max_new_tokens": 2}}
@@ -92,15 +91,8 @@ def vllm_gateway(settings: Settings, idp: IdP) -> Iterator[tuple[TestClient[Any]
         listing.parent.mkdir(parents=True, exist_ok=True)
         listing.write_text(json.dumps([{"name": a.served_id, "path": f"/srv/{a.served_id}"} for a in ADAPTERS]))
         audit = MemoryAuditLog()
-        app = create_app(
-            s,
-            backend=open_backend(s),
-            audit=audit,
-            registry=StaticCatalog(ADAPTERS),
-            keys=FakeKeyService(),
-            jwks_fetcher=idp.fetch,
-            jwt_issuer=ISSUER,
-            catalog_ttl_s=0.0,
+        app = gateway_app(
+            s, idp, backend=open_backend(s), audit=audit, registry=StaticCatalog(ADAPTERS), keys=FakeKeyService()
         )
         with TestClient(app, base_url="http://127.0.0.1") as client:
             yield client, stub, audit

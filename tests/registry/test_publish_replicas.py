@@ -7,70 +7,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from joserfc.jwk import KeySet, RSAKey
 
 from appliance.config import load_settings
 from tests.conftest import REPO_ROOT
-from tests.fixtures.processes import stop_process
-from tests.gateway.conftest import ISSUER, IdP
+from tests.fixtures.engines import EngineProcess, audit_records
+from tests.gateway.conftest import gateway_app, new_idp
 from tests.registry.conftest import APPROVERS, OPERATOR, RecordingAudit, RunFactory
 from tests.registry.test_cli import Cli
 from tests.serving.conftest import ServerThread, free_port
 
 ADMIN_TOKEN = "admin-token-never-printed-4f1c9e"
-
-
-@dataclass
-class Engine:
-    """``appliance serve`` over the registry's data directory (its list, or ``adapters``: this replica's own copy),
-    checking signatures with the registry's key service and taking reloads only with the admin token."""
-
-    data_dir: Path
-    base: Path
-    port: int
-    adapters: Path | None = None
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
-        env |= {"APPLIANCE_DATA_DIR": str(self.data_dir), "APPLIANCE_SERVING__ADMIN_TOKEN": ADMIN_TOKEN}
-        command = [sys.executable, "-m", "appliance", "serve", "--base", str(self.base), "--port", str(self.port)]
-        command += ["--threads", "1"] + (["--adapters", str(self.adapters)] if self.adapters else [])
-        self.proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 180
-        while True:
-            assert self.proc.poll() is None, self.proc.stderr.read().decode() if self.proc.stderr else "exited"
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "engine did not become healthy"
-            time.sleep(0.3)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-
-    def holds(self) -> dict[str, str | None]:
-        data = httpx.get(self.url + "/v1/models", timeout=10).json()["data"]
-        return {m["id"]: m.get("fingerprint") for m in data if m.get("parent") is not None}
 
 
 @pytest.fixture
@@ -79,7 +33,7 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> 
     return Cli(capsys, monkeypatch)
 
 
-def _settings(data_dir: Path, a: Engine, b: Engine, b_list: Path) -> dict[str, Any]:
+def _settings(data_dir: Path, a: EngineProcess, b: EngineProcess, b_list: Path) -> dict[str, Any]:
     return {
         "data_dir": str(data_dir),
         "policies_dir": str(REPO_ROOT / "policies"),
@@ -110,18 +64,14 @@ def _write_toml(path: Path, values: dict[str, Any]) -> Path:
     return path
 
 
-def _audit_records(audit_dir: Path) -> list[dict[str, Any]]:
-    out = []
-    for seg in sorted(audit_dir.rglob("segment-*.jsonl")):
-        out += [json.loads(line) for line in seg.read_text().splitlines() if line.strip()]
-    return out
-
-
 @pytest.fixture
-def engines(data_dir: Path, tiny_model: Path, tmp_path: Path) -> Iterator[tuple[Engine, Engine, Path]]:
+def engines(data_dir: Path, tiny_model: Path, tmp_path: Path) -> Iterator[tuple[EngineProcess, EngineProcess, Path]]:
+    """Two engines over the registry's data directory, checking signatures with the registry's key service and
+    taking reloads only with the admin token; not started yet."""
     b_list = tmp_path / "gpu-b" / "adapters.json"  # gpu-b reads its own copy, written by the registry
-    a = Engine(data_dir, tiny_model, free_port())
-    b = Engine(data_dir, tiny_model, free_port(), adapters=b_list)
+    admin = {"APPLIANCE_SERVING__ADMIN_TOKEN": ADMIN_TOKEN}
+    a = EngineProcess(tiny_model, data_dir, free_port(), env=admin)
+    b = EngineProcess(tiny_model, data_dir, free_port(), adapters=b_list, env=admin)
     try:
         yield a, b, b_list
     finally:
@@ -132,7 +82,7 @@ def engines(data_dir: Path, tiny_model: Path, tmp_path: Path) -> Iterator[tuple[
 def test_publish_and_unpublish_reach_every_replica(
     cli: Cli,
     monkeypatch: pytest.MonkeyPatch,
-    engines: tuple[Engine, Engine, Path],
+    engines: tuple[EngineProcess, EngineProcess, Path],
     make_run: RunFactory,
     data_dir: Path,
     tmp_path: Path,
@@ -140,7 +90,6 @@ def test_publish_and_unpublish_reach_every_replica(
     """publish: both engines load it and the gateway answers with it through both, no SIGHUP; unpublish: refused on
     both; publish with one engine down: that one failed (reason, no secret), the other loaded, exit 69, audited."""
     from appliance.audit import open_audit_log
-    from appliance.gateway import create_app
     from appliance.keys import open_key_service
     from appliance.registry import open_registry
 
@@ -166,6 +115,7 @@ def test_publish_and_unpublish_reach_every_replica(
     assert code == 0, err
     assert json.loads(b_list.read_bytes()) == json.loads((settings.serving_dir / "embedded/adapters.json").read_bytes())
     a.start(), b.start()
+    a.wait_healthy(), b.wait_healthy()
     assert set(a.holds()) == set(b.holds()) == {"coding-v1"}
 
     started = time.monotonic()
@@ -177,20 +127,11 @@ def test_publish_and_unpublish_reach_every_replica(
     assert a.holds()["triage-v1"] == b.holds()["triage-v1"] == fingerprint  # no SIGHUP, no manual reload
 
     gw_settings = load_settings(**{**values, "data_dir": str(tmp_path / "gw")})
-    key = RSAKey.generate_key(2048, parameters={"kid": "publish"})
-    idp = IdP(key, KeySet([key]).as_dict(private=False))
+    idp = new_idp("publish")
     keys = open_key_service(gw_settings)
     audit = open_audit_log(gw_settings, keys=keys)
     catalog = open_registry(settings, keys=open_key_service(settings), audit=RecordingAudit())
-    app = create_app(
-        gw_settings,
-        audit=audit,
-        registry=catalog,
-        keys=keys,
-        jwks_fetcher=idp.fetch,
-        jwt_issuer=ISSUER,
-        catalog_ttl_s=0.0,
-    )
+    app = gateway_app(gw_settings, idp, audit=audit, registry=catalog, keys=keys)
     tokens = [{"Authorization": f"Bearer {idp.token({'sub': f'svc-{i}', 'scope': 'research'})}"} for i in range(6)]
 
     bodies: list[str] = []
@@ -213,9 +154,7 @@ def test_publish_and_unpublish_reach_every_replica(
         with ServerThread(app) as gateway:
             assert asyncio.run(burst(gateway.url, 3)) == [200] * 18
             replicas = Counter(
-                r["details"]["replica"]
-                for r in _audit_records(gw_settings.audit_dir)
-                if r["type"] == "gateway.response"
+                r["details"]["replica"] for r in audit_records(gw_settings.audit_dir) if r["type"] == "gateway.response"
             )
             assert set(replicas) == {"gpu-a", "gpu-b"}, replicas  # answered through both replicas
 
@@ -244,7 +183,7 @@ def test_publish_and_unpublish_reach_every_replica(
         asyncio.run(audit.close())
         catalog.close()
 
-    registry_trail = _audit_records(settings.audit_dir)
+    registry_trail = audit_records(settings.audit_dir)
     reloads = [r for r in registry_trail if r["type"] == "registry.reload"]
     assert [r["details"]["change"] for r in reloads] == ["publish", "unpublish", "publish"]
     assert reloads[0]["outcome"]["status"] == "success" and reloads[0]["details"]["loaded"] == 2

@@ -4,25 +4,19 @@ during a bounded load, then restarted; adapters each replica lacks (or holds in 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from joserfc.jwk import KeySet, RSAKey
 
 from appliance.config import load_settings
 from tests.conftest import REPO_ROOT
-from tests.fixtures.processes import stop_process
-from tests.gateway.conftest import ISSUER, IdP
+from tests.fixtures.engines import EngineProcess, audit_records
+from tests.gateway.conftest import gateway_app, new_idp
 from tests.serving.conftest import ServerThread, free_port, pin_publication_keys, write_adapter_list
 
 Adapters = dict[str, tuple[Path, str]]
@@ -31,45 +25,12 @@ WORKERS = 8  # concurrent clients, each its own principal (the extraction detect
 KILL_AFTER = 100  # answered requests before the SIGKILL
 
 
-@dataclass
-class EngineProcess:
-    """``appliance serve`` on a fixed loopback port (so a restart comes back at the same address)."""
-
-    listing: Path
-    tiny_model: Path
-    data_dir: Path
-    port: int
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
-        env["APPLIANCE_DATA_DIR"] = str(self.data_dir)
-        pinned = pin_publication_keys(self.data_dir.parent / f"registry-{self.port}.pub.json")  # lists are signed
-        env["APPLIANCE_SERVING__PUBLICATION_PUBLIC_KEYS"] = str(pinned)
-        command = [sys.executable, "-m", "appliance", "serve", "--base", str(self.tiny_model)]
-        command += ["--adapters", str(self.listing), "--port", str(self.port), "--threads", "1"]
-        self.proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-    def wait_healthy(self, timeout_s: float = 180) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout_s
-        while True:
-            assert self.proc.poll() is None, self.proc.stderr.read().decode() if self.proc.stderr else "exited"
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "engine did not become healthy"
-            time.sleep(0.3)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
+def _engine(listing: Path, tiny_model: Path, data_dir: Path) -> EngineProcess:
+    """An engine on its own data directory that loads ``listing``, signed by the pinned publication keys."""
+    port = free_port()
+    pinned = pin_publication_keys(data_dir.parent / f"registry-{port}.pub.json")  # lists are signed
+    env = {"APPLIANCE_SERVING__PUBLICATION_PUBLIC_KEYS": str(pinned)}
+    return EngineProcess(tiny_model, data_dir, port, adapters=listing, env=env)
 
 
 @pytest.fixture
@@ -84,21 +45,13 @@ def engines(tiny_model: Path, lora_adapters: Adapters, tmp_path: Path) -> Iterat
             "coding-v1": lora_adapters["coding-v1"],
         },
     )
-    a = EngineProcess(a_list, tiny_model, tmp_path / "var-a", free_port())
-    b = EngineProcess(b_list, tiny_model, tmp_path / "var-b", free_port())
+    a, b = (_engine(listing, tiny_model, tmp_path / f"var-{n}") for n, listing in (("a", a_list), ("b", b_list)))
     try:
         a.start(), b.start()
         a.wait_healthy(), b.wait_healthy()
         yield a, b
     finally:
         a.stop(), b.stop()
-
-
-def _records(audit_dir: Path) -> list[dict[str, Any]]:
-    out = []
-    for seg in sorted(audit_dir.rglob("segment-*.jsonl")):
-        out += [json.loads(line) for line in seg.read_text().splitlines() if line.strip()]
-    return out
 
 
 @pytest.mark.slow
@@ -108,7 +61,7 @@ def test_two_engines_one_killed_under_load_then_restarted(
     """>= 99.5% of a load answered 2xx across a SIGKILL, every request audited with its replica, /readyz ready and
     degraded; after a restart traffic returns; no replica gets an adapter it lacks or holds in another build."""
     from appliance.audit import open_audit_log
-    from appliance.gateway import AdapterRef, create_app
+    from appliance.gateway import AdapterRef
     from appliance.keys import open_key_service
     from appliance.serving import open_backend
     from appliance.testing import StaticCatalog
@@ -129,8 +82,7 @@ def test_two_engines_one_killed_under_load_then_restarted(
             "timeout_s": 30,
         },
     )
-    key = RSAKey.generate_key(2048, parameters={"kid": "replicas"})
-    idp = IdP(key, KeySet([key]).as_dict(private=False))
+    idp = new_idp("replicas")
     keys = open_key_service(settings)
     audit = open_audit_log(settings, keys=keys)
     catalog = StaticCatalog(
@@ -140,16 +92,7 @@ def test_two_engines_one_killed_under_load_then_restarted(
             AdapterRef("notes", 1, lora_adapters["notes-v1"][1], is_production=False),
         ]
     )
-    app = create_app(
-        settings,
-        backend=open_backend(settings),
-        audit=audit,
-        registry=catalog,
-        keys=keys,
-        jwks_fetcher=idp.fetch,
-        jwt_issuer=ISSUER,
-        catalog_ttl_s=0.0,
-    )
+    app = gateway_app(settings, idp, backend=open_backend(settings), audit=audit, registry=catalog, keys=keys)
     tokens = [
         {"Authorization": f"Bearer {idp.token({'sub': f'svc-{i}', 'scope': 'research'})}"} for i in range(WORKERS)
     ]
@@ -212,7 +155,7 @@ def test_two_engines_one_killed_under_load_then_restarted(
     asyncio.run(audit.close())
 
     by_request: dict[str, list[dict[str, Any]]] = {}
-    records = _records(settings.audit_dir)
+    records = audit_records(settings.audit_dir)
     requests = {r["event_id"] for r in records if r["type"] == "gateway.request"}
     for r in records:
         if r["type"] == "gateway.response":
