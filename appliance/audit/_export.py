@@ -17,7 +17,7 @@ import csv
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,7 +45,7 @@ from appliance.audit._export_format import (
 )
 from appliance.audit._export_verify import verify_export
 from appliance.audit._identity import recordable_identity
-from appliance.audit._sinks._base import ChainReader
+from appliance.audit._sinks._base import ChainReader, chain_records
 from appliance.audit._verify import verify_store
 from appliance.errors import Conflict, IntegrityViolation, ValidationFailed
 from appliance.protocols import KeyService
@@ -198,7 +198,7 @@ def export(
         if table is not None:
             table.writerow(CSV_COLUMNS)
         for writer_id in writers:
-            for line, record in _records(store, writer_id, advanced):
+            for line, record in chain_records(store, writer_id, advanced):
                 if not filters.in_range(record) or not filters.matches(record):
                     continue
                 if record.get("type") == CHECKPOINT_TYPE:
@@ -248,22 +248,6 @@ def export(
     manifest["signature"] = sign(keys, manifest_message(manifest), signer)
     atomic_write(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
     return manifest
-
-
-def _records(
-    store: ChainReader, writer_id: str, advanced: Callable[[int], None]
-) -> Iterator[tuple[bytes, dict[str, Any]]]:
-    for _, data in store.read(writer_id):
-        advanced(len(data))
-        for line in data.split(b"\n"):
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # a torn or corrupt line: verify reports it; an export carries only records
-            if isinstance(record, dict):
-                yield line, record
 
 
 def _version() -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import json
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 
 from appliance.audit._checkpoint import chain_public_keys
 from appliance.audit._export import ExportFilter, export, parse_time
-from appliance.audit._sinks._base import ChainReader
+from appliance.audit._sinks._base import ChainReader, chain_records
 from appliance.audit._verify import verify_store
 from appliance.errors import ValidationFailed
 from appliance.protocols import KeyService
@@ -54,22 +53,15 @@ class StoreReader:
         wanted = _filter(filters)
         newest: list[tuple[str, int, str, dict[str, Any]]] = []
         for writer_id in self._store.writers():
-            for _, data in self._store.read(writer_id):
-                for line in data.split(b"\n"):
-                    if not line:
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except ValueError:
-                        continue
-                    if record.get("type") == "audit.checkpoint" or not wanted.in_range(record):
-                        continue
-                    if wanted.matches(record):
-                        item = (str(record.get("time")), int(record.get("seq", 0)), writer_id, record)
-                        if len(newest) < limit:
-                            heapq.heappush(newest, item)
-                        elif item[:3] > newest[0][:3]:
-                            heapq.heapreplace(newest, item)
+            for _, record in chain_records(self._store, writer_id):
+                if record.get("type") == "audit.checkpoint" or not wanted.in_range(record):
+                    continue
+                if wanted.matches(record):
+                    item = (str(record.get("time")), int(record.get("seq", 0)), writer_id, record)
+                    if len(newest) < limit:
+                        heapq.heappush(newest, item)
+                    elif item[:3] > newest[0][:3]:
+                        heapq.heapreplace(newest, item)
         return [item[3] for item in sorted(newest, key=lambda i: i[:3], reverse=True)]
 
     def export_sync(self, filters: Mapping[str, Any], fmt: str) -> bytes:

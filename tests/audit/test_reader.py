@@ -7,6 +7,7 @@ import json
 import pytest
 
 from appliance.audit import AuditWriter, reader_for
+from appliance.config import Settings
 from appliance.errors import ValidationFailed
 from tests.audit.conftest import make_event
 
@@ -37,3 +38,17 @@ async def test_unknown_filter_is_refused(audit_log: AuditWriter) -> None:
     with pytest.raises(ValidationFailed):
         await reader.search({"prompt": "x"}, 5)
     assert reader_for(object()) is None
+
+
+async def test_search_passes_over_lines_that_are_not_records(audit_log: AuditWriter, settings: Settings) -> None:
+    """A JSON line that is no object (a number, a list) or a torn line in a segment is passed over by search (as
+    export does); the records around it are still found."""
+    await audit_log.record(make_event(request_id="before"))
+    segment = max(settings.audit_dir.rglob("segment-*.jsonl"))
+    with segment.open("ab") as handle:
+        handle.write(b'5\n["a"]\n{"torn":\n')
+    reader = reader_for(audit_log)
+    assert reader is not None
+    found = await reader.search({}, 50)
+    assert "before" in [e.get("request_id") for e in found]
+    assert all(isinstance(e, dict) for e in found)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from appliance.audit._canonical import GENESIS_HASH
 from appliance.audit._sinks._anchor import Anchor
 
-__all__ = ["ChainHead", "ChainReader", "Recovery", "Sink", "stopped_cleanly"]
+__all__ = ["ChainHead", "ChainReader", "Recovery", "Sink", "chain_records", "stopped_cleanly"]
 
 _TAIL = 75  # ',"hash":"<64 hex>"}' ends every record line
 _STOP = b',"type":"audit.stop"'
@@ -109,3 +110,22 @@ class ChainReader(Protocol):
     def total_bytes(self) -> int:
         """The approximate size of every chain (for progress bars)."""
         ...
+
+
+def chain_records(
+    store: ChainReader, writer_id: str, advanced: Callable[[int], None] | None = None
+) -> Iterator[tuple[bytes, dict[str, Any]]]:
+    """(line, record) for each record of the writer's chain in order; ``advanced`` gets each chunk's size as it is
+    read. A torn or corrupt line is passed over (verification reports it; a search or an export carries records)."""
+    for _, data in store.read(writer_id):
+        if advanced is not None:
+            advanced(len(data))
+        for line in data.split(b"\n"):
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                yield line, record
