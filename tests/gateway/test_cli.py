@@ -21,6 +21,7 @@ from appliance.errors import Unauthenticated
 from appliance.gateway._db import GatewayDB, db_path
 from appliance.gateway.auth.apikeys import ApiKeyStore
 from tests.conftest import REPO_ROOT
+from tests.fixtures.audit_trail import audit_records
 from tests.fixtures.oidc import free_port
 from tests.fixtures.redisd import RedisServer
 
@@ -34,10 +35,7 @@ def env(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _audit_types(data_dir: Path) -> list[str]:
-    lines = [
-        line for seg in sorted((data_dir / "audit").rglob("segment-*.jsonl")) for line in seg.read_text().splitlines()
-    ]
-    return [json.loads(line)["type"] for line in lines if line.strip()]
+    return [r["type"] for r in audit_records(data_dir / "audit")]
 
 
 def _json(output: str) -> Any:
@@ -192,12 +190,7 @@ def test_run_with_workers_on_redis(env: Path, tmp_path: Path, redis_server: Redi
 
 
 def _types_of(data_dir: Path, lane: str) -> list[str]:
-    lines = [
-        line
-        for seg in sorted((data_dir / "audit" / lane).glob("segment-*.jsonl"))
-        for line in seg.read_text().splitlines()
-    ]
-    return [json.loads(line)["type"] for line in lines if line.strip()]
+    return [r["type"] for r in audit_records(data_dir / "audit" / lane)]
 
 
 def test_demo_idp_ends_with_the_demo(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ password. Also: the "Not allowed" page keeps the header, the sign-out and a way 
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.fixtures.audit_trail import audit_records
 from tests.fixtures.oidc import ensure_node_modules, free_port
 from tests.fixtures.processes import stop_process
 from tests.gateway.test_e2e import CHROMIUM_ARGS
@@ -101,10 +101,7 @@ def _sign_out_at_idp(page: Any, demo: Demo, *, confirm: bool) -> None:
 
 
 def _logouts(demo: Demo) -> list[dict[str, Any]]:
-    out = []
-    for seg in sorted((demo.data_dir / "audit").rglob("segment-*.jsonl")):
-        out += [json.loads(line) for line in seg.read_text().splitlines() if line.strip()]
-    return [r for r in out if r["type"] == "auth.logout"]
+    return [r for r in audit_records(demo.data_dir / "audit") if r["type"] == "auth.logout"]
 
 
 def test_sign_out_ends_the_demo_idp_session(demo: Demo, browser: Any, artifacts_dir: Path) -> None:

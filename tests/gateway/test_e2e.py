@@ -26,6 +26,7 @@ import structlog
 
 from appliance.config import Settings, load_settings
 from tests.conftest import REPO_ROOT
+from tests.fixtures.audit_trail import audit_records
 from tests.fixtures.oidc import WEB_CLIENT_ID, WEB_CLIENT_SECRET, OIDCProvider
 
 IDLE_S = 6  # the session idle timeout for this module (seconds)
@@ -209,10 +210,7 @@ def stack(
 
 
 def _records(settings: Settings) -> list[dict[str, Any]]:
-    out = []
-    for seg in sorted(settings.audit_dir.rglob("segment-*.jsonl")):
-        out += [json.loads(line) for line in seg.read_text().splitlines() if line.strip()]
-    return out
+    return audit_records(settings.audit_dir)
 
 
 # --- services: client-credentials JWTs from the real IdP ------------------------------------------------------------

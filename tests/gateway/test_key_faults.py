@@ -19,6 +19,7 @@ from appliance.config import Settings, load_settings
 from appliance.protocols import GenerationParams, TokenEvent
 from appliance.testing import FakeBackend, StaticCatalog
 from tests.conftest import REPO_ROOT
+from tests.fixtures.audit_trail import audit_records
 from tests.fixtures.openbao import OpenBaoServer
 from tests.gateway.conftest import ADAPTERS, IdP, gateway_app
 
@@ -70,12 +71,7 @@ def _settings(data_dir: Path, tmp_path: Path, checkpoint_every: int = 100_000, *
 
 
 def _records(settings: Settings) -> dict[str, dict[str, Any]]:
-    lines = [
-        json.loads(line)
-        for seg in sorted(settings.audit_dir.rglob("segment-*.jsonl"))
-        for line in seg.read_text(encoding="utf-8").splitlines()
-    ]
-    return {r["event_id"]: r for r in lines}
+    return {r["event_id"]: r for r in audit_records(settings.audit_dir)}
 
 
 def _events(text: str) -> list[dict[str, Any]]:

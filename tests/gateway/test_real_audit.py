@@ -16,6 +16,7 @@ from appliance.config import Settings, load_settings
 from appliance.gateway._service import SESSION_COOKIE
 from appliance.testing import FakeBackend, StaticCatalog
 from tests.conftest import REPO_ROOT
+from tests.fixtures.audit_trail import audit_records
 from tests.gateway.conftest import ADAPTERS, IdP, gateway_app
 
 PROMPT = "ZEBRA-PROMPT-MARKER patient note text"
@@ -40,10 +41,7 @@ def real(data_dir: Path, idp: IdP, tmp_path: Path) -> Iterator[tuple[TestClient[
 
 
 def _records(settings: Settings) -> list[dict[str, Any]]:
-    lines = []
-    for seg in sorted((settings.audit_dir).rglob("segment-*.jsonl")):
-        lines += [json.loads(line) for line in seg.read_text().splitlines() if line.strip()]
-    return lines
+    return audit_records(settings.audit_dir)
 
 
 def test_all_gateway_events_accepted_and_phi_free(real: tuple[TestClient[Any], Settings, Any], idp: IdP) -> None:

@@ -30,6 +30,7 @@ from appliance.canaries import SEALED_FILE, SPACE_BITS, CanaryDocument, candidat
 from appliance.config import Settings, load_settings
 from appliance.errors import IntegrityViolation, NotFound, ValidationFailed
 from appliance.monitoring import CanaryMetrics, CanaryProbeResult, probe_canaries, record_probe
+from tests.fixtures.audit_trail import audit_records
 from tests.fixtures.processes import stop_process
 from tests.registry.conftest import OPERATOR
 from tests.serving.conftest import free_port, pin_publication_keys, write_adapter_list
@@ -287,12 +288,7 @@ class TestProbeThroughTheEngine:
             "appliance_adapter_canary_exposure", {"adapter": "triage", "version": "1"}
         )
         assert sample == pytest.approx(loud.max_exposure)
-        records = [
-            json.loads(line)
-            for seg in sorted(served.settings.audit_dir.rglob("segment-*.jsonl"))
-            for line in seg.read_text().splitlines()
-            if line.strip()
-        ]
+        records = audit_records(served.settings.audit_dir)
         probes = [r for r in records if r["type"] == "adapter.canary_probe"]
         alerts = [r for r in records if r["type"] == "adapter.canary_alert"]
         assert len(probes) >= 2 and len(alerts) == 1

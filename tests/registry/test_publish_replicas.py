@@ -18,7 +18,8 @@ import pytest
 
 from appliance.config import load_settings
 from tests.conftest import REPO_ROOT
-from tests.fixtures.engines import EngineProcess, audit_records
+from tests.fixtures.audit_trail import audit_records
+from tests.fixtures.engines import EngineProcess
 from tests.gateway.conftest import gateway_app, new_idp
 from tests.registry.conftest import APPROVERS, OPERATOR, RecordingAudit, RunFactory
 from tests.registry.test_cli import Cli

@@ -15,7 +15,8 @@ import pytest
 
 from appliance.config import load_settings
 from tests.conftest import REPO_ROOT
-from tests.fixtures.engines import EngineProcess, audit_records
+from tests.fixtures.audit_trail import audit_records
+from tests.fixtures.engines import EngineProcess
 from tests.gateway.conftest import gateway_app, new_idp
 from tests.serving.conftest import ServerThread, free_port, pin_publication_keys, write_adapter_list
 

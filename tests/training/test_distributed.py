@@ -28,6 +28,7 @@ from appliance.training import (
     without_launcher_options,
 )
 from appliance.training._distributed import _step_aligned_sampler, is_peer_failure, step_aligned_loader
+from tests.fixtures.audit_trail import audit_records
 from tests.training.conftest import tiny_options
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,8 +61,7 @@ def _train_cmd(prepared: Path, base: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _audit_types(settings: Settings) -> list[str]:
-    lines = [line for seg in sorted((settings.data_dir / "audit").rglob("segment-*.jsonl")) for line in seg.open()]
-    return [json.loads(line)["type"] for line in lines if line.strip()]
+    return [r["type"] for r in audit_records(settings.data_dir / "audit")]
 
 
 def _checkpoint_step(path: Path) -> int:
