@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import secrets
 import shutil
 import threading
 import time
@@ -80,7 +79,7 @@ def _run_dir(root: Path, lora: Path, tiny_model: Path, n: int, ledger: Path) -> 
     from safetensors.numpy import load_file, save_file
 
     from appliance.models import model_hash
-    from tests.registry.conftest import evaluation, make_dataset, record_in_ledger
+    from tests.registry.conftest import make_dataset, record_in_ledger, run_metadata
 
     run = root / f"run-{n}"
     run.mkdir(parents=True)
@@ -88,34 +87,7 @@ def _run_dir(root: Path, lora: Path, tiny_model: Path, n: int, ledger: Path) -> 
     save_file({k: (v + n * 1e-2).astype(v.dtype) for k, v in tensors.items()}, str(run / "adapter_model.safetensors"))
     shutil.copy(lora / "adapter_config.json", run / "adapter_config.json")
     ds = make_dataset(root / f"dataset-{n}", ["p-1", "p-2", "p-3"], ["p-4"])
-    manifest = json.loads((ds / "manifest.json").read_text())
-    metadata = {
-        "format_version": 1,
-        "appliance_version": "0.1.0",
-        "run_id": f"run-{n}-{secrets.token_hex(3)}",
-        "trained_by": "trainer-tom",
-        "base_model": {"path": str(tiny_model), "sha256": model_hash(tiny_model)},
-        "dataset": {"fingerprint": manifest["fingerprint"], "path": str(ds)},
-        "dp": {
-            "enabled": True,
-            "epsilon": 4.0,
-            "delta": 1e-5,
-            "noise_multiplier": 1.1,
-            "sample_rate": 0.01,
-            "max_grad_norm": 1.0,
-            "privacy_unit": "record",
-            "accountant": "rdp",
-        },
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
-        "hyperparameters": {"learning_rate": 1e-3, "batch_size": 4, "max_length": 64, "steps": 2, "seed": n},
-        "steps": 2,
-        "metrics": {"eval_loss": 5.1, "perplexity": 164.0, "train_loss": 5.3},
-        "evaluation": evaluation(base_loss=5.4, adapter_loss=5.1, base_em=0.25, adapter_em=0.5),  # passes the gate
-        "canaries": {"count": 2, "exposures": [{"repetitions": 1, "exposure": 1.0}], "max_exposure": 2.0},
-        "packages": {"torch": "2.13.0", "transformers": "5.23.0", "peft": "0.21.2", "opacus": "1.6.0"},
-        "started_at": "2026-11-23T14:00:00Z",
-        "finished_at": "2026-11-23T14:01:00Z",
-    }
+    metadata = run_metadata(n, tiny_model, model_hash(tiny_model), ds, trained_by="trainer-tom")
     (run / "metadata.json").write_text(json.dumps(metadata))
     record_in_ledger(ledger, run)
     return run

@@ -179,6 +179,53 @@ def evaluation(
     }
 
 
+def run_metadata(
+    n: int,
+    base: Path,
+    base_hash: str,
+    dataset: Path,
+    *,
+    trained_by: str = TRAINER,
+    dp: Mapping[str, Any] | None = None,
+    max_exposure: float | None = 2.0,
+) -> dict[str, Any]:
+    """The ``metadata.json`` of finished run number ``n`` on ``base`` over the prepared ``dataset``, built with the
+    run-metadata contract; ``dp`` overrides DP parameters. Its evaluation passes the approval gate."""
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    return run_metadata_json(
+        RunMetadata(
+            format_version=1,
+            appliance_version="0.1.0",
+            run_id=f"run-{n}-{secrets.token_hex(3)}",
+            trained_by=trained_by,
+            base_model=BaseModelRef(path=str(base), sha256=base_hash),
+            dataset=DatasetRef(fingerprint=manifest["fingerprint"], path=str(dataset)),
+            dp=DPParameters.model_validate(
+                {
+                    "enabled": True,
+                    "epsilon": 4.0,
+                    "delta": 1e-5,
+                    "noise_multiplier": 1.1,
+                    "sample_rate": 0.01,
+                    "max_grad_norm": 1.0,
+                    "privacy_unit": "record",
+                    "accountant": "rdp",
+                    **(dp or {}),
+                }
+            ),
+            lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+            hyperparameters={"learning_rate": 1e-3, "batch_size": 4, "max_length": 64, "steps": 2, "seed": n},
+            steps=2,
+            metrics={"eval_loss": 5.1, "perplexity": 164.0, "train_loss": 5.3},
+            evaluation=evaluation(base_loss=5.4, adapter_loss=5.1, base_em=0.25, adapter_em=0.5),
+            canaries=CanaryReport(count=2, exposures=[{"repetitions": 1, "exposure": 1.0}], max_exposure=max_exposure),
+            packages={"torch": "2.13.0", "transformers": "5.23.0", "peft": "0.21.2", "opacus": "1.6.0"},
+            started_at="2026-11-23T14:00:00Z",
+            finished_at="2026-11-23T14:01:00Z",
+        )
+    )
+
+
 @pytest.fixture
 def make_run(tmp_path: Path, lora_template: Path, tiny_model: Path, data_dir: Path) -> RunFactory:
     """Build a complete training run directory; keyword arguments override metadata fields.
@@ -212,41 +259,7 @@ def make_run(tmp_path: Path, lora_template: Path, tiny_model: Path, data_dir: Pa
         save_file(shifted, str(run / "adapter_model.safetensors"))
         shutil.copy(lora_template / "adapter_config.json", run / "adapter_config.json")
         ds = dataset or make_dataset(tmp_path / f"dataset-{n}", ["p-1", "p-2", "p-2", "p-3"], ["p-4"])
-        manifest = json.loads((ds / "manifest.json").read_text())
-        metadata = run_metadata_json(
-            RunMetadata(
-                format_version=1,
-                appliance_version="0.1.0",
-                run_id=f"run-{n}-{secrets.token_hex(3)}",
-                trained_by=trained_by,
-                base_model=BaseModelRef(path=str(tiny_model), sha256=base_hash),
-                dataset=DatasetRef(fingerprint=manifest["fingerprint"], path=str(ds)),
-                dp=DPParameters.model_validate(
-                    {
-                        "enabled": True,
-                        "epsilon": 4.0,
-                        "delta": 1e-5,
-                        "noise_multiplier": 1.1,
-                        "sample_rate": 0.01,
-                        "max_grad_norm": 1.0,
-                        "privacy_unit": "record",
-                        "accountant": "rdp",
-                        **(dp or {}),
-                    }
-                ),
-                lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
-                hyperparameters={"learning_rate": 1e-3, "batch_size": 4, "max_length": 64, "steps": 2, "seed": n},
-                steps=2,
-                metrics={"eval_loss": 5.1, "perplexity": 164.0, "train_loss": 5.3},
-                evaluation=evaluation(base_loss=5.4, adapter_loss=5.1, base_em=0.25, adapter_em=0.5),
-                canaries=CanaryReport(
-                    count=2, exposures=[{"repetitions": 1, "exposure": 1.0}], max_exposure=max_exposure
-                ),
-                packages={"torch": "2.13.0", "transformers": "5.23.0", "peft": "0.21.2", "opacus": "1.6.0"},
-                started_at="2026-11-23T14:00:00Z",
-                finished_at="2026-11-23T14:01:00Z",
-            )
-        )
+        metadata = run_metadata(n, tiny_model, base_hash, ds, trained_by=trained_by, dp=dp, max_exposure=max_exposure)
         metadata.update(overrides)
         (run / "metadata.json").write_text(json.dumps(metadata))
         if ledger is not None:
