@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.oidc",
     "tests.fixtures.redisd",
+    "tests.fixtures.cli",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

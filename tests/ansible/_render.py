@@ -18,7 +18,7 @@ import yaml
 
 from tests.ansible.conftest import ANSIBLE_DIR, BIN, ansible_env
 
-__all__ = ["HOST", "ROLES", "appliance_env", "appliance_toml", "play", "render", "run_playbook", "template"]
+__all__ = ["HOST", "ROLES", "appliance_env", "appliance_toml", "play", "render", "template"]
 
 ROLES = ANSIBLE_DIR / "roles"
 HOST = "{{ inventory_hostname }}"  # a file per host: f"{out}/{HOST}.toml"
@@ -72,7 +72,7 @@ def play(name: str, hosts: str, roles: Sequence[str], tasks: Sequence[Mapping[st
     return yaml.safe_dump([body], sort_keys=False, width=1000)
 
 
-def run_playbook(
+def render(
     inventory: str,
     play_yaml: str,
     work: Path,
@@ -80,8 +80,9 @@ def run_playbook(
     extra: Mapping[str, object] | None = None,
     args: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
-    """ansible-playbook --tags render on the play; the extra variables (they may hold a password) go in a 0600 file,
-    removed afterwards. ``args`` are more ansible-playbook arguments (``--limit``, ``--skip-tags``)."""
+    """ansible-playbook --tags render on the play, which must succeed (else the test fails with the end of its
+    output). The extra variables (they may hold a password) go in a 0600 file, removed afterwards; ``args`` are
+    more ansible-playbook arguments (``--limit``, ``--skip-tags``)."""
     name = secrets.token_hex(4)
     play_file = work / f"render-{name}.yml"
     play_file.write_text(play_yaml)
@@ -92,7 +93,7 @@ def run_playbook(
         extra_file.write_text(json.dumps(extra))
         command += ["-e", f"@{extra_file}"]
     try:
-        return subprocess.run(
+        done = subprocess.run(
             command,
             cwd=ANSIBLE_DIR,
             env=ansible_env(ANSIBLE_ROLES_PATH=str(ROLES)),
@@ -102,17 +103,5 @@ def run_playbook(
         )
     finally:
         extra_file.unlink(missing_ok=True)
-
-
-def render(
-    inventory: str,
-    play_yaml: str,
-    work: Path,
-    *,
-    extra: Mapping[str, object] | None = None,
-    args: Sequence[str] = (),
-) -> subprocess.CompletedProcess[str]:
-    """:func:`run_playbook`, which must succeed (else the test fails with the end of its output)."""
-    done = run_playbook(inventory, play_yaml, work, extra=extra, args=args)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
     return done

@@ -2,47 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from appliance.config import load_settings
 from appliance.intake import load_prepared
-from tests.conftest import REPO_ROOT
-
-
-class Cli:
-    """Runs the `appliance` entry point in-process (as the console script does) and captures its output."""
-
-    def __init__(self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-        self.capsys = capsys
-        self.monkeypatch = monkeypatch
-
-    def __call__(self, *args: str) -> tuple[int, str, str]:
-        from appliance.cli import main
-
-        self.capsys.readouterr()
-        self.monkeypatch.setattr(sys, "argv", ["appliance", *args])
-        self.monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        out, err = self.capsys.readouterr()
-        return code, out, err
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> Cli:
-    """The CLI with the test's data directory (local keystore, file audit trail)."""
-    monkeypatch.setenv("APPLIANCE_DATA_DIR", str(data_dir))
-    monkeypatch.setenv("APPLIANCE_POLICIES_DIR", str(REPO_ROOT / "policies"))
-    monkeypatch.setenv("COLUMNS", "200")
-    return Cli(capsys, monkeypatch)
+from tests.fixtures.cli import Cli
 
 
 def _audit_events(data_dir: Path) -> list[dict[str, object]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import subprocess
@@ -10,41 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.conftest import REPO_ROOT
+from tests.fixtures.cli import Cli
 from tests.registry.conftest import RunFactory, make_dataset
-
-
-class Cli:
-    """Runs the `appliance` entry point in-process (as the console script does) and captures its output."""
-
-    def __init__(self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-        self.capsys = capsys
-        self.monkeypatch = monkeypatch
-
-    def __call__(self, *args: str, stdin: str = "") -> tuple[int, str, str]:
-        from appliance.cli import main
-
-        self.capsys.readouterr()
-        self.monkeypatch.setattr(sys, "argv", ["appliance", *args])
-        self.monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        out, err = self.capsys.readouterr()
-        return code, out, err
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> Cli:
-    """The CLI with settings from the environment: the test's data directory and the repository's policies."""
-    monkeypatch.setenv("APPLIANCE_DATA_DIR", str(data_dir))
-    monkeypatch.setenv("APPLIANCE_POLICIES_DIR", str(REPO_ROOT / "policies"))
-    monkeypatch.setenv("COLUMNS", "200")
-    return Cli(capsys, monkeypatch)
 
 
 def _token(out: str) -> str:

@@ -19,10 +19,10 @@ import pytest
 from appliance.config import load_settings
 from tests.conftest import REPO_ROOT
 from tests.fixtures.audit_trail import audit_records
+from tests.fixtures.cli import Cli
 from tests.fixtures.engines import EngineProcess
 from tests.gateway.conftest import gateway_app, new_idp
 from tests.registry.conftest import APPROVERS, OPERATOR, RecordingAudit, RunFactory
-from tests.registry.test_cli import Cli
 from tests.serving.conftest import ServerThread, free_port
 
 ADMIN_TOKEN = "admin-token-never-printed-4f1c9e"
