@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,13 @@ from appliance.gateway import AdapterRef, create_app
 from appliance.testing import FakeBackend, FakeKeyService, MemoryAuditLog, StaticCatalog
 
 ISSUER = "https://idp.test.invalid"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 AUDIENCE = "appliance"
 ADAPTERS = [
     AdapterRef("triage", 1, "a" * 64, is_production=False),
@@ -61,6 +69,19 @@ def gateway_app(settings: Settings, idp: IdP, **neighbours: Any) -> Litestar:
     asking the registry afresh on every request (catalog_ttl_s 0, unless given)."""
     neighbours.setdefault("catalog_ttl_s", 0.0)
     return create_app(settings, jwks_fetcher=idp.fetch, jwt_issuer=ISSUER, **neighbours)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Debian Chromium driven by Playwright (the browser tests of a module share it)."""
+    from playwright.sync_api import sync_playwright
+
+    if not Path("/usr/bin/chromium").exists():
+        pytest.fail("Debian chromium is not installed (scripts/system-deps.sh installs it)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
 
 
 @pytest.fixture(scope="session")

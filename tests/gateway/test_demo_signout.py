@@ -23,7 +23,6 @@ from tests.conftest import REPO_ROOT
 from tests.fixtures.audit_trail import audit_records
 from tests.fixtures.oidc import ensure_node_modules, free_port
 from tests.fixtures.processes import stop_process
-from tests.gateway.test_e2e import CHROMIUM_ARGS
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -62,18 +61,6 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     finally:
         stop_process(proc)
         log.close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    if not Path("/usr/bin/chromium").exists():
-        pytest.fail("Debian chromium is not installed (scripts/system-deps.sh installs it)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def _sign_in(page: Any, demo: Demo, user: str) -> None:

@@ -21,22 +21,15 @@ from typing import Any
 
 import httpx
 import pytest
-import structlog
 
 from appliance.config import Settings, load_settings
 from tests.conftest import REPO_ROOT
 from tests.fixtures.audit_trail import audit_records
+from tests.fixtures.logs import logs_to_file
 from tests.fixtures.oidc import WEB_CLIENT_ID, WEB_CLIENT_SECRET, OIDCProvider
 
 IDLE_S = 6  # the session idle timeout for this module (seconds)
 PROMPT_MARKER = "QUOKKA-PROMPT-7731"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 
 
 @dataclass
@@ -130,55 +123,47 @@ def stack(
 
     root = tmp_path_factory.mktemp("e2e")
     log_path = root / "logs.txt"
-    log_file = log_path.open("a", encoding="utf-8")
-    handler = logging.StreamHandler(log_file)
-    logging.getLogger().addHandler(handler)
-    logging.getLogger().setLevel(logging.INFO)
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=log_file))
-
-    data_dir = root / "var"
-    data_dir.mkdir()
-    base = {"data_dir": data_dir, "policies_dir": REPO_ROOT / "policies"}
-    settings = load_settings(**base)
-    keys = open_key_service(settings)
-    audit = open_audit_log(settings, keys=keys)
-    registry = enrol(open_registry(settings, keys=keys, audit=audit))
-    for n, name in enumerate(("triage", "oncology"), start=1):
-        registry.add(_run_dir(root / "runs", lora_template, tiny_model, n, settings.ledger_path), name, OPERATOR)
-        for approver in APPROVERS:
-            registry.approve(name, 1, approver)
-        registry.publish(name, 1, "embedded", OPERATOR)
-    adapters_file = settings.serving_dir / "embedded" / "adapters.json"
-    engine = Engine.start(
-        tiny_model,
-        read_embedded_list(adapters_file),
-        device="cpu",
-        limits=Limits(max_input_tokens=256, max_total_tokens=512),
-        max_batch_size=4,
-        max_queue=16,
-    )
-    with ServerThread(engine_app(engine)) as engine_server:
-        settings = load_settings(
-            **base,
-            serving={"backend": "embedded", "url": engine_server.url},
-            gateway={
-                "oidc_issuer": oidc_provider.issuer,
-                "oidc_client_id": WEB_CLIENT_ID,
-                "oidc_client_secret": WEB_CLIENT_SECRET,
-                "public_url": oidc_provider.gateway_url,
-                "secure_cookies": False,
-                "session_idle_timeout_s": IDLE_S,
-                "catalog_ttl_s": 0.5,
-            },
+    with logs_to_file(log_path, logging.INFO):
+        data_dir = root / "var"
+        data_dir.mkdir()
+        base = {"data_dir": data_dir, "policies_dir": REPO_ROOT / "policies"}
+        settings = load_settings(**base)
+        keys = open_key_service(settings)
+        audit = open_audit_log(settings, keys=keys)
+        registry = enrol(open_registry(settings, keys=keys, audit=audit))
+        for n, name in enumerate(("triage", "oncology"), start=1):
+            registry.add(_run_dir(root / "runs", lora_template, tiny_model, n, settings.ledger_path), name, OPERATOR)
+            for approver in APPROVERS:
+                registry.approve(name, 1, approver)
+            registry.publish(name, 1, "embedded", OPERATOR)
+        adapters_file = settings.serving_dir / "embedded" / "adapters.json"
+        engine = Engine.start(
+            tiny_model,
+            read_embedded_list(adapters_file),
+            device="cpu",
+            limits=Limits(max_input_tokens=256, max_total_tokens=512),
+            max_batch_size=4,
+            max_queue=16,
         )
-        app = create_app(settings, backend=open_backend(settings), audit=audit, registry=registry, keys=keys)
-        with _Server(app, oidc_provider.gateway_port):
-            yield Stack(settings, oidc_provider.gateway_url, oidc_provider, log_path, [], app.state.gateway)
-    engine.close()
-    registry.close()
-    structlog.reset_defaults()
-    logging.getLogger().removeHandler(handler)
-    log_file.close()
+        with ServerThread(engine_app(engine)) as engine_server:
+            settings = load_settings(
+                **base,
+                serving={"backend": "embedded", "url": engine_server.url},
+                gateway={
+                    "oidc_issuer": oidc_provider.issuer,
+                    "oidc_client_id": WEB_CLIENT_ID,
+                    "oidc_client_secret": WEB_CLIENT_SECRET,
+                    "public_url": oidc_provider.gateway_url,
+                    "secure_cookies": False,
+                    "session_idle_timeout_s": IDLE_S,
+                    "catalog_ttl_s": 0.5,
+                },
+            )
+            app = create_app(settings, backend=open_backend(settings), audit=audit, registry=registry, keys=keys)
+            with _Server(app, oidc_provider.gateway_port):
+                yield Stack(settings, oidc_provider.gateway_url, oidc_provider, log_path, [], app.state.gateway)
+        engine.close()
+        registry.close()
 
 
 def _records(settings: Settings) -> list[dict[str, Any]]:
@@ -224,19 +209,6 @@ def test_readyz_checks_real_stages(stack: Stack) -> None:
 
 
 # --- browser ----------------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """Headless Debian Chromium driven by Playwright."""
-    from playwright.sync_api import sync_playwright
-
-    if not Path("/usr/bin/chromium").exists():
-        pytest.fail("Debian chromium is not installed (scripts/system-deps.sh installs it)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
 def _login(page: Any, stack: Stack, user: str) -> str:
     """Sign in through the IdP's own login page; returns the pre-login session id the gateway had issued."""
     page.goto(f"{stack.url}/login")

@@ -11,27 +11,22 @@ import asyncio
 import dataclasses
 import json
 import logging
-import os
 import random
 import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import structlog
 
 from appliance.canaries import SEALED_FILE, SPACE_BITS, CanaryDocument, candidate_pool
 from appliance.config import Settings, load_settings
 from appliance.errors import IntegrityViolation, NotFound, ValidationFailed
 from appliance.monitoring import CanaryMetrics, CanaryProbeResult, probe_canaries, record_probe
 from tests.fixtures.audit_trail import audit_records
-from tests.fixtures.processes import stop_process
+from tests.fixtures.engines import EngineProcess
+from tests.fixtures.logs import logs_to_file
 from tests.registry.conftest import OPERATOR
 from tests.serving.conftest import free_port, pin_publication_keys, write_adapter_list
 from tests.training.conftest import tiny_options, write_prepared
@@ -62,19 +57,6 @@ def _all_bytes(root: Path) -> Iterator[tuple[Path, bytes]]:
             yield path, path.read_bytes()
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + 180
-    while True:
-        assert proc.poll() is None, log_path.read_text(errors="replace")[-2000:]
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "engine did not become healthy"
-        time.sleep(0.3)
-
-
 @pytest.fixture(scope="module")
 def served(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """Train (DP, 2 canaries inserted 16 times), register, and serve the adapter from an engine process."""
@@ -88,54 +70,49 @@ def served(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
     root = tmp_path_factory.mktemp("probe")
     log_path = root / "appliance.log"
-    log_file = log_path.open("a", encoding="utf-8")
-    handler = logging.StreamHandler(log_file)
-    logging.getLogger().addHandler(handler)
-    logging.getLogger().setLevel(logging.DEBUG)
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=log_file))
+    with logs_to_file(log_path, logging.DEBUG):
+        data_dir = root / "var"
+        data_dir.mkdir()
+        settings = load_settings(data_dir=data_dir, policies_dir=REPO_ROOT / "policies")
+        keys = open_key_service(settings)
+        audit = open_audit_log(settings, keys=keys)
+        prepared = write_prepared(root / "prepared")
+        out = root / "adapter"
+        options = tiny_options(prepared, tiny_model, out, canaries=2, canary_repetitions=[16], epsilon=8.0)
+        options["canary_candidates"] = CANDIDATES
+        run = TrainingRun(make_config(**options), settings, keys=keys, audit=audit)
+        run.run()
+        secrets = [c.secret for c in run.prepared.canaries]
+        prompts = [prompt_text(run.prepared.tokenizer, c.instruction) for c in run.prepared.canaries]
 
-    data_dir = root / "var"
-    data_dir.mkdir()
-    settings = load_settings(data_dir=data_dir, policies_dir=REPO_ROOT / "policies")
-    keys = open_key_service(settings)
-    audit = open_audit_log(settings, keys=keys)
-    prepared = write_prepared(root / "prepared")
-    out = root / "adapter"
-    options = tiny_options(prepared, tiny_model, out, canaries=2, canary_repetitions=[16], epsilon=8.0)
-    options["canary_candidates"] = CANDIDATES
-    run = TrainingRun(make_config(**options), settings, keys=keys, audit=audit)
-    run.run()
-    secrets = [c.secret for c in run.prepared.canaries]
-    prompts = [prompt_text(run.prepared.tokenizer, c.instruction) for c in run.prepared.canaries]
+        registry = enrol(open_registry(settings, keys=keys, audit=audit))
+        registry.add(out, "triage", OPERATOR)
+        document = registry.canaries("triage", 1, OPERATOR)
 
-    registry = enrol(open_registry(settings, keys=keys, audit=audit))
-    registry.add(out, "triage", OPERATOR)
-    document = registry.canaries("triage", 1, OPERATOR)
-
-    listing = write_adapter_list(
-        root / "serving" / "adapters.json", {SERVED_ID: (out, registry.show("triage", 1).weights_fingerprint)}
-    )
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
-    env["APPLIANCE_DATA_DIR"] = str(root / "engine-var")
-    env["APPLIANCE_SERVING__PUBLICATION_PUBLIC_KEYS"] = str(pin_publication_keys(root / "registry.pub.json"))
-    engine_log = root / "engine.log"
-    command = [sys.executable, "-m", "appliance", "serve", "--base", str(tiny_model), "--adapters", str(listing)]
-    with engine_log.open("wb") as sink:
-        proc = subprocess.Popen([*command, "--port", str(port), "--threads", "1"], env=env, stdout=sink, stderr=sink)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url, proc, engine_log)
-        yield Served(
-            settings, out, secrets, prompts, document, url, registry, audit, [log_path, engine_log], tiny_model
+        listing = write_adapter_list(
+            root / "serving" / "adapters.json", {SERVED_ID: (out, registry.show("triage", 1).weights_fingerprint)}
         )
-    finally:
-        stop_process(proc)
-        registry.close()
-        audit.close_sync()
-        structlog.reset_defaults()
-        logging.getLogger().removeHandler(handler)
-        log_file.close()
+        engine_log = root / "engine.log"
+        pinned = pin_publication_keys(root / "registry.pub.json")
+        engine = EngineProcess(
+            tiny_model,
+            root / "engine-var",
+            free_port(),
+            adapters=listing,
+            env={"APPLIANCE_SERVING__PUBLICATION_PUBLIC_KEYS": str(pinned)},
+            log=engine_log,
+        )
+        try:
+            engine.start()
+            engine.wait_healthy()
+            url = engine.url
+            yield Served(
+                settings, out, secrets, prompts, document, url, registry, audit, [log_path, engine_log], tiny_model
+            )
+        finally:
+            engine.stop()
+            registry.close()
+            audit.close_sync()
 
 
 def _probe(served: Served, *, protocol: str = "tgi", **kwargs: Any) -> CanaryProbeResult:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fixtures.processes import stop_process
+from tests.fixtures.engines import EngineProcess
 from tests.serving.conftest import ADAPTER_IDS, free_port, pin_publication_keys
 
 pytestmark = pytest.mark.timeout(300)
@@ -171,32 +169,21 @@ async def test_random_batches_match_each_request_run_alone(batch_engine: Any, se
 @pytest.fixture(scope="module")
 def engine_process(tiny_model: Path, adapter_list: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`appliance serve` in its own process (batch 4, queue 64) on a loopback port."""
-    import os
-    import time
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
-    env["APPLIANCE_DATA_DIR"] = str(tmp_path_factory.mktemp("engine-var"))
     pinned = pin_publication_keys(tmp_path_factory.mktemp("engine-keys") / "publication-keys.json")
-    env["APPLIANCE_SERVING__PUBLICATION_PUBLIC_KEYS"] = str(pinned)  # the list is signed by the test registry
-    command = [sys.executable, "-m", "appliance", "serve", "--base", str(tiny_model), "--adapters", str(adapter_list)]
-    command += ["--port", str(port), "--threads", "1", "--max-batch-size", "4", "--max-queue", "64"]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    engine = EngineProcess(
+        tiny_model,
+        tmp_path_factory.mktemp("engine-var"),
+        free_port(),
+        adapters=adapter_list,
+        env={"APPLIANCE_SERVING__PUBLICATION_PUBLIC_KEYS": str(pinned)},  # the list is signed by the test registry
+        args=["--max-batch-size", "4", "--max-queue", "64"],
+    )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "exited"
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "engine did not become healthy"
-            time.sleep(0.3)
-        yield url
+        engine.start()
+        engine.wait_healthy(120)
+        yield engine.url
     finally:
-        stop_process(proc)
+        engine.stop()
 
 
 @pytest.mark.slow

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +13,7 @@ import pytest
 
 from appliance.errors import ConfigError, IntegrityViolation
 from appliance.serving import AdapterSpec, read_embedded_list
+from tests.fixtures.engines import EngineProcess
 from tests.serving.conftest import ServerThread, config_digest, free_port, pin_publication_keys, write_adapter_list
 
 pytestmark = pytest.mark.timeout(300)
@@ -155,37 +153,29 @@ def test_reload_checks_adapter_configs(reloadable: Any, lora_adapters: Adapters,
 def test_cli_serve_reloads_on_sighup(tiny_model: Path, lora_adapters: Adapters, tmp_path: Path) -> None:
     """`appliance serve --base --adapters FILE` serves the list and re-reads it on SIGHUP without a restart."""
     listing = write_adapter_list(tmp_path / "adapters.json", {"triage-v1": lora_adapters["triage-v1"]})
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
-    env["APPLIANCE_DATA_DIR"] = str(tmp_path / "var")
-    env["APPLIANCE_SERVING__PUBLICATION_PUBLIC_KEYS"] = str(pin_publication_keys(tmp_path / "registry.pub.json"))
-    command = [sys.executable, "-m", "appliance", "serve", "--base", str(tiny_model), "--adapters", str(listing)]
-    proc = subprocess.Popen(
-        [*command, "--port", str(port), "--threads", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    pinned = pin_publication_keys(tmp_path / "registry.pub.json")
+    engine = EngineProcess(
+        tiny_model,
+        tmp_path / "var",
+        free_port(),
+        adapters=listing,
+        env={"APPLIANCE_SERVING__PUBLICATION_PUBLIC_KEYS": str(pinned)},
     )
+    url = engine.url
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "exited"
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "engine did not become healthy"
-            time.sleep(0.3)
+        engine.start()
+        engine.wait_healthy(120)
+        assert engine.proc is not None
         assert _models(url) == {"triage-v1"}
         write_adapter_list(listing, {"triage-v1": lora_adapters["triage-v1"], "notes-v1": lora_adapters["notes-v1"]})
-        proc.send_signal(signal.SIGHUP)
+        engine.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 60
         while _models(url) != {"triage-v1", "notes-v1"}:
             assert time.monotonic() < deadline, "SIGHUP did not reload the adapters"
             time.sleep(0.2)
-        assert proc.poll() is None  # same process: reloaded, not restarted
+        assert engine.proc.poll() is None  # same process: reloaded, not restarted
     finally:
-        proc.terminate()
-        proc.wait(30)
+        engine.stop()
 
 
 def test_cli_serve_does_not_take_the_loopback_rule_from_forwarded_headers(
