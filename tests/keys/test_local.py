@@ -14,8 +14,13 @@ import pytest
 
 from appliance.config import Settings
 from appliance.errors import IntegrityViolation, KeystoreInsecure, KeyUnavailable, NotFound, ValidationFailed
-from appliance.keys import LocalKeyService, ManagedKeyService, open_key_service, verify_offline
+from appliance.keys import LocalKeyService, ManagedKeyService, open_key_service
 from appliance.protocols import KeyService
+from tests.keys._contract import (
+    check_hmac_is_stable_and_keyed,
+    check_hmac_under_an_old_version,
+    check_signatures_across_rotation,
+)
 
 
 @pytest.fixture
@@ -128,32 +133,16 @@ def test_rotation_and_rewrap(keys: LocalKeyService) -> None:
 
 
 def test_hmac_is_stable_and_keyed(keys: LocalKeyService, settings: Settings) -> None:
-    """The HMAC is 32 bytes, the same for the same input and key, different for another key or input."""
-    a = keys.hmac("audit-hmac", b"prompt")
-    assert len(a) == 32
-    assert keys.hmac("audit-hmac", b"prompt") == a
-    assert LocalKeyService(settings.keystore_path).hmac("audit-hmac", b"prompt") == a
-    assert keys.hmac("audit-hmac", b"prompt2") != a
-    assert keys.hmac("other", b"prompt") != a
+    """The HMAC is 32 bytes, the same for the same input and key (another instance over the same keystore
+    included), different for another key or input."""
+    check_hmac_is_stable_and_keyed(keys)
+    again = LocalKeyService(settings.keystore_path)
+    assert again.hmac("audit-hmac", b"prompt text") == keys.hmac("audit-hmac", b"prompt text")
 
 
 def test_sign_and_verify_across_rotation(keys: LocalKeyService) -> None:
     """Signatures carry their version; those made before a rotation still verify, online and offline."""
-    before = keys.sign("audit-signing", b"checkpoint 1")
-    assert before.startswith(b"ed25519:v1:")
-    v1_public = keys.public_key("audit-signing")
-    assert len(v1_public) == 32
-    keys.rotate("audit-signing")
-    after = keys.sign("audit-signing", b"checkpoint 2")
-    assert after.startswith(b"ed25519:v2:")
-    assert keys.public_key("audit-signing") != v1_public
-    publics = keys.public_keys("audit-signing")
-    assert publics[1] == v1_public and set(publics) == {1, 2}
-    for data, sig in [(b"checkpoint 1", before), (b"checkpoint 2", after)]:
-        assert keys.verify("audit-signing", data, sig)
-        assert verify_offline(publics, data, sig)
-    assert not keys.verify("audit-signing", b"checkpoint 1", after)
-    assert not keys.verify("audit-signing", b"checkpoint 1", b"garbage")
+    check_signatures_across_rotation(keys)
 
 
 def test_key_types_are_not_mixed(keys: LocalKeyService) -> None:
@@ -278,16 +267,5 @@ def test_concurrent_threads_share_one_keystore(tmp_path: Path) -> None:
 def test_hmac_under_an_old_version_after_rotation(keys: LocalKeyService) -> None:
     """A rotation keeps the old HMAC version: asked for it, the keystore reproduces a digest made before the
     rotation and says which version it used; an unknown version (or key) is NotFound and creates nothing."""
-    before = keys.versioned_hmac("audit-hmac", b"prompt")
-    assert before == (1, keys.hmac("audit-hmac", b"prompt"))
-    keys.rotate("audit-hmac")
-    current = keys.versioned_hmac("audit-hmac", b"prompt")
-    assert current[0] == 2 and current[1] != before[1] and current[1] == keys.hmac("audit-hmac", b"prompt")
-    assert keys.versioned_hmac("audit-hmac", b"prompt", 1) == before
-    assert keys.versioned_hmac("audit-hmac", b"prompt", 2) == current
-    for unknown in (3, 0):
-        with pytest.raises(NotFound):
-            keys.versioned_hmac("audit-hmac", b"prompt", unknown)
-    with pytest.raises(NotFound):
-        keys.versioned_hmac("never-created", b"prompt", 1)
+    check_hmac_under_an_old_version(keys)
     assert "never-created" not in {k.name for k in keys.status().keys}

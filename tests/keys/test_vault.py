@@ -23,11 +23,16 @@ from appliance.errors import (
     VaultSealed,
     VaultUnreachable,
 )
-from appliance.keys import ManagedKeyService, decrypt, encrypt, open_key_service, verify_offline
+from appliance.keys import ManagedKeyService, decrypt, encrypt, open_key_service
 from appliance.keys._vault import VaultKeyService
 from appliance.protocols import KeyService
 from tests.conftest import REPO_ROOT
 from tests.fixtures.openbao import OpenBaoServer
+from tests.keys._contract import (
+    check_hmac_is_stable_and_keyed,
+    check_hmac_under_an_old_version,
+    check_signatures_across_rotation,
+)
 
 pytestmark = pytest.mark.openbao
 
@@ -108,30 +113,12 @@ def test_unknown_keys_are_not_found(vault: VaultKeyService) -> None:
 
 def test_hmac_is_stable_and_keyed(vault: VaultKeyService) -> None:
     """Transit HMAC-SHA256 gives 32 bytes, the same for the same input, different for another input or key."""
-    a = vault.hmac("audit-hmac", b"prompt text")
-    assert len(a) == 32
-    assert vault.hmac("audit-hmac", b"prompt text") == a
-    assert vault.hmac("audit-hmac", b"other text") != a
-    assert vault.hmac("audit-hmac-2", b"prompt text") != a
+    check_hmac_is_stable_and_keyed(vault)
 
 
 def test_sign_and_verify_across_rotation(vault: VaultKeyService) -> None:
     """Ed25519 signatures carry their version and still verify after rotation, online and offline."""
-    before = vault.sign("audit-signing", b"checkpoint 1")
-    assert before.startswith(b"ed25519:v1:")
-    v1 = vault.public_key("audit-signing")
-    assert len(v1) == 32
-    vault.rotate("audit-signing")
-    after = vault.sign("audit-signing", b"checkpoint 2")
-    assert after.startswith(b"ed25519:v2:")
-    publics = vault.public_keys("audit-signing")
-    assert set(publics) == {1, 2} and publics[1] == v1 and vault.public_key("audit-signing") == publics[2]
-    for data, sig in [(b"checkpoint 1", before), (b"checkpoint 2", after)]:
-        assert vault.verify("audit-signing", data, sig)
-        assert verify_offline(publics, data, sig)
-    assert not vault.verify("audit-signing", b"checkpoint 1", after)
-    assert not vault.verify("audit-signing", b"checkpoint 1", b"ed25519:v9:" + before[11:])
-    assert not vault.verify("audit-signing", b"checkpoint 1", b"garbage")
+    check_signatures_across_rotation(vault)
 
 
 def test_key_types_are_not_mixed(vault: VaultKeyService) -> None:
@@ -283,15 +270,4 @@ def test_a_server_that_never_answers_times_out(data_dir: Path) -> None:
 def test_hmac_under_an_old_version_after_rotation(vault: VaultKeyService) -> None:
     """After a rotation transit still makes the HMAC under the old version when asked (a digest recorded before it
     is reproducible), says which version it used, and an unknown version is NotFound."""
-    before = vault.versioned_hmac("audit-hmac", b"prompt text")
-    assert before == (1, vault.hmac("audit-hmac", b"prompt text"))
-    vault.rotate("audit-hmac")
-    current = vault.versioned_hmac("audit-hmac", b"prompt text")
-    assert current[0] == 2 and current[1] != before[1] and current[1] == vault.hmac("audit-hmac", b"prompt text")
-    assert vault.versioned_hmac("audit-hmac", b"prompt text", 1) == before
-    assert vault.versioned_hmac("audit-hmac", b"prompt text", 2) == current
-    for unknown in (3, 0):
-        with pytest.raises(NotFound):
-            vault.versioned_hmac("audit-hmac", b"prompt text", unknown)
-    with pytest.raises(NotFound):
-        vault.versioned_hmac("never-created", b"prompt text", 1)
+    check_hmac_under_an_old_version(vault)
