@@ -115,11 +115,10 @@ def stack(
     from appliance.gateway import create_app
     from appliance.keys import open_key_service
     from appliance.registry import open_registry
-    from appliance.serving import open_backend, read_embedded_list
-    from appliance.serving.engine import Engine, Limits
+    from appliance.serving import open_backend
     from appliance.serving.engine import create_app as engine_app
     from tests.registry.conftest import APPROVERS, OPERATOR, enrol
-    from tests.serving.conftest import ServerThread
+    from tests.serving.conftest import ServerThread, start_engine
 
     root = tmp_path_factory.mktemp("e2e")
     log_path = root / "logs.txt"
@@ -137,14 +136,7 @@ def stack(
                 registry.approve(name, 1, approver)
             registry.publish(name, 1, "embedded", OPERATOR)
         adapters_file = settings.serving_dir / "embedded" / "adapters.json"
-        engine = Engine.start(
-            tiny_model,
-            read_embedded_list(adapters_file),
-            device="cpu",
-            limits=Limits(max_input_tokens=256, max_total_tokens=512),
-            max_batch_size=4,
-            max_queue=16,
-        )
+        engine = start_engine(tiny_model, adapters_file, max_batch_size=4, max_queue=16)
         with ServerThread(engine_app(engine)) as engine_server:
             settings = load_settings(
                 **base,

@@ -88,9 +88,8 @@ def loop(tmp_path: Path, data_dir: Path, make_run: RunFactory, tiny_model: Path,
     """Registry with triage v1 (a trained LoRA) and v2 (a near-zero LoRA) published to the embedded target, a
     reference set, and the engine serving the published list over HTTP."""
     from appliance.registry import open_registry
-    from appliance.serving import read_embedded_list
-    from appliance.serving.engine import Engine, Limits, create_app
-    from tests.serving.conftest import ServerThread
+    from appliance.serving.engine import create_app
+    from tests.serving.conftest import ServerThread, start_engine
 
     policies = _policies(
         tmp_path, consecutive_failures=1, auto_rollback=True, tolerated_drop={"loss": 50.0, "exact_match": 1.0}
@@ -110,15 +109,7 @@ def loop(tmp_path: Path, data_dir: Path, make_run: RunFactory, tiny_model: Path,
     registry.close()
     reference = make_dataset(tmp_path / "reference", [f"r-{i}" for i in range(12)], ["r-x", "r-y"])
     listing = settings.serving_dir / "embedded" / "adapters.json"
-    engine = Engine.start(
-        tiny_model,
-        read_embedded_list(listing),
-        device="cpu",
-        limits=Limits(max_input_tokens=256, max_total_tokens=512),
-        max_batch_size=8,
-        max_queue=64,
-        adapter_source=lambda: read_embedded_list(listing),
-    )
+    engine = start_engine(tiny_model, listing, max_batch_size=8, max_queue=64)
     try:
         with ServerThread(create_app(engine)) as server:
             served = load_settings(
@@ -331,9 +322,8 @@ def test_canary_exposure_through_serving_degrades_and_rolls_back(
     them, audits adapter.canary_probe and adapter.canary_alert, marks v2 degraded at once (no second run needed)
     and rolls back to v1; the gauge carries the exposure. v1, without sealed canaries, is not probed."""
     from appliance.registry import open_registry
-    from appliance.serving import read_embedded_list
-    from appliance.serving.engine import Engine, Limits, create_app
-    from tests.serving.conftest import ServerThread
+    from appliance.serving.engine import create_app
+    from tests.serving.conftest import ServerThread, start_engine
 
     policies = _policies(
         tmp_path, consecutive_failures=5, auto_rollback=True, tolerated_drop={"loss": 50.0, "exact_match": 1.0}
@@ -353,13 +343,7 @@ def test_canary_exposure_through_serving_degrades_and_rolls_back(
     privacy = policies / "privacy.yaml"  # tightened after approval: the served exposure is now above the limit
     privacy.write_text(privacy.read_text().replace("max_canary_exposure: 12.0", "max_canary_exposure: 0.000001"))
     listing = settings.serving_dir / "embedded" / "adapters.json"
-    engine = Engine.start(
-        tiny_model,
-        read_embedded_list(listing),
-        device="cpu",
-        limits=Limits(max_input_tokens=256, max_total_tokens=512),
-        adapter_source=lambda: read_embedded_list(listing),
-    )
+    engine = start_engine(tiny_model, listing)
     try:
         with ServerThread(create_app(engine)) as server:
             served = load_settings(

@@ -135,21 +135,26 @@ def adapter_list(lora_adapters: dict[str, tuple[Path, str]], tmp_path_factory: p
     return write_adapter_list(tmp_path_factory.mktemp("serving") / "embedded" / "adapters.json", lora_adapters)
 
 
-@pytest.fixture(scope="session")
-def engine(tiny_model: Path, adapter_list: Path) -> Iterator[Any]:
-    """The embedded engine on the tiny model with the three adapters loaded from the published list."""
+def start_engine(base: Path, listing: Path, *, max_tokens: tuple[int, int] | None = (256, 512), **options: Any) -> Any:
+    """The embedded engine in-process on the CPU over the published ``listing``, which it re-reads on a reload.
+
+    ``max_tokens``: its (input, total) token limits (None: the engine's own); ``options`` go to ``Engine.start``
+    (``max_batch_size``, ``max_queue``).
+    """
     from appliance.serving import read_embedded_list
     from appliance.serving.engine import Engine, Limits
 
-    eng = Engine.start(
-        tiny_model,
-        read_embedded_list(adapter_list),
-        device="cpu",
-        limits=Limits(max_input_tokens=256, max_total_tokens=512),
-        max_batch_size=8,
-        max_queue=32,
-        adapter_source=lambda: read_embedded_list(adapter_list),
+    if max_tokens is not None:
+        options["limits"] = Limits(max_input_tokens=max_tokens[0], max_total_tokens=max_tokens[1])
+    return Engine.start(
+        base, read_embedded_list(listing), device="cpu", adapter_source=lambda: read_embedded_list(listing), **options
     )
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_model: Path, adapter_list: Path) -> Iterator[Any]:
+    """The embedded engine on the tiny model with the three adapters loaded from the published list."""
+    eng = start_engine(tiny_model, adapter_list, max_batch_size=8, max_queue=32)
     yield eng
     eng.close()
 

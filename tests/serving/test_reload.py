@@ -14,7 +14,14 @@ import pytest
 from appliance.errors import ConfigError, IntegrityViolation
 from appliance.serving import AdapterSpec, read_embedded_list
 from tests.fixtures.engines import EngineProcess
-from tests.serving.conftest import ServerThread, config_digest, free_port, pin_publication_keys, write_adapter_list
+from tests.serving.conftest import (
+    ServerThread,
+    config_digest,
+    free_port,
+    pin_publication_keys,
+    start_engine,
+    write_adapter_list,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -85,12 +92,10 @@ def _models(url: str) -> set[str]:
 @pytest.fixture
 def reloadable(tiny_model: Path, lora_adapters: Adapters, tmp_path: Path) -> Iterator[tuple[Any, str, Path]]:
     """An engine started from a list with one adapter, with an admin token, served on loopback."""
-    from appliance.serving.engine import Engine, create_app
+    from appliance.serving.engine import create_app
 
     listing = write_adapter_list(tmp_path / "adapters.json", {"triage-v1": lora_adapters["triage-v1"]})
-    engine = Engine.start(
-        tiny_model, read_embedded_list(listing), device="cpu", adapter_source=lambda: read_embedded_list(listing)
-    )
+    engine = start_engine(tiny_model, listing, max_tokens=None)
     with ServerThread(create_app(engine, admin_token="s3cret-admin")) as server:
         yield engine, server.url, listing
     engine.close()
@@ -222,7 +227,6 @@ def test_a_reload_that_fails_while_applying_changes_nothing(
 
     from appliance.contracts import GenerateParameters
     from appliance.errors import ApplianceError
-    from appliance.serving.engine import Engine
 
     misfit = tmp_path / "misfit-v1"
     shutil.copytree(lora_adapters["coding-v1"][0], misfit)
@@ -232,9 +236,7 @@ def test_a_reload_that_fails_while_applying_changes_nothing(
     misfit_fingerprint = lora_adapters["coding-v1"][1]
     before = {a: lora_adapters[a] for a in ("triage-v1", "notes-v1")}
     listing = write_adapter_list(tmp_path / "adapters.json", before)
-    engine = Engine.start(
-        tiny_model, read_embedded_list(listing), device="cpu", adapter_source=lambda: read_embedded_list(listing)
-    )
+    engine = start_engine(tiny_model, listing, max_tokens=None)
 
     async def tokens(adapter: str) -> list[int]:
         job = await engine.prepare(
