@@ -204,3 +204,37 @@ async def test_an_empty_adapter_id_is_the_base_model_only_on_tgis_wire(engine: A
     with pytest.raises(BackendValidation, match="empty adapter id"):
         await engine.prepare("the patient was", GenerateParameters(max_new_tokens=6), stream=False, adapter="")
     assert engine.resolve_adapter(None) is None and engine.resolve_adapter("triage-v1") == "triage-v1"
+
+
+def test_openai_routes_pass_their_own_sampling_fields_to_the_engine(engine_url: str) -> None:
+    """Each OpenAI route maps the fields it names its own way: completions' ``logprobs`` count (top tokens keyed by
+    text, so equal texts fold), ``top_k`` and ``truncate_prompt_tokens``; chat's ``max_completion_tokens`` and
+    ``top_logprobs``."""
+    base = {"model": "triage-v1", "seed": 3, "temperature": 0.7}
+    done = _post(engine_url, "/v1/completions", {**base, "prompt": "the patient was", "max_tokens": 3, "logprobs": 2})
+    assert done.status_code == 200, done.text
+    choice = done.json()["choices"][0]
+    assert done.json()["usage"]["completion_tokens"] == 3
+    assert len(choice["logprobs"]["tokens"]) == 3 and all(0 < len(t) <= 2 for t in choice["logprobs"]["top_logprobs"])
+    refused = _post(engine_url, "/v1/completions", {**base, "prompt": "x", "max_tokens": 2, "top_k": 0})
+    assert refused.status_code == 422 and "`top_k` must be strictly positive" in refused.text
+    long_prompt = "the patient was seen today for a follow-up of a cough " * 3
+    cut = _post(
+        engine_url, "/v1/completions", {**base, "prompt": long_prompt, "max_tokens": 1, "truncate_prompt_tokens": 4}
+    )
+    assert cut.status_code == 200, cut.text
+    assert cut.json()["usage"]["prompt_tokens"] == 4
+    messages = [{"role": "user", "content": "the patient was"}]
+    chat = {
+        **base,
+        "messages": messages,
+        "max_tokens": 9,
+        "max_completion_tokens": 2,
+        "logprobs": True,
+        "top_logprobs": 3,
+    }
+    answer = _post(engine_url, "/v1/chat/completions", chat)
+    assert answer.status_code == 200, answer.text
+    content = answer.json()["choices"][0]["logprobs"]["content"]
+    assert answer.json()["usage"]["completion_tokens"] == 2
+    assert len(content) == 2 and all(len(t["top_logprobs"]) == 3 for t in content)

@@ -92,6 +92,32 @@ def _chat_logprobs(tokens: list[TokenOut]) -> dict[str, Any]:
     }
 
 
+def _parameters(
+    req: CompletionRequest | ChatRequest,
+    *,
+    max_tokens: int | None,
+    top_logprobs: int | None,
+    top_k: int | None = None,
+    truncate: int | None = None,
+) -> GenerateParameters:
+    """The engine's parameters from the OpenAI sampling fields both endpoints share (TGI's mapping, ``from_openai``);
+    the fields each names its own way are given."""
+    return GenerateParameters.from_openai(
+        max_tokens=max_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        top_k=top_k,
+        seed=req.seed,
+        stop=req.stop,
+        frequency_penalty=req.frequency_penalty,
+        repetition_penalty=req.repetition_penalty,
+        presence_penalty=req.presence_penalty,
+        logprobs=bool(req.logprobs),
+        top_logprobs=top_logprobs,
+        truncate=truncate,
+    )
+
+
 @post("/v1/completions", status_code=200)
 async def completions(request: Request[Any, Any, Any], engine_state: EngineStateDep) -> Response[Any] | Stream:
     engine, metrics = engine_state.engine, engine_state.metrics
@@ -104,19 +130,8 @@ async def completions(request: Request[Any, Any, Any], engine_state: EngineState
         raise BackendValidation(
             f"Number of prompts must be <= {engine.limits.max_client_batch_size}. Given: {len(prompts)}"
         )
-    params = GenerateParameters.from_openai(
-        max_tokens=req.max_tokens,
-        temperature=req.temperature,
-        top_p=req.top_p,
-        top_k=req.top_k,
-        seed=req.seed,
-        stop=req.stop,
-        frequency_penalty=req.frequency_penalty,
-        repetition_penalty=req.repetition_penalty,
-        presence_penalty=req.presence_penalty,
-        logprobs=bool(req.logprobs),
-        top_logprobs=req.logprobs,
-        truncate=req.truncate_prompt_tokens,
+    params = _parameters(
+        req, max_tokens=req.max_tokens, top_logprobs=req.logprobs, top_k=req.top_k, truncate=req.truncate_prompt_tokens
     )
     jobs = [
         await cancel_on_disconnect(request, engine.prepare(p, params, stream=req.stream, adapter=adapter), metrics)
@@ -172,18 +187,7 @@ async def chat_completions(request: Request[Any, Any, Any], engine_state: Engine
         prompt = engine.runner.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     except Exception as exc:
         raise BackendValidation(f"Template error: {type(exc).__name__}") from exc
-    params = GenerateParameters.from_openai(
-        max_tokens=req.max_completion_tokens or req.max_tokens,
-        temperature=req.temperature,
-        top_p=req.top_p,
-        seed=req.seed,
-        stop=req.stop,
-        frequency_penalty=req.frequency_penalty,
-        repetition_penalty=req.repetition_penalty,
-        presence_penalty=req.presence_penalty,
-        logprobs=bool(req.logprobs),
-        top_logprobs=req.top_logprobs,
-    )
+    params = _parameters(req, max_tokens=req.max_completion_tokens or req.max_tokens, top_logprobs=req.top_logprobs)
     prepare = engine.prepare(str(prompt), params, stream=req.stream, add_special_tokens=False, adapter=adapter)
     job = await cancel_on_disconnect(request, prepare, metrics)  # gives back its tokenization place
     created = int(time.time())
