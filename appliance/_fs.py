@@ -1,5 +1,5 @@
-"""Durable files, once for every stage: directory fsync, atomic replacement, exclusive creation, lock files,
-streamed SHA-256.
+"""Durable files, once for every stage: directory fsync, atomic replacement of a file or a directory, exclusive
+creation, lock files, streamed SHA-256.
 
 Errors are the OS's (``OSError``); each caller turns them into its own (``StorageUnavailable``,
 ``AuditUnavailable``, ``KeyUnavailable``), since only it knows what the file was.
@@ -11,11 +11,12 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write", "exclusive_lock", "fsync_dir", "sha256_file", "sha256_files", "write_new"]
+__all__ = ["atomic_write", "exclusive_lock", "fsync_dir", "new_dir", "sha256_file", "sha256_files", "write_new"]
 
 _CHUNK = 1 << 20
 
@@ -65,6 +66,30 @@ def write_new(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         path.unlink(missing_ok=True)
         raise
     os.close(fd)
+
+
+@contextlib.contextmanager
+def new_dir(final: Path, *, mode: int | None = None, replace: bool = False) -> Iterator[Path]:
+    """A temporary directory beside ``final`` for the block to fill, then put in its place whole.
+
+    When the block ends the directory is fsync-ed, given ``mode``, and renamed to ``final`` (an existing ``final``
+    is removed first only with ``replace``; else only an empty one is replaced), and the parent is fsync-ed. On
+    any failure, the block's included, the temporary directory is removed and the error raised.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        fsync_dir(tmp)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        if replace and final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(final.parent)
 
 
 @contextlib.contextmanager

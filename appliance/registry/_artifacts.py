@@ -16,16 +16,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance._fs import fsync_dir
+from appliance._fs import new_dir, write_new
 from appliance.errors import IntegrityViolation, StorageUnavailable
 from appliance.protocols import KeyService
 
@@ -65,34 +63,25 @@ class ArtifactStore:
 
         plaintext_key, wrapped = self.keys.data_key(PURPOSE)
         rel_dir = f"{name}/v{version}-{secrets.token_hex(4)}"
-        final = self.root / rel_dir
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         digests: dict[str, dict[str, Any]] = {}
         try:
-            for file_name, src in sorted(files.items()):
-                data = src if isinstance(src, bytes) else src.read_bytes()
-                digests[file_name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-                blob = encrypt(data, plaintext_key, aad_for(name, version, file_name))
-                _write_new(tmp / (file_name + _SUFFIX), blob)
-            envelope = {
-                "format_version": 1,
-                "name": name,
-                "version": version,
-                "purpose": PURPOSE,
-                "wrapped_key": base64.b64encode(wrapped).decode(),
-                "files": digests,
-            }
-            _write_new(tmp / "envelope.json", json.dumps(envelope, indent=2, sort_keys=True).encode())
-            fsync_dir(tmp)
-            os.replace(tmp, final)
-            fsync_dir(final.parent)
+            with new_dir(self.root / rel_dir) as tmp:
+                for file_name, src in sorted(files.items()):
+                    data = src if isinstance(src, bytes) else src.read_bytes()
+                    digests[file_name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+                    blob = encrypt(data, plaintext_key, aad_for(name, version, file_name))
+                    write_new(tmp / (file_name + _SUFFIX), blob, mode=0o640)
+                envelope = {
+                    "format_version": 1,
+                    "name": name,
+                    "version": version,
+                    "purpose": PURPOSE,
+                    "wrapped_key": base64.b64encode(wrapped).decode(),
+                    "files": digests,
+                }
+                write_new(tmp / "envelope.json", json.dumps(envelope, indent=2, sort_keys=True).encode(), mode=0o640)
         except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise StorageUnavailable(f"cannot write encrypted adapter files under {self.root}: {exc.strerror}") from exc
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return SealedArtifact(rel_dir=rel_dir, purpose=PURPOSE, wrapped_key=wrapped, files=digests)
 
     def open(
@@ -141,10 +130,9 @@ class ArtifactStore:
         bytes. Returns each written file's SHA-256 (for adapter_config.json: of the bytes written, rewrite
         included), what the publish output binds the served copy to.
         """
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         written: dict[str, str] = {}
-        try:
+        # the backend's service group reads it; others get nothing
+        with new_dir(out, mode=0o750, replace=True) as tmp:
             for file_name, data in self.open(**artifact):
                 if file_name == PROBE_FILE:  # checked with the rest, but a serving host never needs the secrets
                     continue
@@ -152,27 +140,10 @@ class ArtifactStore:
                     config = json.loads(data)
                     config["base_model_name_or_path"] = base_model_path
                     data = json.dumps(config, indent=2, sort_keys=True).encode()
-                _write_new(tmp / file_name, data)
+                write_new(tmp / file_name, data, mode=0o640)
                 written[file_name] = hashlib.sha256(data).hexdigest()
-            fsync_dir(tmp)
-            os.chmod(tmp, 0o750)  # noqa: S103 - the backend's service group reads it; others get nothing
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-            fsync_dir(out.parent)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return written
 
     def remove(self, rel_dir: str) -> None:
         """Delete an adapter's encrypted directory (after a rolled-back registration)."""
         shutil.rmtree(self.root / rel_dir, ignore_errors=True)
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    with open(path, "xb") as fh:  # exclusive create: never writes over an existing file
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(path, 0o640)

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance._fs import new_dir, write_new
 from appliance.errors import IntegrityViolation, StorageUnavailable, ValidationFailed
 from appliance.protocols import KeyService
-from appliance.registry._artifacts import PURPOSE, fsync_dir
+from appliance.registry._artifacts import PURPOSE
 
 __all__ = ["EVAL_SPLIT", "REFERENCE", "EvalSetStore", "SealedSet", "dataset_records", "set_aad"]
 
@@ -95,28 +94,11 @@ class EvalSetStore:
 
         plaintext_key, wrapped = self.keys.data_key(PURPOSE)
         rel_dir = f"{kind}/{name}-{secrets.token_hex(4)}"
-        final = self.root / rel_dir
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+            with new_dir(self.root / rel_dir) as tmp:
+                write_new(tmp / _BLOB, encrypt(data, plaintext_key, set_aad(kind, name, binding)), mode=0o640)
         except OSError as exc:
             raise StorageUnavailable(f"cannot write an encrypted record set under {self.root}: {exc.strerror}") from exc
-        try:
-            blob = encrypt(data, plaintext_key, set_aad(kind, name, binding))
-            with open(tmp / _BLOB, "xb") as fh:
-                fh.write(blob)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp / _BLOB, 0o640)
-            fsync_dir(tmp)
-            os.replace(tmp, final)
-            fsync_dir(final.parent)
-        except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise StorageUnavailable(f"cannot write an encrypted record set under {self.root}: {exc.strerror}") from exc
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return SealedSet(rel_dir, PURPOSE, wrapped, hashlib.sha256(data).hexdigest(), len(data))
 
     def open(self, kind: str, name: str, binding: str, row: Any) -> bytes:

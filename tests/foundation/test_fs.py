@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance._fs import atomic_write, exclusive_lock, fsync_dir, sha256_file, sha256_files, write_new
+from appliance._fs import atomic_write, exclusive_lock, fsync_dir, new_dir, sha256_file, sha256_files, write_new
 
 
 def test_fsync_dir_syncs_a_directory_and_refuses_anything_else(tmp_path: Path) -> None:
@@ -127,3 +127,32 @@ def test_exclusive_lock_that_cannot_be_opened_raises_the_callers_error(tmp_path:
     ):
         pass
     assert caught.value.__cause__ is None
+
+
+def test_new_dir_appears_whole_with_its_mode_or_not_at_all(tmp_path: Path) -> None:
+    """The filled directory takes its final name only when the block ends (with ``mode``); a block that fails
+    leaves neither it nor its temporary directory."""
+    final = tmp_path / "sub" / "sealed"
+    with new_dir(final, mode=0o750) as tmp:
+        (tmp / "a").write_bytes(b"1")
+        assert not final.exists() and tmp.parent == final.parent
+    assert (final / "a").read_bytes() == b"1" and stat.S_IMODE(final.stat().st_mode) == 0o750
+    other = tmp_path / "sub" / "failed"
+    with pytest.raises(RuntimeError), new_dir(other) as tmp:
+        (tmp / "a").write_bytes(b"1")
+        raise RuntimeError("half-written")
+    assert sorted(p.name for p in final.parent.iterdir()) == ["sealed"]
+
+
+def test_new_dir_replaces_a_filled_directory_only_when_told(tmp_path: Path) -> None:
+    """Over a directory with content the rename fails (and the old content stays) unless ``replace`` is given."""
+    final = tmp_path / "served"
+    final.mkdir()
+    (final / "old").write_bytes(b"old")
+    with pytest.raises(OSError), new_dir(final) as tmp:
+        (tmp / "new").write_bytes(b"new")
+    assert [p.name for p in final.iterdir()] == ["old"]
+    with new_dir(final, replace=True) as tmp:
+        (tmp / "new").write_bytes(b"new")
+    assert [p.name for p in final.iterdir()] == ["new"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["served"]
