@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
-import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
 
+from appliance._fs import new_dir
 from appliance.errors import ConfigError, NotFound, ValidationFailed
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
@@ -19,18 +17,10 @@ CHAT_TEMPLATE = (
 )
 
 
-def _atomic_dir(out: Path) -> Path:
-    """A fresh temporary sibling of ``out`` that :func:`_commit_dir` renames into place."""
+def _check_out(out: Path) -> None:
+    """Refuse an output directory that has content (an empty one is replaced)."""
     if out.exists() and any(out.iterdir()):
         raise ValidationFailed(f"output directory {out} exists and is not empty")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-
-
-def _commit_dir(tmp: Path, out: Path) -> None:
-    if out.exists():
-        out.rmdir()
-    os.replace(tmp, out)
 
 
 def bootstrap_tiny(out: Path, *, hidden_size: int = 64, layers: int = 2, vocab_size: int = 512, seed: int = 0) -> Path:
@@ -39,8 +29,8 @@ def bootstrap_tiny(out: Path, *, hidden_size: int = 64, layers: int = 2, vocab_s
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    tmp = _atomic_dir(out)
-    try:
+    _check_out(out)
+    with new_dir(out) as tmp:
         corpus = resources.files("appliance.models").joinpath("data/corpus.txt").read_text(encoding="utf-8")
         tok = Tokenizer(models.BPE(unk_token="<unk>"))
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -74,10 +64,6 @@ def bootstrap_tiny(out: Path, *, hidden_size: int = 64, layers: int = 2, vocab_s
         )
         model = LlamaForCausalLM(config)
         model.save_pretrained(tmp, safe_serialization=True)
-        _commit_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -98,18 +84,14 @@ def bootstrap_smollm2(out: Path) -> Path:
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     gguf = smollm2_gguf_path()
-    tmp = _atomic_dir(out)
-    try:
+    _check_out(out)
+    with new_dir(out) as tmp:
         loaded = LlamaForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         plain = LlamaForCausalLM(loaded.config)  # save_pretrained refuses a gguf-loaded model
         plain.load_state_dict(loaded.state_dict())
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        _commit_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
