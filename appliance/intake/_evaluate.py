@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import re
-import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance._fs import atomic_write
 from appliance.errors import IntakeRejected, NotFound, StorageUnavailable
 from appliance.intake._schema import Problem, Record, _summarise, _validate
 from appliance.intake._scrubber import Scrubber
@@ -345,21 +344,11 @@ def write_misses(path: Path, misses: list[Miss]) -> None:
     """Write the missed values as JSONL to ``path`` (mode 0600, atomically); refuses a symlink at ``path``."""
     if path.is_symlink():
         raise IntakeRejected(f"{path} is a symbolic link; give a plain file path for the misses")
-    parent = path.parent if str(path.parent) else Path(".")
-    tmp = parent / f".{path.name}.tmp-{secrets.token_hex(4)}"
     lines = [
         json.dumps({"record": m.record, "type": m.kind, "role": m.role, "value": m.value}, ensure_ascii=False)
         for m in misses
     ]
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write("".join(line + "\n" for line in lines).encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)  # replaces a file, never follows a link planted after the check
+        atomic_write(path, "".join(line + "\n" for line in lines).encode("utf-8"), mode=0o600)
     except OSError as exc:
         raise StorageUnavailable(f"cannot write the misses file {path}: {exc.strerror}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
