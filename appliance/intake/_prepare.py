@@ -15,9 +15,7 @@ import hashlib
 import hmac
 import importlib.metadata
 import json
-import os
 import secrets
-import shutil
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from appliance._fs import fsync_dir, sha256_files
+from appliance._fs import new_dir, sha256_files, write_new
 from appliance.errors import (
     Conflict,
     IntakeRejected,
@@ -170,14 +168,6 @@ def _jsonl(records: list[PreparedRecord]) -> bytes:
     return "".join(line + "\n" for line in lines).encode("utf-8")
 
 
-def _write(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # owner only: derived from patient data
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 def _check_output(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise Conflict(f"output {out} already exists and is not empty; choose a new directory")
@@ -313,33 +303,18 @@ def _commit(
     before_commit: Callable[[dict[str, Any]], None] | None,
 ) -> None:
     """Write into a temporary sibling, fsync, run the hook, then rename into place (or leave nothing)."""
-    parent = out.parent
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        with new_dir(out) as tmp:  # the rename replaces an empty directory, fails on a non-empty one
+            write_new(tmp / "train.jsonl", train_bytes)  # owner only: derived from patient data
+            write_new(tmp / "eval.jsonl", eval_bytes)
+            write_new(tmp / "manifest.json", (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode())
+            if before_commit is not None:
+                before_commit(manifest)
+            _check_output(out)
     except OSError as exc:
-        raise StorageUnavailable(f"cannot create {parent}: {exc.strerror}") from exc
-    tmp = parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
-    try:
-        tmp.mkdir(mode=0o700)
-        _write(tmp / "train.jsonl", train_bytes)
-        _write(tmp / "eval.jsonl", eval_bytes)
-        _write(tmp / "manifest.json", (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode())
-        fsync_dir(tmp)
-        if before_commit is not None:
-            before_commit(manifest)
-        _check_output(out)
-        try:
-            tmp.rename(out)  # atomic; replaces an empty directory, fails on a non-empty one
-        except OSError as exc:
-            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                raise Conflict(f"output {out} appeared while preparing; nothing was written") from exc
-            raise
-        fsync_dir(parent)
-    except OSError as exc:
-        raise StorageUnavailable(f"cannot write the prepared dataset under {parent}: {exc.strerror}") from exc
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise Conflict(f"output {out} appeared while preparing; nothing was written") from exc
+        raise StorageUnavailable(f"cannot write the prepared dataset under {out.parent}: {exc.strerror}") from exc
 
 
 def _read_prepared_jsonl(path: Path) -> list[PreparedRecord]:

@@ -9,14 +9,13 @@ identifier (``mrn``, ``dob``, ``phone``...) have their whole value replaced.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from appliance._fs import atomic_write
 from appliance.errors import Conflict, StorageUnavailable
 from appliance.intake._schema import DEFAULT_MAX_RECORD_BYTES, read_records
 from appliance.intake._scrubber import Scrubber, ScrubReport
@@ -60,20 +59,9 @@ def scrub_file(
         if "metadata" in clean:
             row["metadata"] = clean["metadata"]
         lines.append(json.dumps(row, ensure_ascii=False))
-    tmp = out.with_name(f".{out.name}.tmp-{secrets.token_hex(4)}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # owner only: residual PHI is possible
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for line in lines:
-                fh.write(line + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(out)
+    try:  # owner only: residual PHI is possible
+        atomic_write(out, "".join(line + "\n" for line in lines).encode("utf-8"), mode=0o600)
     except OSError as exc:
         raise StorageUnavailable(f"cannot write {out}: {exc.strerror}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     log.info("intake.scrubbed", records=report.records, records_changed=report.records_changed, **report.as_dict())
     return report

@@ -231,6 +231,20 @@ class TestAtomicOutput:
             prepare(src, tmp_path / "out", before_commit=refuse)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
+    def test_an_output_that_appears_while_preparing_is_kept_and_refused(self, tmp_path: Path) -> None:
+        """Another writer filling the output before the rename is a conflict: its files stay, ours are removed."""
+        src = _write(tmp_path / "in.jsonl", _records(subjects=3, per_subject=1))
+        out = tmp_path / "out"
+
+        def race(manifest: dict[str, object]) -> None:
+            out.mkdir()
+            (out / "theirs.txt").write_text("kept")
+
+        with pytest.raises(Conflict):
+            prepare(src, out, before_commit=race)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out"]
+        assert [p.name for p in out.iterdir()] == ["theirs.txt"]
+
     def test_invalid_input_leaves_nothing(self, tmp_path: Path) -> None:
         """Malformed input is rejected before anything is written."""
         src = tmp_path / "in.jsonl"
