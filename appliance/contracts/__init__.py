@@ -24,6 +24,7 @@ from appliance.contracts.run_metadata import (
     RunMetadata,
     run_metadata_json,
 )
+from appliance.contracts.subjects import subject_digest
 
 __all__ = [
     "API_LIMITS",
@@ -44,4 +45,5 @@ __all__ = [
     "ledger_entry",
     "read_ledger_entry",
     "run_metadata_json",
+    "subject_digest",
 ]

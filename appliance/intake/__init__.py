@@ -6,6 +6,7 @@ fingerprint). See ``README.md`` in this package for the design and the measured 
 
 from __future__ import annotations
 
+from appliance.contracts import subject_digest  # how intake writes a subject (the registry reads it the same way)
 from appliance.intake._dedup import deduplicate, normalise
 from appliance.intake._evaluate import Evaluation, evaluate_scrubber, read_labelled, write_misses
 from appliance.intake._labelled import generate_labelled_notes, write_labelled_notes
@@ -17,7 +18,6 @@ from appliance.intake._prepare import (
     fingerprint_dir,
     load_prepared,
     prepare,
-    subject_digest,
 )
 from appliance.intake._recall_cases import labeled_cases
 from appliance.intake._residual import residual_counts

@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 
 from appliance._fs import new_dir, sha256_files, write_new
+from appliance.contracts import subject_digest
 from appliance.errors import (
     Conflict,
     IntakeRejected,
@@ -49,7 +50,6 @@ __all__ = [
     "fingerprint_dir",
     "load_prepared",
     "prepare",
-    "subject_digest",
 ]
 
 log = structlog.get_logger("appliance.intake")
@@ -124,11 +124,6 @@ def _appliance_version() -> str:
         return importlib.metadata.version("appliance")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
-
-
-def subject_digest(salt: bytes, subject_id: str) -> str:
-    """HMAC-SHA256(key=salt, subject_id) as hex: how a subject appears in a prepared dataset."""
-    return hmac.new(salt, subject_id.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 def _unit_key(record: Record) -> str:

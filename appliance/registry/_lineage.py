@@ -12,12 +12,11 @@ records gets only the group-privacy bound (k*epsilon, k*exp((k-1)*epsilon)*delta
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import math
 
 from sqlalchemy import select
 
+from appliance import contracts
 from appliance.errors import ValidationFailed
 from appliance.registry._context import Context
 from appliance.registry._models import Adapter, Dataset, DatasetSubject, TrainingRun
@@ -123,8 +122,8 @@ class Lineage:
 
 
 def subject_digest(salt_hex: str, subject_id: str) -> str:
-    """The digest a dataset with this salt stores for a subject id."""
-    return hmac.new(bytes.fromhex(salt_hex), subject_id.strip().encode("utf-8"), hashlib.sha256).hexdigest()
+    """The digest a dataset with this (hex) salt stores for a subject id given by a person (trimmed)."""
+    return contracts.subject_digest(bytes.fromhex(salt_hex), subject_id.strip())
 
 
 def group_guarantee(epsilon: float, delta: float, records: int) -> tuple[float, float]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import hmac
 import json
 import math
 import secrets
@@ -31,6 +30,7 @@ from appliance.contracts import (
     LedgerEntry,
     RunMetadata,
     run_metadata_json,
+    subject_digest,
 )
 from appliance.errors import AuditUnavailable
 from appliance.protocols import AuditReceipt
@@ -59,7 +59,7 @@ def lora_template(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def _digest(salt: str, subject: str) -> str:
-    return hmac.new(bytes.fromhex(salt), subject.encode(), hashlib.sha256).hexdigest()
+    return subject_digest(bytes.fromhex(salt), subject)
 
 
 def make_dataset(root: Path, train_subjects: list[str], eval_subjects: list[str] | None = None) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import random
 from collections.abc import Callable
@@ -14,6 +13,7 @@ import pytest
 import yaml
 
 from appliance.config import Settings, load_settings
+from appliance.contracts import subject_digest
 
 SALT = "5a17" * 8
 _WORDS = ["fever", "cough", "rash", "headache", "fatigue", "nausea", "chest pain", "dizziness"]
@@ -24,7 +24,7 @@ def write_prepared(path: Path, *, train: int = 48, evals: int = 8, subjects: int
     """A prepared dataset exactly as contracts.md describes it (what `appliance data prepare` writes)."""
     rng = random.Random(seed)
     path.mkdir(parents=True, exist_ok=True)
-    digests = [hmac.new(bytes.fromhex(SALT), f"P{i:04d}".encode(), hashlib.sha256).hexdigest() for i in range(subjects)]
+    digests = [subject_digest(bytes.fromhex(SALT), f"P{i:04d}") for i in range(subjects)]
 
     def record(i: int) -> dict[str, str]:
         return {
