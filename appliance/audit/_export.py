@@ -47,6 +47,7 @@ from appliance.audit._export_verify import verify_export
 from appliance.audit._identity import recordable_identity
 from appliance.audit._sinks._base import ChainReader, chain_records
 from appliance.audit._verify import verify_store
+from appliance.contracts import package_version
 from appliance.errors import Conflict, IntegrityViolation, ValidationFailed
 from appliance.protocols import KeyService
 
@@ -227,7 +228,7 @@ def export(
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "appliance_version": _version(),
+        "appliance_version": package_version(),
         "records_file": name,
         "records_format": fmt,
         "records_sha256": file_digest,
@@ -248,12 +249,3 @@ def export(
     manifest["signature"] = sign(keys, manifest_message(manifest), signer)
     atomic_write(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
     return manifest
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("appliance")
-    except PackageNotFoundError:
-        return "unknown"

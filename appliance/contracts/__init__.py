@@ -25,6 +25,7 @@ from appliance.contracts.run_metadata import (
     run_metadata_json,
 )
 from appliance.contracts.subjects import subject_digest
+from appliance.contracts.versions import package_version
 
 __all__ = [
     "API_LIMITS",
@@ -43,6 +44,7 @@ __all__ = [
     "RunMetadata",
     "SamplingParams",
     "ledger_entry",
+    "package_version",
     "read_ledger_entry",
     "run_metadata_json",
     "subject_digest",

@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import hmac
-import importlib.metadata
 import json
 import secrets
 from collections import Counter
@@ -26,7 +25,7 @@ from typing import Any
 import structlog
 
 from appliance._fs import new_dir, sha256_files, write_new
-from appliance.contracts import subject_digest
+from appliance.contracts import package_version, subject_digest
 from appliance.errors import (
     Conflict,
     IntakeRejected,
@@ -117,13 +116,6 @@ class PrepareResult:
     path: Path
     fingerprint: str
     manifest: dict[str, Any] = field(repr=False)
-
-
-def _appliance_version() -> str:
-    try:
-        return importlib.metadata.version("appliance")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _unit_key(record: Record) -> str:
@@ -243,7 +235,7 @@ def prepare(
         "subjects": {"salt": salt.hex(), "digests": sorted(set(digests.values()))},
         "source": {"sha256": info.sha256, "records": info.records},
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "appliance_version": _appliance_version(),
+        "appliance_version": package_version(),
         "params": {
             "eval_fraction": opts.eval_fraction,
             "split_seed": opts.split_seed,

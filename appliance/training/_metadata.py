@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +19,7 @@ from appliance.contracts import (
     PrivacyAuditReport,
     QuantizationInfo,
     RunMetadata,
+    package_version,
 )
 from appliance.training._config import TrainConfig
 from appliance.training._phases import Evaluated, Prepared, Progress
@@ -35,13 +35,6 @@ SAMPLING_SEEDING = "os-csprng"  # metadata.dp.sampling_seeding: the Poisson samp
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def package_version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _dp(cfg: TrainConfig, prepared: Prepared, epsilon: float | None) -> DPParameters:

@@ -5,24 +5,16 @@ Used by the HTTP routes (``routes/``) and by ``LocalBackend`` (the same details 
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import time
 from typing import Any
 
+from appliance.contracts import package_version
 from appliance.serving.engine._engine import Job
 from appliance.serving.engine._protocol import openai_finish_reason
 from appliance.serving.engine._scheduler import Finished, TokenOut
 
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("appliance")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
-VERSION = _version()
+VERSION = package_version(unknown="0+unknown")
 SYSTEM_FINGERPRINT = f"appliance-{VERSION}-embedded"
 
 
