@@ -92,6 +92,12 @@ def _chat_logprobs(tokens: list[TokenOut]) -> dict[str, Any]:
     }
 
 
+# the OpenAI sampling fields both routes name alike, passed to ``from_openai`` as they are
+_SHARED_SAMPLING = frozenset(
+    {"temperature", "top_p", "seed", "stop", "frequency_penalty", "repetition_penalty", "presence_penalty"}
+)
+
+
 def _parameters(
     req: CompletionRequest | ChatRequest,
     *,
@@ -100,21 +106,15 @@ def _parameters(
     top_k: int | None = None,
     truncate: int | None = None,
 ) -> GenerateParameters:
-    """The engine's parameters from the OpenAI sampling fields both endpoints share (TGI's mapping, ``from_openai``);
-    the fields each names its own way are given."""
+    """The engine's parameters (TGI's mapping, ``from_openai``); the fields each route names its own way are given."""
+    shared = req.model_dump(include=set(_SHARED_SAMPLING))
     return GenerateParameters.from_openai(
         max_tokens=max_tokens,
-        temperature=req.temperature,
-        top_p=req.top_p,
         top_k=top_k,
-        seed=req.seed,
-        stop=req.stop,
-        frequency_penalty=req.frequency_penalty,
-        repetition_penalty=req.repetition_penalty,
-        presence_penalty=req.presence_penalty,
         logprobs=bool(req.logprobs),
         top_logprobs=top_logprobs,
         truncate=truncate,
+        **shared,
     )
 
 
