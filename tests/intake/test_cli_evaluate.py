@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from appliance.intake import _suspects
-from tests.intake.test_cli import Cli, _audit_events, cli  # noqa: F401  (the fixture)
+from tests.fixtures.cli import Cli
+from tests.intake.test_cli import _audit_events
 
 
 @pytest.fixture
-def labelled(cli: Cli, tmp_path: Path) -> Path:  # noqa: F811
+def labelled(cli: Cli, tmp_path: Path) -> Path:
     """15 labelled notes written by the CLI."""
     path = tmp_path / "labelled.jsonl"
     code, out, _ = cli("data", "synth", "--labelled", "--out", str(path), "--records", "15", "--seed", "9")
@@ -30,7 +31,7 @@ def _values(path: Path) -> set[str]:
     return out
 
 
-def test_table_holds_counts_and_no_value(cli: Cli, labelled: Path) -> None:  # noqa: F811
+def test_table_holds_counts_and_no_value(cli: Cli, labelled: Path) -> None:
     """The default report is a table of recall per type and role, kept rate and speed, and shows no value."""
     code, out, err = cli("data", "evaluate-scrub", str(labelled))
     assert code == 0, err
@@ -40,7 +41,7 @@ def test_table_holds_counts_and_no_value(cli: Cli, labelled: Path) -> None:  # n
     assert not [v for v in _values(labelled) if v in out or v in err]
 
 
-def test_json_report(cli: Cli, labelled: Path) -> None:  # noqa: F811
+def test_json_report(cli: Cli, labelled: Path) -> None:
     """--json prints the counts as JSON: one entry per labelled value, recalls between 0 and 1."""
     code, out, _ = cli("data", "evaluate-scrub", str(labelled), "--json")
     assert code == 0
@@ -53,7 +54,7 @@ def test_json_report(cli: Cli, labelled: Path) -> None:  # noqa: F811
     assert not [v for v in _values(labelled) if v in out]
 
 
-def test_show_misses_writes_an_owner_only_file(cli: Cli, labelled: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_show_misses_writes_an_owner_only_file(cli: Cli, labelled: Path, tmp_path: Path) -> None:
     """--show-misses writes each missed value to a 0600 file, and prints only where it went and how many."""
     misses = tmp_path / "misses.jsonl"
     code, out, err = cli("data", "evaluate-scrub", str(labelled), "--json", "--show-misses", str(misses))
@@ -68,7 +69,7 @@ def test_show_misses_writes_an_owner_only_file(cli: Cli, labelled: Path, tmp_pat
     assert not [r["value"] for r in rows if len(r["value"]) >= 5 and (r["value"] in out or r["value"] in err)]
 
 
-def test_bad_input_names_the_line(cli: Cli, labelled: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_bad_input_names_the_line(cli: Cli, labelled: Path, tmp_path: Path) -> None:
     """A bad line exits 65 (INTAKE_REJECTED) naming the line and field; a missing file exits 66."""
     bad = tmp_path / "bad.jsonl"
     first = labelled.read_text(encoding="utf-8").splitlines()[0]
@@ -83,7 +84,7 @@ def test_bad_input_names_the_line(cli: Cli, labelled: Path, tmp_path: Path) -> N
 
 
 def test_prepare_refuses_above_the_residual_limit(
-    cli: Cli,  # noqa: F811
+    cli: Cli,
     tmp_path: Path,
     data_dir: Path,
     monkeypatch: pytest.MonkeyPatch,

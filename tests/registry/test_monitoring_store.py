@@ -183,7 +183,7 @@ def test_registry_rollback_by_hand(
 ) -> None:
     """`appliance registry rollback NAME` does the same by hand (real audit trail); with nothing older approved it
     is refused with the Conflict exit code and changes nothing."""
-    from tests.registry.test_cli import Cli
+    from tests.fixtures.cli import Cli
 
     monkeypatch.setenv("APPLIANCE_DATA_DIR", str(settings.data_dir))
     monkeypatch.setenv("APPLIANCE_POLICIES_DIR", str(settings.policies_dir))
