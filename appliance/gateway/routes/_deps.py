@@ -94,7 +94,7 @@ def _provider(handler: HTTPRouteHandler, access: Access) -> CtxProvider:
     async def provide_ctx(**kwargs: Any) -> Ctx:
         request: Request[Any, Any, Any] = kwargs["request"]
         gw: Gateway = kwargs["gw"]
-        csrf = kwargs["data"].get("_csrf") if form else None  # a form carries its CSRF token as a field
+        csrf = (kwargs.get("data") or {}).get("_csrf") if form else None  # a form carries its CSRF token as a field
         if access.kind == "page":
             return await page_ctx(gw, request, access.route, csrf=csrf)
         return await gw.require(request, access.route, csrf=csrf)
