@@ -134,7 +134,14 @@ def test_train_gpus_on_several_nodes_uses_the_ports_the_ruleset_opens(tmp_path: 
 
     started = run(*nodes)
     assert started.returncode == 0, started.stderr
-    assert json.loads(record.read_text())["argv"] == ["train", "--nproc-per-node", "2", *nodes, "--master-port", "29400"]
+    assert json.loads(record.read_text())["argv"] == [
+        "train",
+        "--nproc-per-node",
+        "2",
+        *nodes,
+        "--master-port",
+        "29400",
+    ]
     assert run(*nodes, "--master-port=29400").returncode == 0  # the opened port, given: kept as given
     assert json.loads(record.read_text())["argv"][-1] == "--master-port=29400"
 
