@@ -58,24 +58,26 @@ class PendingDelivery:
 
 
 def await_deliveries(pending: Sequence[PendingDelivery], timeout_s: float) -> list[ReplicaReload]:
-    """Wait (at most ``timeout_s`` for all together) until each copy is delivered; those that are not, as failed."""
+    """Wait (at most ``timeout_s`` for all together) until each copy is delivered; those that are not, as failed,
+    in the order of ``pending``."""
     deadline = time.monotonic() + timeout_s
     waiting = list(pending)
-    failed: list[ReplicaReload] = []
+    failed: dict[tuple[str, str], ReplicaReload] = {}
     while waiting:
         still: list[PendingDelivery] = []
         for delivery in waiting:
             state = delivery.state()
             if state is False:
-                failed.append(_failed(delivery, "the push to its host failed"))
+                failed[delivery.kind, delivery.replica] = _failed(delivery, "the push to its host failed")
             elif state is None:
                 still.append(delivery)
         waiting = still
         if not waiting or time.monotonic() >= deadline:
             break
         time.sleep(_POLL_S)
-    failed += [_failed(d, f"no delivery to its host within {timeout_s:g} s") for d in waiting]
-    return failed
+    for delivery in waiting:
+        failed[delivery.kind, delivery.replica] = _failed(delivery, f"no delivery to its host within {timeout_s:g} s")
+    return [failed[d.kind, d.replica] for d in pending if (d.kind, d.replica) in failed]
 
 
 def _failed(delivery: PendingDelivery, why: str) -> ReplicaReload:
