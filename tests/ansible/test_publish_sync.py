@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from appliance.config import ServingSettings
+from tests.ansible import _rootfs
 from tests.ansible._render import Template, render
 from tests.ansible.test_network import LISTENER, _ip, _ns, _probe
 
@@ -128,6 +130,37 @@ def test_the_push_renders_on_the_registry_host_only(hospital: Path, single_node:
     assert watched == "/srv/appliance/serving/tgi/lora_adapters.env"
     ruleset = (single_node / "node1.nft").read_text()
     assert "2222" not in ruleset and "@training_peers accept" not in ruleset
+
+
+def test_the_receiving_sshd_runs_the_rendered_configuration(hospital: Path, tmp_path: Path) -> None:
+    """Debian 12's sshd (the cached Debian root, in a private mount namespace) accepts gpu2's rendered configuration
+    (sshd -T) and its effective settings are the restrictions: VLAN address only, one user from gw1 only, public
+    key only, no PAM, no TTY, no forwarding, rrsync write-only in the serving directory as the only command."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("a private mount namespace and chroot need root")
+    root = _rootfs.ensure_root(log=tmp_path / "debootstrap.log")
+    shutil.copy(hospital / "gpu2.sshd_config", tmp_path / "sshd_config")
+    script = (
+        f"mount --bind {tmp_path} {root}/mnt && mount -t tmpfs tmpfs {root}/run && mkdir {root}/run/sshd"
+        f" && chroot {root} /usr/sbin/sshd -T -f /mnt/sshd_config"
+    )
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    effective = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+    assert effective["listenaddress"] == f"{GPUS['gpu2']}:2222"
+    assert effective["allowusers"] == f"appliance-sync@{GW1}"
+    assert effective["forcecommand"] == f"/usr/bin/rrsync -wo {SERVING}"
+    assert effective["authorizedkeysfile"] == "/etc/ssh/appliance-sync/authorized_keys"
+    assert effective["authenticationmethods"] == "publickey" and effective["passwordauthentication"] == "no"
+    assert effective["kbdinteractiveauthentication"] == "no" and effective["permitrootlogin"] == "no"
+    assert effective["usepam"] == "no" and effective["permittty"] == "no"
+    assert effective["disableforwarding"] == "yes" and effective["allowtcpforwarding"] == "no"
+    assert effective["permituserrc"] == "no" and effective["permituserenvironment"] == "no"
 
 
 def _input_chain(ruleset: str) -> str:
