@@ -112,8 +112,31 @@ def test_each_replicas_list_path_is_where_the_push_delivers_and_the_node_reads(h
     unit = (hospital / "gw1.sync.service").read_text()
     assert "User=appliance-sync" in unit and "TemporaryFileSystem=/srv/appliance:ro" in unit
     assert f"BindReadOnlyPaths={SERVING}" in unit  # of the data directory, only the serving directory is visible
+    assert "Restart=on-failure" in unit and "StartLimitIntervalSec=0" in unit  # a node that was down gets it later
     checked = subprocess.run(["bash", "-n", str(hospital / "gw1.push")], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
+
+
+def test_the_push_units_pass_systemd_analyze(hospital: Path, tmp_path: Path) -> None:
+    """gw1's push unit (a template) and gpu2's path unit load in systemd-analyze verify with nothing to say (an
+    unknown or misspelt key would be reported); the push script stands at its installed path as /bin/true."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    units = tmp_path / "units"
+    units.mkdir()
+    service = (hospital / "gw1.sync.service").read_text()
+    (units / "appliance-sync@.service").write_text(
+        service.replace("/usr/local/libexec/appliance-sync-push", "/bin/true")
+    )
+    shutil.copy(hospital / "gw1.sync.path", units / "appliance-sync@gpu2.path")
+    done = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(units / "appliance-sync@gpu2.path")],  # loads the service
+        env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and done.stdout + done.stderr == "", done.stdout + done.stderr
 
 
 def test_the_push_renders_on_the_registry_host_only(hospital: Path, single_node: Path) -> None:
