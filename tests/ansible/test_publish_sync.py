@@ -99,11 +99,11 @@ def test_each_replicas_list_path_is_where_the_push_delivers_and_the_node_reads(h
         assert replica.sync_receipt == f"{receipts}/{node}.json" and receipts.startswith("/var/lib/appliance-sync")
         assert f"  {node}) address={address}; list_file=lora_modules.json ;;" in push
         sshd = (hospital / f"{node}.sshd_config").read_text()
-        assert _line(sshd, "ForceCommand ") == f"/usr/bin/rrsync -wo {SERVING}"  # the push's root on the node
+        assert _line(sshd, "ForceCommand ") == f"/usr/bin/rrsync -wo -munge {SERVING}"  # the push's root on the node
         assert _line(sshd, "ListenAddress ") == f"{address}:2222"
         assert _line(sshd, "AllowUsers ") == f"appliance-sync@{GW1}"
         keys = (hospital / f"{node}.authorized_keys").read_text()
-        assert f'restrict,from="{GW1}",command="/usr/bin/rrsync -wo {SERVING}" ssh-ed25519 ' in keys
+        assert f'restrict,from="{GW1}",command="/usr/bin/rrsync -wo -munge {SERVING}" ssh-ed25519 ' in keys
         unit = (hospital / f"{node}.tgi.service").read_text()
         assert f"serve-launch vllm --list {list_path} --" in unit  # the node's server reads the delivered list
         assert _line((hospital / f"{node}.tgi-publish.path").read_text(), "PathChanged=") == list_path + ".sig"
@@ -177,7 +177,7 @@ def test_the_receiving_sshd_runs_the_rendered_configuration(hospital: Path, tmp_
     effective = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
     assert effective["listenaddress"] == f"{GPUS['gpu2']}:2222"
     assert effective["allowusers"] == f"appliance-sync@{GW1}"
-    assert effective["forcecommand"] == f"/usr/bin/rrsync -wo {SERVING}"
+    assert effective["forcecommand"] == f"/usr/bin/rrsync -wo -munge {SERVING}"
     assert effective["authorizedkeysfile"] == "/etc/ssh/appliance-sync/authorized_keys"
     assert effective["authenticationmethods"] == "publickey" and effective["passwordauthentication"] == "no"
     assert effective["kbdinteractiveauthentication"] == "no" and effective["permitrootlogin"] == "no"

@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.ansible, pytest.mark.slow]
 
 NODES = {"gpu1": "10.42.0.31", "gpu2": "10.42.0.32", "gpu3": "10.42.0.33"}
 # ssh as the push calls it (rsync -e "ssh -i KEY -p PORT -o ..." -l USER HOST COMMAND...): runs the node's forced
-# command, rrsync write-only in that node's serving directory, with SSH_ORIGINAL_COMMAND as sshd sets it
+# command, rrsync write-only (symlinks munged) in that node's serving directory, SSH_ORIGINAL_COMMAND as sshd sets it
 SSH = """#!{python}
 import os, sys
 args, i = sys.argv[1:], 0
@@ -41,7 +41,7 @@ nodes = dict(item.split("=", 1) for item in os.environ["NODE_SERVING"].split(","
 if host not in nodes:
     sys.exit(f"ssh: connect to host {{host}} port 2222: Connection refused")
 os.environ["SSH_ORIGINAL_COMMAND"] = command
-os.execv("/usr/bin/rrsync", ["rrsync", "-wo", nodes[host]])
+os.execv("/usr/bin/rrsync", ["rrsync", "-wo", "-munge", nodes[host]])
 """
 
 
@@ -199,7 +199,7 @@ def test_a_replica_is_reported_only_once_the_push_delivered_its_list(
 
 def test_the_nodes_forced_command_confines_the_push(push: Push, tmp_path: Path) -> None:
     """What the push key can do on a node is write inside its serving directory: a path outside it and a read
-    (pull) of anything are refused by rrsync -wo, and nothing lands outside."""
+    (pull) of anything are refused by rrsync -wo, nothing lands outside, and a symlink arrives munged."""
     payload = tmp_path / "payload"
     payload.write_text("x")
     ssh = f"{push.env['PATH'].split(':')[0]}/ssh"
@@ -214,5 +214,8 @@ def test_the_nodes_forced_command_confines_the_push(push: Push, tmp_path: Path) 
     assert rsync(str(payload), f"{remote}:../escaped").returncode != 0
     rsync(str(payload), f"{remote}:/tmp/escaped-{os.getpid()}")  # an absolute path is taken below serving/
     assert not Path(f"/tmp/escaped-{os.getpid()}").exists() and not (push.nodes["gpu2"].parent / "escaped").exists()
+    (tmp_path / "link").symlink_to("/etc/passwd")
+    assert rsync("--links", str(tmp_path / "link"), f"{remote}:adapters/").returncode == 0
+    assert os.readlink(push.nodes["gpu2"] / "adapters" / "link").startswith("/rsyncd-munged/")  # points nowhere
     pulled = rsync(f"{remote}:adapters/payload", str(tmp_path / "pulled"))
     assert pulled.returncode != 0 and not (tmp_path / "pulled").exists()
