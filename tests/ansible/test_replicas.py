@@ -4,7 +4,6 @@ single-node inventory keeps its one local engine. Rendered with ansible-playbook
 
 from __future__ import annotations
 
-import secrets
 import subprocess
 import tomllib
 from pathlib import Path
@@ -12,47 +11,20 @@ from pathlib import Path
 import pytest
 
 from appliance.config import ServingSettings
-from tests.ansible.conftest import ANSIBLE_DIR, BIN, ansible_env
+from tests.ansible._render import Template, render
 
 pytestmark = [pytest.mark.ansible, pytest.mark.slow]
 
-ROLES = ANSIBLE_DIR / "roles"
-RENDER = """
-- name: Render the gateway's settings and the rulesets
-  hosts: {hosts}
-  connection: local
-  gather_facts: false
-  roles: [network, appliance]
-  post_tasks:
-    - name: Render the ruleset
-      ansible.builtin.template:
-        src: {roles}/network/templates/nftables.conf.j2
-        dest: "{out}/{{{{ inventory_hostname }}}}.nft"
-        mode: "0600"
-      tags: [render]
-    - name: Render the appliance's settings
-      ansible.builtin.template:
-        src: {roles}/appliance/templates/appliance.toml.j2
-        dest: "{out}/{{{{ inventory_hostname }}}}.toml"
-        mode: "0600"
-      tags: [render]
-"""
+RULESET_AND_SETTINGS = [
+    Template("network/templates/nftables.conf.j2", "nft"),
+    Template("appliance/templates/appliance.toml.j2", "toml"),
+]
 
 
 def _render(inventory: str, hosts: str, out: Path, *extra: str) -> None:
-    play = out / f"render-{secrets.token_hex(4)}.yml"
-    play.write_text(RENDER.format(hosts=hosts, roles=ROLES, out=out))
-    # the Redis password is looked up in Vault for the real hospital; any value renders the same settings
-    command = [str(BIN / "ansible-playbook"), "-i", inventory, str(play), "--tags", "render"]
-    done = subprocess.run(
-        [*command, "-e", "redis_gateway_password=render-only", *extra],
-        cwd=ANSIBLE_DIR,
-        env=ansible_env(ANSIBLE_ROLES_PATH=str(ROLES)),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    """Each host's ruleset and appliance settings (``extra``: NAME=VALUE extra variables)."""
+    variables = dict(item.split("=", 1) for item in extra)
+    render(inventory, hosts, out, ["network", "appliance"], RULESET_AND_SETTINGS, variables)
 
 
 def test_hospital_gateway_routes_among_the_three_gpu_nodes(tmp_path: Path) -> None:
@@ -88,7 +60,7 @@ def test_single_node_keeps_its_one_local_engine(tmp_path: Path) -> None:
 def test_molecule_ruleset_opens_the_model_server_to_its_gateway_hosts(tmp_path: Path) -> None:
     """The Molecule host's ruleset (what tests/ansible/test_network.py probes) lets 10.42.0.1 and .3 reach the
     model server port, and passes nft -c."""
-    _render("molecule/inventory/single-node.yml", "node1", tmp_path, "-e", "ansible_connection=local")
+    _render("molecule/inventory/single-node.yml", "node1", tmp_path, "ansible_connection=local")
     ruleset = (tmp_path / "node1.nft").read_text()
     assert (
         "set serving_clients { type ipv4_addr; flags interval; elements = { 10.42.0.1/32, 10.42.0.3/32 }; }" in ruleset

@@ -114,7 +114,7 @@ def _signed_list(engine: str, path: Path, adapters: dict[str, dict[str, str]]) -
 @pytest.mark.parametrize(
     ("inventory", "host", "engine", "listed"),
     [
-        ("inventories/hospital/hosts.yml", "gpu1", "vllm", "/srv/appliance/serving/vllm/lora_modules.json"),
+        ("inventories/hospital/hosts.yml", "gpu1", "vllm", "/srv/appliance/serving/replicas/gpu1/lora_modules.json"),
         ("inventories/single-node/hosts.yml", "node1", "tgi", "/srv/appliance/serving/tgi/lora_adapters.env"),
     ],
     ids=["hospital-vllm", "single-node-tgi"],
