@@ -95,6 +95,10 @@ class ReplicaSettings(_Section):
     # Where the registry also writes this replica's copy of its target's signed list (a replica that does not read
     # <data_dir>/serving/<kind>/ on this host, e.g. a mounted directory of its own); None -> it reads that one.
     list_path: str | None = None
+    # A file the provisioned push (ansible publish_sync role) rewrites after each delivery of ``list_path`` to the
+    # replica's host ({"delivered", "list_sha256", "signature_sha256"}): the registry waits for the copy it just
+    # wrote to be delivered before it asks the replica to load it; None -> the replica reads list_path itself.
+    sync_receipt: str | None = None
 
 
 class ServingSettings(_Section):
@@ -107,6 +111,7 @@ class ServingSettings(_Section):
     replica_probe_max_s: float = Field(default=10.0, gt=0, le=600)  # probe back-off ceiling (doubles each miss)
     replica_refresh_s: float = Field(default=2.0, gt=0, le=600)  # seconds between re-reads of what replicas hold
     reload_timeout_s: float = Field(default=60.0, gt=0, le=600)  # per replica: a publication's reload + read-back
+    sync_timeout_s: float = Field(default=120.0, gt=0, le=3600)  # a list copy's push to its replica's host (receipt)
     timeout_s: float = 120.0  # seconds per generation request
     connect_timeout_s: float = 2.0
     max_concurrent: int = 64  # connection pool size

@@ -26,7 +26,7 @@ from appliance.gateway.auth.principal import Principal
 from appliance.gateway.breakglass import BreakGlass
 from appliance.gateway.limits import THROTTLED, LimitStore
 from appliance.gateway.metrics import GatewayMetrics
-from appliance.gateway.policy import ADAPTER_NAME, Entitlement, PolicyStore
+from appliance.gateway.policy import ADAPTER_NAME, AdmissionDecision, Entitlement, PolicyStore
 from appliance.gateway.ports import AdapterCatalog, AdapterRef, parse_version, resolve
 from appliance.protocols import WrittenRecord
 
@@ -118,30 +118,30 @@ class Admission:
             if policy.may_adapter(ctx.roles, a.name, a.version, is_production=a.is_production)
         ]
 
-    async def authorize_adapter(self, ctx: Ctx, name: str, version: str) -> AdapterRef:
-        """The published adapter the caller may use. The policy is asked about the requested name and version
-        before the catalog, so an adapter the roles do not allow is the same 403 whether or not it exists (no
-        enumeration); a caller they allow gets a 404 for a version that is not published."""
-        policy = ctx.policy
+    async def authorize_adapter(self, ctx: Ctx, name: str, version: str) -> tuple[AdapterRef, AdmissionDecision]:
+        """The published adapter the caller may use, and the policy's decision for the request (asked once). The
+        policy is asked about the requested name and version before the catalog, so an adapter the roles do not
+        allow is the same 403 whether or not it exists (no enumeration); a caller they allow gets a 404 for a
+        version that is not published."""
         try:
             if not ADAPTER_NAME.match(name):
                 raise NotFound("no such adapter (names are lowercase letters, digits, '-' and '_')")
-            entitlement = policy.adapter_entitlement(ctx.roles, name, parse_version(version))
+            decision = ctx.policy.decide(ctx.roles, name, parse_version(version))
             refused = PolicyViolation(f"your roles do not allow adapter {name!r} version {version}")
             published = await self.catalog.published()  # read before refusing too: existence does not change the timing
-            if entitlement is Entitlement.NONE:
+            if decision.entitlement is Entitlement.NONE:
                 raise refused
             try:
                 ref = resolve(published, name, version)
             except NotFound:
-                if entitlement is Entitlement.IF_PRODUCTION:  # what is not published is no production version
+                if decision.entitlement is Entitlement.IF_PRODUCTION:  # what is not published is no production version
                     raise refused from None
                 raise
-            if not policy.may_adapter(ctx.roles, ref.name, ref.version, is_production=ref.is_production):
+            if not decision.allows(ref.name, ref.version, is_production=ref.is_production):
                 raise refused
         except (NotFound, PolicyViolation) as exc:
             raise await self.auditor.deny(exc, ctx=ctx) from None
-        return ref
+        return ref, decision
 
     async def admit(self, ctx: Ctx, name: str, version: str, prompt: str, *, wants_logprobs: bool) -> Admitted:
         """The adapter (:meth:`authorize_adapter`), then the request (:meth:`_admit_request`): one decision.
@@ -149,27 +149,28 @@ class Admission:
         The backend may be called once this returns; the record's sync runs meanwhile, and the inference
         waits for it (``RequestAuditor.durable``) before it answers anything.
         """
-        ref = await self.authorize_adapter(ctx, name, version)
-        record = await self._admit_request(ctx, ref, prompt, wants_logprobs=wants_logprobs)
-        return Admitted(ctx, ref, prompt, record)
+        ref, decision = await self.authorize_adapter(ctx, name, version)
+        record = await self._admit_request(ctx, ref, decision, prompt, wants_logprobs=wants_logprobs)
+        return Admitted(ctx, ref, prompt, record, decision)
 
-    async def _admit_request(self, ctx: Ctx, ref: AdapterRef, prompt: str, *, wants_logprobs: bool) -> WrittenRecord:
+    async def _admit_request(
+        self, ctx: Ctx, ref: AdapterRef, decision: AdmissionDecision, prompt: str, *, wants_logprobs: bool
+    ) -> WrittenRecord:
         """Logprob rights, rate limits, extraction detector, then the request record, written into the chain."""
-        policy = ctx.policy
         try:  # the key service answers before the backend is asked: a stream cannot start that could not be audited
             ctx.prompt_digest = await self.digests.versioned_digest(prompt, None)
         except ApplianceError as exc:
             raise await self.auditor.deny(exc, ctx=ctx, adapter=ref, action="generate") from None
         try:
-            if wants_logprobs and not policy.may_logprobs(ctx.roles):
+            if wants_logprobs and not decision.logprobs:
                 raise PolicyViolation("your roles do not allow logprob-style outputs (details, top_n_tokens)")
             flag = await self.limits.admit(  # throttle, buckets, detector: one step (one round trip to Redis)
                 ctx.principal.subject,
-                policy.limit_profile(ctx.roles),
+                decision.profile,
                 ref.served_id,
-                policy.limits.adapter,
+                decision.adapter_limits,
                 prompt,
-                policy.limits.extraction,
+                decision.extraction,
             )
             if flag is not None:
                 self.metrics.extraction.labels(flag.reason).inc()

@@ -15,7 +15,7 @@ from appliance.audit import ActorFields, SourceFields
 from appliance.errors import ApplianceError
 from appliance.gateway.auth.principal import Principal
 from appliance.gateway.auth.sessions import Session
-from appliance.gateway.policy import AccessPolicy
+from appliance.gateway.policy import AccessPolicy, AdmissionDecision
 from appliance.gateway.ports import AdapterRef
 from appliance.ids import random_uuid
 from appliance.protocols import WrittenRecord
@@ -50,13 +50,15 @@ class Ctx:
 
 @dataclass(frozen=True)
 class Admitted:
-    """A generation the admission allowed: who asks, which adapter, the prompt, and its request record (written into
-    the chain; the inference waits for it to be durable before it answers anything)."""
+    """A generation the admission allowed: who asks, which adapter, the prompt, its request record (written into
+    the chain; the inference waits for it to be durable before it answers anything) and the policy's decision it
+    was admitted under (what the answer may carry, e.g. logprobs, is read from it)."""
 
     ctx: Ctx
     ref: AdapterRef
     prompt: str
     record: WrittenRecord
+    decision: AdmissionDecision
 
     @property
     def audit_id(self) -> str:

@@ -112,6 +112,26 @@ def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[
     )
 
 
+class PageAnswer(Exception):
+    """A page answered before its handler ran: the login page (no session, or it ended) or the refusal page. Raised
+    by a page's ``ctx`` dependency (``routes/_deps.py``); sent as the handler's own return would have been."""
+
+    def __init__(self, response: Response[Any]) -> None:
+        super().__init__("the page was answered before its handler ran")
+        self.response = response
+
+
+def page_answer(request: Request[Any, Any, Any], exc: PageAnswer) -> Response[Any]:
+    """The page's answer as its handler would have returned it: Litestar adds the app's response headers and the
+    handler's media type (where the answer sets none) to what a handler returns, not to what an error handler does."""
+    response = exc.response
+    for header in SECURITY_HEADERS:
+        response.headers.setdefault(header.name, str(header.value))
+    if response.media_type is None:
+        response.media_type = request.route_handler.media_type
+    return response
+
+
 def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.error("request.crashed", error_class=type(exc).__name__)  # the class only: messages may carry input
     return Response(
@@ -185,6 +205,7 @@ def refusal_middleware(gateway: Gateway) -> Any:
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {
+    PageAnswer: page_answer,
     ApplianceError: appliance_error,
     ValidationException: validation_error,
     HTTPException: http_error,

@@ -20,11 +20,11 @@ import httpx
 import structlog
 from litestar import Litestar
 from litestar.config.app import AppConfig
-from litestar.contrib.jinja import JinjaTemplateEngine
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
@@ -53,6 +53,8 @@ from appliance.gateway.metrics import GatewayMetrics
 from appliance.gateway.policy import PolicyStore, policy_path
 from appliance.gateway.ports import AuditReader, CachedCatalog, RegistryCatalog
 from appliance.gateway.routes import admin, inference, openai, ops, web
+from appliance.gateway.routes._access import public
+from appliance.gateway.routes._deps import bind_access
 from appliance.gateway.state import State, open_state
 from appliance.keys import open_key_service
 from appliance.protocols import AuditLog, Backend, KeyService
@@ -231,26 +233,32 @@ def _audit_reader(audit: AuditLog) -> AuditReader | None:
 
 # --- the Litestar app ---------------------------------------------------------------------------------------------
 def configure_routes(config: AppConfig, gateway: Gateway) -> None:
-    """The API, the web pages and their static files; each handler gets the façade as the ``gw`` dependency."""
-    config.route_handlers += [
-        inference.inference,
-        inference.inference_stream,
-        openai.chat_completions,
-        openai.completions,
-        openai.models,
-        ops.healthz,
-        ops.readyz,
-        ops.metrics,
-        admin.list_keys,
-        admin.post_key,
-        admin.delete_key,
-        admin.list_grants,
-        admin.post_grant,
-        admin.delete_grant,
-        admin.post_reload,
-        *web.ROUTES,
-        create_static_files_router(path="/static", directories=[WEB_DIR / "static"], include_in_schema=False),
-    ]
+    """The API, the web pages and their static files; each handler gets the façade as the ``gw`` dependency and,
+    unless it is public, its authorised request as ``ctx`` (declared on the handler, bound by ``bind_access``: an
+    undeclared handler stops start-up)."""
+    config.route_handlers += bind_access(
+        [
+            inference.inference,
+            inference.inference_stream,
+            openai.chat_completions,
+            openai.completions,
+            openai.models,
+            ops.healthz,
+            ops.readyz,
+            ops.metrics,
+            admin.list_keys,
+            admin.post_key,
+            admin.delete_key,
+            admin.list_grants,
+            admin.post_grant,
+            admin.delete_grant,
+            admin.post_reload,
+            *web.ROUTES,
+            create_static_files_router(
+                path="/static", directories=[WEB_DIR / "static"], include_in_schema=False, opt=public()
+            ),
+        ]
+    )
     config.dependencies["gw"] = Provide(lambda: gateway, use_cache=True, sync_to_thread=False)
     config.signature_namespace["Gateway"] = Gateway
     config.state["gateway"] = gateway

@@ -144,6 +144,23 @@ class Limits(_Strict):
     extraction: ExtractionRules = Field(default_factory=lambda: ExtractionRules())
 
 
+@dataclass(frozen=True)
+class AdmissionDecision:
+    """The policy's one answer for one request (:meth:`AccessPolicy.decide`): admission and the routes read this
+    object and never ask the policy again, so every part of the request is decided under the same rules."""
+
+    entitlement: Entitlement  # to the requested version, before the catalog is read
+    grants: tuple[AdapterGrant, ...]  # the roles' adapter grants, for the version the request resolves to
+    logprobs: bool  # details / top_n_tokens / logprobs may be asked for and are returned
+    profile: LimitProfile  # the principal's buckets
+    adapter_limits: AdapterLimits  # the adapter's buckets, shared by all principals
+    extraction: ExtractionRules  # the extraction detector's rules
+
+    def allows(self, name: str, version: int, *, is_production: bool) -> bool:
+        """Whether a grant covers this published version (``production``: if it is the production one)."""
+        return any(grant.allows(name, version, is_production=is_production) for grant in self.grants)
+
+
 class AccessPolicy(_Strict):
     """The whole access policy file."""
 
@@ -190,22 +207,25 @@ class AccessPolicy(_Strict):
             for grant in self.roles[r].adapters
         )
 
-    def adapter_entitlement(self, roles: Iterable[str], name: str, version: int | None) -> Entitlement:
-        """The best entitlement any of the roles' grants gives to a requested version (None: 'production')."""
-        return max(
-            (grant.entitlement(name, version) for r in roles if r in self.roles for grant in self.roles[r].adapters),
-            default=Entitlement.NONE,
+    def decide(self, roles: Iterable[str], name: str, version: int | None) -> AdmissionDecision:
+        """Everything admission asks about one request, in one answer: the entitlement to the requested adapter
+        version (None: 'production'), the grants that check the version it resolves to, logprob rights, the most
+        generous limit profile among the roles (the default profile when they have none) and the shared limits."""
+        rules = [self.roles[r] for r in roles if r in self.roles]
+        grants = tuple(grant for rule in rules for grant in rule.adapters)
+        profiles = [self.limits.profiles[rule.limits] for rule in rules]
+        return AdmissionDecision(
+            entitlement=max((grant.entitlement(name, version) for grant in grants), default=Entitlement.NONE),
+            grants=grants,
+            logprobs=any(rule.logprobs for rule in rules),
+            profile=(
+                max(profiles, key=lambda p: (p.requests_per_minute, p.tokens_per_minute))
+                if profiles
+                else self.limits.profiles.get("default", LimitProfile())
+            ),
+            adapter_limits=self.limits.adapter,
+            extraction=self.limits.extraction,
         )
-
-    def may_logprobs(self, roles: Iterable[str]) -> bool:
-        return any(self.roles[r].logprobs for r in roles if r in self.roles)
-
-    def limit_profile(self, roles: Iterable[str]) -> LimitProfile:
-        """The most generous profile among the principal's roles (the default profile when it has none)."""
-        profiles = [self.limits.profiles[self.roles[r].limits] for r in roles if r in self.roles]
-        if not profiles:
-            return self.limits.profiles.get("default", LimitProfile())
-        return max(profiles, key=lambda p: (p.requests_per_minute, p.tokens_per_minute))
 
 
 def parse_policy(text: str, source: str = "<policy>") -> AccessPolicy:

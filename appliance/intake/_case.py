@@ -17,6 +17,7 @@ _STATE_SET = frozenset(STATES.split("|"))
 _PLACEHOLDER_WORD = re.compile(r"\[[A-Z]{2,10}\]")
 _UPPER = re.compile(r"[^\W\d_a-z]")  # letters that are not ASCII lower case (approximately: upper case)
 _LOWER = re.compile(r"[a-z]")
+_LONG_WORD = re.compile(r"(?<![\w-])[^\W\d_]{4,}(?![\w-])")  # 4+ letters, no digit: not "CKD3", "DM2", "NAD"
 
 
 def case_normalised(text: str) -> tuple[str, str]:
@@ -31,7 +32,7 @@ def case_normalised(text: str) -> tuple[str, str]:
     letters = upper + lower
     if letters < 8:
         return text, ""
-    if upper >= 0.6 * letters:
+    if upper >= 0.6 * letters and _words_mostly_capitals(letters_of):
         mode = "upper"
     elif upper <= 0.005 * letters:
         mode = "lower"
@@ -51,3 +52,13 @@ def case_normalised(text: str) -> tuple[str, str]:
         return one(word[0], True) + "".join(one(c, False) for c in word[1:])
 
     return re.sub(r"[^\W\d_]+", word_case, text), mode
+
+
+def _words_mostly_capitals(text: str) -> bool:
+    """Whether the words of 4+ letters are mostly in capitals: a mixed-case note dense with acronyms ("PMH: HTN,
+    DM2, CKD3. Meds: ASA 81, Lipitor 40") has most of its letters in capitals but not its words. Fewer than two
+    such words: the letter count alone decides."""
+    words = _LONG_WORD.findall(text)
+    if len(words) < 2:
+        return True
+    return sum(w.isupper() for w in words) >= 0.6 * len(words)

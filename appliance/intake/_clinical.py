@@ -80,6 +80,15 @@ Prolia Forteo Boniva Fosamax Evista Premarin Provera Yaz Flexeril Robaxin Skelax
 Neurontin Lyrica Ultram Narcan Suboxone Cymbalta Effexor Wellbutrin Remeron Desyrel Ambien Aricept Namenda Humira
 Enbrel Remicade Keytruda Opdivo Herceptin Avastin Rituxan Bactrim Cipro Levaquin Keflex Flagyl Diflucan Valtrex
 Tamiflu Medrol Decadron Solumedrol Benadryl Claritin Zyrtec Allegra Flonase Miralax Colace Senna Dulcolax Imodium
+penicillin cephalosporin carbapenem fluoroquinolone macrolide aminoglycoside tetracycline sulfonamide glycopeptide
+antibiotic antibiotics antiviral antifungal anticoagulant antiplatelet antihypertensive antiarrhythmic diuretic
+statin statins benzodiazepine opioid opiate corticosteroid steroid antihistamine antidepressant antipsychotic
+anticonvulsant antiepileptic bronchodilator anticholinergic antiemetic laxative vasopressor inotrope immunosuppressant
+biologic chemotherapy gentamicin tobramycin amikacin cefazolin cefepime ceftazidime linezolid daptomycin ampicillin
+nafcillin oxacillin ertapenem imipenem trimethoprim sulfamethoxazole rifampin isoniazid ivermectin norepinephrine
+epinephrine vasopressin dobutamine dopamine phenylephrine milrinone propofol midazolam ketamine dexmedetomidine
+methylprednisolone hydrocortisone dexamethasone labetalol hydralazine nitroglycerin nicardipine clonidine
+potassium magnesium sodium bicarbonate calcium phosphate glucose dextrose
 """
 )
 UNITS = _words(  # units and dosing words ("four times daily", "two tabs nightly")

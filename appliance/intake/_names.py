@@ -177,6 +177,14 @@ def _strip_common(tokens: list[str]) -> list[str]:
     return kept
 
 
+def _drop_leading_acronym(tokens: list[str], surnames: frozenset[str]) -> list[str]:
+    """No name after a trigger when the first token is a 2-3 letter acronym in capitals that no surname list holds
+    ("Pt: SOB", "Contact: ICU"); "Pt: LEE, John" and "NG, Thi" keep theirs."""
+    if tokens and tokens[0].isupper() and 2 <= len(tokens[0]) <= 3 and _key(tokens[0]) not in surnames:
+        return []
+    return tokens
+
+
 def _lexicon_run(
     tokens: list[str], given: frozenset[str], surnames: frozenset[str], *, first_free: bool = False
 ) -> list[str]:
@@ -287,6 +295,8 @@ def find_names(
 
     for pattern in (_HONORIFIC, _TRIGGER, _CREDENTIAL):
         for m in pattern.finditer(text):
+            if pattern is _TRIGGER and not lexicon_only and m.group("t") == "CC":
+                continue  # "CC: SOB" in mixed case is the chief complaint; a copy list is written "cc:" or "Cc:"
             value = m.group("v")
             tokens = _tokens(value)
             if pattern is _CREDENTIAL:
@@ -304,6 +314,8 @@ def find_names(
                 add_tokens(m.start("v") + offset, value[offset:], tokens)
                 continue
             tokens = _strip_common(tokens)
+            if pattern is _TRIGGER and not lexicon_only:
+                tokens = _drop_leading_acronym(tokens, surnames)
             if lexicon_only:
                 tokens = _lexicon_run(tokens, given, surnames, first_free=pattern is _HONORIFIC)
             elif pattern is _TRIGGER and tokens and not _STRONG_TRIGGERS.match(m.group("t")):

@@ -29,9 +29,10 @@ __all__ = [
 ]
 
 NAME_THRESHOLD = 0.5  # P(name) at or above which the scrubber replaces a token
-PLACE_THRESHOLD = 0.5  # P(place) at or above which a token is part of an [ADDRESS]
+PLACE_THRESHOLD = 0.2  # P(place) from which a token is part of an [ADDRESS] (0.5 before stop 14: see README)
 SUSPECT_THRESHOLD = 0.2  # the residual check's default: report more, replace nothing
 _LOWER_IN_MIXED = 0.8  # P(name) a word needs where case or position makes it doubtful (see _could_be_name)
+_FEW_WORDS = 4  # a lower-case text of fewer words than this has too little context for the tagger
 _UNKNOWN_IN_CAPS = 0.95  # P(name) a word outside the name lexicon needs in ALL-CAPS text
 # countries (and the words of their names): Safe Harbor keeps them, so they are neither a place to remove nor,
 # unless a given name ("Jordan", "Georgia"), a person ("[ADDRESS], Germany")
@@ -310,6 +311,9 @@ def tagged_spans(
     tokens: set[str] = set()
     places: list[tuple[int, int]] = []
     lex = lexicon()
+    # a few lower-case words ("iron supplement", a field or an answer) give the tagger no context: every word of
+    # the word-cased copy looks like a name. There only a given name of the lexicon is taken from it.
+    few_lower = mode == "lower" and len(_LETTERS.findall(text)) < _FEW_WORDS
     for start, end, p_name, p_place in tag_probabilities(text, mode, min(name_threshold, place_threshold)):
         if p_name < name_threshold and p_place < place_threshold:
             continue
@@ -319,7 +323,9 @@ def tagged_spans(
         if word.lower() in _COUNTRY_WORDS and (p_name < p_place or word.upper() not in lex.given):
             continue
         if p_name >= name_threshold and p_name >= p_place:
-            if not _could_be_name(word, mode, lex, p_name):
+            if not any(c.isalpha() for c in word) or not _could_be_name(word, mode, lex, p_name):
+                continue
+            if few_lower and word.upper() not in lex.given:
                 continue
             # "Draft a letter...", "Classify the...": a capitalised first word before a lower-case one is more
             # often a verb than a name; outside the lexicon it needs high confidence

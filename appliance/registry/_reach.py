@@ -4,8 +4,9 @@ The publication is already committed (and its event durable) when this runs: wha
 and the gateway never routes to a replica that lacks the adapter's published fingerprint. For each target, under
 the publish lock (so no other change rewrites the list meanwhile): each replica with its own ``list_path`` gets a
 copy of the target's signed list (the signature covers the bytes, so the copy verifies as the original), then
-every replica is asked to load it (``appliance.serving.reload_replicas``). One ``registry.reload`` audit event
-records the outcome per replica; nothing in it is free text.
+every replica is asked to load it (``appliance.serving.reload_replicas``); a replica on another host whose copy a
+push delivers (``sync_receipt``) is asked only once the push says it delivered that copy (``_delivery.py``). One
+``registry.reload`` audit event records the outcome per replica; nothing in it is free text.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -20,6 +22,7 @@ import structlog
 from appliance._fs import atomic_write
 from appliance.config import Settings
 from appliance.errors import ApplianceError, AuditUnavailable
+from appliance.registry._delivery import PendingDelivery, await_deliveries
 from appliance.registry._lists import entries
 from appliance.registry._service import Registry
 from appliance.registry._types import Actor
@@ -76,9 +79,13 @@ def _joined(items: Sequence[str]) -> str | None:
     return "|".join(kept + ([f"+{left}"] if left else [])) or None
 
 
-def _copy_lists(registry: Registry, settings: Settings, target: str) -> dict[str, ReplicaReload]:
-    """Write each replica's own copy of ``target``'s signed list; a replica whose copy failed, by name."""
+def _copy_lists(
+    registry: Registry, settings: Settings, target: str
+) -> tuple[dict[str, ReplicaReload], list[PendingDelivery]]:
+    """Write each replica's own copy of ``target``'s signed list: the replicas whose copy failed, by name, and the
+    copies written that a push must still deliver to their replica's host (``sync_receipt``)."""
     failed: dict[str, ReplicaReload] = {}
+    pending: list[PendingDelivery] = []
     source = registry.publisher.list_path(target)
     for replica in replicas_of(settings, target):
         if not replica.list_path:
@@ -88,10 +95,14 @@ def _copy_lists(registry: Registry, settings: Settings, target: str) -> dict[str
         try:
             data, signature = source.read_bytes(), signature_path(source).read_bytes()
             atomic_write(dest, data, mode=0o644)
-            atomic_write(signature_path(dest), signature, mode=0o644)
+            atomic_write(signature_path(dest), signature, mode=0o644)  # last: the push watches the signature
+            written_ns = signature_path(dest).stat().st_mtime_ns
         except OSError as exc:
             failed[name] = ReplicaReload(name, target, "failed", f"cannot write its list: {exc.strerror}")
-    return failed
+            continue
+        if replica.sync_receipt:
+            pending.append(PendingDelivery(name, target, Path(replica.sync_receipt), data, signature, written_ns))
+    return failed, pending
 
 
 def reach_replicas(
@@ -107,12 +118,18 @@ def reach_replicas(
 ) -> PublicationReport:
     """Make every replica of ``targets`` load what is published there now; record and return what each did.
 
-    ``reload=False`` only writes the replicas' own list copies (servers not started yet read them at start): the
-    report then lists only replicas whose copy could not be written."""
+    A replica whose copy a push delivers to its host (``sync_receipt``) is asked only once the push has delivered
+    that copy; one it did not reach within ``serving.sync_timeout_s`` is ``failed``, never asked.
+    ``reload=False`` only writes (and waits for the delivery of) the replicas' own list copies (servers not started
+    yet read them at start): the report then lists only replicas whose copy could not be written or delivered."""
     with registry.lists.lock():
         with registry.db.session("reading what is published") as s:
             published = {t: {e.served_id: e.fingerprint for e in entries(s, t)} for t in targets}
-        unwritten = {t: _copy_lists(registry, settings, t) for t in targets}
+        copied = {t: _copy_lists(registry, settings, t) for t in targets}
+        undelivered = await_deliveries(
+            [d for t in targets for d in copied[t][1]], settings.serving.sync_timeout_s
+        )  # a replica whose host did not get the list is not asked to load it
+        unwritten = {t: copied[t][0] | {d.replica: d for d in undelivered if d.kind == t} for t in targets}
         results = [r for t in targets for r in unwritten[t].values()]
         if reload:  # every target's replicas at once: one that is down holds up nobody
 

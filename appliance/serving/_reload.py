@@ -6,6 +6,8 @@
 - vLLM with ``serving.allow_runtime_lora_updates`` (``VLLM_ALLOW_RUNTIME_LORA_UPDATING``): the signed list and each
   adapter's files are checked as ``serve-launch`` checks them, then what is no longer published is unloaded and
   what is new loaded (``/v1/load_lora_adapter``), then ``/v1/models`` read back (ids only: vLLM reports none).
+- A vLLM replica whose list a push delivers to its host (``sync_receipt``) never takes runtime loads (``failed``):
+  the check above would run here, on files its host does not read; its host's serve-launch checks what arrived.
 - TGI, and vLLM without runtime updates: they load adapters only at start; the list change restarts them through
   ``appliance serve-launch`` (the ansible ``tgi`` role's path unit), which checks the signed list before it starts
   the server: ``restarting``. The gateway routes to them only once they serve the adapter.
@@ -138,6 +140,10 @@ async def _one(
 ) -> ReplicaReload:
     name = replica.name or replica_name(replica.url)
     cfg = settings.serving
+    if kind == "vllm" and cfg.allow_runtime_lora_updates and replica.sync_receipt:
+        # the check below runs on this host; the files vLLM would load are the pushed ones on its host, unchecked
+        why = "its list is pushed to its host, where runtime LoRA loading would check nothing: use serve-launch"
+        return ReplicaReload(name, kind, "failed", f"vllm {why}")
     if kind == "tgi" or (kind == "vllm" and not cfg.allow_runtime_lora_updates):
         why = "loads adapters only at start: serve-launch restarts it on the list change and checks it first"
         return ReplicaReload(name, kind, "restarting", f"{kind} {why}")

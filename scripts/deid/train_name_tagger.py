@@ -5,7 +5,7 @@ turns them into token features (``_tagger._features``) and fits a linear-chain C
 L1+L2). A share of the notes (``--scrubbed-share``) is also added as the scrubber leaves them: most identifiers
 replaced by their placeholders, a few left, so that the residual check's second pass over scrubbed text reads
 placeholders as what they stand for and still finds a name left beside one.
-Run: ``PYTHONPATH=$PWD .venv/bin/python scripts/deid/train_name_tagger.py [--notes 2500] [--seed 20261206]``.
+Run: ``PYTHONPATH=$PWD .venv/bin/python scripts/deid/train_name_tagger.py [--notes 4000] [--seed 20261206]``.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def main() -> int:
         os.environ["PYTHONHASHSEED"] = "0"
         os.execv(sys.executable, [sys.executable, *sys.argv])  # noqa: S606 - this script, same interpreter
     ap = argparse.ArgumentParser()
-    ap.add_argument("--notes", type=int, default=2500)
+    ap.add_argument("--notes", type=int, default=4000)
     ap.add_argument("--seed", type=int, default=20261206)
     ap.add_argument("--iterations", type=int, default=120)
     ap.add_argument("--out", type=Path, default=OUT)

@@ -1,8 +1,9 @@
-"""Render roles' templates with ansible-playbook, touching no host: the one way the provisioning tests do it.
+"""Render roles' templates with ansible-playbook for hosts of an inventory, touching no host: one play with the
+roles (their defaults and vars, no tasks: only the `render` tag runs) and one template task per file.
 
-A render play runs the roles for their defaults and vars (their tasks are skipped: ``--tags render``) and then
-template tasks that write each file under a test directory. Plays are built as data and written as YAML, so a
-Jinja expression (``{{ inventory_hostname }}``) is a plain string here.
+:func:`render` writes each :class:`Template` as ``<out>/<inventory_hostname>.<suffix>``; :func:`run_play` runs a
+play built by hand (other destinations, other tasks) from :func:`template_task`. Plays are data written as JSON
+(which is YAML), so a Jinja expression is a plain string here.
 """
 
 from __future__ import annotations
@@ -11,81 +12,81 @@ import json
 import secrets
 import subprocess
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tests.ansible.conftest import ANSIBLE_DIR, BIN, ansible_env
 
-__all__ = ["HOST", "ROLES", "appliance_env", "appliance_toml", "play", "render", "template"]
+__all__ = ["HOST", "ROLES", "Template", "render", "run_play", "template_task"]
 
 ROLES = ANSIBLE_DIR / "roles"
-HOST = "{{ inventory_hostname }}"  # a file per host: f"{out}/{HOST}.toml"
+HOST = "{{ inventory_hostname }}"
 
 
-def template(
+@dataclass(frozen=True)
+class Template:
+    """One template of a role, rendered for each host where ``when`` holds (a Jinja condition)."""
+
+    src: str  # relative to ansible/roles, e.g. network/templates/nftables.conf.j2
+    suffix: str  # the rendered file: <out>/<host>.<suffix>
+    when: str | None = None
+    vars: dict[str, Any] = field(default_factory=dict)
+    mode: str = "0600"
+    no_log: bool = False  # the file holds a secret: ansible-playbook must not show it
+
+
+def template_task(
     name: str,
     src: str,
     dest: str,
     *,
     mode: str = "0600",
     no_log: bool = False,
+    when: str | None = None,
     variables: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A task that renders the role template ``src`` (relative to ansible/roles) to ``dest``, tagged render;
-    ``no_log`` for a file that holds a secret."""
+    """A task that renders the role template ``src`` (relative to ansible/roles) to ``dest``, tagged render."""
     task: dict[str, Any] = {
         "name": name,
         "ansible.builtin.template": {"src": str(ROLES / src), "dest": dest, "mode": mode},
+        "tags": ["render"],
     }
     if no_log:
         task["no_log"] = True
+    if when:
+        task["when"] = when
     if variables:
         task["vars"] = dict(variables)
-    task["tags"] = ["render"]
     return task
 
 
-def appliance_toml(out: Path | str, stem: str = HOST) -> dict[str, Any]:
-    """The appliance role's settings, as ``<out>/<stem>.toml``."""
-    return template("Render the appliance's settings", "appliance/templates/appliance.toml.j2", f"{out}/{stem}.toml")
-
-
-def appliance_env(out: Path | str, stem: str = HOST) -> dict[str, Any]:
-    """The appliance role's secrets file, as ``<out>/<stem>.env`` (not logged)."""
-    return template(
-        "Render the appliance's secrets file", "appliance/templates/appliance.env.j2", f"{out}/{stem}.env", no_log=True
-    )
-
-
-def play(name: str, hosts: str, roles: Sequence[str], tasks: Sequence[Mapping[str, Any]]) -> str:
-    """A render play as YAML: the roles' variables for ``hosts`` (over a local connection), then ``tasks``."""
-    body = {
-        "name": name,
-        "hosts": hosts,
-        "connection": "local",
-        "gather_facts": False,
-        "roles": list(roles),
-        "post_tasks": [dict(t) for t in tasks],
-    }
-    return yaml.safe_dump([body], sort_keys=False, width=1000)
-
-
-def render(
+def run_play(
     inventory: str,
-    play_yaml: str,
+    hosts: str,
+    roles: Sequence[str],
+    tasks: Sequence[Mapping[str, Any]],
     work: Path,
     *,
     extra: Mapping[str, object] | None = None,
     args: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
-    """ansible-playbook --tags render on the play, which must succeed (else the test fails with the end of its
-    output). The extra variables (they may hold a password) go in a 0600 file, removed afterwards; ``args`` are
-    more ansible-playbook arguments (``--limit``, ``--skip-tags``)."""
+    """ansible-playbook --tags render on one play (``roles`` loaded for ``hosts`` over a local connection, then
+    ``tasks``), which must succeed (else the test fails with the end of its output). The extra variables (they may
+    hold a password) go in a 0600 file, removed afterwards; ``args`` are more ansible-playbook arguments."""
     name = secrets.token_hex(4)
+    play = [
+        {
+            "name": "Render",
+            "hosts": hosts,
+            "connection": "local",
+            "gather_facts": False,
+            "roles": list(roles),
+            "post_tasks": [dict(t) for t in tasks],
+        }
+    ]
     play_file = work / f"render-{name}.yml"
-    play_file.write_text(play_yaml)
+    play_file.write_text(json.dumps(play))  # JSON is YAML
     command = [str(BIN / "ansible-playbook"), "-i", inventory, str(play_file), "--tags", "render", *args]
     extra_file = work / f"extra-{name}.json"
     if extra is not None:
@@ -105,3 +106,33 @@ def render(
         extra_file.unlink(missing_ok=True)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
     return done
+
+
+def render(
+    inventory: str,
+    hosts: str,
+    out: Path,
+    roles: list[str],
+    templates: list[Template],
+    extra_vars: dict[str, Any] | None = None,
+    *,
+    skip_always: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """Render ``templates`` for ``hosts`` of ``inventory`` (a path under ansible/) with ``roles`` loaded."""
+    tasks = [
+        template_task(
+            f"Render {t.src}",
+            t.src,
+            f"{out}/{HOST}.{t.suffix}",
+            mode=t.mode,
+            no_log=t.no_log,
+            when=t.when,
+            variables=t.vars,
+        )
+        for t in templates
+    ]
+    # the Redis password is looked up in Vault for the real hospital; any value renders the same settings
+    extra = {"redis_gateway_password": "render-only", **(extra_vars or {})}
+    return run_play(
+        inventory, hosts, roles, tasks, out, extra=extra, args=["--skip-tags", "always"] if skip_always else []
+    )

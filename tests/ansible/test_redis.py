@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ansible._render import HOST, ROLES, appliance_env, appliance_toml, play, render, template
+from tests.ansible._render import ROLES, Template, render, run_play, template_task
 from tests.fixtures.processes import stop_process
 
 pytestmark = [pytest.mark.ansible, pytest.mark.redis]
@@ -44,8 +44,9 @@ USER = "appliance-gw"  # the role's default redis_gateway_user
 MAXMEMORY = "4mb"  # small, so that the memory test fills it quickly
 
 
-def _local_play(out: Path) -> str:
-    """The redis role's files and the appliance role's settings for a local test server."""
+def _render_local(out: Path, work: Path, extra: dict[str, object]) -> str:
+    """The redis role's files and the appliance role's settings for a local test server (their defaults and vars at
+    role precedence; their tasks are skipped); ansible-playbook's output."""
     version = {
         "name": "Read the server's version as the role does",
         "ansible.builtin.include_tasks": {
@@ -54,35 +55,26 @@ def _local_play(out: Path) -> str:
         },
         "tags": ["render"],
     }
-    return play(
-        "Render the redis role's files and the appliance role's settings for a local test server",
-        "localhost",
-        ["redis", "appliance"],  # their defaults and vars at role precedence; their tasks are skipped (--tags render)
-        [
-            version,
-            template("Render the ACL file", "redis/templates/users.acl.j2", "{{ redis_acl_file }}", no_log=True),
-            template("Render the server configuration", "redis/templates/redis.conf.j2", "{{ redis_config_file }}"),
-            template(
-                "Render the configuration check", "redis/templates/redis-check.py.j2", f"{out}/redis-check", mode="0755"
-            ),
-            appliance_toml(out, "appliance"),
-            appliance_env(out, "appliance"),
-        ],
-    )
+    tasks = [
+        version,
+        template_task("Render the ACL file", "redis/templates/users.acl.j2", "{{ redis_acl_file }}", no_log=True),
+        template_task("Render the server configuration", "redis/templates/redis.conf.j2", "{{ redis_config_file }}"),
+        template_task("Render the check", "redis/templates/redis-check.py.j2", f"{out}/redis-check", mode="0755"),
+        template_task("Render the settings", "appliance/templates/appliance.toml.j2", f"{out}/appliance.toml"),
+        template_task(
+            "Render the secrets file", "appliance/templates/appliance.env.j2", f"{out}/appliance.env", no_log=True
+        ),
+    ]
+    done = run_play("localhost,", "localhost", ["redis", "appliance"], tasks, work, extra=extra)
+    return done.stdout + done.stderr
 
 
-def _hospital_play(out: Path) -> str:
-    """The hospital inventory's rulesets and gateway settings."""
-    return play(
-        "Render the hospital inventory's rulesets and gateway settings",
-        "gw1:gpu1:vault1",
-        ["network", "appliance"],
-        [
-            template("Render the ruleset", "network/templates/nftables.conf.j2", f"{out}/{HOST}.nft"),
-            appliance_toml(out),
-            appliance_env(out),
-        ],
-    )
+# The hospital inventory's rulesets and gateway settings.
+HOSPITAL_FILES = [
+    Template("network/templates/nftables.conf.j2", "nft"),
+    Template("appliance/templates/appliance.toml.j2", "toml"),
+    Template("appliance/templates/appliance.env.j2", "env", no_log=True),
+]
 
 
 def _free_port() -> int:
@@ -295,8 +287,7 @@ def server() -> Iterator[Server]:
                 "gateway": {"session_idle_timeout_s": 1},
             },
         }
-        rendered = render("localhost,", _local_play(out), work, extra=extra)
-        render_output = rendered.stdout + rendered.stderr
+        render_output = _render_local(out, work, extra)
         for name in ("server.pem", "server.key", "ca.pem"):  # what the role's tls.yml copies
             shutil.copyfile(pki[name], config_dir / "tls" / name)
         files = [config_dir / "redis.conf", config_dir / "users.acl", *(config_dir / "tls").iterdir()]
@@ -677,7 +668,12 @@ def test_hospital_inventory_opens_redis_to_the_gateways_only(tmp_path: Path) -> 
     tmp_path.chmod(0o700)
     password = secrets.token_hex(32)
     rendered = render(
-        "inventories/hospital/hosts.yml", _hospital_play(tmp_path), tmp_path, extra={"redis_gateway_password": password}
+        "inventories/hospital/hosts.yml",
+        "gw1:gpu1:vault1",
+        tmp_path,
+        ["network", "appliance"],
+        HOSPITAL_FILES,
+        {"redis_gateway_password": password},
     )
     in_output = password in rendered.stdout + rendered.stderr
     assert not in_output, "the password is in ansible-playbook's output"

@@ -11,18 +11,20 @@ from pathlib import Path
 import pytest
 
 from appliance.config import ServingSettings
-from tests.ansible._render import HOST, appliance_toml, play, render, template
+from tests.ansible._render import Template, render
 
 pytestmark = [pytest.mark.ansible, pytest.mark.slow]
 
+RULESET_AND_SETTINGS = [
+    Template("network/templates/nftables.conf.j2", "nft"),
+    Template("appliance/templates/appliance.toml.j2", "toml"),
+]
+
 
 def _render(inventory: str, hosts: str, out: Path, *extra: str) -> None:
-    """The gateway's settings and the rulesets of ``hosts``."""
-    ruleset = template("Render the ruleset", "network/templates/nftables.conf.j2", f"{out}/{HOST}.nft")
-    tasks = [ruleset, appliance_toml(out)]
-    rendered = play("Render the gateway's settings and the rulesets", hosts, ["network", "appliance"], tasks)
-    # the Redis password is looked up in Vault for the real hospital; any value renders the same settings
-    render(inventory, rendered, out, args=["-e", "redis_gateway_password=render-only", *extra])
+    """Each host's ruleset and appliance settings (``extra``: NAME=VALUE extra variables)."""
+    variables = dict(item.split("=", 1) for item in extra)
+    render(inventory, hosts, out, ["network", "appliance"], RULESET_AND_SETTINGS, variables)
 
 
 def test_hospital_gateway_routes_among_the_three_gpu_nodes(tmp_path: Path) -> None:
@@ -58,7 +60,7 @@ def test_single_node_keeps_its_one_local_engine(tmp_path: Path) -> None:
 def test_molecule_ruleset_opens_the_model_server_to_its_gateway_hosts(tmp_path: Path) -> None:
     """The Molecule host's ruleset (what tests/ansible/test_network.py probes) lets 10.42.0.1 and .3 reach the
     model server port, and passes nft -c."""
-    _render("molecule/inventory/single-node.yml", "node1", tmp_path, "-e", "ansible_connection=local")
+    _render("molecule/inventory/single-node.yml", "node1", tmp_path, "ansible_connection=local")
     ruleset = (tmp_path / "node1.nft").read_text()
     assert (
         "set serving_clients { type ipv4_addr; flags interval; elements = { 10.42.0.1/32, 10.42.0.3/32 }; }" in ruleset

@@ -8,32 +8,26 @@ from pathlib import Path
 
 import pytest
 
-from tests.ansible._render import HOST, ROLES, appliance_env, appliance_toml, play, render, template
+from tests.ansible._render import ROLES, Template, render
 
 pytestmark = [pytest.mark.ansible, pytest.mark.slow]
 
 
-def _play(out: Path) -> str:
-    """The appliance role's settings and secrets file for every host that runs it, and the gateway's unit."""
-    gateway_unit = template(
-        "Render the gateway's unit (its Environment= lines)",
+# The appliance role's settings and secrets file for every host that runs it, and the gateway's unit.
+SETTINGS_FILES = [
+    Template("appliance/templates/appliance.toml.j2", "toml"),
+    Template("appliance/templates/appliance.env.j2", "env", no_log=True),
+    Template(
         "appliance/templates/unit.service.j2",
-        f"{out}/{HOST}.gateway.service",
-        variables={
+        "gateway.service",
+        vars={
             "appliance_unit": "appliance-gateway",
             "appliance_unit_description": "the gateway",
             "appliance_unit_exec": "/bin/true",
             "appliance_unit_audit_writer": "{{ appliance_gateway_audit_writer }}",
         },
-    )
-    return play(
-        "Render the appliance role's settings and secrets file for every host that runs it",
-        "vault:gateway:gpu_nodes",
-        ["appliance"],
-        [appliance_toml(out), appliance_env(out), gateway_unit],
-    )
-
-
+    ),
+]
 # The role's optional branches: the gateway's TLS files, the shared state store with mutual TLS, secrets.
 BRANCHES = {
     "appliance_gateway_tls_cert_src": "/control/gateway.pem",
@@ -60,7 +54,7 @@ def _unit_environment(unit: Path) -> dict[str, str]:
 
 def _render(inventory: str, extra: dict[str, object], out: Path) -> list[str]:
     """ansible-playbook --tags render; the hosts it rendered for."""
-    render(inventory, _play(out), out, extra=extra)
+    render(inventory, "vault:gateway:gpu_nodes", out, ["appliance"], SETTINGS_FILES, extra)
     return sorted(p.stem for p in out.glob("*.toml"))
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ansible._render import HOST, play, render, template
+from tests.ansible._render import Template, render
 from tests.serving.conftest import pin_publication_keys, sign_list
 
 pytestmark = [pytest.mark.ansible, pytest.mark.slow]
@@ -24,6 +24,11 @@ pytestmark = [pytest.mark.ansible, pytest.mark.slow]
 VENV_APPLIANCE = "/opt/appliance/venv/bin/appliance"
 PINNED = "/etc/appliance-serving/publication-keys.json"
 IMAGES = {"tgi": "ghcr.io/huggingface/text-generation-inference:3.3.6", "vllm": "docker.io/vllm/vllm-openai:v0.11.0"}
+TGI_FILES = [
+    Template("tgi/templates/service.j2", "service"),
+    Template("tgi/templates/container.j2", "container"),
+    Template("tgi/templates/vllm-launch.py.j2", "vllm-launch.py"),
+]
 # Writes its argv and LORA_ADAPTERS as JSON to $RECORD (stands in for podman and for vllm).
 RECORDER = """#!{python}
 import json, os, sys
@@ -33,15 +38,9 @@ with open(os.environ["RECORD_" + os.path.basename(sys.argv[0]).upper()], "w") as
 
 
 def _render(inventory: str, out: Path, unit_style: str = "service") -> None:
-    """The tgi role's podman-run unit, quadlet and vLLM launcher script for every GPU node."""
-    tasks = [
-        template("Render the unit", "tgi/templates/service.j2", f"{out}/{HOST}.service"),
-        template("Render the quadlet", "tgi/templates/container.j2", f"{out}/{HOST}.container"),
-        template("Render the vLLM launcher script", "tgi/templates/vllm-launch.py.j2", f"{out}/{HOST}.vllm-launch.py"),
-    ]
-    rendered = play("Render the tgi role's podman-run unit and vLLM launcher script", "gpu_nodes", ["tgi"], tasks)
-    # the unit style (vars/Debian-12.yml: service), without gathering facts
-    render(inventory, rendered, out, extra={"tgi_unit_style": unit_style}, args=["--skip-tags", "always"])
+    """The tgi role's podman-run unit, quadlet and vLLM launcher script for every GPU node; the unit style
+    (vars/Debian-12.yml: service) given, without gathering facts."""
+    render(inventory, "gpu_nodes", out, ["tgi"], TGI_FILES, {"tgi_unit_style": unit_style}, skip_always=True)
 
 
 def _exec_start(unit: Path) -> tuple[list[str], dict[str, str]]:
@@ -82,7 +81,7 @@ def _signed_list(engine: str, path: Path, adapters: dict[str, dict[str, str]]) -
 @pytest.mark.parametrize(
     ("inventory", "host", "engine", "listed"),
     [
-        ("inventories/hospital/hosts.yml", "gpu1", "vllm", "/srv/appliance/serving/vllm/lora_modules.json"),
+        ("inventories/hospital/hosts.yml", "gpu1", "vllm", "/srv/appliance/serving/replicas/gpu1/lora_modules.json"),
         ("inventories/single-node/hosts.yml", "node1", "tgi", "/srv/appliance/serving/tgi/lora_adapters.env"),
     ],
     ids=["hospital-vllm", "single-node-tgi"],

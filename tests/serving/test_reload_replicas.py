@@ -183,3 +183,15 @@ async def test_vllm_loads_at_run_time_when_allowed_and_tgi_restarts(data_dir: Pa
         [refused] = await reload_replicas(runtime, "vllm", {"triage-v1": fingerprint})
     assert refused.outcome == "failed" and "does not match the published digest" in (refused.reason or "")
     assert vllm.holdings == {} and "/v1/load_lora_adapter" not in vllm.calls
+
+
+async def test_a_pushed_vllm_replica_never_takes_runtime_loads(data_dir: Path) -> None:
+    """A vLLM replica whose list a push delivers to its host (sync_receipt) is not asked to load at run time, even
+    with runtime updates on: the files it would load were never checked on its host; it fails, never called."""
+    vllm = Server({})
+    async with servers(vllm) as urls:
+        pushed = {"url": urls[0], "kind": "vllm", "name": "gpu2", "sync_receipt": str(data_dir / "gpu2.json")}
+        settings = _settings(data_dir, [pushed], allow_runtime_lora_updates=True, vllm_base_model_name="base")
+        [result] = await reload_replicas(settings, "vllm", {"triage-v1": FP_A})
+    assert result.outcome == "failed" and "serve-launch" in (result.reason or "")
+    assert vllm.calls == []

@@ -1,4 +1,5 @@
-"""Helpers the route modules share: the Gateway from app state, the audit/fingerprint headers, SSE framing."""
+"""Helpers the route modules share: the dependencies' types, the Gateway from app state, the audit/fingerprint
+headers, SSE framing."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from typing import Any, TypeAlias
 from litestar import Request
 from litestar.di import NamedDependency
 
+from appliance.gateway._context import Ctx
 from appliance.gateway._service import Gateway
 from appliance.gateway.ports import AdapterRef
 
 GatewayDep: TypeAlias = NamedDependency[Gateway]  # the façade, provided by the app as the "gw" dependency
+CtxDep: TypeAlias = NamedDependency[Ctx]  # the authorised request, the handler's "ctx" dependency (routes/_deps.py)
 
 
 def gateway_of(request: Request[Any, Any, Any]) -> Gateway:

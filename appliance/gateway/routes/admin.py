@@ -5,14 +5,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from litestar import Request, Response, delete, get, post
+from litestar import Response, delete, get, post
+from litestar.params import FromPath, JSONBody
 
 from appliance.audit import system_actor
 from appliance.errors import AuditUnavailable, ConfigError, PolicyViolation, Unauthenticated, ValidationFailed
 from appliance.gateway._service import Ctx, Gateway
 from appliance.gateway.auth.apikeys import ApiKeyInfo, check_new_key, scopes_detail
 from appliance.gateway.breakglass import Grant
-from appliance.gateway.routes._common import GatewayDep
+from appliance.gateway.routes._access import api
+from appliance.gateway.routes._common import CtxDep, GatewayDep
 from appliance.gateway.schemas import ApiKeyCreate, BreakGlassCreate
 
 SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -170,31 +172,53 @@ async def reload_policy(gw: Gateway, ctx: Ctx | None) -> tuple[bool, str, str]:
     return True, "policy reloaded", new
 
 
-@get("/v1/admin/keys", summary="List API keys (never their secrets)", tags=["admin"], security=SECURITY)
-async def list_keys(request: Request[Any, Any, Any], gw: GatewayDep) -> dict[str, Any]:
-    await gw.require(request, "admin.keys")
+@get(
+    "/v1/admin/keys",
+    summary="List API keys (never their secrets)",
+    tags=["admin"],
+    security=SECURITY,
+    opt=api("admin.keys"),
+)
+async def list_keys(ctx: CtxDep, gw: GatewayDep) -> dict[str, Any]:
     return {"keys": [key_json(i) for i in gw.apikeys.list()]}
 
 
-@post("/v1/admin/keys", summary="Create an API key (shown once)", tags=["admin"], security=SECURITY, status_code=201)
-async def post_key(request: Request[Any, Any, Any], gw: GatewayDep, data: ApiKeyCreate) -> Response[Any]:
-    ctx = await gw.require(request, "admin.keys")
+@post(
+    "/v1/admin/keys",
+    summary="Create an API key (shown once)",
+    tags=["admin"],
+    security=SECURITY,
+    status_code=201,
+    opt=api("admin.keys"),
+)
+async def post_key(ctx: CtxDep, gw: GatewayDep, data: JSONBody[ApiKeyCreate]) -> Response[Any]:
     key, info, audit_id = await create_key(gw, ctx, data.name, data.scopes, data.ttl_s)
     return Response(
         {"key": key, **key_json(info)}, status_code=201, headers={"X-Audit-Id": audit_id, "Cache-Control": "no-store"}
     )
 
 
-@delete("/v1/admin/keys/{key_id:str}", summary="Revoke an API key", tags=["admin"], security=SECURITY, status_code=200)
-async def delete_key(request: Request[Any, Any, Any], gw: GatewayDep, key_id: str) -> Response[Any]:
-    ctx = await gw.require(request, "admin.keys")
+@delete(
+    "/v1/admin/keys/{key_id:str}",
+    summary="Revoke an API key",
+    tags=["admin"],
+    security=SECURITY,
+    status_code=200,
+    opt=api("admin.keys"),
+)
+async def delete_key(ctx: CtxDep, gw: GatewayDep, key_id: FromPath[str]) -> Response[Any]:
     info, audit_id = await revoke_key(gw, ctx, key_id)
     return Response(key_json(info), headers={"X-Audit-Id": audit_id})
 
 
-@get("/v1/admin/breakglass", summary="List break-glass grants", tags=["admin"], security=SECURITY)
-async def list_grants(request: Request[Any, Any, Any], gw: GatewayDep) -> dict[str, Any]:
-    await gw.require(request, "admin.breakglass")
+@get(
+    "/v1/admin/breakglass",
+    summary="List break-glass grants",
+    tags=["admin"],
+    security=SECURITY,
+    opt=api("admin.breakglass"),
+)
+async def list_grants(ctx: CtxDep, gw: GatewayDep) -> dict[str, Any]:
     return {"grants": [grant_json(g) for g in gw.breakglass.list()]}
 
 
@@ -204,9 +228,9 @@ async def list_grants(request: Request[Any, Any, Any], gw: GatewayDep) -> dict[s
     tags=["admin"],
     security=SECURITY,
     status_code=201,
+    opt=api("admin.breakglass"),
 )
-async def post_grant(request: Request[Any, Any, Any], gw: GatewayDep, data: BreakGlassCreate) -> Response[Any]:
-    ctx = await gw.require(request, "admin.breakglass")
+async def post_grant(ctx: CtxDep, gw: GatewayDep, data: JSONBody[BreakGlassCreate]) -> Response[Any]:
     g, audit_id = await grant_breakglass(gw, ctx, data)
     return Response(grant_json(g), status_code=201, headers={"X-Audit-Id": audit_id})
 
@@ -217,17 +241,21 @@ async def post_grant(request: Request[Any, Any, Any], gw: GatewayDep, data: Brea
     tags=["admin"],
     security=SECURITY,
     status_code=200,
+    opt=api("admin.breakglass"),
 )
-async def delete_grant(request: Request[Any, Any, Any], gw: GatewayDep, grant_id: str) -> Response[Any]:
-    ctx = await gw.require(request, "admin.breakglass")
+async def delete_grant(ctx: CtxDep, gw: GatewayDep, grant_id: FromPath[str]) -> Response[Any]:
     g, audit_id = await revoke_breakglass(gw, ctx, grant_id)
     return Response(grant_json(g), headers={"X-Audit-Id": audit_id})
 
 
 @post(
-    "/v1/admin/policy/reload", summary="Reload policies/access.yaml", tags=["admin"], security=SECURITY, status_code=200
+    "/v1/admin/policy/reload",
+    summary="Reload policies/access.yaml",
+    tags=["admin"],
+    security=SECURITY,
+    status_code=200,
+    opt=api("admin.policy"),
 )
-async def post_reload(request: Request[Any, Any, Any], gw: GatewayDep) -> Response[Any]:
-    ctx = await gw.require(request, "admin.policy")
+async def post_reload(ctx: CtxDep, gw: GatewayDep) -> Response[Any]:
     ok, message, sha = await reload_policy(gw, ctx)
     return Response({"applied": ok, "message": message, "sha256": sha}, status_code=200 if ok else 422)

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from litestar import Request, Response, post
+from litestar import Response, post
+from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 
 from appliance.errors import ApplianceError
-from appliance.gateway.routes._common import GatewayDep, error_body, sse, trace_headers
+from appliance.gateway.routes._access import api
+from appliance.gateway.routes._common import CtxDep, GatewayDep, error_body, sse, trace_headers
 from appliance.gateway.schemas import InferenceRequest, InferenceResponse
 from appliance.protocols import TokenEvent
 
@@ -23,11 +25,11 @@ SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
     tags=["inference"],
     security=SECURITY,
     status_code=200,
+    opt=api("inference"),
 )
 async def inference(
-    request: Request[Any, Any, Any], gw: GatewayDep, name: str, version: str, data: InferenceRequest
+    ctx: CtxDep, gw: GatewayDep, name: FromPath[str], version: FromPath[str], data: JSONBody[InferenceRequest]
 ) -> Response[Any]:
-    ctx = await gw.require(request, "inference")
     admitted = await gw.admit(ctx, name, version, data.inputs, wants_logprobs=data.parameters.wants_logprobs())
     gen = await gw.generate(admitted, data.parameters.to_params())
     body = InferenceResponse(
@@ -42,13 +44,13 @@ async def inference(
     tags=["inference"],
     security=SECURITY,
     status_code=200,
+    opt=api("inference"),
 )
 async def inference_stream(
-    request: Request[Any, Any, Any], gw: GatewayDep, name: str, version: str, data: InferenceRequest
+    ctx: CtxDep, gw: GatewayDep, name: FromPath[str], version: FromPath[str], data: JSONBody[InferenceRequest]
 ) -> Stream:
-    ctx = await gw.require(request, "inference")
     admitted = await gw.admit(ctx, name, version, data.inputs, wants_logprobs=data.parameters.wants_logprobs())
-    logprobs_ok = ctx.policy.may_logprobs(ctx.roles)
+    logprobs_ok = admitted.decision.logprobs  # the policy's decision this request was admitted under
     events = await gw.open_stream(admitted, data.parameters.to_params())
 
     async def body() -> AsyncIterator[bytes]:

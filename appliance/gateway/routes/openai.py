@@ -6,12 +6,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from litestar import Request, Response, get, post
+from litestar import Response, get, post
+from litestar.params import JSONBody
 from litestar.response import Stream
 
 from appliance.errors import ApplianceError, NotFound
 from appliance.gateway._service import Ctx, Gateway
-from appliance.gateway.routes._common import FINISH, GatewayDep, error_body, gateway_of, sse, trace_headers
+from appliance.gateway.routes._access import api
+from appliance.gateway.routes._common import FINISH, CtxDep, GatewayDep, error_body, sse, trace_headers
 from appliance.gateway.schemas import ChatCompletionRequest, CompletionRequest, render_chat
 from appliance.ids import random_uuid
 
@@ -26,11 +28,7 @@ async def _model_name(gw: Gateway, ctx: Ctx, model: str) -> tuple[str, str]:
     return name, version
 
 
-async def _complete(
-    request: Request[Any, Any, Any], data: ChatCompletionRequest | CompletionRequest, chat: bool
-) -> Any:
-    gw = gateway_of(request)
-    ctx = await gw.require(request, "openai")
+async def _complete(gw: Gateway, ctx: Ctx, data: ChatCompletionRequest | CompletionRequest, chat: bool) -> Any:
     name, version = await _model_name(gw, ctx, data.model)
     prompt = render_chat(data.messages) if isinstance(data, ChatCompletionRequest) else data.prompt
     admitted = await gw.admit(ctx, name, version, prompt, wants_logprobs=data.wants_logprobs())
@@ -85,19 +83,26 @@ async def _complete(
     tags=["openai"],
     security=SECURITY,
     status_code=200,
+    opt=api("openai"),
 )
-async def chat_completions(request: Request[Any, Any, Any], data: ChatCompletionRequest) -> Any:
-    return await _complete(request, data, chat=True)
+async def chat_completions(ctx: CtxDep, gw: GatewayDep, data: JSONBody[ChatCompletionRequest]) -> Any:
+    return await _complete(gw, ctx, data, chat=True)
 
 
-@post("/v1/completions", summary="OpenAI-compatible completion", tags=["openai"], security=SECURITY, status_code=200)
-async def completions(request: Request[Any, Any, Any], data: CompletionRequest) -> Any:
-    return await _complete(request, data, chat=False)
+@post(
+    "/v1/completions",
+    summary="OpenAI-compatible completion",
+    tags=["openai"],
+    security=SECURITY,
+    status_code=200,
+    opt=api("openai"),
+)
+async def completions(ctx: CtxDep, gw: GatewayDep, data: JSONBody[CompletionRequest]) -> Any:
+    return await _complete(gw, ctx, data, chat=False)
 
 
-@get("/v1/models", summary="The adapters the caller may use", tags=["openai"], security=SECURITY)
-async def models(request: Request[Any, Any, Any], gw: GatewayDep) -> Response[Any]:
-    ctx = await gw.require(request, "models")
+@get("/v1/models", summary="The adapters the caller may use", tags=["openai"], security=SECURITY, opt=api("models"))
+async def models(ctx: CtxDep, gw: GatewayDep) -> Response[Any]:
     items = []
     for a in await gw.visible_adapters(ctx):
         items.append(

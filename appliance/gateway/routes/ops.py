@@ -9,15 +9,16 @@ from litestar import Request, Response, get
 
 from appliance.errors import PermissionDenied, StateStoreUnavailable, Unauthenticated
 from appliance.gateway._service import Ctx, constant_time_equals
+from appliance.gateway.routes._access import public
 from appliance.gateway.routes._common import GatewayDep
 
 
-@get("/healthz", summary="Liveness", tags=["ops"])
+@get("/healthz", summary="Liveness", tags=["ops"], opt=public())
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz", summary="Readiness: backend, audit store and key service", tags=["ops"])
+@get("/readyz", summary="Readiness: backend, audit store and key service", tags=["ops"], opt=public())
 async def readyz(request: Request[Any, Any, Any], gw: GatewayDep) -> Response[Any]:
     checks = await gw.readiness()
     ok = all(checks.values())
@@ -39,7 +40,12 @@ def _loopback(request: Request[Any, Any, Any]) -> bool:
         return False
 
 
-@get("/metrics", summary="Prometheus metrics (metrics token, a role with 'metrics', or loopback)", tags=["ops"])
+@get(
+    "/metrics",
+    summary="Prometheus metrics (metrics token, a role with 'metrics', or loopback)",
+    tags=["ops"],
+    opt=public(),  # it checks its caller itself: a token, a role (asked here, refusals bounded) or loopback
+)
 async def metrics(request: Request[Any, Any, Any], gw: GatewayDep) -> Response[bytes]:
     token = gw.settings.gateway.metrics_token
     header = request.headers.get("authorization", "")

@@ -16,6 +16,7 @@ import re
 
 from appliance.intake._tagger._filler import Filler, faker_for
 from appliance.intake._tagger._labels import Note, Phi, Writer
+from appliance.intake._tagger._shorthand import shorthand_lines
 from appliance.intake._tagger._templates import TEMPLATES
 from appliance.intake._tagger._vocab import EPONYMS, LOCALES, translit
 
@@ -29,6 +30,7 @@ def generate_notes(n: int, seed: int, family: str = "heldout") -> list[Note]:
     if family not in LOCALES:
         raise ValueError(f"family must be one of {sorted(LOCALES)}")
     rng = random.Random(seed)
+    extra = random.Random(seed + 1)  # the shorthand's own stream: the notes around it stay what they were
     from faker import Faker
 
     Faker.seed(seed)
@@ -45,6 +47,9 @@ def generate_notes(n: int, seed: int, family: str = "heldout") -> list[Note]:
         prose = faker_for("en_US")  # ordinary English prose between the lines: words that are not names
         for _ in range(rng.randint(1, 4)):
             chosen.insert(rng.randint(1, len(chosen)), prose.sentence(nb_words=rng.randint(6, 16)))
+        if family == "train" and not (filler.lower or upper):  # shorthand in mixed case only (see _shorthand)
+            for line in shorthand_lines(extra, extra.randint(2, 6)):
+                chosen.insert(extra.randint(1, len(chosen)), line)
         for line in chosen:
             if filler.lower:
                 line = line.lower()

@@ -6,13 +6,15 @@ import re
 from typing import Any
 
 from litestar import Request, get, post
+from litestar.params import FromPath
 from litestar.response import Template
 
 from appliance.errors import ApplianceError
 from appliance.gateway._context import Ctx
 from appliance.gateway.routes import admin as admin_api
-from appliance.gateway.routes._common import gateway_of
-from appliance.gateway.routes.web._pages import FORM, page_ctx, render
+from appliance.gateway.routes._access import page
+from appliance.gateway.routes._common import CtxDep, GatewayDep, gateway_of
+from appliance.gateway.routes.web._pages import FormData, render
 from appliance.gateway.schemas import BreakGlassCreate
 
 
@@ -34,20 +36,13 @@ async def _admin_page(request: Request[Any, Any, Any], ctx: Ctx, status: int = 2
     )
 
 
-@get("/admin", include_in_schema=False)
-async def admin_page(request: Request[Any, Any, Any]) -> Any:
-    ctx = await page_ctx(request, "admin.keys")
-    if not isinstance(ctx, Ctx):
-        return ctx
+@get("/admin", include_in_schema=False, opt=page("admin.keys"))
+async def admin_page(request: Request[Any, Any, Any], ctx: CtxDep) -> Any:
     return await _admin_page(request, ctx)
 
 
-@post("/admin/keys", include_in_schema=False, status_code=200)
-async def admin_create_key(request: Request[Any, Any, Any], data: dict[str, str] = FORM) -> Any:
-    ctx = await page_ctx(request, "admin.keys", csrf=data.get("_csrf"))
-    if not isinstance(ctx, Ctx):
-        return ctx
-    gw = gateway_of(request)
+@post("/admin/keys", include_in_schema=False, status_code=200, opt=page("admin.keys"))
+async def admin_create_key(request: Request[Any, Any, Any], ctx: CtxDep, gw: GatewayDep, data: FormData) -> Any:
     try:
         days = int(data.get("ttl_days", "30") or "30")
         scopes = [s for s in re.split(r"[\s,]+", data.get("scopes", "")) if s]
@@ -58,12 +53,10 @@ async def admin_create_key(request: Request[Any, Any, Any], data: dict[str, str]
     return await _admin_page(request, ctx, new_key=key, new_key_id=info.id)
 
 
-@post("/admin/keys/{key_id:str}/revoke", include_in_schema=False, status_code=200)
-async def admin_revoke_key(request: Request[Any, Any, Any], key_id: str, data: dict[str, str] = FORM) -> Any:
-    ctx = await page_ctx(request, "admin.keys", csrf=data.get("_csrf"))
-    if not isinstance(ctx, Ctx):
-        return ctx
-    gw = gateway_of(request)
+@post("/admin/keys/{key_id:str}/revoke", include_in_schema=False, status_code=200, opt=page("admin.keys"))
+async def admin_revoke_key(
+    request: Request[Any, Any, Any], ctx: CtxDep, gw: GatewayDep, key_id: FromPath[str], data: FormData
+) -> Any:
     try:
         await admin_api.revoke_key(gw, ctx, key_id)
     except ApplianceError as exc:
@@ -71,12 +64,8 @@ async def admin_revoke_key(request: Request[Any, Any, Any], key_id: str, data: d
     return await _admin_page(request, ctx, notice=f"Key {key_id} revoked.")
 
 
-@post("/admin/breakglass", include_in_schema=False, status_code=200)
-async def admin_breakglass(request: Request[Any, Any, Any], data: dict[str, str] = FORM) -> Any:
-    ctx = await page_ctx(request, "admin.breakglass", csrf=data.get("_csrf"))
-    if not isinstance(ctx, Ctx):
-        return ctx
-    gw = gateway_of(request)
+@post("/admin/breakglass", include_in_schema=False, status_code=200, opt=page("admin.breakglass"))
+async def admin_breakglass(request: Request[Any, Any, Any], ctx: CtxDep, gw: GatewayDep, data: FormData) -> Any:
     try:
         body = BreakGlassCreate(
             subject=data.get("subject", "").strip(),
@@ -91,12 +80,10 @@ async def admin_breakglass(request: Request[Any, Any, Any], data: dict[str, str]
     return await _admin_page(request, ctx, notice=f"Emergency access {g.id} granted until it expires or is revoked.")
 
 
-@post("/admin/breakglass/{grant_id:str}/revoke", include_in_schema=False, status_code=200)
-async def admin_breakglass_revoke(request: Request[Any, Any, Any], grant_id: str, data: dict[str, str] = FORM) -> Any:
-    ctx = await page_ctx(request, "admin.breakglass", csrf=data.get("_csrf"))
-    if not isinstance(ctx, Ctx):
-        return ctx
-    gw = gateway_of(request)
+@post("/admin/breakglass/{grant_id:str}/revoke", include_in_schema=False, status_code=200, opt=page("admin.breakglass"))
+async def admin_breakglass_revoke(
+    request: Request[Any, Any, Any], ctx: CtxDep, gw: GatewayDep, grant_id: FromPath[str], data: FormData
+) -> Any:
     try:
         await admin_api.revoke_breakglass(gw, ctx, grant_id)
     except ApplianceError as exc:

@@ -8,11 +8,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 from litestar import Request, Response, get, post
+from litestar.params import FromQuery
 
 from appliance.errors import ValidationFailed
-from appliance.gateway._context import Ctx
-from appliance.gateway.routes._common import gateway_of
-from appliance.gateway.routes.web._pages import FORM, page_ctx, render
+from appliance.gateway.routes._access import page
+from appliance.gateway.routes._common import CtxDep, GatewayDep
+from appliance.gateway.routes.web._pages import FormData, render
 
 _FILTER_KEYS = ("since", "until", "actor", "adapter", "outcome")
 MAX_ACTOR_FILTER_CHARS = 1024  # the audit stage records an identity bounded; a longer one matches its bounded form
@@ -43,12 +44,8 @@ def _filters(request: Request[Any, Any, Any]) -> dict[str, str]:
     return out
 
 
-@get("/compliance", include_in_schema=False)
-async def compliance(request: Request[Any, Any, Any]) -> Any:
-    ctx = await page_ctx(request, "audit.search")
-    if not isinstance(ctx, Ctx):
-        return ctx
-    gw = gateway_of(request)
+@get("/compliance", include_in_schema=False, opt=page("audit.search"))
+async def compliance(request: Request[Any, Any, Any], ctx: CtxDep, gw: GatewayDep) -> Any:
     try:
         filters = _filters(request)
     except ValidationFailed as exc:
@@ -83,12 +80,10 @@ def _row(event: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@get("/compliance/export", include_in_schema=False)
-async def compliance_export(request: Request[Any, Any, Any], fmt: str = "jsonl") -> Any:
-    ctx = await page_ctx(request, "audit.export")
-    if not isinstance(ctx, Ctx):
-        return ctx
-    gw = gateway_of(request)
+@get("/compliance/export", include_in_schema=False, opt=page("audit.export"))
+async def compliance_export(
+    request: Request[Any, Any, Any], ctx: CtxDep, gw: GatewayDep, fmt: FromQuery[str] = "jsonl"
+) -> Any:
     if fmt not in ("jsonl", "csv"):
         raise ValidationFailed("format must be jsonl or csv")
     if gw.audit_reader is None:
@@ -116,12 +111,8 @@ async def compliance_export(request: Request[Any, Any, Any], fmt: str = "jsonl")
     )
 
 
-@post("/compliance/verify", include_in_schema=False, status_code=200)
-async def compliance_verify(request: Request[Any, Any, Any], data: dict[str, str] = FORM) -> Any:
-    ctx = await page_ctx(request, "audit.verify", csrf=data.get("_csrf"))
-    if not isinstance(ctx, Ctx):
-        return ctx
-    gw = gateway_of(request)
+@post("/compliance/verify", include_in_schema=False, status_code=200, opt=page("audit.verify"))
+async def compliance_verify(request: Request[Any, Any, Any], ctx: CtxDep, gw: GatewayDep, data: FormData) -> Any:
     if gw.audit_reader is None:
         raise ValidationFailed("this audit store does not support verification")
     result = await gw.audit_reader.verify()

@@ -7,21 +7,18 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Request, get, post
+from litestar.params import JSONBody
 from litestar.response import Stream
 
 from appliance.errors import ApplianceError, ValidationFailed
-from appliance.gateway._context import Ctx
-from appliance.gateway.routes._common import GatewayDep, error_body, gateway_of, trace_headers
-from appliance.gateway.routes.web._pages import page_ctx, render
+from appliance.gateway.routes._access import api, page
+from appliance.gateway.routes._common import CtxDep, GatewayDep, error_body, trace_headers
+from appliance.gateway.routes.web._pages import render
 from appliance.gateway.schemas import MAX_PROMPT_CHARS, InferenceParameters
 
 
-@get("/console", include_in_schema=False)
-async def console(request: Request[Any, Any, Any]) -> Any:
-    ctx = await page_ctx(request, "console")
-    if not isinstance(ctx, Ctx):
-        return ctx
-    gw = gateway_of(request)
+@get("/console", include_in_schema=False, opt=page("console"))
+async def console(request: Request[Any, Any, Any], ctx: CtxDep, gw: GatewayDep) -> Any:
     adapters = await gw.visible_adapters(ctx)
     options = []
     for a in sorted(adapters, key=lambda a: (a.name, a.version)):
@@ -34,10 +31,9 @@ async def console(request: Request[Any, Any, Any]) -> Any:
     return render(request, "console.html", ctx, adapters=options, max_chars=MAX_PROMPT_CHARS)
 
 
-@post("/console/generate", include_in_schema=False, status_code=200)
-async def console_generate(request: Request[Any, Any, Any], gw: GatewayDep, data: dict[str, Any]) -> Any:
+@post("/console/generate", include_in_schema=False, status_code=200, opt=api("console"))  # session + CSRF header
+async def console_generate(ctx: CtxDep, gw: GatewayDep, data: JSONBody[dict[str, Any]]) -> Any:
     """The console's streamed answer: ``{"model": "name@version", "prompt": str}`` -> SSE ``{"text": ...}`` events."""
-    ctx = await gw.require(request, "console")  # session + CSRF header
     model, prompt = str(data.get("model", "")), data.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > MAX_PROMPT_CHARS:
         raise ValidationFailed(f"write a prompt of 1 to {MAX_PROMPT_CHARS} characters")

@@ -7,10 +7,11 @@ from typing import Any
 from litestar import Request, get
 from litestar.response import Template
 
+from appliance.gateway.routes._access import public
 from appliance.gateway.routes.web._pages import render
 
 
-@get("/docs", include_in_schema=False)
+@get("/docs", include_in_schema=False, opt=public())
 async def docs(request: Request[Any, Any, Any]) -> Template:
     """A server-rendered API reference from the OpenAPI schema (no scripts from a CDN: the appliance is offline)."""
     schema = request.app.openapi_schema.to_schema()

@@ -6,17 +6,18 @@ import secrets
 from typing import Annotated, Any
 
 from litestar import Request, get, post
-from litestar.params import Parameter
+from litestar.params import FromQuery, QueryParameter
 from litestar.response import Redirect, Template
 
 from appliance.audit import SourceFields, actor_fields
 from appliance.errors import Unauthenticated
-from appliance.gateway._context import Ctx, client_ip
+from appliance.gateway._context import client_ip
 from appliance.gateway._service import Gateway
 from appliance.gateway.auth.oidc import NO_IDP_SESSION, same_state
 from appliance.gateway.auth.sessions import Session
-from appliance.gateway.routes._common import GatewayDep
-from appliance.gateway.routes.web._pages import FORM, clear_cookie, cookie, nav_links, page_ctx, render
+from appliance.gateway.routes._access import page, public
+from appliance.gateway.routes._common import CtxDep, GatewayDep
+from appliance.gateway.routes.web._pages import FormData, clear_cookie, cookie, nav_links, render
 
 MESSAGES = {
     "idle": "You were signed out after a period of inactivity.",
@@ -41,19 +42,16 @@ SIGNOUT_WARNINGS = {
 SIGNOUT_ADVICE = "Close the browser before you leave this workstation. The next sign-in here will ask for a password."
 
 
-@get("/", include_in_schema=False)
-async def home(request: Request[Any, Any, Any], gw: GatewayDep) -> Any:
-    ctx = await page_ctx(request, None)
-    if not isinstance(ctx, Ctx):
-        return ctx
+@get("/", include_in_schema=False, opt=page(None))
+async def home(request: Request[Any, Any, Any], ctx: CtxDep, gw: GatewayDep) -> Any:
     nav = nav_links(gw, ctx)
     return (
         Redirect(nav[0]["href"]) if nav else render(request, "error.html", ctx, 403, message="No pages for your roles.")
     )
 
 
-@get("/login", include_in_schema=False)
-async def login_page(request: Request[Any, Any, Any], gw: GatewayDep, m: str | None = None) -> Template:
+@get("/login", include_in_schema=False, opt=public())
+async def login_page(request: Request[Any, Any, Any], gw: GatewayDep, m: FromQuery[str | None] = None) -> Template:
     message, warning, cookies = MESSAGES.get(m or ""), None, []
     browser = await gw.session_of(request)
     signout = browser.data.get("signout") if browser is not None and not browser.authenticated else None
@@ -82,7 +80,7 @@ def _must_reauthenticate(session: Session | None) -> bool:
     return session is not None and not session.authenticated and bool(session.data.get("force_login"))
 
 
-@get("/auth/login", include_in_schema=False)
+@get("/auth/login", include_in_schema=False, opt=public())
 async def auth_login(request: Request[Any, Any, Any], gw: GatewayDep) -> Redirect:
     if gw.oidc is None:
         raise Unauthenticated("browser sign-in is not configured (gateway.oidc_issuer)")
@@ -107,9 +105,11 @@ async def _signed_out(gw: Gateway, browser: Session | None, outcome: str) -> Red
     return resp
 
 
-@get("/auth/logged-out", include_in_schema=False)
+@get("/auth/logged-out", include_in_schema=False, opt=public())
 async def auth_logged_out(
-    request: Request[Any, Any, Any], gw: GatewayDep, oidc_state: Annotated[str | None, Parameter(query="state")] = None
+    request: Request[Any, Any, Any],
+    gw: GatewayDep,
+    oidc_state: Annotated[str | None, QueryParameter(name="state")] = None,
 ) -> Redirect:
     """The registered ``post_logout_redirect_uri``: the IdP is back from its end-session page. Whether its session
     really ended is then asked of the IdP itself (``prompt=none``: no page; "login_required" means it ended)."""
@@ -132,13 +132,13 @@ async def auth_logged_out(
     return resp
 
 
-@get("/auth/callback", include_in_schema=False)
+@get("/auth/callback", include_in_schema=False, opt=public())
 async def auth_callback(
     request: Request[Any, Any, Any],
     gw: GatewayDep,
-    code: str | None = None,
-    oidc_state: Annotated[str | None, Parameter(query="state")] = None,
-    error: str | None = None,
+    code: FromQuery[str | None] = None,
+    oidc_state: Annotated[str | None, QueryParameter(name="state")] = None,
+    error: FromQuery[str | None] = None,
 ) -> Redirect:
     pre = await gw.session_of(request)
     flow = pre.data.get("oidc") if pre else None
@@ -203,10 +203,10 @@ async def auth_callback(
     return resp
 
 
-@post("/auth/logout", include_in_schema=False, status_code=303)
-async def auth_logout(request: Request[Any, Any, Any], gw: GatewayDep, data: dict[str, str] = FORM) -> Redirect:
+@post("/auth/logout", include_in_schema=False, status_code=303, opt=public())  # signed in: checked here
+async def auth_logout(request: Request[Any, Any, Any], gw: GatewayDep, data: FormData) -> Redirect:
     session = await gw.session_of(request)
-    if session is not None and session.authenticated:
+    if session is not None and session.authenticated:  # signed out already: nothing to refuse, the same redirect
         await gw.require(request, None, csrf=data.get("_csrf"))  # a forged sign-out is refused and audited
         await gw.record(
             gw.event(

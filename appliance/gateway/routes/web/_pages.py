@@ -1,21 +1,20 @@
-"""What every page shares: the session cookie, the page's session context (or the login page), the layout."""
+"""What every page shares: the session cookie, the navigation and the layout (a page's session context is its
+``ctx`` dependency, ``routes/_deps.py``)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias
 
 from litestar import Request
 from litestar.datastructures import Cookie
-from litestar.enums import RequestEncodingType
-from litestar.params import Body
-from litestar.response import Redirect, Template
+from litestar.params import URLEncodedBody
+from litestar.response import Template
 
-from appliance.errors import ApplianceError, PermissionDenied
 from appliance.gateway._context import SESSION_COOKIE, Ctx
 from appliance.gateway._service import Gateway
 from appliance.gateway.routes._common import gateway_of
 
-FORM = Body(media_type=RequestEncodingType.URL_ENCODED)
+FormData: TypeAlias = URLEncodedBody[dict[str, str]]  # a page's form (its CSRF token in ``_csrf``)
 PAGES = (
     ("console", "/console", "Console"),
     ("audit.search", "/compliance", "Compliance"),
@@ -37,32 +36,6 @@ def cookie(gw: Gateway, value: str, *, max_age: int | None = None) -> Cookie:
 
 def clear_cookie(gw: Gateway) -> Cookie:
     return cookie(gw, "", max_age=0)
-
-
-async def page_ctx(
-    request: Request[Any, Any, Any], route: str | None, *, csrf: str | None = None
-) -> Ctx | Redirect | Template:
-    """The session's context for a page, or a redirect to the login page (auditing an idle logoff)."""
-    gw = gateway_of(request)
-    found = await gw.lookup_session(request)  # an ended session is audited (auth.logout) there
-    if found.expired is not None:
-        resp = Redirect(f"/login?m={found.expired}")
-        resp.cookies.append(clear_cookie(gw))
-        return resp
-    if found.session is None or not found.session.authenticated:
-        return Redirect("/login")
-    try:
-        return await gw.require(request, route, csrf=csrf)
-    except PermissionDenied as exc:  # already audited by require(); an HTML page says why
-        signed_in = None
-        if request.method in ("GET", "HEAD"):  # the header (pages, sign-out) for who is signed in; no second record
-            try:
-                signed_in = await gw.require(request, None, audit_denial=False)
-            except ApplianceError:
-                signed_in = None
-        denied = render(request, "error.html", signed_in, exc.http_status, message=exc.message)
-        denied.headers["X-Audit-Id"] = exc.audit_id or "-"
-        return denied
 
 
 def nav_links(gw: Gateway, ctx: Ctx) -> list[dict[str, str]]:
