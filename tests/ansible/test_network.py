@@ -6,9 +6,9 @@ created in an underlay namespace and moved into the host's, so the host's rulese
 from __future__ import annotations
 
 import configparser
+import contextlib
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,39 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.ansible import _netns as net
 from tests.ansible.conftest import Converged
 
 pytestmark = [pytest.mark.ansible, pytest.mark.slow]
-
-LISTENER = """
-import socket, sys, selectors
-sel = selectors.DefaultSelector()
-for spec in sys.argv[1:]:
-    host, port = spec.rsplit(":", 1)
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((host, int(port))); s.listen(16); sel.register(s, selectors.EVENT_READ)
-print("ready", flush=True)
-while True:
-    for key, _ in sel.select():
-        conn, _ = key.fileobj.accept(); conn.close()
-"""
-PROBE = """
-import socket, sys
-src, dst, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-s = socket.socket(); s.settimeout(1.0); s.bind((src, 0))
-try:
-    s.connect((dst, port)); print("pass")
-except OSError:
-    print("blocked")
-"""
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
-
-
-def _ns(ns: str, *args: str) -> None:
-    _ip("-n", ns, *args)
 
 
 @pytest.fixture(scope="module")
@@ -56,35 +27,27 @@ def netns(converged: Converged, tmp_path_factory: pytest.TempPathFactory) -> Ite
     """host (ruleset), lan (hospital clients + the bastion), gpu (a VLAN peer), wa (the host's VXLAN underlay)."""
     tag = str(os.getpid())
     names = {k: f"ap{k}{tag}" for k in ("host", "lan", "gpu", "wa")}
-    created: list[str] = []
-    listeners: list[subprocess.Popen[str]] = []
-    try:
-        for ns in names.values():
-            try:
-                _ip("netns", "add", ns)
-            except subprocess.CalledProcessError as exc:
-                pytest.skip(f"cannot create network namespaces here: {exc.stderr.decode().strip()}")
-            created.append(ns)
-            _ns(ns, "link", "set", "lo", "up")
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(net.namespaces(*names.values()))
         h, lan, gpu, wa = names["host"], names["lan"], names["gpu"], names["wa"]
         # LAN: host lan0 10.10.0.1 <-> lan eth0 10.10.0.2 (a workstation) and 10.10.0.5 (the bastion)
-        _ip("link", "add", f"l{tag}", "netns", h, "type", "veth", "peer", "name", "eth0", "netns", lan)
-        _ns(h, "link", "set", f"l{tag}", "name", "lan0")
-        _ns(h, "addr", "add", "10.10.0.1/24", "dev", "lan0")
-        _ns(lan, "addr", "add", "10.10.0.2/24", "dev", "eth0")
-        _ns(lan, "addr", "add", "10.10.0.5/24", "dev", "eth0")
+        net.ip("link", "add", f"l{tag}", "netns", h, "type", "veth", "peer", "name", "eth0", "netns", lan)
+        net.ns(h, "link", "set", f"l{tag}", "name", "lan0")
+        net.ns(h, "addr", "add", "10.10.0.1/24", "dev", "lan0")
+        net.ns(lan, "addr", "add", "10.10.0.2/24", "dev", "eth0")
+        net.ns(lan, "addr", "add", "10.10.0.5/24", "dev", "eth0")
         for ns, dev in ((h, "lan0"), (lan, "eth0")):
-            _ns(ns, "link", "set", dev, "up")
-        _ns(lan, "route", "add", "10.42.0.0/24", "via", "10.10.0.1")
+            net.ns(ns, "link", "set", dev, "up")
+        net.ns(lan, "route", "add", "10.42.0.0/24", "via", "10.10.0.1")
         # Underlay wa 192.168.77.1 <-> gpu 192.168.77.2; VXLAN id 42 on top, wa's end moved into host as vlan42.
-        _ip("link", "add", f"u{tag}", "netns", wa, "type", "veth", "peer", "name", "u0", "netns", gpu)
-        _ns(wa, "link", "set", f"u{tag}", "name", "u0")
-        _ns(wa, "addr", "add", "192.168.77.1/24", "dev", "u0")
-        _ns(gpu, "addr", "add", "192.168.77.2/24", "dev", "u0")
+        net.ip("link", "add", f"u{tag}", "netns", wa, "type", "veth", "peer", "name", "u0", "netns", gpu)
+        net.ns(wa, "link", "set", f"u{tag}", "name", "u0")
+        net.ns(wa, "addr", "add", "192.168.77.1/24", "dev", "u0")
+        net.ns(gpu, "addr", "add", "192.168.77.2/24", "dev", "u0")
         for ns in (wa, gpu):
-            _ns(ns, "link", "set", "u0", "up")
+            net.ns(ns, "link", "set", "u0", "up")
         try:
-            _ns(
+            net.ns(
                 wa,
                 "link",
                 "add",
@@ -102,7 +65,7 @@ def netns(converged: Converged, tmp_path_factory: pytest.TempPathFactory) -> Ite
                 "dev",
                 "u0",
             )
-            _ns(
+            net.ns(
                 gpu,
                 "link",
                 "add",
@@ -122,42 +85,20 @@ def netns(converged: Converged, tmp_path_factory: pytest.TempPathFactory) -> Ite
             )
         except subprocess.CalledProcessError as exc:
             pytest.skip(f"VXLAN is not available in this kernel: {exc.stderr.decode().strip()}")
-        _ns(wa, "link", "set", "vlan42", "netns", h)
-        _ns(h, "addr", "add", "10.42.0.1/24", "dev", "vlan42")
-        _ns(gpu, "addr", "add", "10.42.0.2/24", "dev", "vlan42")
-        _ns(gpu, "addr", "add", "10.42.0.3/24", "dev", "vlan42")  # a second gateway host (network_redis_clients)
+        net.ns(wa, "link", "set", "vlan42", "netns", h)
+        net.ns(h, "addr", "add", "10.42.0.1/24", "dev", "vlan42")
+        net.ns(gpu, "addr", "add", "10.42.0.2/24", "dev", "vlan42")
+        net.ns(gpu, "addr", "add", "10.42.0.3/24", "dev", "vlan42")  # a second gateway host (network_redis_clients)
         for ns in (h, gpu):
-            _ns(ns, "link", "set", "vlan42", "up")
+            net.ns(ns, "link", "set", "vlan42", "up")
         specs = {
             h: ["0.0.0.0:22", "0.0.0.0:8443", "0.0.0.0:8080", "0.0.0.0:8200", "0.0.0.0:6380"],
             lan: ["10.10.0.2:8443", "10.10.0.2:9999"],
             gpu: ["10.42.0.2:8080"],
         }
         for ns, ports in specs.items():
-            proc = subprocess.Popen(
-                ["ip", "netns", "exec", ns, sys.executable, "-c", LISTENER, *ports],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            listeners.append(proc)
-            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            stack.enter_context(net.listening(ns, ports))
         yield names
-    finally:
-        for proc in listeners:
-            proc.kill()
-            proc.wait()
-        for ns in created:
-            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
-
-
-def _probe(ns: str, src: str, dst: str, port: int) -> str:
-    out = subprocess.run(
-        ["ip", "netns", "exec", ns, sys.executable, "-c", PROBE, src, dst, str(port)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    return out.stdout.strip() or out.stderr.strip()
 
 
 # (from namespace, source address, destination, port, expected) for the single-node host (gateway+gpu+vault+redis).
@@ -185,7 +126,7 @@ MATRIX = [
 def _run_matrix(names: dict[str, str]) -> dict[tuple[str, str, str, int], str]:
     with ThreadPoolExecutor(max_workers=len(MATRIX)) as pool:
         futures = {
-            (ns, src, dst, port): pool.submit(_probe, names[ns], src, dst, port) for ns, src, dst, port, _ in MATRIX
+            (ns, src, dst, port): pool.submit(net.probe, names[ns], src, dst, port) for ns, src, dst, port, _ in MATRIX
         }
         return {key: f.result() for key, f in futures.items()}
 

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 import tomllib
 from collections.abc import Iterator
@@ -24,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from appliance.config import ServingSettings
+from tests.ansible import _netns as net
 from tests.ansible import _rootfs
 from tests.ansible._render import Template, render
-from tests.ansible.test_network import LISTENER, _ip, _ns, _probe
 
 pytestmark = [pytest.mark.ansible, pytest.mark.slow]
 
@@ -223,35 +222,15 @@ def vlan_pair() -> Iterator[tuple[str, str]]:
         pytest.skip("network namespaces need root")
     tag = str(os.getpid())
     node, peers = f"apsn{tag}", f"apsp{tag}"
-    created: list[str] = []
-    listener: subprocess.Popen[str] | None = None
-    try:
-        for ns in (node, peers):
-            try:
-                _ip("netns", "add", ns)
-            except subprocess.CalledProcessError as exc:
-                pytest.skip(f"cannot create network namespaces here: {exc.stderr.decode().strip()}")
-            created.append(ns)
-            _ns(ns, "link", "set", "lo", "up")
-        _ip("link", "add", f"s{tag}", "netns", node, "type", "veth", "peer", "name", "vlan42", "netns", peers)
-        _ns(node, "link", "set", f"s{tag}", "name", "vlan42")
-        _ns(node, "addr", "add", f"{GPUS['gpu2']}/24", "dev", "vlan42")
+    with net.namespaces(node, peers):
+        net.veth(f"s{tag}", node, peers)
+        net.ns(node, "addr", "add", f"{GPUS['gpu2']}/24", "dev", "vlan42")
         for address in (GPUS["gpu1"], GPUS["gpu3"], GW1, "10.42.0.21"):
-            _ns(peers, "addr", "add", f"{address}/24", "dev", "vlan42")
+            net.ns(peers, "addr", "add", f"{address}/24", "dev", "vlan42")
         for ns in (node, peers):
-            _ns(ns, "link", "set", "vlan42", "up")
-        ports = ["0.0.0.0:2222", "0.0.0.0:8080", "0.0.0.0:29400", "0.0.0.0:40000"]
-        listener = subprocess.Popen(
-            ["ip", "netns", "exec", node, sys.executable, "-c", LISTENER, *ports], stdout=subprocess.PIPE, text=True
-        )
-        assert listener.stdout is not None and listener.stdout.readline().strip() == "ready"
-        yield node, peers
-    finally:
-        if listener is not None:
-            listener.kill()
-            listener.wait()
-        for ns in created:
-            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+            net.ns(ns, "link", "set", "vlan42", "up")
+        with net.listening(node, ["0.0.0.0:2222", "0.0.0.0:8080", "0.0.0.0:29400", "0.0.0.0:40000"]):
+            yield node, peers
 
 
 def _load(ns: str, ruleset: Path) -> None:
@@ -281,9 +260,9 @@ def test_loaded_rulesets_pass_training_between_gpu_nodes_only(hospital: Path, vl
         (GPUS["gpu1"], 2222): "blocked",
         ("10.42.0.21", 2222): "blocked",
     }
-    got = {key: _probe(peers, key[0], target, key[1]) for key in expected}
+    got = {key: net.probe(peers, key[0], target, key[1]) for key in expected}
     assert got == expected
     _load(node, hospital / "gw1.nft")
     for source in (GPUS["gpu1"], GPUS["gpu3"]):
-        assert _probe(peers, source, target, 29400) == "blocked"
-        assert _probe(peers, source, target, 40000) == "blocked"
+        assert net.probe(peers, source, target, 29400) == "blocked"
+        assert net.probe(peers, source, target, 40000) == "blocked"

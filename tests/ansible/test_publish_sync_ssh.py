@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.ansible import _netns as net
 from tests.ansible import _rootfs
 from tests.ansible._render import Template, render
-from tests.ansible.test_network import _ip, _ns
 
 pytestmark = [pytest.mark.ansible, pytest.mark.slow]
 
@@ -106,19 +106,12 @@ def link(tmp_path: Path) -> Iterator[Link]:
 
     tag = str(os.getpid())
     gw, node = f"apgw{tag}", f"apnd{tag}"
-    created: list[str] = []
-    sshd: subprocess.Popen[str] | None = None
-    try:
+    with net.namespaces(gw, node):
+        net.veth(f"g{tag}", gw, node)
+        net.ns(gw, "addr", "add", f"{GW1}/24", "dev", "vlan42")
+        net.ns(node, "addr", "add", f"{GPU2}/24", "dev", "vlan42")
         for ns in (gw, node):
-            _ip("netns", "add", ns)
-            created.append(ns)
-            _ns(ns, "link", "set", "lo", "up")
-        _ip("link", "add", f"g{tag}", "netns", gw, "type", "veth", "peer", "name", "vlan42", "netns", node)
-        _ns(gw, "link", "set", f"g{tag}", "name", "vlan42")
-        _ns(gw, "addr", "add", f"{GW1}/24", "dev", "vlan42")
-        _ns(node, "addr", "add", f"{GPU2}/24", "dev", "vlan42")
-        for ns in (gw, node):
-            _ns(ns, "link", "set", "vlan42", "up")
+            net.ns(ns, "link", "set", "vlan42", "up")
         loaded = subprocess.run(
             ["ip", "netns", "exec", node, "nft", "-f", str(tmp_path / "gpu2.nft")], capture_output=True, text=True
         )
@@ -133,23 +126,21 @@ def link(tmp_path: Path) -> Iterator[Link]:
             stderr=subprocess.STDOUT,
             text=True,
         )
-        deadline = time.monotonic() + 30
-        while (
-            subprocess.run(
-                ["ip", "netns", "exec", node, "ss", "-Htln", "sport", "= :2222"], capture_output=True, text=True
-            ).stdout.strip()
-            == ""
-        ):
-            assert sshd.poll() is None, sshd.stdout.read() if sshd.stdout else "sshd exited"
-            assert time.monotonic() < deadline, "sshd did not listen"
-            time.sleep(0.2)
-        yield Link(gw, upper, tmp_path / "gw1.push", home / ".ssh" / "id_ed25519", home / "receipts", serving)
-    finally:
-        if sshd is not None:
+        try:
+            deadline = time.monotonic() + 30
+            while (
+                subprocess.run(
+                    ["ip", "netns", "exec", node, "ss", "-Htln", "sport", "= :2222"], capture_output=True, text=True
+                ).stdout.strip()
+                == ""
+            ):
+                assert sshd.poll() is None, sshd.stdout.read() if sshd.stdout else "sshd exited"
+                assert time.monotonic() < deadline, "sshd did not listen"
+                time.sleep(0.2)
+            yield Link(gw, upper, tmp_path / "gw1.push", home / ".ssh" / "id_ed25519", home / "receipts", serving)
+        finally:
             sshd.kill()
             sshd.wait()
-        for ns in created:
-            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
 
 
 def _push(link: Link) -> subprocess.CompletedProcess[str]:
