@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from appliance.errors import Conflict, NotFound, PolicyViolation, ValidationFailed
 from appliance.registry._context import Context, aware, info_of
-from appliance.registry._evalsets import EVAL_SPLIT, REFERENCE, dataset_records
+from appliance.registry._evalsets import EVAL_SPLIT, REFERENCE, SealedSet, dataset_records
 from appliance.registry._models import Adapter, Dataset, EvalSet, MonitorResult, utcnow
 from appliance.registry._rundir import check_name, read_dataset
 from appliance.registry._types import Actor, AdapterInfo, EvalSetInfo, SeriesPoint
@@ -38,20 +38,14 @@ class MonitoringStore:
         data, count = dataset_records(dataset_path, dataset_fingerprint, ("eval",))
         sealed = self.ctx.evalsets.seal(EVAL_SPLIT, adapter.served_id, adapter.weights_fingerprint, data)
         s.add(
-            EvalSet(
-                kind=EVAL_SPLIT,
-                name=adapter.served_id,
+            _set_row(
+                (EVAL_SPLIT, adapter.served_id, adapter.weights_fingerprint),
+                sealed,
+                dataset_fingerprint,
+                count,
+                actor,
                 adapter_id=adapter.id,
-                binding=adapter.weights_fingerprint,
-                dataset_fingerprint=dataset_fingerprint,
-                records=count,
-                artifact_dir=sealed.rel_dir,
-                key_purpose=sealed.purpose,
-                wrapped_key=sealed.wrapped_key,
-                sha256=sealed.sha256,
-                size=sealed.size,
                 approval=adapter.run.evaluation,
-                registered_by=actor.subject,
             )
         )
         return sealed.rel_dir
@@ -101,21 +95,7 @@ class MonitoringStore:
                     raise refused
                 sealed = ctx.evalsets.seal(REFERENCE, name, fingerprint, data)
                 sealed_dir = sealed.rel_dir
-                row = EvalSet(
-                    kind=REFERENCE,
-                    name=name,
-                    adapter_id=None,
-                    binding=fingerprint,
-                    dataset_fingerprint=fingerprint,
-                    records=count,
-                    artifact_dir=sealed.rel_dir,
-                    key_purpose=sealed.purpose,
-                    wrapped_key=sealed.wrapped_key,
-                    sha256=sealed.sha256,
-                    size=sealed.size,
-                    approval=None,
-                    registered_by=actor.subject,
-                )
+                row = _set_row((REFERENCE, name, fingerprint), sealed, fingerprint, count, actor)
                 s.add(row)
                 s.flush()
                 ctx.record(
@@ -228,6 +208,35 @@ class MonitoringStore:
             s.flush()
             self.ctx.record("adapter.degraded", "degraded", actor, adapter, details=dict(details or {}))
             return info_of(adapter)
+
+
+def _set_row(
+    sealed_as: tuple[str, str, str],
+    sealed: SealedSet,
+    dataset_fingerprint: str,
+    records: int,
+    actor: Actor,
+    *,
+    adapter_id: int | None = None,
+    approval: Any = None,
+) -> EvalSet:
+    """The row of a record set sealed as ``(kind, name, binding)``, and where its sealed artefact lies."""
+    kind, name, binding = sealed_as
+    return EvalSet(
+        kind=kind,
+        name=name,
+        adapter_id=adapter_id,
+        binding=binding,
+        dataset_fingerprint=dataset_fingerprint,
+        records=records,
+        artifact_dir=sealed.rel_dir,
+        key_purpose=sealed.purpose,
+        wrapped_key=sealed.wrapped_key,
+        sha256=sealed.sha256,
+        size=sealed.size,
+        approval=approval,
+        registered_by=actor.subject,
+    )
 
 
 def _set_info(row: EvalSet) -> EvalSetInfo:
